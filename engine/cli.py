@@ -1,0 +1,33 @@
+"""The `pfi` command line: one module per sub-command under engine.commands.
+
+Each module exposes `register(subparsers)` which adds its parser and sets `handler`, a function
+taking the parsed arguments and returning the process exit code. Heavy imports stay inside the
+handlers so that `pfi --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pfi", description="PFI imaging integration engine")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code = args.handler(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""One place to parse untrusted XML (CDA documents, SOAP, XDM metadata).
+
+No DTD loading, no entity expansion, no network, bounded size; lxml's `huge_tree` stays off so
+that its own depth and text-node limits apply. Every XML parse of external input goes through
+`parse_untrusted`.
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from engine.errors import ValidationError
+
+MAX_XML_BYTES = 64 * 1024 * 1024
+MAX_DEPTH = 256
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=False,
+    )
+
+
+def parse_untrusted(data: bytes, max_bytes: int = MAX_XML_BYTES) -> etree._ElementTree:
+    """Parse `data` safely; raise ValidationError with a readable reason if it is hostile or bad."""
+    if len(data) > max_bytes:
+        raise ValidationError(f"XML document too large: {len(data)} bytes > {max_bytes}")
+    head = data[:4096].upper()
+    if b"<!DOCTYPE" in head or b"<!ENTITY" in data.upper():
+        raise ValidationError("XML document declares a DTD or entities, which are refused")
+    try:
+        tree = etree.ElementTree(etree.fromstring(data, _parser()))
+    except etree.XMLSyntaxError as exc:
+        raise ValidationError(f"XML not well-formed: {exc}") from exc
+    _check_depth(tree.getroot())
+    return tree
+
+
+def _check_depth(root) -> None:
+    depth = 0
+    for event, _ in etree.iterwalk(root, events=("start", "end")):
+        depth += 1 if event == "start" else -1
+        if depth > MAX_DEPTH:
+            raise ValidationError(f"XML document nested deeper than {MAX_DEPTH} levels")

@@ -1,0 +1,32 @@
+import pytest
+
+from engine.errors import ValidationError
+from engine.xmlsafe import parse_untrusted
+
+XXE = b"""<?xml version="1.0"?>
+<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"""
+
+LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">
+<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><l>&b;</l>"""
+
+
+@pytest.mark.parametrize("doc", [XXE, LAUGHS])
+def test_hostile_xml_is_refused(doc):
+    with pytest.raises(ValidationError, match="DTD or entities"):
+        parse_untrusted(doc)
+
+
+def test_too_deep_is_refused():
+    doc = b"<a>" * 300 + b"</a>" * 300
+    with pytest.raises(ValidationError, match="deeper"):
+        parse_untrusted(doc)
+
+
+def test_too_large_is_refused():
+    with pytest.raises(ValidationError, match="too large"):
+        parse_untrusted(b"<a>" + b"x" * 100 + b"</a>", max_bytes=50)
+
+
+def test_plain_document_parses():
+    tree = parse_untrusted('<a xmlns="urn:hl7-org:v3"><b>é</b></a>'.encode())
+    assert tree.getroot().tag == "{urn:hl7-org:v3}a"
