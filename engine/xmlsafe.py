@@ -12,7 +12,7 @@ from lxml import etree
 from engine.errors import ValidationError
 
 MAX_XML_BYTES = 64 * 1024 * 1024
-MAX_DEPTH = 256
+MAX_DEPTH = 128
 
 
 def _parser() -> etree.XMLParser:
