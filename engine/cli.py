@@ -12,6 +12,10 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "engine.commands.run",
+    "engine.commands.send",
+    "engine.commands.check",
+    "engine.commands.tail",
 )
 
 

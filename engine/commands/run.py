@@ -1,0 +1,42 @@
+"""`pfi run`: start every configured listener; stop cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(".")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="start the engine")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration directory")
+    p.add_argument("--data", type=Path, default=None, help="data directory (journal, caches)")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    import structlog
+    from twisted.internet import reactor
+
+    from engine.commands.common import load_or_report
+    from engine.log import configure_logging
+    from engine.service import Engine
+
+    config = load_or_report(args.config)
+    if config is None:
+        return 2
+    configure_logging(config.engine.log_level)
+    data_dir = args.data or (args.config / config.engine.data_dir)
+    engine = Engine(config, data_dir, reactor)
+    log = structlog.get_logger("engine.run")
+    failed = []
+
+    def start():
+        d = engine.startService()
+        d.addErrback(lambda f: (failed.append(f), log.error("engine.start_failed", error=f.getErrorMessage()), reactor.stop()))
+
+    reactor.callWhenRunning(start)
+    # Twisted turns SIGTERM/SIGINT into reactor.stop(); stop the tree before the reactor goes.
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: engine.stopService() if engine.running else None)
+    reactor.run()
+    return 1 if failed else 0

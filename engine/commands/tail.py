@@ -1,0 +1,53 @@
+"""`pfi tail`: the journal's events, one readable line each; patient data masked by default."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tail", help="show the message log")
+    p.add_argument("--config", type=Path, default=Path("."))
+    p.add_argument("--data", type=Path, default=None)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--channel")
+    p.add_argument("--type", dest="msg_type", help="e.g. ORU^R01")
+    p.add_argument("-n", "--lines", type=int, default=50, help="events shown before following")
+    p.add_argument("--show-phi", action="store_true", help="show patient identifiers and names")
+    p.set_defaults(handler=tail)
+
+
+def tail(args) -> int:
+    from engine.commands.common import data_dir_for, load_or_report
+    from engine.journal.reader import JournalReader
+
+    config = load_or_report(args.config)
+    if config is None:
+        return 2
+    reader = JournalReader(data_dir_for(args, config) / "journal")
+    if not reader.exists():
+        print("journal is empty (no message received yet)")
+        return 0
+    last = reader.last_event_id() - args.lines if not args.follow else max(reader.last_event_id() - args.lines, 0)
+    last = max(last, 0)
+    try:
+        while True:
+            for event in reader.events_after(last, channel=args.channel, msg_type=args.msg_type):
+                print(format_event(event, reader if args.show_phi else None), flush=True)
+                last = event.id
+            if not args.follow:
+                return 0
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+
+
+def format_event(event, phi_reader=None) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}Z"
+    patient = "patient=***" if event.patient_ids else ""
+    if phi_reader is not None and event.patient_ids:
+        patient = f"patient={phi_reader.patient_label(event.message_uid)}"
+    parts = [stamp, event.message_uid, event.channel or "-", event.msg_type or "-",
+             f"ctrl={event.control_id or '-'}", event.state, patient, event.detail or ""]
+    return "  ".join(p for p in parts if p)

@@ -1,0 +1,1 @@
+"""Declarative configuration: channels/*.yaml, routes.yaml, pfi.yaml, validated in one pass."""

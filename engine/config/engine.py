@@ -1,0 +1,21 @@
+"""Engine-wide settings (pfi.yaml at the top of the configuration directory; all optional)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+    enabled: bool = True
+
+
+class EngineSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data_dir: str = Field(default="var", description="Journal and caches, relative to the config dir")
+    journal: str = Field(default="sqlite", description="`sqlite` or a postgresql:// URL")
+    node: str = Field(default="", description="Node name in the journal and metrics (default: hostname)")
+    log_level: str = "info"
+    metrics: MetricsSettings = MetricsSettings()

@@ -1,0 +1,1 @@
+"""HL7 v2: fast header scanning for intake, ACK building, full parsing for later stages."""

@@ -1,0 +1,130 @@
+"""Fast scan of MSH and PID for the intake path: no full parse, bytes in, indexed fields out.
+
+Only what the journal indexes and what the ACK needs is read. Full parsing happens later, off the
+intake path (engine.hl7.message).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from engine.errors import ParseError
+from engine.hl7.charset import codec_for
+
+_SEGMENT_END = re.compile(rb"\r\n|\r|\n")
+# A real-world defect: MSH-2 written with U+02DC (small tilde) instead of "~" (UTF-8 bytes).
+_SMALL_TILDE = b"\xcb\x9c"
+
+
+@dataclass(slots=True)
+class Header:
+    """What intake needs to know about a message, read from MSH (and PID when present)."""
+
+    field_sep: str = "|"
+    encoding_chars: str = "^~\\&"
+    sending_app: str = ""
+    sending_facility: str = ""
+    receiving_app: str = ""
+    receiving_facility: str = ""
+    timestamp: str = ""
+    message_code: str = ""
+    trigger: str = ""
+    structure: str = ""
+    control_id: str = ""
+    processing_id: str = ""
+    version_field: str = ""
+    country: str = ""
+    charset: str = ""
+    codec: str = "utf-8"
+    profile: str = ""
+    patient_ids: str = ""
+    patient_name: str = ""
+    identity_status: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        return self.version_field.split(self.encoding_chars[0])[0]
+
+    @property
+    def message_type(self) -> str:
+        """`ORU^R01` style, as routes and `pfi tail --type` use it."""
+        return f"{self.message_code}^{self.trigger}" if self.trigger else self.message_code
+
+
+def _segment_at(raw: bytes, start: int) -> bytes:
+    match = _SEGMENT_END.search(raw, start)
+    return raw[start : match.start() if match else len(raw)]
+
+
+def _find_segment(raw: bytes, name: bytes, sep: bytes) -> bytes | None:
+    tag = name + sep
+    for line_start in (b"\r" + tag, b"\n" + tag):
+        pos = raw.find(line_start)
+        if pos >= 0:
+            return _segment_at(raw, pos + 1)
+    return None
+
+
+def _first_component(value: str, comp_sep: str) -> str:
+    return value.split(comp_sep, 1)[0]
+
+
+def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
+    """Read MSH (and PID) from `raw`; raise ParseError when there is no usable MSH."""
+    start = len(raw) - len(raw.lstrip(b"\r\n\t \x00\xef\xbb\xbf"))
+    if raw[start : start + 3] != b"MSH" or len(raw) < start + 8:
+        raise ParseError("no MSH segment at the start of the message")
+    msh = _segment_at(raw, start)
+    sep = msh[3:4]
+    if sep.isalnum() or sep in (b" ", b"\r", b"\n"):
+        raise ParseError("MSH-1 field separator is not a valid separator")
+    fields = msh.split(sep)
+    header = Header(field_sep=sep.decode("latin-1"))
+    _read_encoding_chars(header, fields[1])
+    _read_msh(header, fields, fallback_codec)
+    pid = _find_segment(raw, b"PID", sep)
+    if pid is not None:
+        _read_pid(header, pid.split(sep))
+    return header
+
+
+def _read_encoding_chars(header: Header, enc: bytes) -> None:
+    if _SMALL_TILDE in enc:
+        enc = enc.replace(_SMALL_TILDE, b"~")
+        header.warnings.append("MSH-2 uses U+02DC instead of '~'; read as '~'")
+    text = enc.decode("latin-1")
+    if len(text) < 2 or len(set(text)) != len(text) or any(c.isalnum() for c in text):
+        raise ParseError(f"MSH-2 encoding characters are invalid: {text!r}")
+    header.encoding_chars = text
+
+
+def _read_msh(header: Header, fields: list[bytes], fallback_codec: str) -> None:
+    def get(n: int) -> bytes:
+        # fields[0] is "MSH" and fields[1] is MSH-2, so MSH-n is fields[n - 1].
+        return fields[n - 1] if len(fields) > n - 1 else b""
+
+    header.charset = get(18).decode("latin-1").split(header.encoding_chars[1])[0]
+    header.codec = codec_for(header.charset, fallback_codec)
+    text = lambda n: get(n).decode(header.codec, errors="replace")  # noqa: E731
+    comp = header.encoding_chars[0]
+    header.sending_app, header.sending_facility = text(3), text(4)
+    header.receiving_app, header.receiving_facility = text(5), text(6)
+    header.timestamp = text(7)
+    parts = text(9).split(comp) + ["", "", ""]
+    header.message_code, header.trigger, header.structure = parts[0], parts[1], parts[2]
+    header.control_id = text(10)
+    header.processing_id = _first_component(text(11), comp)
+    header.version_field = text(12)
+    header.country = text(17)
+    header.profile = text(21).split(header.encoding_chars[1])[0]
+
+
+def _read_pid(header: Header, fields: list[bytes]) -> None:
+    def text(n: int) -> str:
+        return fields[n].decode(header.codec, errors="replace") if len(fields) > n else ""
+
+    header.patient_ids = text(3)
+    header.patient_name = text(5)
+    header.identity_status = text(32)

@@ -1,0 +1,185 @@
+"""Intake: scan MSH/PID, decide accept/reject, store durably, then answer the technical ACK.
+
+The ACK of a message leaves only after its own journal commit. Rejected input is journaled too
+(state `rejected`, raw bytes kept) so that an operator can see and replay it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from twisted.internet import defer
+
+from engine.errors import JournalError, ParseError
+from engine.hl7.ack import AckError, build_ack
+from engine.hl7.scan import Header, scan
+from engine.ids import new_id
+from engine.journal.base import DUPLICATE, RECEIVED, REJECTED, InboundRecord
+
+log = structlog.get_logger("engine.intake")
+
+DEFAULT_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8")
+PROCESSING_IDS = ("P", "T", "D")
+
+
+@dataclass(frozen=True)
+class IntakePolicy:
+    """What one inbound channel accepts; built from its channel file."""
+
+    channel: str
+    versions: tuple[str, ...] = DEFAULT_VERSIONS
+    message_types: tuple[str, ...] = ()  # empty: any; "ORU^R01" or "ORU" (any trigger)
+    codec: str = "utf-8"
+    duplicate_window: float = 7 * 24 * 3600.0
+    local_app: str = "PFI"
+
+
+@dataclass(slots=True)
+class Verdict:
+    code: str
+    errors: tuple[AckError, ...] = ()
+    reason: str = ""
+
+
+@dataclass
+class Intake:
+    journal: object
+    metrics: object
+    clock: object
+    _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
+        """Journal `raw` and fire with the ACK bytes to send back."""
+        started = time.perf_counter()
+        now = self.clock.seconds()
+        record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw)
+        try:
+            header = scan(raw, policy.codec)
+        except ParseError as exc:
+            header, verdict = None, Verdict("AR", (AckError(100, "MSH^1", str(exc)),), str(exc))
+        else:
+            verdict = judge(policy, header)
+            _index(record, header, policy, accepted=verdict.code == "AA")
+        record.state = RECEIVED if verdict.code == "AA" else REJECTED
+        record.reason = verdict.reason
+        record.ack_code = verdict.code
+        record.ack = self._ack(header, verdict, now, policy)
+        d = self.journal.append_inbound(record)
+        d.addCallbacks(self._stored, self._not_stored, errbackArgs=(record, header, policy, now))
+        d.addCallback(self._observe, policy, started)
+        return d
+
+    def _ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:
+        control = f"{int(now * 1000)}{next(self._counter) % 10000:04d}"
+        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(now))
+        return build_ack(header, verdict.code, control, stamp, verdict.errors, policy.local_app, policy.codec)
+
+    def _stored(self, record: InboundRecord) -> tuple[InboundRecord, bytes]:
+        if record.state == DUPLICATE:
+            log.info("message.duplicate", message_id=record.uid, channel=record.channel,
+                     control_id=record.control_id, original=record.duplicate_of)
+        elif record.state == REJECTED:
+            log.warning("message.rejected", message_id=record.uid, channel=record.channel,
+                        control_id=record.control_id, reason=record.reason)
+        else:
+            log.info("message.received", message_id=record.uid, channel=record.channel,
+                     control_id=record.control_id, type=record.msg_type)
+        return record, record.ack
+
+    def _not_stored(self, failure, record, header, policy, now):
+        failure.trap(JournalError)
+        reason = "journal unavailable, message not stored: retry later"
+        log.error("message.not_stored", message_id=record.uid, channel=record.channel,
+                  control_id=record.control_id, error=failure.getErrorMessage())
+        record.state, record.ack_code, record.reason = "not-stored", "AE", reason
+        ack = self._ack(header, Verdict("AE", (AckError(207, "", reason),)), now, policy)
+        return record, ack
+
+    def _observe(self, result, policy: IntakePolicy, started: float) -> bytes:
+        record, ack = result
+        m = self.metrics
+        m.received.labels(policy.channel).inc()
+        if record.state == DUPLICATE:
+            m.duplicates.labels(policy.channel).inc()
+        if record.ack_code == "AA":
+            m.acked.labels(policy.channel).inc()
+        else:
+            m.nacked.labels(policy.channel, record.ack_code, _reason_label(record)).inc()
+        m.ack_latency.labels(policy.channel).observe(time.perf_counter() - started)
+        return ack
+
+
+def _reason_label(record: InboundRecord) -> str:
+    return "journal" if record.state == "not-stored" else (record.reason.split(":")[0][:40] or "other")
+
+
+def judge(policy: IntakePolicy, h: Header) -> Verdict:
+    """Accept or reject on what MSH says; a reject is AR with a table 0357 code."""
+    if not h.control_id:
+        return _reject(101, "MSH^1^10", "MSH-10 message control id is empty")
+    if h.version not in policy.versions:
+        return _reject(203, "MSH^1^12", f"HL7 version {h.version!r} not accepted on this channel")
+    if not h.message_code:
+        return _reject(101, "MSH^1^9", "MSH-9 message type is empty")
+    if policy.message_types and not _type_accepted(policy.message_types, h):
+        code = 201 if any(t.split("^")[0] == h.message_code for t in policy.message_types) else 200
+        return _reject(code, "MSH^1^9", f"message type {h.message_type} not accepted on this channel")
+    if h.processing_id and h.processing_id not in PROCESSING_IDS:
+        return _reject(202, "MSH^1^11", f"processing id {h.processing_id!r} not supported")
+    return Verdict("AA")
+
+
+def _type_accepted(accepted: tuple[str, ...], h: Header) -> bool:
+    return h.message_type in accepted or h.message_code in accepted
+
+
+def _reject(code: int, location: str, reason: str) -> Verdict:
+    return Verdict("AR", (AckError(code, location, reason),), reason)
+
+
+def _index(record: InboundRecord, h: Header, policy: IntakePolicy, accepted: bool) -> None:
+    record.sender, record.facility = h.sending_app, h.sending_facility
+    record.receiver, record.receiver_facility = h.receiving_app, h.receiving_facility
+    record.control_id, record.msg_type = h.control_id, h.message_type
+    record.version, record.profile = h.version, h.profile
+    record.patient_ids, record.charset = h.patient_ids, h.charset
+    # Only accepted messages count for duplicates: a rejected one may be fixed and sent again.
+    if accepted and policy.duplicate_window > 0:
+        record.dup_key = "\x1f".join((policy.channel, h.sending_app, h.sending_facility, h.control_id))
+        record.dup_window = policy.duplicate_window
+
+
+def quarantine(intake: Intake, policy: IntakePolicy, data: bytes, reason: str) -> defer.Deferred:
+    """Journal bytes that are not a message (noise between frames) so that nothing disappears."""
+    now = intake.clock.seconds()
+    record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=data,
+                           state=REJECTED, reason=reason)
+    intake.metrics.quarantined.labels(policy.channel, reason.split(":")[0]).inc()
+    d = intake.journal.append_inbound(record)
+    d.addCallback(lambda r: log.warning("input.quarantined", message_id=r.uid, channel=r.channel,
+                                        reason=reason, size=len(data)))
+    d.addErrback(lambda f: log.error("input.quarantine_failed", channel=policy.channel,
+                                     error=f.getErrorMessage()))
+    return d
+
+
+def reject_oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: int, limit: int) -> defer.Deferred:
+    """AR for a frame over the size limit; its first bytes are journaled for the operator."""
+    reason = f"message of {size} bytes or more exceeds the channel limit of {limit} bytes"
+    now = intake.clock.seconds()
+    try:
+        header = scan(head, policy.codec)
+    except ParseError:
+        header = None
+    record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=head,
+                           state=REJECTED, reason=reason, ack_code="AR")
+    if header is not None:
+        _index(record, header, policy, accepted=False)
+    record.ack = intake._ack(header, Verdict("AR", (AckError(199, "", reason),), reason), now, policy)
+    intake.metrics.quarantined.labels(policy.channel, "oversized").inc()
+    d = intake.journal.append_inbound(record)
+    d.addCallbacks(lambda r: r.ack, lambda f: record.ack)
+    return d

@@ -1,0 +1,89 @@
+"""The journal interface, shared by the SQLite (embedded) and PostgreSQL implementations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Message states written at intake; later stages add their own (routed, sent, acked, failed...).
+RECEIVED = "received"
+REJECTED = "rejected"
+DUPLICATE = "duplicate"
+
+
+@dataclass(slots=True)
+class InboundRecord:
+    """A message as intake hands it to the journal: raw bytes plus the indexed fields."""
+
+    uid: str
+    channel: str
+    received_at: float
+    raw: bytes
+    state: str = RECEIVED
+    sender: str = ""
+    facility: str = ""
+    receiver: str = ""
+    receiver_facility: str = ""
+    control_id: str = ""
+    msg_type: str = ""
+    version: str = ""
+    profile: str = ""
+    patient_ids: str = ""
+    charset: str = ""
+    ack_code: str = ""
+    ack: bytes = b""
+    reason: str = ""
+    dup_key: str | None = None
+    dup_window: float = 0.0
+    # Filled by the journal when the record turns out to be a duplicate of an earlier message.
+    duplicate_of: str | None = None
+
+
+@dataclass(slots=True)
+class JournalEvent:
+    """One row of the message log, as `pfi tail` shows it."""
+
+    id: int
+    at: float
+    message_uid: str
+    state: str
+    channel: str
+    msg_type: str
+    control_id: str
+    detail: str = ""
+    node: str = ""
+    patient_ids: str = ""
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    uid: str
+    channel: str
+    received_at: float
+    state: str
+    msg_type: str
+    control_id: str
+    raw: bytes
+    ack_code: str = ""
+    reason: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Journal(Protocol):
+    """What the engine needs from storage. Methods returning Deferreds are safe on the reactor."""
+
+    def start(self) -> None: ...
+
+    def stop(self): ...
+
+    def append_inbound(self, record: InboundRecord):
+        """Durably store `record` (fsync'ed) and fire with it; if the journal already holds the same
+        dup_key within its window, the record is stored as a duplicate and `record.duplicate_of`
+        and `record.ack` are set to the original's."""
+
+    def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = ""): ...
+
+    def events_after(self, last_id: int, limit: int = 500, channel: str | None = None,
+                     msg_type: str | None = None) -> list[JournalEvent]: ...
+
+    def load_message(self, uid: str) -> StoredMessage | None: ...

@@ -1,0 +1,66 @@
+"""Numbered schema migrations of the SQLite journal. The engine refuses a schema it does not know."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            received_at REAL NOT NULL,
+            channel TEXT NOT NULL,
+            state TEXT NOT NULL,
+            sender TEXT, facility TEXT, receiver TEXT, receiver_facility TEXT,
+            control_id TEXT, msg_type TEXT, version TEXT, profile TEXT,
+            patient_ids TEXT, charset TEXT,
+            size INTEGER NOT NULL, segment INTEGER NOT NULL, offset INTEGER NOT NULL,
+            crc INTEGER NOT NULL,
+            dup_key TEXT, duplicate_of TEXT,
+            ack_code TEXT, ack BLOB, reason TEXT, node TEXT
+        );
+        CREATE INDEX messages_dup ON messages(dup_key, received_at) WHERE dup_key IS NOT NULL;
+        CREATE INDEX messages_received ON messages(received_at);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            message_uid TEXT NOT NULL,
+            at REAL NOT NULL,
+            state TEXT NOT NULL,
+            channel TEXT,
+            detail TEXT,
+            node TEXT
+        );
+        CREATE INDEX events_message ON events(message_uid);
+        """,
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+class UnknownSchema(Exception):
+    pass
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def upgrade(conn: sqlite3.Connection) -> int:
+    """Apply missing migrations in order; refuse a database newer than this code."""
+    version = current_version(conn)
+    if version > LATEST:
+        raise UnknownSchema(
+            f"journal schema version {version} is newer than this engine knows ({LATEST}); "
+            "upgrade the engine instead of downgrading the journal"
+        )
+    for number, sql in MIGRATIONS:
+        if number > version:
+            conn.executescript(f"BEGIN;{sql};INSERT INTO schema_version VALUES ({number});COMMIT;")
+            version = number
+    return version

@@ -1,0 +1,131 @@
+"""The engine's service tree, built by one function in a fixed order:
+journal -> intake -> listeners -> metrics endpoint. Stopping runs it backwards: listeners stop
+accepting first, in-flight commits finish, then the journal closes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import structlog
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ServerEndpoint
+
+from engine.config.channels import MllpInSettings
+from engine.config.load import Config
+from engine.hl7.charset import normalize_codec
+from engine.intake import Intake, IntakePolicy
+from engine.journal.sqlite import SQLiteJournal
+from engine.metrics import EngineMetrics
+from engine.mllp.server import MLLPServerFactory
+
+log = structlog.get_logger("engine.service")
+
+
+class ListenerService(service.Service):
+    """Listens on one endpoint; remembers the bound port (tests use port 0)."""
+
+    def __init__(self, name: str, endpoint, factory):
+        self.setName(name)
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port = None
+
+    async def _listen(self):
+        self.port = await self.endpoint.listen(self.factory)
+        address = self.port.getHost()
+        log.info("listener.started", channel=self.name, host=address.host, port=address.port)
+
+    def startService(self):
+        super().startService()
+        return defer.Deferred.fromCoroutine(self._listen())
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            return defer.maybeDeferred(self.port.stopListening)
+        return None
+
+
+def policy_for(settings: MllpInSettings) -> IntakePolicy:
+    return IntakePolicy(
+        channel=settings.name,
+        versions=tuple(settings.accept.versions),
+        message_types=tuple(settings.accept.message_types),
+        codec=normalize_codec(settings.charset),
+        duplicate_window=settings.duplicate_window,
+        local_app=settings.local_app,
+    )
+
+
+class Engine(service.MultiService):
+    def __init__(self, config: Config, data_dir: Path, reactor, with_metrics: bool = True):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.data_dir = Path(data_dir)
+        self.node = config.engine.node or socket.gethostname()
+        self.metrics = EngineMetrics()
+        self.journal = SQLiteJournal(self.data_dir / "journal", reactor, node=self.node)
+        self.intake = Intake(self.journal, self.metrics, reactor)
+        self.listeners: dict[str, ListenerService] = {}
+        for settings in config.channels_of_type("mllp-in"):
+            self._add_listener(settings)
+        if with_metrics and config.engine.metrics.enabled:
+            self._add_metrics_endpoint()
+        self._size_loop = task.LoopingCall(self._measure_journal)
+        self._size_loop.clock = reactor
+
+    def _add_listener(self, settings: MllpInSettings) -> None:
+        from engine.tls import server_endpoint
+
+        factory = MLLPServerFactory(self.intake, policy_for(settings), settings.max_message_bytes,
+                                    settings.idle_timeout or None)
+        endpoint = server_endpoint(self.reactor, settings)
+        listener = ListenerService(settings.name, endpoint, factory)
+        listener.setServiceParent(self)
+        self.listeners[settings.name] = listener
+
+    def _add_metrics_endpoint(self) -> None:
+        from prometheus_client.twisted import MetricsResource
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
+        m = self.config.engine.metrics
+        endpoint = TCP4ServerEndpoint(self.reactor, m.port, interface=m.host)
+        self.metrics_listener = ListenerService("metrics", endpoint, Site(root))
+        self.metrics_listener.setServiceParent(self)
+
+    def _measure_journal(self) -> None:
+        total = 0
+        for dirpath, _, files in os.walk(self.journal.data_dir):
+            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+        self.metrics.journal_bytes.set(total)
+
+    def port_of(self, channel: str) -> int:
+        return self.listeners[channel].port.getHost().port
+
+    async def _start(self):
+        self.journal.start()
+        await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
+        self._size_loop.start(10.0, now=True)
+        log.info("engine.started", node=self.node, durability=self.journal.durability)
+
+    def startService(self):
+        service.Service.startService(self)
+        return defer.Deferred.fromCoroutine(self._start())
+
+    async def _stop(self):
+        if self._size_loop.running:
+            self._size_loop.stop()
+        await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(list(self))])
+        await self.journal.stop()
+        log.info("engine.stopped", node=self.node)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
