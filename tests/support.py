@@ -1,0 +1,106 @@
+"""Test helpers: write a configuration, start a real engine on 127.0.0.1, talk MLLP to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from twisted.internet import defer, reactor
+
+from engine.config.load import load_config
+from engine.mllp.client import MLLPClientProtocol, connect, read_ack
+from engine.service import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(directory: Path, channels: dict[str, dict], routes: list | None = None,
+                 engine: dict | None = None) -> Path:
+    (directory / "channels").mkdir(parents=True, exist_ok=True)
+    for name, settings in channels.items():
+        (directory / "channels" / f"{name}.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    (directory / "routes.yaml").write_text(yaml.safe_dump({"routes": routes or []}), encoding="utf-8")
+    settings = {"metrics": {"enabled": False}, **(engine or {})}
+    (directory / "pfi.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return directory
+
+
+def inbound(**overrides) -> dict:
+    base = {"type": "mllp-in", "host": "127.0.0.1", "port": 0}
+    base.update(overrides)
+    return base
+
+
+async def start_engine(config_dir: Path, data_dir: Path) -> Engine:
+    engine = Engine(load_config(config_dir), data_dir, reactor, with_metrics=False)
+    await engine.startService()
+    return engine
+
+
+async def client_for(engine: Engine, channel: str) -> MLLPClientProtocol:
+    return await connect(reactor, "127.0.0.1", engine.port_of(channel))
+
+
+async def exchange(client: MLLPClientProtocol, message: bytes, timeout: float = 10.0):
+    d = client.send(message)
+    d.addTimeout(timeout, reactor)
+    return read_ack(await d)
+
+
+def sample_adt(control_id: str = "1001", version: str = "2.5", charset: str = "UNICODE UTF-8",
+               name: str = "MARTIN^Léa", sep: str = "\r", msg_type: str = "ADT^A01^ADT_A01") -> str:
+    segments = [
+        f"MSH|^~\\&|GAM|CHU-X|PFI|CHU-X|20261122101010||{msg_type}|{control_id}|P|{version}|||||FRA|{charset}",
+        "EVN||20261122101010",
+        f"PID|1||IPP001^^^CHU-X&1.2.250.1.999&ISO^PI||{name}||19800101|F||||||||||||||||||||||||VALI",
+        "PV1|1|I",
+    ]
+    return sep.join(segments) + sep
+
+
+async def sleep(seconds: float) -> None:
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+class EngineProcess:
+    """`pfi run` in a child process, for crash and signal tests."""
+
+    def __init__(self, config_dir: Path, data_dir: Path):
+        self.config_dir, self.data_dir = config_dir, data_dir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_for: str = "engine.started", timeout: float = 20.0) -> None:
+        self.log = open(self.data_dir.parent / f"engine-{time.time_ns()}.log", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config_dir), "--data", str(self.data_dir)],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.log.seek(0)
+            if wait_for in self.log.read():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.log.seek(0)
+        raise RuntimeError(f"engine did not start: {self.log.read()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(20)
