@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(".")
@@ -26,6 +27,9 @@ def run(args) -> int:
     if config is None:
         return 2
     configure_logging(config.engine.log_level)
+    # The journal writer thread must get the GIL back quickly after each fsync, or group commit
+    # stalls for the default 5 ms switch interval.
+    sys.setswitchinterval(0.0002)
     data_dir = args.data or (args.config / config.engine.data_dir)
     engine = Engine(config, data_dir, reactor)
     log = structlog.get_logger("engine.run")

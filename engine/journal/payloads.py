@@ -1,17 +1,30 @@
-"""Append-only payload segments: raw message bytes live here, the SQLite index points at them.
+"""The segment log: append-only files holding every inbound message with its index fields.
 
-Why not BLOBs in SQLite: 40 KB payloads would be written twice (WAL, then checkpoint) and the
-checkpoints cause latency spikes. Appending to a segment file and fdatasync'ing it once per group
-commit writes each payload once. Old segments can be deleted whole (retention).
+This log is what makes intake durable: a group of records is appended and fdatasync'ed once,
+then the SQLite index is updated without its own fsync (synchronous=NORMAL). After a crash the
+index is completed from the log (`recover`). Writing each payload once, sequentially, avoids the
+WAL double write and checkpoint stalls that 40 KB BLOBs cause. Old segments are deleted whole.
+
+Record layout: MAGIC | meta length (u32) | raw length (u32) | crc32 of meta+raw (u32) | meta | raw
+where meta is the JSON of the index fields.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 SEGMENT_BYTES = 256 * 1024 * 1024
+MAGIC = b"PFI1"
+_HEADER = struct.Struct(">4sIII")
+
+
+class CorruptRecord(OSError):
+    pass
 
 
 class PayloadStore:
@@ -26,8 +39,10 @@ class PayloadStore:
 
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        numbers = [int(p.stem.split("-")[1]) for p in self.directory.glob("seg-*.dat")]
-        self._open_segment(max(numbers, default=1))
+        self._open_segment(max(self.segments(), default=1))
+
+    def segments(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("seg-*.dat"))
 
     def _path(self, segment: int) -> Path:
         return self.directory / f"seg-{segment:08d}.dat"
@@ -40,22 +55,24 @@ class PayloadStore:
         self._size = os.fstat(self._fd).st_size
         _fsync_dir(self.directory)
 
-    def append(self, data: bytes) -> tuple[int, int, int]:
-        """Write `data` (not yet durable: call sync()); returns (segment, offset, crc32)."""
-        if self._size + len(data) > self.segment_bytes and self._size > 0:
+    def append(self, meta: dict, raw: bytes) -> tuple[int, int, int]:
+        """Write one record (not yet durable: call sync()); returns (segment, offset, crc)."""
+        meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
+        crc = zlib.crc32(raw, zlib.crc32(meta_bytes))
+        record = _HEADER.pack(MAGIC, len(meta_bytes), len(raw), crc) + meta_bytes + raw
+        if self._size + len(record) > self.segment_bytes and self._size > 0:
             self.sync()
             self._open_segment(self._segment + 1)
         offset = self._size
-        view = memoryview(data)
+        view = memoryview(record)
         while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._size += len(data)
+            view = view[os.write(self._fd, view):]
+        self._size += len(record)
         self._dirty = True
-        return self._segment, offset, zlib.crc32(data)
+        return self._segment, offset, crc
 
     def rollback_to(self, segment: int, offset: int) -> None:
-        """Forget bytes written after a failed batch so that offsets stay consistent."""
+        """Forget records written by a failed batch so that they are never recovered."""
         if segment == self._segment and offset < self._size:
             os.ftruncate(self._fd, offset)
             self._size = offset
@@ -68,14 +85,52 @@ class PayloadStore:
     def position(self) -> tuple[int, int]:
         return self._segment, self._size
 
-    def read(self, segment: int, offset: int, length: int, crc: int | None = None) -> bytes:
+    def _reader(self, segment: int) -> int:
         fd = self._readers.get(segment)
         if fd is None:
             fd = self._readers[segment] = os.open(self._path(segment), os.O_RDONLY)
-        data = os.pread(fd, length, offset)
-        if len(data) != length or (crc is not None and zlib.crc32(data) != crc):
-            raise OSError(f"payload corrupt or missing in segment {segment} at {offset}")
-        return data
+        return fd
+
+    def read(self, segment: int, offset: int) -> tuple[dict, bytes]:
+        """Read and check the record at `offset`; raises CorruptRecord if it is damaged."""
+        meta, raw, _ = self._read_at(segment, offset)
+        return meta, raw
+
+    def _read_at(self, segment: int, offset: int) -> tuple[dict, bytes, int]:
+        fd = self._reader(segment)
+        head = os.pread(fd, _HEADER.size, offset)
+        if len(head) < _HEADER.size:
+            raise CorruptRecord(f"truncated record header in segment {segment} at {offset}")
+        magic, meta_len, raw_len, crc = _HEADER.unpack(head)
+        body = os.pread(fd, meta_len + raw_len, offset + _HEADER.size)
+        if magic != MAGIC or len(body) != meta_len + raw_len or zlib.crc32(body) != crc:
+            raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
+        return json.loads(body[:meta_len]), body[meta_len:], _HEADER.size + meta_len + raw_len
+
+    def scan_from(self, segment: int, offset: int) -> Iterator[tuple[int, int, dict, bytes]]:
+        """Records from (segment, offset) to the end of the log; stops at a torn tail."""
+        for number in [s for s in self.segments() if s >= segment]:
+            position = offset if number == segment else 0
+            size = os.path.getsize(self._path(number))
+            while position < size:
+                try:
+                    meta, raw, length = self._read_at(number, position)
+                except (CorruptRecord, ValueError):
+                    yield number, position, {}, b""  # torn tail: the caller truncates here
+                    break
+                yield number, position, meta, raw
+                position += length
+
+    def read_crc(self, segment: int, offset: int) -> int:
+        return _HEADER.unpack(os.pread(self._reader(segment), _HEADER.size, offset))[3]
+
+    def record_length(self, segment: int, offset: int) -> int:
+        return self._read_at(segment, offset)[2]
+
+    def truncate(self, segment: int, offset: int) -> None:
+        os.truncate(self._path(segment), offset)
+        if segment == self._segment:
+            self._size = offset
 
     def close(self) -> None:
         for fd in [self._fd, *self._readers.values()]:

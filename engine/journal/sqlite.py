@@ -1,9 +1,13 @@
-"""The embedded journal: SQLite in WAL mode with synchronous=FULL, payloads in segment files.
+"""The embedded journal: an fsync'ed segment log for inbound messages, indexed in SQLite (WAL).
 
 All writes go through one writer thread that commits in groups: whatever arrived while the
-previous commit was being fsync'ed is written in the next one (one fdatasync of the payload
-segment, one WAL commit), so throughput grows with concurrency while every caller is answered
-only after its own data is on disk. Reads use their own connections.
+previous commit was being synced is written in the next one, so throughput grows with
+concurrency while every caller is answered only after its own data is on disk.
+
+Durability: a batch of inbound messages is durable when the segment log is fdatasync'ed; the
+SQLite index of such a batch commits with synchronous=NORMAL (no second fsync) and is completed
+from the log after a crash (`recover`). Batches holding any other state change commit with
+synchronous=FULL. Reads use their own connections.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from engine.journal.payloads import PayloadStore
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 1024
-DURABILITY = "SQLite WAL synchronous=FULL + payload segment fdatasync, group commit"
+DURABILITY = ("segment log fdatasync before ACK (group commit), SQLite WAL index synchronous=NORMAL "
+              "rebuilt from the log after a crash; other state changes synchronous=FULL")
 
 _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sender, facility,
     receiver, receiver_facility, control_id, msg_type, version, profile, patient_ids, charset,
@@ -63,6 +68,7 @@ class SQLiteJournal:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._sync_mode = "FULL"
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -70,6 +76,9 @@ class SQLiteJournal:
         self._writer = connect(self.db_path)
         schema.upgrade(self._writer)
         self.payloads.open()
+        recovered = self.recover()
+        if recovered:
+            log.warning("journal.recovered", messages=recovered)
         self._reader = connect(self.db_path)
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._thread.start()
@@ -92,14 +101,16 @@ class SQLiteJournal:
             self._thread = None
 
     # -- writes ----------------------------------------------------------------------------
-    def submit(self, operation: Callable[[sqlite3.Connection, PayloadStore], object]) -> defer.Deferred:
-        """Run `operation` in the writer thread, inside the next group commit; fires after fsync."""
+    def submit(self, operation: Callable[[sqlite3.Connection, PayloadStore], object],
+               logged: bool = False) -> defer.Deferred:
+        """Run `operation` in the writer thread, inside the next group commit; fires once durable.
+        `logged` operations are made durable by the segment log and need no SQLite fsync."""
         d = defer.Deferred()
-        self._queue.put((operation, d))
+        self._queue.put((operation, d, logged))
         return d
 
     def append_inbound(self, record: InboundRecord) -> defer.Deferred:
-        return self.submit(lambda conn, store: self._store_inbound(conn, store, record))
+        return self.submit(lambda conn, store: self._store_inbound(conn, store, record), logged=True)
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = "") -> defer.Deferred:
         row = (message_uid, time.time(), state, channel, detail, self.node)
@@ -108,16 +119,40 @@ class SQLiteJournal:
     def _store_inbound(self, conn, store: PayloadStore, r: InboundRecord) -> InboundRecord:
         if r.dup_key and r.dup_window > 0:
             self._mark_if_duplicate(conn, r)
-        segment, offset, crc = store.append(r.raw)
-        conn.execute(_INSERT_MESSAGE, (
-            r.uid, r.received_at, r.channel, r.state, r.sender, r.facility, r.receiver,
-            r.receiver_facility, r.control_id, r.msg_type, r.version, r.profile, r.patient_ids,
-            r.charset, len(r.raw), segment, offset, crc, r.dup_key if r.state != DUPLICATE else None,
-            r.duplicate_of, r.ack_code, r.ack, r.reason, self.node,
-        ))
-        detail = f"duplicate of {r.duplicate_of}" if r.duplicate_of else r.reason
-        conn.execute(_INSERT_EVENT, (r.uid, r.received_at, r.state, r.channel, detail, self.node))
+        meta = _meta(r)
+        segment, offset, crc = store.append(meta, r.raw)
+        self._index(conn, meta, len(r.raw), segment, offset, crc, r.ack)
         return r
+
+    def _index(self, conn, meta: dict, size: int, segment: int, offset: int, crc: int, ack: bytes,
+               detail_prefix: str = "") -> None:
+        row = tuple(meta.get(k, "") for k in _META_FIELDS)
+        conn.execute(_INSERT_MESSAGE, row[:14] + (size, segment, offset, crc) + (
+            meta.get("dup_key") if meta["state"] != DUPLICATE else None, meta.get("duplicate_of"),
+            meta.get("ack_code", ""), ack, meta.get("reason", ""), self.node))
+        detail = f"duplicate of {meta['duplicate_of']}" if meta.get("duplicate_of") else meta.get("reason", "")
+        conn.execute(_INSERT_EVENT, (meta["uid"], meta["received_at"], meta["state"], meta["channel"],
+                                     detail_prefix + detail, self.node))
+
+    def recover(self) -> int:
+        """Index the records of the segment log that the SQLite index lost in a crash."""
+        conn, store = self._writer, self.payloads
+        last = conn.execute("SELECT segment, offset FROM messages ORDER BY id DESC LIMIT 1").fetchone()
+        start = (last[0], last[1] + store.record_length(*last)) if last else (min(store.segments(), default=1), 0)
+        recovered = 0
+        conn.execute("BEGIN IMMEDIATE")
+        for segment, offset, meta, raw in store.scan_from(*start):
+            if not meta:
+                store.truncate(segment, offset)  # torn tail: never synced, so never acknowledged
+                break
+            if conn.execute("SELECT 1 FROM messages WHERE uid=?", (meta["uid"],)).fetchone():
+                continue
+            crc = store.read_crc(segment, offset)
+            self._index(conn, meta, len(raw), segment, offset, crc, meta.get("ack", "").encode("latin-1"),
+                        "recovered from the segment log; ")
+            recovered += 1
+        conn.execute("COMMIT")
+        return recovered
 
     @staticmethod
     def _mark_if_duplicate(conn, r: InboundRecord) -> None:
@@ -150,13 +185,20 @@ class SQLiteJournal:
             if conn is not None:
                 conn.close()
 
+    def _set_sync_mode(self, conn, batch: list) -> None:
+        mode = "NORMAL" if all(logged for _, _, logged in batch) else "FULL"
+        if mode != self._sync_mode:
+            conn.execute(f"PRAGMA synchronous={mode}")
+            self._sync_mode = mode
+
     def _commit(self, batch: list) -> None:
         conn, store = self._writer, self.payloads
         results: list = []
         position = store.position()
         try:
+            self._set_sync_mode(conn, batch)
             conn.execute("BEGIN IMMEDIATE")
-            for operation, _ in batch:
+            for operation, _, _ in batch:
                 results.append(self._run_one(conn, store, operation))
             store.sync()
             conn.execute("COMMIT")
@@ -165,7 +207,7 @@ class SQLiteJournal:
             log.error("journal.commit_failed", error=str(exc), batch=len(batch))
             failure = JournalError(f"journal write failed: {exc}")
             results = [failure] * len(batch)
-        self.reactor.callFromThread(_resolve, [d for _, d in batch], results)
+        self.reactor.callFromThread(_resolve, [d for _, d, _ in batch], results)
 
     @staticmethod
     def _run_one(conn, store, operation):
@@ -202,6 +244,19 @@ class SQLiteJournal:
         return load_message(self._read, self.payloads, uid)
 
 
+_META_FIELDS = ("uid", "received_at", "channel", "state", "sender", "facility", "receiver",
+                "receiver_facility", "control_id", "msg_type", "version", "profile", "patient_ids",
+                "charset")
+
+
+def _meta(r: InboundRecord) -> dict:
+    """What the segment log keeps beside the raw bytes: enough to rebuild the index row."""
+    meta = {k: getattr(r, k) for k in _META_FIELDS}
+    meta.update(state=r.state, ack_code=r.ack_code, ack=r.ack.decode("latin-1"), reason=r.reason,
+                dup_key=r.dup_key, duplicate_of=r.duplicate_of)
+    return meta
+
+
 def _resolve(deferreds: list, results: list) -> None:
     for d, result in zip(deferreds, results):
         if isinstance(result, Exception):
@@ -230,12 +285,12 @@ def events_after(read, last_id, limit=500, channel=None, msg_type=None) -> list[
 
 def load_message(read, payloads: PayloadStore, uid: str) -> StoredMessage | None:
     rows = read(
-        "SELECT uid, channel, received_at, state, msg_type, control_id, segment, offset, size, crc,"
+        "SELECT uid, channel, received_at, state, msg_type, control_id, segment, offset,"
         " ack_code, reason FROM messages WHERE uid = ?",
         (uid,),
     )
     if not rows:
         return None
-    uid, channel, at, state, mtype, ctrl, seg, off, size, crc, ack_code, reason = rows[0]
-    raw = payloads.read(seg, off, size, crc)
+    uid, channel, at, state, mtype, ctrl, seg, off, ack_code, reason = rows[0]
+    _, raw = payloads.read(seg, off)
     return StoredMessage(uid, channel, at, state, mtype, ctrl, raw, ack_code or "", reason or "")
