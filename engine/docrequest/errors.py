@@ -48,6 +48,8 @@ APP_ERRORS: dict[str, str] = {
     "RPLC_MISSING": "Replacement without relatedDocument RPLC in the CDA",
     "RPLC_MISMATCH": "TXA-13 differs from the CDA parentDocument id",
     "DOCTYPE_MISMATCH": "Document type in the message differs from the CDA code",
+    "DMP_NO_SENDER": "DMP sending requested without a PRT SB sender",
+    "DMP_INS_NOT_QUALIFIED": "DMP sending requested without a qualified INS",
     "MSS_NO_RECIPIENT": "MSSanté sending requested without a recipient address",
     "MAILBODY_TRUNCATED": "Mail body base64 was truncated; the decodable part is kept",
     "FLAG_ROW_UNKNOWN": "Unknown MetaDMPMSS row ignored",

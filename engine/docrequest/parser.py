@@ -104,7 +104,7 @@ class _Reader:
         )
         self.participants(request)
         self.check_txa(request, txa)
-        self.check_mssante(request)
+        self.check_routes(request)
         request.warnings = self.warnings
         return request
 
@@ -322,10 +322,17 @@ class _Reader:
         parts = text.split(".")
         return text if len(parts) > 1 and all(p.isdigit() for p in parts) else ""
 
-    def check_mssante(self, request: DocumentRequest) -> None:
+    def check_routes(self, request: DocumentRequest) -> None:
+        """Preconditions of the requested routes that the message alone can break."""
         if request.volet is not Volet.TRANSMISSION:
             return
         flags = request.flags
+        if flags.destdmp and request.sender is None:
+            raise RequestError.app("DMP_NO_SENDER", "DESTDMP=Y needs the PRT SB sender (VIHF "
+                                   "and submission-set author)", "PRT")
+        if flags.destdmp and not request.patient.ins_qualified:
+            raise RequestError.app("DMP_INS_NOT_QUALIFIED", "DESTDMP=Y needs a qualified INS "
+                                   "(PID-3 INS with a valid key and PID-32 = VALI)", "PID^1^3")
         if flags.destmssanteps and not any(r.address and not r.is_patient for r in request.recipients):
             raise RequestError.app("MSS_NO_RECIPIENT", "DESTMSSANTEPS=Y but no PRT RCT carries a "
                                    "professional MSSanté address (PRT-15.4)", "PRT")

@@ -165,6 +165,7 @@ def test_xml_payload_without_base64(sample):
 
 @pytest.mark.parametrize("status, qualified, warned", [("VALI", True, False), ("PROV", False, True), ("", False, True)])
 def test_identity_status_governs_ins_use(sample, status, qualified, warned):
+    _no_dmp(sample)
     request = sample.set("PID", 32, status).request()
     assert request.patient.ins_qualified is qualified
     assert any(w.location == "PID^1^32" for w in request.warnings) is warned
@@ -174,8 +175,23 @@ def test_wrong_ins_key_is_rejected_only_when_qualified(sample):
     pid3 = "292089900100291^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
     error = _error(sample.set("PID", 3, pid3))
     assert (error.app_code, error.location) == ("INS_KEY_INVALID", "PID^1^3")
-    request = sample.set("PID", 32, "PROV").request()
+    request = _no_dmp(sample).set("PID", 32, "PROV").request()
     assert request.patient.ins.key_valid is False and not request.patient.ins_qualified
+
+
+def _no_dmp(sample):
+    return sample.set("OBX", 5, "N^^expandedYes-NoIndicator", occurrence=sample.meta("DESTDMP"))
+
+
+def test_dmp_needs_a_qualified_ins(sample):
+    error = _error(sample.set("PID", 32, "PROV"))
+    assert (error.app_code, error.location) == ("DMP_INS_NOT_QUALIFIED", "PID^1^3")
+
+
+def test_dmp_needs_a_sender(sample):
+    error = _error(sample.drop("PRT", 1))
+    assert (error.app_code, error.location) == ("DMP_NO_SENDER", "PRT")
+    assert not _no_dmp(sample).request().sender
 
 
 def test_nir_preferred_over_nia(sample):
