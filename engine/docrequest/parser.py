@@ -223,8 +223,7 @@ class _Reader:
         if status not in OBX11_ACTIONS:
             raise RequestError.of(103, f"OBX-11 {status or '(empty)'} of the document is not "
                                        "F, C or D", self.loc(obx, 11))
-        encoding, data = self.value(obx, 5, 4), obx.repetitions(5)[0].split(self.msg.encoding.component)
-        payload = data[4] if len(data) >= 5 else ""
+        encoding, payload = self.value(obx, 5, 4), self.ed_data(obx)
         if not payload.strip():
             raise RequestError.of(101, "the document OBX-5.5 carries no data", self.loc(obx, 5))
         return Document(
@@ -382,9 +381,13 @@ class _Reader:
                                        "Y or N", self.loc(obx, 5))
         setattr(flags, code.lower(), YES_NO[value])
 
+    def ed_data(self, obx: Segment) -> str:
+        """OBX-5.5 of an ED value, still escaped (base64 never contains delimiters)."""
+        parts = obx.repetitions(5)[0].split(self.msg.encoding.component)
+        return parts[4] if len(parts) >= 5 else ""
+
     def mail_body(self, obx: Segment) -> str:
-        raw = obx.repetitions(5)[0].split(self.msg.encoding.component)
-        data = raw[4] if len(raw) >= 5 else (raw[0] if len(raw) == 1 else "")
+        data = self.ed_data(obx)
         if self.value(obx, 5, 4).upper() != "BASE64":
             return self.msg.unescape(data)
         try:

@@ -66,17 +66,23 @@ class HL7Path:
         if not segments:
             return None
         reps = self._repetitions(segments[0], msg, first_only=True)
-        return _leaf(reps[0], self.component, self.subcomponent, segments[0], msg) if reps else None
+        if not reps:
+            return None
+        return _leaf(reps[0], self.component, self.subcomponent, msg, self._atomic)
 
     def get_all(self, msg: Message) -> list[str]:
         """Every non-empty value, in message order."""
         values = []
         for seg in self.select_segments(msg):
             for rep in self._repetitions(seg, msg, first_only=False):
-                value = _leaf(rep, self.component, self.subcomponent, seg, msg)
+                value = _leaf(rep, self.component, self.subcomponent, msg, self._atomic)
                 if value:
                     values.append(value)
         return values
+
+    @property
+    def _atomic(self) -> bool:
+        return _is_atomic(self.segment, self.field)
 
     def select_segments(self, msg: Message) -> list[Segment]:
         """The segments kept by the segment id and the selectors."""
@@ -93,7 +99,7 @@ class HL7Path:
         if self.repetition is not None:
             return reps[self.repetition - 1:self.repetition]
         if self.rep_condition is not None:
-            reps = [r for r in reps if _rep_matches(r, self.rep_condition, seg, msg)]
+            reps = [r for r in reps if _rep_matches(r, self.rep_condition, msg, self._atomic)]
         return reps[:1] if first_only else reps
 
     def __str__(self) -> str:
@@ -107,11 +113,11 @@ def _split(text: str, sep: str | None, index: int) -> str:
     return parts[index - 1] if index <= len(parts) else ""
 
 
-def _leaf(rep: str, comp: int | None, sub: int | None, seg: Segment, msg: Message) -> str | None:
-    enc = msg.encoding
-    if seg.name == "MSH" and (rep == seg.field(1) or rep == seg.field(2)) and rep in (enc.field, enc.msh2):
-        # MSH-1 and MSH-2 are atomic: their text is the delimiters themselves.
+def _leaf(rep: str, comp: int | None, sub: int | None, msg: Message, atomic: bool = False) -> str | None:
+    """Component/subcomponent of one repetition; unescaped when it is a leaf."""
+    if atomic:  # MSH-1 and MSH-2: the text is the delimiters themselves
         return rep if comp in (None, 1) and sub in (None, 1) else None
+    enc = msg.encoding
     value = rep if comp is None else _split(rep, enc.component, comp)
     if sub is not None:
         value = _split(value, enc.subcomponent, sub)
@@ -125,17 +131,20 @@ def _leaf(rep: str, comp: int | None, sub: int | None, seg: Segment, msg: Messag
     return msg.unescape(value)
 
 
+def _is_atomic(segment: str, field: int | None) -> bool:
+    return segment == "MSH" and field is not None and field <= 2
+
+
 def _segment_matches(seg: Segment, cond: Condition, msg: Message) -> bool:
     loc = cond.locator
-    return any(_rep_matches(rep, Condition(Locator(None, loc.component, loc.subcomponent),
-                                           cond.value), seg, msg)
-               for rep in seg.repetitions(loc.field))
+    inner = Condition(Locator(None, loc.component, loc.subcomponent), cond.value)
+    atomic = _is_atomic(seg.name, loc.field)
+    return any(_rep_matches(rep, inner, msg, atomic) for rep in seg.repetitions(loc.field))
 
 
-def _rep_matches(rep: str, cond: Condition, seg: Segment, msg: Message) -> bool:
+def _rep_matches(rep: str, cond: Condition, msg: Message, atomic: bool = False) -> bool:
     loc = cond.locator
-    value = _leaf(rep, loc.component, loc.subcomponent, seg, msg) or ""
-    return value == cond.value
+    return (_leaf(rep, loc.component, loc.subcomponent, msg, atomic) or "") == cond.value
 
 
 class _Parser:

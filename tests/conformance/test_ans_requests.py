@@ -71,6 +71,8 @@ def test_manifest_is_read():
 def test_every_example_message_parses(path):
     msg = Message.parse(path.read_bytes())
     assert msg.segments("MSH") and msg.message_type[0]
+    again = Message.parse(msg.to_er7())           # CR-separated output parses to the same segments
+    assert [s.raw for s in again.segments()] == [s.raw for s in msg.segments()]
 
 
 @pytest.mark.parametrize("row", OLD_ROWS, ids=lambda r: r.name)

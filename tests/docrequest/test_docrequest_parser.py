@@ -52,6 +52,11 @@ def test_replacement_is_understood(sample):
     assert request.replaced_document_id == "1.2.250.1.999.7.1.2026.0"
 
 
+def test_profile_with_stray_space_is_accepted(sample):
+    # The IG's own example writes "2.1^ CISIS_CDA_HL7_V2" (digest §a.3).
+    assert sample.set("MSH", 21, "2.1^ CISIS_CDA_HL7_V2").request().header.profile == "2.1^CISIS_CDA_HL7_V2"
+
+
 def test_deletion_is_understood(sample):
     sample.set("MSH", 9, "MDM^T04^MDM_T02").set("ORC", 1, "CA").set("OBX", 11, "D")
     assert sample.request().action is Action.DELETE
