@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from engine.docrequest import check_consistency, read_cda_header
+from engine.docrequest.errors import APP_ERRORS
 from engine.docrequest.consistency import InstanceId, parse_ei
 from engine.errors import ValidationError
 
@@ -102,3 +105,18 @@ def test_read_cda_header(sample):
 def test_parse_ei():
     assert parse_ei("1.2.3.4^Organisation-Y") == InstanceId(root="1.2.3.4")
     assert parse_ei("EXT1^^1.2.3^ISO") == InstanceId(root="1.2.3", extension="EXT1")
+
+
+def test_fuzzed_cda_gives_coded_problems_only(sample):
+    """Random byte mutations of the CDA: check_consistency returns coded problems, never raises."""
+    request = sample.request()
+    rng = random.Random(3)
+    codes = set()
+    for _ in range(300):
+        data = bytearray(sample.cda.encode())
+        for _ in range(rng.randint(1, 5)):
+            data[rng.randrange(len(data))] = rng.choice(b'<>/"= \x00\xff\xc3abcRPLC&;!')
+        mutated = request.model_copy(deep=True)
+        mutated.documents[0].content = bytes(data)
+        codes |= {p.app_code for p in check_consistency(mutated)}
+    assert "CDA_NOT_WELL_FORMED" in codes and codes <= set(APP_ERRORS)
