@@ -87,6 +87,9 @@ class _Reader:
     # -- build ---------------------------------------------------------------------------
     def build(self) -> DocumentRequest:
         header = self.header()
+        if header.message_code not in ("ORU", "MDM"):
+            raise RequestError.of(200, f"message type {header.message_code or '(empty)'} is not a "
+                                       "document request (ORU or MDM)", "MSH^1^9")
         volet = self.volet(header)
         trigger_action = self.trigger_action(header, volet)
         patient = self.patient()
@@ -136,9 +139,8 @@ class _Reader:
                                    f"{PROFILE_TRANSMISSION}, {PROFILE_LPS}", "MSH^1^21")
 
     def trigger_action(self, header: Header, volet: Volet) -> Action | None:
-        if header.message_code not in ("ORU", "MDM") or (volet is Volet.LPS and header.message_code != "MDM"):
-            raise RequestError.of(200, f"message type {header.message_code or '(empty)'} is not a "
-                                       f"document request of the {volet.value} volet", "MSH^1^9")
+        if volet is Volet.LPS and header.message_code != "MDM":
+            raise RequestError.of(200, "the LPS volet only carries MDM messages", "MSH^1^9")
         key = (header.message_code, header.trigger)
         if key not in TRIGGERS:
             raise RequestError.of(201, f"event {header.message_code}^{header.trigger} is not "

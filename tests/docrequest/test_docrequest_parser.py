@@ -107,6 +107,17 @@ def test_missing_segments_are_coded(sample, segment, code):
     assert (error.code, error.location) == (code, segment)
 
 
+def test_message_type_is_checked_before_the_profile(sample):
+    error = _error(sample.set("MSH", 9, "ADT^A01^ADT_A01").set("MSH", 21, ""))
+    assert (error.code, error.location) == (200, "MSH^1^9")
+    error = _error(_lps_as_oru(sample))
+    assert (error.code, error.location) == (200, "MSH^1^9")
+
+
+def _lps_as_oru(sample):
+    return sample.set("MSH", 9, "ORU^R01^ORU_R01").set("MSH", 21, "1.1^CISIS_CDA_HL7_LPS")
+
+
 def test_mdm_with_two_documents_is_rejected(sample):
     sample.lines.insert(sample.index("OBX") + 1, sample.lines[sample.index("OBX")].replace("OBX|1|", "OBX|1b|"))
     assert _error(sample).code == 198
