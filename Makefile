@@ -20,6 +20,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+conformance: $(STAMP)
+	$(BIN)/python -m pytest -q tests/conformance
+
 check: $(STAMP)
 	$(BIN)/pfi check
 
