@@ -1,0 +1,96 @@
+"""`validate_cda`: XSD then the Schematron profiles the document's templateIds select."""
+
+from __future__ import annotations
+
+import time
+
+from lxml import etree
+
+from engine.cda.kit import ValidationKit
+from engine.cda.models import Issue, ProfileResult, Severity, ValidationReport
+from engine.cda.saxon_runner import run_profile, saxon_document
+from engine.errors import ConfigurationError, ValidationError
+from engine.xmlsafe import parse_untrusted
+
+HL7 = "urn:hl7-org:v3"
+_NS = {"hl7": HL7}
+
+
+def validate_cda(data: bytes, kit: ValidationKit) -> ValidationReport:
+    """Validate one CDA R2 document (bytes) against the kit; never raises for a bad document.
+
+    Raises ValidationError only when the input is not a CDA document at all (hostile, not XML,
+    not a ClinicalDocument): there is nothing to report on.
+    """
+    started = time.perf_counter()
+    tree = parse_untrusted(data)
+    root = tree.getroot()
+    if root.tag != f"{{{HL7}}}ClinicalDocument":
+        raise ValidationError(f"CDA-NOT-CLINICALDOCUMENT: root element is {root.tag}, not hl7:ClinicalDocument")
+    report = _new_report(root)
+    report.timings["parse"] = _ms_since(started)
+    _run_xsd(tree, kit, report)
+    _run_schematrons(root, kit, report)
+    report.timings["total"] = _ms_since(started)
+    return report
+
+
+def _new_report(root: etree._Element) -> ValidationReport:
+    ids = root.xpath("hl7:id", namespaces=_NS)
+    document_id = None
+    if ids:
+        document_id = ":".join(filter(None, (ids[0].get("root"), ids[0].get("extension"))))
+    return ValidationReport(
+        document_id=document_id,
+        template_ids=[t.get("root") for t in root.xpath("hl7:templateId[@root]", namespaces=_NS)],
+        body=_body_kind(root),
+    )
+
+
+def _body_kind(root: etree._Element) -> str:
+    if root.xpath("hl7:component/hl7:structuredBody", namespaces=_NS):
+        return "structured"
+    if root.xpath("hl7:component/hl7:nonXMLBody", namespaces=_NS):
+        return "nonxml"
+    return "none"
+
+
+def _run_xsd(tree: etree._ElementTree, kit: ValidationKit, report: ValidationReport) -> None:
+    started = time.perf_counter()
+    schema = kit.xsd()
+    schema.validate(tree)
+    issues = [Issue(source="xsd", rule_id=entry.type_name, location=entry.path or f"line {entry.line}",
+                    message=entry.message, severity=Severity.ERROR, kind="xsd")
+              for entry in schema.error_log]
+    elapsed = _ms_since(started)
+    report.issues += issues
+    report.profiles.append(ProfileResult(source="xsd", errors=len(issues), elapsed_ms=elapsed))
+    report.timings["xsd"] = elapsed
+
+
+def _run_schematrons(root: etree._Element, kit: ValidationKit, report: ValidationReport) -> None:
+    selected = [p for p in kit.profiles if p.applies_to(set(report.template_ids), report.body)]
+    if not selected:
+        return
+    started = time.perf_counter()
+    document = saxon_document(etree.tostring(root, encoding="unicode"))
+    report.timings["saxon_parse"] = _ms_since(started)
+    for profile in selected:
+        path = kit.profile_path(profile)
+        if path is None:
+            _skip_or_fail(profile, report)
+            continue
+        result, issues = run_profile(kit.schematron(profile), document, profile.schematron)
+        report.profiles.append(result)
+        report.issues += issues
+        report.timings[profile.name] = result.elapsed_ms
+
+
+def _skip_or_fail(profile, report: ValidationReport) -> None:
+    if not profile.optional:
+        raise ConfigurationError([f"profile {profile.name}: {profile.schematron} not found in the kit"])
+    report.skipped.append(f"{profile.name}: {profile.schematron} not installed")
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
