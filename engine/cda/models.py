@@ -56,6 +56,7 @@ class ValidationReport(BaseModel):
     document_id: str | None = None
     template_ids: list[str] = Field(default_factory=list)
     body: str = "none"
+    self_presentable: bool = Field(default=False, description="the CDA was embedded in an XSLT wrapper")
     profiles: list[ProfileResult] = Field(default_factory=list)
     issues: list[Issue] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list, description="profiles selected but unavailable, with why")

@@ -8,7 +8,9 @@ system without editing it:
 * a path that does not exist as written is matched component by component, case-insensitively
   (`E_directiveAnticipee_int.sch` → `E_directiveanticipee_int.sch`);
 * percent-encoded and accented names (`en-tête`) are decoded and read by Python, so the XSLT engine
-  never has to decode a non-ASCII URI (saxonche cannot).
+  never has to decode a non-ASCII URI (saxonche cannot);
+* include hrefs that are not valid URIs (`E_observationTNM _fr.sch` has a space) are
+  percent-encoded before libxml2 sees them, and decoded again by the resolver.
 
 The schema text handed to step 3 is therefore fully self-contained: saxonche never resolves an
 include, only value-set documents (ASCII paths).
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from lxml import etree, isoschematron
 
@@ -28,6 +30,7 @@ from engine.errors import ConfigurationError
 ISO_XSL_DIR = Path(isoschematron.__file__).parent / "resources" / "xsl" / "iso-schematron-xslt1"
 INCLUDE_XSL = ISO_XSL_DIR / "iso_dsdl_include.xsl"
 EXPAND_XSL = ISO_XSL_DIR / "iso_abstract_expand.xsl"
+SCH_NS = "http://purl.oclc.org/dsdl/schematron"
 
 
 def find_file(path: Path) -> Path | None:
@@ -81,7 +84,21 @@ class KitResolver(etree.Resolver):
         if path is None:
             raise ConfigurationError([f"schematron include not found: {unquote(url)}"])
         self.files_read.append(path)
-        return self.resolve_string(path.read_bytes(), context, base_url=path.resolve().as_uri())
+        return self.resolve_string(encode_include_hrefs(path.read_bytes()), context, base_url=path.resolve().as_uri())
+
+
+def encode_include_hrefs(data: bytes) -> bytes:
+    """Percent-encode `include/@href` (spaces, accents) so libxml2 accepts them as URIs."""
+    parser = etree.XMLParser(no_network=True, resolve_entities=False, load_dtd=False)
+    root = etree.fromstring(data, parser)
+    changed = False
+    for include in root.iter(f"{{{SCH_NS}}}include"):
+        href = include.get("href", "")
+        encoded = quote(href, safe="/:#%?=&;@+$,!~*'()")
+        if encoded != href:
+            include.set("href", encoded)
+            changed = True
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8") if changed else data
 
 
 def _iso_transform(xsl_path: Path, parser: etree.XMLParser) -> etree.XSLT:
@@ -97,7 +114,8 @@ def preprocess(sch_path: Path) -> tuple[etree._ElementTree, list[Path]]:
     source = find_file(sch_path)
     if source is None:
         raise ConfigurationError([f"schematron not found: {sch_path}"])
-    document = etree.parse(str(source), parser, base_url=source.resolve().as_uri())
+    document = etree.ElementTree(etree.fromstring(encode_include_hrefs(source.read_bytes()), parser,
+                                                  base_url=source.resolve().as_uri()))
     included = _run(_iso_transform(INCLUDE_XSL, parser), document, "include")
     expanded = _run(_iso_transform(EXPAND_XSL, parser), included, "abstract expansion")
     return expanded, [source] + resolver.files_read

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Sequence
 
 from lxml import etree
 
@@ -16,23 +18,42 @@ HL7 = "urn:hl7-org:v3"
 _NS = {"hl7": HL7}
 
 
-def validate_cda(data: bytes, kit: ValidationKit) -> ValidationReport:
+def validate_cda(data: bytes, kit: ValidationKit, profiles: Sequence[str] | None = None) -> ValidationReport:
     """Validate one CDA R2 document (bytes) against the kit; never raises for a bad document.
+
+    The Schematron profiles are chosen from the kit's profile table by the document's templateIds
+    and body kind; `profiles` (names from that table) overrides the selection, e.g. to run the
+    CR d'imagerie schematron on an N1 document for comparison.
 
     Raises ValidationError only when the input is not a CDA document at all (hostile, not XML,
     not a ClinicalDocument): there is nothing to report on.
     """
     started = time.perf_counter()
-    tree = parse_untrusted(data)
+    tree, wrapped = _clinical_document(parse_untrusted(data))
     root = tree.getroot()
-    if root.tag != f"{{{HL7}}}ClinicalDocument":
-        raise ValidationError(f"CDA-NOT-CLINICALDOCUMENT: root element is {root.tag}, not hl7:ClinicalDocument")
     report = _new_report(root)
+    report.self_presentable = wrapped
     report.timings["parse"] = _ms_since(started)
     _run_xsd(tree, kit, report)
-    _run_schematrons(root, kit, report)
+    _run_schematrons(root, kit, report, profiles)
     report.timings["total"] = _ms_since(started)
     return report
+
+
+def _clinical_document(tree: etree._ElementTree) -> tuple[etree._ElementTree, bool]:
+    """The ClinicalDocument to validate, and whether it came out of a self-presentable wrapper.
+
+    CI-SIS "auto-présentable" documents are an XSLT stylesheet carrying the ClinicalDocument as
+    data (kit: BIO-CR-BIO_2021.01_Auto-Presentable.xml); the CDA inside is what gets validated.
+    """
+    root = tree.getroot()
+    if root.tag == f"{{{HL7}}}ClinicalDocument":
+        return tree, False
+    embedded = root.xpath("//hl7:ClinicalDocument", namespaces=_NS)
+    if len(embedded) != 1:
+        raise ValidationError(f"CDA-NOT-CLINICALDOCUMENT: root element is {root.tag} and it carries "
+                              f"{len(embedded)} hl7:ClinicalDocument elements (expected a CDA document)")
+    return etree.ElementTree(copy.deepcopy(embedded[0])), True
 
 
 def _new_report(root: etree._Element) -> ValidationReport:
@@ -68,8 +89,9 @@ def _run_xsd(tree: etree._ElementTree, kit: ValidationKit, report: ValidationRep
     report.timings["xsd"] = elapsed
 
 
-def _run_schematrons(root: etree._Element, kit: ValidationKit, report: ValidationReport) -> None:
-    selected = [p for p in kit.profiles if p.applies_to(set(report.template_ids), report.body)]
+def _run_schematrons(root: etree._Element, kit: ValidationKit, report: ValidationReport,
+                     names: Sequence[str] | None) -> None:
+    selected = _select(kit, report, names)
     if not selected:
         return
     started = time.perf_counter()
@@ -84,6 +106,16 @@ def _run_schematrons(root: etree._Element, kit: ValidationKit, report: Validatio
         report.profiles.append(result)
         report.issues += issues
         report.timings[profile.name] = result.elapsed_ms
+
+
+def _select(kit: ValidationKit, report: ValidationReport, names: Sequence[str] | None) -> list:
+    if names is None:
+        return [p for p in kit.profiles if p.applies_to(set(report.template_ids), report.body)]
+    by_name = {p.name: p for p in kit.profiles}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigurationError([f"unknown CDA validation profile(s): {', '.join(unknown)}"])
+    return [by_name[n] for n in names]
 
 
 def _skip_or_fail(profile, report: ValidationReport) -> None:
