@@ -29,7 +29,7 @@ def validate_cda(data: bytes, kit: ValidationKit, profiles: Sequence[str] | None
     not a ClinicalDocument): there is nothing to report on.
     """
     started = time.perf_counter()
-    tree, wrapped = _clinical_document(parse_untrusted(data))
+    tree, wrapped = _clinical_document(_refuse_doctype(parse_untrusted(data)))
     root = tree.getroot()
     report = _new_report(root)
     report.self_presentable = wrapped
@@ -38,6 +38,14 @@ def validate_cda(data: bytes, kit: ValidationKit, profiles: Sequence[str] | None
     _run_schematrons(root, kit, report, profiles)
     report.timings["total"] = _ms_since(started)
     return report
+
+
+def _refuse_doctype(tree: etree._ElementTree) -> etree._ElementTree:
+    """Defence in depth: parse_untrusted spots a DTD by a byte search, which a UTF-16 document
+    evades; lxml then keeps the DTD unexpanded, but nothing downstream should ever see one."""
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None or tree.docinfo.externalDTD is not None:
+        raise ValidationError("XML document declares a DTD or entities, which are refused")
+    return tree
 
 
 def _clinical_document(tree: etree._ElementTree) -> tuple[etree._ElementTree, bool]:
@@ -95,7 +103,7 @@ def _run_schematrons(root: etree._Element, kit: ValidationKit, report: Validatio
     if not selected:
         return
     started = time.perf_counter()
-    document = saxon_document(etree.tostring(root, encoding="unicode"))
+    document = _saxon_document(root)
     report.timings["saxon_parse"] = _ms_since(started)
     for profile in selected:
         path = kit.profile_path(profile)
@@ -106,6 +114,15 @@ def _run_schematrons(root: etree._Element, kit: ValidationKit, report: Validatio
         report.profiles.append(result)
         report.issues += issues
         report.timings[profile.name] = result.elapsed_ms
+
+
+def _saxon_document(root: etree._Element):
+    from saxonche import PySaxonApiError
+
+    try:
+        return saxon_document(etree.tostring(root, encoding="unicode"))
+    except PySaxonApiError as exc:  # should not happen after lxml accepted it; never a traceback
+        raise ValidationError(f"CDA-SAXON-PARSE: the XSLT engine cannot read the document: {exc}") from exc
 
 
 def _select(kit: ValidationKit, report: ValidationReport, names: Sequence[str] | None) -> list:

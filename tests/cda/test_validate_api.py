@@ -96,3 +96,13 @@ def test_a_document_modified_in_memory_fails_the_imaging_volet(validation_kit, i
         section.getparent().getparent().remove(section.getparent())
     report = validate_cda(etree.tostring(root), validation_kit, ["IMG-CR-IMG_2024.01"])
     assert any("FR-DICOM-Acte-imagerie" in i.message for i in report.issues) and not report.valid
+
+
+def test_a_restarted_kit_reuses_the_cached_xslt(validation_kit, kit3, voc_overlay, schematron_cache, img_n3):
+    validate_cda(img_n3, validation_kit)
+    first = validation_kit.compiled("structMin")
+    restarted = ValidationKit(kit3, cache_dir=schematron_cache, value_set_dirs=(voc_overlay,))
+    report = validate_cda(img_n3, restarted)
+    again = restarted.compiled("structMin")
+    assert again.from_cache and again.key == first.key and report.valid
+    assert len(list(schematron_cache.glob("*.xsl"))) >= 3
