@@ -20,6 +20,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# Every conformance test on the full reference corpus (make test runs a representative subset).
+conformance: $(STAMP)
+	PFI_CONFORMANCE=full $(BIN)/python -m pytest -q -m conformance tests
+
 check: $(STAMP)
 	$(BIN)/pfi check
 
