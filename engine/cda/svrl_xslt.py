@@ -145,12 +145,11 @@ class _Generator:
         output = etree.SubElement(template, f"{{{SVRL}}}schematron-output", attrs)
         for index, pattern in enumerate(patterns):
             active = etree.SubElement(output, f"{{{SVRL}}}active-pattern")
-            for name in ("id", "name"):
-                if pattern.get("id"):
-                    active.set(name, _avt_escape(pattern.get("id")))
-            title = self._title(pattern)
-            if title and not pattern.get("id"):
-                active.set("name", _avt_escape(title))
+            if pattern.get("id"):
+                active.set("id", _avt_escape(pattern.get("id")))
+            name = self._title(pattern) or pattern.get("id")
+            if name:
+                active.set("name", _avt_escape(name))
             _xsl(output, "apply-templates", select="/", mode=f"M{index}")
 
     @staticmethod
@@ -176,10 +175,11 @@ class _Generator:
         for name in ("id", "role", "flag"):
             if rule.get(name):
                 fired.set(name, _avt_escape(rule.get(name)))
-        self._rule_body(template, rule, rule)
+        self._rule_body(template, rule)
         _xsl(template, "apply-templates", select=children, mode=mode)
 
-    def _rule_body(self, parent: etree._Element, rule: etree._Element, concrete: etree._Element) -> None:
+    def _rule_body(self, parent: etree._Element, rule: etree._Element) -> None:
+        """Lets, asserts and reports in schema order; `extends` is expanded where it stands."""
         for child in rule:
             tag = etree.QName(child).localname if isinstance(child.tag, str) else None
             if tag == "let":
@@ -187,9 +187,9 @@ class _Generator:
             elif tag in ("assert", "report"):
                 self._check(parent, child, rule)
             elif tag == "extends":
-                self._extends(parent, child.get("rule"), concrete)
+                self._extends(parent, child.get("rule"))
 
-    def _extends(self, parent: etree._Element, rule_id: str, concrete: etree._Element) -> None:
+    def _extends(self, parent: etree._Element, rule_id: str) -> None:
         abstract = self.abstract_rules.get(rule_id)
         if abstract is None:
             raise ValueError(f"extends refers to unknown abstract rule {rule_id!r}")
@@ -197,12 +197,11 @@ class _Generator:
             self.named_abstract.add(rule_id)
             _xsl(parent, "call-template", name=f"pfi:abstract-{_ncname(rule_id)}")
         else:
-            self._rule_body(parent, abstract, concrete)
+            self._rule_body(parent, abstract)
 
     def _abstract_template(self, root: etree._Element, rule_id: str) -> None:
         template = _xsl(root, "template", name=f"pfi:abstract-{_ncname(rule_id)}")
-        abstract = self.abstract_rules[rule_id]
-        self._rule_body(template, abstract, abstract)
+        self._rule_body(template, self.abstract_rules[rule_id])
 
     def _self_contained(self, rule: etree._Element, seen: frozenset = frozenset()) -> bool:
         """True if the abstract rule only uses its own, range-bound or global variables."""
