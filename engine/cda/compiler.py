@@ -57,10 +57,10 @@ class SchematronCompiler:
         self.value_set_dirs = tuple(Path(d) for d in value_set_dirs)
         self._tools = _tool_fingerprint()
 
-    def compile(self, sch_path: Path) -> CompiledSchematron:
+    def compile(self, sch_path: Path, *, use_cache: bool = True) -> CompiledSchematron:
         """The stylesheet for `sch_path`, from the cache when every input is unchanged."""
         started = time.perf_counter()
-        cached = self._from_cache(sch_path)
+        cached = self._from_cache(sch_path) if use_cache else None
         if cached is not None:
             key, xslt = cached
             return CompiledSchematron(sch_path, key, xslt, True, _ms_since(started))
@@ -88,10 +88,14 @@ class SchematronCompiler:
         return digest.hexdigest()
 
     def _store(self, sch_path: Path, files: list[Path], key: str, xslt: bytes) -> None:
+        """Write the cache entry; an unwritable cache only costs a recompilation next time."""
         index = self._index_path(sch_path)
-        index.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.cache_dir / f"{key}.xsl", xslt)
-        _atomic_write(index, json.dumps({"sch": str(sch_path), "files": [str(f) for f in files]}).encode())
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.cache_dir / f"{key}.xsl", xslt)
+            _atomic_write(index, json.dumps({"sch": str(sch_path), "files": [str(f) for f in files]}).encode())
+        except OSError as exc:
+            log.warning("schematron.cache_unwritable", cache_dir=str(self.cache_dir), error=exc.strerror)
 
     # -- generation -------------------------------------------------------------------------
     def _generate(self, sch_path: Path) -> tuple[str, bytes]:

@@ -100,10 +100,20 @@ class ValidationKit:
                 path = self.profile_path(profile)
                 if path is None:
                     raise ConfigurationError([f"profile {profile.name}: {profile.schematron} not found"])
-                compiled = self.compiler.compile(path)
-                self._compiled[profile.name] = compiled
-                self._loaded[profile.name] = load_stylesheet(profile.name, compiled.xslt)
+                self._loaded[profile.name] = self._compile_and_load(profile.name, path)
             return self._loaded[profile.name]
+
+    def _compile_and_load(self, name: str, path: Path) -> LoadedSchematron:
+        compiled = self.compiler.compile(path)
+        try:
+            loaded = load_stylesheet(name, compiled.xslt)
+        except ConfigurationError:
+            if not compiled.from_cache:
+                raise
+            compiled = self.compiler.compile(path, use_cache=False)  # a damaged cache entry: regenerate
+            loaded = load_stylesheet(name, compiled.xslt)
+        self._compiled[name] = compiled
+        return loaded
 
     def compiled(self, profile_name: str) -> CompiledSchematron | None:
         """How a loaded profile was obtained (fresh compile or cache), for benchmarks and logs."""

@@ -93,8 +93,8 @@ def validate_file(path: Path, kit, args) -> int:
 
 
 def is_hl7_message(data: bytes) -> bool:
-    """An HL7 v2 message starts with MSH (after an optional BOM, MLLP start byte or blank lines)."""
-    return data.lstrip(b"\xef\xbb\xbf\x0b \t\r\n").startswith(b"MSH")
+    """An HL7 v2 message or batch starts with MSH/FHS/BHS (after a BOM, MLLP start byte or blanks)."""
+    return data.lstrip(b"\xef\xbb\xbf\x0b \t\r\n")[:3] in (b"MSH", b"FHS", b"BHS")
 
 
 def print_report(path: Path, report, show_warnings: bool = False) -> None:

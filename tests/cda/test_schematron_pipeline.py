@@ -141,3 +141,10 @@ def test_find_file_matches_case_and_unicode_normalisation(tmp_path):
     found = find_file(tmp_path / decomposed / "E_directiveAnticipee_int.sch")
     assert found == tmp_path / "en-tête" / "E_directiveanticipee_int.sch"
     assert find_file(tmp_path / "en-tête" / "absent.sch") is None
+
+
+def test_unwritable_cache_still_compiles(schema_dir, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    compiled = SchematronCompiler(blocker / "cache", (schema_dir / "overlay",)).compile(schema_dir / "main.sch")
+    assert compiled.from_cache is False and compiled.xslt.startswith(b"<?xml")

@@ -106,3 +106,16 @@ def test_a_restarted_kit_reuses_the_cached_xslt(validation_kit, kit3, voc_overla
     again = restarted.compiled("structMin")
     assert again.from_cache and again.key == first.key and report.valid
     assert len(list(schematron_cache.glob("*.xsl"))) >= 3
+
+
+def test_a_damaged_cache_entry_is_regenerated(kit3, tmp_path, img_n1):
+    from engine.cda import load_profile_table
+
+    prechecks = tuple(p for p in load_profile_table() if p.name == "PFI-DMP-prechecks")
+    ValidationKit(kit3, cache_dir=tmp_path, profiles=prechecks).warm_up()
+    [entry] = tmp_path.glob("*.xsl")
+    entry.write_bytes(b"<xsl:stylesheet truncated")
+    kit = ValidationKit(kit3, cache_dir=tmp_path, profiles=prechecks)
+    report = validate_cda(img_n1, kit)
+    assert report.valid and kit.compiled("PFI-DMP-prechecks").from_cache is False
+    assert entry.read_bytes().startswith(b"<?xml")
