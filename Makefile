@@ -20,8 +20,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# Conformance on the reference corpus: ANS example messages -> document requests, and every
+# corpus CDA against the ANS verdicts (make test runs a representative subset of the latter).
 conformance: $(STAMP)
 	$(BIN)/python -m pytest -q tests/conformance
+	PFI_CONFORMANCE=full $(BIN)/python -m pytest -q -m conformance tests
 
 check: $(STAMP)
 	$(BIN)/pfi check

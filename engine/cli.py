@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.check",
     "engine.commands.tail",
     "engine.commands.request",
+    "engine.commands.validate",
 )
 
 
