@@ -269,7 +269,7 @@
 
   <xsl:template match="cda:legalAuthenticator">
     <xsl:if test="cda:assignedEntity/cda:id/@extension">
-      <m:legalAuthenticator>
+      <m:legalAuthenticator code="{cda:assignedEntity/cda:code/@code}">
         <xsl:call-template name="xcn">
           <xsl:with-param name="entity" select="cda:assignedEntity"/>
           <xsl:with-param name="person" select="cda:assignedEntity/cda:assignedPerson"/>

@@ -77,6 +77,8 @@ class DocumentMetadata(BaseModel):
     source_patient_info: list[str]
     authors: list[Author]
     legal_authenticator: str | None = None
+    #: profession/specialty code of the legal authenticator (e.g. G15_10/SM44), for the VIHF
+    legal_authenticator_code: str | None = None
     event_codes: list[Code] = []
     reference_ids: list[str] = []
     replaced_document_id: str | None = None
@@ -161,10 +163,15 @@ def _build(out, unique_id: str, flags: DmpFlags, cda: bytes) -> DocumentMetadata
         source_patient_info=_texts(out, "sourcePatientInfo"),
         authors=[_author(a) for a in out.iter(f"{M}author")],
         legal_authenticator=out.findtext(f"{M}legalAuthenticator"),
+        legal_authenticator_code=_attr(out.find(f"{M}legalAuthenticator"), "code"),
         event_codes=_unique_codes(out.iter(f"{M}eventCode")),
         reference_ids=list(dict.fromkeys(_texts(out, "referenceId"))),
         replaced_document_id=_replaced_id(replaced),
         hash=hashlib.sha1(cda).hexdigest(), size=len(cda))
+
+
+def _attr(node, name: str) -> str | None:
+    return (node.get(name) or None) if node is not None else None
 
 
 def _author(node) -> Author:
