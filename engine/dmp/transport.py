@@ -128,7 +128,8 @@ def classify(exc: BaseException) -> Exception:
             return DmpPermanentError("TLS_CLIENT_CERT_REFUSED",
                                      f"the DMP refused the organisation certificate: {tls}")
         return DmpTransientError("TLS_ERROR", tls)
-    if isinstance(exc, (defer.TimeoutError, defer.CancelledError, net_error.TimeoutError)):
+    timeouts = (defer.TimeoutError, defer.CancelledError, net_error.TimeoutError)
+    if isinstance(exc, timeouts) or any(isinstance(r, timeouts) for r in _nested(exc)):
         return DmpTransientError("TIMEOUT", "no answer from the DMP in time")
     if isinstance(exc, net_error.ConnectionRefusedError):
         return DmpTransientError("CONNECTION_REFUSED", "DMP endpoint refused the connection")
