@@ -124,19 +124,29 @@ class DmpClient:
 
     async def _provide(self, request: PublishRequest, meta: DocumentMetadata,
                        replaces: str | None) -> DmpResult:
-        cid = f"doc.{uuid.uuid4().hex}@pfi"
-        body = ebrim.provide_and_register(meta, self._submission_set(request, meta), cid,
-                                          replaces)
-        url = self._settings.endpoints.provide_and_register
-        env = self._envelope(soap.ACTION_ITI41, url, body, request, meta)
+        env, cid = self.iti41_envelope(request, meta, replaces)
         content_type, payload = soap.mtom_pack(etree.tostring(env, xml_declaration=True,
                                                               encoding="UTF-8"),
                                                {cid: request.cda}, soap.ACTION_ITI41)
+        url = self._settings.endpoints.provide_and_register
         outcome = await self._exchange(url, content_type, payload, "ITI-41")
         entry = (outcome.slots.get("entryUUID") or [None])[0]
         log.info("dmp.published", action=request.action, msg_id=request.message_control_id,
                  status=outcome.status)
         return _result(outcome, entry)
+
+    def iti41_envelope(self, request: PublishRequest, meta: DocumentMetadata,
+                       replaces: str | None = None) -> tuple[etree._Element, str]:
+        """The signed ITI-41 SOAP envelope and the Content-ID its xop:Include points to."""
+        cid = f"doc.{uuid.uuid4().hex}@pfi"
+        body = ebrim.provide_and_register(meta, self._submission_set(request, meta), cid,
+                                          replaces)
+        url = self._settings.endpoints.provide_and_register
+        return self._envelope(soap.ACTION_ITI41, url, body, request, meta), cid
+
+    def metadata(self, request: PublishRequest) -> DocumentMetadata:
+        """Public access to the metadata step (tests, tooling)."""
+        return self._metadata(request)
 
     async def _replace(self, request: PublishRequest, meta: DocumentMetadata) -> DmpResult:
         previous_id = request.replaced_document_id or meta.replaced_document_id
