@@ -6,7 +6,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from engine.dmp.model import PublishRequest
+from engine.dmp.model import DmpResult, PublishRequest, permanent
 
 INS_OIDS = frozenset({
     "1.2.250.1.213.1.4.8",   # INS-NIR
@@ -37,6 +37,10 @@ class GateDecision(BaseModel):
     allowed: bool
     reason: str = ""
     code: str | None = None
+
+    def as_result(self) -> DmpResult:
+        """A refused gate as a permanent DmpResult (journal state + ZAM^Z01 ERR-5)."""
+        return permanent(self.code or "GATE_REFUSED", self.reason, "blocked before any DMP send")
 
 
 def check_publishable(request: PublishRequest,

@@ -150,7 +150,7 @@ class DmpSimulator:
         root, parts = _unpack(content_type, body, soap.ACTION_ITI41 in actions)
         env = checks.parse_envelope(root)
         action, message_id = checks.check_addressing(env, actions)
-        vihf = checks.check_vihf(env, peer_pem)
+        vihf = checks.check_vihf(env, peer_pem, self._now())
         body_node = soap.body_child(env)
         if body_node is None:
             raise SoapFault("soap:Sender", "empty SOAP Body")

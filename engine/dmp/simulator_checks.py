@@ -7,8 +7,11 @@ answers.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
+
+from cryptography import x509
 
 from lxml import etree
 
@@ -22,6 +25,8 @@ from engine.errors import ValidationError
 from engine.xmlsafe import parse_untrusted
 
 META = "XDSRegistryMetadataError"
+#: seconds an assertion's IssueInstant may differ from the simulator's clock
+VIHF_MAX_SKEW = 300
 DTM = re.compile(r"^\d{4}(\d{2}){0,5}$")
 CX_INS = re.compile(r"^(?P<id>[^^]+)\^\^\^&(?P<oid>[0-9.]+)&ISO\^NH$")
 CODED_SLOTS = {"classCode": True, "confidentialityCode": True, "formatCode": True,
@@ -75,7 +80,8 @@ def check_addressing(env: etree._Element, allowed_actions: set[str]) -> tuple[st
     return action, message_id
 
 
-def check_vihf(env: etree._Element, peer_cert_pem: bytes) -> VerifiedVihf:
+def check_vihf(env: etree._Element, peer_cert_pem: bytes,
+               now: float | None = None) -> VerifiedVihf:
     """VIHF present in wsse:Security, signed by the TLS client certificate, complete."""
     security = env.find(f"{{{soap.SOAP}}}Header/{{{soap.WSSE}}}Security")
     if security is None:
@@ -88,7 +94,25 @@ def check_vihf(env: etree._Element, peer_cert_pem: bytes) -> VerifiedVihf:
     except VihfError as exc:
         raise SoapFault(exc.subcode, exc.reason) from exc
     _check_vihf_values(vihf)
+    _check_issuer_and_time(assertion, peer_cert_pem, now)
     return vihf
+
+
+def _check_issuer_and_time(assertion, peer_cert_pem: bytes, now: float | None) -> None:
+    """Issuer = DN of the certificate that signed; IssueInstant within the allowed skew."""
+    subject = x509.load_pem_x509_certificate(peer_cert_pem).subject.rfc4514_string()
+    if (assertion.findtext(f"{{{SAML}}}Issuer") or "").strip() != subject:
+        raise SoapFault("wsse:InvalidSecurityToken", "VIHF Issuer is not the subject DN of the "
+                        "signing certificate")
+    if now is None:
+        return
+    try:
+        issued = dt.datetime.strptime(assertion.get("IssueInstant", ""), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError as exc:
+        raise SoapFault("wsse:InvalidSecurityToken", "VIHF IssueInstant invalid") from exc
+    skew = abs(issued.replace(tzinfo=dt.timezone.utc).timestamp() - now)
+    if skew > VIHF_MAX_SKEW:
+        raise SoapFault("wsse:MessageExpired", f"VIHF IssueInstant {skew:.0f} s away from now")
 
 
 def _check_vihf_values(vihf: VerifiedVihf) -> None:

@@ -212,3 +212,21 @@ def _confidentiality(metadata: bytes) -> list[str]:
     entry = etree.fromstring(metadata)
     return [c.get("nodeRepresentation")
             for c in ebrim.classifications(entry, ebrim.DE["confidentialityCode"])]
+
+
+class _Stale:
+    """Signs assertions dated one hour ago."""
+
+    def __init__(self, signer):
+        self._signer = signer
+
+    def assertion(self, context, now):
+        import datetime as dt
+        return self._signer.assertion(context, now - dt.timedelta(hours=1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_vihf_is_refused(simulator, client, corpus):
+    client._signer = _Stale(client._signer)
+    result = await client.publish(request_for(corpus(N3)))
+    assert (result.error_code, result.transient) == ("wsse:MessageExpired", False)
