@@ -45,6 +45,11 @@ JDV_FILES = {
     "typeCode": "JDV_J07_XdsTypeCode_CISIS.xml",
     "confidentialityCode": "JDV_J08_XdsConfidentialityCode_CISIS.xml",
 }
+#: eventCodeList schemes (the JDV OIDs) → JDV file listing their codes
+EVENT_JDV_FILES = {
+    "1.2.250.1.213.1.1.5.618": "JDV_ModaliteAcquisition_CISIS.xml",
+    "1.2.250.1.213.1.1.5.695": "JDV_RegionAnatomique_CISIS.xml",
+}
 REFERENCE_ID_TYPES = {"urn:ihe:iti:xds:2013:accession", "urn:ihe:iti:xds:2013:order",
                       "urn:ihe:iti:xds:2016:studyInstanceUID"}
 
@@ -61,14 +66,22 @@ class ValueSets:
 
     def __init__(self, jdv_dir: Path | None = None):
         self._lists = {name: set(values) for name, values in BUILTIN.items()}
+        self._event_codes: dict[str, set[str]] = {}
         if jdv_dir:
             for slot, filename in JDV_FILES.items():
                 path = jdv_dir / filename
                 if path.is_file() and path.stat().st_size:
                     self._lists[slot] = load_svs(path)
+            for scheme, filename in EVENT_JDV_FILES.items():
+                path = jdv_dir / filename
+                if path.is_file() and path.stat().st_size:
+                    self._event_codes[scheme] = {code for code, _ in load_svs(path)}
 
     def allowed(self, slot: str, code: str, scheme: str) -> bool:
         """True when (code, scheme) belongs to the slot's value set (unknown slot: True)."""
+        if slot == "eventCodeList":
+            # the scheme names the JDV; its concepts keep their own code systems (DCM, SNOMED)
+            return scheme not in self._event_codes or code in self._event_codes[scheme]
         if slot in self._lists:
             return (code, scheme) in self._lists[slot]
         if slot in PATTERNS:

@@ -230,3 +230,37 @@ async def test_stale_vihf_is_refused(simulator, client, corpus):
     client._signer = _Stale(client._signer)
     result = await client.publish(request_for(corpus(N3)))
     assert (result.error_code, result.transient) == ("wsse:MessageExpired", False)
+
+
+RIS = "hl7V2-exemples/Vague 2/RIS"
+
+
+@pytest_twisted.ensureDeferred
+async def test_ris_example_with_a_modality_outside_the_jdv_is_refused(simulator, client, corpus):
+    # the RIS examples code MR as "RM" (known defect, corpus MANIFEST): the DMP side says so
+    result = await client.publish(request_for(corpus(f"{RIS}/transmission_initiale_cr_imagerie.xml")))
+    assert (result.error_code, result.transient) == ("XDSRegistryMetadataError", False)
+    assert "eventCodeList RM" in result.error_label
+
+
+@pytest_twisted.ensureDeferred
+async def test_ris_triplet_without_jdv_checks(pki, corpus, tmp_path):
+    from engine.dmp.simulator import DmpSimulator
+    sim = DmpSimulator(reactor, pki_dir=pki.directory)  # built-in value sets only
+    sim.start()
+    try:
+        settings = make_settings(sim, pki.client.cert, pki.client.key, pki.ca.cert)
+
+        async def run(dmp):
+            outcomes = []
+            for name, action in (("transmission_initiale", "initial"),
+                                 ("remplacement", "replace"), ("suppression", "delete")):
+                cda = corpus(f"{RIS}/{name}_cr_imagerie.xml")
+                outcomes.append((await dmp.publish(request_for(cda, action))).status)
+            return outcomes
+
+        assert await _with_client(settings, run) == ["success"] * 3
+        assert _statuses(sim) == {"1.2.250.1.213.4.5.4.402": ["Deprecated"],
+                                  "1.2.250.1.213.4.5.4.403": ["Deleted"]}
+    finally:
+        await sim.stop()
