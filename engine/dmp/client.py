@@ -93,6 +93,10 @@ class DmpClient:
             return transient(exc.code, "DMP unreachable", str(exc))
         except DmpPermanentError as exc:
             return permanent(exc.code, "DMP refused the connection", str(exc))
+        except Exception as exc:  # a bug must not crash the route: coded, logged, dead-lettered
+            log.error("dmp.internal_error", msg_id=request.message_control_id,
+                      error=type(exc).__name__)
+            return permanent("INTERNAL_ERROR", "connector error", type(exc).__name__)
 
     async def set_visibility(self, request: PublishRequest) -> DmpResult:
         """ITI-57 metadata update: replace the DMP confidentiality codes of the registered
@@ -129,11 +133,25 @@ class DmpClient:
                                                               encoding="UTF-8"),
                                                {cid: request.cda}, soap.ACTION_ITI41)
         url = self._settings.endpoints.provide_and_register
-        outcome = await self._exchange(url, content_type, payload, "ITI-41")
+        try:
+            outcome = await self._exchange(url, content_type, payload, "ITI-41")
+        except RegistryFailure as failure:
+            if failure.result.error_code != "XDSDuplicateUniqueIdInRegistry":
+                raise
+            return await self._already_registered(request, meta, failure)
         entry = (outcome.slots.get("entryUUID") or [None])[0]
         log.info("dmp.published", action=request.action, msg_id=request.message_control_id,
                  status=outcome.status)
         return _result(outcome, entry)
+
+    async def _already_registered(self, request, meta, failure: RegistryFailure) -> DmpResult:
+        """A retry after a lost answer: the same bytes already approved count as published."""
+        same = [e for e in await self._entries(request, meta, meta.unique_id)
+                if e.get("status") == ebrim.APPROVED
+                and ebrim.slot_values(e, "hash") == [meta.hash]]
+        if not same:
+            raise failure
+        return success(same[0].get("id"), "already registered (earlier attempt succeeded)")
 
     def iti41_envelope(self, request: PublishRequest, meta: DocumentMetadata,
                        replaces: str | None = None) -> tuple[etree._Element, str]:
@@ -157,7 +175,11 @@ class DmpClient:
         return await self._provide(request, meta, previous.get("id"))
 
     async def _delete(self, request: PublishRequest, meta: DocumentMetadata) -> DmpResult:
-        entry = await self._find_entry(request, meta, meta.unique_id)
+        entries = await self._entries(request, meta, meta.unique_id)
+        deleted = [e for e in entries if e.get("status") == ebrim.DMP_DELETED]
+        if deleted and not _approved(entries):  # a retry after a lost answer
+            return success(deleted[0].get("id"), "already deleted (earlier attempt succeeded)")
+        entry = _first_approved(entries)
         body = ebrim.update_availability(self._submission_set(request, meta), entry.get("id"),
                                          entry.get("status") or ebrim.APPROVED,
                                          ebrim.DMP_DELETED)
@@ -188,17 +210,16 @@ class DmpClient:
 
     async def _find_entry(self, request, meta, unique_id: str) -> etree._Element:
         """ITI-18 GetDocuments by uniqueId → the approved ExtrinsicObject (its id = entryUUID)."""
+        return _first_approved(await self._entries(request, meta, unique_id))
+
+    async def _entries(self, request, meta, unique_id: str) -> list[etree._Element]:
+        """ITI-18 GetDocuments (LeafClass) by uniqueId: every registered version."""
         body = ebrim.stored_query(ebrim.GET_DOCUMENTS, {
             "$XDSDocumentEntryUniqueId": [ebrim.query_list([unique_id])]})
         url = self._settings.endpoints.registry_stored_query
         env = self._envelope(soap.ACTION_ITI18, url, body, request, meta)
         outcome = await self._soap_exchange(url, soap.ACTION_ITI18, env, "ITI-18")
-        approved = [o for o in outcome.objects if o.get("status") == ebrim.APPROVED]
-        if not approved:
-            raise RegistryFailure(permanent(
-                "UNKNOWN_DOCUMENT", "document unknown to the DMP",
-                "no approved DMP entry with the uniqueId of the document to replace or delete"))
-        return approved[0]
+        return [o for o in outcome.objects if o.tag == ebrim.q(ebrim.RIM, "ExtrinsicObject")]
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -243,6 +264,19 @@ class DmpClient:
             self.timings.add("http", time.perf_counter() - started)
             self.timings.calls[label] = self.timings.calls.get(label, 0) + 1
         return _read_answer(response, label)
+
+
+def _approved(entries: list[etree._Element]) -> list[etree._Element]:
+    return [e for e in entries if e.get("status") == ebrim.APPROVED]
+
+
+def _first_approved(entries: list[etree._Element]) -> etree._Element:
+    approved = _approved(entries)
+    if not approved:
+        raise RegistryFailure(permanent(
+            "UNKNOWN_DOCUMENT", "document unknown to the DMP",
+            "no approved DMP entry with the uniqueId of the document to replace or delete"))
+    return approved[0]
 
 
 def _read_answer(response, label: str) -> ebrim.RegistryOutcome:

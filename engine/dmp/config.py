@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Literal
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -61,3 +64,28 @@ class DmpChannelSettings(BaseModel):
     response_timeout: float = Field(default=60.0, gt=0)
     #: the DMP refuses `root^extension` document ids: reject them, or send them anyway
     unique_id_with_extension: Literal["reject", "caret"] = "reject"
+
+
+def check_settings(settings: DmpChannelSettings, now: dt.datetime) -> list[str]:
+    """Problems an operator must fix before the channel can work (`pfi check`, start-up)."""
+    problems = []
+    for label, path in (("client_cert", settings.client_cert), ("client_key", settings.client_key),
+                        ("ca_bundle", settings.ca_bundle)):
+        if not path.is_file():
+            problems.append(f"DMP channel: {label} {path} is not a readable file")
+    if problems:
+        return problems
+    try:
+        cert = x509.load_pem_x509_certificate(settings.client_cert.read_bytes())
+        key = serialization.load_pem_private_key(settings.client_key.read_bytes(), password=None)
+    except ValueError as exc:
+        return [f"DMP channel: organisation certificate or key unreadable: {exc}"]
+    if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
+        problems.append(f"DMP channel: organisation certificate not valid now (valid "
+                        f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        problems.append("DMP channel: client_key does not match client_cert")
+    for name, url in settings.endpoints.model_dump().items():
+        if not url.startswith("https://"):
+            problems.append(f"DMP channel: endpoint {name} must be https://")
+    return problems

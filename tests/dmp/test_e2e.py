@@ -154,10 +154,27 @@ async def test_forced_registry_errors(simulator, client, corpus, code, transient
 
 
 @pytest_twisted.ensureDeferred
-async def test_duplicate_publication_is_refused(simulator, client, corpus):
+async def test_republishing_the_same_bytes_is_idempotent(simulator, client, corpus):
+    first = await client.publish(request_for(corpus(N3)))
+    again = await client.publish(request_for(corpus(N3)))  # e.g. retry after a lost answer
+    assert (again.status, again.entry_uuid) == ("success", first.entry_uuid)
+    assert "already registered" in again.detail and len(simulator.store.all()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_id_with_other_content_is_a_duplicate(simulator, client, corpus):
     assert (await client.publish(request_for(corpus(N3)))).ok
-    result = await client.publish(request_for(corpus(N3)))
+    other = corpus(N3).replace(b"<title>CR d", b"<title>Autre CR d", 1)
+    result = await client.publish(request_for(other))
     assert (result.error_code, result.transient) == ("XDSDuplicateUniqueIdInRegistry", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_twice_is_idempotent(simulator, client, corpus):
+    assert (await client.publish(request_for(corpus(N1)))).ok
+    assert (await client.publish(request_for(corpus(N1), "delete"))).detail == ""
+    again = await client.publish(request_for(corpus(N1), "delete"))
+    assert again.status == "success" and "already deleted" in again.detail
 
 
 class _Tampering:
