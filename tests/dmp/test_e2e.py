@@ -281,3 +281,27 @@ async def test_ris_triplet_without_jdv_checks(pki, corpus, tmp_path):
                                   "1.2.250.1.213.4.5.4.403": ["Deleted"]}
     finally:
         await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_destination_gates_then_raises_engine_errors(simulator, client, settings, corpus):
+    from engine.dmp.destination import DmpDestination, DmpPermanentFailure, DmpTransientFailure
+    from engine.errors import PermanentDeliveryError, TransientDeliveryError
+
+    class Opposed:
+        def is_opposed(self, ins):
+            return True
+
+    blocked = DmpDestination(reactor, settings, consent=Opposed(), client=client)
+    assert (await blocked.deliver(request_for(corpus(N3)))).error_code == "PATIENT_OPPOSED"
+    assert simulator.requests_seen == 0
+    destination = DmpDestination(reactor, settings, client=client)
+    with pytest.raises(PermanentDeliveryError) as info:
+        await destination.deliver_or_raise(request_for(corpus(N3), ins_qualified=False))
+    assert isinstance(info.value, DmpPermanentFailure)
+    assert info.value.result.error_code == "INS_NOT_QUALIFIED"
+    assert (await destination.deliver_or_raise(request_for(corpus(N3)))).status == "success"
+    await simulator.go_down()
+    with pytest.raises(TransientDeliveryError) as info:
+        await destination.deliver_or_raise(request_for(corpus(N1)))
+    assert isinstance(info.value, DmpTransientFailure) and info.value.result.transient

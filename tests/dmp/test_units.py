@@ -13,7 +13,7 @@ from engine.dmp.gates import check_publishable
 from engine.dmp.vihf import (A_LPS_HOMOLOGATION, SAML, VihfContext, VihfError, VihfIdentity,
                              VihfSigner, VihfSubject, roles_from_code, verify_assertion)
 from engine.errors import ValidationError
-from tests.dmp.conftest import INS, N3, request_for
+from tests.dmp.conftest import INS, request_for
 
 NOW = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.timezone.utc)
 
