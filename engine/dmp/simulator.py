@@ -300,6 +300,10 @@ class DmpSimulator:
         errors += self._forced_errors()
         if errors:
             return _failure(errors)
+        return self._apply_updates(objects, ss_patient)
+
+    def _apply_updates(self, objects, ss_patient) -> etree._Element:
+        """Status updates and DocumentEntry updates, all or nothing."""
         status_updates = _associations(objects, ebrim.UPDATE_STATUS)
         entries = objects.findall(q(RIM, "ExtrinsicObject"))
         if not status_updates and not entries:

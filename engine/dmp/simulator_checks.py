@@ -141,8 +141,8 @@ def patient_errors(patient_id: str | None, where: str,
         return [RegistryError(META, f"{where}: patientId missing")]
     match = CX_INS.match(patient_id)
     if not match or match.group("oid") not in INS_OIDS:
-        return [RegistryError(META, f"{where}: patientId {patient_id!r} is not an INS "
-                                    "(id^^^&INS-OID&ISO^NH)")]
+        return [RegistryError(META, f"{where}: patientId is not an INS "
+                                    "(id^^^&INS-OID&ISO^NH with an INS OID)")]
     if known_patients is not None and match.group("id") not in known_patients:
         return [RegistryError("XDSUnknownPatientId", f"{where}: patient unknown to the DMP")]
     return []
