@@ -169,11 +169,14 @@ async def test_same_id_with_other_content_is_a_duplicate(simulator, client, corp
     assert (result.error_code, result.transient) == ("XDSDuplicateUniqueIdInRegistry", False)
 
 
+@pytest.mark.parametrize("name", [N3, N1])
 @pytest_twisted.ensureDeferred
-async def test_deleting_twice_is_idempotent(simulator, client, corpus):
-    assert (await client.publish(request_for(corpus(N1)))).ok
-    assert (await client.publish(request_for(corpus(N1), "delete"))).detail == ""
-    again = await client.publish(request_for(corpus(N1), "delete"))
+async def test_delete_of_the_kit_examples_is_idempotent(simulator, client, corpus, name):
+    assert (await client.publish(request_for(corpus(name)))).ok
+    deleted = await client.publish(request_for(corpus(name), "delete"))
+    assert (deleted.status, deleted.detail) == ("success", "")
+    assert simulator.store.all()[0].status == ebrim.DMP_DELETED
+    again = await client.publish(request_for(corpus(name), "delete"))
     assert again.status == "success" and "already deleted" in again.detail
 
 
