@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import structlog
 from lxml import etree
 
-from engine.dmp import ebrim, soap
+from engine.dmp import ebrim, soap, xades
 from engine.dmp.config import DmpChannelSettings
 from engine.dmp.metadata import Code, DocumentMetadata, MetadataError, MetadataExtractor
 from engine.dmp.model import DmpFlags, DmpResult, PublishRequest, permanent, success, transient
@@ -66,6 +66,9 @@ class DmpClient:
                                   settings.client_key.read_bytes(),
                                   VihfIdentity(settings.vihf_version, settings.auth_mode, lps.name,
                                                lps.version, lps.homologation_id, lps.lps_id))
+        self._submission_signer = (xades.SubmissionSigner(settings.client_cert.read_bytes(),
+                                                          settings.client_key.read_bytes())
+                                   if settings.submission_signature else None)
         self.timings = Timings()
 
     async def close(self) -> None:
@@ -128,10 +131,10 @@ class DmpClient:
 
     async def _provide(self, request: PublishRequest, meta: DocumentMetadata,
                        replaces: str | None) -> DmpResult:
-        env, cid = self.iti41_envelope(request, meta, replaces)
+        env, attachments = self.iti41_envelope(request, meta, replaces)
         content_type, payload = soap.mtom_pack(etree.tostring(env, xml_declaration=True,
                                                               encoding="UTF-8"),
-                                               {cid: request.cda}, soap.ACTION_ITI41)
+                                               attachments, soap.ACTION_ITI41)
         url = self._settings.endpoints.provide_and_register
         try:
             outcome = await self._exchange(url, content_type, payload, "ITI-41")
@@ -154,13 +157,26 @@ class DmpClient:
         return success(same[0].get("id"), "already registered (earlier attempt succeeded)")
 
     def iti41_envelope(self, request: PublishRequest, meta: DocumentMetadata,
-                       replaces: str | None = None) -> tuple[etree._Element, str]:
-        """The signed ITI-41 SOAP envelope and the Content-ID its xop:Include points to."""
+                       replaces: str | None = None) -> tuple[etree._Element, dict[str, bytes]]:
+        """The signed ITI-41 SOAP envelope and its MTOM attachments by Content-ID."""
         cid = f"doc.{uuid.uuid4().hex}@pfi"
-        body = ebrim.provide_and_register(meta, self._submission_set(request, meta), cid,
-                                          replaces)
+        ss = self._submission_set(request, meta)
+        body = ebrim.provide_and_register(meta, ss, cid, replaces)
+        attachments = {cid: request.cda}
+        if self._submission_signer is not None:
+            attachments.update(self._add_submission_signature(body, request, meta, ss))
         url = self._settings.endpoints.provide_and_register
-        return self._envelope(soap.ACTION_ITI41, url, body, request, meta), cid
+        return self._envelope(soap.ACTION_ITI41, url, body, request, meta), attachments
+
+    def _add_submission_signature(self, body, request, meta, ss) -> dict[str, bytes]:
+        started = time.perf_counter()
+        now = _now(self._reactor)
+        data = self._submission_signer.sign({meta.unique_id: request.cda}, ss.unique_id, now)
+        self.timings.add("signing", time.perf_counter() - started)
+        cid = f"sig.{uuid.uuid4().hex}@pfi"
+        sig_meta = xades.signature_metadata(meta, data, now, ebrim.oid_from_uuid())
+        ebrim.add_signature_entry(body, sig_meta, ss, cid)
+        return {cid: data}
 
     def metadata(self, request: PublishRequest) -> DocumentMetadata:
         """Public access to the metadata step (tests, tooling)."""

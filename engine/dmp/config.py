@@ -64,6 +64,8 @@ class DmpChannelSettings(BaseModel):
     response_timeout: float = Field(default=60.0, gt=0)
     #: the DMP refuses `root^extension` document ids: reject them, or send them anyway
     unique_id_with_extension: Literal["reject", "caret"] = "reject"
+    #: add the XAdES submission-set signature document (IHE DSG), see docs/dmp.md
+    submission_signature: bool = False
 
 
 def check_settings(settings: DmpChannelSettings, now: dt.datetime) -> list[str]:

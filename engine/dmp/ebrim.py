@@ -47,6 +47,7 @@ SS = {  # SubmissionSet
 }
 HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
 RPLC = "urn:ihe:iti:2007:AssociationType:RPLC"
+SIGNS = "urn:ihe:iti:2007:AssociationType:signs"
 UPDATE_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
 DEPRECATED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
@@ -232,9 +233,24 @@ def provide_and_register(meta: DocumentMetadata, ss: SubmissionSetInfo, document
                 {"SubmissionSetStatus": ["Original"]})
     if replaces_entry_uuid:
         association(objects, RPLC, entry_id, replaces_entry_uuid)
-    document = etree.SubElement(root, q(XDSB, "Document"), id=entry_id)
-    etree.SubElement(document, q(XOP, "Include"), href=f"cid:{document_cid}")
+    add_document(root, entry_id, document_cid)
     return root
+
+
+def add_document(root: etree._Element, entry_id: str, cid: str) -> None:
+    """Append `<xdsb:Document id><xop:Include href="cid:…"/>` to an ITI-41 request."""
+    document = etree.SubElement(root, q(XDSB, "Document"), id=entry_id)
+    etree.SubElement(document, q(XOP, "Include"), href=f"cid:{cid}")
+
+
+def add_signature_entry(root: etree._Element, meta: DocumentMetadata, ss: "SubmissionSetInfo",
+                        cid: str, entry_id: str = "Signature01") -> None:
+    """Register the submission-set signature document: entry, HasMember, `signs` association."""
+    objects = root.find(f"{q(LCM, 'SubmitObjectsRequest')}/{q(RIM, 'RegistryObjectList')}")
+    document_entry(objects, meta, entry_id)
+    association(objects, HAS_MEMBER, ss.entry_id, entry_id, {"SubmissionSetStatus": ["Original"]})
+    association(objects, SIGNS, entry_id, ss.entry_id)
+    add_document(root, entry_id, cid)
 
 
 def update_availability(ss: SubmissionSetInfo, entry_uuid: str, original: str,

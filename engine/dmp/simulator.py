@@ -48,7 +48,8 @@ class DmpSimulator:
 
     def __init__(self, reactor, port: int = 0, pki_dir: Path | None = None,
                  data_dir: Path | None = None, valueset_dir: Path | None = None,
-                 known_patients: set[str] | None = None, interface: str = "127.0.0.1"):
+                 known_patients: set[str] | None = None, interface: str = "127.0.0.1",
+                 require_submission_signature: bool = False):
         if pki_dir is None:
             raise ValidationError("the DMP simulator needs a PKI directory (pfi.pki)")
         self._reactor = reactor
@@ -60,6 +61,8 @@ class DmpSimulator:
         self.store = DocumentStore(data_dir / "dmp-sim.sqlite" if data_dir else None)
         self._values = ValueSets(valueset_dir)
         self._known_patients = known_patients
+        #: refuse ITI-41 submissions without the XAdES submission-set signature document
+        self.require_submission_signature = require_submission_signature
         self._listener = None
         self._down = False
         self._delay = 0.0
@@ -156,7 +159,7 @@ class DmpSimulator:
             raise SoapFault("soap:Sender", "empty SOAP Body")
         handler = {soap.ACTION_ITI41: self._iti41, soap.ACTION_ITI18: self._iti18,
                    soap.ACTION_ITI57: self._iti57}[action]
-        response = handler(body_node, parts, checks.vihf_patient(vihf))
+        response = handler(body_node, parts, checks.vihf_patient(vihf), peer_pem)
         reply = soap.envelope(soap.RESPONSE_ACTIONS[action], "", response,
                               relates_to=message_id)
         data = etree.tostring(reply, xml_declaration=True, encoding="UTF-8")
@@ -171,7 +174,8 @@ class DmpSimulator:
 
     # -- ITI-41 --------------------------------------------------------------------------
 
-    def _iti41(self, body: etree._Element, parts: dict[str, bytes], vihf_patient: str):
+    def _iti41(self, body: etree._Element, parts: dict[str, bytes], vihf_patient: str,
+               peer_pem: bytes):
         if body.tag != q(ebrim.XDSB, "ProvideAndRegisterDocumentSetRequest"):
             raise SoapFault("soap:Sender", "Body is not xdsb:ProvideAndRegisterDocumentSetRequest")
         objects = body.find(f"{q(ebrim.LCM, 'SubmitObjectsRequest')}/{q(RIM, 'RegistryObjectList')}")
@@ -186,6 +190,8 @@ class DmpSimulator:
         for entry in entries:
             errors += checks.entry_errors(entry, self._values, documents.get(entry.get("id")))
         errors += self._patient_and_link_errors(objects, pkg, entries, vihf_patient)
+        errors += checks.signature_errors(objects, pkg, entries, documents, peer_pem,
+                                          self.require_submission_signature)
         errors += self._forced_errors()
         if errors:
             return _failure(errors)
@@ -249,7 +255,7 @@ class DmpSimulator:
 
     # -- ITI-18 --------------------------------------------------------------------------
 
-    def _iti18(self, body: etree._Element, parts, vihf_patient: str):
+    def _iti18(self, body: etree._Element, parts, vihf_patient: str, peer_pem: bytes):
         if body.tag != q(ebrim.QUERY, "AdhocQueryRequest"):
             raise SoapFault("soap:Sender", "Body is not query:AdhocQueryRequest")
         query = body.find(q(RIM, "AdhocQuery"))
@@ -286,7 +292,7 @@ class DmpSimulator:
 
     # -- ITI-57 --------------------------------------------------------------------------
 
-    def _iti57(self, body: etree._Element, parts, vihf_patient: str):
+    def _iti57(self, body: etree._Element, parts, vihf_patient: str, peer_pem: bytes):
         if body.tag != q(ebrim.LCM, "SubmitObjectsRequest"):
             raise SoapFault("soap:Sender", "Body is not lcm:SubmitObjectsRequest")
         objects = body.find(q(RIM, "RegistryObjectList"))

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from lxml import etree
 
-from engine.dmp import ebrim, soap
+from engine.dmp import ebrim, soap, xades
 from engine.dmp.ebrim import DE, RIM, SS, RegistryError, q
 from engine.dmp.gates import INS_OIDS
 from engine.dmp.valuesets import REFERENCE_ID_TYPES, ValueSets
@@ -32,6 +32,8 @@ CX_INS = re.compile(r"^(?P<id>[^^]+)\^\^\^&(?P<oid>[0-9.]+)&ISO\^NH$")
 CODED_SLOTS = {"classCode": True, "confidentialityCode": True, "formatCode": True,
                "healthcareFacilityTypeCode": True, "practiceSettingCode": True,
                "typeCode": True, "eventCodeList": False}
+SIGNATURE_CODES = {"classCode": xades.CLASS_CODE, "typeCode": xades.TYPE_CODE,
+                   "formatCode": xades.FORMAT_CODE}
 ENTRY_SLOTS = ("creationTime", "languageCode", "serviceStartTime", "sourcePatientId")
 
 
@@ -148,10 +150,17 @@ def patient_errors(patient_id: str | None, where: str,
     return []
 
 
+def is_signature_entry(obj: etree._Element) -> bool:
+    """True for the submission-set signature document (formatCode xmldsig)."""
+    return any(c.get("nodeRepresentation") == xades.FORMAT_CODE.code
+               for c in ebrim.classifications(obj, DE["formatCode"]))
+
+
 def entry_errors(obj: etree._Element, values: ValueSets,
                  document: bytes | None) -> list[RegistryError]:
     """Every DocumentEntry rule; `document` (when provided) is checked against hash/size/id."""
     loc = obj.get("id", "?")
+    signature = is_signature_entry(obj)
     errors = [RegistryError(META, f"{loc}: slot {name} missing", location=loc)
               for name in ENTRY_SLOTS if not ebrim.slot_values(obj, name)]
     errors += _time_errors(obj, loc)
@@ -159,14 +168,14 @@ def entry_errors(obj: etree._Element, values: ValueSets,
         errors.append(RegistryError(META, f"{loc}: mimeType must be text/xml", location=loc))
     if obj.find(f"{q(RIM, 'Name')}/{q(RIM, 'LocalizedString')}") is None:
         errors.append(RegistryError(META, f"{loc}: title (rim:Name) missing", location=loc))
-    errors += _code_errors(obj, values, loc)
+    errors += _code_errors(obj, values, loc, SIGNATURE_CODES if signature else {})
     errors += _author_errors(obj, loc)
     errors += _reference_id_errors(obj, loc)
     for name in ("patientId", "uniqueId"):
         if not ebrim.external_value(obj, DE[name]):
             errors.append(RegistryError(META, f"{loc}: {name} missing", location=loc))
     if document is not None:
-        errors += _document_errors(obj, document, loc)
+        errors += _document_errors(obj, document, loc, cda=not signature)
     return errors
 
 
@@ -176,7 +185,8 @@ def _time_errors(obj, loc: str) -> list[RegistryError]:
             for value in ebrim.slot_values(obj, name) if not DTM.match(value)]
 
 
-def _code_errors(obj, values: ValueSets, loc: str) -> list[RegistryError]:
+def _code_errors(obj, values: ValueSets, loc: str,
+                 fixed: dict[str, "xades.Code"]) -> list[RegistryError]:
     errors = []
     for slot_name, required in CODED_SLOTS.items():
         nodes = ebrim.classifications(obj, DE[slot_name])
@@ -190,6 +200,13 @@ def _code_errors(obj, values: ValueSets, loc: str) -> list[RegistryError]:
             if not code or len(scheme) != 1:
                 errors.append(RegistryError(META, f"{loc}: {slot_name} without code or "
                                                   "codingScheme", location=loc))
+            elif slot_name in fixed:
+                if (code, scheme[0]) != (fixed[slot_name].code, fixed[slot_name].scheme):
+                    errors.append(RegistryError(META, f"{loc}: {slot_name} of a signature "
+                                                      f"document must be {fixed[slot_name].code}",
+                                                location=loc))
+            elif slot_name == "eventCodeList" and fixed:
+                continue
             elif not values.allowed(slot_name, code, scheme[0]):
                 errors.append(RegistryError(META, f"{loc}: {slot_name} {code} ({scheme[0]}) "
                                                   "not in the DMP value set", location=loc))
@@ -217,7 +234,7 @@ def _reference_id_errors(obj, loc: str) -> list[RegistryError]:
     return errors
 
 
-def _document_errors(obj, document: bytes, loc: str) -> list[RegistryError]:
+def _document_errors(obj, document: bytes, loc: str, cda: bool = True) -> list[RegistryError]:
     errors = []
     size, digest = ebrim.slot_values(obj, "size"), ebrim.slot_values(obj, "hash")
     if size and size[0] != str(len(document)):
@@ -226,7 +243,46 @@ def _document_errors(obj, document: bytes, loc: str) -> list[RegistryError]:
     if digest and digest[0].lower() != hashlib.sha1(document).hexdigest():
         errors.append(RegistryError("XDSNonIdenticalHash", f"{loc}: hash does not match the "
                                     "document", location=loc))
-    errors += _cda_id_errors(obj, document, loc)
+    if cda:
+        errors += _cda_id_errors(obj, document, loc)
+    return errors
+
+
+def signature_errors(objects, pkg, entries, documents: dict[str, bytes], peer_pem: bytes,
+                     required: bool) -> list[RegistryError]:
+    """The submission-set signature: `signs` association, valid XAdES over every document."""
+    signatures = [e for e in entries if is_signature_entry(e)]
+    if not signatures:
+        return [RegistryError(META, "submission-set signature document missing")] if required \
+            else []
+    signed = {ebrim.external_value(e, DE["uniqueId"]): documents.get(e.get("id"), b"")
+              for e in entries if not is_signature_entry(e)}
+    ss_uid = ebrim.external_value(pkg, SS["uniqueId"]) if pkg is not None else None
+    errors = []
+    for entry in signatures:
+        errors += _one_signature_errors(objects, pkg, entry, documents, signed, peer_pem, ss_uid)
+    return errors
+
+
+def _one_signature_errors(objects, pkg, entry, documents, signed, peer_pem,
+                          ss_uid) -> list[RegistryError]:
+    loc = entry.get("id")
+    links = [a for a in objects.findall(q(RIM, "Association"))
+             if a.get("associationType") == ebrim.SIGNS and a.get("sourceObject") == loc]
+    errors = []
+    if pkg is None or [a.get("targetObject") for a in links] != [pkg.get("id")]:
+        errors.append(RegistryError(META, f"{loc}: one 'signs' association to the submission "
+                                          "set expected", location=loc))
+    try:
+        root = parse_untrusted(documents.get(loc, b"")).getroot()
+    except ValidationError as exc:
+        return errors + [RegistryError(META, f"{loc}: signature is not XML: {exc}", location=loc)]
+    check = xades.verify(root, peer_pem, signed)
+    errors += [RegistryError(META, f"{loc}: submission-set signature: {p}", location=loc)
+               for p in check.problems]
+    if check.record_id != f"urn:oid:{ss_uid}":
+        errors.append(RegistryError(META, f"{loc}: signature recordID is not the submission "
+                                          "set uniqueId", location=loc))
     return errors
 
 

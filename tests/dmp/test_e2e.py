@@ -308,3 +308,53 @@ async def test_destination_gates_then_raises_engine_errors(simulator, client, se
     with pytest.raises(TransientDeliveryError) as info:
         await destination.deliver_or_raise(request_for(corpus(N1)))
     assert isinstance(info.value, DmpTransientFailure) and info.value.result.transient
+
+
+@pytest.fixture()
+def signing_settings(simulator, pki):
+    return make_settings(simulator, pki.client.cert, pki.client.key, pki.ca.cert,
+                         submission_signature=True)
+
+
+@pytest.mark.parametrize("name", [N3, N1])
+@pytest_twisted.ensureDeferred
+async def test_submission_signature_is_registered_and_checked(simulator, signing_settings,
+                                                              corpus, name):
+    simulator.require_submission_signature = True
+    result = await _with_client(signing_settings,
+                                lambda c: c.publish(request_for(corpus(name))))
+    assert result.status == "success", result
+    cda, signature = simulator.store.all()
+    assert cda.document == corpus(name)
+    entry = etree.fromstring(signature.metadata)
+    codes = {c.get("nodeRepresentation")
+             for c in entry.findall(ebrim.q(ebrim.RIM, "Classification"))}
+    assert {"E1762", "http://www.w3.org/2000/09/xmldsig#",
+            "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"} <= codes
+    assert b"urn:oid:" + cda.unique_id.encode() in signature.document
+
+
+@pytest_twisted.ensureDeferred
+async def test_required_submission_signature_missing(simulator, client, corpus):
+    simulator.require_submission_signature = True
+    result = await client.publish(request_for(corpus(N3)))
+    assert (result.error_code, result.transient) == ("XDSRegistryMetadataError", False)
+    assert "signature document missing" in result.error_label
+
+
+@pytest_twisted.ensureDeferred
+async def test_submission_signature_over_other_bytes_is_refused(simulator, signing_settings,
+                                                                corpus):
+    async def run(dmp):
+        original = dmp._submission_signer.sign
+
+        def sign_other(documents, ss_uid, now):  # signs a different version of the CDA
+            return original({k: v + b" " for k, v in documents.items()}, ss_uid, now)
+
+        dmp._submission_signer.sign = sign_other
+        return await dmp.publish(request_for(corpus(N1)))
+
+    result = await _with_client(signing_settings, run)
+    assert result.error_code == "XDSRegistryMetadataError"
+    assert "differs from its signed digest" in result.detail
+    assert simulator.store.all() == []

@@ -25,7 +25,8 @@ def poster(settings):
 
 def _iti41(client: DmpClient, cda: bytes):
     request = request_for(cda)
-    env, cid = client.iti41_envelope(request, client.metadata(request))
+    env, attachments = client.iti41_envelope(request, client.metadata(request))
+    (cid,) = attachments
     return env, cid
 
 

@@ -165,3 +165,24 @@ def test_registry_errors_map_to_transient_or_permanent(code, transient):
     response = ebrim.registry_response(ebrim.FAILURE, [ebrim.RegistryError(code, "ctx")])
     result = _failure(ebrim.parse_response(_roundtrip(response)), "ITI-41")
     assert (result.error_code, result.transient, result.status) == (code, transient, "error")
+
+
+# -- submission-set signature --------------------------------------------------------------
+
+def test_xades_signature_roundtrip_and_tampering(pki):
+    from engine.dmp import xades
+    signer = xades.SubmissionSigner(pki.client.cert.read_bytes(), pki.client.key.read_bytes())
+    docs = {"1.2.3.4": b"<ClinicalDocument/>"}
+    data = signer.sign(docs, "2.25.99", NOW)
+    root = etree.fromstring(data)
+    check = xades.verify(root, pki.client.cert.read_bytes(), docs)
+    assert (check.problems, check.record_id) == ([], "urn:oid:2.25.99")
+    assert xades.verify(root, pki.client_other_ca.cert.read_bytes(), docs).problems == [
+        "SignatureValue does not verify with the organisation certificate"]
+    time_node = next(root.iter("{http://uri.etsi.org/01903/v1.3.2#}SigningTime"))
+    time_node.text = "2020-01-01T00:00:00Z"
+    problems = xades.verify(root, pki.client.cert.read_bytes(), docs).problems
+    assert any("signed content altered" in p for p in problems)
+    extra = xades.verify(etree.fromstring(data), pki.client.cert.read_bytes(),
+                         {**docs, "1.2.3.5": b"x"}).problems
+    assert extra == ["document 1.2.3.5 is not in the signed manifest"]
