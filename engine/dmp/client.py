@@ -19,7 +19,7 @@ from engine.dmp.model import DmpFlags, DmpResult, PublishRequest, permanent, suc
 from engine.dmp.transport import DmpPermanentError, DmpTransientError, HttpsPoster
 from engine.dmp.vihf import (VihfContext, VihfIdentity, VihfSigner, VihfSubject,
                              roles_from_code)
-from engine.errors import ValidationError
+from engine.errors import ConfigurationError, ValidationError
 from engine.xmlsafe import parse_untrusted
 
 log = structlog.get_logger("pfi.dmp")
@@ -61,13 +61,12 @@ class DmpClient:
         self._extractor = extractor or MetadataExtractor(
             unique_id_with_extension=settings.unique_id_with_extension)
         self._poster = poster or HttpsPoster(reactor, settings)
+        cert, key = _key_pair(settings)
         lps = settings.lps
-        self._signer = VihfSigner(settings.client_cert.read_bytes(),
-                                  settings.client_key.read_bytes(),
-                                  VihfIdentity(settings.vihf_version, settings.auth_mode, lps.name,
-                                               lps.version, lps.homologation_id, lps.lps_id))
-        self._submission_signer = (xades.SubmissionSigner(settings.client_cert.read_bytes(),
-                                                          settings.client_key.read_bytes())
+        self._signer = VihfSigner(cert, key, VihfIdentity(
+            settings.vihf_version, settings.auth_mode, lps.name, lps.version,
+            lps.homologation_id, lps.lps_id))
+        self._submission_signer = (xades.SubmissionSigner(cert, key)
                                    if settings.submission_signature else None)
         self.timings = Timings()
 
@@ -79,13 +78,30 @@ class DmpClient:
 
     async def publish(self, request: PublishRequest) -> DmpResult:
         """Carry out `request.action`; map every failure to a coded DmpResult."""
+        return await self._guarded(request, self._publish(request))
+
+    async def set_visibility(self, request: PublishRequest) -> DmpResult:
+        """ITI-57 metadata update: replace the DMP confidentiality codes of the registered
+        document (identified by the CDA id) with those derived from `request.flags`."""
+        return await self._guarded(request, self._set_visibility(request))
+
+    async def _publish(self, request: PublishRequest) -> DmpResult:
+        meta = self._metadata(request)
+        if request.action == "initial":
+            return await self._provide(request, meta, None)
+        if request.action == "replace":
+            return await self._replace(request, meta)
+        return await self._delete(request, meta)
+
+    async def _set_visibility(self, request: PublishRequest) -> DmpResult:
+        meta = self._metadata(request)
+        entry = await self._find_entry(request, meta, meta.unique_id)
+        return await self._update_confidentiality(request, meta, entry)
+
+    async def _guarded(self, request: PublishRequest, work) -> DmpResult:
+        """Await `work`, turning every failure into a coded DmpResult (never raises)."""
         try:
-            meta = self._metadata(request)
-            if request.action == "initial":
-                return await self._provide(request, meta, None)
-            if request.action == "replace":
-                return await self._replace(request, meta)
-            return await self._delete(request, meta)
+            return await work
         except MetadataError as exc:
             return permanent("CDA_HEADER_INCOMPLETE", "CDA header incomplete", str(exc))
         except ValidationError as exc:
@@ -100,22 +116,6 @@ class DmpClient:
             log.error("dmp.internal_error", msg_id=request.message_control_id,
                       error=type(exc).__name__)
             return permanent("INTERNAL_ERROR", "connector error", type(exc).__name__)
-
-    async def set_visibility(self, request: PublishRequest) -> DmpResult:
-        """ITI-57 metadata update: replace the DMP confidentiality codes of the registered
-        document (identified by the CDA id) with those derived from `request.flags`."""
-        try:
-            meta = self._metadata(request)
-            entry = await self._find_entry(request, meta, meta.unique_id)
-            return await self._update_confidentiality(request, meta, entry)
-        except (MetadataError, ValidationError) as exc:
-            return permanent("INVALID_INPUT", "invalid document or answer", str(exc))
-        except RegistryFailure as exc:
-            return exc.result
-        except DmpTransientError as exc:
-            return transient(exc.code, "DMP unreachable", str(exc))
-        except DmpPermanentError as exc:
-            return permanent(exc.code, "DMP refused the connection", str(exc))
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -280,6 +280,16 @@ class DmpClient:
             self.timings.add("http", time.perf_counter() - started)
             self.timings.calls[label] = self.timings.calls.get(label, 0) + 1
         return _read_answer(response, label)
+
+
+def _key_pair(settings: DmpChannelSettings) -> tuple[bytes, bytes]:
+    """The organisation certificate and key (PEM); ConfigurationError when unusable."""
+    try:
+        cert, key = settings.client_cert.read_bytes(), settings.client_key.read_bytes()
+        VihfSigner(cert, key, VihfIdentity("", "", "", "", ""))  # parses both
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigurationError([f"DMP channel organisation certificate/key: {exc}"]) from exc
+    return cert, key
 
 
 def _approved(entries: list[etree._Element]) -> list[etree._Element]:

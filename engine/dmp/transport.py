@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import defer, error as net_error, ssl
 from twisted.web import client as web_client
 from twisted.web.http_headers import Headers
@@ -59,7 +59,7 @@ def load_policy(settings: DmpChannelSettings) -> ClientCertificatePolicy:
         pem = settings.client_cert.read_bytes() + b"\n" + settings.client_key.read_bytes()
         cas = [ssl.Certificate.loadPEM(block) for block in _pem_blocks(bundle)]
         client_cert = ssl.PrivateCertificate.loadPEM(pem)
-    except (OSError, SSL.Error, ValueError) as exc:
+    except (OSError, SSL.Error, crypto.Error, ValueError) as exc:
         raise ConfigurationError([f"DMP channel TLS material unreadable: {exc}"]) from exc
     if not cas:
         raise ConfigurationError([f"no certificate in CA bundle {settings.ca_bundle}"])

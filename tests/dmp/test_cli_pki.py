@@ -64,3 +64,21 @@ def test_settings_check_reports_expired_mismatched_and_plain_http(pki, tmp_path)
     assert len(check_settings(settings(pki.client.cert, pki.client.key, "http://x"), now)) == 3
     assert "not a readable file" in check_settings(
         settings(tmp_path / "none.pem", pki.client.key), now)[0]
+
+
+def test_client_with_unusable_key_pair_is_a_configuration_error(pki, tmp_path):
+    import pytest
+    from twisted.internet import reactor
+
+    from engine.dmp.client import DmpClient
+    from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity
+    from engine.errors import ConfigurationError
+    broken = tmp_path / "broken.key"
+    broken.write_bytes(b"not a key")
+    for key in (broken, tmp_path / "missing.key"):
+        settings = DmpChannelSettings(
+            endpoints=DmpEndpoints.from_base("https://127.0.0.1:1"), client_cert=pki.client.cert,
+            client_key=key, ca_bundle=pki.ca.cert, structure_id="1", source_oid="1.2",
+            lps=LpsIdentity(homologation_id="H"))
+        with pytest.raises(ConfigurationError):
+            DmpClient(reactor, settings)
