@@ -182,3 +182,44 @@ async def test_find_documents_only_shows_the_vihf_patient(simulator, client, pos
     outcome = ebrim.parse_response(soap.body_child(parse_untrusted(answer.body).getroot()))
     assert outcome.status == ebrim.SUCCESS
     assert [ebrim.external_value(o, E["uniqueId"]) for o in outcome.objects] == [meta.unique_id]
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("multipart/related; boundary=x; type=\"application/xop+xml\"", b"garbage"),
+    ("application/soap+xml", b""),
+    ("application/soap+xml", b"\x00\xff not xml"),
+    ("application/soap+xml", b"<a/>"),
+    ("text/plain", b"hello"),
+    ("application/soap+xml", b'<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>'),
+])
+@pytest_twisted.ensureDeferred
+async def test_garbage_gets_a_sender_fault_not_a_crash(simulator, poster, settings, content_type,
+                                                      body):
+    for url in (settings.endpoints.provide_and_register, settings.endpoints.registry_stored_query):
+        answer = await poster.post(url, content_type, body)
+        fault = soap.parse_fault(parse_untrusted(answer.body).getroot())
+        assert answer.code == 400 and fault.sender_side, (url, fault)
+
+
+@pytest.mark.parametrize("breakage", ["entry-id", "document-id", "registry-object-list",
+                                      "all-classifications", "external-ids"])
+@pytest_twisted.ensureDeferred
+async def test_mangled_metadata_is_a_registry_error(simulator, client, poster, settings, corpus,
+                                                    breakage):
+    env, cid = _iti41(client, corpus(N3))
+    entry = _entry(env)
+    if breakage == "entry-id":
+        del entry.attrib["id"]
+    elif breakage == "document-id":
+        del next(env.iter(ebrim.q(ebrim.XDSB, "Document"))).attrib["id"]
+    elif breakage == "registry-object-list":
+        objects = entry.getparent()
+        objects.getparent().remove(objects)
+    else:
+        tag = "Classification" if breakage == "all-classifications" else "ExternalIdentifier"
+        for node in list(env.iter(ebrim.q(ebrim.RIM, tag))):
+            node.getparent().remove(node)
+    code, root = await _send(poster, settings, env, {cid: corpus(N3)})
+    outcome = ebrim.parse_response(soap.body_child(root))
+    assert code == 200 and outcome.status == ebrim.FAILURE and outcome.errors
+    assert simulator.store.all() == []
