@@ -59,27 +59,33 @@ def start_simulator(pki_dir: Path, data_dir: Path, port: int) -> subprocess.Pope
     raise SystemExit("simulator did not start")
 
 
-def settings_for(pki, port: int) -> DmpChannelSettings:
+def settings_for(pki, port: int, signature: bool) -> DmpChannelSettings:
     return DmpChannelSettings(
+        submission_signature=signature,
         endpoints=DmpEndpoints.from_base(f"https://127.0.0.1:{port}"),
         client_cert=pki.client.cert, client_key=pki.client.key, ca_bundle=pki.ca.cert,
         structure_id="3300017985", source_oid="1.2.250.1.999.1",
         lps=LpsIdentity(homologation_id="BENCH"))
 
 
-def requests(level: str, count: int, run: str) -> list[PublishRequest]:
+SENDER = Person(id="801234560801", family="BIDEAULT", given="Jacques",
+                roles=(("10", "1.2.250.1.71.1.2.7"),))
+ORG = Organisation(name="Centre de radiologie Ambroise", id="3300017985")
+
+
+def requests(level: str, count: int, run: str, action: str = "initial",
+             replaces: str | None = None) -> list[PublishRequest]:
+    """`count` requests on copies of the example with ids `<id>.<run>.<n>`."""
     path, doc_id = DOCS[level]
     data = path.read_bytes()
-    sender = Person(id="801234560801", family="BIDEAULT", given="Jacques",
-                    roles=(("10", "1.2.250.1.71.1.2.7"),))
-    org = Organisation(name="Centre de radiologie Ambroise", id="3300017985")
     out = []
     for n in range(count):
         unique = data.replace(f'root="{doc_id}"'.encode(), f'root="{doc_id}.{run}.{n}"'.encode(), 1)
-        out.append(PublishRequest(action="initial", cda=unique, ins="279035121518989",
-                                  ins_oid="1.2.250.1.213.1.4.10", ins_qualified=True,
-                                  sender=sender, sender_organisation=org,
-                                  message_control_id=f"B{n}"))
+        out.append(PublishRequest(
+            action=action, cda=unique, ins="279035121518989", ins_oid="1.2.250.1.213.1.4.10",
+            ins_qualified=True, sender=SENDER, sender_organisation=ORG,
+            replaced_document_id=f"{doc_id}.{replaces}.{n}" if replaces else None,
+            message_control_id=f"B{n}"))
     return out
 
 
@@ -129,6 +135,12 @@ async def bench_level(reactor, settings, level: str, count: int, width: int) -> 
           f"SOAP) {other / total:5.1%}")
     elapsed = await concurrent(client, requests(level, count, "par"), width)
     print(f"{level}: {width} in flight {count / elapsed:7.1f} docs/s")
+    lifecycle = max(10, count // 5)
+    _, replace = await sequential(client, requests(level, lifecycle, "v2", "replace", "seq"))
+    _, delete = await sequential(client, requests(level, lifecycle, "v2", "delete"))
+    print(f"{level}: replace (ITI-18 + ITI-41) p50 {statistics.median(replace) * 1000:6.1f} ms, "
+          f"delete (ITI-18 + ITI-57) p50 {statistics.median(delete) * 1000:6.1f} ms "
+          f"({lifecycle} each)")
     await client.close()
 
 
@@ -139,10 +151,10 @@ async def main(reactor, args) -> None:
         proc = start_simulator(pki.directory, Path(tmp) / "data", port)
         try:
             print(f"DMP bench: {args.count} documents per run, simulator pid {proc.pid}, "
-                  f"{os.cpu_count()} CPUs")
+                  f"{os.cpu_count()} CPUs, submission signature {args.signature}")
             for level in ("N1", "N3"):
-                await bench_level(reactor, settings_for(pki, port), level, args.count,
-                                  args.concurrency)
+                await bench_level(reactor, settings_for(pki, port, args.signature), level,
+                                  args.count, args.concurrency)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -152,6 +164,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--signature", action="store_true",
+                        help="add the XAdES submission-set signature document")
     arguments = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))
