@@ -358,3 +358,23 @@ async def test_submission_signature_over_other_bytes_is_refused(simulator, signi
     assert result.error_code == "XDSRegistryMetadataError"
     assert "differs from its signed digest" in result.detail
     assert simulator.store.all() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_simulator_keeps_documents_across_restarts(pki, corpus, tmp_path):
+    from engine.dmp.simulator import DmpSimulator
+    first = DmpSimulator(reactor, pki_dir=pki.directory, data_dir=tmp_path / "sim")
+    first.start()
+    settings = make_settings(first, pki.client.cert, pki.client.key, pki.ca.cert)
+    assert (await _with_client(settings, lambda c: c.publish(request_for(corpus(N1))))).ok
+    await first.stop()
+    second = DmpSimulator(reactor, pki_dir=pki.directory, data_dir=tmp_path / "sim")
+    second.start()
+    try:
+        settings = make_settings(second, pki.client.cert, pki.client.key, pki.ca.cert)
+        deleted = await _with_client(settings,
+                                     lambda c: c.publish(request_for(corpus(N1), "delete")))
+        assert deleted.status == "success"
+        assert [e.status for e in second.store.all()] == [ebrim.DMP_DELETED]
+    finally:
+        await second.stop()
