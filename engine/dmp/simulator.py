@@ -11,7 +11,6 @@ answers with RegistryResponse success/failure or SOAP faults.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -539,8 +538,3 @@ def _query_success(entries: list[StoredEntry], return_type: str) -> etree._Eleme
         node.set("status", entry.status)
         objects.append(node)
     return response
-
-
-def utc_now(reactor) -> dt.datetime:
-    """The reactor's time as an aware datetime."""
-    return dt.datetime.fromtimestamp(reactor.seconds(), dt.timezone.utc)
