@@ -217,7 +217,13 @@
       </xsl:choose>
     </xsl:variable>
     <xsl:if test="normalize-space($family) != ''">
-      <m:sourcePatientInfo><xsl:value-of select="concat('PID-5|', normalize-space($family), '^', normalize-space($given), '^^^^^L')"/></m:sourcePatientInfo>
+      <m:sourcePatientInfo>
+        <xsl:text>PID-5|</xsl:text>
+        <xsl:call-template name="hl7"><xsl:with-param name="text" select="$family"/></xsl:call-template>
+        <xsl:text>^</xsl:text>
+        <xsl:call-template name="hl7"><xsl:with-param name="text" select="$given"/></xsl:call-template>
+        <xsl:text>^^^^^L</xsl:text>
+      </m:sourcePatientInfo>
     </xsl:if>
     <xsl:if test="$patient/cda:birthTime/@value">
       <m:sourcePatientInfo><xsl:value-of select="concat('PID-7|', substring($patient/cda:birthTime/@value, 1, 8))"/></m:sourcePatientInfo>
@@ -227,19 +233,69 @@
     </xsl:if>
   </xsl:template>
 
+  <!-- HL7 v2 escaping of free text put inside XCN/XON/CE strings (\ & ^ ~ |) -->
+  <xsl:template name="hl7">
+    <xsl:param name="text"/>
+    <xsl:call-template name="replace">
+      <xsl:with-param name="from" select="'|'"/><xsl:with-param name="to" select="'\F\'"/>
+      <xsl:with-param name="text">
+        <xsl:call-template name="replace">
+          <xsl:with-param name="from" select="'~'"/><xsl:with-param name="to" select="'\R\'"/>
+          <xsl:with-param name="text">
+            <xsl:call-template name="replace">
+              <xsl:with-param name="from" select="'^'"/><xsl:with-param name="to" select="'\S\'"/>
+              <xsl:with-param name="text">
+                <xsl:call-template name="replace">
+                  <xsl:with-param name="from" select="'&amp;'"/><xsl:with-param name="to" select="'\T\'"/>
+                  <xsl:with-param name="text">
+                    <xsl:call-template name="replace">
+                      <xsl:with-param name="from" select="'\'"/><xsl:with-param name="to" select="'\E\'"/>
+                      <xsl:with-param name="text" select="normalize-space($text)"/>
+                    </xsl:call-template>
+                  </xsl:with-param>
+                </xsl:call-template>
+              </xsl:with-param>
+            </xsl:call-template>
+          </xsl:with-param>
+        </xsl:call-template>
+      </xsl:with-param>
+    </xsl:call-template>
+  </xsl:template>
+
+  <xsl:template name="replace">
+    <xsl:param name="text"/>
+    <xsl:param name="from"/>
+    <xsl:param name="to"/>
+    <xsl:choose>
+      <xsl:when test="contains($text, $from)">
+        <xsl:value-of select="concat(substring-before($text, $from), $to)"/>
+        <xsl:call-template name="replace">
+          <xsl:with-param name="text" select="substring-after($text, $from)"/>
+          <xsl:with-param name="from" select="$from"/>
+          <xsl:with-param name="to" select="$to"/>
+        </xsl:call-template>
+      </xsl:when>
+      <xsl:otherwise><xsl:value-of select="$text"/></xsl:otherwise>
+    </xsl:choose>
+  </xsl:template>
+
   <!-- XCN: id^FAMILY^Given^^^^^^&OID&ISO^D^^^IDNPS -->
   <xsl:template name="xcn">
     <xsl:param name="entity"/>
     <xsl:param name="person"/>
-    <xsl:value-of select="concat($entity/cda:id/@extension, '^', normalize-space($person/cda:name/cda:family[1]), '^',
-      normalize-space($person/cda:name/cda:given[1]), '^^^^^^&amp;', $entity/cda:id/@root, '&amp;ISO^D^^^',
+    <xsl:value-of select="concat($entity/cda:id/@extension, '^')"/>
+    <xsl:call-template name="hl7"><xsl:with-param name="text" select="$person/cda:name/cda:family[1]"/></xsl:call-template>
+    <xsl:text>^</xsl:text>
+    <xsl:call-template name="hl7"><xsl:with-param name="text" select="$person/cda:name/cda:given[1]"/></xsl:call-template>
+    <xsl:value-of select="concat('^^^^^^&amp;', $entity/cda:id/@root, '&amp;ISO^D^^^',
       substring('IDNPS', 1, 5 * number($entity/cda:id/@root = $RPPS_OID)))"/>
   </xsl:template>
 
   <!-- XON: Name^^^^^&OID&ISO^IDNST^^^id -->
   <xsl:template name="xon">
     <xsl:param name="org"/>
-    <xsl:value-of select="concat(normalize-space($org/cda:name), '^^^^^&amp;', $org/cda:id/@root, '&amp;ISO^IDNST^^^', $org/cda:id/@extension)"/>
+    <xsl:call-template name="hl7"><xsl:with-param name="text" select="$org/cda:name"/></xsl:call-template>
+    <xsl:value-of select="concat('^^^^^&amp;', $org/cda:id/@root, '&amp;ISO^IDNST^^^', $org/cda:id/@extension)"/>
   </xsl:template>
 
   <xsl:template match="cda:author">
@@ -259,10 +315,18 @@
         </m:institution>
       </xsl:for-each>
       <xsl:for-each select="cda:functionCode[@code]">
-        <m:role><xsl:value-of select="concat(@code, '^', @displayName, '^', @codeSystem)"/></m:role>
+        <m:role>
+          <xsl:value-of select="concat(@code, '^')"/>
+          <xsl:call-template name="hl7"><xsl:with-param name="text" select="@displayName"/></xsl:call-template>
+          <xsl:value-of select="concat('^', @codeSystem)"/>
+        </m:role>
       </xsl:for-each>
       <xsl:for-each select="$aa/cda:code[@code]">
-        <m:specialty><xsl:value-of select="concat(@code, '^', @displayName, '^', @codeSystem)"/></m:specialty>
+        <m:specialty>
+          <xsl:value-of select="concat(@code, '^')"/>
+          <xsl:call-template name="hl7"><xsl:with-param name="text" select="@displayName"/></xsl:call-template>
+          <xsl:value-of select="concat('^', @codeSystem)"/>
+        </m:specialty>
       </xsl:for-each>
     </m:author>
   </xsl:template>

@@ -191,3 +191,13 @@ def test_to_utc(value, expected):
 def test_to_utc_rejects_garbage():
     with pytest.raises(MetadataError):
         to_utc("2021AB08111700+0100")
+
+
+def test_hl7_delimiters_in_names_are_escaped(corpus, extractor):
+    data = corpus(N3).replace(b"<name>Centre de radiologie Ambroise</name>",
+                              b"<name>Radiologie A &amp; B^C</name>", 1)
+    data = data.replace(b"<family>BIDEAULT</family>", b"<family>BIDEAULT|X~Y\\Z</family>", 1)
+    author = extractor.extract(data).authors[0]
+    assert author.institutions == [
+        "Radiologie A \\T\\ B\\S\\C^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1920008059"]
+    assert author.person.startswith("801234560801^BIDEAULT\\F\\X\\R\\Y\\E\\Z^Jacques^")
