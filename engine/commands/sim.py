@@ -21,6 +21,8 @@ def register(subparsers) -> None:
                      help="directory of CI-SIS JDV files for full value-set checks")
     dmp.add_argument("--patients", default=None,
                      help="comma-separated INS known to the DMP (others: XDSUnknownPatientId)")
+    dmp.add_argument("--closed", default=None,
+                     help="comma-separated INS whose DMP is closed (answer: DMPClosed)")
     dmp.add_argument("--require-signature", action="store_true",
                      help="refuse submissions without the XAdES submission-set signature")
     dmp.set_defaults(handler=run_dmp)
@@ -38,7 +40,8 @@ def run_dmp(args: argparse.Namespace) -> int:
     sim = DmpSimulator(reactor, port=args.port, pki_dir=pki.directory, data_dir=args.data,
                        valueset_dir=args.valuesets, known_patients=patients,
                        interface=args.host,
-                       require_submission_signature=args.require_signature)
+                       require_submission_signature=args.require_signature,
+                       closed_patients=set(args.closed.split(",")) if args.closed else None)
     sim.start()
     print(f"DMP simulator on {sim.base_url} (/repository: ITI-41, /registry: ITI-18, ITI-57)")
     print(f"client certificate: {pki.client.cert} key: {pki.client.key} CA: {pki.ca.cert}")

@@ -48,7 +48,8 @@ class DmpSimulator:
     def __init__(self, reactor, port: int = 0, pki_dir: Path | None = None,
                  data_dir: Path | None = None, valueset_dir: Path | None = None,
                  known_patients: set[str] | None = None, interface: str = "127.0.0.1",
-                 require_submission_signature: bool = False):
+                 require_submission_signature: bool = False,
+                 closed_patients: set[str] | None = None):
         if pki_dir is None:
             raise ValidationError("the DMP simulator needs a PKI directory (pfi.pki)")
         self._reactor = reactor
@@ -62,6 +63,8 @@ class DmpSimulator:
         self._known_patients = known_patients
         #: refuse ITI-41 submissions without the XAdES submission-set signature document
         self.require_submission_signature = require_submission_signature
+        #: INS whose DMP is closed: submissions get the DMP code `DMPClosed` (ZAM example code)
+        self.closed_patients = set(closed_patients or ())
         self._listener = None
         self._down = False
         self._delay = 0.0
@@ -201,6 +204,8 @@ class DmpSimulator:
             return []
         ss_patient = ebrim.external_value(pkg, SS["patientId"])
         errors = checks.patient_errors(ss_patient, "submission set", self._known_patients)
+        if ss_patient and ss_patient.split("^")[0] in self.closed_patients:
+            errors.append(RegistryError("DMPClosed", "DMP fermé"))
         if ss_patient and ss_patient != vihf_patient:
             errors.append(RegistryError("XDSPatientIdDoesNotMatch", "VIHF resource-id differs "
                                         "from the submission set patientId"))

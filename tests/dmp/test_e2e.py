@@ -378,3 +378,11 @@ async def test_simulator_keeps_documents_across_restarts(pki, corpus, tmp_path):
         assert [e.status for e in second.store.all()] == [ebrim.DMP_DELETED]
     finally:
         await second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closed_dmp_is_a_permanent_dmp_error(simulator, client, corpus):
+    simulator.closed_patients.add("279035121518989")
+    result = await client.publish(request_for(corpus(N1)))
+    assert (result.error_code, result.error_label, result.transient) == (
+        "DMPClosed", "DMP fermé", False)
