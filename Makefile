@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test conformance bench check demo clean
+.PHONY: run test conformance bench check demo clean pki bench-dmp sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,3 +34,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
+
+pki: $(STAMP)
+	$(BIN)/python -c "from pathlib import Path; from engine.pki import ensure_test_pki; print(ensure_test_pki(Path('var/pki')).directory)"
+
+sim-dmp: $(STAMP)
+	$(BIN)/pfi sim dmp --valuesets ../shared/corpus/cda/TestContenuCDA-3-0/jeuxDeValeurs
+
+bench-dmp: $(STAMP)
+	$(BIN)/python bench/dmp.py

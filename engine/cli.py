@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.tail",
     "engine.commands.request",
     "engine.commands.validate",
+    "engine.commands.sim",
 )
 
 
