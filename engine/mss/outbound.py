@@ -61,7 +61,7 @@ class OutgoingMail:
 
     def as_bytes(self) -> bytes:
         """The RFC 5322 bytes with CRLF line ends."""
-        return self.message.as_bytes(policy=policy.SMTP)
+        return self.message.as_bytes(policy=self.message.policy.clone(linesep="\r\n"))
 
 
 @dataclass
@@ -273,7 +273,8 @@ class MssSender:
         secret = smtp_settings.password.encode() if smtp_settings.password else None
         factory = _SenderFactory(
             user, secret, self.settings.mailbox_address, mail.recipients,
-            io.BytesIO(mail.as_bytes()), done, retries=0, timeout=smtp_settings.timeout_s,
+            # Twisted's client turns every LF into CRLF itself: hand it LF line ends.
+            io.BytesIO(mail.as_bytes().replace(b"\r\n", b"\n")), done, retries=0, timeout=smtp_settings.timeout_s,
             contextFactory=self._tls, requireAuthentication=user is not None,
             requireTransportSecurity=True,
         )

@@ -53,7 +53,6 @@ class ImapSettings(BaseModel):
     password: str = Field(repr=False)
     mailbox: str = "INBOX"
     poll_interval_s: float = Field(60.0, gt=0)
-    use_idle: bool = False
     processed: Literal["flag", "move"] = "flag"
     processed_keyword: str = "$PfiProcessed"
     processed_folder: str = "PFI-Traites"
@@ -84,6 +83,7 @@ class LpsSettings(BaseModel):
     receiving_application: str = "RIS"
     receiving_facility: str = ""
     processing_id: Literal["P", "T", "D"] = "P"
+    evn_operator: str = Field("", description="EVN-5 (XCN) of the PFI's technical operator")
     mailbox_organisations: dict[str, str] = Field(
         default_factory=dict,
         description="receiving mailbox address → PRT-8 XON of the RCT row, e.g. "

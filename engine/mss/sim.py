@@ -98,6 +98,7 @@ class MemoryMailbox:
         self.uid_validity = uid_validity
         self.next_uid = 1
         self.listeners: list = []
+        self.store_failures = 0  # fault injection: refuse that many STORE commands
 
     # -- IMailboxInfo / IMailbox
     def getFlags(self):
@@ -173,6 +174,9 @@ class MemoryMailbox:
         return self._select(messages, uid)
 
     def store(self, messages, flags, mode, uid):
+        if self.store_failures > 0:
+            self.store_failures -= 1
+            raise imap4.MailboxException("simulated failure while storing flags")
         flags = {_text(f) for f in flags}
         result = {}
         for seq, message in self._select(messages, uid):
@@ -187,7 +191,15 @@ class MemoryMailbox:
 
     # -- ISearchableMailbox: the small subset the engine uses
     def search(self, query, uid):
-        return [i + 1 for i, m in enumerate(self.messages) if _matches(list(query), m)]
+        tokens = _flatten(query)
+        return [i + 1 for i, m in enumerate(self.messages) if _matches(list(tokens), m)]
+
+
+def _flatten(query) -> list:
+    flat = []
+    for token in query:
+        flat += _flatten(token) if isinstance(token, list) else [token]
+    return flat
 
 
 def _matches(query: list, message: StoredMessage) -> bool:

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS inbound_docs (
     mail_key TEXT NOT NULL, doc_index INTEGER NOT NULL, PRIMARY KEY (mail_key, doc_index));
 """
 
-FINAL_STATES = ("integrated", "rejected", "quarantined")
+FINAL_STATES = ("integrated", "rejected", "quarantined", "report")
 
 
 class MssStore:

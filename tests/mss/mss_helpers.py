@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from twisted.internet import reactor
 
@@ -14,6 +15,7 @@ from engine.mss.tls import server_tls
 
 APP_MAILBOX = "pfi@hopital-y.mssante.fr"
 APP_PASSWORD = "secret-app"
+LPS_MAILBOX = "dpi@hopitalA.mssante.fr"
 
 RIM = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
 LCM = "urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0"
@@ -36,7 +38,7 @@ class RunningOperator:
 
 def start_operator(pki: TestPki, require_client_cert: bool = False) -> RunningOperator:
     """SMTP (STARTTLS + implicit TLS) and IMAP over TLS on ephemeral ports."""
-    operator = MailOperator(users={APP_MAILBOX: APP_PASSWORD, "sender@ps.mssante.fr": "x"},
+    operator = MailOperator(users={APP_MAILBOX: APP_PASSWORD, LPS_MAILBOX: APP_PASSWORD, "thomas.eric@medecin.mssante.fr": "x"},
                             allow_anonymous_smtp=True)
     tls = server_tls(pki.server_pem, pki.ca_cert, require_client=require_client_cert)
     listeners = [
@@ -98,7 +100,7 @@ def submission_metadata(patient_ins: str = "279035121518989",
    <rim:Classification id="urn:uuid:a0000001-0000-4000-8000-000000000000"
        classificationScheme="urn:uuid:a7058bb9-b4e4-4307-ba5b-e3f0ab85e12d"
        classifiedObject="SubmissionSet01" nodeRepresentation="">
-    <rim:Slot name="authorPerson"><rim:ValueList><rim:Value>{author_person}</rim:Value></rim:ValueList></rim:Slot>
+    <rim:Slot name="authorPerson"><rim:ValueList><rim:Value>{escape(author_person)}</rim:Value></rim:ValueList></rim:Slot>
    </rim:Classification>
   </rim:RegistryPackage>
   <rim:Classification id="urn:uuid:a0000002-0000-4000-8000-000000000000"
