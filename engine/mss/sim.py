@@ -269,7 +269,7 @@ class _Delivery:
     def validateTo(self, user):
         address = str(user.dest).lower()
         if address in self.operator.rejected:
-            raise smtp.SMTPBadRcpt(user, 550, b"5.1.1 Mailbox unavailable")
+            raise smtp.SMTPBadRcpt(user, 550, "5.1.1 Mailbox unavailable")
         return lambda: _IncomingMail(self.operator, address)
 
 
