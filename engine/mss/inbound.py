@@ -20,6 +20,7 @@ import email.header
 import email.utils
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
@@ -56,6 +57,7 @@ class Analysis:
     quarantine: str | None = None
     detail: str = ""
     outcomes: list[MailOutcome] | None = None
+    mdn_raw: bytes | None = None  # what the MDN quotes back (headers only for a huge mail)
 
 
 def mail_key(raw: bytes, message: Message | None) -> str:
@@ -140,11 +142,14 @@ class MailIntake:
         self.settings, self.store = settings, store
         self.control_ids, self.now = control_ids, now
 
-    def analyse(self, raw: bytes) -> Analysis:
-        """Never raises on bad input: the reason lands in `Analysis.quarantine`."""
-        if len(raw) > self.settings.limits.max_mail_bytes:
-            return Analysis(mail_key(raw, None), None, quarantine="mail-too-large",
-                            detail=f"{len(raw)} bytes")
+    def analyse(self, raw: bytes, size: int | None = None) -> Analysis:
+        """Never raises on bad input: the reason lands in `Analysis.quarantine`.
+
+        `size` is the server-announced size when only the header was fetched.
+        """
+        size = max(size or 0, len(raw))
+        if size > self.settings.limits.max_mail_bytes:
+            return self._too_large(raw, size)
         message = email.message_from_bytes(raw, policy=policy.compat32)
         key = mail_key(raw, message)
         outcomes = outcomes_for_report(raw, self.store)
@@ -155,6 +160,12 @@ class MailIntake:
             log.warning("mss.malformed", detail=problem)
             return Analysis(key, message, quarantine="malformed-mail", detail=problem)
         return self._documents(key, message)
+
+    def _too_large(self, raw: bytes, size: int) -> Analysis:
+        head = re.split(rb"\r?\n\r?\n", raw[:256 * 1024], maxsplit=1)[0] + b"\r\n\r\n"
+        message = email.message_from_bytes(head, policy=policy.compat32)
+        return Analysis(mail_key(head, message), message, quarantine="mail-too-large",
+                        detail=f"{size} bytes", mdn_raw=head)
 
     def _documents(self, key: str, message: Message) -> Analysis:
         zip_bytes, has_attachment = _xdm_attachment(message)
@@ -261,7 +272,8 @@ class MailboxPoller:
         log.info("mss.polled", **stats.__dict__)
         return stats
 
-    async def _fetch(self, client: _Client, uid: int) -> bytes | None:
+    async def _fetch(self, client: _Client, uid: int) -> tuple[bytes | None, int]:
+        """The raw mail, or only its header when the server announces a huge size."""
         sizes = await client.fetchSize(str(uid), uid=True)
         size = int(next(iter(sizes.values()))["RFC822.SIZE"]) if sizes else 0
         part = {} if size <= self.settings.limits.max_mail_bytes else {"headerType": "HEADER"}
@@ -269,17 +281,14 @@ class MailboxPoller:
         for items in result.values():
             for entry in items:
                 if isinstance(entry, list) and "BODY" in entry:
-                    raw = _literal_bytes(entry[entry.index("BODY") + 2])
-                    if part:  # huge mail: analyse the header only, it is refused anyway
-                        raw = raw + b"\r\n" + b"x" * (self.settings.limits.max_mail_bytes + 1)
-                    return raw
-        return None
+                    return _literal_bytes(entry[entry.index("BODY") + 2]), size
+        return None, size
 
     async def _handle(self, client: _Client, uid: int, stats: PollStats) -> None:
-        raw = await self._fetch(client, uid)
+        raw, size = await self._fetch(client, uid)
         if raw is None:
             return
-        analysis = self.intake.analyse(raw)
+        analysis = self.intake.analyse(raw, size)
         state = self.store.inbound_state(analysis.mail_key)
         if state is not None:
             stats.skipped += 1
@@ -298,7 +307,7 @@ class MailboxPoller:
     async def _quarantine(self, client, uid, analysis: Analysis, raw: bytes, stats, mdn: bool = True):
         log.warning("mss.quarantined", reason=analysis.quarantine, uid=uid)
         if mdn and analysis.message is not None:
-            await self._send_mdn(raw, analysis.message, QUARANTINE_CODE,
+            await self._send_mdn(analysis.mdn_raw or raw, analysis.message, QUARANTINE_CODE,
                                  f"{QUARANTINE_LABEL} : {analysis.quarantine}")
         stats.quarantined += 1
         await self._finish(client, uid, analysis.mail_key, "quarantined", analysis.quarantine or "")
