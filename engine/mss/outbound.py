@@ -29,7 +29,7 @@ from twisted.mail import smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from engine.errors import TransientDeliveryError, ValidationError
-from engine.mss.models import MssDocumentRequest, Recipient, RecipientResult
+from engine.mss.models import MailOutcome, MssDocumentRequest, Recipient, RecipientResult
 from engine.mss.settings import MssChannelSettings
 from engine.mss.tls import client_tls
 from engine.mss.xdm import build_xdm
@@ -333,3 +333,24 @@ async def send_document(request: MssDocumentRequest, settings: MssChannelSetting
                               request.flags.ack_reception, request.flags.ack_lecture)
         results += await sender.send(mail, request_dsn=request.flags.ack_reception)
     return results
+
+
+def submission_outcomes(results: list[RecipientResult], control_id: str, message_id: str = "",
+                        acceptance_is_receipt: bool = False) -> list[MailOutcome]:
+    """ZAM^Z02 material from the SMTP submission itself.
+
+    A recipient refused by the server (or by the PFI's own rules) is a Z02 failure now; an
+    accepted one normally waits for the DSN, unless `acceptance_is_receipt` (operators that
+    send no DSN) makes the 250 itself the receipt.
+    """
+    outcomes = []
+    for result in results:
+        if result.accepted and not acceptance_is_receipt:
+            continue
+        outcomes.append(MailOutcome(
+            kind="Z02", success=result.accepted, address=result.address,
+            error_code=None if result.accepted else (str(result.smtp_code) if result.smtp_code else None),
+            error_label=None if result.accepted else result.reason,
+            original_message_id=message_id, request_control_id=control_id,
+        ))
+    return outcomes

@@ -226,3 +226,16 @@ async def test_dsn_and_mdn_become_z02_and_z03_outcomes(pki, operator, tmp_path, 
                               ("Z03", PS, False, "904", "015")])
     assert all(o.original_message_id == original_id for o in outcomes)
     store.close()
+
+
+def test_submission_refusals_become_z02_failures():
+    from engine.mss.models import RecipientResult
+    from engine.mss.outbound import submission_outcomes
+
+    results = [RecipientResult(address=PS, accepted=True, smtp_code=250),
+               RecipientResult(address=ORG, accepted=False, smtp_code=550, reason="5.1.1 unknown"),
+               RecipientResult(address=PATIENT, accepted=False, reason="MASQUE_PS=Y")]
+    outcomes = submission_outcomes(results, "015", "<m@x>")
+    assert [(o.address, o.success, o.error_code) for o in outcomes] == [
+        (ORG, False, "550"), (PATIENT, False, None)]
+    assert len(submission_outcomes(results, "015", acceptance_is_receipt=True)) == 3
