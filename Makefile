@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test conformance bench check demo clean
+.PHONY: run test conformance bench bench-mss check demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
+
+bench-mss: $(STAMP)
+	$(BIN)/python bench/mss.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -37,7 +37,7 @@ from engine.mss.notifications import build_mdn, mdn_recipient, outcomes_for_repo
 from engine.mss.outbound import MssSender, OutgoingMail
 from engine.mss.settings import MssChannelSettings
 from engine.mss.store import MssStore
-from engine.mss.tls import client_tls
+from engine.mss.tls import client_tls, set_no_delay
 from engine.mss.xdm import XdmError, read_xdm
 
 log = structlog.get_logger(__name__)
@@ -252,6 +252,7 @@ class MailboxPoller:
             self._tls, endpoints.TCP4ClientEndpoint(self.reactor, self.imap.host, self.imap.port,
                                                     timeout=self.imap.timeout_s))
         client = await endpoints.connectProtocol(endpoint, _Client())
+        set_no_delay(client.transport)
         await client.greeted
         await client.login(self.imap.username.encode(), self.imap.password.encode())
         await client.select(self.imap.mailbox)

@@ -31,7 +31,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from engine.errors import TransientDeliveryError, ValidationError
 from engine.mss.models import MailOutcome, MssDocumentRequest, Recipient, RecipientResult
 from engine.mss.settings import MssChannelSettings
-from engine.mss.tls import client_tls
+from engine.mss.tls import client_tls, set_no_delay
 from engine.mss.xdm import build_xdm
 
 log = structlog.get_logger(__name__)
@@ -212,6 +212,10 @@ def plan_mails(request: MssDocumentRequest, settings: MssChannelSettings,
 
 class _Sender(smtp.ESMTPSender):
     """ESMTPSender that keeps per-recipient replies and asks for DSNs when offered."""
+
+    def connectionMade(self):
+        set_no_delay(self.transport)
+        super().connectionMade()
 
     def esmtpState_serverConfig(self, code, resp):
         self.factory.server_dsn = any(

@@ -22,6 +22,8 @@ from twisted.mail import imap4, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from engine.mss.tls import set_no_delay
+
 SYSTEM_FLAGS = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"]
 
 
@@ -317,18 +319,30 @@ class MailOperator:
         return portal.Portal(_Realm(self), checks)
 
 
+class _SmtpServer(smtp.ESMTP):
+    def connectionMade(self):
+        set_no_delay(self.transport)
+        super().connectionMade()
+
+
 class _SmtpFactory(smtp.SMTPFactory):
     def __init__(self, operator: MailOperator, starttls_context):
         super().__init__(operator.portal())
         self.starttls_context = starttls_context
 
     def buildProtocol(self, addr):
-        proto = smtp.ESMTP(
+        proto = _SmtpServer(
             {b"LOGIN": imap4.LOGINCredentials, b"PLAIN": imap4.PLAINCredentials},
             self.starttls_context,
         )
         proto.factory, proto.portal, proto.host = self, self.portal, b"pfi-sim"
         return proto
+
+
+class _ImapServer(imap4.IMAP4Server):
+    def connectionMade(self):
+        set_no_delay(self.transport)
+        super().connectionMade()
 
 
 class _ImapServerFactory(Factory):
@@ -338,7 +352,7 @@ class _ImapServerFactory(Factory):
         self.portal = operator.portal()
 
     def buildProtocol(self, addr):
-        server = imap4.IMAP4Server(
+        server = _ImapServer(
             {b"LOGIN": imap4.LOGINCredentials, b"PLAIN": imap4.PLAINCredentials}
         )
         server.portal, server.factory = self.portal, self

@@ -54,3 +54,16 @@ def server_tls(server_pem: Path, ca_cert: Path | None = None, require_client: bo
     return ssl.CertificateOptions(
         privateKey=private.privateKey.original, certificate=private.original, **kwargs
     )
+
+
+def set_no_delay(transport) -> None:
+    """Disable Nagle on the TCP transport under any TLS wrapper.
+
+    IMAP and SMTP are request/response protocols with small writes: with Nagle and delayed
+    ACKs each exchange can wait ~40 ms.
+    """
+    while transport is not None:
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
+            return
+        transport = getattr(transport, "transport", None)
