@@ -217,7 +217,7 @@ class MailboxPoller:
     def __init__(self, settings: MssChannelSettings, reactor, deliver: Deliver, sender: MssSender,
                  store: MssStore, on_outcome: Callable[[MailOutcome], None] | None = None,
                  control_ids: Callable[[], str] | None = None,
-                 now: Callable[[], dt.datetime] | None = None):
+                 now: Callable[[], dt.datetime] | None = None, clock=None):
         if settings.imap is None:
             raise EngineError("MSSanté channel without IMAP settings cannot receive")
         self.settings, self.imap, self.reactor = settings, settings.imap, reactor
@@ -227,13 +227,14 @@ class MailboxPoller:
         self.intake = MailIntake(settings, store, control_ids or (lambda: f"MSS{next(counter):06d}"),
                                  now or (lambda: dt.datetime.now()))
         self._tls = client_tls(self.imap.tls, self.imap.host)
+        self.clock = clock or reactor
         self._loop: task.LoopingCall | None = None
 
     # -- scheduling
     def start(self) -> None:
         """Poll now, then every poll_interval_s; a failed poll is logged, the loop goes on."""
         self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self.reactor
+        self._loop.clock = self.clock
         self._loop.start(self.imap.poll_interval_s, now=True)
 
     def stop(self) -> None:
