@@ -17,6 +17,7 @@ import datetime as dt
 import email
 import email.errors
 import email.header
+import email.parser
 import email.utils
 import hashlib
 import itertools
@@ -64,6 +65,10 @@ def mail_key(raw: bytes, message: Message | None) -> str:
     """Stable identity of a received mail."""
     message_id = str(message.get("Message-ID", "")).strip() if message is not None else ""
     return message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _headers(raw: bytes) -> Message:
+    return email.parser.BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
 
 
 def _addresses(message: Message, *headers: str) -> list[str]:
@@ -290,12 +295,12 @@ class MailboxPoller:
         raw, size = await self._fetch(client, uid)
         if raw is None:
             return
-        analysis = self.intake.analyse(raw, size)
-        state = self.store.inbound_state(analysis.mail_key)
-        if state is not None:
+        state = self.store.inbound_state(mail_key(raw, _headers(raw)))
+        if state is not None:  # finished before a restart: only the IMAP marking is missing
             stats.skipped += 1
             await self._mark(client, uid, quarantine=state == "quarantined")
             return
+        analysis = self.intake.analyse(raw, size)
         if analysis.outcomes is not None:
             for outcome in analysis.outcomes:
                 self.on_outcome(outcome)

@@ -98,7 +98,8 @@ def _pid5(patient) -> str:
     names = patient.find("v3:name", V3)
     if names is None:
         return ""
-    family = _text(names, "v3:family")
+    # The birth name (qualifier BR) is the INS trait; fall back to the first family element.
+    family = _text(names, "v3:family[@qualifier='BR']") or _text(names, "v3:family")
     given = [(g.text or "").strip() for g in names.findall("v3:given", V3)]
     first = given[0] if given else ""
     others = " ".join(given[1:])

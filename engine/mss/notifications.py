@@ -53,11 +53,11 @@ def _human_text(error_code, error_label) -> str:
 
 
 def _report_fields(original: Message, final_recipient: str, error_code, error_label) -> str:
-    original_recipient = original.get("Original-Recipient")
-    lines = []
-    if original_recipient:
-        lines.append(f"Original-Recipient: {original_recipient.strip()}")
-    lines += [
+    # From the original's Original-Recipient header when present (RFC 8098 §3.2.3), else
+    # the mailbox that received it, as in the volet's example.
+    original_recipient = str(original.get("Original-Recipient") or f"rfc822;{final_recipient}")
+    lines = [
+        f"Original-Recipient: {original_recipient.strip()}",
         f"Final-Recipient: rfc822;{final_recipient}",
         f"Original-Message-ID: {(original.get('Message-ID') or '').strip()}",
         f"Disposition: {_disposition(error_code, error_label)}",

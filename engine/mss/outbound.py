@@ -312,11 +312,9 @@ def _text(value) -> str:
 
 
 def _wrap_tls(creator, factory):
+    """Implicit TLS (port 465): TLS from the first byte; connection failures reach `factory`."""
     wrapper = TLSMemoryBIOFactory(creator, True, factory)
     wrapper.inner_sender_factory = factory
-    # SMTPSenderFactory reports connection failures through these hooks.
-    wrapper.clientConnectionFailed = factory.clientConnectionFailed
-    wrapper.clientConnectionLost = factory.clientConnectionLost
     return wrapper
 
 

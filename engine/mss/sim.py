@@ -298,6 +298,7 @@ class MailOperator:
     allow_anonymous_smtp: bool = True
     accounts: dict[str, MailAccount] = field(default_factory=dict)
     received: list[tuple[str, bytes]] = field(default_factory=list)
+    envelope: list[str] = field(default_factory=list)  # MAIL FROM / RCPT TO lines, for tests
 
     def account(self, address: str) -> MailAccount:
         key = address.lower()
@@ -324,11 +325,21 @@ class _SmtpServer(smtp.ESMTP):
         set_no_delay(self.transport)
         super().connectionMade()
 
+    def extensions(self):
+        ext = super().extensions()
+        ext[b"DSN"] = None  # parameters are accepted and recorded, no DSN is generated
+        return ext
+
+    def lineReceived(self, line):
+        if self.mode == smtp.COMMAND and line[:9].upper() in (b"MAIL FROM", b"RCPT TO:<"):
+            self.factory.operator.envelope.append(line.decode("utf-8", "replace"))
+        return super().lineReceived(line)
+
 
 class _SmtpFactory(smtp.SMTPFactory):
     def __init__(self, operator: MailOperator, starttls_context):
         super().__init__(operator.portal())
-        self.starttls_context = starttls_context
+        self.operator, self.starttls_context = operator, starttls_context
 
     def buildProtocol(self, addr):
         proto = _SmtpServer(

@@ -88,7 +88,11 @@ async def test_report_reaches_professionals_and_patient_byte_identical(pki, oper
         else:
             assert mail["X-MSS-MES"] is None and PATIENT not in mail["To"]
             assert body.startswith("Cher confrère")
-    assert store.sent(str(inbox_mails(operator, PS)[0]["Message-ID"]))["control_id"] == "015"
+    message_id = str(inbox_mails(operator, PS)[0]["Message-ID"])
+    assert store.sent(message_id)["control_id"] == "015"
+    # ACK_RECEPTION=Y and the server offers DSN: every RCPT asks for success/failure reports.
+    assert all("NOTIFY=SUCCESS,FAILURE,DELAY" in line for line in operator.operator.envelope if line.startswith("RCPT"))
+    assert any(line.endswith("ENVID=" + message_id) for line in operator.operator.envelope)
     store.close()
 
 
