@@ -152,6 +152,14 @@ class MailIntake:
 
         `size` is the server-announced size when only the header was fetched.
         """
+        try:
+            return self._analyse(raw, size)
+        except Exception as exc:  # a bug or an input nobody foresaw must not stop the poller
+            log.error("mss.analysis_failed", error=type(exc).__name__)
+            return Analysis(mail_key(raw, None), _headers(raw), quarantine="unexpected-input",
+                            detail=type(exc).__name__)
+
+    def _analyse(self, raw: bytes, size: int | None) -> Analysis:
         size = max(size or 0, len(raw))
         if size > self.settings.limits.max_mail_bytes:
             return self._too_large(raw, size)

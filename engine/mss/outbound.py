@@ -138,6 +138,14 @@ def _patient_recipient(request, settings, plan: MailPlan) -> str | None:
     return address
 
 
+def confidentiality_codes(request: MssDocumentRequest) -> list[str]:
+    """MetaDMPMSS flags as DMP confidentiality codes (JDV_J08 names) for the XDM metadata."""
+    f = request.flags
+    pairs = (("MASQUE_PS", f.masque_ps), ("INVISIBLE_PATIENT", f.invisible_patient),
+             ("INVISIBLE_REPRESENTANTS_LEGAUX", f.invisible_rep_legaux))
+    return [code for code, on in pairs if on]
+
+
 def subject_for(request: MssDocumentRequest) -> str:
     """`XDM/1.0/DDM+<label> <FAMILY> <given> <dd/mm/yyyy>` (struct-msg-mdn.md)."""
     p = request.patient
@@ -199,6 +207,7 @@ def plan_mails(request: MssDocumentRequest, settings: MssChannelSettings,
     xdm_zip = build_xdm(
         request.cda, metadata(request), sender=settings.mailbox_address,
         title=request.document_title, action=request.action, file_name=request.cda_file_name,
+        confidentiality=confidentiality_codes(request),
     )
     if professionals:
         plan.mails.append(build_mail(request, settings, "professional", professionals, xdm_zip, now))

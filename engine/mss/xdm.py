@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -71,13 +73,40 @@ def _slot(parent, name: str, values: list[str]) -> None:
     parent.insert(0, slot)
 
 
-def stamp_document_entry(metadata_xml: bytes, uri: str, content: bytes, action: str) -> bytes:
+DMP_CONFIDENTIALITY_SYSTEM = "1.2.250.1.213.1.1.4.13"
+
+
+def _ensure_confidentiality(entry, codes: list[str]) -> None:
+    """Add the DMP confidentiality codes (MASQUE_PS, …) the metadata provider did not set."""
+    present = set(_confidentiality(entry))
+    for code in codes:
+        if code in present:
+            continue
+        classification = etree.Element(
+            f"{{{RIM}}}Classification", id=f"urn:uuid:{uuid.uuid4()}",
+            classificationScheme=CONFIDENTIALITY_SCHEME, classifiedObject=entry.get("id", ""),
+            nodeRepresentation=code,
+        )
+        # ebRIM order: Slot*, Name, Description, Classification*, ExternalIdentifier*.
+        first_identifier = entry.find("rim:ExternalIdentifier", NS)
+        if first_identifier is not None:
+            first_identifier.addprevious(classification)
+        else:
+            entry.append(classification)
+        _slot(classification, "codingScheme", [DMP_CONFIDENTIALITY_SYSTEM])
+        etree.SubElement(etree.SubElement(classification, f"{{{RIM}}}Name"),
+                         f"{{{RIM}}}LocalizedString", value=code)
+
+
+def stamp_document_entry(metadata_xml: bytes, uri: str, content: bytes, action: str,
+                         confidentiality: list[str] | None = None) -> bytes:
     """Set URI, hash, size (and the `action` extra-metadata) on the single DocumentEntry."""
     tree = parse_untrusted(metadata_xml)
     entries = tree.getroot().findall(".//rim:ExtrinsicObject", NS)
     if len(entries) != 1:
         raise ValidationError(f"XDS metadata must hold one DocumentEntry, found {len(entries)}")
     entry = entries[0]
+    _ensure_confidentiality(entry, confidentiality or [])
     if action in ("replace", "delete"):
         _slot(entry, "action", ["C" if action == "replace" else "D"])
     _slot(entry, "URI", [uri])
@@ -118,9 +147,14 @@ def build_xdm(
     action: str = "initial",
     file_name: str = "DOC0001.XML",
     application: str = "PFI engine",
+    confidentiality: list[str] | None = None,
 ) -> bytes:
-    """Return the bytes of IHE_XDM.zip for one CDA; `metadata_xml` is the XDS SubmitObjectsRequest."""
-    metadata = stamp_document_entry(metadata_xml, file_name, cda, action)
+    """Return the bytes of IHE_XDM.zip for one CDA; `metadata_xml` is the XDS SubmitObjectsRequest.
+
+    `confidentiality`: DMP codes (MASQUE_PS, INVISIBLE_PATIENT, INVISIBLE_REPRESENTANTS_LEGAUX)
+    that must appear on the DocumentEntry; added when the metadata lacks them.
+    """
+    metadata = stamp_document_entry(metadata_xml, file_name, cda, action, confidentiality)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("INDEX.HTM", _index_htm(sender, title, file_name))
@@ -161,8 +195,12 @@ def _check_entries(infos: list[zipfile.ZipInfo], limits: InboundLimits) -> None:
 def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: InboundLimits) -> bytes:
     """Inflate with a hard cap: declared sizes in a zip header can lie."""
     cap = min(limits.max_entry_bytes, int(limits.max_compression_ratio * max(info.compress_size, 1)))
-    with archive.open(info) as handle:
-        data = handle.read(cap + 1)
+    try:
+        with archive.open(info) as handle:
+            data = handle.read(cap + 1)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as exc:
+        # corrupt data, unsupported compression method, encrypted entry
+        raise XdmError("zip-unreadable", f"{type(exc).__name__}: {exc}") from exc
     if len(data) > cap:
         raise XdmError("zip-bomb", "entry inflates beyond its declared bounds")
     return data

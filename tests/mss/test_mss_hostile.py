@@ -128,3 +128,21 @@ async def test_poller_quarantines_answers_and_goes_on(pki, operator, tmp_path):
     assert any("zip-bomb" in a.get_body(("plain",)).get_content() for a in ko)
     assert (await poller.poll_once()).seen == 0
     store.close()
+
+
+def test_corrupt_and_encrypted_entries_are_unreadable(intake):
+    good = good_xdm()
+    # Flip bytes inside the compressed CDA data (after its local header): inflate or CRC fails.
+    corrupt = bytearray(good)
+    data_start = good.index(b"IHE_XDM/SUBSET01/DOC0001.XML") + len("IHE_XDM/SUBSET01/DOC0001.XML")
+    for offset in range(data_start + 5, data_start + 40):
+        corrupt[offset] ^= 0xFF
+    analysis = intake.analyse(mail(bytes(corrupt)))
+    assert analysis.quarantine == "zip-unreadable", analysis.detail
+    encrypted = bytearray(good)
+    # Set the "encrypted" bit (general purpose flag bit 0) in every central directory record.
+    position = 0
+    while (position := encrypted.find(b"PK\x01\x02", position)) != -1:
+        encrypted[position + 8] |= 0x01
+        position += 4
+    assert intake.analyse(mail(bytes(encrypted))).quarantine == "zip-unreadable"

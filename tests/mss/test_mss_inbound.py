@@ -253,3 +253,38 @@ async def test_move_mode_moves_processed_mail_to_folder(pki, operator, tmp_path,
     assert inbox(operator).messages == []
     assert len(account.folder("PFI-Traites").messages) == 1
     store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_loop_between_two_engines(pki, operator, tmp_path, ans_corpus):
+    """Engine A mails a report to engine B's application mailbox; B integrates it; A gets a Z03."""
+    from engine.mss.models import MssDocumentRequest, MssFlags, PatientIdentity, Recipient
+    from engine.mss.outbound import send_document
+
+    cda = example_cda(ans_corpus)
+    sender_settings = channel_settings(pki, operator, tmp_path / "a.sqlite")
+    sender_store = MssStore(sender_settings.state_file)
+    request = MssDocumentRequest(
+        control_id="RIS-42", document_title="CR d'imagerie médicale", cda=cda,
+        patient=PatientIdentity(family="PAT-TROIS", given="DOMINIQUE", birth_date="19790328"),
+        flags=MssFlags(dest_mssante_ps=True, invisible_patient=True, ack_lecture=True),
+        recipients=[Recipient(address=LPS_MAILBOX, kind="application")],
+    )
+    await send_document(request, sender_settings, lambda r: submission_metadata(),
+                        MssSender(sender_settings, reactor), sender_store)
+    ris = FakeRis((ans_corpus / ACK_AA).read_bytes())
+    receiver, receiver_store = make_poller(lps_settings(pki, operator, tmp_path / "b"), ris)
+    assert (await receiver.poll_once()).integrated == 1
+    fields = {segment_key(s): s for s in segments(ris.received[0])}
+    assert base64.b64decode(fields["OBX1"][5].split("^")[4]) == cda
+    assert fields["PRT_SB"][15] == f"^^X.400^{sender_settings.mailbox_address}"
+    # INVISIBLE_PATIENT travelled as a DMP confidentiality code of the XDM DocumentEntry.
+    assert [fields[k][5][0] for k in ("OBX3", "OBX4", "OBX5", "OBX6")] == ["N", "Y", "N", "N"]
+    outcomes = []
+    back = MailboxPoller(sender_settings, reactor, FakeRis(b""), MssSender(sender_settings, reactor),
+                         sender_store, on_outcome=outcomes.append)
+    assert (await back.poll_once()).reports == 1
+    [outcome] = outcomes
+    assert (outcome.kind, outcome.success, outcome.request_control_id) == ("Z03", True, "RIS-42")
+    sender_store.close()
+    receiver_store.close()

@@ -243,3 +243,20 @@ def test_submission_refusals_become_z02_failures():
     assert [(o.address, o.success, o.error_code) for o in outcomes] == [
         (ORG, False, "550"), (PATIENT, False, None)]
     assert len(submission_outcomes(results, "015", acceptance_is_receipt=True)) == 3
+
+
+def test_flags_become_confidentiality_codes_in_ebrim_order(pki, operator, tmp_path):
+    from lxml import etree
+
+    settings = channel_settings(pki, operator, tmp_path / "s.sqlite")
+    plan = plan_mails(request(b"<x/>", invisible_patient=True, invisible_rep_legaux=True,
+                              dest_mssante_pat=False), settings, metadata)
+    archive = zip_of(plan.mails[0].message)
+    entry = etree.fromstring(archive.read("IHE_XDM/SUBSET01/METADATA.XML")).find(
+        ".//{urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0}ExtrinsicObject")
+    tags = [etree.QName(child).localname for child in entry]
+    assert tags == sorted(tags, key=["Slot", "Name", "Description", "Classification", "ExternalIdentifier"].index)
+    codes = [c.get("nodeRepresentation") for c in entry if etree.QName(c).localname == "Classification"]
+    assert codes == ["N", "INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"]
+    slots = {s.get("name") for s in entry if etree.QName(s).localname == "Slot"}
+    assert {"URI", "hash", "size"} <= slots
