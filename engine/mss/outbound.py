@@ -19,7 +19,6 @@ import io
 import uuid
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email import policy
 from typing import Callable
 
 import structlog

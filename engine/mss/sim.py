@@ -12,7 +12,7 @@ import email.utils
 import io
 import time
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesParser
 from email import policy
 
 from twisted.cred import checkers, portal
