@@ -31,7 +31,7 @@ import structlog
 from twisted.internet import defer, endpoints, task
 from twisted.mail import imap4
 
-from engine.errors import EngineError, TransientDeliveryError
+from engine.errors import EngineError
 from engine.mss.lps import ReceivedMail, build_lps_mdm, parse_ack
 from engine.mss.models import MailOutcome
 from engine.mss.notifications import build_mdn, mdn_recipient, outcomes_for_report
@@ -333,8 +333,8 @@ class MailboxPoller:
                 continue
             try:
                 ack = parse_ack(await self.deliver(mdm))
-            except (TransientDeliveryError, EngineError, ConnectionError) as exc:
-                log.warning("mss.delivery_failed", error=str(exc), uid=uid)
+            except Exception as exc:  # RIS down, timeout, garbage ACK: the mail waits for the next poll
+                log.warning("mss.delivery_failed", error=type(exc).__name__, uid=uid)
                 stats.retried += 1
                 return
             if ack.code == "AA":
@@ -384,5 +384,5 @@ class MailboxPoller:
         mail = OutgoingMail("mdn", [target], mdn, str(mdn["Message-ID"]))
         try:
             await self.sender.send(mail, request_dsn=False)
-        except EngineError as exc:
-            log.warning("mss.mdn_failed", error=str(exc))
+        except Exception as exc:  # the mail's own outcome is already recorded; only log
+            log.warning("mss.mdn_failed", error=type(exc).__name__)

@@ -288,3 +288,24 @@ async def test_full_loop_between_two_engines(pki, operator, tmp_path, ans_corpus
     assert (outcome.kind, outcome.success, outcome.request_control_id) == ("Z03", True, "RIS-42")
     sender_store.close()
     receiver_store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ris_down_leaves_the_mail_for_the_next_poll(pki, operator, tmp_path, ans_corpus):
+    from twisted.internet.error import ConnectionRefusedError as TwistedRefused
+
+    cda = example_cda(ans_corpus)
+    settings = lps_settings(pki, operator, tmp_path)
+    inbox(operator).append(equivalent_mail(cda, dnt=False))
+
+    async def ris_down(mdm):
+        raise TwistedRefused("RIS listener down")
+
+    poller, store = make_poller(settings, ris_down)
+    stats = await poller.poll_once()
+    assert (stats.retried, stats.integrated) == (1, 0)
+    assert inbox(operator).messages[0].flags == set()
+    ris = FakeRis((ans_corpus / ACK_AA).read_bytes())
+    poller.deliver = ris
+    assert (await poller.poll_once()).integrated == 1 and len(ris.received) == 1
+    store.close()
