@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test conformance bench check demo clean pki bench-dmp sim-dmp
+.PHONY: run test conformance bench bench-mss check demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +32,9 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
+
+bench-mss: $(STAMP)
+	$(BIN)/python bench/mss.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.request",
     "engine.commands.validate",
     "engine.commands.sim",
+    "engine.commands.mss",
 )
 
 
