@@ -4,8 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test conformance bench check demo clean pki bench-dmp sim-dmp
-.PHONY: run test conformance bench bench-mss check demo clean
+.PHONY: install run test conformance bench bench-mss bench-dmp check demo clean pki sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
