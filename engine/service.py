@@ -20,6 +20,8 @@ from engine.intake import Intake, IntakePolicy
 from engine.journal.sqlite import SQLiteJournal
 from engine.metrics import EngineMetrics
 from engine.mllp.server import MLLPServerFactory
+from engine.routing.dispatcher import Dispatcher
+from engine.routing.plan import Environment
 
 log = structlog.get_logger("engine.service")
 
@@ -60,16 +62,40 @@ def policy_for(settings: MllpInSettings) -> IntakePolicy:
     )
 
 
+class NotifyingIntake:
+    """Intake that tells the dispatcher new work is journaled (it also polls, for replays)."""
+
+    def __init__(self, intake: Intake, notify):
+        self._intake, self._notify = intake, notify
+        self.metrics = intake.metrics
+        self.journal = intake.journal
+        self.clock = intake.clock
+
+    def receive(self, policy, raw):
+        d = self._intake.receive(policy, raw)
+        d.addCallback(self._notified)
+        return d
+
+    def _ack(self, *args):
+        return self._intake._ack(*args)
+
+    def _notified(self, ack):
+        self._notify()
+        return ack
+
+
 class Engine(service.MultiService):
-    def __init__(self, config: Config, data_dir: Path, reactor, with_metrics: bool = True):
+    def __init__(self, config: Config, data_dir: Path, reactor, with_metrics: bool = True, clock=None):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.clock = clock or reactor
         self.data_dir = Path(data_dir)
         self.node = config.engine.node or socket.gethostname()
         self.metrics = EngineMetrics()
         self.journal = SQLiteJournal(self.data_dir / "journal", reactor, node=self.node)
-        self.intake = Intake(self.journal, self.metrics, reactor)
+        self.dispatcher = self._build_dispatcher()
+        self.intake = NotifyingIntake(Intake(self.journal, self.metrics, self.clock), self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
         for settings in config.channels_of_type("mllp-in"):
             self._add_listener(settings)
@@ -77,6 +103,13 @@ class Engine(service.MultiService):
             self._add_metrics_endpoint()
         self._size_loop = task.LoopingCall(self._measure_journal)
         self._size_loop.clock = reactor
+
+    def _build_dispatcher(self) -> Dispatcher:
+        from engine.connectors import build_connectors, retry_settings
+
+        env = Environment(self.config.channels, self.config.root)
+        return Dispatcher(self.journal, self.config.routes, env, self.clock,
+                          build_connectors(self.config, self.reactor), retry_settings(self.config), self.node)
 
     def _add_listener(self, settings: MllpInSettings) -> None:
         from engine.tls import server_endpoint
@@ -112,6 +145,7 @@ class Engine(service.MultiService):
     async def _start(self):
         self.journal.start()
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
+        await self.dispatcher.start()
         self._size_loop.start(10.0, now=True)
         log.info("engine.started", node=self.node, durability=self.journal.durability)
 
@@ -123,6 +157,7 @@ class Engine(service.MultiService):
         if self._size_loop.running:
             self._size_loop.stop()
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(list(self))])
+        await self.dispatcher.stop()
         await self.journal.stop()
         log.info("engine.stopped", node=self.node)
 

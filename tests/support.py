@@ -104,3 +104,11 @@ class EngineProcess:
     def terminate(self) -> int:
         os.kill(self.proc.pid, signal.SIGTERM)
         return self.proc.wait(20)
+
+
+INTAKE_STATES = ("received", "rejected", "duplicate")
+
+
+def intake_events(reader, limit: int = 100000) -> list:
+    """The journal rows written by intake (routing adds its own rows after them)."""
+    return [e for e in reader.events_after(0, limit=limit) if e.state in INTAKE_STATES]

@@ -31,6 +31,8 @@ class Config:
 def load_config(root: Path, environ=None) -> Config:
     """Read `root`/pfi.yaml, channels/*.yaml and routes.yaml; raise ConfigurationError listing
     every problem found."""
+    import engine.connectors  # noqa: F401  (registers the destination channel types)
+
     root = Path(root)
     problems = Problems()
     engine = _load_engine(root / "pfi.yaml", problems, environ)

@@ -36,6 +36,36 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX events_message ON events(message_uid);
         """,
     ),
+    (
+        2,
+        """
+        CREATE INDEX messages_state ON messages(state) WHERE state = 'received';
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            message_uid TEXT NOT NULL,
+            route TEXT NOT NULL,
+            step TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            fifo_key TEXT NOT NULL DEFAULT '',
+            doc_id TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL,
+            payload BLOB,
+            created_at REAL NOT NULL,
+            not_before REAL NOT NULL,
+            next_attempt REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL,
+            node TEXT,
+            lease_until REAL
+        );
+        CREATE INDEX deliveries_queue ON deliveries(destination, state, id);
+        CREATE INDEX deliveries_key ON deliveries(destination, fifo_key, state);
+        CREATE INDEX deliveries_doc ON deliveries(doc_id) WHERE doc_id != '';
+        CREATE INDEX deliveries_message ON deliveries(message_uid);
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

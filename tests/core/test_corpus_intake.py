@@ -8,7 +8,7 @@ import pytest_twisted
 
 from engine.journal.reader import JournalReader
 from tests.conftest import ANS
-from tests.support import client_for, exchange, inbound, start_engine, write_config
+from tests.support import intake_events, client_for, exchange, inbound, start_engine, write_config
 
 
 def corpus_messages() -> list:
@@ -45,7 +45,7 @@ async def test_all_ans_examples_are_accepted_and_indexed(tmp_path):
             ack = await exchange(client, raw)
             expected = oracle(raw)
             assert (ack.code, ack.control_id) == ("AA", expected["control_id"]), f"{path}: {ack.errors}"
-        events = JournalReader(engine.journal.data_dir).events_after(0, limit=1000)
+        events = intake_events(JournalReader(engine.journal.data_dir))
     finally:
         client.close()
         await engine.stopService()

@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 
 from engine.journal.reader import JournalReader
 from engine.mllp.client import connect, read_ack
-from tests.support import ROOT, EngineProcess, client_for, exchange, inbound, sample_adt, start_engine, write_config
+from tests.support import intake_events, ROOT, EngineProcess, client_for, exchange, inbound, sample_adt, start_engine, write_config
 
 PORT_BASE = 23000
 
@@ -45,7 +45,7 @@ async def test_every_acked_message_survives_sigkill(tmp_path):
         await _tick()
     proc.kill()  # right after an ACK, with more messages in flight
     await defer.DeferredList(senders)
-    stored = {e.control_id for e in JournalReader(tmp_path / "data" / "journal").events_after(0, limit=100000)}
+    stored = {e.control_id for e in intake_events(JournalReader(tmp_path / "data" / "journal"))}
     assert set(acked) <= stored
     # The engine restarts on the same journal and serves again.
     proc.start()
@@ -92,7 +92,7 @@ async def test_full_disk_answers_ae_and_keeps_serving(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
-    stored = {e.control_id for e in JournalReader(tmp_path / "data" / "journal").events_after(0, limit=1000)}
+    stored = {e.control_id for e in intake_events(JournalReader(tmp_path / "data" / "journal"))}
     assert set(accepted) <= stored
 
 
@@ -124,10 +124,10 @@ async def test_read_only_journal_answers_ae_then_recovers(tmp_path):
         subprocess.run(["chattr", "-i", str(segment)])
         client.close()
         await engine.stopService()
-    stored = [e.control_id for e in JournalReader(tmp_path / "data" / "journal").events_after(0)]
+    stored = [e.control_id for e in intake_events(JournalReader(tmp_path / "data" / "journal"))]
     assert stored == ["R-1", "R-3", "R-2"]
     assert all(m is not None for m in map(JournalReader(tmp_path / "data" / "journal").load_message,
-                                           [e.message_uid for e in JournalReader(tmp_path / "data" / "journal").events_after(0)]))
+                                           [e.message_uid for e in intake_events(JournalReader(tmp_path / "data" / "journal"))]))
 
 
 @pytest_twisted.ensureDeferred
@@ -139,7 +139,7 @@ async def test_fifty_megabyte_message_is_accepted_intact(tmp_path):
     try:
         ack = await exchange(client, big, timeout=60)
         assert (ack.code, ack.control_id) == ("AA", "BIG-50")
-        [event] = JournalReader(tmp_path / "data" / "journal").events_after(0)
+        [event] = intake_events(JournalReader(tmp_path / "data" / "journal"))
         assert JournalReader(tmp_path / "data" / "journal").load_message(event.message_uid).raw == big
     finally:
         client.close()

@@ -12,7 +12,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from engine.journal.reader import JournalReader
 from engine.mllp.framing import frame
-from tests.support import client_for, exchange, inbound, sample_adt, sleep, start_engine, write_config
+from tests.support import intake_events, client_for, exchange, inbound, sample_adt, sleep, start_engine, write_config
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ async def test_accepted_message_is_journaled_before_aa(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, sample_adt("A-1").encode())
     assert (ack.code, ack.control_id) == ("AA", "A-1")
-    events = journal(engine).events_after(0)
+    events = intake_events(journal(engine))
     assert [(e.state, e.control_id, e.msg_type) for e in events] == [("received", "A-1", "ADT^A01")]
     stored = journal(engine).load_message(events[0].message_uid)
     assert stored.raw == sample_adt("A-1").encode()
@@ -53,7 +53,7 @@ async def test_unsupported_version_is_ar_203_and_kept(engine):
     ack = await exchange(client, sample_adt("V-1", version="2.3").encode())
     assert ack.code == "AR" and ack.control_id == "V-1"
     assert "|MSH^1^12|203^" in ack.errors[0]
-    [event] = journal(engine).events_after(0)
+    [event] = intake_events(journal(engine))
     assert event.state == "rejected" and "2.3" in event.detail
     client.close()
 
@@ -73,7 +73,7 @@ async def test_garbage_frame_is_ar_and_quarantined(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, b"\x00\x01 this is not HL7 \xff")
     assert ack.code == "AR" and "|100^" in ack.errors[0]
-    [event] = journal(engine).events_after(0)
+    [event] = intake_events(journal(engine))
     assert event.state == "rejected"
     assert journal(engine).load_message(event.message_uid).raw == b"\x00\x01 this is not HL7 \xff"
     client.close()
@@ -85,7 +85,7 @@ async def test_duplicate_gets_original_ack_and_is_recorded(engine):
     first = await exchange(client, sample_adt("D-1").encode())
     again = await exchange(client, sample_adt("D-1", name="OTHER^Name").encode())
     assert again.raw == first.raw
-    states = [e.state for e in journal(engine).events_after(0)]
+    states = [e.state for e in intake_events(journal(engine))]
     assert states == ["received", "duplicate"]
     # A rejected message does not make its control id a duplicate: the fixed resend is accepted.
     bad = await exchange(client, sample_adt("D-2", version="2.3").encode())
@@ -101,7 +101,7 @@ async def test_accents_survive_latin9_round_trip(engine):
     ack = await exchange(client, raw)
     assert ack.code == "AA"
     assert b"8859/15" in ack.raw  # the ACK is written in the sender's charset
-    [event] = journal(engine).events_after(0)
+    [event] = intake_events(journal(engine))
     assert journal(engine).load_message(event.message_uid).raw.decode("iso8859-15").count("CŒUR^Éloïse€ç") == 1
     assert journal(engine).patient_label(event.message_uid) == "IPP001 CŒUR Éloïse€ç"
     client.close()
@@ -123,7 +123,7 @@ async def test_oversized_message_gets_ar_then_close(engine):
     ack = await exchange(client, big.encode())
     assert ack.code == "AR" and ack.control_id == "BIG-1" and "exceeds" in ack.errors[0]
     await client.lost  # the engine closes the connection after the NACK
-    [event] = journal(engine).events_after(0)
+    [event] = intake_events(journal(engine))
     assert event.state == "rejected" and len(journal(engine).load_message(event.message_uid).raw) == 4096
 
 
@@ -133,7 +133,7 @@ async def test_noise_between_frames_is_kept_and_next_frame_served(engine):
     client.transport.write(b"NOISE-BYTES")
     ack = await exchange(client, sample_adt("N-1").encode())
     assert ack.code == "AA"
-    states = sorted(e.state for e in journal(engine).events_after(0))
+    states = sorted(e.state for e in intake_events(journal(engine)))
     assert states == ["received", "rejected"]
     client.close()
 
@@ -156,7 +156,7 @@ async def test_connection_dropped_mid_frame_then_others_still_served(engine):
     await peer.lost
     client = await client_for(engine, "in")
     assert (await exchange(client, sample_adt("X-2").encode())).code == "AA"
-    assert [e.control_id for e in journal(engine).events_after(0)] == ["X-2"]
+    assert [e.control_id for e in intake_events(journal(engine))] == ["X-2"]
     client.close()
 
 

@@ -1,0 +1,128 @@
+"""Destination connectors: what `deliver` steps send through, one per destination channel.
+
+Every connector answers `async deliver(payload, delivery) -> outcome` where outcome has
+`action` ("done" | "retry" | "dead") and `reason`; the queue does the rest (retry timing,
+dead letter, follow-ups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from engine.config.channels import ChannelSettings, ReplyPolicy, RetrySettings, channel_type
+from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str
+    reason: str
+
+
+@channel_type("dmp")
+class DmpChannel(ChannelSettings):
+    """The national DMP (or the local simulator): IHE XDS.b ITI-41/18/57 with VIHF over mTLS."""
+
+    type: Literal["dmp"]
+    endpoint: str = Field(description="Base URL; the transactions' paths are appended")
+    client_cert: str
+    client_key: str
+    ca_bundle: str
+    structure_id: str
+    source_oid: str
+    lps: LpsIdentity
+    activity_sector: str = "SA07^1.2.250.1.71.4.2.4"
+    response_timeout: float = 60.0
+    retry: RetrySettings = RetrySettings()
+
+    def client_settings(self, root: Path) -> DmpChannelSettings:
+        resolve = lambda p: (root / p).resolve()  # noqa: E731
+        return DmpChannelSettings(
+            endpoints=DmpEndpoints.from_base(self.endpoint), client_cert=resolve(self.client_cert),
+            client_key=resolve(self.client_key), ca_bundle=resolve(self.ca_bundle),
+            structure_id=self.structure_id, source_oid=self.source_oid, lps=self.lps,
+            activity_sector=self.activity_sector, response_timeout=self.response_timeout)
+
+
+class MllpDestination:
+    def __init__(self, reactor, settings):
+        from engine.mllp.sender import MLLPSender
+
+        self.sender = MLLPSender(reactor, settings)
+
+    async def deliver(self, payload: bytes, delivery) -> Outcome:
+        outcome = await self.sender.send(payload)
+        return Outcome(outcome.action, outcome.reason)
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+
+class DmpDeliveryConnector:
+    """HL7 document request -> DMP publication; the ZAM^Z01 comes from the route's follow-ups."""
+
+    def __init__(self, reactor, settings: DmpChannel, root: Path, consent=None):
+        from engine.dmp.destination import DmpDestination
+
+        self.destination = DmpDestination(reactor, settings.client_settings(root), consent)
+
+    async def deliver(self, payload: bytes, delivery) -> Outcome:
+        from engine.docrequest import parse_document_request
+        from engine.docrequest.errors import RequestError
+        from engine.hl7.message import Message
+
+        try:
+            request = parse_document_request(Message.parse(payload))
+            publish = publish_request(request, delivery.action or request.action.value)
+        except (RequestError, ValueError) as exc:
+            return Outcome("dead", f"NOT_PUBLISHABLE: {exc}")
+        result = await self.destination.deliver(publish)
+        if result.ok:
+            return Outcome("done", f"DMP accepted ({result.status})")
+        reason = f"{result.error_code}: {result.error_label or result.detail}"
+        return Outcome("retry" if result.transient else "dead", reason)
+
+    async def close(self) -> None:
+        await self.destination.close()
+
+
+def publish_request(request, action: str):
+    """Map the typed HL7 document request onto the DMP connector's input."""
+    from engine.dmp.model import DmpFlags, Organisation, Person, PublishRequest
+
+    ins = request.patient.ins
+    if ins is None:
+        raise ValueError("no INS in PID-3: the DMP needs the patient's INS")
+    f = request.flags
+    sender = request.sender
+    person = sender.person if sender else None
+    org = sender.organisation if sender else None
+    return PublishRequest(
+        action=action, cda=request.document.content, ins=ins.value, ins_oid=ins.oid,
+        ins_qualified=request.patient.identity_status == "VALI",
+        flags=DmpFlags(masque_ps=bool(f.masque_ps), invisible_patient=bool(f.invisible_patient),
+                       invisible_rep_legaux=bool(f.invisible_rep_legaux),
+                       connexion_secrete=bool(f.connexion_secrete), modif_conf_code=bool(f.modif_conf_code)),
+        replaced_document_id=request.replaced_document_id or None,
+        sender=Person(id=person.id, family=person.family_name, given=person.given_name) if person and person.id else None,
+        sender_organisation=Organisation(name=org.name, id=org.id) if org and org.id else None,
+        patient_class=request.patient_class or None, message_control_id=request.header.control_id)
+
+
+def build_connectors(config, reactor, consent=None) -> dict:
+    """One connector per destination channel used by the routes."""
+    connectors = {}
+    for channel in config.channels.values():
+        if channel.type == "mllp-out":
+            connectors[channel.name] = MllpDestination(reactor, channel)
+        elif channel.type == "dmp":
+            connectors[channel.name] = DmpDeliveryConnector(reactor, channel, config.root, consent)
+    return connectors
+
+
+def retry_settings(config) -> dict:
+    return {c.name: c.retry for c in config.channels.values() if hasattr(c, "retry")}

@@ -1,0 +1,1 @@
+"""Routing: match journaled messages against routes.yaml, run their steps, queue deliveries."""

@@ -1,0 +1,67 @@
+"""What a route sees of a message: raw bytes, MSH header, and lazily the full parse."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from engine.hl7.scan import Header, scan
+
+
+class MessageContext:
+    def __init__(self, uid: str, channel: str, raw: bytes, received_at: float):
+        self.uid, self.channel, self.raw, self.received_at = uid, channel, raw, received_at
+
+    @cached_property
+    def header(self) -> Header:
+        return scan(self.raw)
+
+    @cached_property
+    def message(self):
+        from engine.hl7.message import Message
+
+        return Message.parse(self.raw)
+
+    @cached_property
+    def document_request(self):
+        """The typed document request, or None when this is not an ORU/MDM document message."""
+        from engine.docrequest import parse_document_request
+        from engine.docrequest.errors import RequestError
+
+        if self.header.message_code not in ("ORU", "MDM") or "CISIS_CDA" not in self.header.profile:
+            return None
+        try:
+            return parse_document_request(self.message)
+        except RequestError:
+            return None
+
+    def get(self, path: str) -> str:
+        return self.message.get(path) or ""
+
+    def get_all(self, path: str) -> list[str]:
+        return self.message.get_all(path)
+
+    @cached_property
+    def document_ids(self) -> tuple[str, str, str]:
+        """(action, document id, replaced document id) used to cancel superseded pending sends."""
+        request = self.document_request
+        if request is None:
+            return "", "", ""
+        doc_id = request.document_id or _cda_id(request)
+        return request.action.value, _norm(doc_id), _norm(request.replaced_document_id)
+
+
+def _cda_id(request) -> str:
+    from engine.docrequest.consistency import read_cda_header
+
+    try:
+        header = read_cda_header(request.document.content)
+    except Exception:  # an unreadable CDA simply has no id to cancel by
+        return ""
+    if header.id is None:
+        return ""
+    return f"{header.id.root}^{header.id.extension}" if header.id.extension else header.id.root
+
+
+def _norm(doc_id: str) -> str:
+    """`root^ext` and `root.ext` spellings of one document id compare equal."""
+    return doc_id.replace("^", ".").strip(".")

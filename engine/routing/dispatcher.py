@@ -1,0 +1,221 @@
+"""The dispatcher: claims journaled messages in arrival order, plans their routes, writes the
+result, and runs follow-up steps when deliveries finish. Destination workers send the queued
+deliveries, one at a time per destination, in FIFO order per key."""
+
+from __future__ import annotations
+
+import random
+
+import structlog
+from twisted.internet import defer, threads
+
+from engine.journal.payloads import PayloadStore
+from engine.routing import queue
+from engine.routing.context import MessageContext
+from engine.routing.plan import Environment, NewDelivery, Plan, plan_message, run_steps
+
+log = structlog.get_logger("engine.routing")
+
+POLL_SECONDS = 0.25
+BATCH = 200
+
+
+class Dispatcher:
+    def __init__(self, journal, routes, env: Environment, clock, connectors: dict, retry_settings: dict,
+                 node: str = "local", rng: random.Random | None = None):
+        self.journal, self.routes, self.env, self.clock = journal, routes, env, clock
+        self.node = node
+        self.workers = {name: DestinationWorker(self, name, c, retry_settings.get(name), rng or random.Random())
+                        for name, c in connectors.items()}
+        self._busy = False
+        self._again = False
+        self._timer = None
+        self._running = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._running = True
+        await self.journal.submit(lambda conn, store: queue.reset_in_flight(conn, self.node))
+        self.kick()
+        for worker in self.workers.values():
+            worker.wake()
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        for worker in self.workers.values():
+            await worker.stop()
+
+    # -- dispatching -------------------------------------------------------------------------
+    def kick(self, *_) -> None:
+        """New messages may be waiting: dispatch soon (coalesced)."""
+        if not self._running:
+            return
+        if self._busy:
+            self._again = True
+            return
+        defer.Deferred.fromCoroutine(self._cycle())
+
+    async def _cycle(self) -> None:
+        self._busy = True
+        try:
+            while self._running:
+                batch = await self.journal.submit(_claim_received, logged=True)
+                if not batch:
+                    break
+                plans = await threads.deferToThread(self._plan_all, batch)
+                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node))
+                self._wake(touched)
+        except Exception as exc:  # a journal failure: keep the engine up and try again later
+            log.error("routing.dispatch_failed", error=str(exc))
+        finally:
+            self._busy = False
+            self._schedule_poll()
+
+    def _schedule_poll(self) -> None:
+        if not self._running:
+            return
+        if self._again:
+            self._again = False
+            self.kick()
+            return
+        if self._timer is None or not self._timer.active():
+            self._timer = self.clock.callLater(POLL_SECONDS, self.kick)
+
+    def _plan_all(self, batch) -> list[Plan]:
+        plans = []
+        for uid, channel, received_at, raw in batch:
+            ctx = MessageContext(uid, channel, raw, received_at)
+            try:
+                plans.append(plan_message(self.routes, ctx, self.env))
+            except Exception as exc:  # never lose the message: it goes to dead letter with the reason
+                plans.append(Plan(uid, state="invalid", events=[("invalid", f"routing failed: {exc}")]))
+        return plans
+
+    def _wake(self, destinations) -> None:
+        for name in set(destinations):
+            if name in self.workers:
+                self.workers[name].wake()
+
+    # -- follow-ups ------------------------------------------------------------------------
+    async def follow_up(self, delivery: queue.Delivery, kind: str, detail: str) -> None:
+        route = next((r for r in self.routes if r.name == delivery.route), None)
+        step = route.find_step(delivery.step) if route else None
+        steps = (step.on_success if kind == "on_success" else step.on_failure) if step else []
+        if not steps:
+            return
+        message = await threads.deferToThread(self.journal.load_message, delivery.message_uid)
+        ctx = MessageContext(message.uid, message.channel, message.raw, self.clock.seconds())
+        plan = Plan(message.uid, state=None)
+        await threads.deferToThread(run_steps, route, steps, ctx, ctx.raw, self.env, plan)
+        plan.deliveries += [self._zam(kind, detail, ctx, z) for z in plan.zams if self._zam(kind, detail, ctx, z)]
+        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node))
+        self._wake(touched)
+
+    def _zam(self, kind: str, detail: str, ctx: MessageContext, zam) -> NewDelivery | None:
+        from engine.routing.zamstep import build_zam_delivery
+
+        return build_zam_delivery(zam, kind == "on_success", detail, ctx, self.clock.seconds())
+
+
+def _claim_received(conn, store: PayloadStore):
+    rows = conn.execute("SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received'"
+                        " ORDER BY id LIMIT ?", (BATCH,)).fetchall()
+    batch = []
+    for uid, channel, received_at, segment, offset in rows:
+        _, raw = store.read(segment, offset)
+        batch.append((uid, channel, received_at, raw))
+    return batch
+
+
+def _apply_all(conn, plans: list[Plan], node: str) -> list[str]:
+    touched = []
+    for plan in plans:
+        touched += queue.apply_plan(conn, plan, node)
+    return touched
+
+
+class DestinationWorker:
+    """Sends one destination's queue: oldest due first, FIFO per key, retries with backoff."""
+
+    def __init__(self, dispatcher: Dispatcher, name: str, connector, retry, rng: random.Random):
+        self.dispatcher, self.name, self.connector = dispatcher, name, connector
+        self.retry, self.rng = retry, rng
+        self._running = False
+        self._timer = None
+        self._stopped = False
+
+    def wake(self) -> None:
+        if self._stopped or self._running:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        defer.Deferred.fromCoroutine(self._drain())
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        close = getattr(self.connector, "close", None)
+        if close is not None:
+            await close()
+
+    async def _drain(self) -> None:
+        self._running = True
+        journal, clock, node = self.dispatcher.journal, self.dispatcher.clock, self.dispatcher.node
+        try:
+            while not self._stopped:
+                claimed = await journal.submit(lambda c, s: _claim_with_payload(c, s, self.name, clock.seconds(), node),
+                                               logged=True)
+                if claimed is None:
+                    break
+                await self._attempt(*claimed)
+        except Exception as exc:
+            log.error("delivery.worker_failed", destination=self.name, error=str(exc))
+        finally:
+            self._running = False
+        if not self._stopped:
+            await self._sleep_until_due()
+
+    async def _attempt(self, delivery: queue.Delivery, payload: bytes) -> None:
+        from engine.retry import attempts_exhausted, backoff_delay
+
+        d = self.dispatcher
+        try:
+            outcome = await self.connector.deliver(payload, delivery)
+            action, reason = outcome.action, outcome.reason
+        except Exception as exc:  # a connector bug must not kill the queue
+            action, reason = "retry", f"connector error: {exc}"
+        retry_at = None
+        if action == "retry":
+            if self.retry is not None and attempts_exhausted(delivery.attempts + 1, self.retry):
+                action, reason = "dead", f"gave up after {delivery.attempts + 1} attempts: {reason}"
+            else:
+                delay = backoff_delay(delivery.attempts + 1, self.retry, self.rng) if self.retry else 1.0
+                retry_at = d.clock.seconds() + delay
+        log.info("delivery.attempt", message_id=delivery.message_uid, destination=self.name,
+                 delivery=delivery.id, outcome=action, reason=reason)
+        follow = await d.journal.submit(
+            lambda c, s: queue.finish(c, delivery, action, reason, d.node, d.clock.seconds(), retry_at))
+        if follow:
+            await d.follow_up(delivery, follow, reason)
+
+    async def _sleep_until_due(self) -> None:
+        due = await self.dispatcher.journal.submit(lambda c, s: queue.next_due(c, self.name), logged=True)
+        clock = self.dispatcher.clock
+        # Also poll: operators (pfi cancel/replay) and other nodes change the queue from outside.
+        delay = 1.0 if due is None else min(max(due - clock.seconds(), 0.0), 1.0)
+        if not self._stopped and not self._running:
+            self._timer = clock.callLater(delay, self.wake)
+
+
+def _claim_with_payload(conn, store: PayloadStore, destination: str, now: float, node: str):
+    delivery = queue.claim_next(conn, destination, now, node)
+    if delivery is None:
+        return None
+    if delivery.payload is not None:
+        return delivery, delivery.payload
+    segment, offset = conn.execute("SELECT segment, offset FROM messages WHERE uid=?",
+                                   (delivery.message_uid,)).fetchone()
+    return delivery, store.read(segment, offset)[1]

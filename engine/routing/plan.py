@@ -1,0 +1,145 @@
+"""Evaluate the routes for one message: a pure computation producing a Plan.
+
+Runs in a worker thread (full parsing, XSLT and CDA checks stay off the reactor); the Plan is
+then written to the journal in one transaction (engine.routing.queue.apply_plan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.config.routes import Route, Step, as_list
+from engine.errors import EngineError, ValidationError
+from engine.routing.context import MessageContext
+from engine.routing.match import field_matches, matches
+from engine.routing import transform
+
+
+@dataclass
+class NewDelivery:
+    route: str
+    step: str
+    destination: str
+    fifo_key: str
+    not_before: float
+    payload: bytes | None  # None: the message as received
+    doc_id: str = ""
+    action: str = ""
+    replaced_id: str = ""
+
+
+@dataclass
+class Plan:
+    message_uid: str
+    state: str = "routed"  # routed | unrouted | filtered | held | invalid
+    events: list[tuple[str, str]] = field(default_factory=list)  # (state, detail)
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    patient_updates: list[bytes] = field(default_factory=list)
+    zams: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, channel, route)
+
+
+@dataclass
+class Environment:
+    """What steps need besides the message: channel settings, the config root, validators."""
+
+    channels: dict
+    root: Path
+    cda_validator: object | None = None  # callable(bytes) -> list[str] of errors
+
+
+def plan_message(routes: list[Route], ctx: MessageContext, env: Environment) -> Plan:
+    plan = Plan(ctx.uid)
+    matched = False
+    for route in routes:
+        try:
+            if not matches(route.match, ctx):
+                continue
+        except EngineError as exc:
+            plan.events.append(("invalid", f"route {route.name}: cannot read message: {exc}"))
+            plan.state = "invalid"
+            return plan
+        matched = True
+        run_steps(route, route.steps, ctx, ctx.raw, env, plan)
+        if route.final:
+            break
+    if not matched:
+        plan.state = "unrouted"
+        plan.events.append(("unrouted", "no route matches this message"))
+    return plan
+
+
+def run_steps(route: Route, steps: list[Step], ctx: MessageContext, payload: bytes, env: Environment,
+              plan: Plan) -> None:
+    """Run `steps` in order; a failing validate/transform/gate or a stop ends this route."""
+    for step in steps:
+        try:
+            payload, go_on = _run_step(route, step, ctx, payload, env, plan)
+        except EngineError as exc:
+            plan.state = "invalid"
+            plan.events.append(("invalid", f"route {route.name} step {step.label}: {exc}"))
+            return
+        if not go_on:
+            return
+
+
+def _run_step(route, step: Step, ctx, payload: bytes, env: Environment, plan: Plan):
+    action = step.action
+    if action == "validate":
+        _validate(step.validate_, ctx, env)
+        plan.events.append(("validated", f"route {route.name} step {step.label}"))
+    elif action == "transform":
+        payload = _transform(step, payload, env, ctx)
+    elif action == "gate":
+        if not all(field_matches(ctx, path, wanted) for path, wanted in step.gate.when.items()):
+            plan.state = "held" if plan.state == "routed" else plan.state
+            plan.events.append(("held", f"route {route.name} step {step.label}: {step.gate.reason}"))
+            return payload, False
+    elif action == "stop":
+        plan.state = "filtered" if plan.state == "routed" else plan.state
+        plan.events.append(("filtered", f"route {route.name} step {step.label}: {step.stop}"))
+        return payload, False
+    elif action == "deliver":
+        _deliver(route, step, ctx, payload, env, plan)
+    elif action == "patients":
+        plan.patient_updates.append(payload)
+    elif action == "zam":
+        plan.zams.append((step.zam.kind, step.zam.to, route.name))
+    return payload, True
+
+
+def _validate(kind: str, ctx: MessageContext, env: Environment) -> None:
+    from engine.docrequest import check_consistency, parse_document_request
+    from engine.docrequest.errors import RequestError
+
+    try:
+        request = parse_document_request(ctx.message)
+    except RequestError as exc:
+        raise ValidationError(f"document request refused: {exc.error.message}") from exc
+    errors = [e for e in check_consistency(request) if e.severity in ("E", "F")]
+    if errors:
+        raise ValidationError("; ".join(f"{e.code} {e.app_code} {e.message}".strip() for e in errors))
+    if kind == "cda" and env.cda_validator is not None:
+        for document in request.documents:
+            problems = env.cda_validator(document.content)
+            if problems:
+                raise ValidationError("CDA invalid: " + "; ".join(problems[:5]))
+
+
+def _transform(step: Step, payload: bytes, env: Environment, ctx: MessageContext) -> bytes:
+    codec = ctx.header.codec
+    if step.transform.map is not None:
+        return transform.apply_map(payload, step.transform.map, codec)
+    return transform.apply_xslt(payload, env.root / step.transform.xslt, codec)
+
+
+def _deliver(route, step: Step, ctx: MessageContext, payload: bytes, env: Environment, plan: Plan) -> None:
+    action, doc_id, replaced = ctx.document_ids
+    for destination in as_list(step.deliver.to):
+        key_path = step.deliver.key or getattr(env.channels.get(destination), "queue_key", None) or "PID-3.1"
+        plan.deliveries.append(NewDelivery(
+            route=route.name, step=step.label, destination=destination,
+            fifo_key=ctx.get(key_path), not_before=ctx.received_at + step.deliver.delay,
+            payload=None if payload is ctx.raw else payload, doc_id=doc_id, action=action,
+            replaced_id=replaced,
+        ))

@@ -1,0 +1,168 @@
+"""Durable outbound queues: SQL operations run in the journal's writer thread (journal.submit).
+
+A delivery row is one message for one destination. FIFO holds per (destination, fifo_key): a
+delivery is not sent while an older one of the same key is still pending, so a replace never
+overtakes its original, while other keys proceed. `not_before` defers a send; a pending send can be
+cancelled (operator, or a newer version / delete of the same document inside the delay window).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from engine.routing.plan import NewDelivery, Plan
+
+PENDING, SENDING, DONE, DEAD, CANCELLED = "pending", "sending", "done", "dead", "cancelled"
+
+
+@dataclass
+class Delivery:
+    id: int
+    message_uid: str
+    route: str
+    step: str
+    destination: str
+    fifo_key: str
+    doc_id: str
+    action: str
+    payload: bytes | None
+    attempts: int
+    not_before: float
+
+
+_COLUMNS = "id, message_uid, route, step, destination, fifo_key, doc_id, action, payload, attempts, not_before"
+
+
+def _event(conn, uid: str, state: str, channel: str, detail: str, node: str, now: float) -> None:
+    conn.execute("INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)",
+                 (uid, now, state, channel, detail, node))
+
+
+def apply_plan(conn, plan: Plan, node: str, now: float | None = None) -> list[str]:
+    """Write a routing result; returns the destinations that got new work."""
+    now = time.time() if now is None else now
+    if plan.state is not None:  # follow-up plans leave the message state alone
+        conn.execute("UPDATE messages SET state=? WHERE uid=?", (plan.state, plan.message_uid))
+    for state, detail in plan.events:
+        _event(conn, plan.message_uid, state, "", detail, node, now)
+    touched = []
+    for new in plan.deliveries:
+        _queue(conn, plan.message_uid, new, node, now)
+        touched.append(new.destination)
+    return touched
+
+
+def _queue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
+    action, state, detail = new.action, PENDING, ""
+    cancelled = _cancel_superseded(conn, uid, new, node, now)
+    if "initial" in cancelled and action == "replace":
+        action = "initial"  # the original never left: this version is the first the destination gets
+    if "initial" in cancelled and action == "delete":
+        state, detail = CANCELLED, "nothing to delete: the initial send was cancelled before it left"
+    cur = conn.execute(
+        "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
+        " payload, created_at, not_before, next_attempt, updated_at, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (uid, new.route, new.step, new.destination, new.fifo_key, new.doc_id, action, state, new.payload,
+         now, new.not_before, new.not_before, now, node))
+    when = f" not before {_fmt(new.not_before)}" if new.not_before > now else ""
+    _event(conn, uid, "queued" if state == PENDING else "cancelled", new.destination,
+           detail or f"delivery {cur.lastrowid} ({action or 'message'}){when}", node, now)
+
+
+def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) -> list[str]:
+    """Cancel pending, never-attempted sends of the document this message replaces or deletes."""
+    target = new.replaced_id if new.action == "replace" else new.doc_id if new.action == "delete" else ""
+    if not target:
+        return []
+    rows = conn.execute(
+        "SELECT id, message_uid, action FROM deliveries WHERE destination=? AND doc_id=? AND state=?"
+        " AND attempts=0", (new.destination, target, PENDING)).fetchall()
+    for delivery_id, old_uid, _ in rows:
+        conn.execute("UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE id=?",
+                     (CANCELLED, f"superseded by {new.action} in message {uid}", now, delivery_id))
+        _event(conn, old_uid, "cancelled", new.destination,
+               f"delivery {delivery_id} cancelled: superseded by {new.action} in message {uid}", node, now)
+    return [action for _, _, action in rows]
+
+
+def claim_next(conn, destination: str, now: float, node: str, lease: float = 300.0) -> Delivery | None:
+    """The oldest due delivery whose key has no older pending one; marked `sending`."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM deliveries d WHERE d.destination=? AND d.state=? AND d.next_attempt<=?"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.destination=d.destination"
+        " AND e.fifo_key=d.fifo_key AND e.state IN (?, ?) AND e.id<d.id)"
+        " ORDER BY d.id LIMIT 1", (destination, PENDING, now, PENDING, SENDING)).fetchone()
+    if row is None:
+        return None
+    conn.execute("UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id=?",
+                 (SENDING, node, now + lease, now, row[0]))
+    return Delivery(*row)
+
+
+def next_due(conn, destination: str) -> float | None:
+    row = conn.execute("SELECT min(next_attempt) FROM deliveries WHERE destination=? AND state=?",
+                       (destination, PENDING)).fetchone()
+    return row[0]
+
+
+def finish(conn, delivery: Delivery, outcome: str, detail: str, node: str, now: float,
+           retry_at: float | None = None) -> str | None:
+    """Record an attempt. Returns 'on_success' / 'on_failure' when the step's follow-ups are due."""
+    attempts = delivery.attempts + 1
+    if outcome == "retry":
+        conn.execute("UPDATE deliveries SET state=?, attempts=?, next_attempt=?, last_error=?, updated_at=?"
+                     " WHERE id=?", (PENDING, attempts, retry_at, detail, now, delivery.id))
+        _event(conn, delivery.message_uid, "retry", delivery.destination,
+               f"delivery {delivery.id} attempt {attempts}: {detail}; next at {_fmt(retry_at)}", node, now)
+        return None
+    state = DONE if outcome == "done" else DEAD
+    conn.execute("UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=? WHERE id=?",
+                 (state, attempts, "" if state == DONE else detail, now, delivery.id))
+    _event(conn, delivery.message_uid, "sent" if state == DONE else "dead-letter", delivery.destination,
+           f"delivery {delivery.id}: {detail}", node, now)
+    if state == DEAD:
+        return "on_failure"
+    left = conn.execute("SELECT count(*) FROM deliveries WHERE message_uid=? AND route=? AND step=? AND state"
+                        " IN (?, ?)", (delivery.message_uid, delivery.route, delivery.step, PENDING, SENDING)).fetchone()[0]
+    return "on_success" if left == 0 else None
+
+
+def reset_in_flight(conn, node: str) -> int:
+    """After a restart, sends that were in flight are attempted again (at-least-once)."""
+    return conn.execute("UPDATE deliveries SET state=? WHERE state=? AND (node=? OR lease_until<?)",
+                        (PENDING, SENDING, node, time.time())).rowcount
+
+
+def cancel(conn, ident: str, reason: str, node: str, now: float) -> int:
+    """Cancel pending deliveries by delivery id or message id."""
+    column = "id" if ident.isdigit() else "message_uid"
+    rows = conn.execute(f"SELECT id, message_uid, destination FROM deliveries WHERE {column}=? AND state=?",
+                        (ident, PENDING)).fetchall()
+    for delivery_id, uid, destination in rows:
+        conn.execute("UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE id=?",
+                     (CANCELLED, reason, now, delivery_id))
+        _event(conn, uid, "cancelled", destination, f"delivery {delivery_id} cancelled: {reason}", node, now)
+    return len(rows)
+
+
+def requeue_message(conn, uid: str, node: str, now: float) -> bool:
+    """Send a journaled message through the current routes again (`pfi replay`)."""
+    cur = conn.execute("UPDATE messages SET state='received' WHERE uid=?", (uid,))
+    if cur.rowcount:
+        _event(conn, uid, "replayed", "", "re-queued through the current routes", node, now)
+    return bool(cur.rowcount)
+
+
+def queue_summary(read) -> list[tuple]:
+    """(destination, pending, oldest created_at, next attempt, sending, dead) per destination."""
+    return read(
+        "SELECT destination, sum(state='pending'), min(CASE WHEN state='pending' THEN created_at END),"
+        " min(CASE WHEN state='pending' THEN next_attempt END), sum(state='sending'), sum(state='dead')"
+        " FROM deliveries GROUP BY destination ORDER BY destination")
+
+
+def _fmt(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
