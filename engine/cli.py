@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.send",
     "engine.commands.check",
     "engine.commands.tail",
+    "engine.commands.queue",
     "engine.commands.request",
     "engine.commands.validate",
     "engine.commands.sim",

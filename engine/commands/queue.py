@@ -1,0 +1,112 @@
+"""Operator commands on the outbound queues: `pfi queue`, `pfi cancel ID`, `pfi replay ID|--filter`.
+
+They work on the journal files while the engine runs (SQLite WAL allows it); the engine's
+workers poll their queues, so changes take effect within a second.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def register(sub) -> None:
+    q = sub.add_parser("queue", help="per-destination depth, oldest age, next retry, dead letters")
+    _common(q)
+    q.set_defaults(handler=show_queues)
+    c = sub.add_parser("cancel", help="cancel pending deliveries (by delivery id or message id)")
+    _common(c)
+    c.add_argument("ident", help="delivery id (number) or message id")
+    c.add_argument("--reason", default="cancelled by an operator")
+    c.set_defaults(handler=cancel)
+    r = sub.add_parser("replay", help="send journaled messages through the current routes again")
+    _common(r)
+    r.add_argument("ident", nargs="?", help="message id")
+    r.add_argument("--state", help="replay every message in this state (e.g. invalid, unrouted)")
+    r.add_argument("--dead", action="store_true", help="replay messages with a dead-lettered delivery")
+    r.add_argument("--channel", help="only messages received on this channel")
+    r.set_defaults(handler=replay)
+
+
+def _common(p) -> None:
+    p.add_argument("--config", type=Path, default=Path("."))
+    p.add_argument("--data", type=Path, default=None)
+
+
+def _journal_conn(args):
+    from engine.commands.common import data_dir_for, load_or_report
+    from engine.journal import schema
+    from engine.journal.sqlite import connect
+
+    config = load_or_report(args.config)
+    if config is None:
+        return None
+    path = data_dir_for(args, config) / "journal" / "journal.sqlite"
+    if not path.exists():
+        print("journal is empty (no message received yet)")
+        return None
+    conn = connect(path)
+    schema.upgrade(conn)
+    return conn
+
+
+def show_queues(args) -> int:
+    from engine.routing.queue import queue_summary
+
+    conn = _journal_conn(args)
+    if conn is None:
+        return 0
+    now = time.time()
+    print(f"{'destination':<24} {'pending':>7} {'oldest':>9} {'next try':>9} {'sending':>7} {'dead':>5}")
+    for dest, pending, oldest, next_try, sending, dead in queue_summary(lambda s, a=(): conn.execute(s, a).fetchall()):
+        age = f"{now - oldest:.0f}s" if oldest else "-"
+        nxt = f"{max(next_try - now, 0):.0f}s" if next_try else "-"
+        print(f"{dest:<24} {pending or 0:>7} {age:>9} {nxt:>9} {sending or 0:>7} {dead or 0:>5}")
+    return 0
+
+
+def cancel(args) -> int:
+    from engine.routing.queue import cancel as cancel_deliveries
+
+    conn = _journal_conn(args)
+    if conn is None:
+        return 1
+    conn.execute("BEGIN IMMEDIATE")
+    count = cancel_deliveries(conn, args.ident, args.reason, "operator", time.time())
+    conn.execute("COMMIT")
+    print(f"{count} pending deliver{'y' if count == 1 else 'ies'} cancelled")
+    return 0 if count else 1
+
+
+def replay(args) -> int:
+    from engine.routing.queue import requeue_message
+
+    conn = _journal_conn(args)
+    if conn is None:
+        return 1
+    uids = _select(conn, args)
+    if uids is None:
+        print("give a message id, --state or --dead")
+        return 2
+    conn.execute("BEGIN IMMEDIATE")
+    count = sum(requeue_message(conn, uid, "operator", time.time()) for uid in uids)
+    conn.execute("COMMIT")
+    print(f"{count} message(s) re-queued through the current routes")
+    return 0 if count else 1
+
+
+def _select(conn, args) -> list[str] | None:
+    if args.ident:
+        return [args.ident]
+    sql, params = "SELECT uid FROM messages m WHERE 1=1", []
+    if args.state:
+        sql += " AND m.state=?"
+        params.append(args.state)
+    if args.dead:
+        sql += " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state='dead')"
+    if not (args.state or args.dead):
+        return None
+    if args.channel:
+        sql += " AND m.channel=?"
+        params.append(args.channel)
+    return [row[0] for row in conn.execute(sql + " ORDER BY m.id", params)]
