@@ -163,17 +163,35 @@ def load_routes(path: Path, channels: dict, root: Path, problems: Problems) -> l
     if not isinstance(items, list):
         problems.add(path, position(tree), "routes.yaml must be a mapping with a `routes:` list")
         return []
-    routes = []
-    for index, item in enumerate(items):
-        route = validate_model(Route, item, path, item, problems)
-        if route is not None:
-            routes.append((route, item))
+    routes = [r for r in (_load_route(item, path, problems) for item in items) if r is not None]
     _check_routes(routes, channels, root, path, problems)
     result = []
     for route, _ in routes:
+        route.steps = [s for s in route.steps if s is not None]
         label_steps(route)
         result.append(route)
     return result
+
+
+def _load_route(item, path: Path, problems: Problems):
+    """Validate the route and each step on its own, so one bad step hides no other problem."""
+    from engine.config.load import validate_model
+
+    if not isinstance(item, dict):
+        problems.add(path, position(item), "a route must be a mapping")
+        return None
+    step_trees = item.get("steps")
+    data = dict(item)
+    data["steps"] = []
+    route = validate_model(Route, data, path, item, problems)
+    if route is None:
+        return None
+    if not isinstance(step_trees, list) or not step_trees:
+        problems.add(path, position(item, "steps") if "steps" in item else position(item),
+                     f"route {route.name!r}: `steps` must be a non-empty list")
+        return None
+    route.steps = [validate_model(Step, t, path, t, problems) if isinstance(t, dict) else None for t in step_trees]
+    return route, item
 
 
 def _check_routes(routes, channels: dict, root: Path, path: Path, problems: Problems) -> None:
@@ -212,6 +230,8 @@ def _check_steps(route, steps, trees, channels, root, path, problems, labels: se
     trees = trees or []
     stopped = False
     for step, tree in zip(steps, trees):
+        if step is None:
+            continue
         where = position(tree)
         if stopped:
             problems.add(path, where, f"route {route.name!r}: step unreachable after a `stop` step")
