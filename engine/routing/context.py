@@ -59,9 +59,10 @@ def _cda_id(request) -> str:
         return ""
     if header.id is None:
         return ""
-    return f"{header.id.root}^{header.id.extension}" if header.id.extension else header.id.root
+    return f"{header.id.root}.{header.id.extension}" if header.id.extension else header.id.root
 
 
 def _norm(doc_id: str) -> str:
-    """`root^ext` and `root.ext` spellings of one document id compare equal."""
-    return doc_id.replace("^", ".").strip(".")
+    """The entity identifier (EI-1) of TXA-12/13: EI-2 carries a namespace name in the ANS
+    examples, which is not part of the document's identity."""
+    return doc_id.split("^", 1)[0].strip()

@@ -1,0 +1,152 @@
+"""Routing and delivery end to end: real MLLP in, real MLLP destinations on 127.0.0.1."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.internet import task
+
+from engine.journal.reader import JournalReader
+from tests.routing.peers import RecordingPeer, until
+from tests.support import client_for, exchange, inbound, sample_adt, start_engine, write_config
+
+FAST_RETRY = {"initial": 0.05, "maximum": 0.2, "jitter": 0.0}
+
+
+def out(port: int, **extra) -> dict:
+    return {"type": "mllp-out", "host": "127.0.0.1", "port": port, "ack_timeout": 2, "retry": FAST_RETRY, **extra}
+
+
+def states(engine) -> list[tuple[str, str]]:
+    return [(e.control_id, e.state) for e in JournalReader(engine.journal.data_dir).events_after(0, limit=10000)]
+
+
+async def _engine(tmp_path, channels, routes, clock=None):
+    from engine.config.load import load_config
+    from engine.service import Engine
+    from twisted.internet import reactor
+
+    cfg = write_config(tmp_path / "cfg", channels, routes)
+    engine = Engine(load_config(cfg), tmp_path / "data", reactor, with_metrics=False, clock=clock)
+    await engine.startService()
+    return engine
+
+
+@pytest_twisted.ensureDeferred
+async def test_fan_out_gate_and_unrouted(tmp_path):
+    a, b = RecordingPeer(), RecordingPeer()
+    pa, pb = await a.listen(), await b.listen()
+    routes = [
+        {"name": "adt", "match": {"channel": "in", "type": "ADT^A01"},
+         "steps": [{"gate": {"when": {"PID-32": "VALI"}, "reason": "INS not qualified"}},
+                   {"deliver": {"to": ["a", "b"]}}]},
+    ]
+    engine = await _engine(tmp_path, {"in": inbound(), "a": out(pa), "b": out(pb)}, routes)
+    client = await client_for(engine, "in")
+    try:
+        assert (await exchange(client, sample_adt("OK-1").encode())).code == "AA"
+        held = sample_adt("HELD-1").replace("|VALI", "|PROV")
+        assert (await exchange(client, held.encode())).code == "AA"
+        assert (await exchange(client, sample_adt("ORU-1", msg_type="ORU^R01^ORU_R01").encode())).code == "AA"
+        await until(lambda: a.control_ids() == ["OK-1"] and b.control_ids() == ["OK-1"], what="fan-out")
+        await until(lambda: ("ORU-1", "unrouted") in states(engine), what="unrouted row")
+        journal = states(engine)
+        assert ("HELD-1", "held") in journal and ("OK-1", "sent") in journal
+        assert sum(1 for c, s in journal if c == "OK-1" and s == "sent") == 2
+        assert "HELD-1" not in a.control_ids()
+    finally:
+        client.close()
+        await engine.stopService()
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fifo_per_key_through_ae_retries_and_ar_dead_letter_with_follow_up(tmp_path):
+    # Key P1's first message gets AE twice: P1's next must wait, P2 may pass it.
+    def answer(raw, n):
+        from engine.hl7.scan import scan
+
+        ctrl = scan(raw).control_id
+        if ctrl == "P1-a" and answer.ae < 2:
+            answer.ae += 1
+            return "AE"
+        return "AR" if ctrl == "BAD" else "AA"
+
+    answer.ae = 0
+    dest, alert = RecordingPeer(answer), RecordingPeer()
+    pd, pa = await dest.listen(), await alert.listen()
+    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [
+        {"label": "send", "deliver": {"to": "dest", "key": "PID-3.1"},
+         "on_failure": [{"deliver": {"to": "alert"}}]}]}]
+    engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd), "alert": out(pa)}, routes)
+    client = await client_for(engine, "in")
+    try:
+        p1a = sample_adt("P1-a").replace("IPP001", "P1")
+        p1b = sample_adt("P1-b").replace("IPP001", "P1")
+        p2 = sample_adt("P2-a").replace("IPP001", "P2")
+        for msg in (p1a, p1b, p2, sample_adt("BAD").replace("IPP001", "P3")):
+            assert (await exchange(client, msg.encode())).code == "AA"
+        await until(lambda: len(dest.control_ids()) == 3 and alert.control_ids() == ["BAD"], what="deliveries")
+        order = dest.control_ids()
+        assert order.index("P1-a") < order.index("P1-b")
+        journal = states(engine)
+        assert ("P1-a", "retry") in journal and ("BAD", "dead-letter") in journal
+    finally:
+        client.close()
+        await engine.stopService()
+        await dest.close()
+        await alert.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_transform_map_and_failing_xslt(tmp_path):
+    dest = RecordingPeer()
+    pd = await dest.listen()
+    (tmp_path / "cfg" / "mappings").mkdir(parents=True)
+    (tmp_path / "cfg" / "mappings" / "broken.xsl").write_text(
+        '<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">'
+        '<xsl:template match="/"><xsl:message terminate="yes">no mapping for this sender</xsl:message>'
+        '</xsl:template></xsl:stylesheet>')
+    routes = [
+        {"name": "mapped", "match": {"channel": "in", "sender": "GAM"},
+         "steps": [{"transform": {"map": {"MSH-5": "RIS", "MSH-6.1": "CHU-Y"}}}, {"deliver": {"to": "dest"}}]},
+        {"name": "xslt", "match": {"channel": "in", "sender": "OTHER"},
+         "steps": [{"transform": {"xslt": "mappings/broken.xsl"}}, {"deliver": {"to": "dest"}}]},
+    ]
+    engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd)}, routes)
+    client = await client_for(engine, "in")
+    try:
+        await exchange(client, sample_adt("M-1").encode())
+        await exchange(client, sample_adt("X-1").replace("|GAM|", "|OTHER|").encode())
+        await exchange(client, sample_adt("M-2").encode())
+        await until(lambda: dest.control_ids() == ["M-1", "M-2"], what="mapped deliveries")
+        assert dest.received[0].split(b"|")[4:6] == [b"RIS", b"CHU-Y"]
+        await until(lambda: ("X-1", "invalid") in states(engine), what="xslt failure recorded")
+        detail = [e.detail for e in JournalReader(engine.journal.data_dir).events_after(0) if e.state == "invalid"]
+        assert "no mapping for this sender" in detail[0]
+    finally:
+        client.close()
+        await engine.stopService()
+        await dest.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_destination_down_holds_queue_then_drains_in_order(tmp_path):
+    dest = RecordingPeer()
+    pd = await dest.listen()
+    await dest.close()  # down: connection refused
+    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest"}}]}]
+    engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd)}, routes)
+    client = await client_for(engine, "in")
+    try:
+        for i in range(5):
+            await exchange(client, sample_adt(f"Q-{i}").encode())
+        await until(lambda: any(s == "retry" for _, s in states(engine)), what="retries while down")
+        from twisted.internet import reactor
+
+        dest.port = reactor.listenTCP(pd, dest, interface="127.0.0.1")
+        await until(lambda: dest.control_ids() == [f"Q-{i}" for i in range(5)], timeout=15, what="drain")
+    finally:
+        client.close()
+        await engine.stopService()
+        await dest.close()
