@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.check",
     "engine.commands.tail",
     "engine.commands.queue",
+    "engine.commands.routetest",
     "engine.commands.request",
     "engine.commands.validate",
     "engine.commands.sim",

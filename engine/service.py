@@ -85,7 +85,8 @@ class NotifyingIntake:
 
 
 class Engine(service.MultiService):
-    def __init__(self, config: Config, data_dir: Path, reactor, with_metrics: bool = True, clock=None):
+    def __init__(self, config: Config, data_dir: Path, reactor, with_metrics: bool = True, clock=None,
+                 connectors: dict | None = None):
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -94,7 +95,7 @@ class Engine(service.MultiService):
         self.node = config.engine.node or socket.gethostname()
         self.metrics = EngineMetrics()
         self.journal = SQLiteJournal(self.data_dir / "journal", reactor, node=self.node)
-        self.dispatcher = self._build_dispatcher()
+        self.dispatcher = self._build_dispatcher(connectors)
         self.intake = NotifyingIntake(Intake(self.journal, self.metrics, self.clock), self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
         for settings in config.channels_of_type("mllp-in"):
@@ -104,12 +105,14 @@ class Engine(service.MultiService):
         self._size_loop = task.LoopingCall(self._measure_journal)
         self._size_loop.clock = reactor
 
-    def _build_dispatcher(self) -> Dispatcher:
+    def _build_dispatcher(self, connectors: dict | None) -> Dispatcher:
         from engine.connectors import build_connectors, retry_settings
 
         env = Environment(self.config.channels, self.config.root)
-        return Dispatcher(self.journal, self.config.routes, env, self.clock,
-                          build_connectors(self.config, self.reactor), retry_settings(self.config), self.node)
+        if connectors is None:
+            connectors = build_connectors(self.config, self.reactor)
+        return Dispatcher(self.journal, self.config.routes, env, self.clock, connectors,
+                          retry_settings(self.config), self.node)
 
     def _add_listener(self, settings: MllpInSettings) -> None:
         from engine.tls import server_endpoint
