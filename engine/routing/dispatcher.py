@@ -166,11 +166,11 @@ class DestinationWorker:
         journal, clock, node = self.dispatcher.journal, self.dispatcher.clock, self.dispatcher.node
         try:
             while not self._stopped:
-                claimed = await journal.submit(lambda c, s: _claim_with_payload(c, s, self.name, clock.seconds(), node),
+                claimed = await journal.submit(lambda c, s: _claim_with_payloads(c, s, self.name, clock.seconds(), node),
                                                logged=True)
-                if claimed is None:
+                if not claimed:
                     break
-                await self._attempt(*claimed)
+                await self._attempt_batch(claimed)
         except Exception as exc:
             log.error("delivery.worker_failed", destination=self.name, error=str(exc))
         finally:
@@ -178,7 +178,22 @@ class DestinationWorker:
         if not self._stopped:
             await self._sleep_until_due()
 
-    async def _attempt(self, delivery: queue.Delivery, payload: bytes) -> None:
+    async def _attempt_batch(self, claimed: list) -> None:
+        """Send in order; after a retry of one key, its later deliveries go back unattempted."""
+        failed_keys: set[str] = set()
+        skipped = []
+        for delivery, payload in claimed:
+            if self._stopped or delivery.fifo_key in failed_keys:
+                skipped.append(delivery)
+                continue
+            if not await self._attempt(delivery, payload):
+                failed_keys.add(delivery.fifo_key)
+        if skipped:
+            now = self.dispatcher.clock.seconds()
+            await self.dispatcher.journal.submit(lambda c, s: queue.release(c, skipped, now), logged=True)
+
+    async def _attempt(self, delivery: queue.Delivery, payload: bytes) -> bool:
+        """One send; True unless it must be retried (which holds back the rest of its key)."""
         from engine.retry import attempts_exhausted, backoff_delay
 
         d = self.dispatcher
@@ -196,10 +211,14 @@ class DestinationWorker:
                 retry_at = d.clock.seconds() + delay
         log.info("delivery.attempt", message_id=delivery.message_uid, destination=self.name,
                  delivery=delivery.id, outcome=action, reason=reason)
+        # No fsync for delivery outcomes: after a crash an unrecorded success is sent again with
+        # the same MSH-10 (at-least-once; the destination can detect it).
         follow = await d.journal.submit(
-            lambda c, s: queue.finish(c, delivery, action, reason, d.node, d.clock.seconds(), retry_at))
+            lambda c, s: queue.finish(c, delivery, action, reason, d.node, d.clock.seconds(), retry_at),
+            logged=action == "done")
         if follow:
             await d.follow_up(delivery, follow, reason)
+        return action != "retry"
 
     async def _sleep_until_due(self) -> None:
         due = await self.dispatcher.journal.submit(lambda c, s: queue.next_due(c, self.name), logged=True)
@@ -210,12 +229,13 @@ class DestinationWorker:
             self._timer = clock.callLater(delay, self.wake)
 
 
-def _claim_with_payload(conn, store: PayloadStore, destination: str, now: float, node: str):
-    delivery = queue.claim_next(conn, destination, now, node)
-    if delivery is None:
-        return None
-    if delivery.payload is not None:
-        return delivery, delivery.payload
-    segment, offset = conn.execute("SELECT segment, offset FROM messages WHERE uid=?",
-                                   (delivery.message_uid,)).fetchone()
-    return delivery, store.read(segment, offset)[1]
+def _claim_with_payloads(conn, store: PayloadStore, destination: str, now: float, node: str) -> list:
+    claimed = []
+    for delivery in queue.claim_batch(conn, destination, now, node):
+        if delivery.payload is not None:
+            claimed.append((delivery, delivery.payload))
+            continue
+        segment, offset = conn.execute("SELECT segment, offset FROM messages WHERE uid=?",
+                                       (delivery.message_uid,)).fetchone()
+        claimed.append((delivery, store.read(segment, offset)[1]))
+    return claimed

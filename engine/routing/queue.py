@@ -100,6 +100,41 @@ def claim_next(conn, destination: str, now: float, node: str, lease: float = 300
     return Delivery(*row)
 
 
+def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
+                lease: float = 300.0) -> list[Delivery]:
+    """Up to `limit` due deliveries in send order. A key enters the batch only if nothing older of
+    that key is waiting; then its later due deliveries may follow it in the same batch."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM deliveries WHERE destination=? AND state=? AND next_attempt<=?"
+        " ORDER BY id LIMIT ?", (destination, PENDING, now, limit * 4)).fetchall()
+    batch, open_keys, blocked = [], set(), set()
+    for row in rows:
+        delivery = Delivery(*row)
+        key = delivery.fifo_key
+        if key in blocked:
+            continue
+        if key not in open_keys:
+            older = conn.execute(
+                "SELECT 1 FROM deliveries WHERE destination=? AND fifo_key=? AND state IN (?, ?) AND id<?"
+                " LIMIT 1", (destination, key, PENDING, SENDING, delivery.id)).fetchone()
+            if older:
+                blocked.add(key)
+                continue
+            open_keys.add(key)
+        batch.append(delivery)
+        if len(batch) >= limit:
+            break
+    conn.executemany("UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id=?",
+                     [(SENDING, node, now + lease, now, d.id) for d in batch])
+    return batch
+
+
+def release(conn, deliveries: list[Delivery], now: float) -> None:
+    """Give back claimed deliveries that were not attempted (an earlier one of their key failed)."""
+    conn.executemany("UPDATE deliveries SET state=?, updated_at=? WHERE id=?",
+                     [(PENDING, now, d.id) for d in deliveries])
+
+
 def next_due(conn, destination: str) -> float | None:
     row = conn.execute("SELECT min(next_attempt) FROM deliveries WHERE destination=? AND state=?",
                        (destination, PENDING)).fetchone()
