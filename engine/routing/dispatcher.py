@@ -179,21 +179,29 @@ class DestinationWorker:
             await self._sleep_until_due()
 
     async def _attempt_batch(self, claimed: list) -> None:
-        """Send in order; after a retry of one key, its later deliveries go back unattempted."""
+        """Send in order; successes are recorded together, failures at once. After a retry of one
+        key, that key's later deliveries go back unattempted (FIFO per key)."""
         failed_keys: set[str] = set()
-        skipped = []
+        skipped, succeeded = [], []
         for delivery, payload in claimed:
             if self._stopped or delivery.fifo_key in failed_keys:
                 skipped.append(delivery)
                 continue
-            if not await self._attempt(delivery, payload):
+            action, reason, retry_at = await self._send(delivery, payload)
+            if action == "done":
+                succeeded.append((delivery, reason))
+                continue
+            await self._record(succeeded)
+            succeeded = []
+            await self._record([(delivery, reason)], action, retry_at)
+            if action == "retry":
                 failed_keys.add(delivery.fifo_key)
+        await self._record(succeeded)
         if skipped:
             now = self.dispatcher.clock.seconds()
             await self.dispatcher.journal.submit(lambda c, s: queue.release(c, skipped, now), logged=True)
 
-    async def _attempt(self, delivery: queue.Delivery, payload: bytes) -> bool:
-        """One send; True unless it must be retried (which holds back the rest of its key)."""
+    async def _send(self, delivery: queue.Delivery, payload: bytes) -> tuple[str, str, float | None]:
         from engine.retry import attempts_exhausted, backoff_delay
 
         d = self.dispatcher
@@ -211,14 +219,21 @@ class DestinationWorker:
                 retry_at = d.clock.seconds() + delay
         log.info("delivery.attempt", message_id=delivery.message_uid, destination=self.name,
                  delivery=delivery.id, outcome=action, reason=reason)
-        # No fsync for delivery outcomes: after a crash an unrecorded success is sent again with
-        # the same MSH-10 (at-least-once; the destination can detect it).
-        follow = await d.journal.submit(
-            lambda c, s: queue.finish(c, delivery, action, reason, d.node, d.clock.seconds(), retry_at),
+        return action, reason, retry_at
+
+    async def _record(self, results: list, action: str = "done", retry_at: float | None = None) -> None:
+        if not results:
+            return
+        d = self.dispatcher
+        now = d.clock.seconds()
+        # No fsync for successes: after a crash an unrecorded success is sent again with the
+        # same MSH-10 (at-least-once; the destination can detect it). Failures are fsync'ed.
+        follows = await d.journal.submit(
+            lambda c, s: [queue.finish(c, dl, action, reason, d.node, now, retry_at) for dl, reason in results],
             logged=action == "done")
-        if follow:
-            await d.follow_up(delivery, follow, reason)
-        return action != "retry"
+        for (delivery, reason), follow in zip(results, follows):
+            if follow:
+                await d.follow_up(delivery, follow, reason)
 
     async def _sleep_until_due(self) -> None:
         due = await self.dispatcher.journal.submit(lambda c, s: queue.next_due(c, self.name), logged=True)
