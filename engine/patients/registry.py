@@ -2,8 +2,10 @@
 
 One SQLite file `patients.sqlite` in the data directory (WAL, synchronous=FULL: an applied update
 survives a power cut). Thread-safety: one connection shared under a lock, so every method may be
-called from any thread; `apply_in_thread` runs a write on the reactor's thread pool, and the
-read methods (`find`, `is_opposed`, `history`) are single indexed queries, fine on the reactor.
+called from any thread. Writes use one connection under one lock; `apply_in_thread` runs them on
+the reactor's thread pool (a write waits for its fsync). Reads (`find`, `is_opposed`, `history`)
+use a second connection under its own lock: in WAL mode they never wait for a writer, and each is
+a few indexed queries, fine to call on the reactor thread.
 
 Rules (see docs/patients.md):
 * a patient is keyed by its IPP (value + assigning authority); after an A40 the old IPP keeps
@@ -66,34 +68,51 @@ class PatientRegistry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._reactor = reactor
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # guards the writer connection
+        self._read_lock = threading.Lock()     # guards the reader connection
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                       timeout=30)
+            self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            # WAL readers never wait for a writer's fsync: lookups on the reactor stay quick.
+            self._reader = self._connect()
         except sqlite3.Error as exc:
             raise JournalError(f"patient registry {self.path} cannot be opened: {exc}") from exc
 
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                               timeout=30)
+
     def close(self) -> None:
         """Close the database (further calls fail)."""
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     # -- writes ---------------------------------------------------------------------------
     def apply(self, update: AdtUpdate) -> PatientRecord:
-        """Apply one ADT update in one transaction; return the surviving patient's record."""
+        """Apply one ADT update in one transaction; return the surviving patient's record.
+
+        Raises JournalError when SQLite fails (disk full, I/O): nothing of the update is kept.
+        """
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 patient_id = self._apply(update)
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                # The journal's error: intake answers AE, the sender retries later.
+                raise JournalError(f"patient registry write failed: {exc}") from exc
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            return self._record(patient_id)
+            return self._record(self._db, patient_id)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def apply_in_thread(self, update: AdtUpdate):
         """`apply` on the reactor's thread pool: a Deferred firing with the PatientRecord."""
@@ -170,6 +189,9 @@ class PatientRegistry:
         if row["ins"] and not survivor_row["ins"]:
             self._db.execute("UPDATE patients SET ins=?, ins_json=? WHERE id=?",
                              (row["ins"], row["ins_json"], survivor))
+        if row["dmp_status"] and not survivor_row["dmp_status"]:
+            self._db.execute("UPDATE patients SET dmp_status=?, dmp_status_date=? WHERE id=?",
+                             (row["dmp_status"], row["dmp_status_date"], survivor))
         moved = self._apply_consent(survivor, _consent(row["feeding_json"]),
                                     _consent(row["consultation_json"]))
         self._db.execute("UPDATE patients SET merged_into=?, updated_at=? WHERE id=?", (survivor, now, old))
@@ -187,27 +209,27 @@ class PatientRegistry:
     # -- reads ----------------------------------------------------------------------------
     def find(self, identifier: str, domain: str | None = None) -> PatientRecord | None:
         """The surviving patient with this IPP (any authority, or `domain`) or INS; None if unknown."""
-        with self._lock:
-            patient_id = self._resolve(identifier, domain)
-            return self._record(patient_id) if patient_id is not None else None
+        with self._read_lock:
+            patient_id = self._resolve(self._reader, identifier, domain)
+            return self._record(self._reader, patient_id) if patient_id is not None else None
 
     def is_opposed(self, ins: str) -> bool:
         """ConsentRegistry: True when a patient with this INS is informed and opposed (ZFA-9 IO)."""
-        with self._lock:
-            rows = self._db.execute("SELECT feeding_json FROM patients WHERE ins=? AND merged_into "
+        with self._read_lock:
+            rows = self._reader.execute("SELECT feeding_json FROM patients WHERE ins=? AND merged_into "
                                     "IS NULL", (ins.strip(),)).fetchall()
         return any((c := _consent(r[0])) is not None and c.code == "IO" for r in rows)
 
     def history(self, identifier: str, domain: str | None = None) -> list[HistoryEntry]:
         """Every change of the patient and of the patients merged into it, oldest first."""
-        with self._lock:
-            patient_id = self._resolve(identifier, domain)
+        with self._read_lock:
+            patient_id = self._resolve(self._reader, identifier, domain)
             if patient_id is None:
                 return []
-            ids = [patient_id] + [r[0] for r in self._db.execute(
+            ids = [patient_id] + [r[0] for r in self._reader.execute(
                 "SELECT id FROM patients WHERE merged_into=?", (patient_id,))]
             marks = ",".join("?" * len(ids))
-            rows = self._db.execute(f"SELECT at, control_id, event, changes FROM history WHERE "
+            rows = self._reader.execute(f"SELECT at, control_id, event, changes FROM history WHERE "
                                     f"patient_id IN ({marks}) ORDER BY at, id", ids).fetchall()
         return [HistoryEntry(at=r[0], control_id=r[1], event=r[2], changes=json.loads(r[3]))
                 for r in rows]
@@ -220,30 +242,31 @@ class PatientRegistry:
             return None
         return row[1] if row[1] is not None else row[0]
 
-    def _resolve(self, identifier: str, domain: str | None) -> int | None:
+    @staticmethod
+    def _resolve(db: sqlite3.Connection, identifier: str, domain: str | None) -> int | None:
         value = identifier.strip()
         query = "SELECT id, merged_into FROM patients WHERE ipp=?"
         params: tuple = (value,)
         if domain is not None:
             query, params = query + " AND ipp_domain=?", (value, domain)
-        row = self._db.execute(query + " ORDER BY id LIMIT 1", params).fetchone()
+        row = db.execute(query + " ORDER BY id LIMIT 1", params).fetchone()
         if row is None:
-            row = self._db.execute("SELECT id, merged_into FROM patients WHERE ins=? "
+            row = db.execute("SELECT id, merged_into FROM patients WHERE ins=? "
                                    "ORDER BY merged_into IS NOT NULL, updated_at DESC LIMIT 1",
                                    (value,)).fetchone()
         if row is None:
             return None
         return row[1] if row[1] is not None else row[0]
 
-    def _row(self, patient_id: int) -> dict:
-        cursor = self._db.execute("SELECT * FROM patients WHERE id=?", (patient_id,))
+    def _row(self, patient_id: int, db: sqlite3.Connection | None = None) -> dict:
+        cursor = (db or self._db).execute("SELECT * FROM patients WHERE id=?", (patient_id,))
         names = [d[0] for d in cursor.description]
         return dict(zip(names, cursor.fetchone()))
 
-    def _record(self, patient_id: int) -> PatientRecord:
-        row = self._row(patient_id)
+    def _record(self, db: sqlite3.Connection, patient_id: int) -> PatientRecord:
+        row = self._row(patient_id, db)
         merges = [MergeRecord(old_ipp=PatientId(value=m[0], authority=m[1], oid=m[2]), at=m[3],
-                              control_id=m[4]) for m in self._db.execute(
+                              control_id=m[4]) for m in db.execute(
             "SELECT p.ipp, p.ipp_authority, p.ipp_oid, m.at, m.control_id FROM merges m "
             "JOIN patients p ON p.id = m.old_id WHERE m.survivor_id=? ORDER BY m.at", (patient_id,))]
         return PatientRecord(

@@ -36,6 +36,7 @@ def test_patient_is_shown_masked_by_default(tmp_path):
     assert "900001" not in out and "900002" not in out and OTHER_INS not in out
     assert "IO = informed and OPPOSED" in out and "collected 2024-03-01 10:00:00" in out
     assert "INC = informed, refuses" in out
+    assert "DMP status   ACTIF 2024-03-06 11:11:54" in out   # moved by the merge
     assert "PID-32       VALI" in out and "INS-NIR-TEST" in out
     assert "merged       IPP *** " in out and "(message m3)" in out
     assert all(f"ctrl={c}" in out for c in ("m1", "m2", "m3"))

@@ -142,3 +142,21 @@ async def test_hook_applies_off_the_reactor_thread(tmp_path):
         assert [h.control_id for h in registry.history(TEST_INS)] == ["1"]
     finally:
         registry.close()
+
+
+def test_a_failed_write_keeps_nothing_and_is_a_journal_error(tmp_path):
+    from engine.errors import JournalError
+
+    registry = PatientRegistry(tmp_path)
+    try:
+        apply(registry, adt(control="1", feeding="INO"))
+        # A trigger standing in for a disk failure in the middle of the transaction.
+        with sqlite3.connect(tmp_path / "patients.sqlite") as conn:
+            conn.execute("CREATE TRIGGER fail BEFORE INSERT ON history "
+                         "BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
+        with pytest.raises(JournalError):
+            apply(registry, adt(event="A08", control="2", feeding="IO", feeding_date="20250101000000"))
+        assert not registry.is_opposed(TEST_INS)
+        assert [h.control_id for h in registry.history(TEST_INS)] == ["1"]
+    finally:
+        registry.close()
