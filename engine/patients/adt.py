@@ -106,7 +106,9 @@ class _AdtReader:
         if sub is not None:
             subs = value.split(enc.subcomponent) if enc.subcomponent else [value]
             value = subs[sub - 1] if sub <= len(subs) else ""
-        return self.msg.unescape(value).strip()
+        value = self.msg.unescape(value).strip()
+        # HL7 explicit null ("") carries no value for this registry: same as empty.
+        return "" if value == '""' else value
 
     def value(self, seg: Segment, field: int, comp: int = 1) -> str:
         return self.leaf(seg.repetitions(field)[0], comp)
@@ -155,7 +157,7 @@ class _AdtReader:
         found = []
         for rep in seg.repetitions(3 if seg.name == "PID" else 1):
             value = self.leaf(rep, 1)
-            if value and value != '""':
+            if value:
                 ident = PatientId(value=value, authority=self.leaf(rep, 4, 1), oid=self.leaf(rep, 4, 2))
                 found.append((ident, self.leaf(rep, 5)))
         if not found:

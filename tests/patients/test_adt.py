@@ -97,6 +97,8 @@ def test_no_zfa_and_empty_zfa_fields_say_nothing():
     assert read(adt(zfa=False)).feeding is None
     update = read(adt(feeding="", feeding_date="", consult="", consult_date=""))
     assert update.feeding is None and update.consultation is None
+    explicit_null = read(adt(feeding='""', feeding_date='""'))
+    assert explicit_null.feeding is None and explicit_null.consultation.code == "IC"
 
 
 def test_unknown_identity_status_is_refused():

@@ -107,6 +107,15 @@ def test_merge_moves_consent_and_keeps_the_old_ipp_resolvable(registry):
     assert [h.control_id for h in registry.history("900002")] == ["1", "2", "3", "3", "4"]
 
 
+def test_replayed_merge_changes_nothing(registry):
+    apply(registry, adt(control="1", ipp="900001", feeding="IO"))
+    a40 = adt(event="A40", control="2", ipp="900002", ins=None, mrg_ipp="900001", zfa=False)
+    first = apply(registry, a40)
+    again = apply(registry, a40)
+    assert again.merges == first.merges and again.feeding == first.feeding
+    assert registry.history("900002")[-1].changes == {}
+
+
 def test_merge_of_an_unknown_ipp_is_recorded(registry):
     apply(registry, adt(control="1", ipp="900002"))
     record = apply(registry, adt(event="A40", control="2", ipp="900002", mrg_ipp="900009"))
