@@ -13,8 +13,8 @@ Rules (see docs/patients.md):
 * consent: per field (ZFA-9 feeding, ZFA-11 consultation), the most recently *collected* value
   wins (ZFA-10 / ZFA-12 date), whatever the arrival order; `NA` (not collected) never replaces a
   collected answer;
-* `is_opposed(ins)` is True when any live patient with that INS has ZFA-9 = IO; an unknown INS
-  is not opposed (default: feeding allowed).
+* `is_opposed(ins)` is True when any patient with that INS (or the survivor it was merged into)
+  has ZFA-9 = IO; an unknown INS is not opposed (default: feeding allowed).
 """
 
 from __future__ import annotations
@@ -216,8 +216,10 @@ class PatientRegistry:
     def is_opposed(self, ins: str) -> bool:
         """ConsentRegistry: True when a patient with this INS is informed and opposed (ZFA-9 IO)."""
         with self._read_lock:
-            rows = self._reader.execute("SELECT feeding_json FROM patients WHERE ins=? AND merged_into "
-                                    "IS NULL", (ins.strip(),)).fetchall()
+            # A merged record's INS counts for its survivor, which holds the merged consent.
+            rows = self._reader.execute(
+                "SELECT s.feeding_json FROM patients p JOIN patients s "
+                "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=?", (ins.strip(),)).fetchall()
         return any((c := _consent(r[0])) is not None and c.code == "IO" for r in rows)
 
     def history(self, identifier: str, domain: str | None = None) -> list[HistoryEntry]:

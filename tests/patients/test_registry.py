@@ -107,6 +107,16 @@ def test_merge_moves_consent_and_keeps_the_old_ipp_resolvable(registry):
     assert [h.control_id for h in registry.history("900002")] == ["1", "2", "3", "3", "4"]
 
 
+def test_merged_ins_still_answers_with_the_survivor_consent(registry):
+    apply(registry, adt(control="1", ipp="900001", ins=OTHER_INS, feeding="IO"))
+    apply(registry, adt(control="2", ipp="900002", ins=TEST_INS, zfa=False))
+    survivor = apply(registry, adt(event="A40", control="3", ipp="900002", ins=TEST_INS,
+                                   mrg_ipp="900001", zfa=False))
+    assert survivor.ins.value == TEST_INS and survivor.feeding.code == "IO"
+    assert registry.is_opposed(OTHER_INS) and registry.is_opposed(TEST_INS)
+    assert registry.find(OTHER_INS).id == survivor.id
+
+
 def test_replayed_merge_changes_nothing(registry):
     apply(registry, adt(control="1", ipp="900001", feeding="IO"))
     a40 = adt(event="A40", control="2", ipp="900002", ins=None, mrg_ipp="900001", zfa=False)
