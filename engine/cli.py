@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.validate",
     "engine.commands.sim",
     "engine.commands.mss",
+    "engine.commands.patient",
 )
 
 

@@ -1,0 +1,307 @@
+"""The patient registry: identity, INS status, merges and DMP consent from PAM.fr ADT messages.
+
+One SQLite file `patients.sqlite` in the data directory (WAL, synchronous=FULL: an applied update
+survives a power cut). Thread-safety: one connection shared under a lock, so every method may be
+called from any thread. Writes use one connection under one lock; `apply_in_thread` runs them on
+the reactor's thread pool (a write waits for its fsync). Reads (`find`, `is_opposed`, `history`)
+use a second connection under its own lock: in WAL mode they never wait for a writer, and each is
+a few indexed queries, fine to call on the reactor thread.
+
+Rules (see docs/patients.md):
+* a patient is keyed by its IPP (value + assigning authority); after an A40 the old IPP keeps
+  resolving to the surviving patient;
+* consent: per field (ZFA-9 feeding, ZFA-11 consultation), the most recently *collected* value
+  wins (ZFA-10 / ZFA-12 date), whatever the arrival order; `NA` (not collected) never replaces a
+  collected answer;
+* `is_opposed(ins)` is True when any patient with that INS (or the survivor it was merged into)
+  has ZFA-9 = IO; an unknown INS is not opposed (default: feeding allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from twisted.internet import threads
+
+from engine.errors import JournalError
+from engine.patients.model import (
+    AdtUpdate, ConsentValue, HistoryEntry, InsId, MergeRecord, PatientId, PatientRecord,
+)
+
+FILE_NAME = "patients.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    id INTEGER PRIMARY KEY,
+    ipp TEXT NOT NULL, ipp_domain TEXT NOT NULL, ipp_authority TEXT NOT NULL, ipp_oid TEXT NOT NULL,
+    ins TEXT, ins_json TEXT, identity_status TEXT NOT NULL DEFAULT '', identity_attributes TEXT NOT NULL DEFAULT '[]',
+    dmp_status TEXT NOT NULL DEFAULT '', dmp_status_date TEXT,
+    feeding_json TEXT, consultation_json TEXT,
+    merged_into INTEGER REFERENCES patients(id),
+    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    UNIQUE (ipp, ipp_domain)
+);
+CREATE INDEX IF NOT EXISTS patients_ins ON patients (ins);
+CREATE TABLE IF NOT EXISTS merges (
+    survivor_id INTEGER NOT NULL REFERENCES patients(id), old_id INTEGER NOT NULL REFERENCES patients(id),
+    at REAL NOT NULL, control_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY, patient_id INTEGER NOT NULL REFERENCES patients(id),
+    at REAL NOT NULL, control_id TEXT NOT NULL, event TEXT NOT NULL, changes TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_patient ON history (patient_id);
+"""
+_CONSENT_FIELDS = ("feeding", "consultation")
+
+
+class PatientRegistry:
+    """Patients known from ADT messages; implements engine.dmp.gates.ConsentRegistry."""
+
+    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time, reactor=None):
+        self.path = Path(data_dir) / FILE_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._reactor = reactor
+        self._lock = threading.Lock()          # guards the writer connection
+        self._read_lock = threading.Lock()     # guards the reader connection
+        try:
+            self._db = self._connect()
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            # WAL readers never wait for a writer's fsync: lookups on the reactor stay quick.
+            self._reader = self._connect()
+        except sqlite3.Error as exc:
+            raise JournalError(f"patient registry {self.path} cannot be opened: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                               timeout=30)
+
+    def close(self) -> None:
+        """Close the database (further calls fail)."""
+        with self._lock, self._read_lock:
+            self._db.close()
+            self._reader.close()
+
+    # -- writes ---------------------------------------------------------------------------
+    def apply(self, update: AdtUpdate) -> PatientRecord:
+        """Apply one ADT update in one transaction; return the surviving patient's record.
+
+        Raises JournalError when SQLite fails (disk full, I/O): nothing of the update is kept.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                patient_id = self._apply(update)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                # The journal's error: intake answers AE, the sender retries later.
+                raise JournalError(f"patient registry write failed: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+            return self._record(self._db, patient_id)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def apply_in_thread(self, update: AdtUpdate):
+        """`apply` on the reactor's thread pool: a Deferred firing with the PatientRecord."""
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), self.apply, update)
+
+    def _apply(self, update: AdtUpdate) -> int:
+        now = self._clock()
+        patient_id, created = self._upsert_ipp(update.ipp, now)
+        changes = {"created": "IPP"} if created else {}
+        changes.update(self._apply_identity(patient_id, update))
+        changes.update(self._apply_consent(patient_id, update.feeding, update.consultation))
+        if update.merged_ipp is not None:
+            changes.update(self._merge(patient_id, update, now))
+        self._db.execute("UPDATE patients SET updated_at=? WHERE id=?", (now, patient_id))
+        self._history(patient_id, update, changes, now)
+        return patient_id
+
+    def _upsert_ipp(self, ipp: PatientId, now: float) -> tuple[int, bool]:
+        found = self._live_id_by_ipp(ipp)
+        if found is not None:
+            return found, False
+        cursor = self._db.execute(
+            "INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?)", (ipp.value, ipp.domain, ipp.authority, ipp.oid, now, now))
+        return cursor.lastrowid, True
+
+    def _apply_identity(self, patient_id: int, update: AdtUpdate) -> dict[str, str | None]:
+        """Identity fields follow the latest message: INS, PID-32 status and attributes, ZFA-1."""
+        row = self._row(patient_id)
+        new = {"ins": update.ins.value if update.ins else None,
+               "ins_json": update.ins.model_dump_json() if update.ins else None,
+               "identity_status": update.identity_status,
+               "identity_attributes": json.dumps(update.identity_attributes)}
+        if update.dmp_status is not None:
+            # ZFA-1/2: the last known DMP state, not historised (PAM.fr).
+            new["dmp_status"] = update.dmp_status.value
+            new["dmp_status_date"] = update.dmp_status_date.isoformat() if update.dmp_status_date else None
+        if update.ins is None and row["ins"]:
+            # PAM.fr: an identity without INS does not erase a known INS (the INS is only
+            # withdrawn by an explicit A47 downgrade, outside this registry's events).
+            del new["ins"], new["ins_json"]
+        changed = {k: v for k, v in new.items() if row[k] != v}
+        if changed:
+            assignments = ", ".join(f"{k}=?" for k in changed)
+            self._db.execute(f"UPDATE patients SET {assignments} WHERE id=?", (*changed.values(), patient_id))
+        return {k: v for k, v in changed.items() if k != "ins_json"}
+
+    def _apply_consent(self, patient_id: int, feeding: ConsentValue | None,
+                       consultation: ConsentValue | None) -> dict[str, str | None]:
+        row = self._row(patient_id)
+        changes: dict[str, str | None] = {}
+        for name, incoming in zip(_CONSENT_FIELDS, (feeding, consultation)):
+            current = _consent(row[f"{name}_json"])
+            if incoming is not None and _wins(incoming, current):
+                self._db.execute(f"UPDATE patients SET {name}_json=? WHERE id=?",
+                                 (incoming.model_dump_json(), patient_id))
+                changes[name] = _describe(incoming)
+            elif incoming is not None:
+                changes[f"{name}_ignored"] = f"{_describe(incoming)}: {_describe(current)} stands"
+        return changes
+
+    def _merge(self, survivor: int, update: AdtUpdate, now: float) -> dict[str, str | None]:
+        """A40: the MRG-1 patient's INS (if the survivor has none) and consent move over."""
+        old = self._live_id_by_ipp(update.merged_ipp)
+        if old is None:
+            # Unknown old IPP: keep an empty, merged record so that the old IPP still resolves.
+            old, _ = self._upsert_ipp(update.merged_ipp, now)
+        elif old == survivor:
+            return {}
+        row, survivor_row = self._row(old), self._row(survivor)
+        if row["ins"] and not survivor_row["ins"]:
+            self._db.execute("UPDATE patients SET ins=?, ins_json=? WHERE id=?",
+                             (row["ins"], row["ins_json"], survivor))
+        if row["dmp_status"] and not survivor_row["dmp_status"]:
+            self._db.execute("UPDATE patients SET dmp_status=?, dmp_status_date=? WHERE id=?",
+                             (row["dmp_status"], row["dmp_status_date"], survivor))
+        moved = self._apply_consent(survivor, _consent(row["feeding_json"]),
+                                    _consent(row["consultation_json"]))
+        self._db.execute("UPDATE patients SET merged_into=?, updated_at=? WHERE id=?", (survivor, now, old))
+        self._db.execute("UPDATE patients SET merged_into=? WHERE merged_into=?", (survivor, old))
+        self._db.execute("INSERT INTO merges VALUES (?,?,?,?)", (survivor, old, now, update.control_id))
+        self._history(old, update, {"merged_into": f"patient {survivor}"}, now)
+        return {"merged": f"IPP {update.merged_ipp.value}",
+                **{f"merged_{k}": v for k, v in moved.items() if not k.endswith("_ignored")}}
+
+    def _history(self, patient_id: int, update: AdtUpdate, changes: dict, now: float) -> None:
+        self._db.execute("INSERT INTO history (patient_id, at, control_id, event, changes) "
+                         "VALUES (?,?,?,?,?)", (patient_id, now, update.control_id, update.event,
+                                                json.dumps(changes, sort_keys=True)))
+
+    # -- reads ----------------------------------------------------------------------------
+    def find(self, identifier: str, domain: str | None = None) -> PatientRecord | None:
+        """The surviving patient with this IPP (any authority, or `domain`) or INS; None if unknown."""
+        with self._read_lock:
+            patient_id = self._resolve(self._reader, identifier, domain)
+            return self._record(self._reader, patient_id) if patient_id is not None else None
+
+    def is_opposed(self, ins: str) -> bool:
+        """ConsentRegistry: True when a patient with this INS is informed and opposed (ZFA-9 IO)."""
+        with self._read_lock:
+            # A merged record's INS counts for its survivor, which holds the merged consent.
+            rows = self._reader.execute(
+                "SELECT s.feeding_json FROM patients p JOIN patients s "
+                "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=?", (ins.strip(),)).fetchall()
+        return any((c := _consent(r[0])) is not None and c.code == "IO" for r in rows)
+
+    def history(self, identifier: str, domain: str | None = None) -> list[HistoryEntry]:
+        """Every change of the patient and of the patients merged into it, oldest first."""
+        with self._read_lock:
+            patient_id = self._resolve(self._reader, identifier, domain)
+            if patient_id is None:
+                return []
+            ids = [patient_id] + [r[0] for r in self._reader.execute(
+                "SELECT id FROM patients WHERE merged_into=?", (patient_id,))]
+            marks = ",".join("?" * len(ids))
+            rows = self._reader.execute(f"SELECT at, control_id, event, changes FROM history WHERE "
+                                    f"patient_id IN ({marks}) ORDER BY at, id", ids).fetchall()
+        return [HistoryEntry(at=r[0], control_id=r[1], event=r[2], changes=json.loads(r[3]))
+                for r in rows]
+
+    # -- internals ------------------------------------------------------------------------
+    def _live_id_by_ipp(self, ipp: PatientId) -> int | None:
+        row = self._db.execute("SELECT id, merged_into FROM patients WHERE ipp=? AND ipp_domain=?",
+                               (ipp.value, ipp.domain)).fetchone()
+        if row is None:
+            return None
+        return row[1] if row[1] is not None else row[0]
+
+    @staticmethod
+    def _resolve(db: sqlite3.Connection, identifier: str, domain: str | None) -> int | None:
+        value = identifier.strip()
+        query = "SELECT id, merged_into FROM patients WHERE ipp=?"
+        params: tuple = (value,)
+        if domain is not None:
+            query, params = query + " AND ipp_domain=?", (value, domain)
+        row = db.execute(query + " ORDER BY id LIMIT 1", params).fetchone()
+        if row is None:
+            row = db.execute("SELECT id, merged_into FROM patients WHERE ins=? "
+                                   "ORDER BY merged_into IS NOT NULL, updated_at DESC LIMIT 1",
+                                   (value,)).fetchone()
+        if row is None:
+            return None
+        return row[1] if row[1] is not None else row[0]
+
+    def _row(self, patient_id: int, db: sqlite3.Connection | None = None) -> dict:
+        cursor = (db or self._db).execute("SELECT * FROM patients WHERE id=?", (patient_id,))
+        names = [d[0] for d in cursor.description]
+        return dict(zip(names, cursor.fetchone()))
+
+    def _record(self, db: sqlite3.Connection, patient_id: int) -> PatientRecord:
+        row = self._row(patient_id, db)
+        merges = [MergeRecord(old_ipp=PatientId(value=m[0], authority=m[1], oid=m[2]), at=m[3],
+                              control_id=m[4]) for m in db.execute(
+            "SELECT p.ipp, p.ipp_authority, p.ipp_oid, m.at, m.control_id FROM merges m "
+            "JOIN patients p ON p.id = m.old_id WHERE m.survivor_id=? ORDER BY m.at", (patient_id,))]
+        return PatientRecord(
+            id=row["id"], ipp=PatientId(value=row["ipp"], authority=row["ipp_authority"],
+                                        oid=row["ipp_oid"]),
+            ins=InsId.model_validate_json(row["ins_json"]) if row["ins_json"] else None,
+            identity_status=row["identity_status"],
+            identity_attributes=json.loads(row["identity_attributes"] or "[]"),
+            dmp_status=row["dmp_status"], dmp_status_date=row["dmp_status_date"],
+            feeding=_consent(row["feeding_json"]), consultation=_consent(row["consultation_json"]),
+            merges=merges, created_at=row["created_at"], updated_at=row["updated_at"])
+
+
+def _consent(text: str | None) -> ConsentValue | None:
+    return ConsentValue.model_validate_json(text) if text else None
+
+
+def _wins(incoming: ConsentValue, current: ConsentValue | None) -> bool:
+    """Does `incoming` replace `current`? Most recent collection date wins; ties go to arrival."""
+    if current is None:
+        return True
+    if incoming.code == "NA":
+        # "Not collected" says nothing about the patient's wish: it only fills an empty slot.
+        return current.code == "NA"
+    if current.code == "NA" or current.date is None:
+        return True
+    if incoming.date is None:
+        return False
+    return incoming.date >= current.date
+
+
+def _describe(value: ConsentValue | None) -> str:
+    if value is None:
+        return "nothing"
+    when = value.date.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value.date, datetime) else "no date"
+    return f"{value.code} collected {when}"
