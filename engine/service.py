@@ -108,9 +108,12 @@ class Engine(service.MultiService):
     def _build_dispatcher(self, connectors: dict | None) -> Dispatcher:
         from engine.connectors import build_connectors, retry_settings
 
-        env = Environment(self.config.channels, self.config.root)
+        from engine.patients import PatientRegistry
+
+        self.patients = PatientRegistry(self.data_dir, reactor=self.reactor)
+        env = Environment(self.config.channels, self.config.root, patients=self.patients)
         if connectors is None:
-            connectors = build_connectors(self.config, self.reactor)
+            connectors = build_connectors(self.config, self.reactor, consent=self.patients)
         return Dispatcher(self.journal, self.config.routes, env, self.clock, connectors,
                           retry_settings(self.config), self.node)
 
@@ -162,6 +165,7 @@ class Engine(service.MultiService):
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(list(self))])
         await self.dispatcher.stop()
         await self.journal.stop()
+        self.patients.close()
         log.info("engine.stopped", node=self.node)
 
     def stopService(self):

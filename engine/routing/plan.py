@@ -46,6 +46,7 @@ class Environment:
     channels: dict
     root: Path
     cda_validator: object | None = None  # callable(bytes) -> list[str] of errors
+    patients: object | None = None  # engine.patients.PatientRegistry
 
 
 def plan_message(routes: list[Route], ctx: MessageContext, env: Environment) -> Plan:
@@ -102,7 +103,7 @@ def _run_step(route, step: Step, ctx, payload: bytes, env: Environment, plan: Pl
     elif action == "deliver":
         _deliver(route, step, ctx, payload, env, plan)
     elif action == "patients":
-        plan.patient_updates.append(payload)
+        _update_patient(ctx, env, plan)
     elif action == "zam":
         plan.zams.append((step.zam.kind, step.zam.to, route.name))
     return payload, True
@@ -124,6 +125,17 @@ def _validate(kind: str, ctx: MessageContext, env: Environment) -> None:
             problems = env.cda_validator(document.content)
             if problems:
                 raise ValidationError("CDA invalid: " + "; ".join(problems[:5]))
+
+
+def _update_patient(ctx: MessageContext, env: Environment, plan: Plan) -> None:
+    """PAM.fr identity and consent into the registry; runs in the dispatcher's order."""
+    from engine.patients import read_adt
+
+    if env.patients is None:
+        raise ValidationError("no patient registry configured")
+    record = env.patients.apply(read_adt(ctx.message))
+    plan.events.append(("patient-updated", f"registry updated (feeding consent: "
+                                           f"{'opposed' if record.opposed_to_feeding else 'not opposed'})"))
 
 
 def _transform(step: Step, payload: bytes, env: Environment, ctx: MessageContext) -> bytes:
