@@ -101,5 +101,6 @@ class Peer(protocol.ServerFactory):
     async def stop(self) -> None:
         await self.port.stopListening()
         for conn in self.connections:
-            conn.transport.abortConnection()
+            if not conn.closed.called:
+                conn.transport.abortConnection()
         await defer.DeferredList([c.closed for c in self.connections])

@@ -162,7 +162,8 @@ async def test_connection_refused_is_retry_with_reason():
     outcome = await sender.send(message("7001"))
     await sender.close()
     assert (outcome.action, outcome.kind) == ("retry", "refused")
-    assert outcome.reason.startswith("connection refused: ")
+    assert outcome.reason.startswith("connection refused: "), outcome.reason
+    assert "ConnectionRefusedError" in outcome.reason
 
 
 @pytest_twisted.ensureDeferred
