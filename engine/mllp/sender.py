@@ -108,9 +108,11 @@ class _SenderProtocol(protocol.Protocol):
         self.lost.callback(None)
 
     def drop(self) -> None:
-        """Close at once, discarding unsent bytes (the peer may not be reading)."""
+        """Close at once, discarding unsent bytes (the peer may not be reading). Idempotent."""
+        if self._dropped:
+            return
         self._dropped = True
-        if self.transport is not None and not self.lost.called:
+        if self.transport is not None:
             self.transport.abortConnection()
 
 

@@ -41,6 +41,16 @@ async def test_ae_for_ever_is_retry_each_time():
 
 
 @pytest_twisted.ensureDeferred
+async def test_ack_written_in_fragments_is_reassembled():
+    def dribble(peer, payload):
+        wire = frame(ack(control_id(payload)))
+        for start in range(0, len(wire), 7):
+            peer.transport.write(wire[start:start + 7])
+    outcome, _ = await exchange_once(dribble)
+    assert (outcome.action, outcome.ack) == ("done", ack("1001"))
+
+
+@pytest_twisted.ensureDeferred
 async def test_ar_is_dead_with_the_err_text_in_the_reason():
     def reject(peer, payload):
         peer.transport.write(frame(ack(control_id(payload), "AR", error="unknown patient")))
@@ -145,6 +155,7 @@ async def test_wrong_msa2_is_mismatch_and_drops_the_connection():
     (frame(b"MSH|^~\\&|DEST|X|PFI|X|20261122||ACK|A1|P|2.5\r"), "MSA-1 ''"),
     (frame(b"MSH|^~\\&|DEST|X|PFI|X|20261122||ACK|A1|P|2.5\rMSA|OK|6001\r"), "MSA-1 'OK'"),
     (b"HTTP/1.1 400 Bad Request\r\n\r\n", "unframed bytes"),
+    (frame(b"MSH|" + b"x" * (1024 * 1024 + 1)), "an oversized frame"),
 ])
 @pytest_twisted.ensureDeferred
 async def test_garbage_answers(answer, what):
