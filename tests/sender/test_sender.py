@@ -42,10 +42,12 @@ async def test_ae_for_ever_is_retry_each_time():
 
 @pytest_twisted.ensureDeferred
 async def test_ack_written_in_fragments_is_reassembled():
-    def dribble(peer, payload):
-        wire = frame(ack(control_id(payload)))
-        for start in range(0, len(wire), 7):
-            peer.transport.write(wire[start:start + 7])
+    def dribble(peer, payload, wire=None):
+        # 7 bytes per reactor turn, so that the ACK reaches the sender in several reads
+        wire = frame(ack(control_id(payload))) if wire is None else wire
+        peer.transport.write(wire[:7])
+        if wire[7:]:
+            reactor.callLater(0, dribble, peer, payload, wire[7:])
     outcome, _ = await exchange_once(dribble)
     assert (outcome.action, outcome.ack) == ("done", ack("1001"))
 
