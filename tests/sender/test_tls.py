@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from cryptography.x509.oid import NameOID
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, task
 
 from engine.config.channels import TlsSettings
 from engine.mllp.framing import frame
 from engine.mllp.sender import MLLPSender
 from engine.pki import generate_test_pki
-from tests.sender.peers import Peer, ack, control_id, message
+from tests.sender.peers import Peer, ack, control_id, hold, message
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,20 @@ async def test_client_certificate_refused_by_destination_is_retry(pki):
     assert {o.action for o in outcomes} == {"retry"}
     assert {o.kind for o in outcomes} <= {"refused", "lost"}  # TLS 1.3 reports it after the handshake
     assert peer.received == [] and peer.client_names == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_destination_that_never_completes_the_handshake_is_retry(pki):
+    clock = task.Clock()
+    plain = Peer(hold).listen()  # accepts TCP, reads our ClientHello, never answers it
+    sender = MLLPSender(reactor, plain.settings(tls=client_tls(pki), connect_timeout=3), clock=clock)
+    pending = defer.ensureDeferred(sender.send(message("T101")))
+    hello = await plain.first_bytes
+    clock.advance(3)
+    outcome = await pending
+    await sender.close()
+    await plain.stop()
+    assert hello[:1] == b"\x16"  # a TLS handshake record
+    assert (outcome.action, outcome.kind) == ("retry", "refused")
+    assert outcome.reason.startswith("TLS handshake failed: TimeoutError")
+    assert plain.received == []
