@@ -108,9 +108,11 @@ class _SenderProtocol(protocol.Protocol):
         self.lost.callback(None)
 
     def drop(self) -> None:
-        """Close at once, discarding unsent bytes (the peer may not be reading)."""
+        """Close at once, discarding unsent bytes (the peer may not be reading). Idempotent."""
+        if self._dropped:
+            return
         self._dropped = True
-        if self.transport is not None and not self.lost.called:
+        if self.transport is not None:
             self.transport.abortConnection()
 
 
@@ -168,11 +170,11 @@ class MLLPSender:
             # Without MSH-10 no ACK can be checked; retrying cannot fix the message.
             return SendOutcome("dead", "invalid message: no MSH segment or empty MSH-10", kind="invalid")
         if self._closed:
-            return SendOutcome("retry", "sender closed", kind="refused")
+            return SendOutcome(self._action("refused"), "sender closed", kind="refused")
         try:
             proto = await self._connection()
         except Exception as exc:  # every connect failure is worth a later retry
-            return SendOutcome("retry", _connect_failure(exc), kind="refused")
+            return SendOutcome(self._action("refused"), _connect_failure(exc), kind="refused")
         return await self._exchange(proto, message, control_id)
 
     async def _exchange(self, proto: _SenderProtocol, message: bytes, control_id: str) -> SendOutcome:
@@ -184,7 +186,8 @@ class MLLPSender:
             proto.drop()  # a late ACK must die with this connection
             return self._by_policy("timeout", f"no ACK within {self.settings.ack_timeout:g} s")
         except Exception as exc:
-            return SendOutcome("retry", f"connection lost before the ACK: {_describe(exc)}", kind="lost")
+            return SendOutcome(self._action("lost"), f"connection lost before the ACK: {_describe(exc)}",
+                               kind="lost")
         outcome = self._judge(event, control_id)
         if outcome.kind in ("mismatch", "garbage"):
             proto.drop()  # out of step with the peer: start afresh
@@ -213,8 +216,11 @@ class MLLPSender:
 
     def _by_policy(self, kind: str, reason: str, ack: bytes | None = None,
                    code: str | None = None) -> SendOutcome:
-        action = getattr(self.settings.reply_policy, kind, "retry")
-        return SendOutcome(action, f"{kind}: {reason}", code, ack, kind=kind)
+        return SendOutcome(self._action(kind), f"{kind}: {reason}", code, ack, kind=kind)
+
+    def _action(self, kind: str) -> Action:
+        # ReplyPolicy has no entry for refused/lost today: those are always worth a retry.
+        return getattr(self.settings.reply_policy, kind, "retry")
 
     async def _connection(self) -> _SenderProtocol:
         if self._proto is not None and self._proto.usable:
@@ -275,8 +281,7 @@ class HandshakeError(Exception):
 def _connect_failure(exc: BaseException) -> str:
     if isinstance(exc, HandshakeError):
         return f"TLS handshake failed: {exc}"
-    if isinstance(exc, (error.ConnectionRefusedError, error.ConnectError)) and not isinstance(
-            exc, error.TimeoutError):
+    if isinstance(exc, error.ConnectionRefusedError):
         return f"connection refused: {_describe(exc)}"
     if isinstance(exc, (error.TimeoutError, defer.TimeoutError)):
         return f"connect timeout: {_describe(exc)}"

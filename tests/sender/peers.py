@@ -52,6 +52,8 @@ class PeerProtocol(protocol.Protocol):
         self.factory.connections.append(self)
 
     def dataReceived(self, data: bytes):
+        if not self.factory.first_bytes.called:
+            self.factory.first_bytes.callback(data)
         for event in self.decoder.feed(data):
             if isinstance(event, Frame):
                 self.factory.arrived(self, event.payload)
@@ -70,6 +72,7 @@ class Peer(protocol.ServerFactory):
         self.connections: list[PeerProtocol] = []
         self.received: list[tuple[PeerProtocol, bytes]] = []
         self._waiters: dict[int, defer.Deferred] = {}
+        self.first_bytes = defer.Deferred()  # fires with the first bytes any client sends
         self.port = None
 
     def listen(self, tls=None) -> "Peer":
@@ -101,5 +104,6 @@ class Peer(protocol.ServerFactory):
     async def stop(self) -> None:
         await self.port.stopListening()
         for conn in self.connections:
-            conn.transport.abortConnection()
+            if not conn.closed.called:
+                conn.transport.abortConnection()
         await defer.DeferredList([c.closed for c in self.connections])

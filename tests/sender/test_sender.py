@@ -41,6 +41,18 @@ async def test_ae_for_ever_is_retry_each_time():
 
 
 @pytest_twisted.ensureDeferred
+async def test_ack_written_in_fragments_is_reassembled():
+    def dribble(peer, payload, wire=None):
+        # 7 bytes per reactor turn, so that the ACK reaches the sender in several reads
+        wire = frame(ack(control_id(payload))) if wire is None else wire
+        peer.transport.write(wire[:7])
+        if wire[7:]:
+            reactor.callLater(0, dribble, peer, payload, wire[7:])
+    outcome, _ = await exchange_once(dribble)
+    assert (outcome.action, outcome.ack) == ("done", ack("1001"))
+
+
+@pytest_twisted.ensureDeferred
 async def test_ar_is_dead_with_the_err_text_in_the_reason():
     def reject(peer, payload):
         peer.transport.write(frame(ack(control_id(payload), "AR", error="unknown patient")))
@@ -145,6 +157,7 @@ async def test_wrong_msa2_is_mismatch_and_drops_the_connection():
     (frame(b"MSH|^~\\&|DEST|X|PFI|X|20261122||ACK|A1|P|2.5\r"), "MSA-1 ''"),
     (frame(b"MSH|^~\\&|DEST|X|PFI|X|20261122||ACK|A1|P|2.5\rMSA|OK|6001\r"), "MSA-1 'OK'"),
     (b"HTTP/1.1 400 Bad Request\r\n\r\n", "unframed bytes"),
+    (frame(b"MSH|" + b"x" * (1024 * 1024 + 1)), "an oversized frame"),
 ])
 @pytest_twisted.ensureDeferred
 async def test_garbage_answers(answer, what):
@@ -162,7 +175,8 @@ async def test_connection_refused_is_retry_with_reason():
     outcome = await sender.send(message("7001"))
     await sender.close()
     assert (outcome.action, outcome.kind) == ("retry", "refused")
-    assert outcome.reason.startswith("connection refused: ")
+    assert outcome.reason.startswith("connection refused: "), outcome.reason
+    assert "ConnectionRefusedError" in outcome.reason
 
 
 @pytest_twisted.ensureDeferred
