@@ -120,8 +120,9 @@ class Engine(service.MultiService):
     def _add_listener(self, settings: MllpInSettings) -> None:
         from engine.tls import server_endpoint
 
+        subjects = tuple(settings.tls.allowed_subjects) if settings.tls else ()
         factory = MLLPServerFactory(self.intake, policy_for(settings), settings.max_message_bytes,
-                                    settings.idle_timeout or None)
+                                    settings.idle_timeout or None, subjects)
         endpoint = server_endpoint(self.reactor, settings)
         listener = ListenerService(settings.name, endpoint, factory)
         listener.setServiceParent(self)

@@ -13,7 +13,7 @@ import structlog
 from twisted.internet import protocol
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 
 from engine.intake import Intake, IntakePolicy, quarantine, reject_oversized
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, Oversized, frame
@@ -23,8 +23,10 @@ log = structlog.get_logger("engine.mllp")
 MAX_IN_FLIGHT = 64
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
+    allowed_subjects: tuple[str, ...] = ()
+
     def __init__(self, intake: Intake, policy: IntakePolicy, max_size: int, idle_timeout: float | None):
         self.intake = intake
         self.policy = policy
@@ -47,6 +49,17 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         if self.decoder.pending:
             log.warning("mllp.connection_lost_mid_frame", channel=self.policy.channel,
                         bytes_lost_unacked=self.decoder.pending)
+
+    def handshakeCompleted(self):
+        """TLS channels: the peer certificate's CN must be one the channel allows."""
+        if not self.allowed_subjects:
+            return
+        cert = self.transport.getPeerCertificate()
+        subject = cert.get_subject().commonName if cert is not None else None
+        if subject not in self.allowed_subjects:
+            log.warning("mllp.peer_refused", channel=self.policy.channel, subject=subject)
+            self._closing = True
+            self.transport.abortConnection()
 
     def timeoutConnection(self):
         log.info("mllp.idle_timeout", channel=self.policy.channel)
@@ -122,7 +135,8 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
 
 class MLLPServerFactory(protocol.ServerFactory):
     def __init__(self, intake: Intake, policy: IntakePolicy, max_size: int = 64 * 1024 * 1024,
-                 idle_timeout: float | None = 600.0):
+                 idle_timeout: float | None = 600.0, allowed_subjects: tuple[str, ...] = ()):
+        self.allowed_subjects = tuple(allowed_subjects)
         self.intake = intake
         self.policy = policy
         self.max_size = max_size
@@ -130,5 +144,6 @@ class MLLPServerFactory(protocol.ServerFactory):
 
     def buildProtocol(self, addr):
         p = MLLPServerProtocol(self.intake, self.policy, self.max_size, self.idle_timeout)
+        p.allowed_subjects = self.allowed_subjects
         p.factory = self
         return p
