@@ -14,8 +14,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) var/pki/client.pem
 	$(BIN)/pfi run
+
+# The demo/test PKI the embedded DMP channel points at (never used with the real DMP).
+var/pki/client.pem: | $(STAMP)
+	$(BIN)/python -c "from pathlib import Path; from engine.pki import ensure_test_pki; ensure_test_pki(Path('var/pki'))"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
