@@ -39,6 +39,9 @@ bench: $(STAMP)
 bench-mss: $(STAMP)
 	$(BIN)/python bench/mss.py
 
+demo: $(STAMP)
+	$(BIN)/pfi demo
+
 clean:
 	rm -rf $(VENV) var build *.egg-info
 

@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.tail",
     "engine.commands.queue",
     "engine.commands.routetest",
+    "engine.commands.demo",
     "engine.commands.request",
     "engine.commands.validate",
     "engine.commands.sim",

@@ -1,0 +1,232 @@
+"""A scripted imaging day through the shipped configuration (`make demo`, and the end-to-end test).
+
+Starts, on 127.0.0.1: the DMP simulator (test PKI), MLLP peers playing the RIS, teleradiology
+platform A and the DRIMbox, and the engine with the repository's channels/ and routes.yaml (ports
+and the DMP endpoint moved by environment variables so that a running `make run` is not
+disturbed). Then it sends orders, reports, a replace, a delete inside the withdrawal delay, a
+patient opposed to DMP feeding, and a DMP outage, optionally restarts the engine in the middle,
+and reports what each peer received and the journal summary.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twisted.internet import defer, protocol, reactor
+
+from engine.hl7.scan import scan
+from engine.mllp.framing import Frame, MLLPDecoder, frame
+
+ROOT = Path(__file__).resolve().parent.parent
+ANS = ROOT.parent / "shared" / "corpus" / "ans"
+MDM = ANS / "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/MDM"
+ORU_INIT = (ANS / "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/ORU"
+            / "Transmission initiale ORU/message_ORU_CR_Bio_INIT_N3_SEGUR.hl7")
+TLR = ANS / "interop-ig-hl7v2-teleradiologie/_extracted_from_pages/exemples"
+CONSENT = ANS / "hl7V2-exemples/Vague 2/Consentement_DMP_PAMFR"
+PORTS = {"PFI_RIS_PORT": 32575, "PFI_TLR_A_PORT": 32580, "PFI_TLR_B_PORT": 32582, "PFI_ADT_PORT": 32577,
+         "PFI_RIS_OUT_PORT": 32576, "PFI_TLR_A_OUT_PORT": 32581, "PFI_TLR_B_OUT_PORT": 32583,
+         "PFI_DRIMBOX_PORT": 32590}
+DELAY = 2.0
+
+
+class Peer(protocol.ServerFactory):
+    """An MLLP system that records what it receives (and when) and answers AA."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.received: list[tuple[float, bytes]] = []
+
+    def buildProtocol(self, addr):
+        p = _PeerProtocol()
+        p.factory = self
+        return p
+
+    def summary(self) -> list[str]:
+        out = []
+        for _, raw in self.received:
+            h = scan(raw)
+            out.append(f"{h.message_type} {h.control_id}")
+        return out
+
+    def control_ids(self) -> list[str]:
+        return [scan(raw).control_id for _, raw in self.received]
+
+
+class _PeerProtocol(protocol.Protocol):
+    def connectionMade(self):
+        self.decoder = MLLPDecoder()
+
+    def dataReceived(self, data):
+        for event in self.decoder.feed(data):
+            if isinstance(event, Frame):
+                self.factory.received.append((time.time(), event.payload))
+                ctrl = scan(event.payload).control_id
+                ack = f"MSH|^~\\&|{self.factory.name}|X|PFI|Y|20261122||ACK|A{ctrl}|P|2.5\rMSA|AA|{ctrl}\r"
+                self.transport.write(frame(ack.encode()))
+
+
+def as_message(path: Path, control_id: str, edits: dict[bytes, bytes] | None = None) -> bytes:
+    """A corpus or sample file as one CR-separated message with our control id (and edits)."""
+    data = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    for old, new in (edits or {}).items():
+        data = data.replace(old, new)
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    fields = lines[0].split(b"|")
+    fields[9] = control_id.encode()
+    lines[0] = b"|".join(fields)
+    return b"\r".join(lines) + b"\r"
+
+
+ASK_RECEIPT = {b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||N": b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||Y"}
+
+
+def fictional_delete(control_id: str) -> bytes:
+    """The fictional initial report turned into its delete (MDM^T04, ORC-1 CA, OBX-11 D)."""
+    raw = as_message(ROOT / "samples" / "mdm_t02_fictional.hl7", control_id)
+    raw = raw.replace(b"MDM^T02^MDM_T02", b"MDM^T04^MDM_T02").replace(b"\rORC|NW", b"\rORC|CA")
+    segments = raw.split(b"\r")
+    for i, seg in enumerate(segments):
+        if seg.startswith(b"OBX|1|ED|"):
+            fields = seg.split(b"|")
+            fields[11] = b"D"
+            segments[i] = b"|".join(fields)
+    return b"\r".join(segments)
+
+
+@dataclass
+class DemoResult:
+    peers: dict[str, Peer]
+    dmp_documents: list = field(default_factory=list)
+    journal_states: dict[str, int] = field(default_factory=dict)
+    sent_at: dict[str, float] = field(default_factory=dict)
+    acks: dict[str, str] = field(default_factory=dict)
+
+
+async def run_demo(workdir: Path, restart_midway: bool = False, say=print) -> DemoResult:
+    from engine.dmp.simulator import DmpSimulator
+    from engine.pki import ensure_test_pki
+
+    pki = ensure_test_pki(workdir / "pki")
+    sim = DmpSimulator(reactor, port=0, pki_dir=pki.directory, data_dir=workdir / "dmp-sim")
+    sim.start()
+    _environment(pki, sim.base_url)
+    peers = {name: Peer(name) for name in ("RIS", "TLR-A", "DRIMBOX")}
+    listening = [reactor.listenTCP(PORTS[var], peers[name], interface="127.0.0.1")
+                 for name, var in (("RIS", "PFI_RIS_OUT_PORT"), ("TLR-A", "PFI_TLR_A_OUT_PORT"),
+                                   ("DRIMBOX", "PFI_DRIMBOX_PORT"))]
+    result = DemoResult(peers)
+    engine = await _start_engine(workdir)
+    try:
+        engine = await _script(engine, sim, result, workdir, restart_midway, say)
+        result.dmp_documents = sim.store.all()
+        result.journal_states = await _journal_summary(engine)
+    finally:
+        await engine.stopService()
+        for port in listening:
+            await port.stopListening()
+        await sim.stop()
+    return result
+
+
+def _environment(pki, dmp_url: str) -> None:
+    os.environ.update({k: str(v) for k, v in PORTS.items()})
+    os.environ.update(PFI_DMP_URL=dmp_url.rstrip("/"), PFI_DMP_CERT=str(pki.client.cert),
+                      PFI_DMP_KEY=str(pki.client.key), PFI_DMP_CA=str(pki.ca.cert), PFI_DMP_DELAY=f"{DELAY}s")
+
+
+async def _start_engine(workdir: Path):
+    from engine.config.load import load_config
+    from engine.service import Engine
+
+    config = load_config(ROOT)
+    engine = Engine(config, workdir / "data", reactor, with_metrics=False)
+    await engine.startService()
+    return engine
+
+
+async def _send(result: DemoResult, port_var: str, raw: bytes, say) -> str:
+    from engine.mllp.client import connect, read_ack
+
+    client = await connect(reactor, "127.0.0.1", PORTS[port_var])
+    d = client.send(raw)
+    d.addTimeout(30, reactor)
+    ack = read_ack(await d)
+    client.close()
+    h = scan(raw)
+    result.sent_at[h.control_id] = time.time()
+    result.acks[h.control_id] = ack.code
+    say(f"  -> {h.message_type:<8} {h.control_id:<10} ACK {ack.code}")
+    return ack.code
+
+
+async def _script(engine, sim, result: DemoResult, workdir: Path, restart_midway: bool, say):
+    peers = result.peers
+    say("Morning: orders and answers")
+    await _send(result, "PFI_RIS_PORT", as_message(TLR / "flux1_ORM_O01_NW_transmission_demande.hl7", "ORD-1"), say)
+    await _send(result, "PFI_TLR_A_PORT", as_message(TLR / "flux3_ORU_R01_OK_reponse_demande.hl7", "ANS-1"), say)
+    await _until(lambda: "ORD-1" in peers["TLR-A"].control_ids() and "ANS-1" in peers["RIS"].control_ids())
+
+    say("Reports from platform A: initial, then its replacement once published")
+    init = MDM / "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
+    rplc = MDM / "Remplacement MDM/message_MDM_CR_Radio_RPLC_N1.er7"
+    await _send(result, "PFI_TLR_A_PORT", as_message(init, "REP-1", ASK_RECEIPT), say)
+    await _until(lambda: "REP-1" in peers["DRIMBOX"].control_ids(), timeout=30)
+    await _send(result, "PFI_TLR_A_PORT", as_message(rplc, "REP-2", ASK_RECEIPT), say)
+    await _until(lambda: "REP-2" in peers["DRIMBOX"].control_ids(), timeout=30)
+
+    say("A fictional report withdrawn inside the delay window")
+    await _send(result, "PFI_TLR_A_PORT", as_message(ROOT / "samples" / "mdm_t02_fictional.hl7", "FIC-1"), say)
+    await _send(result, "PFI_TLR_A_PORT", fictional_delete("FIC-DEL"), say)
+
+    if restart_midway:
+        say("Forced restart of the engine")
+        await engine.stopService()
+        engine = await _start_engine(workdir)
+
+    say("DMP outage: a report waits, then drains")
+    await sim.go_down()
+    await _send(result, "PFI_TLR_A_PORT", as_message(ROOT / "samples" / "mdm_t02_fictional.hl7", "OUT-1"), say)
+    await _sleep(DELAY + 2)
+    sim.come_back()
+    await _until(lambda: "OUT-1" in peers["DRIMBOX"].control_ids(), timeout=60)
+
+    say("The patient opposes DMP feeding (PAM.fr ZFA-9 IO), then the RIS sends a new report")
+    await _send(result, "PFI_ADT_PORT", as_message(CONSENT / "NonConsentementConsultation_OppositionAlimentation.er7", "ADT-1"), say)
+    await _send(result, "PFI_RIS_PORT", as_message(ORU_INIT, "REP-3"), say)
+    await _until(lambda: any(b"REP-3" in raw and b"ZAM^Z01" in raw for _, raw in peers["RIS"].received), timeout=30)
+    await _sleep(1.0)
+    return engine
+
+
+async def _journal_summary(engine) -> dict[str, int]:
+    rows = await engine.journal.submit(
+        lambda c, s: c.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall(), logged=True)
+    return dict(rows)
+
+
+async def _sleep(seconds: float) -> None:
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+async def _until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the demo waited too long: see the journal (pfi tail)")
+        await _sleep(0.05)
+
+
+def print_result(result: DemoResult, say=print) -> None:
+    say("\nWhat each system received:")
+    for name, peer in result.peers.items():
+        say(f"  {name}: {', '.join(peer.summary()) or 'nothing'}")
+    say(f"  DMP simulator: {len(result.dmp_documents)} document version(s): "
+        + ", ".join(f"{d.unique_id} [{d.status.rsplit(':', 1)[-1]}]" for d in result.dmp_documents))
+    say("Journal summary (events by state): "
+        + ", ".join(f"{k}={v}" for k, v in sorted(result.journal_states.items())))
