@@ -1,0 +1,60 @@
+"""The imaging day of `make demo`, asserted: shipped configuration, real MLLP peers, the DMP
+simulator over mutual TLS, a forced engine restart in the middle."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from engine.demo import DELAY, run_demo
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
+    for var in ("PFI_DMP_URL", "PFI_DMP_CERT", "PFI_DMP_KEY", "PFI_DMP_CA", "PFI_DMP_DELAY"):
+        monkeypatch.delenv(var, raising=False)
+    lines: list[str] = []
+    result = await run_demo(tmp_path, restart_midway=True, say=lines.append)
+    ris, platform, drimbox = (result.peers[n] for n in ("RIS", "TLR-A", "DRIMBOX"))
+
+    # Orders reach the platform, its answer reaches the RIS.
+    assert "ORD-1" in platform.control_ids() and "ANS-1" in ris.control_ids()
+    # Every report from the platform reached the RIS byte for byte (the CDA is never modified).
+    sent = {c: raw for c, raw in _sent_reports().items()}
+    for control, raw in sent.items():
+        [got] = [r for _, r in ris.received if _ctrl(r) == control]
+        assert got == raw, control
+    # DMP: the initial and its replacement, and the report sent during the outage; never the
+    # report withdrawn in the delay window, never the opposed patient's.
+    published = {d.unique_id for d in result.dmp_documents}
+    assert "1.2.250.1.71.4.2.2.120456789.71024000081" in published
+    assert "1.2.250.1.71.4.2.2.120456789.71024000082" in published
+    assert "1.2.250.1.999.7.1.2026.1" in published  # OUT-1 (FIC-1 had the same id but was cancelled)
+    assert len(result.dmp_documents) == 3
+    # DRIMbox: only after the DMP accepted, and after the withdrawal delay.
+    assert drimbox.control_ids() == ["REP-1", "REP-2", "OUT-1"]
+    for at, raw in drimbox.received:
+        assert at - result.sent_at[_ctrl(raw)] >= DELAY
+    # Business acks: success for the platform's reports, failure (opposed) for the RIS's report.
+    zams = [raw for _, raw in platform.received if b"ZAM^Z01" in raw]
+    assert any(b"|REP-1|" in z and b"ACK_RECEPTION_DMP" in z and b"|Y^^" in z for z in zams)
+    [refusal] = [raw for _, raw in ris.received if b"ZAM^Z01" in raw]
+    assert b"|REP-3|" in refusal and b"|N^^" in refusal and b"ERR|" in refusal
+    assert result.journal_states["cancelled"] >= 2 and result.journal_states["retry"] >= 1
+
+
+def _ctrl(raw: bytes) -> str:
+    from engine.hl7.scan import scan
+
+    return scan(raw).control_id
+
+
+def _sent_reports() -> dict[str, bytes]:
+    from engine.demo import ASK_RECEIPT, MDM, ROOT, as_message
+
+    init = MDM / "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
+    rplc = MDM / "Remplacement MDM/message_MDM_CR_Radio_RPLC_N1.er7"
+    sample = ROOT / "samples" / "mdm_t02_fictional.hl7"
+    return {"REP-1": as_message(init, "REP-1", ASK_RECEIPT), "REP-2": as_message(rplc, "REP-2", ASK_RECEIPT),
+            "FIC-1": as_message(sample, "FIC-1"), "OUT-1": as_message(sample, "OUT-1")}
