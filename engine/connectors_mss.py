@@ -20,6 +20,7 @@ import structlog
 from lxml import etree
 from pydantic import Field
 from twisted.application import service
+from twisted.internet import defer
 
 from engine.config.channels import ChannelSettings, RetrySettings, channel_type
 from engine.errors import EngineError, TransientDeliveryError
@@ -174,6 +175,7 @@ class MssDeliveryConnector:
             metadata = self.metadata.for_request(mss, _sender_xcn(request), request.patient_class)
         except (EngineError, ValueError) as exc:
             return Outcome("dead", f"NOT_SENDABLE: {exc}")
+        self._remember_zam_target(request, mss, delivery)
         try:
             results = await self._send(mss, metadata)
         except TransientDeliveryError as exc:
@@ -194,6 +196,28 @@ class MssDeliveryConnector:
 
         return await send_document(mss, self.settings, lambda _: metadata, self.sender, self.store,
                                    now=self.clock.seconds())
+
+    def _remember_zam_target(self, request, mss: MssDocumentRequest, delivery) -> None:
+        """DSNs and MDNs arrive later through the poller: keep what their ZAM will need."""
+        if (mss.flags.ack_reception or mss.flags.ack_lecture) and self.channel.zam_channel:
+            self.store.record_zam_target(mss.control_id, {
+                "header": request.header.model_dump(),
+                "delivery": {k: getattr(delivery, k, "") for k in ("message_uid", "route", "step", "fifo_key")}})
+
+    def on_outcome(self, outcome) -> None:
+        """A DSN/MDN matched by the poller → ZAM^Z02/Z03 queued to the creator."""
+        from types import SimpleNamespace
+
+        from engine.docrequest.model import Header
+
+        target = self.store.zam_target(outcome.request_control_id or "")
+        if target is None or not (self.enqueue and self.channel.zam_channel):
+            log.warning("mss.outcome_unrouted", kind=outcome.kind)
+            return
+        payload = zam_bytes(Header.model_validate(target["header"]), outcome, self.clock)
+        d = defer.Deferred.fromCoroutine(self.enqueue(self.channel.zam_channel, payload,
+                                                      SimpleNamespace(**target["delivery"])))
+        d.addErrback(lambda f: log.error("mss.zam_enqueue_failed", error=f.getErrorMessage()))
 
     async def _z02(self, request, mss: MssDocumentRequest, results, delivery) -> None:
         """One ZAM^Z02 per recipient known now: refusals, and acceptances when they count."""
@@ -256,7 +280,7 @@ class MailPoller(service.Service):
         self.setName(f"{channel.name}-poller")
         self.ris = MLLPSender(reactor, ris)
         self.poller = MailboxPoller(connector.settings, reactor, self.deliver, connector.sender,
-                                    connector.store, clock=clock)
+                                    connector.store, on_outcome=connector.on_outcome, clock=clock)
 
     async def deliver(self, mdm: bytes) -> bytes:
         """The RIS's ACK bytes; no ACK (down, timeout) → the mail waits for the next poll."""
@@ -272,8 +296,6 @@ class MailPoller(service.Service):
     def stopService(self):
         super().stopService()
         self.poller.stop()
-        from twisted.internet import defer
-
         return defer.Deferred.fromCoroutine(self.ris.close())
 
 

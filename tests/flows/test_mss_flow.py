@@ -20,7 +20,7 @@ from engine.journal.reader import JournalReader
 from engine.mss.testpki import generate_test_pki
 from engine.service import Engine
 from tests.flows.mss_support import (
-    APP_MAILBOX, FIRST_RCT, SECOND_RCT, AckPeer, ack_902, ans_mdm, imap_settings,
+    APP_MAILBOX, FIRST_RCT, SECOND_RCT, AckPeer, ack_902, ans_mdm, dsn_for, imap_settings,
     mllp_out, mss_channel, obx5_document, segments, start_operator,
 )
 from tests.routing.peers import until
@@ -190,4 +190,36 @@ async def test_mailbox_mail_goes_to_the_ris_and_its_902_becomes_the_mdn(tmp_path
         await until(lambda: "$PfiProcessed" in stored.flags, what="processed flag")
     finally:
         await engine.stopService()
+        await ris.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dsn_in_the_mailbox_becomes_z02_for_the_creator(tmp_path, pki, operator, ans_corpus):
+    creator, ris = AckPeer(), AckPeer()
+    channels = {"creator-in": inbound(), "creator-out": mllp_out(creator.listen()), "ris": mllp_out(ris.listen()),
+                "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", zam_channel="creator-out",
+                                   imap=imap_settings(pki, operator), deliver_to="ris")}
+    engine = await _engine(tmp_path, channels, ROUTES)
+    client = await client_for(engine, "creator-in")
+    try:
+        mdm = ans_mdm(ans_corpus, ack_reception=True, second_recipient=True)
+        assert (await exchange(client, mdm)).code == "AA"
+        await until(lambda: len(operator.mail.received) == 2, what="mails")
+        assert creator.received == []  # accepted: the receipt waits for the DSN
+        original_id = email.message_from_bytes(operator.mail.received[0][1])["Message-ID"]
+        poller = engine.getServiceNamed("mss-poller").poller
+        # the poll made at start is over (the next one is scheduled in 300 s): poll by hand
+        await until(lambda: poller._loop.call is not None, what="first poll")
+        operator.mail.account(APP_MAILBOX).inbox.append(dsn_for(original_id, SECOND_RCT, FIRST_RCT))
+        stats = await poller.poll_once()
+        assert stats.reports == 1
+        await until(lambda: len(creator.received) == 2, what="ZAMs from the DSN")
+        zams = sorted((_zam_rows(z) for z in creator.received), key=lambda z: z["address"])
+        assert [(z["status"], z["error"], z["address"], z["request"]) for z in zams] == [
+            ("Y", None, FIRST_RCT, "015"), ("N", "550", SECOND_RCT, "015")]
+        assert ris.received == []
+    finally:
+        client.close()
+        await engine.stopService()
+        await creator.close()
         await ris.close()
