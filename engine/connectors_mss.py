@@ -20,10 +20,10 @@ import structlog
 from lxml import etree
 from pydantic import Field
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from engine.config.channels import ChannelSettings, RetrySettings, channel_type
-from engine.errors import EngineError, TransientDeliveryError
+from engine.errors import ConfigurationError, EngineError, TransientDeliveryError
 from engine.mss.models import MssDocumentRequest, MssFlags, PatientIdentity, Recipient, RecipientResult
 from engine.mss.settings import MssChannelSettings
 
@@ -171,8 +171,8 @@ class MssDeliveryConnector:
         from engine.connectors import Outcome
 
         try:
-            request, mss = self._read(payload, delivery)
-            metadata = self.metadata.for_request(mss, _sender_xcn(request), request.patient_class)
+            # parsing a large ORU/MDM and the XSLT extraction stay off the reactor thread
+            request, mss, metadata = await threads.deferToThread(self._prepare, payload, delivery)
         except (EngineError, ValueError) as exc:
             return Outcome("dead", f"NOT_SENDABLE: {exc}")
         self._remember_zam_target(request, mss, delivery)
@@ -182,6 +182,10 @@ class MssDeliveryConnector:
             return Outcome("retry", str(exc))
         await self._z02(request, mss, results, delivery)
         return outcome_of(mss, results)
+
+    def _prepare(self, payload: bytes, delivery):
+        request, mss = self._read(payload, delivery)
+        return request, mss, self.metadata.for_request(mss, _sender_xcn(request), request.patient_class)
 
     def _read(self, payload: bytes, delivery):
         from engine.docrequest import parse_document_request
@@ -300,19 +304,27 @@ class MailPoller(service.Service):
 
 
 def build_mss_connectors(config, reactor, enqueue: Enqueue | None = None, clock=None) -> dict:
-    """One connector per `mssante` channel."""
-    return {c.name: MssDeliveryConnector(reactor, c, config.root, enqueue, clock)
-            for c in config.channels.values() if c.type == "mssante"}
+    """One connector per `mssante` channel, after checking the channels they name."""
+    channels = [c for c in config.channels.values() if c.type == "mssante"]
+    problems = [p for c in channels for p in _channel_problems(config, c)]
+    if problems:
+        raise ConfigurationError(problems)
+    return {c.name: MssDeliveryConnector(reactor, c, config.root, enqueue, clock) for c in channels}
+
+
+def _channel_problems(config, channel) -> list[str]:
+    problems = []
+    if channel.imap is not None and not channel.deliver_to:
+        problems.append(f"channel {channel.name!r}: IMAP needs deliver_to = an mllp-out channel")
+    for setting in ("zam_channel", "deliver_to"):
+        target = getattr(channel, setting)
+        other = config.channels.get(target) if target else None
+        if target and (other is None or other.type != "mllp-out"):
+            problems.append(f"channel {channel.name!r}: {setting} {target!r} is not an mllp-out channel")
+    return problems
 
 
 def build_mail_pollers(config, reactor, connectors: dict, clock=None) -> list[MailPoller]:
-    """A poller for each `mssante` channel with IMAP settings and `deliver_to`."""
-    pollers = []
-    for channel in config.channels.values():
-        if channel.type != "mssante" or channel.imap is None:
-            continue
-        if not channel.deliver_to or channel.deliver_to not in config.channels:
-            raise EngineError(f"channel {channel.name!r}: IMAP needs deliver_to = an mllp-out channel")
-        pollers.append(MailPoller(reactor, channel, config.root, config.channels[channel.deliver_to],
-                                  connectors[channel.name], clock))
-    return pollers
+    """A poller for each `mssante` channel with IMAP settings (checked by build_mss_connectors)."""
+    return [MailPoller(reactor, c, config.root, config.channels[c.deliver_to], connectors[c.name], clock)
+            for c in config.channels.values() if c.type == "mssante" and c.imap is not None]

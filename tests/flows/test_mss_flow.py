@@ -223,3 +223,18 @@ async def test_dsn_in_the_mailbox_becomes_z02_for_the_creator(tmp_path, pki, ope
         await engine.stopService()
         await creator.close()
         await ris.close()
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ({"zam_channel": "nowhere"}, "zam_channel 'nowhere' is not an mllp-out channel"),
+    ({"imap": "IMAP"}, "IMAP needs deliver_to"),
+    ({"imap": "IMAP", "deliver_to": "creator-in"}, "deliver_to 'creator-in' is not an mllp-out channel"),
+])
+def test_misnamed_channels_stop_the_engine_with_a_clear_error(tmp_path, pki, operator, extra, problem):
+    from engine.errors import ConfigurationError
+
+    extra = {k: imap_settings(pki, operator) if v == "IMAP" else v for k, v in extra.items()}
+    channels = {"creator-in": inbound(), "mss": mss_channel(pki, operator, tmp_path / "m.sqlite", **extra)}
+    config = load_config(write_config(tmp_path / "cfg", channels, ROUTES))
+    with pytest.raises(ConfigurationError, match=problem):
+        Engine(config, tmp_path / "data", reactor, with_metrics=False)
