@@ -238,3 +238,28 @@ def test_misnamed_channels_stop_the_engine_with_a_clear_error(tmp_path, pki, ope
     config = load_config(write_config(tmp_path / "cfg", channels, ROUTES))
     with pytest.raises(ConfigurationError, match=problem):
         Engine(config, tmp_path / "data", reactor, with_metrics=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_operator_unreachable_is_retried_then_delivered(tmp_path, pki, operator, ans_corpus):
+    smtp_listener = operator.listeners[0]
+    await smtp_listener.stopListening()  # SMTP down: connection refused
+    channels = {"creator-in": inbound(), "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite")}
+    engine = await _engine(tmp_path, channels, ROUTES)
+    client = await client_for(engine, "creator-in")
+    try:
+        mdm = ans_mdm(ans_corpus, ack_reception=False, second_recipient=False)
+        assert (await exchange(client, mdm)).code == "AA"
+        await until(lambda: any(e.state == "retry" for e in _events(engine)), what="retry")
+        (first_retry, *_) = [e for e in _events(engine) if e.state == "retry"]
+        assert first_retry.channel == "mss" and "SMTP submission failed" in first_retry.detail
+        from engine.mss.sim import smtp_factory
+        from engine.mss.tls import server_tls
+
+        operator.listeners[0] = reactor.listenTCP(operator.smtp_port, smtp_factory(
+            operator.mail, server_tls(pki.server_pem, pki.ca_cert), implicit=False), interface="127.0.0.1")
+        await until(lambda: ("015", "sent") in [(e.control_id, e.state) for e in _events(engine)], what="sent")
+        assert [r for r, _ in operator.mail.received] == [FIRST_RCT]
+    finally:
+        client.close()
+        await engine.stopService()
