@@ -263,3 +263,47 @@ async def test_operator_unreachable_is_retried_then_delivered(tmp_path, pki, ope
     finally:
         client.close()
         await engine.stopService()
+
+
+def _for_the_patient_too(mdm: bytes) -> bytes:
+    """DESTMSSANTEPAT=Y, INVISIBLE_PATIENT=N, a qualified identity (PID-32 VALI), the patient's RCT."""
+    lines = mdm.decode("utf-8").split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("PID|"):
+            fields = line.split("|") + [""] * 33
+            fields[32] = "VALI"
+            lines[i] = "|".join(fields[:33])
+    rct = next(i for i, line in enumerate(lines) if line.startswith("PRT||UC||RCT"))
+    lines.insert(rct + 1, "PRT||UC||RCT^^participation|279035121518989^PAT-TROIS^DOMINIQUE^^^^^^"
+                 "ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^L^^^INS||||||||||"
+                 "^NET^X.400^279035121518989@patient.mssante.fr")
+    text = "\n".join(lines)
+    for code in ("DESTMSSANTEPAT", "INVISIBLE_PATIENT"):
+        value = "Y" if code == "DESTMSSANTEPAT" else "N"
+        start = text.index(f"|{code}^")
+        line_end = text.index("\n", start)
+        line = text[start:line_end]
+        text = text[:start] + line.replace("||Y^^", f"||{value}^^").replace("||N^^", f"||{value}^^") + text[line_end:]
+    return text.encode("utf-8")
+
+
+@pytest_twisted.ensureDeferred
+async def test_patient_mailbox_gets_its_own_mail_when_the_identity_is_qualified(tmp_path, pki, operator,
+                                                                                ans_corpus):
+    channels = {"creator-in": inbound(), "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite")}
+    engine = await _engine(tmp_path, channels, ROUTES)
+    client = await client_for(engine, "creator-in")
+    try:
+        mdm = _for_the_patient_too(ans_mdm(ans_corpus, ack_reception=False, second_recipient=False))
+        assert (await exchange(client, mdm)).code == "AA"
+        await until(lambda: len(operator.mail.received) == 2, what="mails")
+        by_recipient = dict(operator.mail.received)
+        patient = "279035121518989@patient.mssante.fr"
+        assert sorted(by_recipient) == sorted([FIRST_RCT, patient])
+        to_patient = email.message_from_bytes(by_recipient[patient], policy=policy.default)
+        assert to_patient["To"] == patient and FIRST_RCT not in to_patient["To"]
+        cda = obx5_document(mdm)
+        assert _xdm_of(by_recipient[patient]).read("IHE_XDM/SUBSET01/DOC0001.XML") == cda
+    finally:
+        client.close()
+        await engine.stopService()
