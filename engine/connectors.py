@@ -15,6 +15,7 @@ from pydantic import Field
 
 from engine.config.channels import ChannelSettings, ReplyPolicy, RetrySettings, channel_type
 from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity
+import engine.connectors_mss  # noqa: E402,F401  (registers the mssante channel type)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class Engine(service.MultiService):
         self.metrics = EngineMetrics()
         self.journal = SQLiteJournal(self.data_dir / "journal", reactor, node=self.node)
         self.dispatcher = self._build_dispatcher(connectors)
+        self._add_mail_pollers()
         self.intake = NotifyingIntake(Intake(self.journal, self.metrics, self.clock), self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
         for settings in config.channels_of_type("mllp-in"):
@@ -116,6 +117,33 @@ class Engine(service.MultiService):
             connectors = build_connectors(self.config, self.reactor, consent=self.patients)
         return Dispatcher(self.journal, self.config.routes, env, self.clock, connectors,
                           retry_settings(self.config), self.node)
+
+    def _add_mail_pollers(self) -> None:
+        """MSSanté channels: their send connectors (ZAM^Z02 queued through `_enqueue`) and, when
+        IMAP and `deliver_to` are configured, the mailbox poller service feeding the RIS."""
+        import random
+
+        from engine.connectors_mss import build_mail_pollers, build_mss_connectors
+        from engine.routing.dispatcher import DestinationWorker
+
+        connectors = build_mss_connectors(self.config, self.reactor, self._enqueue, self.clock)
+        for name, connector in connectors.items():
+            if name not in self.dispatcher.workers:
+                self.dispatcher.workers[name] = DestinationWorker(
+                    self.dispatcher, name, connector, self.config.channels[name].retry, random.Random())
+        for poller in build_mail_pollers(self.config, self.reactor, connectors, self.clock):
+            poller.setServiceParent(self)
+
+    async def _enqueue(self, channel: str, payload: bytes, delivery) -> None:
+        """Queue a connector-made message (a ZAM) for `channel`, under the original message."""
+        from engine.routing import queue
+        from engine.routing.plan import NewDelivery
+
+        now = self.clock.seconds()
+        new = NewDelivery(route=delivery.route, step=f"{delivery.step}/zam", destination=channel,
+                          fifo_key=delivery.fifo_key, not_before=now, payload=payload)
+        await self.journal.submit(lambda conn, store: queue._queue(conn, delivery.message_uid, new, self.node, now))
+        self.dispatcher._wake([channel])
 
     def _add_listener(self, settings: MllpInSettings) -> None:
         from engine.tls import server_endpoint

@@ -2,6 +2,8 @@
 
 * `sent`: Message-ID of each mail sent → request control id, recipients, wanted acks; this is
   how a DSN/MDN arriving days later is matched to the creator's request.
+* `zam_targets`: request control id → its MSH header and queue row, so that a DSN/MDN
+  becomes a ZAM^Z02/Z03 queued back to the creator (latest request wins on a reused MSH-10).
 * `inbound`: one row per received mail (key = Message-ID, or a SHA-256 of the raw mail when it
   has none) with its final state, and `inbound_docs` for each document already accepted by the
   RIS. IMAP flags are a convenience; this file is what guarantees "integrated once", even if
@@ -19,6 +21,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
     message_id TEXT PRIMARY KEY, control_id TEXT NOT NULL, recipients TEXT NOT NULL,
     want_z02 INTEGER NOT NULL, want_z03 INTEGER NOT NULL, sent_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS zam_targets (
+    control_id TEXT PRIMARY KEY, target TEXT NOT NULL, recorded_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS inbound (
     mail_key TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS inbound_docs (
@@ -63,6 +67,16 @@ class MssStore:
             return None
         return {"control_id": row[0], "recipients": json.loads(row[1]),
                 "want_z02": bool(row[2]), "want_z03": bool(row[3])}
+
+    def record_zam_target(self, control_id: str, target: dict) -> None:
+        """What a later ZAM for request `control_id` needs (its MSH, the queue row to attach to)."""
+        self._db.execute("INSERT OR REPLACE INTO zam_targets VALUES (?,?,?)",
+                         (control_id, json.dumps(target), time.time()))
+
+    def zam_target(self, control_id: str) -> dict | None:
+        """The target recorded for request `control_id`, or None."""
+        row = self._db.execute("SELECT target FROM zam_targets WHERE control_id=?", (control_id,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     # -- received mails
     def inbound_state(self, mail_key: str) -> str | None:

@@ -1,0 +1,330 @@
+"""The `mssante` channel type: send document requests by MSSanté, integrate received mails.
+
+Sending: a route's `deliver: {to: <mssante channel>}` hands the creator's HL7 document request
+to `MssDeliveryConnector.deliver`, which maps it onto `MssDocumentRequest`, builds the XDM
+`METADATA.XML` from the DMP's CDA → XDS extraction and submits the mails over SMTP. ZAM^Z02
+(which need each recipient's address, so no route step can build them) are queued by the
+connector itself to `zam_channel` through the `enqueue` hook the Engine injects.
+
+Receiving (IMAP configured + `deliver_to`): `MailPoller` is the Engine service that runs
+`MailboxPoller` and hands each LPS MDM to the RIS mllp-out channel, returning its ACK.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Awaitable, Callable, Literal
+
+import structlog
+from lxml import etree
+from pydantic import Field
+from twisted.application import service
+from twisted.internet import defer, threads
+
+from engine.config.channels import ChannelSettings, RetrySettings, channel_type
+from engine.errors import ConfigurationError, EngineError, TransientDeliveryError
+from engine.mss.models import MssDocumentRequest, MssFlags, PatientIdentity, Recipient, RecipientResult
+from engine.mss.settings import MssChannelSettings
+
+log = structlog.get_logger(__name__)
+
+#: async (channel, payload, delivery) -> None: queue `payload` to `channel` for the creator
+Enqueue = Callable[[str, bytes, object], Awaitable[None]]
+CONTENT_TYPES = {"I": "03", "O": "07", "R": "19", "N": "97", "E": "07"}  # PV1-2 → J01 (as the DMP)
+CONTENT_TYPE_SCHEME = "1.2.250.1.213.2.2"
+
+
+@channel_type("mssante")
+class MssanteChannel(ChannelSettings, MssChannelSettings):
+    """An MSSanté application mailbox: SMTP submission, optional IMAP polling."""
+
+    type: Literal["mssante"]
+    retry: RetrySettings = RetrySettings()
+    zam_channel: str | None = Field(None, description="mllp-out channel to the creator for ZAM^Z02")
+    acceptance_is_receipt: bool = Field(
+        False, description="SMTP 250 counts as the Z02 receipt (operators that send no DSN)")
+    deliver_to: str | None = Field(None, description="mllp-out channel (RIS) receiving the LPS MDMs")
+    source_oid: str = Field("1.2.250.1.213.1.1.1", description="XDS sourceId of the XDM submission set")
+    content_type_code: str = Field("19", description="J01 content type when PV1-2 gives none")
+
+    def mss_settings(self, root: Path) -> MssChannelSettings:
+        """The connector's own settings; relative file paths are relative to the config root."""
+        data = self.model_dump(include=set(MssChannelSettings.model_fields))
+        data["state_file"] = _resolve(root, self.state_file)
+        for part in ("smtp", "imap"):
+            tls = (data.get(part) or {}).get("tls")
+            for key in ("ca_bundle", "client_certificate"):
+                if tls and tls.get(key):
+                    tls[key] = _resolve(root, tls[key])
+        return MssChannelSettings.model_validate(data)
+
+
+def _resolve(root: Path, path) -> Path:
+    return (Path(root) / Path(path)).resolve()
+
+
+# --------------------------------------------------------------------------- request mapping
+
+
+def mss_request(request, action: str) -> MssDocumentRequest:
+    """Map the typed HL7 document request (engine.docrequest) onto the connector's input."""
+    f, p = request.flags, request.patient
+    return MssDocumentRequest(
+        control_id=request.header.control_id, action=action,
+        document_title=request.document_type.label or request.document_type.code or "Document",
+        cda=request.document.content,
+        patient=PatientIdentity(
+            family=p.family_name, given=p.given_names.split("^")[0], birth_date=p.birth_date[:8],
+            ins=p.ins.value if p.ins else None, ins_oid=p.ins.oid if p.ins else None,
+            identity_qualified=p.ins_qualified),
+        flags=MssFlags(
+            masque_ps=bool(f.masque_ps), invisible_patient=bool(f.invisible_patient),
+            invisible_rep_legaux=bool(f.invisible_rep_legaux), connexion_secrete=bool(f.connexion_secrete),
+            modif_conf_code=bool(f.modif_conf_code), dest_dmp=bool(f.destdmp),
+            dest_mssante_ps=bool(f.destmssanteps), dest_mssante_pat=bool(f.destmssantepat),
+            ack_reception=bool(f.ack_reception), ack_lecture=bool(f.ack_lecture_mss),
+            patient_no_reply=f.patient_may_not_reply),
+        recipients=[_recipient(r) for r in request.recipients if r.address],
+        reply_to=[r.address for r in request.reply_to if r.address],
+        body_ps=f.corpsmail_ps, body_patient=f.corpsmail_patient)
+
+
+def _recipient(participant) -> Recipient:
+    if participant.is_patient:
+        kind = "patient"
+    elif participant.person is not None and participant.person.id:
+        kind = "professional"
+    elif participant.organisation is not None and participant.organisation.id:
+        kind = "organisation"
+    else:
+        kind = "application"
+    return Recipient(address=participant.address, kind=kind, identifier=participant.identifier or None)
+
+
+# --------------------------------------------------------------------------- XDM metadata
+
+
+class XdmMetadata:
+    """`METADATA.XML` from the DMP's CDA → XDS extraction: DocumentEntry + SubmissionSet."""
+
+    def __init__(self, channel: MssanteChannel, clock, extractor=None):
+        from engine.dmp.metadata import MetadataExtractor
+
+        self.channel, self.clock = channel, clock
+        self.extractor = extractor or MetadataExtractor(unique_id_with_extension="caret")
+
+    def for_request(self, request: MssDocumentRequest, sender_xcn: str | None, patient_class: str) -> bytes:
+        """The ebRIM SubmitObjectsRequest (raises MetadataError when the CDA header is incomplete)."""
+        from engine.dmp import ebrim
+        from engine.dmp.metadata import Code
+        from engine.dmp.model import DmpFlags
+
+        f = request.flags
+        meta = self.extractor.extract(request.cda, DmpFlags(
+            masque_ps=f.masque_ps, invisible_patient=f.invisible_patient,
+            invisible_rep_legaux=f.invisible_rep_legaux))
+        content = CONTENT_TYPES.get(patient_class, self.channel.content_type_code)
+        now = dt.datetime.fromtimestamp(self.clock.seconds(), dt.timezone.utc)
+        info = ebrim.SubmissionSetInfo(
+            patient_id=meta.patient_id, source_oid=self.channel.source_oid,
+            content_type=Code(code=content, scheme=CONTENT_TYPE_SCHEME, display=content),
+            submission_time=now.strftime("%Y%m%d%H%M%S"),
+            author_person=sender_xcn or (meta.authors[0].person if meta.authors else None))
+        root = etree.Element(ebrim.q(ebrim.LCM, "SubmitObjectsRequest"), nsmap=ebrim.NSMAP)
+        objects = etree.SubElement(root, ebrim.q(ebrim.RIM, "RegistryObjectList"))
+        ebrim.document_entry(objects, meta, "Document01")
+        ebrim.submission_set(objects, info)
+        ebrim.association(objects, ebrim.HAS_MEMBER, info.entry_id, "Document01",
+                          {"SubmissionSetStatus": ["Original"]})
+        return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _sender_xcn(request) -> str | None:
+    person = request.sender.person if request.sender else None
+    if person is None or not person.id:
+        return None
+    return (f"{person.id}^{person.family_name}^{person.given_name}^^^^^^&{person.authority_oid}&ISO^D"
+            f"^^^{person.id_type}")
+
+
+# --------------------------------------------------------------------------- the connector
+
+
+class MssDeliveryConnector:
+    """HL7 document request → MSSanté mails; Z02 to `zam_channel` through `enqueue`."""
+
+    def __init__(self, reactor, channel: MssanteChannel, root: Path, enqueue: Enqueue | None = None,
+                 clock=None, store=None):
+        from engine.mss.outbound import MssSender
+        from engine.mss.store import MssStore
+
+        self.channel, self.reactor, self.clock = channel, reactor, clock or reactor
+        self.settings = channel.mss_settings(root)
+        self.settings.state_file.parent.mkdir(parents=True, exist_ok=True)
+        self.store = store or MssStore(self.settings.state_file)
+        self.sender = MssSender(self.settings, reactor)
+        self.metadata = XdmMetadata(channel, self.clock)
+        self.enqueue = enqueue
+
+    async def deliver(self, payload: bytes, delivery) -> "Outcome":
+        from engine.connectors import Outcome
+
+        try:
+            # parsing a large ORU/MDM and the XSLT extraction stay off the reactor thread
+            request, mss, metadata = await threads.deferToThread(self._prepare, payload, delivery)
+        except (EngineError, ValueError) as exc:
+            return Outcome("dead", f"NOT_SENDABLE: {exc}")
+        self._remember_zam_target(request, mss, delivery)
+        try:
+            results = await self._send(mss, metadata)
+        except TransientDeliveryError as exc:
+            return Outcome("retry", str(exc))
+        await self._z02(request, mss, results, delivery)
+        return outcome_of(mss, results)
+
+    def _prepare(self, payload: bytes, delivery):
+        request, mss = self._read(payload, delivery)
+        return request, mss, self.metadata.for_request(mss, _sender_xcn(request), request.patient_class)
+
+    def _read(self, payload: bytes, delivery):
+        from engine.docrequest import parse_document_request
+        from engine.hl7.message import Message
+
+        request = parse_document_request(Message.parse(payload))  # RequestError: coded, dead
+        action = getattr(delivery, "action", "") or request.action.value
+        return request, mss_request(request, action)
+
+    async def _send(self, mss: MssDocumentRequest, metadata: bytes) -> list[RecipientResult]:
+        from engine.mss.outbound import send_document
+
+        return await send_document(mss, self.settings, lambda _: metadata, self.sender, self.store,
+                                   now=self.clock.seconds())
+
+    def _remember_zam_target(self, request, mss: MssDocumentRequest, delivery) -> None:
+        """DSNs and MDNs arrive later through the poller: keep what their ZAM will need."""
+        if (mss.flags.ack_reception or mss.flags.ack_lecture) and self.channel.zam_channel:
+            self.store.record_zam_target(mss.control_id, {
+                "header": request.header.model_dump(),
+                "delivery": {k: getattr(delivery, k, "") for k in ("message_uid", "route", "step", "fifo_key")}})
+
+    def on_outcome(self, outcome) -> None:
+        """A DSN/MDN matched by the poller → ZAM^Z02/Z03 queued to the creator."""
+        from types import SimpleNamespace
+
+        from engine.docrequest.model import Header
+
+        target = self.store.zam_target(outcome.request_control_id or "")
+        if target is None or not (self.enqueue and self.channel.zam_channel):
+            log.warning("mss.outcome_unrouted", kind=outcome.kind)
+            return
+        payload = zam_bytes(Header.model_validate(target["header"]), outcome, self.clock)
+        d = defer.Deferred.fromCoroutine(self.enqueue(self.channel.zam_channel, payload,
+                                                      SimpleNamespace(**target["delivery"])))
+        d.addErrback(lambda f: log.error("mss.zam_enqueue_failed", error=f.getErrorMessage()))
+
+    async def _z02(self, request, mss: MssDocumentRequest, results, delivery) -> None:
+        """One ZAM^Z02 per recipient known now: refusals, and acceptances when they count."""
+        from engine.mss.outbound import submission_outcomes
+
+        if not (mss.flags.ack_reception and self.channel.zam_channel and self.enqueue):
+            return
+        outcomes = submission_outcomes(results, mss.control_id,
+                                       acceptance_is_receipt=self.channel.acceptance_is_receipt)
+        for outcome in outcomes:
+            await self.enqueue(self.channel.zam_channel, zam_bytes(request.header, outcome, self.clock), delivery)
+
+    async def close(self) -> None:
+        self.store.close()
+
+
+def zam_bytes(header, outcome, clock) -> bytes:
+    """ER7 of the ZAM^Z02/Z03 for one MailOutcome (OBX-4 = the request's MSH-10)."""
+    from engine.ids import new_id
+    from engine.zam import build_zam
+
+    now = dt.datetime.fromtimestamp(clock.seconds())
+    return build_zam(outcome.kind, header, outcome.success, control_id=new_id(clock.seconds())[-20:], now=now,
+                     error_code=outcome.error_code or (None if outcome.success else "REFUSED"),
+                     error_label=outcome.error_label, address=outcome.address)
+
+
+def outcome_of(mss: MssDocumentRequest, results: list[RecipientResult]):
+    """done when any mail was accepted; retry on 4xx only refusals; dead when every submitted
+    recipient got a 5xx (reason `CODE: label`) or nobody could be mailed at all."""
+    from engine.connectors import Outcome
+
+    submitted = [r for r in results if r.smtp_code is not None]
+    accepted = [r for r in submitted if r.accepted]
+    if accepted:
+        return Outcome("done", f"MSSanté: {len(accepted)} recipient(s) accepted, "
+                               f"{len(results) - len(accepted)} refused")
+    if any(400 <= r.smtp_code < 500 for r in submitted):
+        first = next(r for r in submitted if 400 <= r.smtp_code < 500)
+        return Outcome("retry", f"{first.smtp_code}: {first.reason}")
+    if submitted:
+        return Outcome("dead", f"{submitted[0].smtp_code}: {submitted[0].reason}")
+    if not (mss.flags.dest_mssante_ps or mss.flags.dest_mssante_pat):
+        return Outcome("done", "MSSanté: not requested (DESTMSSANTEPS=N, DESTMSSANTEPAT=N)")
+    reasons = "; ".join(sorted({r.reason for r in results})) or "no PRT RCT address"
+    return Outcome("dead", f"NO_RECIPIENT: {reasons}")
+
+
+# --------------------------------------------------------------------------- receiving
+
+
+class MailPoller(service.Service):
+    """Engine service: polls the application mailbox, each LPS MDM goes to the RIS over MLLP."""
+
+    def __init__(self, reactor, channel: MssanteChannel, root: Path, ris, connector: MssDeliveryConnector,
+                 clock=None):
+        from engine.mllp.sender import MLLPSender
+        from engine.mss.inbound import MailboxPoller
+
+        self.setName(f"{channel.name}-poller")
+        self.ris = MLLPSender(reactor, ris)
+        self.poller = MailboxPoller(connector.settings, reactor, self.deliver, connector.sender,
+                                    connector.store, on_outcome=connector.on_outcome, clock=clock)
+
+    async def deliver(self, mdm: bytes) -> bytes:
+        """The RIS's ACK bytes; no ACK (down, timeout) → the mail waits for the next poll."""
+        outcome = await self.ris.send(mdm)
+        if outcome.ack is None:
+            raise TransientDeliveryError(f"RIS: {outcome.reason}")
+        return outcome.ack
+
+    def startService(self):
+        super().startService()
+        self.poller.start()
+
+    def stopService(self):
+        super().stopService()
+        self.poller.stop()
+        return defer.Deferred.fromCoroutine(self.ris.close())
+
+
+def build_mss_connectors(config, reactor, enqueue: Enqueue | None = None, clock=None) -> dict:
+    """One connector per `mssante` channel, after checking the channels they name."""
+    channels = [c for c in config.channels.values() if c.type == "mssante"]
+    problems = [p for c in channels for p in _channel_problems(config, c)]
+    if problems:
+        raise ConfigurationError(problems)
+    return {c.name: MssDeliveryConnector(reactor, c, config.root, enqueue, clock) for c in channels}
+
+
+def _channel_problems(config, channel) -> list[str]:
+    problems = []
+    if channel.imap is not None and not channel.deliver_to:
+        problems.append(f"channel {channel.name!r}: IMAP needs deliver_to = an mllp-out channel")
+    for setting in ("zam_channel", "deliver_to"):
+        target = getattr(channel, setting)
+        other = config.channels.get(target) if target else None
+        if target and (other is None or other.type != "mllp-out"):
+            problems.append(f"channel {channel.name!r}: {setting} {target!r} is not an mllp-out channel")
+    return problems
+
+
+def build_mail_pollers(config, reactor, connectors: dict, clock=None) -> list[MailPoller]:
+    """A poller for each `mssante` channel with IMAP settings (checked by build_mss_connectors)."""
+    return [MailPoller(reactor, c, config.root, config.channels[c.deliver_to], connectors[c.name], clock)
+            for c in config.channels.values() if c.type == "mssante" and c.imap is not None]
