@@ -47,3 +47,64 @@ async def test_initial_replace_delete_reach_the_dmp_with_zams_and_drimbox(tmp_pa
             assert flow.drimbox.control_ids()[-1] == control_id
     finally:
         await flow.close()
+
+
+async def dead_letter_zam(flow, simulator, raw: bytes, control_id: str) -> dict:
+    """Send, wait for the failure ZAM; the DRIMbox must get nothing."""
+    assert await send(flow, raw) == "AA"
+    await until(lambda: len(flow.creator_out.received) == 1, what=f"failure ZAM for {control_id}")
+    zam = zam_fields(flow.creator_out.received[0])
+    assert zam["type"].startswith("ZAM^Z01") and (zam["status"], zam["original"]) == ("N", control_id)
+    assert flow.drimbox.received == [] and simulator.store.all() == []
+    dead = [d for s, d in flow.states_of(control_id) if s == "dead-letter"]
+    assert len(dead) == 1 and zam["error"] in dead[0]
+    return zam
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dmp_error_code_dead_letters_with_the_code_in_the_zam(tmp_path, simulator, pki, ans_corpus):
+    simulator.force_error("DMPClosed", "DMP fermé")
+    flow = await start_flow(tmp_path, simulator, pki)
+    try:
+        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "CLOSED-1"),
+                                    "CLOSED-1")
+        assert (zam["error"], zam["error_label"]) == ("DMPClosed", "DMP fermé")
+        assert simulator.requests_seen >= 1
+    finally:
+        await flow.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unqualified_identity_never_reaches_the_dmp(tmp_path, simulator, pki, ans_corpus):
+    # DESTDMP=Y with PID-32 PROV: the document request itself is refused by `validate`, before the
+    # deliver step (so the DMP gate is never reached and no ZAM follow-up runs: see docs/dmp.md).
+    flow = await start_flow(tmp_path, simulator, pki)
+    try:
+        assert await send(flow, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1", status="PROV")) == "AA"
+        await until(lambda: any(s == "invalid" for s, _ in flow.states_of("PROV-1")), what="refusal recorded")
+        (reason,) = [d for s, d in flow.states_of("PROV-1") if s == "invalid"]
+        assert "qualified INS" in reason and "PID-32" in reason
+        assert simulator.requests_seen == 0 and flow.drimbox.received == [] and flow.creator_out.received == []
+        assert [s for s, _ in flow.states_of("PROV-1") if s in ("queued", "sent", "dead-letter")] == []
+    finally:
+        await flow.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_patient_opposed_to_dmp_feeding_is_blocked(tmp_path, simulator, pki, ans_corpus):
+    from tests.patients.messages import TEST_INS, adt
+
+    flow = await start_flow(tmp_path, simulator, pki)
+    try:
+        gam = await client_for(flow.engine, "gam")
+        try:
+            assert (await exchange(gam, adt(control="ADT-IO", ins=TEST_INS, feeding="IO"))).code == "AA"
+        finally:
+            gam.close()
+        await until(lambda: any(s == "patient-updated" and "opposed" in d and "not opposed" not in d
+                                for s, d in flow.states_of("ADT-IO")), what="consent recorded")
+        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "IO-1"), "IO-1")
+        assert zam["error"] == "PATIENT_OPPOSED"
+        assert simulator.requests_seen == 0
+    finally:
+        await flow.close()
