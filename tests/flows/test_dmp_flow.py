@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest_twisted
 
 from engine.hl7.message import Message
-from tests.flows.dmp_support import (DELETE, INITIAL, REPLACE, V1_ID, V2_ID, adapt, start_flow,
+from tests.flows.dmp_support import (DELETE, INITIAL, REPLACE, V1_ID, V2_ID, adapt, renumber_document,
+                                     start_flow,
                                      statuses)
 from tests.routing.peers import until
 from tests.support import client_for, exchange
@@ -106,5 +107,37 @@ async def test_a_patient_opposed_to_dmp_feeding_is_blocked(tmp_path, simulator, 
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "IO-1"), "IO-1")
         assert zam["error"] == "PATIENT_OPPOSED"
         assert simulator.requests_seen == 0
+    finally:
+        await flow.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dmp_outage_queues_in_order_then_drains_with_nothing_lost(tmp_path, simulator, pki, ans_corpus):
+    initial = (ans_corpus / INITIAL).read_bytes()
+    others = [renumber_document(initial, V1_ID, V1_ID[:-2] + f"9{n}") for n in (1, 2, 3)]
+    messages = [("OUT-1", initial), *((f"OUT-{n}", raw) for n, raw in enumerate(others, 2)),
+                ("OUT-5", (ans_corpus / REPLACE).read_bytes())]  # replaces OUT-1's document
+    flow = await start_flow(tmp_path, simulator, pki)
+    try:
+        await simulator.go_down()
+        for control_id, raw in messages:
+            assert await send(flow, adapt(raw, control_id)) == "AA"
+        await until(lambda: len([s for s, _ in flow.states_of("OUT-1") if s == "retry"]) >= 3,
+                    what="retries during the outage")
+        retry_reasons = [d for s, d in flow.states_of("OUT-1") if s == "retry"]
+        assert all("CONNECTION_REFUSED: DMP unreachable" in d for d in retry_reasons), retry_reasons
+        assert simulator.store.all() == [] and flow.creator_out.received == [] and flow.drimbox.received == []
+        # FIFO per patient: the later documents wait behind the first, never attempted
+        assert all(s != "retry" for c, _ in messages[1:] for s, _ in flow.states_of(c))
+        simulator.come_back()
+        await until(lambda: len(flow.creator_out.received) == 5 and len(flow.drimbox.received) == 5,
+                    what="the queue drained")
+        order = [c for c, _ in messages]
+        assert [zam_fields(z)["original"] for z in flow.creator_out.received] == order
+        assert [zam_fields(z)["status"] for z in flow.creator_out.received] == ["Y"] * 5
+        assert flow.drimbox.control_ids() == order
+        stored = [e.unique_id for e in simulator.store.all()]
+        assert stored == [V1_ID, *(V1_ID[:-2] + f"9{n}" for n in (1, 2, 3)), V2_ID]
+        assert statuses(simulator)[V1_ID] == ["Deprecated"]
     finally:
         await flow.close()
