@@ -3,6 +3,7 @@ creator over MLLP, and the report to the DRIMbox only once the DMP accepted it."
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 
 from engine.hl7.message import Message
@@ -141,3 +142,55 @@ async def test_dmp_outage_queues_in_order_then_drains_with_nothing_lost(tmp_path
         assert statuses(simulator)[V1_ID] == ["Deprecated"]
     finally:
         await flow.close()
+
+
+# -- the connector's HL7 -> PublishRequest mapping, on the same ANS examples ------------------------
+
+def _request(ans_corpus, name: str):
+    from engine.docrequest import parse_document_request
+
+    return parse_document_request(Message.parse(adapt((ans_corpus / name).read_bytes(), "MAP-1")))
+
+
+def test_mapping_of_replace_and_delete_uses_the_entity_id_of_txa13(ans_corpus):
+    from engine.connectors import publish_request
+
+    replace = publish_request(_request(ans_corpus, REPLACE), "replace")
+    assert (replace.action, replace.replaced_document_id) == ("replace", V1_ID)  # not `…^Organisation-Y`
+    delete = publish_request(_request(ans_corpus, DELETE), "delete")
+    assert delete.action == "delete"
+    assert (delete.ins, delete.ins_oid, delete.ins_qualified) == ("279035121518989", "1.2.250.1.213.1.4.10", True)
+
+
+def test_mapping_of_the_sender_person_roles_and_organisation(ans_corpus):
+    from engine.connectors import publish_request
+
+    roles = (("10", "1.2.250.1.71.1.2.7"), ("SM44", "1.2.250.1.71.4.2.5"))
+    publish = publish_request(_request(ans_corpus, INITIAL), "initial", roles)
+    assert (publish.sender.id, publish.sender.family, publish.sender.roles) == ("801234564895", "Eric", roles)
+    # PRT-8 `FINEG^^^300017985`: a FINESS number, sent to the DMP as IDNST 1 + FINESS
+    assert (publish.sender_organisation.id, publish.sender_organisation.id_type) == ("1300017985", "IDNST")
+    assert publish.message_control_id == "MAP-1" and publish.patient_class == "I"
+
+
+def test_organisation_ids_already_national_are_kept():
+    from types import SimpleNamespace
+
+    from engine.connectors import organisation
+
+    idnst = organisation(SimpleNamespace(name="Org", id="3300017985", id_type="IDNST"))
+    assert (idnst.id, idnst.id_type) == ("3300017985", "IDNST")
+    siret = organisation(SimpleNamespace(name="Org", id="12345678900011", id_type="SIRET"))
+    assert (siret.id, siret.id_type) == ("312345678900011", "IDNST")
+
+
+def test_sender_roles_setting_is_checked(pki, simulator):
+    import pydantic
+
+    from engine.connectors import DmpChannel
+    from tests.flows.dmp_support import dmp_channel
+
+    channel = DmpChannel.model_validate({"name": "dmp", **dmp_channel(simulator, pki)})
+    assert channel.role_pairs() == (("10", "1.2.250.1.71.1.2.7"), ("SM44", "1.2.250.1.71.4.2.5"))
+    with pytest.raises(pydantic.ValidationError, match="code\\^codeSystem"):
+        DmpChannel.model_validate({"name": "dmp", **dmp_channel(simulator, pki), "sender_roles": ["10"]})
