@@ -82,7 +82,8 @@ def dmp_routes() -> list[dict]:
     zam = {"zam": {"kind": "Z01", "to": "creator-out"}}
     return [
         {"name": "patients", "match": {"channel": "gam", "type": "ADT"}, "steps": [{"patients": "update"}]},
-        {"name": "reports-to-dmp", "match": {"channel": "creator", "type": ["MDM", "ORU"]},
+        {"name": "reports-to-dmp", "match": {"channel": "creator", "type": ["MDM", "ORU"],
+                                             "fields": {"OBX[code=DESTDMP]-5.1": "Y"}},
          "steps": [{"validate": "document-request"},
                    {"label": "dmp", "deliver": {"to": "dmp"},
                     "on_success": [zam, {"deliver": {"to": "drimbox"}}],
