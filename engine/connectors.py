@@ -102,11 +102,23 @@ class DmpDeliveryConnector:
         result = await self.destination.deliver(publish)
         if result.ok:
             return Outcome("done", f"DMP accepted ({result.status})")
-        reason = f"{result.error_code}: {result.error_label or result.detail}"
-        return Outcome("retry" if result.transient else "dead", reason)
+        return Outcome("retry" if result.transient else "dead", failure_reason(result))
 
     async def close(self) -> None:
         await self.destination.close()
+
+
+#: our own codes whose detail names CDA elements (never patient data): the creator must learn which
+#: element is missing, not only "CDA header incomplete"
+DETAILED_CODES = frozenset({"CDA_HEADER_INCOMPLETE"})
+
+
+def failure_reason(result) -> str:
+    """`CODE: label` for the journal and the ZAM^Z01 ERR-5 (see engine/routing/zamstep.py)."""
+    label = result.error_label or result.detail
+    if result.error_code in DETAILED_CODES and result.detail and result.detail != label:
+        label = f"{label}: {result.detail}"
+    return f"{result.error_code}: {label}"
 
 
 def publish_request(request, action: str, sender_roles: tuple = ()):

@@ -15,6 +15,8 @@ MDM_DIR = "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_H
 INITIAL = f"{MDM_DIR}/Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
 REPLACE = f"{MDM_DIR}/Remplacement MDM/message_MDM_CR_Radio_RPLC_N1.er7"
 DELETE = f"{MDM_DIR}/Suppression MDM/message_MDM_CR_Radio_DEL_N1.er7"
+ORU_INITIAL = ("hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/ORU/"
+               "Transmission initiale ORU/message_ORU_CR_Bio_INIT_N3_SEGUR.hl7")
 V1_ID = "1.2.250.1.71.4.2.2.120456789.71024000081"
 V2_ID = "1.2.250.1.71.4.2.2.120456789.71024000082"
 FAST_RETRY = {"initial": 0.05, "maximum": 0.2, "jitter": 0.0}

@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 
 from engine.hl7.message import Message
-from tests.flows.dmp_support import (DELETE, INITIAL, REPLACE, V1_ID, V2_ID, adapt, renumber_document,
+from tests.flows.dmp_support import (DELETE, INITIAL, ORU_INITIAL, REPLACE, V1_ID, V2_ID, adapt, renumber_document,
                                      start_flow,
                                      statuses)
 from tests.routing.peers import until
@@ -50,6 +50,21 @@ async def test_initial_replace_delete_reach_the_dmp_with_zams_and_drimbox(tmp_pa
     finally:
         await flow.close()
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oru_whose_cda_the_dmp_mapping_cannot_describe_fails_clearly(tmp_path, simulator, pki,
+                                                                            ans_corpus):
+    # The ANS ORU examples carry a CR de biologie (LOINC 11502-2): the DMP metadata mapping only
+    # knows the CR d'imagerie, so the connector refuses it permanently, naming what is missing.
+    flow = await start_flow(tmp_path, simulator, pki)
+    try:
+        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / ORU_INITIAL).read_bytes(), "ORU-1"),
+                                    "ORU-1")
+        assert zam["error"] == "CDA_HEADER_INCOMPLETE" and "classCode" in zam["error_label"]
+        assert zam["to"] == "SIL-Y" and simulator.requests_seen == 0
+    finally:
+        await flow.close()
 
 async def dead_letter_zam(flow, simulator, raw: bytes, control_id: str) -> dict:
     """Send, wait for the failure ZAM; the DRIMbox must get nothing."""
