@@ -209,3 +209,28 @@ def test_sender_roles_setting_is_checked(pki, simulator):
     assert channel.role_pairs() == (("10", "1.2.250.1.71.1.2.7"), ("SM44", "1.2.250.1.71.4.2.5"))
     with pytest.raises(pydantic.ValidationError, match="code\\^codeSystem"):
         DmpChannel.model_validate({"name": "dmp", **dmp_channel(simulator, pki), "sender_roles": ["10"]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_exhausted_while_the_dmp_is_down_give_a_zam_with_the_last_code(tmp_path, simulator, pki,
+                                                                                    ans_corpus):
+    await simulator.go_down()
+    flow = await start_flow(tmp_path, simulator, pki,
+                            retry={"initial": 0.05, "maximum": 0.1, "jitter": 0.0, "max_attempts": 3})
+    try:
+        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "DOWN-1"),
+                                    "DOWN-1")
+        assert zam["error"] == "CONNECTION_REFUSED"
+        assert zam["error_label"] == "DMP unreachable (gave up after 3 attempts)"
+        assert len([s for s, _ in flow.states_of("DOWN-1") if s == "retry"]) == 2
+    finally:
+        simulator.come_back()
+        await flow.close()
+
+
+def test_split_error_keeps_the_remote_code():
+    from engine.routing.zamstep import split_error
+
+    assert split_error("DMPClosed: DMP fermé") == ("DMPClosed", "DMP fermé")
+    assert split_error("gave up after 12 attempts: TIMEOUT: no answer") == ("TIMEOUT", "no answer (gave up after 12 attempts)")
+    assert split_error("connection lost to peer") == ("DELIVERY_FAILED", "connection lost to peer")
