@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from engine.config.channels import ChannelSettings, ReplyPolicy, RetrySettings, channel_type
 from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity
@@ -39,6 +39,24 @@ class DmpChannel(ChannelSettings):
     activity_sector: str = "SA07^1.2.250.1.71.4.2.4"
     response_timeout: float = 60.0
     retry: RetrySettings = RetrySettings()
+    #: VIHF role(s) of the PRT SB sender, "code^codeSystem" (e.g. "10^1.2.250.1.71.1.2.7" for a
+    #: physician, "SM44^1.2.250.1.71.4.2.5" radiology). HL7 does not carry the profession and
+    #: the ANS examples' CDA gives no author code either; the DMP refuses a VIHF without a role.
+    #: Empty: the CDA legalAuthenticator code is used.
+    sender_roles: list[str] = Field(default_factory=list)
+
+    @field_validator("sender_roles")
+    @classmethod
+    def _coded(cls, roles: list[str]) -> list[str]:
+        for role in roles:
+            code, sep, system = role.partition("^")
+            if not (code and sep and system):
+                raise ValueError(f"sender role {role!r} must be `code^codeSystem`")
+        return roles
+
+    def role_pairs(self) -> tuple[tuple[str, str], ...]:
+        """`sender_roles` as (code, codeSystem) pairs."""
+        return tuple(tuple(role.split("^", 1)) for role in self.sender_roles)
 
     def client_settings(self, root: Path) -> DmpChannelSettings:
         resolve = lambda p: (root / p).resolve()  # noqa: E731
@@ -70,6 +88,7 @@ class DmpDeliveryConnector:
         from engine.dmp.destination import DmpDestination
 
         self.destination = DmpDestination(reactor, settings.client_settings(root), consent)
+        self.sender_roles = settings.role_pairs()
 
     async def deliver(self, payload: bytes, delivery) -> Outcome:
         from engine.docrequest import parse_document_request
@@ -78,20 +97,32 @@ class DmpDeliveryConnector:
 
         try:
             request = parse_document_request(Message.parse(payload))
-            publish = publish_request(request, delivery.action or request.action.value)
+            publish = publish_request(request, delivery.action or request.action.value, self.sender_roles)
         except (RequestError, ValueError) as exc:
             return Outcome("dead", f"NOT_PUBLISHABLE: {exc}")
         result = await self.destination.deliver(publish)
         if result.ok:
             return Outcome("done", f"DMP accepted ({result.status})")
-        reason = f"{result.error_code}: {result.error_label or result.detail}"
-        return Outcome("retry" if result.transient else "dead", reason)
+        return Outcome("retry" if result.transient else "dead", failure_reason(result))
 
     async def close(self) -> None:
         await self.destination.close()
 
 
-def publish_request(request, action: str):
+#: our own codes whose detail names CDA elements (never patient data): the creator must learn which
+#: element is missing, not only "CDA header incomplete"
+DETAILED_CODES = frozenset({"CDA_HEADER_INCOMPLETE"})
+
+
+def failure_reason(result) -> str:
+    """`CODE: label` for the journal and the ZAM^Z01 ERR-5 (see engine/routing/zamstep.py)."""
+    label = result.error_label or result.detail
+    if result.error_code in DETAILED_CODES and result.detail and result.detail != label:
+        label = f"{label}: {result.detail}"
+    return f"{result.error_code}: {label}"
+
+
+def publish_request(request, action: str, sender_roles: tuple = ()):
     """Map the typed HL7 document request onto the DMP connector's input."""
     from engine.dmp.model import DmpFlags, Organisation, Person, PublishRequest
 
@@ -108,10 +139,32 @@ def publish_request(request, action: str):
         flags=DmpFlags(masque_ps=bool(f.masque_ps), invisible_patient=bool(f.invisible_patient),
                        invisible_rep_legaux=bool(f.invisible_rep_legaux),
                        connexion_secrete=bool(f.connexion_secrete), modif_conf_code=bool(f.modif_conf_code)),
-        replaced_document_id=request.replaced_document_id or None,
-        sender=Person(id=person.id, family=person.family_name, given=person.given_name) if person and person.id else None,
-        sender_organisation=Organisation(name=org.name, id=org.id) if org and org.id else None,
+        replaced_document_id=entity_id(request.replaced_document_id) or None,
+        sender=Person(id=person.id, family=person.family_name, given=person.given_name, roles=sender_roles)
+        if person and person.id else None,
+        sender_organisation=organisation(org) if org and org.id else None,
         patient_class=request.patient_class or None, message_control_id=request.header.control_id)
+
+
+def entity_id(ei: str | None) -> str:
+    """EI-1 of TXA-12/13: the ANS examples put a namespace name in EI-2 (`<oid>^Organisation-Y`),
+    which is not part of the DMP uniqueId."""
+    return (ei or "").split("^", 1)[0].strip()
+
+
+#: PRT-8.7 id type -> prefix of the national structure id (IDNST = type digit + number, e.g.
+#: FINESS 750100125 -> 1750100125 in the ANS identifier types spec; SIRET -> 3 + SIRET)
+IDNST_PREFIX = {"FINEG": "1", "FINEJ": "1", "SIRET": "3"}
+
+
+def organisation(org):
+    """PRT-8 -> the DMP's IDNST (VIHF Identifiant_Structure, authorInstitution)."""
+    from engine.dmp.model import Organisation
+
+    prefix = IDNST_PREFIX.get((org.id_type or "").upper())
+    if prefix is not None:
+        return Organisation(name=org.name, id=prefix + org.id, id_type="IDNST")
+    return Organisation(name=org.name, id=org.id, id_type=org.id_type or "IDNST")
 
 
 def build_connectors(config, reactor, consent=None) -> dict:

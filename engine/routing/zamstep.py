@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from engine.ids import new_id
@@ -9,8 +10,16 @@ from engine.routing.context import MessageContext
 from engine.routing.plan import NewDelivery
 
 
+GAVE_UP = re.compile(r"^(gave up after \d+ attempts): (.*)$", re.S)
+
+
 def split_error(detail: str) -> tuple[str, str]:
-    """Connectors report `CODE: label` when the remote side gave a code (DMP, SMTP)."""
+    """Connectors report `CODE: label` when the remote side gave a code (DMP, SMTP). The queue
+    prefixes exhausted retries with `gave up after N attempts: `; the code is still the last one."""
+    gave_up = GAVE_UP.match(detail)
+    if gave_up:
+        code, label = split_error(gave_up.group(2))
+        return code, f"{label} ({gave_up.group(1)})"
     code, sep, label = detail.partition(": ")
     if sep and code and " " not in code:
         return code, label
