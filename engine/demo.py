@@ -84,6 +84,26 @@ def as_message(path: Path, control_id: str, edits: dict[bytes, bytes] | None = N
 ASK_RECEIPT = {b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||N": b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||Y"}
 
 
+def new_version_of(path: Path, control_id: str, old: bytes, new: bytes) -> bytes:
+    """The same report as a new document: `old` -> `new` in TXA-12 and inside the embedded CDA
+    (decoded, edited, re-encoded), so that the DMP sees a document it does not know yet."""
+    import base64
+
+    raw = as_message(path, control_id, ASK_RECEIPT)
+    segments = raw.split(b"\r")
+    for i, seg in enumerate(segments):
+        fields = seg.split(b"|")
+        if seg.startswith(b"OBX|1|ED|"):
+            parts = fields[5].split(b"^")
+            cda = base64.b64decode(parts[4] + b"=" * (-len(parts[4]) % 4)).replace(old, new)
+            parts[4] = base64.b64encode(cda)
+            fields[5] = b"^".join(parts)
+        elif seg.startswith(b"TXA|"):
+            fields[12] = fields[12].replace(old, new)
+        segments[i] = b"|".join(fields)
+    return b"\r".join(segments)
+
+
 def fictional_delete(control_id: str) -> bytes:
     """The fictional initial report turned into its delete (MDM^T04, ORC-1 CA, OBX-11 D)."""
     raw = as_message(ROOT / "samples" / "mdm_t02_fictional.hl7", control_id)
@@ -189,7 +209,7 @@ async def _script(engine, sim, result: DemoResult, workdir: Path, restart_midway
 
     say("DMP outage: a report waits, then drains")
     await sim.go_down()
-    await _send(result, "PFI_TLR_A_PORT", as_message(ROOT / "samples" / "mdm_t02_fictional.hl7", "OUT-1"), say)
+    await _send(result, "PFI_TLR_A_PORT", new_version_of(init, "OUT-1", b"71024000081", b"71024000090"), say)
     await _sleep(DELAY + 2)
     sim.come_back()
     await _until(lambda: "OUT-1" in peers["DRIMBOX"].control_ids(), timeout=60)

@@ -30,7 +30,8 @@ async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
     published = {d.unique_id for d in result.dmp_documents}
     assert "1.2.250.1.71.4.2.2.120456789.71024000081" in published
     assert "1.2.250.1.71.4.2.2.120456789.71024000082" in published
-    assert "1.2.250.1.999.7.1.2026.1" in published  # OUT-1 (FIC-1 had the same id but was cancelled)
+    assert "1.2.250.1.71.4.2.2.120456789.71024000090" in published  # OUT-1, sent during the outage
+    assert "1.2.250.1.999.7.1.2026.1" not in published  # FIC-1, withdrawn in the delay window
     assert len(result.dmp_documents) == 3
     # DRIMbox: only after the DMP accepted, and after the withdrawal delay.
     assert drimbox.control_ids() == ["REP-1", "REP-2", "OUT-1"]
@@ -51,10 +52,11 @@ def _ctrl(raw: bytes) -> str:
 
 
 def _sent_reports() -> dict[str, bytes]:
-    from engine.demo import ASK_RECEIPT, MDM, ROOT, as_message
+    from engine.demo import ASK_RECEIPT, MDM, ROOT, as_message, new_version_of
 
     init = MDM / "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
     rplc = MDM / "Remplacement MDM/message_MDM_CR_Radio_RPLC_N1.er7"
     sample = ROOT / "samples" / "mdm_t02_fictional.hl7"
     return {"REP-1": as_message(init, "REP-1", ASK_RECEIPT), "REP-2": as_message(rplc, "REP-2", ASK_RECEIPT),
-            "FIC-1": as_message(sample, "FIC-1"), "OUT-1": as_message(sample, "OUT-1")}
+            "FIC-1": as_message(sample, "FIC-1"),
+            "OUT-1": new_version_of(init, "OUT-1", b"71024000081", b"71024000090")}

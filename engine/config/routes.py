@@ -7,7 +7,7 @@
           type: [ORU^R01, MDM]          # MSH-9 code^trigger, or code alone
           sender: RIS                   # MSH-3.1   (also: facility MSH-4.1, receiver MSH-5.1,
           version: "2.5"                #            receiver_facility MSH-6.1; version MSH-12.1)
-          fields: {"OBX[code=DESTDMP]-5": "Y"}
+          fields: {"OBX[code=DESTDMP]-5.1": "Y"}
         final: false                    # true: later routes are not tried for this message
         steps:                          # run in order; each may have a label (unique in the route)
           - validate: document-request  # or: cda

@@ -44,6 +44,8 @@ class Dispatcher:
         self._running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        while self._busy:  # let the planning cycle in progress write its result
+            await _real_tick()
         for worker in self.workers.values():
             await worker.stop()
 
@@ -119,6 +121,14 @@ class Dispatcher:
         return build_zam_delivery(zam, kind == "on_success", detail, ctx, self.clock.seconds())
 
 
+async def _real_tick() -> None:
+    from twisted.internet import reactor
+
+    d = defer.Deferred()
+    reactor.callLater(0.005, d.callback, None)
+    await d
+
+
 def _claim_received(conn, store: PayloadStore):
     rows = conn.execute("SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received'"
                         " ORDER BY id LIMIT ?", (BATCH,)).fetchall()
@@ -151,12 +161,16 @@ class DestinationWorker:
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        defer.Deferred.fromCoroutine(self._drain())
+        self._draining = defer.Deferred.fromCoroutine(self._drain())
 
     async def stop(self) -> None:
+        """Finish the send in flight and record it (a clean stop re-sends nothing)."""
         self._stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        draining = getattr(self, "_draining", None)
+        if draining is not None and not draining.called:
+            await draining
         close = getattr(self.connector, "close", None)
         if close is not None:
             await close()

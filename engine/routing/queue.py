@@ -75,9 +75,11 @@ def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) 
     target = new.replaced_id if new.action == "replace" else new.doc_id if new.action == "delete" else ""
     if not target:
         return []
+    # Only a pending *initial* send is superseded: a pending replace must still go out before a
+    # later replace or delete, or the destination would be asked to act on a version it never got.
     rows = conn.execute(
         "SELECT id, message_uid, action FROM deliveries WHERE destination=? AND doc_id=? AND state=?"
-        " AND attempts=0", (new.destination, target, PENDING)).fetchall()
+        " AND attempts=0 AND action='initial'", (new.destination, target, PENDING)).fetchall()
     for delivery_id, old_uid, _ in rows:
         conn.execute("UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE id=?",
                      (CANCELLED, f"superseded by {new.action} in message {uid}", now, delivery_id))
