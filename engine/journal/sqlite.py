@@ -2,7 +2,11 @@
 
 All writes go through one writer thread that commits in groups: whatever arrived while the
 previous commit was being synced is written in the next one, so throughput grows with
-concurrency while every caller is answered only after its own data is on disk.
+concurrency while every caller is answered only after its own data is on disk. Inbound records
+of one reactor turn are queued together, a batch's records go to the log in one writev and to
+the index in one multi-row INSERT per table, and the writer waits up to BATCH_WAIT for the
+callers it has just answered (closed-loop senders) so that they share the next fdatasync.
+See docs/journal.md.
 
 Durability: a batch of inbound messages is durable when the segment log is fdatasync'ed; the
 SQLite index of such a batch commits with synchronous=NORMAL (no second fsync) and is completed
@@ -21,6 +25,7 @@ from typing import Callable
 
 import structlog
 from twisted.internet import defer, threads
+from twisted.python import threadable
 
 from engine.errors import JournalError
 from engine.journal import schema
@@ -32,8 +37,7 @@ log = structlog.get_logger(__name__)
 MAX_BATCH = 1024
 # How long the writer waits for the callers it just answered before committing a smaller batch.
 BATCH_WAIT = 0.0002
-import os as _os
-OVERLAP_SYNC = _os.environ.get("PFI_OVERLAP", "1") == "1"
+ROWS_PER_INSERT = 256  # 24 parameters a row, far below SQLite's limit of bound parameters
 DURABILITY = ("segment log fdatasync before ACK (group commit), SQLite WAL index synchronous=NORMAL "
               "rebuilt from the log after a crash; other state changes synchronous=FULL")
 
@@ -73,7 +77,7 @@ class SQLiteJournal:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
-        self._syncer = _Syncer()
+        self._turn: list = []  # inbound records of the current reactor turn
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +98,7 @@ class SQLiteJournal:
         if self._thread is None:
             done.callback(None)
             return done
+        self._flush_turn()
         self._queue.put(None)
         thread, self._thread = self._thread, None
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), thread.join)
@@ -101,6 +106,7 @@ class SQLiteJournal:
     def close_now(self) -> None:
         """Synchronous stop, for command-line tools and tests that own no reactor."""
         if self._thread is not None:
+            self._flush_turn()
             self._queue.put(None)
             self._thread.join()
             self._thread = None
@@ -111,6 +117,7 @@ class SQLiteJournal:
         """Run `operation` in the writer thread, inside the next group commit; fires once durable.
         `logged` operations are made durable by the segment log and need no SQLite fsync."""
         d = defer.Deferred()
+        self._flush_turn()  # keep the order of the calls
         self._queue.put((operation, d, logged))
         return d
 
@@ -118,8 +125,20 @@ class SQLiteJournal:
         # The record itself is queued (not a closure): the writer stores runs of inbound records
         # with one duplicate query and one executemany per table instead of per-message statements.
         d = defer.Deferred()
-        self._queue.put((record, d, True))
+        item = (record, d, True)
+        if self.reactor.running and threadable.isInIOThread():
+            # Records of one reactor turn reach the writer together: it wakes once for them.
+            if not self._turn:
+                self.reactor.callLater(0, self._flush_turn)
+            self._turn.append(item)
+        else:
+            self._queue.put(item)
         return d
+
+    def _flush_turn(self) -> None:
+        if self._turn:
+            turn, self._turn = self._turn, []
+            self._queue.put(turn)
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = "") -> defer.Deferred:
         row = (message_uid, time.time(), state, channel, detail, self.node)
@@ -188,21 +207,25 @@ class SQLiteJournal:
         """Mark duplicates and append a run of inbound records to the segment log (not synced);
         returns their messages rows and events rows."""
         self._mark_duplicates(conn, records)
+        metas = [_meta(r) for r in records]
+        positions = store.append_many([(meta, r.raw) for meta, r in zip(metas, records)])
         messages, events = [], []
-        for r in records:
-            meta = _meta(r)
-            segment, offset, crc = store.append(meta, r.raw)
+        for r, meta, (segment, offset, crc) in zip(records, metas, positions):
             message, event = self._index_rows(meta, len(r.raw), segment, offset, crc, r.ack)
             messages.append(message)
             events.append(event)
         return messages, events
 
     def _index_inbound_run(self, conn, store, records: list[InboundRecord], messages: list, events: list) -> list:
-        """Insert the index rows of a logged run; returns one result per record."""
+        """Insert the index rows of a logged run; returns one result per record.
+
+        One multi-row INSERT per table: every SQLite call releases and takes back the GIL, and
+        taking it back means waiting for the busy reactor thread, so few calls beat many."""
         conn.execute("SAVEPOINT run")
         try:
-            conn.executemany(_INSERT_MESSAGE, messages)
-            conn.executemany(_INSERT_EVENT, events)
+            for start in range(0, len(messages), ROWS_PER_INSERT):
+                _insert_many(conn, _INSERT_MESSAGE, messages[start:start + ROWS_PER_INSERT])
+                _insert_many(conn, _INSERT_EVENT, events[start:start + ROWS_PER_INSERT])
         except (sqlite3.IntegrityError, ValueError):
             # Rare (a uid collision): redo row by row so that only the bad record fails.
             conn.execute("ROLLBACK TO run")
@@ -223,7 +246,7 @@ class SQLiteJournal:
         item = self._queue.get()
         if item is None:
             return None
-        batch = [item]
+        batch = item if isinstance(item, list) else [item]
         deadline = time.perf_counter() + BATCH_WAIT if expected > 1 else 0.0
         while len(batch) < MAX_BATCH:
             try:
@@ -239,7 +262,10 @@ class SQLiteJournal:
             if nxt is None:
                 self._queue.put(None)
                 break
-            batch.append(nxt)
+            if isinstance(nxt, list):
+                batch += nxt
+            else:
+                batch.append(nxt)
         return batch
 
     def _run(self) -> None:
@@ -250,7 +276,6 @@ class SQLiteJournal:
                 break
             self._commit(batch)
             expected = len(batch)
-        self._syncer.stop()
         self.payloads.close()
         for conn in (self._writer, self._reader):
             if conn is not None:
@@ -268,10 +293,7 @@ class SQLiteJournal:
         try:
             self._set_sync_mode(conn, batch)
             conn.execute("BEGIN IMMEDIATE")
-            if OVERLAP_SYNC and all(isinstance(op, InboundRecord) for op, _, _ in batch):
-                results = self._commit_inbound(conn, store, [op for op, _, _ in batch])
-            else:
-                results = self._commit_mixed(conn, store, batch)
+            results = self._run_batch(conn, store, batch)
             conn.execute("COMMIT")
         except Exception as exc:  # disk full, read-only, I/O error: every caller must hear it
             self._abort(conn, store, position)
@@ -280,20 +302,8 @@ class SQLiteJournal:
             results = [failure] * len(batch)
         self.reactor.callFromThread(_resolve, [d for _, d, _ in batch], results)
 
-    def _commit_inbound(self, conn, store: PayloadStore, records: list[InboundRecord]) -> list:
-        """The intake fast path: the log fdatasync runs in the syncer thread while this thread
-        inserts the index rows, so the SQLite work hides behind the disk flush. The index is
-        committed only after the sync (by the caller), so it never points past the durable log."""
-        messages, events = self._log_inbound_run(conn, store, records)
-        self._syncer.start(store)
-        try:
-            results = self._index_inbound_run(conn, store, records, messages, events)
-        finally:
-            self._syncer.wait()
-        return results
-
-    def _commit_mixed(self, conn, store: PayloadStore, batch: list) -> list:
-        """Any batch with other operations: run everything in order, then sync the log."""
+    def _run_batch(self, conn, store: PayloadStore, batch: list) -> list:
+        """Run the batch in order (consecutive inbound records together), then sync the log."""
         results: list = []
         run: list[InboundRecord] = []
         for operation, _, _ in batch:
@@ -349,41 +359,11 @@ _META_FIELDS = ("uid", "received_at", "channel", "state", "sender", "facility", 
                 "charset")
 
 
-class _Syncer:
-    """A helper thread that runs the segment log fdatasync (which releases the GIL) while the
-    writer thread goes on with the SQLite inserts of the same batch."""
-
-    def __init__(self):
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def start(self, store: PayloadStore) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="journal-sync", daemon=True)
-            self._thread.start()
-        self._requests.put(store)
-
-    def wait(self) -> None:
-        """Block until the sync started last is done; re-raise its error."""
-        error = self._done.get()
-        if error is not None:
-            raise error
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._requests.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def _run(self) -> None:
-        while (store := self._requests.get()) is not None:
-            try:
-                store.sync()
-            except Exception as exc:  # handed to the writer thread, which fails the batch
-                self._done.put(exc)
-            else:
-                self._done.put(None)
+def _insert_many(conn, insert: str, rows: list[tuple]) -> None:
+    """`insert` (INSERT ... VALUES (?,...)) for all `rows` in one statement."""
+    head, values = insert.split("VALUES")
+    conn.execute(head + "VALUES" + ",".join([values.strip()] * len(rows)),
+                 [value for row in rows for value in row])
 
 
 def _insert_rows(message: tuple, event: tuple) -> Callable:
