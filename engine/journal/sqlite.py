@@ -37,8 +37,6 @@ log = structlog.get_logger(__name__)
 MAX_BATCH = 1024
 # How long the writer waits for the callers it just answered before committing a smaller batch.
 BATCH_WAIT = 0.0002
-CHECKPOINT_EVERY = 200  # commits (~1000 WAL pages, SQLite's own default threshold)
-CHECKPOINT_SECONDS = 1.0
 ROWS_PER_INSERT = 256  # 24 parameters a row, far below SQLite's limit of bound parameters
 DURABILITY = ("segment log fdatasync before ACK (group commit), SQLite WAL index synchronous=NORMAL "
               "rebuilt from the log after a crash; other state changes synchronous=FULL")
@@ -91,11 +89,6 @@ class SQLiteJournal:
         if recovered:
             log.warning("journal.recovered", messages=recovered)
         self._reader = connect(self.db_path)
-        # Checkpoints (copying the WAL into the database, with two fsyncs) run in their own
-        # thread, not inside the COMMIT of a batch whose callers wait for their ACK.
-        self._writer.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _Checkpointer(self.db_path)
-        self._checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._thread.start()
 
@@ -283,8 +276,6 @@ class SQLiteJournal:
                 break
             self._commit(batch)
             expected = len(batch)
-            self._checkpointer.nudge()
-        self._checkpointer.stop()
         self.payloads.close()
         for conn in (self._writer, self._reader):
             if conn is not None:
@@ -366,46 +357,6 @@ class SQLiteJournal:
 _META_FIELDS = ("uid", "received_at", "channel", "state", "sender", "facility", "receiver",
                 "receiver_facility", "control_id", "msg_type", "version", "profile", "patient_ids",
                 "charset")
-
-
-class _Checkpointer:
-    """Runs PASSIVE WAL checkpoints on its own connection, every CHECKPOINT_EVERY commits or
-    CHECKPOINT_SECONDS, whichever comes first. PASSIVE never blocks the writer."""
-
-    def __init__(self, db_path: Path):
-        self._db_path = db_path
-        self._wake = threading.Event()
-        self._stopping = False
-        self._commits = 0
-        self._thread = threading.Thread(target=self._run, name="journal-checkpoint", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def nudge(self) -> None:
-        """Called by the writer after each commit."""
-        self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY:
-            self._commits = 0
-            self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        conn = connect(self._db_path)
-        try:
-            while not self._stopping:
-                self._wake.wait(CHECKPOINT_SECONDS)
-                self._wake.clear()
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # retried at the next turn; the WAL only grows meanwhile
-                    log.warning("journal.checkpoint_failed", error=str(exc))
-        finally:
-            conn.close()
 
 
 def _insert_many(conn, insert: str, rows: list[tuple]) -> None:
