@@ -10,6 +10,7 @@ remains the record of every message.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import threading
@@ -28,6 +29,7 @@ class TurnBufferedStream:
         self._reactor_thread = threading.get_ident()
         self._lines: list[str] = []
         reactor.addSystemEventTrigger("after", "shutdown", self.flush_turn)
+        atexit.register(self.flush_turn)  # lines logged by later shutdown triggers
 
     def write(self, text: str) -> int:
         if not self._buffering():
@@ -40,8 +42,12 @@ class TurnBufferedStream:
 
     def flush(self) -> None:
         """Called by print() after each line: only lines written outside a turn go out now."""
-        if not self._buffering():
+        if self._buffering():
+            return
+        if threading.get_ident() == self._reactor_thread:
             self.flush_turn()
+        else:  # the buffered lines belong to the reactor thread, which writes them itself
+            self._stream.flush()
 
     def flush_turn(self) -> None:
         if self._lines:
