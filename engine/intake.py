@@ -44,12 +44,24 @@ class Verdict:
     reason: str = ""
 
 
+class _ChannelMetrics:
+    """The metric children of one channel, looked up once instead of per message."""
+
+    def __init__(self, metrics, channel: str):
+        self.received = metrics.received.labels(channel)
+        self.acked = metrics.acked.labels(channel)
+        self.duplicates = metrics.duplicates.labels(channel)
+        self.ack_latency = metrics.ack_latency.labels(channel)
+
+
 @dataclass
 class Intake:
     journal: object
     metrics: object
     clock: object
     _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _channels: dict = field(default_factory=dict)
+    _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
 
     def receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
         """Journal `raw` and fire with the ACK bytes to send back."""
@@ -68,16 +80,23 @@ class Intake:
         record.ack_code = verdict.code
         record.ack = self._ack(header, verdict, now, policy)
         d = self.journal.append_inbound(record)
-        d.addCallbacks(self._stored, self._not_stored, errbackArgs=(record, header, policy, now))
-        d.addCallback(self._observe, policy, started)
+        # One callback pair per message: log, count and hand back the ACK.
+        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
+                       errbackArgs=(record, header, policy, now, started))
         return d
 
     def _ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:
         control = f"{int(now * 1000)}{next(self._counter) % 10000:04d}"
-        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(now))
-        return build_ack(header, verdict.code, control, stamp, verdict.errors, policy.local_app, policy.codec)
+        return build_ack(header, verdict.code, control, self._timestamp(now), verdict.errors,
+                         policy.local_app, policy.codec)
 
-    def _stored(self, record: InboundRecord) -> tuple[InboundRecord, bytes]:
+    def _timestamp(self, now: float) -> str:
+        second = int(now)
+        if self._stamp[0] != second:
+            self._stamp = (second, time.strftime("%Y%m%d%H%M%S", time.localtime(second)))
+        return self._stamp[1]
+
+    def _stored(self, record: InboundRecord, policy: IntakePolicy, started: float) -> bytes:
         if record.state == DUPLICATE:
             log.info("message.duplicate", message_id=record.uid, channel=record.channel,
                      control_id=record.control_id, original=record.duplicate_of)
@@ -87,29 +106,31 @@ class Intake:
         else:
             log.info("message.received", message_id=record.uid, channel=record.channel,
                      control_id=record.control_id, type=record.msg_type)
-        return record, record.ack
+        self._observe(record, policy, started)
+        return record.ack
 
-    def _not_stored(self, failure, record, header, policy, now):
+    def _not_stored(self, failure, record, header, policy, now, started) -> bytes:
         failure.trap(JournalError)
         reason = "journal unavailable, message not stored: retry later"
         log.error("message.not_stored", message_id=record.uid, channel=record.channel,
                   control_id=record.control_id, error=failure.getErrorMessage())
         record.state, record.ack_code, record.reason = "not-stored", "AE", reason
         ack = self._ack(header, Verdict("AE", (AckError(207, "", reason),)), now, policy)
-        return record, ack
-
-    def _observe(self, result, policy: IntakePolicy, started: float) -> bytes:
-        record, ack = result
-        m = self.metrics
-        m.received.labels(policy.channel).inc()
-        if record.state == DUPLICATE:
-            m.duplicates.labels(policy.channel).inc()
-        if record.ack_code == "AA":
-            m.acked.labels(policy.channel).inc()
-        else:
-            m.nacked.labels(policy.channel, record.ack_code, _reason_label(record)).inc()
-        m.ack_latency.labels(policy.channel).observe(time.perf_counter() - started)
+        self._observe(record, policy, started)
         return ack
+
+    def _observe(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
+        m = self._channels.get(policy.channel)
+        if m is None:
+            m = self._channels[policy.channel] = _ChannelMetrics(self.metrics, policy.channel)
+        m.received.inc()
+        if record.state == DUPLICATE:
+            m.duplicates.inc()
+        if record.ack_code == "AA":
+            m.acked.inc()
+        else:
+            self.metrics.nacked.labels(policy.channel, record.ack_code, _reason_label(record)).inc()
+        m.ack_latency.observe(time.perf_counter() - started)
 
 
 def _reason_label(record: InboundRecord) -> str:

@@ -26,7 +26,7 @@ def run(args) -> int:
     config = load_or_report(args.config)
     if config is None:
         return 2
-    configure_logging(config.engine.log_level)
+    configure_logging(config.engine.log_level, reactor=reactor)
     # The journal writer thread must get the GIL back quickly after each fsync, or group commit
     # stalls for the default 5 ms switch interval.
     sys.setswitchinterval(0.0002)

@@ -2,7 +2,11 @@
 
 All writes go through one writer thread that commits in groups: whatever arrived while the
 previous commit was being synced is written in the next one, so throughput grows with
-concurrency while every caller is answered only after its own data is on disk.
+concurrency while every caller is answered only after its own data is on disk. Inbound records
+of one reactor turn are queued together, a batch's records go to the log in one writev and to
+the index in one multi-row INSERT per table, and the writer waits up to BATCH_WAIT for the
+callers it has just answered (closed-loop senders) so that they share the next fdatasync.
+See docs/journal.md.
 
 Durability: a batch of inbound messages is durable when the segment log is fdatasync'ed; the
 SQLite index of such a batch commits with synchronous=NORMAL (no second fsync) and is completed
@@ -21,6 +25,7 @@ from typing import Callable
 
 import structlog
 from twisted.internet import defer, threads
+from twisted.python import threadable
 
 from engine.errors import JournalError
 from engine.journal import schema
@@ -30,6 +35,9 @@ from engine.journal.payloads import PayloadStore
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 1024
+# How long the writer waits for the callers it just answered before committing a smaller batch.
+BATCH_WAIT = 0.0002
+ROWS_PER_INSERT = 256  # 24 parameters a row, far below SQLite's limit of bound parameters
 DURABILITY = ("segment log fdatasync before ACK (group commit), SQLite WAL index synchronous=NORMAL "
               "rebuilt from the log after a crash; other state changes synchronous=FULL")
 
@@ -69,6 +77,7 @@ class SQLiteJournal:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
+        self._turn: list = []  # inbound records of the current reactor turn
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -89,6 +98,7 @@ class SQLiteJournal:
         if self._thread is None:
             done.callback(None)
             return done
+        self._flush_turn()
         self._queue.put(None)
         thread, self._thread = self._thread, None
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), thread.join)
@@ -96,6 +106,7 @@ class SQLiteJournal:
     def close_now(self) -> None:
         """Synchronous stop, for command-line tools and tests that own no reactor."""
         if self._thread is not None:
+            self._flush_turn()
             self._queue.put(None)
             self._thread.join()
             self._thread = None
@@ -106,33 +117,44 @@ class SQLiteJournal:
         """Run `operation` in the writer thread, inside the next group commit; fires once durable.
         `logged` operations are made durable by the segment log and need no SQLite fsync."""
         d = defer.Deferred()
+        self._flush_turn()  # keep the order of the calls
         self._queue.put((operation, d, logged))
         return d
 
     def append_inbound(self, record: InboundRecord) -> defer.Deferred:
-        return self.submit(lambda conn, store: self._store_inbound(conn, store, record), logged=True)
+        # The record itself is queued (not a closure): the writer stores runs of inbound records
+        # with one duplicate query and one executemany per table instead of per-message statements.
+        d = defer.Deferred()
+        item = (record, d, True)
+        if self.reactor.running and threadable.isInIOThread():
+            # Records of one reactor turn reach the writer together: it wakes once for them.
+            if not self._turn:
+                self.reactor.callLater(0, self._flush_turn)
+            self._turn.append(item)
+        else:
+            self._queue.put(item)
+        return d
+
+    def _flush_turn(self) -> None:
+        if self._turn:
+            turn, self._turn = self._turn, []
+            self._queue.put(turn)
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = "") -> defer.Deferred:
         row = (message_uid, time.time(), state, channel, detail, self.node)
         return self.submit(lambda conn, store: conn.execute(_INSERT_EVENT, row) and None)
 
-    def _store_inbound(self, conn, store: PayloadStore, r: InboundRecord) -> InboundRecord:
-        if r.dup_key and r.dup_window > 0:
-            self._mark_if_duplicate(conn, r)
-        meta = _meta(r)
-        segment, offset, crc = store.append(meta, r.raw)
-        self._index(conn, meta, len(r.raw), segment, offset, crc, r.ack)
-        return r
-
-    def _index(self, conn, meta: dict, size: int, segment: int, offset: int, crc: int, ack: bytes,
-               detail_prefix: str = "") -> None:
+    def _index_rows(self, meta: dict, size: int, segment: int, offset: int, crc: int, ack: bytes,
+                    detail_prefix: str = "") -> tuple[tuple, tuple]:
+        """The messages row and the events row of one logged record."""
         row = tuple(meta.get(k, "") for k in _META_FIELDS)
-        conn.execute(_INSERT_MESSAGE, row[:14] + (size, segment, offset, crc) + (
-            meta.get("dup_key") if meta["state"] != DUPLICATE else None, meta.get("duplicate_of"),
-            meta.get("ack_code", ""), ack, meta.get("reason", ""), self.node))
+        message = row + (size, segment, offset, crc,
+                         meta.get("dup_key") if meta["state"] != DUPLICATE else None, meta.get("duplicate_of"),
+                         meta.get("ack_code", ""), ack, meta.get("reason", ""), self.node)
         detail = f"duplicate of {meta['duplicate_of']}" if meta.get("duplicate_of") else meta.get("reason", "")
-        conn.execute(_INSERT_EVENT, (meta["uid"], meta["received_at"], meta["state"], meta["channel"],
-                                     detail_prefix + detail, self.node))
+        event = (meta["uid"], meta["received_at"], meta["state"], meta["channel"], detail_prefix + detail,
+                 self.node)
+        return message, event
 
     def recover(self) -> int:
         """Index the records of the segment log that the SQLite index lost in a crash."""
@@ -148,38 +170,112 @@ class SQLiteJournal:
             if conn.execute("SELECT 1 FROM messages WHERE uid=?", (meta["uid"],)).fetchone():
                 continue
             crc = store.read_crc(segment, offset)
-            self._index(conn, meta, len(raw), segment, offset, crc, meta.get("ack", "").encode("latin-1"),
-                        "recovered from the segment log; ")
+            message, event = self._index_rows(meta, len(raw), segment, offset, crc,
+                                              meta.get("ack", "").encode("latin-1"),
+                                              "recovered from the segment log; ")
+            conn.execute(_INSERT_MESSAGE, message)
+            conn.execute(_INSERT_EVENT, event)
             recovered += 1
         conn.execute("COMMIT")
         return recovered
 
-    @staticmethod
-    def _mark_if_duplicate(conn, r: InboundRecord) -> None:
-        row = conn.execute(
-            "SELECT uid, ack_code, ack FROM messages WHERE dup_key=? AND received_at>=? "
-            "ORDER BY id LIMIT 1",
-            (r.dup_key, r.received_at - r.dup_window),
-        ).fetchone()
-        if row:
-            r.state, r.duplicate_of, r.ack_code, r.ack = DUPLICATE, row[0], row[1], row[2]
+    def _mark_duplicates(self, conn, records: list[InboundRecord]) -> None:
+        """Mark the records whose dup_key is already journaled within its window: one query for
+        the whole run of records, plus the duplicates inside the run itself."""
+        keyed = [r for r in records if r.dup_key and r.dup_window > 0]
+        if not keyed:
+            return
+        keys = list({r.dup_key for r in keyed})
+        earlier: dict[str, list] = {}
+        for i in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+            chunk = keys[i:i + 500]
+            rows = conn.execute(
+                f"SELECT dup_key, received_at, uid, ack_code, ack FROM messages "
+                f"WHERE dup_key IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk).fetchall()
+            for key, received_at, uid, ack_code, ack in rows:
+                earlier.setdefault(key, []).append((received_at, uid, ack_code, ack))
+        for r in keyed:
+            oldest = r.received_at - r.dup_window
+            original = next((o for o in earlier.get(r.dup_key, ()) if o[0] >= oldest), None)
+            if original is not None:
+                _, r.duplicate_of, r.ack_code, r.ack = original
+                r.state = DUPLICATE
+            else:  # later records of this run with the same key are its duplicates
+                earlier.setdefault(r.dup_key, []).append((r.received_at, r.uid, r.ack_code, r.ack))
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < MAX_BATCH:
+    def _log_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> tuple[list, list]:
+        """Mark duplicates and append a run of inbound records to the segment log (not synced);
+        returns their messages rows and events rows."""
+        self._mark_duplicates(conn, records)
+        metas = [_meta(r) for r in records]
+        positions = store.append_many([(meta, r.raw) for meta, r in zip(metas, records)])
+        messages, events = [], []
+        for r, meta, (segment, offset, crc) in zip(records, metas, positions):
+            message, event = self._index_rows(meta, len(r.raw), segment, offset, crc, r.ack)
+            messages.append(message)
+            events.append(event)
+        return messages, events
+
+    def _index_inbound_run(self, conn, store, records: list[InboundRecord], messages: list, events: list) -> list:
+        """Insert the index rows of a logged run; returns one result per record.
+
+        One multi-row INSERT per table: every SQLite call releases and takes back the GIL, and
+        taking it back means waiting for the busy reactor thread, so few calls beat many."""
+        conn.execute("SAVEPOINT run")
+        try:
+            for start in range(0, len(messages), ROWS_PER_INSERT):
+                _insert_many(conn, _INSERT_MESSAGE, messages[start:start + ROWS_PER_INSERT])
+                _insert_many(conn, _INSERT_EVENT, events[start:start + ROWS_PER_INSERT])
+        except (sqlite3.IntegrityError, ValueError):
+            # Rare (a uid collision): redo row by row so that only the bad record fails.
+            conn.execute("ROLLBACK TO run")
+            conn.execute("RELEASE run")
+            return [self._run_one(conn, store, _insert_rows(m, e)) or r
+                    for r, m, e in zip(records, messages, events)]
+        conn.execute("RELEASE run")
+        return records
+
+    def _store_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> list:
+        messages, events = self._log_inbound_run(conn, store, records)
+        return self._index_inbound_run(conn, store, records, messages, events)
+
+    def _next_batch(self, expected: int) -> list | None:
+        """Block for the first item, then take whatever is queued. When the previous batch
+        answered several callers, wait a little for them to come back, so that closed-loop
+        senders share one fdatasync instead of splitting into small batches."""
+        item = self._queue.get()
+        if item is None:
+            return None
+        batch = item if isinstance(item, list) else [item]
+        deadline = time.perf_counter() + BATCH_WAIT if expected > 1 else 0.0
+        while len(batch) < MAX_BATCH:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if len(batch) >= expected or remaining <= 0:
+                    break
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=remaining)
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
+            if nxt is None:
+                self._queue.put(None)
+                break
+            if isinstance(nxt, list):
+                batch += nxt
+            else:
                 batch.append(nxt)
+        return batch
+
+    def _run(self) -> None:
+        expected = 1
+        while True:
+            batch = self._next_batch(expected)
+            if batch is None:
+                break
             self._commit(batch)
+            expected = len(batch)
         self.payloads.close()
         for conn in (self._writer, self._reader):
             if conn is not None:
@@ -193,14 +289,11 @@ class SQLiteJournal:
 
     def _commit(self, batch: list) -> None:
         conn, store = self._writer, self.payloads
-        results: list = []
         position = store.position()
         try:
             self._set_sync_mode(conn, batch)
             conn.execute("BEGIN IMMEDIATE")
-            for operation, _, _ in batch:
-                results.append(self._run_one(conn, store, operation))
-            store.sync()
+            results = self._run_batch(conn, store, batch)
             conn.execute("COMMIT")
         except Exception as exc:  # disk full, read-only, I/O error: every caller must hear it
             self._abort(conn, store, position)
@@ -208,6 +301,23 @@ class SQLiteJournal:
             failure = JournalError(f"journal write failed: {exc}")
             results = [failure] * len(batch)
         self.reactor.callFromThread(_resolve, [d for _, d, _ in batch], results)
+
+    def _run_batch(self, conn, store: PayloadStore, batch: list) -> list:
+        """Run the batch in order (consecutive inbound records together), then sync the log."""
+        results: list = []
+        run: list[InboundRecord] = []
+        for operation, _, _ in batch:
+            if isinstance(operation, InboundRecord):
+                run.append(operation)
+                continue
+            if run:  # keep the order of the batch: earlier records are indexed first
+                results += self._store_inbound_run(conn, store, run)
+                run = []
+            results.append(self._run_one(conn, store, operation))
+        if run:
+            results += self._store_inbound_run(conn, store, run)
+        store.sync()
+        return results
 
     @staticmethod
     def _run_one(conn, store, operation):
@@ -247,6 +357,20 @@ class SQLiteJournal:
 _META_FIELDS = ("uid", "received_at", "channel", "state", "sender", "facility", "receiver",
                 "receiver_facility", "control_id", "msg_type", "version", "profile", "patient_ids",
                 "charset")
+
+
+def _insert_many(conn, insert: str, rows: list[tuple]) -> None:
+    """`insert` (INSERT ... VALUES (?,...)) for all `rows` in one statement."""
+    head, values = insert.split("VALUES")
+    conn.execute(head + "VALUES" + ",".join([values.strip()] * len(rows)),
+                 [value for row in rows for value in row])
+
+
+def _insert_rows(message: tuple, event: tuple) -> Callable:
+    def insert(conn, store) -> None:
+        conn.execute(_INSERT_MESSAGE, message)
+        conn.execute(_INSERT_EVENT, event)
+    return insert
 
 
 def _meta(r: InboundRecord) -> dict:
