@@ -67,7 +67,10 @@ class Dispatcher:
                 if not batch:
                     break
                 plans = await threads.deferToThread(self._plan_all, batch)
-                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node))
+                # NORMAL sync is enough: a routing result lost in a power failure is recomputed from
+                # the message, which stays `received` until its plan is written (at-least-once).
+                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node),
+                                                    logged=True)
                 self._wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
             log.error("routing.dispatch_failed", error=str(exc))
