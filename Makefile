@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test conformance bench bench-mss bench-dmp check demo clean pki sim-dmp
+.PHONY: install run test conformance bench bench-route bench-flow bench-mss bench-dmp check demo clean pki sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,12 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
+
+bench-route: $(STAMP)
+	$(BIN)/python bench/route.py
+
+bench-flow: $(STAMP)
+	$(BIN)/python bench/flow.py
 
 bench-mss: $(STAMP)
 	$(BIN)/python bench/mss.py
