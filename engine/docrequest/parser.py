@@ -332,8 +332,11 @@ class _Reader:
             raise RequestError.app("DMP_NO_SENDER", "DESTDMP=Y needs the PRT SB sender (VIHF "
                                    "and submission-set author)", "PRT")
         if flags.destdmp and not request.patient.ins_qualified:
-            raise RequestError.app("DMP_INS_NOT_QUALIFIED", "DESTDMP=Y needs a qualified INS "
-                                   "(PID-3 INS with a valid key and PID-32 = VALI)", "PID^1^3")
+            # Not a reason to refuse the report (the RIS still needs it): the DMP gate blocks the
+            # publication later, records why, and answers a ZAM^Z01 failure when asked.
+            self.warn(HL7Error(code=207, location="PID^1^3", severity="W", app_code="DMP_INS_NOT_QUALIFIED",
+                               message="DESTDMP=Y needs a qualified INS (PID-3 INS with a valid key "
+                                       "and PID-32 = VALI): the DMP publication will be blocked"))
         if flags.destmssanteps and not any(r.address and not r.is_patient for r in request.recipients):
             raise RequestError.app("MSS_NO_RECIPIENT", "DESTMSSANTEPS=Y but no PRT RCT carries a "
                                    "professional MSSanté address (PRT-15.4)", "PRT")

@@ -199,9 +199,12 @@ def _no_dmp(sample):
     return sample.set("OBX", 5, "N^^expandedYes-NoIndicator", occurrence=sample.meta("DESTDMP"))
 
 
-def test_dmp_needs_a_qualified_ins(sample):
-    error = _error(sample.set("PID", 32, "PROV"))
-    assert (error.app_code, error.location) == ("DMP_INS_NOT_QUALIFIED", "PID^1^3")
+def test_dmp_with_an_unqualified_ins_is_a_warning_not_a_refusal(sample):
+    # The report is still accepted (the RIS needs it); the DMP gate blocks the publication later.
+    request = sample.set("PID", 32, "PROV").request()
+    assert request.flags.destdmp and not request.patient.ins_qualified
+    [warning] = [w for w in request.warnings if w.app_code == "DMP_INS_NOT_QUALIFIED"]
+    assert (warning.severity, warning.location) == ("W", "PID^1^3")
 
 
 def test_dmp_needs_a_sender(sample):

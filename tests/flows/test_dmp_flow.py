@@ -92,17 +92,16 @@ async def test_a_dmp_error_code_dead_letters_with_the_code_in_the_zam(tmp_path, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_unqualified_identity_never_reaches_the_dmp(tmp_path, simulator, pki, ans_corpus):
-    # DESTDMP=Y with PID-32 PROV: the document request itself is refused by `validate`, before the
-    # deliver step (so the DMP gate is never reached and no ZAM follow-up runs: see docs/dmp.md).
+async def test_an_unqualified_identity_is_blocked_at_the_dmp_gate_with_a_zam(tmp_path, simulator, pki, ans_corpus):
+    # DESTDMP=Y with PID-32 PROV: the request is valid (the report still matters to the RIS), the
+    # DMP gate blocks the publication before any HTTP call and the creator gets a ZAM^Z01 failure.
     flow = await start_flow(tmp_path, simulator, pki)
     try:
-        assert await send(flow, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1", status="PROV")) == "AA"
-        await until(lambda: any(s == "invalid" for s, _ in flow.states_of("PROV-1")), what="refusal recorded")
-        (reason,) = [d for s, d in flow.states_of("PROV-1") if s == "invalid"]
-        assert "qualified INS" in reason and "PID-32" in reason
-        assert simulator.requests_seen == 0 and flow.drimbox.received == [] and flow.creator_out.received == []
-        assert [s for s, _ in flow.states_of("PROV-1") if s in ("queued", "sent", "dead-letter")] == []
+        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1",
+                                                           status="PROV"), "PROV-1")
+        assert zam["error"] == "INS_NOT_QUALIFIED" and simulator.requests_seen == 0
+        (reason,) = [d for s, d in flow.states_of("PROV-1") if s == "dead-letter"]
+        assert "INS_NOT_QUALIFIED" in reason
     finally:
         await flow.close()
 
