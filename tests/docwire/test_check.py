@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
+import pytest_twisted
+
+from engine.config.load import load_config
+from engine.docrequest import check
 from engine.docrequest.check import (
     RequestAckError, ack_code_for, check_document_message, describe, is_document_message,
     to_ack_error,
 )
 from engine.docrequest.errors import HL7Error, app_error
+from engine.errors import ConfigurationError
 from engine.hl7.scan import scan
+from engine.service import policy_for
 from tests.docwire.corpus import GOOD, INS_MISMATCH, V20_ORU
-from tests.support import sample_adt
+from tests.support import inbound, sample_adt, write_config
 
 
 def test_app_error_keeps_err5_msa_code_and_escapes_the_label():
@@ -59,3 +66,25 @@ def test_unparsable_message_is_a_coded_error_not_an_exception():
     [error] = check_document_message(b"MSH|^~\\&|A|B|C|D|||ORU^R01|1|P|2.5|||||FRA|UNICODE UTF-8|||"
                                      b"2.1^CISIS_CDA_HL7_V2\rPID|\xff\xfe")
     assert (error.code, error.location) == (100, "MSH^1") and "offset" in error.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_checker_defect_in_the_thread_becomes_ae_199(monkeypatch):
+    def broken(raw, charset=None):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(check, "check_document_message", broken)
+    errors = await check.DocumentRequestGate().check_in_thread(b"MSH|^~\\&|")
+    assert [(e.code, e.message) for e in errors] == [(199, "document request could not be checked (KeyError)")]
+    assert ack_code_for(errors) == "AE"
+
+
+def test_ack_mode_setting_is_validated(tmp_path):
+    write_config(tmp_path / "good", {"docs": inbound(ack_mode="document-request"), "plain": inbound()})
+    config = load_config(tmp_path / "good")
+    policies = {s.name: policy_for(s) for s in config.channels_of_type("mllp-in")}
+    assert isinstance(policies["docs"].document_check, check.DocumentRequestGate)
+    assert policies["plain"].document_check is None
+    write_config(tmp_path / "bad", {"docs": inbound(ack_mode="full")})
+    with pytest.raises(ConfigurationError, match="ack_mode"):
+        load_config(tmp_path / "bad")
