@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test conformance bench bench-route bench-flow bench-mss bench-dmp check demo clean pki sim-dmp
+.PHONY: install run test conformance bench bench-route bench-flow bench-mss bench-dmp bench-docwire check demo clean pki sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,3 +59,6 @@ sim-dmp: $(STAMP)
 
 bench-dmp: $(STAMP)
 	$(BIN)/python bench/dmp.py
+
+bench-docwire: $(STAMP)
+	$(BIN)/python bench/document_check.py

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from twisted.internet import defer
@@ -35,6 +35,8 @@ class IntakePolicy:
     codec: str = "utf-8"
     duplicate_window: float = 7 * 24 * 3600.0
     local_app: str = "PFI"
+    # ack_mode `document-request`: an engine.docrequest.check.DocumentRequestGate; None = receipt.
+    document_check: object | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +67,8 @@ class Intake:
 
     def receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
         """Journal `raw` and fire with the ACK bytes to send back."""
+        if policy.document_check is not None:
+            return defer.Deferred.fromCoroutine(self._receive_document(policy, raw))
         started = time.perf_counter()
         now = self.clock.seconds()
         record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw)
@@ -83,6 +87,49 @@ class Intake:
         # One callback pair per message: log, count and hand back the ACK.
         d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
                        errbackArgs=(record, header, policy, now, started))
+        return d
+
+    async def _receive_document(self, policy: IntakePolicy, raw: bytes) -> bytes:
+        """ack_mode document-request: check the request off the reactor thread before answering.
+
+        Messages the gate does not apply to take the receipt path; all wait for the earlier
+        messages of the channel (FIFO lock), so the journal keeps the arrival order.
+        """
+        gate, plain = policy.document_check, replace(policy, document_check=None)
+        try:
+            header = scan(raw, policy.codec)
+        except ParseError:
+            header = None
+        checked = header is not None and judge(policy, header).code == "AA" and gate.applies(header)
+        if not checked and not gate.busy:
+            return await self.receive(plain, raw)
+        started = time.perf_counter()
+        lock = gate.ordered()
+        await lock.acquire()
+        try:
+            errors = await gate.check_in_thread(raw) if checked else []
+            code = gate.ack_code(errors)
+            if code == "AA":
+                stored = self.receive(plain, raw)
+            else:
+                refused = gate.blocking(errors)
+                stored = self._reject_document(plain, raw, header, code, refused, gate.describe(refused),
+                                               started)
+        finally:
+            lock.release()
+        return await stored
+
+    def _reject_document(self, policy: IntakePolicy, raw: bytes, header, code: str, errors,
+                         reason: str, started: float):
+        """Journal a message whose document request failed its checks (state rejected) and NACK."""
+        now = self.clock.seconds()
+        record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
+                               state=REJECTED, reason=reason, ack_code=code)
+        _index(record, header, policy, accepted=False)
+        record.ack = self._ack(header, Verdict(code, tuple(errors), reason), now, policy)
+        d = self.journal.append_inbound(record)
+        d.addCallbacks(self._stored, self._not_stored, errbackArgs=(record, header, policy, now))
+        d.addCallback(self._observe, policy, started)
         return d
 
     def _ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:

@@ -52,6 +52,7 @@ class ListenerService(service.Service):
 
 
 def policy_for(settings: MllpInSettings) -> IntakePolicy:
+    """The intake policy of an mllp-in channel (with its document-request gate when opted in)."""
     return IntakePolicy(
         channel=settings.name,
         versions=tuple(settings.accept.versions),
@@ -59,6 +60,7 @@ def policy_for(settings: MllpInSettings) -> IntakePolicy:
         codec=normalize_codec(settings.charset),
         duplicate_window=settings.duplicate_window,
         local_app=settings.local_app,
+        document_check=_document_gate(settings),
     )
 
 
@@ -82,6 +84,14 @@ class NotifyingIntake:
     def _notified(self, ack):
         self._notify()
         return ack
+
+
+def _document_gate(settings: MllpInSettings):
+    if settings.ack_mode != "document-request":
+        return None
+    from engine.docrequest.check import DocumentRequestGate
+
+    return DocumentRequestGate(charset=normalize_codec(settings.charset))
 
 
 class Engine(service.MultiService):

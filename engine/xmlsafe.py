@@ -3,6 +3,10 @@
 No DTD loading, no entity expansion, no network, bounded size; lxml's `huge_tree` stays off so
 that its own depth and text-node limits apply. Every XML parse of external input goes through
 `parse_untrusted`.
+
+The byte search for `<!DOCTYPE` / `<!ENTITY` is a fast first filter only: a document in UTF-16,
+UTF-32 or EBCDIC hides those bytes. The parsed tree is therefore checked too: any DTD (internal
+subset or external id) or non-empty doctype is refused, whatever the encoding.
 """
 
 from __future__ import annotations
@@ -37,8 +41,18 @@ def parse_untrusted(data: bytes, max_bytes: int = MAX_XML_BYTES) -> etree._Eleme
         tree = etree.ElementTree(etree.fromstring(data, _parser()))
     except etree.XMLSyntaxError as exc:
         raise ValidationError(f"XML not well-formed: {exc}") from exc
+    _refuse_dtd(tree)
     _check_depth(tree.getroot())
     return tree
+
+
+def _refuse_dtd(tree: etree._ElementTree) -> None:
+    """Refuse a tree whose prolog declared a DTD (the bytes may not have shown it: UTF-16...)."""
+    info = tree.docinfo
+    if info.internalDTD is not None or info.externalDTD is not None or info.doctype \
+            or info.public_id or info.system_url:
+        raise ValidationError(f"XML document declares a DTD or entities ({info.encoding or 'unknown'} "
+                              "encoding), which are refused")
 
 
 def _check_depth(root) -> None:

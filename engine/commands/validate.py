@@ -1,5 +1,8 @@
 """`pfi validate FILE... [--kit DIR]`: validate CDA R2 documents and print a readable report.
 
+An HL7 v2 file (ORU/MDM document request) is parsed into its document request, checked against its
+CDA(s) (check_consistency), and each embedded CDA is validated like a CDA file.
+
 Exit codes: 0 every file valid, 1 at least one invalid or rejected file, 2 usage/configuration
 problem (kit missing, unreadable file, unsupported input).
 """
@@ -20,7 +23,7 @@ def register(subparsers) -> None:
     """Add the `validate` sub-command."""
     parser = subparsers.add_parser("validate", help="validate CDA R2 documents (XSD + Schematron)",
                                    description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", metavar="FILE", help="CDA XML file (HL7 messages: not yet)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="CDA XML file, or HL7 v2 ORU/MDM message carrying CDA(s)")
     parser.add_argument("--kit", type=Path, default=None,
                         help=f"ANS TestContenuCDA 3.0 directory (default: ${KIT_ENV} or {DEFAULT_KIT})")
     parser.add_argument("--value-sets", type=Path, action="append", default=None, metavar="DIR",
@@ -68,28 +71,104 @@ def run(args) -> int:
 
 def validate_file(path: Path, kit, args) -> int:
     """Validate one file and print its report; returns its exit code."""
-    from engine.cda import validate_cda
-    from engine.errors import ConfigurationError, ValidationError
-
     try:
         data = path.read_bytes()
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror}")
         return EXIT_USAGE
     if is_hl7_message(data):
-        print(f"{path}: HL7 v2 message: validating the CDA it carries is not yet supported by `pfi validate` "
-              "(extract the CDA, or wait for the document-request wiring)")
-        return EXIT_USAGE
+        return validate_message(path, data, kit, args)
+    return validate_document(str(path), data, kit, args)
+
+
+def validate_document(label: str, data: bytes, kit, args) -> int:
+    """Validate one CDA (a file or an embedded document) and print its report; its exit code."""
+    from engine.cda import validate_cda
+    from engine.errors import ConfigurationError, ValidationError
+
     try:
         report = validate_cda(data, kit, args.profile)
     except ValidationError as exc:
-        print(f"{path}: REJECTED: {exc}")
+        print(f"{label}: REJECTED: {exc}")
         return EXIT_INVALID
     except ConfigurationError as exc:
-        print(f"{path}: configuration error: {exc}")
+        print(f"{label}: configuration error: {exc}")
         return EXIT_USAGE
-    print_report(path, report, show_warnings=args.warnings)
+    print_report(label, report, show_warnings=args.warnings)
     return EXIT_VALID if report.valid else EXIT_INVALID
+
+
+def validate_message(path: Path, data: bytes, kit, args) -> int:
+    """HL7 document request: summary, request/consistency errors, then each embedded CDA's report."""
+    from engine.docrequest import RequestError, check_consistency, parse_document_request
+    from engine.errors import ParseError
+    from engine.hl7.message import Message
+
+    try:
+        request = parse_document_request(Message.parse(data))
+    except ParseError as exc:
+        print(f"{path}: REJECTED: not a parsable HL7 v2 message: {exc}")
+        return EXIT_INVALID
+    except RequestError as exc:
+        print(error_line(exc.error))
+        print(f"{path}: REJECTED (request refused: ERR-3 {exc.error.code}, MSA {exc.error.ack_code})")
+        return EXIT_INVALID
+    for line in request_summary(path, request):
+        print(line)
+    problems = list(request.warnings) + check_consistency(request)
+    errors = [p for p in problems if p.severity in ("E", "F")]
+    for problem in problems:
+        if problem in errors or args.warnings:
+            print(error_line(problem))
+    codes = [validate_document(f"{path} {d.location}", d.content, kit, args) for d in request.documents]
+    code = max(codes + [EXIT_INVALID if errors else EXIT_VALID])
+    verdict = {EXIT_VALID: "VALID", EXIT_INVALID: "INVALID"}.get(code, "NOT CHECKED")
+    print(f"{path}: {verdict} (request {len(errors)} error{'s' * (len(errors) != 1)}; "
+          f"{len(codes)} document{'s' * (len(codes) != 1)}, {codes.count(EXIT_VALID)} valid)")
+    return code
+
+
+def error_line(error) -> str:
+    """`ERR-3 code at location: message` (warnings prefixed), ERR-5 application code in brackets."""
+    prefix = "" if error.severity in ("E", "F") else "warning: "
+    app = f" [{error.app_code}]" if error.app_code else ""
+    return f"{prefix}request: ERR-3 {error.code}{app} at {error.location or '-'}: {error.message}"
+
+
+def request_summary(path: Path, request) -> list[str]:
+    """Action, the twelve MetaDMPMSS rows and the patient identity with identifiers masked."""
+    from engine.docrequest.model import BODY_CODES, FLAG_CODES
+
+    h, flags = request.header, request.flags
+    yn = {None: "-", True: "Y", False: "N"}
+    rows = [f"{code}={yn[flags.value(code)]}" for code in FLAG_CODES]
+    rows += [f"{code}={'-' if flags.value(code) is None else 'present'}" for code in BODY_CODES]
+    return [
+        f"{path}: {h.message_code}^{h.trigger} {h.profile} control id {h.control_id}: "
+        f"{request.action.value} ({request.volet.value})",
+        f"  flags: {' '.join(rows)}",
+        f"  patient: {patient_line(request.patient)}",
+        f"  documents: {', '.join(f'{d.location} {d.type.code}' for d in request.documents)}",
+    ]
+
+
+def patient_line(patient) -> str:
+    """Identifiers masked to their last 4 characters; never names or birth date (patient data)."""
+    parts = []
+    if patient.ins is not None:
+        key = "key ok" if patient.ins.key_valid else "KEY WRONG"
+        parts.append(f"INS {patient.ins.kind.value} {mask(patient.ins.value)} ({key}, "
+                     f"{'qualified' if patient.ins_qualified else 'not qualified'})")
+    if patient.ipp is not None:
+        parts.append(f"IPP {mask(patient.ipp.value)}")
+    parts.append(f"identity status {patient.identity_status or '-'}")
+    return ", ".join(parts)
+
+
+def mask(value: str) -> str:
+    """`***********8989`: only the last 4 characters (none for short values) stay readable."""
+    shown = value[-4:] if len(value) > 6 else ""
+    return "*" * (len(value) - len(shown)) + shown
 
 
 def is_hl7_message(data: bytes) -> bool:
@@ -97,7 +176,7 @@ def is_hl7_message(data: bytes) -> bool:
     return data.lstrip(b"\xef\xbb\xbf\x0b \t\r\n")[:3] in (b"MSH", b"FHS", b"BHS")
 
 
-def print_report(path: Path, report, show_warnings: bool = False) -> None:
+def print_report(path, report, show_warnings: bool = False) -> None:
     """One line per issue (`source: id at location: message`), then the verdict line."""
     from engine.cda import Severity
 
@@ -110,7 +189,7 @@ def print_report(path: Path, report, show_warnings: bool = False) -> None:
     print(verdict_line(path, report))
 
 
-def verdict_line(path: Path, report) -> str:
+def verdict_line(path, report) -> str:
     """`FILE: VALID|INVALID (xsd 0 errors; structMin 0 errors, 1 warning; …) in N ms`."""
     parts = []
     for profile in report.profiles:

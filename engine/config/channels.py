@@ -81,6 +81,12 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
     local_app: str = Field(default="PFI", description="MSH-3 of our ACKs when MSH-5 was empty")
     accept: AcceptSettings = AcceptSettings()
     tls: TlsSettings | None = None
+    ack_mode: Literal["receipt", "document-request"] = Field(
+        default="receipt",
+        description="`receipt`: AA once stored, document checks happen later in routing; "
+        "`document-request`: CI-SIS ORU/MDM (MSH-21 CISIS_CDA_HL7_V*) are parsed and checked "
+        "against their CDA before the ACK (AE + ERR when they fail; costs ms per message)",
+    )
 
 
 class RetrySettings(BaseModel):

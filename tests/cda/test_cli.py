@@ -35,12 +35,11 @@ def test_valid_file_exits_zero_and_warnings_are_optional(capsys, kit3, schematro
     assert code == 0 and lines[0].startswith("warning: PFI-DMP-prechecks: PFI-030 at /*:ClinicalDocument[1]: ")
 
 
-def test_hl7_message_is_not_yet_supported(capsys, kit3, cda_kit, schematron_cache):
+def test_hl7_message_is_validated_through_its_request(capsys, kit3, cda_kit, schematron_cache):
+    # Was "not yet supported"; the document-request wiring (tests/docwire) now validates the CDA inside.
     message = next(cda_kit.glob("hl7V2-exemples/**/message_MDM_CR_Radio_INIT_N1_Base64.er7"))
     code, lines = run(capsys, message, "--kit", kit3, "--cache-dir", schematron_cache)
-    assert code == 2 and lines == [f"{message}: HL7 v2 message: validating the CDA it carries is not yet "
-                                   "supported by `pfi validate` (extract the CDA, or wait for the "
-                                   "document-request wiring)"]
+    assert code == 1 and lines[-1] == f"{message}: INVALID (request 0 errors; 1 document, 0 valid)"
 
 
 def test_hostile_and_unreadable_files(capsys, kit3, schematron_cache, tmp_path: Path):
