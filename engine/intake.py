@@ -128,8 +128,8 @@ class Intake:
         _index(record, header, policy, accepted=False)
         record.ack = self._ack(header, Verdict(code, tuple(errors), reason), now, policy)
         d = self.journal.append_inbound(record)
-        d.addCallbacks(self._stored, self._not_stored, errbackArgs=(record, header, policy, now))
-        d.addCallback(self._observe, policy, started)
+        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
+                       errbackArgs=(record, header, policy, now, started))
         return d
 
     def _ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:

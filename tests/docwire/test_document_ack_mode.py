@@ -7,7 +7,7 @@ import pytest_twisted
 
 from engine.journal.reader import JournalReader
 from tests.docwire.corpus import GOOD, INS_MISMATCH, V20_MDM, V20_ORU, with_control_id
-from tests.support import client_for, exchange, inbound, sample_adt, start_engine, write_config
+from tests.support import intake_events, client_for, exchange, inbound, sample_adt, start_engine, write_config
 
 
 @pytest_twisted.async_yield_fixture
@@ -26,7 +26,7 @@ def journal(engine) -> JournalReader:
 
 
 def events_by_control_id(engine) -> dict:
-    return {e.control_id: e for e in journal(engine).events_after(0)}
+    return {e.control_id: e for e in intake_events(journal(engine))}
 
 
 @pytest_twisted.ensureDeferred
@@ -104,7 +104,7 @@ async def test_pipelined_messages_keep_their_order_in_acks_and_journal(engine):
     client.close()
     codes = [a.split(b"MSA|")[1].split(b"\r")[0].decode() for a in acks]
     assert codes == ["AA|P-1", "AA|P-2", "AE|P-3", "AA|P-4", "AA|P-5"]
-    events = journal(engine).events_after(0)
+    events = intake_events(journal(engine))
     assert [(e.control_id, e.state) for e in events] == [
         ("P-1", "received"), ("P-2", "received"), ("P-3", "rejected"), ("P-4", "received"),
         ("P-5", "received")]
