@@ -87,7 +87,7 @@ def write_config(workdir: Path, destinations: int) -> Path:
     for i in range(destinations):
         names.append(f"dest{i}")
         (cfg / "channels" / f"dest{i}.yaml").write_text(
-            f"type: mllp-out\nhost: 127.0.0.1\nport: {SINK_PORTS[i]}\nqueue_key: PID-3.1\n")
+            f"type: mllp-out\nhost: 127.0.0.1\nport: {SINK_PORTS[i]}\nqueue_key: PID-3.1\nparallel_keys: 4\n")
     routes = (f"routes:\n  - name: bench\n    match: {{channel: in}}\n    steps:\n"
               f"      - deliver: {{to: [{', '.join(names)}]}}\n") if destinations else "routes: []\n"
     (cfg / "routes.yaml").write_text(routes)

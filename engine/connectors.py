@@ -68,17 +68,23 @@ class DmpChannel(ChannelSettings):
 
 
 class MllpDestination:
+    """`parallel_keys` connections; a FIFO key always uses the same one (see lane_of)."""
+
     def __init__(self, reactor, settings):
         from engine.mllp.sender import MLLPSender
 
-        self.sender = MLLPSender(reactor, settings)
+        self.senders = [MLLPSender(reactor, settings) for _ in range(settings.parallel_keys)]
+        self.lanes = len(self.senders)
 
     async def deliver(self, payload: bytes, delivery) -> Outcome:
-        outcome = await self.sender.send(payload)
+        from engine.routing.dispatcher import lane_of
+
+        outcome = await self.senders[lane_of(delivery.fifo_key, self.lanes)].send(payload)
         return Outcome(outcome.action, outcome.reason)
 
     async def close(self) -> None:
-        await self.sender.close()
+        for sender in self.senders:
+            await sender.close()
 
 
 class DmpDeliveryConnector:

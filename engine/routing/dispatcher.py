@@ -196,6 +196,18 @@ class DestinationWorker:
             await self._sleep_until_due()
 
     async def _attempt_batch(self, claimed: list) -> None:
+        """Split the batch into the connector's lanes (a key always maps to the same lane, so
+        FIFO per key holds) and send the lanes concurrently."""
+        lanes = max(int(getattr(self.connector, "lanes", 1)), 1)
+        if lanes == 1:
+            await self._attempt_lane(claimed)
+            return
+        parts: list[list] = [[] for _ in range(lanes)]
+        for item in claimed:
+            parts[lane_of(item[0].fifo_key, lanes)].append(item)
+        await defer.DeferredList([defer.Deferred.fromCoroutine(self._attempt_lane(p)) for p in parts if p])
+
+    async def _attempt_lane(self, claimed: list) -> None:
         """Send in order; successes are recorded together, failures at once. After a retry of one
         key, that key's later deliveries go back unattempted (FIFO per key)."""
         failed_keys: set[str] = set()
@@ -259,6 +271,13 @@ class DestinationWorker:
         delay = 1.0 if due is None else min(max(due - clock.seconds(), 0.0), 1.0)
         if not self._stopped and not self._running:
             self._timer = clock.callLater(delay, self.wake)
+
+
+def lane_of(key: str, lanes: int) -> int:
+    """The lane (connection) a FIFO key always uses."""
+    import zlib
+
+    return zlib.crc32(key.encode("utf-8", "replace")) % lanes
 
 
 def _claim_with_payloads(conn, store: PayloadStore, destination: str, now: float, node: str) -> list:

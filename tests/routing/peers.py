@@ -17,6 +17,7 @@ class RecordingPeer(protocol.ServerFactory):
         self.port = None
 
     def buildProtocol(self, addr):
+        self.connections = getattr(self, "connections", 0) + 1
         p = _PeerProtocol()
         p.factory = self
         return p

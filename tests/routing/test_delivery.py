@@ -150,3 +150,27 @@ async def test_destination_down_holds_queue_then_drains_in_order(tmp_path):
         client.close()
         await engine.stopService()
         await dest.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_parallel_keys_use_several_connections_and_keep_order_per_key(tmp_path):
+    dest = RecordingPeer()
+    pd = await dest.listen()
+    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest", "key": "PID-3.1"}}]}]
+    engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd, parallel_keys=4)}, routes)
+    client = await client_for(engine, "in")
+    try:
+        sent = []
+        for i in range(10):
+            for key in ("KA", "KB", "KC", "KD", "KE", "KF"):
+                sent.append(f"{key}-{i}")
+                await exchange(client, sample_adt(f"{key}-{i}").replace("IPP001", key).encode())
+        await until(lambda: len(dest.received) == len(sent), what="all delivered")
+        got = dest.control_ids()
+        for key in ("KA", "KB", "KC", "KD", "KE", "KF"):
+            assert [c for c in got if c.startswith(key)] == [f"{key}-{i}" for i in range(10)]
+        assert dest.connections > 1
+    finally:
+        client.close()
+        await engine.stopService()
+        await dest.close()
