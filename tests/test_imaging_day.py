@@ -14,8 +14,15 @@ from engine.demo import DELAY, run_demo
 async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
     for var in ("PFI_DMP_URL", "PFI_DMP_CERT", "PFI_DMP_KEY", "PFI_DMP_CA", "PFI_DMP_DELAY"):
         monkeypatch.delenv(var, raising=False)
+    import os
+
+    saved = dict(os.environ)
     lines: list[str] = []
-    result = await run_demo(tmp_path, restart_midway=True, say=lines.append)
+    try:
+        result = await run_demo(tmp_path, restart_midway=True, say=lines.append)
+    finally:  # the demo moves ports and the DMP endpoint through the environment
+        os.environ.clear()
+        os.environ.update(saved)
     ris, platform, drimbox = (result.peers[n] for n in ("RIS", "TLR-A", "DRIMBOX"))
 
     # Orders reach the platform, its answer reaches the RIS.
