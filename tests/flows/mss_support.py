@@ -14,6 +14,7 @@ from engine.hl7.scan import scan
 from engine.mllp.framing import Frame, MLLPDecoder, frame
 from engine.mss.sim import MailOperator, imap_factory, smtp_factory
 from engine.mss.tls import server_tls
+from tests.mss.mss_helpers import dsn_for  # noqa: F401  (re-exported for the flow tests)
 
 APP_MAILBOX = "pfi@hopital-y.mssante.fr"
 APP_PASSWORD = "secret-app"
@@ -129,40 +130,3 @@ def ack_902(ctrl: str) -> str:
     return (f"MSH|^~\\&|DPI|CHU_X|PFI|CHU_X|202310030831||ACK^T02^ACK|12347|P|2.6|||AL|AL|FRA|8859/15\r"
             f"MSA|AE|{ctrl}\rERR||PID^1^3|207^Application error^messageErrorCondition|E|"
             f"902^Identifiant de patient inconnu^applicationErrorCode\r")
-
-
-def dsn_for(original_id: str, failed: str, delivered: str) -> bytes:
-    """The operator's RFC 3464 report: `failed` got a 550, `delivered` got the mail."""
-    return f"""From: MAILER-DAEMON@operateur.mssante.fr
-To: {APP_MAILBOX}
-Subject: Delivery Status Notification
-Message-ID: <dsn-1@operateur.mssante.fr>
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
-
---b1
-Content-Type: text/plain
-
-Delivery to {failed} failed.
---b1
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; operateur.mssante.fr
-
-Final-Recipient: rfc822; {failed}
-Action: failed
-Status: 5.1.1
-Diagnostic-Code: smtp; 550 5.1.1 User unknown
-
-Final-Recipient: rfc822; {delivered}
-Action: delivered
-Status: 2.0.0
-
---b1
-Content-Type: text/rfc822-headers
-
-Message-ID: {original_id}
-Subject: XDM/1.0/DDM+CR
-
---b1--
-""".replace("\n", "\r\n").encode()

@@ -108,3 +108,40 @@ def submission_metadata(patient_ins: str = "279035121518989",
  </rim:RegistryObjectList>
 </lcm:SubmitObjectsRequest>
 """.encode()
+
+
+def dsn_for(original_id: str, failed: str, delivered: str, mailbox: str = APP_MAILBOX) -> bytes:
+    """The operator's RFC 3464 report: `failed` got a 550, `delivered` got the mail."""
+    return f"""From: MAILER-DAEMON@operateur.mssante.fr
+To: {mailbox}
+Subject: Delivery Status Notification
+Message-ID: <dsn-{abs(hash(original_id))}@operateur.mssante.fr>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
+
+--b1
+Content-Type: text/plain
+
+Delivery to {failed} failed.
+--b1
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; operateur.mssante.fr
+
+Final-Recipient: rfc822; {failed}
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 User unknown
+
+Final-Recipient: rfc822; {delivered}
+Action: delivered
+Status: 2.0.0
+
+--b1
+Content-Type: text/rfc822-headers
+
+Message-ID: {original_id}
+Subject: XDM/1.0/DDM+CR
+
+--b1--
+""".replace("\n", "\r\n").encode()

@@ -18,7 +18,7 @@ from engine.mss.models import MssDocumentRequest, MssFlags, PatientIdentity, Rec
 from engine.mss.outbound import DMP_INVISIBLE_NOTICE, MssSender, plan_mails, send_document
 from engine.mss.store import MssStore
 from engine.mss.xdm import read_xdm
-from mss_helpers import APP_MAILBOX, channel_settings, start_operator, submission_metadata
+from mss_helpers import APP_MAILBOX, channel_settings, dsn_for, start_operator, submission_metadata
 
 PS = "adam.hoda@test-ci-sis.mssante.fr"
 ORG = "radiologie@hopitalA.mssante.fr"
@@ -161,42 +161,6 @@ def test_flag_matrix_is_enforced_when_configured(pki, operator, tmp_path):
     with pytest.raises(ValidationError):
         plan_mails(request(b"<x/>", dest_mssante_pat=False), settings, metadata)
     assert len(plan_mails(request(b"<x/>"), settings, metadata).mails) == 2
-
-
-def dsn_for(original_id: str, failed: str, delivered: str) -> bytes:
-    return f"""From: MAILER-DAEMON@operateur.mssante.fr
-To: {APP_MAILBOX}
-Subject: Delivery Status Notification
-Message-ID: <dsn-{abs(hash(original_id))}@operateur.mssante.fr>
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
-
---b1
-Content-Type: text/plain
-
-Delivery to {failed} failed.
---b1
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; operateur.mssante.fr
-
-Final-Recipient: rfc822; {failed}
-Action: failed
-Status: 5.1.1
-Diagnostic-Code: smtp; 550 5.1.1 User unknown
-
-Final-Recipient: rfc822; {delivered}
-Action: delivered
-Status: 2.0.0
-
---b1
-Content-Type: text/rfc822-headers
-
-Message-ID: {original_id}
-Subject: XDM/1.0/DDM+CR
-
---b1--
-""".replace("\n", "\r\n").encode()
 
 
 @pytest_twisted.ensureDeferred
