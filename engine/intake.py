@@ -61,6 +61,7 @@ class Intake:
     journal: object
     metrics: object
     clock: object
+    on_accepted: object = None  # called after an accepted message is stored (wakes the dispatcher)
     _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
     _channels: dict = field(default_factory=dict)
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
@@ -153,6 +154,8 @@ class Intake:
         else:
             log.info("message.received", message_id=record.uid, channel=record.channel,
                      control_id=record.control_id, type=record.msg_type)
+            if self.on_accepted is not None:
+                self.on_accepted()
         self._observe(record, policy, started)
         return record.ack
 

@@ -64,28 +64,6 @@ def policy_for(settings: MllpInSettings) -> IntakePolicy:
     )
 
 
-class NotifyingIntake:
-    """Intake that tells the dispatcher new work is journaled (it also polls, for replays)."""
-
-    def __init__(self, intake: Intake, notify):
-        self._intake, self._notify = intake, notify
-        self.metrics = intake.metrics
-        self.journal = intake.journal
-        self.clock = intake.clock
-
-    def receive(self, policy, raw):
-        d = self._intake.receive(policy, raw)
-        d.addCallback(self._notified)
-        return d
-
-    def _ack(self, *args):
-        return self._intake._ack(*args)
-
-    def _notified(self, ack):
-        self._notify()
-        return ack
-
-
 def _document_gate(settings: MllpInSettings):
     if settings.ack_mode != "document-request":
         return None
@@ -107,7 +85,7 @@ class Engine(service.MultiService):
         self.journal = SQLiteJournal(self.data_dir / "journal", reactor, node=self.node)
         self.dispatcher = self._build_dispatcher(connectors)
         self._add_mail_pollers()
-        self.intake = NotifyingIntake(Intake(self.journal, self.metrics, self.clock), self.dispatcher.kick)
+        self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
         for settings in config.channels_of_type("mllp-in"):
             self._add_listener(settings)
