@@ -4,13 +4,12 @@ accepting first, in-flight commits finish, then the journal closes."""
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
 import structlog
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
 from engine.config.channels import MllpInSettings
@@ -156,11 +155,10 @@ class Engine(service.MultiService):
         self.metrics_listener = ListenerService("metrics", endpoint, Site(root))
         self.metrics_listener.setServiceParent(self)
 
-    def _measure_journal(self) -> None:
-        total = 0
-        for dirpath, _, files in os.walk(self.journal.data_dir):
-            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
-        self.metrics.journal_bytes.set(total)
+    def _measure_journal(self):
+        d = threads.deferToThread(self.journal.size_bytes)
+        d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
+        return d
 
     def port_of(self, channel: str) -> int:
         return self.listeners[channel].port.getHost().port

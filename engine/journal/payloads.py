@@ -119,6 +119,11 @@ class PayloadStore:
         meta, raw, _ = self._read_at(segment, offset)
         return meta, raw
 
+    def message_raw(self, conn, uid: str) -> bytes:
+        """The raw bytes of journaled message `uid`, located through the SQLite index `conn`."""
+        segment, offset = conn.execute("SELECT segment, offset FROM messages WHERE uid=?", (uid,)).fetchone()
+        return self.read(segment, offset)[1]
+
     def _read_at(self, segment: int, offset: int) -> tuple[dict, bytes, int]:
         fd = self._reader(segment)
         head = os.pread(fd, _HEADER.size, offset)

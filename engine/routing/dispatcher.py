@@ -5,11 +5,11 @@ deliveries, one at a time per destination, in FIFO order per key."""
 from __future__ import annotations
 
 import random
+import time
 
 import structlog
 from twisted.internet import defer, threads
 
-from engine.journal.payloads import PayloadStore
 from engine.routing import queue
 from engine.routing.context import MessageContext
 from engine.routing.plan import Environment, NewDelivery, Plan, plan_message, run_steps
@@ -63,7 +63,7 @@ class Dispatcher:
         self._busy = True
         try:
             while self._running:
-                batch = await self.journal.submit(_claim_received, logged=True)
+                batch = await self.journal.claim_received(BATCH)
                 if not batch:
                     break
                 plans = await threads.deferToThread(self._plan_all, batch)
@@ -132,16 +132,6 @@ async def _real_tick() -> None:
     await d
 
 
-def _claim_received(conn, store: PayloadStore):
-    rows = conn.execute("SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received'"
-                        " ORDER BY id LIMIT ?", (BATCH,)).fetchall()
-    batch = []
-    for uid, channel, received_at, segment, offset in rows:
-        _, raw = store.read(segment, offset)
-        batch.append((uid, channel, received_at, raw))
-    return batch
-
-
 def _apply_all(conn, plans: list[Plan], node: str) -> list[str]:
     touched = []
     for plan in plans:
@@ -183,8 +173,9 @@ class DestinationWorker:
         journal, clock, node = self.dispatcher.journal, self.dispatcher.clock, self.dispatcher.node
         try:
             while not self._stopped:
-                claimed = await journal.submit(lambda c, s: _claim_with_payloads(c, s, self.name, clock.seconds(), node),
-                                               logged=True)
+                lease_until = time.time() + journal.lease  # wall clock: other nodes read it
+                claimed = await journal.submit(
+                    lambda c, s: _claim_with_payloads(c, s, self.name, clock.seconds(), node, lease_until), logged=True)
                 if not claimed:
                     break
                 await self._attempt_batch(claimed)
@@ -280,13 +271,9 @@ def lane_of(key: str, lanes: int) -> int:
     return zlib.crc32(key.encode("utf-8", "replace")) % lanes
 
 
-def _claim_with_payloads(conn, store: PayloadStore, destination: str, now: float, node: str) -> list:
+def _claim_with_payloads(conn, store, destination: str, now: float, node: str, lease_until: float) -> list:
     claimed = []
-    for delivery in queue.claim_batch(conn, destination, now, node):
-        if delivery.payload is not None:
-            claimed.append((delivery, delivery.payload))
-            continue
-        segment, offset = conn.execute("SELECT segment, offset FROM messages WHERE uid=?",
-                                       (delivery.message_uid,)).fetchone()
-        claimed.append((delivery, store.read(segment, offset)[1]))
+    for delivery in queue.claim_batch(conn, destination, now, node, lease_until=lease_until):
+        payload = delivery.payload if delivery.payload is not None else store.message_raw(conn, delivery.message_uid)
+        claimed.append((delivery, payload))
     return claimed

@@ -4,6 +4,11 @@ A delivery row is one message for one destination. FIFO holds per (destination, 
 delivery is not sent while an older one of the same key is still pending, so a replace never
 overtakes its original, while other keys proceed. `not_before` defers a send; a pending send can be
 cancelled (operator, or a newer version / delete of the same document inside the delay window).
+
+The SQL runs on SQLite and on PostgreSQL (through engine/journal/postgres.py's connection, which
+takes the same `?` placeholders). State changes that may race with another node are conditional
+UPDATEs (`... AND state='pending' RETURNING`), and a claim locks its rows (`FOR UPDATE SKIP
+LOCKED` on PostgreSQL, where `conn.lock_rows` says so), so one delivery is sent by one node.
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ def apply_plan(conn, plan: Plan, node: str, now: float | None = None) -> list[st
     """Write a routing result; returns the destinations that got new work."""
     now = time.time() if now is None else now
     if plan.state is not None:  # follow-up plans leave the message state alone
-        conn.execute("UPDATE messages SET state=? WHERE uid=?", (plan.state, plan.message_uid))
+        # Only from `received`: a plan computed twice (a replaced dispatcher) is written once.
+        if not conn.execute("UPDATE messages SET state=? WHERE uid=? AND state='received'",
+                            (plan.state, plan.message_uid)).rowcount:
+            return []
     for state, detail in plan.events:
         _event(conn, plan.message_uid, state, "", detail, node, now)
     touched = []
@@ -60,14 +68,15 @@ def _queue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
         action = "initial"  # the original never left: this version is the first the destination gets
     if "initial" in cancelled and action == "delete":
         state, detail = CANCELLED, "nothing to delete: the initial send was cancelled before it left"
-    cur = conn.execute(
+    delivery_id = conn.execute(
         "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
-        " payload, created_at, not_before, next_attempt, updated_at, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " payload, created_at, not_before, next_attempt, updated_at, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        " RETURNING id",
         (uid, new.route, new.step, new.destination, new.fifo_key, new.doc_id, action, state, new.payload,
-         now, new.not_before, new.not_before, now, node))
+         now, new.not_before, new.not_before, now, node)).fetchall()[0][0]
     when = f" not before {_fmt(new.not_before)}" if new.not_before > now else ""
     _event(conn, uid, "queued" if state == PENDING else "cancelled", new.destination,
-           detail or f"delivery {cur.lastrowid} ({action or 'message'}){when}", node, now)
+           detail or f"delivery {delivery_id} ({action or 'message'}){when}", node, now)
 
 
 def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) -> list[str]:
@@ -77,38 +86,27 @@ def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) 
         return []
     # Only a pending *initial* send is superseded: a pending replace must still go out before a
     # later replace or delete, or the destination would be asked to act on a version it never got.
+    # Conditional: a send another node claimed meanwhile is no longer pending and stays.
     rows = conn.execute(
-        "SELECT id, message_uid, action FROM deliveries WHERE destination=? AND doc_id=? AND state=?"
-        " AND attempts=0 AND action='initial'", (new.destination, target, PENDING)).fetchall()
+        "UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE destination=? AND doc_id=?"
+        " AND state=? AND attempts=0 AND action='initial' RETURNING id, message_uid, action",
+        (CANCELLED, f"superseded by {new.action} in message {uid}", now, new.destination, target,
+         PENDING)).fetchall()
     for delivery_id, old_uid, _ in rows:
-        conn.execute("UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE id=?",
-                     (CANCELLED, f"superseded by {new.action} in message {uid}", now, delivery_id))
         _event(conn, old_uid, "cancelled", new.destination,
                f"delivery {delivery_id} cancelled: superseded by {new.action} in message {uid}", node, now)
     return [action for _, _, action in rows]
 
 
-def claim_next(conn, destination: str, now: float, node: str, lease: float = 300.0) -> Delivery | None:
-    """The oldest due delivery whose key has no older pending one; marked `sending`."""
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM deliveries d WHERE d.destination=? AND d.state=? AND d.next_attempt<=?"
-        " AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.destination=d.destination"
-        " AND e.fifo_key=d.fifo_key AND e.state IN (?, ?) AND e.id<d.id)"
-        " ORDER BY d.id LIMIT 1", (destination, PENDING, now, PENDING, SENDING)).fetchone()
-    if row is None:
-        return None
-    conn.execute("UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id=?",
-                 (SENDING, node, now + lease, now, row[0]))
-    return Delivery(*row)
-
-
 def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
-                lease: float = 300.0) -> list[Delivery]:
+                lease_until: float | None = None) -> list[Delivery]:
     """Up to `limit` due deliveries in send order. A key enters the batch only if nothing older of
     that key is waiting; then its later due deliveries may follow it in the same batch."""
+    # Rows locked by another node's claim in progress are skipped; their keys are then found
+    # "older and waiting" below, so FIFO per key holds across nodes.
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM deliveries WHERE destination=? AND state=? AND next_attempt<=?"
-        " ORDER BY id LIMIT ?", (destination, PENDING, now, limit * 4)).fetchall()
+        f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}", (destination, PENDING, now, limit * 4)).fetchall()
     batch, open_keys, blocked = [], set(), set()
     for row in rows:
         delivery = Delivery(*row)
@@ -126,8 +124,9 @@ def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
         batch.append(delivery)
         if len(batch) >= limit:
             break
+    lease_until = now + 300.0 if lease_until is None else lease_until
     conn.executemany("UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id=?",
-                     [(SENDING, node, now + lease, now, d.id) for d in batch])
+                     [(SENDING, node, lease_until, now, d.id) for d in batch])
     return batch
 
 
@@ -173,12 +172,10 @@ def reset_in_flight(conn, node: str) -> int:
 
 def cancel(conn, ident: str, reason: str, node: str, now: float) -> int:
     """Cancel pending deliveries by delivery id or message id."""
-    column = "id" if ident.isdigit() else "message_uid"
-    rows = conn.execute(f"SELECT id, message_uid, destination FROM deliveries WHERE {column}=? AND state=?",
-                        (ident, PENDING)).fetchall()
+    column, key = ("id", int(ident)) if ident.isdigit() else ("message_uid", ident)
+    rows = conn.execute(f"UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE {column}=? AND state=?"
+                        " RETURNING id, message_uid, destination", (CANCELLED, reason, now, key, PENDING)).fetchall()
     for delivery_id, uid, destination in rows:
-        conn.execute("UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE id=?",
-                     (CANCELLED, reason, now, delivery_id))
         _event(conn, uid, "cancelled", destination, f"delivery {delivery_id} cancelled: {reason}", node, now)
     return len(rows)
 
@@ -194,8 +191,9 @@ def requeue_message(conn, uid: str, node: str, now: float) -> bool:
 def queue_summary(read) -> list[tuple]:
     """(destination, pending, oldest created_at, next attempt, sending, dead) per destination."""
     return read(
-        "SELECT destination, sum(state='pending'), min(CASE WHEN state='pending' THEN created_at END),"
-        " min(CASE WHEN state='pending' THEN next_attempt END), sum(state='sending'), sum(state='dead')"
+        "SELECT destination, sum(CASE WHEN state='pending' THEN 1 ELSE 0 END),"
+        " min(CASE WHEN state='pending' THEN created_at END), min(CASE WHEN state='pending' THEN next_attempt END),"
+        " sum(CASE WHEN state='sending' THEN 1 ELSE 0 END), sum(CASE WHEN state='dead' THEN 1 ELSE 0 END)"
         " FROM deliveries GROUP BY destination ORDER BY destination")
 
 

@@ -1,0 +1,195 @@
+"""The group-commit writer shared by the journal implementations.
+
+All writes go through one writer thread that commits in groups: whatever arrived while the
+previous commit was being made durable is written in the next one, so throughput grows with
+concurrency while every caller is answered only after its own data is durable. Inbound records
+of one reactor turn are queued together; the writer waits up to BATCH_WAIT for the callers it
+has just answered (closed-loop senders) so that they share the next sync. See docs/journal.md.
+
+A subclass says how a batch becomes durable (`_commit`), how a run of inbound records is stored
+(`_store_inbound_run`) and how one operation is isolated from the others of its batch (`_run_one`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+from twisted.internet import defer, threads
+from twisted.python import threadable
+
+from engine.journal.base import DUPLICATE, InboundRecord
+
+MAX_BATCH = 1024
+# How long the writer waits for the callers it just answered before committing a smaller batch.
+BATCH_WAIT = 0.0002
+_INSERT_EVENT = "INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)"
+
+
+class GroupCommitWriter:
+    """Owns the writer thread, the queue of pending writes and the answers to their callers."""
+
+    def __init__(self, reactor, node: str):
+        self.reactor = reactor
+        self.node = node
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._turn: list = []  # inbound records of the current reactor turn
+
+    # -- to implement ----------------------------------------------------------------------
+    def _commit(self, batch: list) -> None:
+        """Run `batch` in one durable transaction and answer its callers (`_answer`)."""
+        raise NotImplementedError
+
+    def _store_inbound_run(self, conn, store, records: list[InboundRecord]) -> list:
+        raise NotImplementedError
+
+    def _run_one(self, conn, store, operation):
+        raise NotImplementedError
+
+    def _close_resources(self) -> None:
+        """Called in the writer thread after the last batch."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _start_writer(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> defer.Deferred:
+        """Finish what is queued, then close; fires when the writer thread has exited."""
+        if self._thread is None:
+            return defer.succeed(None)
+        self._flush_turn()
+        self._queue.put(None)
+        thread, self._thread = self._thread, None
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), thread.join)
+
+    def close_now(self) -> None:
+        """Synchronous stop, for command-line tools and tests that own no reactor."""
+        if self._thread is not None:
+            self._flush_turn()
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    # -- writes ----------------------------------------------------------------------------
+    def submit(self, operation: Callable, logged: bool = False) -> defer.Deferred:
+        """Run `operation(conn, store)` in the writer thread, inside the next group commit; fires
+        once durable. `logged` operations may be lost in a crash without harm (the state they
+        write is recomputed or the work redone), so they need no sync of their own."""
+        d = defer.Deferred()
+        self._flush_turn()  # keep the order of the calls
+        self._queue.put((operation, d, logged))
+        return d
+
+    def append_inbound(self, record: InboundRecord) -> defer.Deferred:
+        # The record itself is queued (not a closure): the writer stores runs of inbound records
+        # with one duplicate query and one multi-row insert per table instead of per-message ones.
+        d = defer.Deferred()
+        item = (record, d, True)
+        if self.reactor.running and threadable.isInIOThread():
+            # Records of one reactor turn reach the writer together: it wakes once for them.
+            if not self._turn:
+                self.reactor.callLater(0, self._flush_turn)
+            self._turn.append(item)
+        else:
+            self._queue.put(item)
+        return d
+
+    def _flush_turn(self) -> None:
+        if self._turn:
+            turn, self._turn = self._turn, []
+            self._queue.put(turn)
+
+    def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = "") -> defer.Deferred:
+        row = (message_uid, time.time(), state, channel, detail, self.node)
+        return self.submit(lambda conn, store: conn.execute(_INSERT_EVENT, row) and None)
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _next_batch(self, expected: int) -> list | None:
+        """Block for the first item, then take whatever is queued. When the previous batch
+        answered several callers, wait a little for them to come back, so that closed-loop
+        senders share one sync instead of splitting into small batches."""
+        item = self._queue.get()
+        if item is None:
+            return None
+        batch = item if isinstance(item, list) else [item]
+        deadline = time.perf_counter() + BATCH_WAIT if expected > 1 else 0.0
+        while len(batch) < MAX_BATCH:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if len(batch) >= expected or remaining <= 0:
+                    break
+                try:
+                    nxt = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if nxt is None:
+                self._queue.put(None)
+                break
+            if isinstance(nxt, list):
+                batch += nxt
+            else:
+                batch.append(nxt)
+        return batch
+
+    def _run(self) -> None:
+        expected = 1
+        while True:
+            batch = self._next_batch(expected)
+            if batch is None:
+                break
+            self._commit(batch)
+            expected = len(batch)
+        self._close_resources()
+
+    def _run_batch(self, conn, store, batch: list) -> list:
+        """Run the batch in order, consecutive inbound records together; one result per item."""
+        results: list = []
+        run: list[InboundRecord] = []
+        for operation, _, _ in batch:
+            if isinstance(operation, InboundRecord):
+                run.append(operation)
+                continue
+            if run:  # keep the order of the batch: earlier records are stored first
+                results += self._store_inbound_run(conn, store, run)
+                run = []
+            results.append(self._run_one(conn, store, operation))
+        if run:
+            results += self._store_inbound_run(conn, store, run)
+        return results
+
+    def _answer(self, batch: list, results: list) -> None:
+        self.reactor.callFromThread(_resolve, [d for _, d, _ in batch], results)
+
+
+def _resolve(deferreds: list, results: list) -> None:
+    for d, result in zip(deferreds, results):
+        if isinstance(result, Exception):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+
+def mark_duplicates(records: list[InboundRecord], earlier: Callable[[list[str]], list[tuple]]) -> None:
+    """Mark the records whose dup_key is already journaled within its window, with one lookup
+    (`earlier(keys)` -> rows of (dup_key, received_at, uid, ack_code, ack) in journal order) for
+    the whole run, plus the duplicates inside the run itself (they point to its first record)."""
+    keyed = [r for r in records if r.dup_key and r.dup_window > 0]
+    if not keyed:
+        return
+    journaled: dict[str, list] = {}
+    for key, received_at, uid, ack_code, ack in earlier(list({r.dup_key for r in keyed})):
+        journaled.setdefault(key, []).append((received_at, uid, ack_code, bytes(ack or b"")))
+    for r in keyed:
+        oldest = r.received_at - r.dup_window
+        original = next((o for o in journaled.get(r.dup_key, ()) if o[0] >= oldest), None)
+        if original is not None:
+            _, r.duplicate_of, r.ack_code, r.ack = original
+            r.state = DUPLICATE
+        else:  # later records of this run with the same key are its duplicates
+            journaled.setdefault(r.dup_key, []).append((r.received_at, r.uid, r.ack_code, r.ack))

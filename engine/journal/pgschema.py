@@ -1,0 +1,135 @@
+"""Numbered schema migrations of the PostgreSQL journal (`pfi db upgrade` applies them).
+
+Unlike the embedded SQLite journal, several nodes share this schema: a node never upgrades it on
+its own and refuses to start on any version other than the one it was built for, saying why.
+Payloads live in their own table, stored uncompressed out of line (STORAGE EXTERNAL): a report is
+written once, and state updates of `messages` rows do not copy it.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE messages (
+            id BIGSERIAL PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            received_at DOUBLE PRECISION NOT NULL,
+            channel TEXT NOT NULL,
+            state TEXT NOT NULL,
+            sender TEXT, facility TEXT, receiver TEXT, receiver_facility TEXT,
+            control_id TEXT, msg_type TEXT, version TEXT, profile TEXT,
+            patient_ids TEXT, charset TEXT,
+            size INTEGER NOT NULL,
+            dup_key TEXT, duplicate_of TEXT,
+            ack_code TEXT, ack BYTEA, reason TEXT, node TEXT
+        );
+        CREATE INDEX messages_dup ON messages(dup_key, received_at) WHERE dup_key IS NOT NULL;
+        CREATE INDEX messages_received ON messages(received_at);
+        CREATE INDEX messages_to_route ON messages(id) WHERE state = 'received';
+        CREATE TABLE payloads (
+            uid TEXT PRIMARY KEY,
+            raw BYTEA NOT NULL
+        );
+        ALTER TABLE payloads ALTER COLUMN raw SET STORAGE EXTERNAL;
+        CREATE TABLE events (
+            id BIGSERIAL PRIMARY KEY,
+            message_uid TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            state TEXT NOT NULL,
+            channel TEXT,
+            detail TEXT,
+            node TEXT
+        );
+        CREATE INDEX events_message ON events(message_uid);
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE deliveries (
+            id BIGSERIAL PRIMARY KEY,
+            message_uid TEXT NOT NULL,
+            route TEXT NOT NULL,
+            step TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            fifo_key TEXT NOT NULL DEFAULT '',
+            doc_id TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL,
+            payload BYTEA,
+            created_at DOUBLE PRECISION NOT NULL,
+            not_before DOUBLE PRECISION NOT NULL,
+            next_attempt DOUBLE PRECISION NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            updated_at DOUBLE PRECISION NOT NULL,
+            node TEXT,
+            lease_until DOUBLE PRECISION
+        );
+        -- Open work only: finished deliveries (the vast majority) stay out of the claim indexes.
+        CREATE INDEX deliveries_open ON deliveries(destination, id) WHERE state IN ('pending', 'sending');
+        CREATE INDEX deliveries_open_key ON deliveries(destination, fifo_key, id)
+            WHERE state IN ('pending', 'sending');
+        CREATE INDEX deliveries_sending ON deliveries(node) WHERE state = 'sending';
+        CREATE INDEX deliveries_doc ON deliveries(doc_id) WHERE doc_id <> '';
+        CREATE INDEX deliveries_message ON deliveries(message_uid);
+        CREATE TABLE nodes (
+            name TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            heartbeat_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]
+# pg_advisory_xact_lock key taken by `upgrade`, so that two nodes upgrading at once take turns.
+_UPGRADE_LOCK = 7310
+
+
+def current_version(conn) -> int:
+    """The schema version of the database behind `conn` (a psycopg connection); 0 when empty."""
+    exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return 0
+    return conn.execute("SELECT COALESCE(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+def check(conn) -> int:
+    """Refuse a schema this engine was not built for, with what to do about it."""
+    from engine.journal.schema import UnknownSchema
+
+    version = current_version(conn)
+    if version > LATEST:
+        raise UnknownSchema(f"PostgreSQL journal schema is version {version}, newer than this engine knows "
+                            f"({LATEST}): upgrade the engine on this node")
+    if version < LATEST:
+        raise UnknownSchema(f"PostgreSQL journal schema is version {version}, this engine needs {LATEST}: "
+                            "run `pfi db upgrade` once (it is safe while older nodes are stopped)")
+    return version
+
+
+def upgrade(conn, target: int = LATEST) -> list[int]:
+    """Apply the missing migrations up to `target` in one transaction (all or none); returns them."""
+    from engine.journal.schema import UnknownSchema
+
+    applied = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_UPGRADE_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+                     " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        version = current_version(conn)
+        if version > LATEST:
+            raise UnknownSchema(f"PostgreSQL journal schema is version {version}, newer than this engine "
+                                f"knows ({LATEST})")
+        for number, sql in MIGRATIONS:
+            if version < number <= target:
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+                applied.append(number)
+    return applied
