@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.sim",
     "engine.commands.mss",
     "engine.commands.patient",
+    "engine.commands.db",
 )
 
 

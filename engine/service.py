@@ -16,7 +16,7 @@ from engine.config.channels import MllpInSettings
 from engine.config.load import Config
 from engine.hl7.charset import normalize_codec
 from engine.intake import Intake, IntakePolicy
-from engine.journal.sqlite import SQLiteJournal
+from engine.journal import open_journal
 from engine.metrics import EngineMetrics
 from engine.mllp.server import MLLPServerFactory
 from engine.routing.dispatcher import Dispatcher
@@ -81,8 +81,11 @@ class Engine(service.MultiService):
         self.data_dir = Path(data_dir)
         self.node = config.engine.node or socket.gethostname()
         self.metrics = EngineMetrics()
-        self.journal = SQLiteJournal(self.data_dir / "journal", reactor, node=self.node)
+        self.journal = open_journal(config.engine, self.data_dir, reactor, self.node)
         self.dispatcher = self._build_dispatcher(connectors)
+        # A shared journal tells this node about work other nodes queued (no-op on SQLite).
+        self.journal.on_received = self.dispatcher.kick
+        self.journal.on_queued = lambda destination: self.dispatcher._wake([destination])
         self._add_mail_pollers()
         self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}

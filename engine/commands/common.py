@@ -22,3 +22,46 @@ def load_or_report(config_dir: Path):
 
 def data_dir_for(args, config) -> Path:
     return args.data or (args.config / config.engine.data_dir)
+
+
+def add_journal_options(p) -> None:
+    """--config, --data and --journal, shared by the commands that read or change the journal."""
+    p.add_argument("--config", type=Path, default=Path("."), help="configuration directory")
+    p.add_argument("--data", type=Path, default=None, help="data directory (journal, caches)")
+    p.add_argument("--journal", default=None,
+                   help="journal to use instead of the configuration's (`sqlite` or a postgresql:// URL)")
+
+
+def load_with_overrides(args):
+    """The configuration with the command line's --journal / --node applied (None if invalid)."""
+    config = load_or_report(args.config)
+    if config is not None:
+        if getattr(args, "journal", None):
+            config.engine.journal = args.journal
+        if getattr(args, "node", None):
+            config.engine.node = args.node
+    return config
+
+
+def open_journal_connection(args, config):
+    """A write connection to the journal for operator commands (SQLite file or PostgreSQL);
+    None, with the reason printed, when there is no journal yet."""
+    from engine.journal.postgres import is_postgres_url
+
+    if is_postgres_url(config.engine.journal):
+        from engine.journal import pgschema
+        from engine.journal.postgres import connect
+
+        conn = connect(config.engine.journal)
+        pgschema.check(conn.raw)
+        return conn
+    from engine.journal import schema
+    from engine.journal.sqlite import connect
+
+    path = data_dir_for(args, config) / "journal" / "journal.sqlite"
+    if not path.exists():
+        print("journal is empty (no message received yet)")
+        return None
+    conn = connect(path)
+    schema.upgrade(conn)
+    return conn

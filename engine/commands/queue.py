@@ -1,13 +1,12 @@
 """Operator commands on the outbound queues: `pfi queue`, `pfi cancel ID`, `pfi replay ID|--filter`.
 
-They work on the journal files while the engine runs (SQLite WAL allows it); the engine's
-workers poll their queues, so changes take effect within a second.
+They work on the journal while the engine runs (SQLite WAL allows it; PostgreSQL is shared by
+every node); the engine's workers poll their queues, so changes take effect within a second.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 
 def register(sub) -> None:
@@ -29,25 +28,16 @@ def register(sub) -> None:
 
 
 def _common(p) -> None:
-    p.add_argument("--config", type=Path, default=Path("."))
-    p.add_argument("--data", type=Path, default=None)
+    from engine.commands.common import add_journal_options
+
+    add_journal_options(p)
 
 
 def _journal_conn(args):
-    from engine.commands.common import data_dir_for, load_or_report
-    from engine.journal import schema
-    from engine.journal.sqlite import connect
+    from engine.commands.common import load_with_overrides, open_journal_connection
 
-    config = load_or_report(args.config)
-    if config is None:
-        return None
-    path = data_dir_for(args, config) / "journal" / "journal.sqlite"
-    if not path.exists():
-        print("journal is empty (no message received yet)")
-        return None
-    conn = connect(path)
-    schema.upgrade(conn)
-    return conn
+    config = load_with_overrides(args)
+    return None if config is None else open_journal_connection(args, config)
 
 
 def show_queues(args) -> int:

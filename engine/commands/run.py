@@ -12,6 +12,8 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="start the engine")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration directory")
     p.add_argument("--data", type=Path, default=None, help="data directory (journal, caches)")
+    p.add_argument("--journal", default=None, help="`sqlite` or a postgresql:// URL (overrides pfi.yaml)")
+    p.add_argument("--node", default=None, help="this node's name in a shared journal (default: hostname)")
     p.set_defaults(handler=run)
 
 
@@ -19,11 +21,11 @@ def run(args) -> int:
     import structlog
     from twisted.internet import reactor
 
-    from engine.commands.common import load_or_report
+    from engine.commands.common import load_with_overrides
     from engine.log import configure_logging
     from engine.service import Engine
 
-    config = load_or_report(args.config)
+    config = load_with_overrides(args)
     if config is None:
         return 2
     configure_logging(config.engine.log_level, reactor=reactor)

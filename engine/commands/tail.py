@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 
 def register(sub) -> None:
+    from engine.commands.common import add_journal_options
+
     p = sub.add_parser("tail", help="show the message log")
-    p.add_argument("--config", type=Path, default=Path("."))
-    p.add_argument("--data", type=Path, default=None)
+    add_journal_options(p)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--channel")
     p.add_argument("--type", dest="msg_type", help="e.g. ORU^R01")
@@ -19,13 +19,13 @@ def register(sub) -> None:
 
 
 def tail(args) -> int:
-    from engine.commands.common import data_dir_for, load_or_report
-    from engine.journal.reader import JournalReader
+    from engine.commands.common import load_with_overrides
+    from engine.journal.reader import open_reader
 
-    config = load_or_report(args.config)
+    config = load_with_overrides(args)
     if config is None:
         return 2
-    reader = JournalReader(data_dir_for(args, config) / "journal")
+    reader = open_reader(args, config)
     if not reader.exists():
         print("journal is empty (no message received yet)")
         return 0
@@ -48,6 +48,6 @@ def format_event(event, phi_reader=None) -> str:
     patient = "patient=***" if event.patient_ids else ""
     if phi_reader is not None and event.patient_ids:
         patient = f"patient={phi_reader.patient_label(event.message_uid)}"
-    parts = [stamp, event.message_uid, event.channel or "-", event.msg_type or "-",
+    parts = [stamp, f"@{event.node}" if event.node else "", event.message_uid, event.channel or "-", event.msg_type or "-",
              f"ctrl={event.control_id or '-'}", event.state, patient, event.detail or ""]
     return "  ".join(p for p in parts if p)

@@ -17,5 +17,9 @@ class EngineSettings(BaseModel):
     data_dir: str = Field(default="var", description="Journal and caches, relative to the config dir")
     journal: str = Field(default="sqlite", description="`sqlite` or a postgresql:// URL")
     node: str = Field(default="", description="Node name in the journal and metrics (default: hostname)")
+    lease_seconds: float = Field(default=15.0, gt=0, description="How long a node's sends in flight stay "
+                                 "its own without a heartbeat (PostgreSQL journal) before another node takes them")
+    retention_days: float = Field(default=0.0, ge=0, description="Purge finished messages older than this "
+                                  "(0: keep everything)")
     log_level: str = "info"
     metrics: MetricsSettings = MetricsSettings()

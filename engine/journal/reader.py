@@ -9,7 +9,20 @@ from engine.journal.payloads import PayloadStore
 from engine.journal.sqlite import connect, events_after, load_message
 
 
-class JournalReader:
+class _PatientLabels:
+    def patient_label(self, uid: str) -> str:
+        """First PID-3 identifier and PID-5 name, read from the stored message (operator asked)."""
+        message = self.load_message(uid)
+        if message is None:
+            return "?"
+        header = scan(message.raw)
+        enc = header.encoding_chars
+        first_id = header.patient_ids.split(enc[1])[0].split(enc[0])[0]
+        name = " ".join(p for p in header.patient_name.split(enc[1])[0].split(enc[0])[:2] if p)
+        return f"{first_id} {name}".strip()
+
+
+class JournalReader(_PatientLabels):
     def __init__(self, journal_dir: Path):
         self.dir = Path(journal_dir)
         self._conn = None
@@ -37,13 +50,49 @@ class JournalReader:
     def load_message(self, uid: str):
         return load_message(self._read, self._store(), uid)
 
-    def patient_label(self, uid: str) -> str:
-        """First PID-3 identifier and PID-5 name, read from the stored message (operator asked)."""
-        message = self.load_message(uid)
-        if message is None:
-            return "?"
-        header = scan(message.raw)
-        enc = header.encoding_chars
-        first_id = header.patient_ids.split(enc[1])[0].split(enc[0])[0]
-        name = " ".join(p for p in header.patient_name.split(enc[1])[0].split(enc[0])[:2] if p)
-        return f"{first_id} {name}".strip()
+
+class PgJournalReader(_PatientLabels):
+    """Reads the shared PostgreSQL journal. Event ids come from a sequence, and nodes commit in
+    any order: an id may become visible after a higher one. So each read looks back LOOKBACK ids
+    behind the last one returned and skips the events already returned."""
+
+    LOOKBACK = 2000
+
+    def __init__(self, url: str):
+        from engine.journal.postgres import connect
+
+        self._conn = connect(url)
+        self._seen: set[int] = set()
+
+    def exists(self) -> bool:
+        return True
+
+    def _read(self, sql: str, args=()) -> list:
+        return self._conn.execute(sql, args).fetchall()
+
+    def last_event_id(self) -> int:
+        return self._read("SELECT COALESCE(max(id), 0) FROM events")[0][0]
+
+    def events_after(self, last_id: int, limit: int = 500, channel=None, msg_type=None):
+        floor = max(last_id - self.LOOKBACK, 0) if self._seen else last_id
+        fresh = [e for e in events_after(self._read, floor, limit + len(self._seen), channel, msg_type)
+                 if e.id > last_id or (e.id > floor and e.id not in self._seen)]
+        self._seen.update(e.id for e in fresh)
+        newest = max(self._seen, default=0)
+        self._seen = {i for i in self._seen if i > newest - self.LOOKBACK}
+        return fresh[:limit]
+
+    def load_message(self, uid: str):
+        from engine.journal.postgres import load_message as load
+
+        return load(self._read, uid)
+
+
+def open_reader(args, config):
+    """The reader of the configured journal (SQLite directory or PostgreSQL URL)."""
+    from engine.commands.common import data_dir_for
+    from engine.journal.postgres import is_postgres_url
+
+    if is_postgres_url(config.engine.journal):
+        return PgJournalReader(config.engine.journal)
+    return JournalReader(data_dir_for(args, config) / "journal")

@@ -136,6 +136,9 @@ def _apply_all(conn, plans: list[Plan], node: str) -> list[str]:
     touched = []
     for plan in plans:
         touched += queue.apply_plan(conn, plan, node)
+    notify = getattr(conn, "notify_queued", None)  # a shared journal: wake the other nodes too
+    if notify is not None and touched:
+        notify(touched)
     return touched
 
 

@@ -1,0 +1,403 @@
+"""The shared journal: several engine nodes on one PostgreSQL database. See docs/cluster.md.
+
+Writes go through the same group-commit writer as the SQLite journal, on one connection per
+node: a batch of inbound messages (row, payload, event) commits with synchronous_commit=on
+before any of its ACKs leaves; claims and recorded successes commit with it off (a crash loses
+at most work that is redone, like SQLite's NORMAL mode). Beside the writer each node keeps:
+
+* a *session* connection holding two advisory locks: its node name (two live nodes may not share
+  one) and, on one node at a time, the *dispatch* lock. The dispatcher plans every node's messages
+  in journal order, so a replace never overtakes its original wherever each arrived; when the
+  leader dies its session ends, the lock is free, another node takes over within a second.
+  Each second it also renews the leases of the node's sends in flight and hands back to the queue
+  the sends of nodes that stopped renewing (a crashed node), and purges expired rows (retention).
+* a *listener* connection (LISTEN): a new message wakes the leader, new deliveries wake every
+  node's workers, instead of polling.
+* a small pool for reads (tail, follow-ups, replay).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import psycopg
+import structlog
+from psycopg_pool import ConnectionPool
+from twisted.internet import defer, task, threads
+
+from engine.errors import JournalError
+from engine.journal import pgschema
+from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
+from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
+
+log = structlog.get_logger(__name__)
+
+DURABILITY = ("PostgreSQL: inbound batch committed with synchronous_commit=on (WAL flushed) before ACK; "
+              "claims and successes synchronous_commit=off")
+_LOCK_SPACE_NODE, _LOCK_SPACE_DUP, _LOCK_DISPATCH = 7311, 7312, (7313, 0)
+TICK = 1.0            # heartbeat: leases, leadership, node liveness
+PURGE_BATCH = 500     # rows per retention transaction: short, never blocks intake for long
+PURGE_EVERY = 60      # ticks between retention runs
+_NOTIFY_RECEIVED, _NOTIFY_QUEUED = "pfi_received", "pfi_queued"
+
+_INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sender, facility, receiver,
+    receiver_facility, control_id, msg_type, version, profile, patient_ids, charset, size, dup_key,
+    duplicate_of, ack_code, ack, reason, node) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"""
+_INSERT_PAYLOAD = "INSERT INTO payloads (uid, raw) VALUES (%s, %s)"
+_INSERT_EVENT = "INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (%s,%s,%s,%s,%s,%s)"
+
+
+def is_postgres_url(value: str) -> bool:
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+class PgConnection:
+    """A psycopg connection that takes the engine's portable SQL (`?` placeholders, as SQLite)."""
+
+    lock_rows = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, raw: psycopg.Connection):
+        self.raw = raw
+        self.touched: set[str] = set()  # destinations given new work in the current transaction
+
+    def execute(self, sql: str, params=()):
+        if params:
+            return self.raw.execute(_pg_sql(sql), params)
+        return self.raw.execute(sql.replace("BEGIN IMMEDIATE", "BEGIN"))
+
+    def executemany(self, sql: str, rows):
+        cur = self.raw.cursor()
+        cur.executemany(_pg_sql(sql), list(rows))
+        return cur
+
+    def notify_queued(self, destinations) -> None:
+        """Wake every node's worker of these destinations when the transaction commits."""
+        for name in set(destinations):
+            self.raw.execute("SELECT pg_notify(%s, %s)", (_NOTIFY_QUEUED, name))
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+_SQL_CACHE: dict[str, str] = {}
+
+
+def _pg_sql(sql: str) -> str:
+    converted = _SQL_CACHE.get(sql)
+    if converted is None:
+        converted = _SQL_CACHE[sql] = sql.replace("%", "%%").replace("?", "%s")
+    return converted
+
+
+def connect(url: str) -> PgConnection:
+    return PgConnection(psycopg.connect(url, autocommit=True))
+
+
+class PgPayloads:
+    """What journal operations get as `store` on PostgreSQL: payloads are rows."""
+
+    @staticmethod
+    def message_raw(conn, uid: str) -> bytes:
+        return conn.execute("SELECT raw FROM payloads WHERE uid=?", (uid,)).fetchall()[0][0]
+
+
+class PostgresJournal(GroupCommitWriter):
+    durability = DURABILITY
+
+    def __init__(self, url: str, reactor=None, node: str = "", lease: float = 15.0,
+                 retention_days: float = 0.0):
+        from twisted.internet import reactor as default_reactor
+
+        super().__init__(reactor or default_reactor, node or socket.gethostname())
+        self.url = url
+        self.lease = lease
+        self.retention_days = retention_days
+        self.store = PgPayloads()
+        self.is_leader = False
+        self.on_received = lambda: None           # set by the engine: wake the dispatcher
+        self.on_queued = lambda destination: None  # set by the engine: wake a destination worker
+        self._conn: PgConnection | None = None
+        self._session: PgConnection | None = None
+        self._pool: ConnectionPool | None = None
+        self._listening = False
+        self._listener: threading.Thread | None = None
+        self._ticks = 0
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._heartbeat.clock = self.reactor
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._conn = connect(self.url)
+        pgschema.check(self._conn.raw)
+        self._session = connect(self.url)
+        self._claim_node_name()
+        self._pool = ConnectionPool(self.url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True)
+        self._start_writer()
+        self._start_listener()
+        self._heartbeat.start(TICK, now=False)
+        self._try_lead()
+
+    def stop(self) -> defer.Deferred:
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        self._listening = False
+        d = super().stop()
+        d.addCallback(lambda _: threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._close))
+        return d
+
+    def close_now(self) -> None:
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        self._listening = False
+        super().close_now()
+        self._close()
+
+    def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+        for conn in (self._session,):
+            if conn is not None and not conn.raw.closed:
+                conn.close()
+        if self._pool is not None:
+            self._pool.close()
+        self.is_leader = False
+
+    def _close_resources(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def _claim_node_name(self) -> None:
+        from engine.errors import ConfigurationError
+
+        if not self._session.execute("SELECT pg_try_advisory_lock(?, hashtext(?))",
+                                     (_LOCK_SPACE_NODE, self.node)).fetchone()[0]:
+            raise ConfigurationError([f"another running node is already named {self.node!r} on this journal; "
+                                      "give each node its own `node:` name (pfi.yaml or --node)"])
+        now = time.time()
+        self._session.execute(
+            "INSERT INTO nodes (name, host, pid, started_at, heartbeat_at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT (name) DO UPDATE SET host=excluded.host, pid=excluded.pid,"
+            " started_at=excluded.started_at, heartbeat_at=excluded.heartbeat_at",
+            (self.node, socket.gethostname(), os.getpid(), now, now))
+
+    # -- the writer ------------------------------------------------------------------------
+    def _commit(self, batch: list) -> None:
+        conn = self._conn
+        durable = any(not logged or isinstance(op, InboundRecord) for op, _, logged in batch)
+        try:
+            if conn.raw.closed:
+                self._conn = conn = connect(self.url)
+            conn.touched = set()
+            conn.raw.execute("BEGIN")
+            if not durable:
+                conn.raw.execute("SET LOCAL synchronous_commit = off")
+            results = self._run_batch(conn, self.store, batch)
+            conn.raw.execute("COMMIT")
+        except Exception as exc:  # server gone, disk full: every caller must hear it
+            _rollback(conn)
+            log.error("journal.commit_failed", error=str(exc), batch=len(batch))
+            results = [JournalError(f"journal write failed: {exc}")] * len(batch)
+        self._answer(batch, results)
+
+    def _run_one(self, conn, store, operation):
+        conn.raw.execute("SAVEPOINT op")
+        try:
+            result = operation(conn, store)
+        except (psycopg.errors.IntegrityError, psycopg.errors.DataError, ValueError) as exc:
+            conn.raw.execute("ROLLBACK TO SAVEPOINT op")
+            result = JournalError(str(exc))
+        conn.raw.execute("RELEASE SAVEPOINT op")
+        return result
+
+    def _store_inbound_run(self, conn, store, records: list[InboundRecord]) -> list:
+        self._lock_dup_keys(conn, records)
+        mark_duplicates(records, lambda keys: conn.raw.execute(
+            "SELECT dup_key, received_at, uid, ack_code, ack FROM messages WHERE dup_key = ANY(%s) ORDER BY id",
+            (keys,)).fetchall())
+        rows = [_rows(r, self.node) for r in records]
+        conn.raw.execute("SAVEPOINT run")
+        try:
+            with conn.raw.cursor() as cur:
+                cur.executemany(_INSERT_MESSAGE, [m for m, _, _ in rows])
+                cur.executemany(_INSERT_PAYLOAD, [p for _, p, _ in rows])
+                cur.executemany(_INSERT_EVENT, [e for _, _, e in rows])
+        except psycopg.errors.IntegrityError:
+            # Rare (a uid collision): redo row by row so that only the bad record fails.
+            conn.raw.execute("ROLLBACK TO SAVEPOINT run")
+            results = [self._run_one(conn, store, _insert_rows(*row)) or r for r, row in zip(records, rows)]
+        else:
+            results = records
+        conn.raw.execute("RELEASE SAVEPOINT run")
+        if any(r.state == RECEIVED for r in records):
+            conn.raw.execute(f"NOTIFY {_NOTIFY_RECEIVED}")
+        return results
+
+    @staticmethod
+    def _lock_dup_keys(conn, records: list[InboundRecord]) -> None:
+        """Duplicates are global: the same key arriving at two nodes at once is checked in turn
+        (an advisory lock per key until commit; taken in one order, so no deadlock)."""
+        keys = sorted({r.dup_key for r in records if r.dup_key and r.dup_window > 0})
+        if keys:
+            conn.raw.execute("SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(k) AS h"
+                             " FROM unnest(%s::text[]) AS k ORDER BY 1) AS s", (_LOCK_SPACE_DUP, keys))
+
+    # -- routing ---------------------------------------------------------------------------
+    def claim_received(self, limit: int):
+        """The oldest messages still to route, with their raw bytes, on the dispatch leader only."""
+        if not self.is_leader:
+            return defer.succeed([])
+        return self.submit(lambda conn, store: conn.execute(
+            "SELECT m.uid, m.channel, m.received_at, p.raw FROM messages m JOIN payloads p ON p.uid = m.uid"
+            " WHERE m.state='received' ORDER BY m.id LIMIT ?", (limit,)).fetchall(), logged=True)
+
+    # -- heartbeat: leadership, leases, retention ----------------------------------------------
+    def _beat(self):
+        d = threads.deferToThread(self._beat_in_thread)
+        d.addErrback(lambda f: log.warning("journal.heartbeat_failed", error=f.getErrorMessage()))
+        return d
+
+    def _beat_in_thread(self) -> None:
+        self._ticks += 1
+        if self._session.raw.closed or self._session.raw.broken:
+            self._reconnect_session()
+        now = time.time()
+        conn = self._session
+        conn.execute("UPDATE nodes SET heartbeat_at=? WHERE name=?", (now, self.node))
+        conn.execute("UPDATE deliveries SET lease_until=? WHERE node=? AND state='sending'",
+                     (now + self.lease, self.node))
+        self._reap_expired(conn, now)
+        self._try_lead()
+        if self.is_leader and self.retention_days and self._ticks % PURGE_EVERY == 1:
+            self.purge(now - self.retention_days * 86400)
+
+    def _reconnect_session(self) -> None:
+        was_leader, self.is_leader = self.is_leader, False
+        if was_leader:
+            log.warning("journal.leadership_lost", node=self.node)
+        self._session = connect(self.url)
+        self._claim_node_name()
+
+    def _try_lead(self) -> None:
+        if self.is_leader:
+            return
+        if self._session.execute("SELECT pg_try_advisory_lock(?, ?)", _LOCK_DISPATCH).fetchone()[0]:
+            self.is_leader = True
+            log.info("journal.dispatch_leader", node=self.node)
+            self.reactor.callFromThread(self.on_received)
+
+    def _reap_expired(self, conn, now: float) -> None:
+        """Sends of a node that stopped renewing its leases (crashed) go back to the queue."""
+        with conn.raw.transaction():
+            rows = conn.execute(
+                "UPDATE deliveries SET state='pending', updated_at=? WHERE state='sending' AND lease_until<?"
+                " RETURNING id, message_uid, destination, node", (now, now)).fetchall()
+            for delivery_id, uid, destination, node in rows:
+                conn.execute("INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)",
+                             (uid, now, "lease-expired", destination,
+                              f"delivery {delivery_id}: node {node} stopped renewing its lease; queued again",
+                              self.node))
+        if rows:
+            log.warning("delivery.leases_expired", count=len(rows), node=self.node)
+            for destination in {r[2] for r in rows}:
+                self.reactor.callFromThread(self.on_queued, destination)
+
+    def purge(self, before: float) -> int:
+        """Delete messages received before `before` whose work is finished, with their payloads,
+        events and deliveries, in short transactions of PURGE_BATCH messages."""
+        total = 0
+        with self._pool.connection() as raw:
+            while True:
+                with raw.transaction():
+                    raw.execute("SET LOCAL synchronous_commit = off")
+                    uids = [r[0] for r in raw.execute(_PURGE_SELECT, (before, PURGE_BATCH)).fetchall()]
+                    for table, column in (("events", "message_uid"), ("deliveries", "message_uid"),
+                                          ("payloads", "uid"), ("messages", "uid")):
+                        raw.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (uids,))
+                total += len(uids)
+                if len(uids) < PURGE_BATCH:
+                    break
+        if total:
+            log.info("journal.purged", messages=total, node=self.node)
+        return total
+
+    # -- notifications ---------------------------------------------------------------------
+    def _start_listener(self) -> None:
+        listen = psycopg.connect(self.url, autocommit=True)
+        listen.execute(f"LISTEN {_NOTIFY_RECEIVED}")
+        listen.execute(f"LISTEN {_NOTIFY_QUEUED}")
+        self._listening = True
+        self._listener = threading.Thread(target=self._listen, args=(listen,), name="journal-listen", daemon=True)
+        self._listener.start()
+
+    def _listen(self, listen) -> None:
+        try:
+            while self._listening:
+                for note in listen.notifies(timeout=0.5):
+                    if note.channel == _NOTIFY_RECEIVED:
+                        if self.is_leader:
+                            self.reactor.callFromThread(self.on_received)
+                    else:
+                        self.reactor.callFromThread(self.on_queued, note.payload)
+        except psycopg.Error as exc:
+            log.warning("journal.listen_failed", error=str(exc))  # polling still covers it
+        finally:
+            listen.close()
+
+    # -- reads -----------------------------------------------------------------------------
+    def _read(self, sql: str, args=()) -> list:
+        with self._pool.connection() as raw:
+            return PgConnection(raw).execute(sql, args).fetchall()
+
+    def events_after(self, last_id: int, limit: int = 500, channel=None, msg_type=None) -> list[JournalEvent]:
+        from engine.journal.sqlite import events_after
+
+        return events_after(self._read, last_id, limit, channel, msg_type)
+
+    def load_message(self, uid: str) -> StoredMessage | None:
+        return load_message(self._read, uid)
+
+    def size_bytes(self) -> int:
+        return self._read("SELECT pg_database_size(current_database())")[0][0]
+
+
+_PURGE_SELECT = """SELECT m.uid FROM messages m WHERE m.received_at < %s AND m.state <> 'received'
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid = m.uid AND d.state IN ('pending', 'sending'))
+    ORDER BY m.received_at LIMIT %s FOR UPDATE SKIP LOCKED"""
+
+
+def load_message(read, uid: str) -> StoredMessage | None:
+    rows = read("SELECT m.uid, m.channel, m.received_at, m.state, m.msg_type, m.control_id, p.raw, m.ack_code,"
+                " m.reason FROM messages m JOIN payloads p ON p.uid = m.uid WHERE m.uid = ?", (uid,))
+    if not rows:
+        return None
+    uid, channel, at, state, mtype, ctrl, raw, ack_code, reason = rows[0]
+    return StoredMessage(uid, channel, at, state, mtype, ctrl, bytes(raw), ack_code or "", reason or "")
+
+
+def _rows(r: InboundRecord, node: str) -> tuple[tuple, tuple, tuple]:
+    """The messages, payloads and events rows of one inbound record."""
+    dup_key = r.dup_key if r.state != DUPLICATE else None
+    message = (r.uid, r.received_at, r.channel, r.state, r.sender, r.facility, r.receiver, r.receiver_facility,
+               r.control_id, r.msg_type, r.version, r.profile, r.patient_ids, r.charset, len(r.raw), dup_key,
+               r.duplicate_of, r.ack_code, r.ack, r.reason, node)
+    detail = f"duplicate of {r.duplicate_of}" if r.duplicate_of else r.reason
+    return message, (r.uid, r.raw), (r.uid, r.received_at, r.state, r.channel, detail, node)
+
+
+def _insert_rows(message: tuple, payload: tuple, event: tuple):
+    def insert(conn, store) -> None:
+        conn.raw.execute(_INSERT_MESSAGE, message)
+        conn.raw.execute(_INSERT_PAYLOAD, payload)
+        conn.raw.execute(_INSERT_EVENT, event)
+    return insert
+
+
+def _rollback(conn) -> None:
+    try:
+        if not conn.raw.closed:
+            conn.raw.execute("ROLLBACK")
+    except psycopg.Error:
+        pass
