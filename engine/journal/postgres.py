@@ -125,6 +125,7 @@ class PostgresJournal(GroupCommitWriter):
         self._listening = False
         self._listener: threading.Thread | None = None
         self._ticks = 0
+        self._beating: defer.Deferred | None = None
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.reactor
 
@@ -141,12 +142,18 @@ class PostgresJournal(GroupCommitWriter):
         self._try_lead()
 
     def stop(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
         if self._heartbeat.running:
             self._heartbeat.stop()
+        if self._beating is not None:  # the session connection is in use until it fires
+            finished = defer.Deferred()
+            self._beating.addBoth(lambda result: (finished.callback(None), result)[1])
+            await finished
         self._listening = False
-        d = super().stop()
-        d.addCallback(lambda _: threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._close))
-        return d
+        await super().stop()
+        await threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._close)
 
     def close_now(self) -> None:
         if self._heartbeat.running:
@@ -257,7 +264,13 @@ class PostgresJournal(GroupCommitWriter):
     def _beat(self):
         d = threads.deferToThread(self._beat_in_thread)
         d.addErrback(lambda f: log.warning("journal.heartbeat_failed", error=f.getErrorMessage()))
+        d.addBoth(self._beat_done)
+        self._beating = d
         return d
+
+    def _beat_done(self, result):
+        self._beating = None
+        return result
 
     def _beat_in_thread(self) -> None:
         self._ticks += 1

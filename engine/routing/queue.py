@@ -100,27 +100,28 @@ def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) 
 
 def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
                 lease_until: float | None = None) -> list[Delivery]:
-    """Up to `limit` due deliveries in send order. A key enters the batch only if nothing older of
-    that key is waiting; then its later due deliveries may follow it in the same batch."""
+    """Up to `limit` due deliveries in send order. A delivery enters the batch only if nothing older
+    of its key is waiting outside the batch; so later due deliveries of a key may follow it."""
     # Rows locked by another node's claim in progress are skipped; their keys are then found
     # "older and waiting" below, so FIFO per key holds across nodes.
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM deliveries WHERE destination=? AND state=? AND next_attempt<=?"
         f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}", (destination, PENDING, now, limit * 4)).fetchall()
-    batch, open_keys, blocked = [], set(), set()
+    batch, last_taken, blocked = [], {}, set()
     for row in rows:
         delivery = Delivery(*row)
         key = delivery.fifo_key
         if key in blocked:
             continue
-        if key not in open_keys:
-            older = conn.execute(
-                "SELECT 1 FROM deliveries WHERE destination=? AND fifo_key=? AND state IN (?, ?) AND id<?"
-                " LIMIT 1", (destination, key, PENDING, SENDING, delivery.id)).fetchone()
-            if older:
-                blocked.add(key)
-                continue
-            open_keys.add(key)
+        # Nothing of this key may wait between what the batch took and this row: rows skipped
+        # above (locked by another node, or not yet due) must go first.
+        waiting = conn.execute(
+            "SELECT 1 FROM deliveries WHERE destination=? AND fifo_key=? AND state IN (?, ?) AND id>? AND id<?"
+            " LIMIT 1", (destination, key, PENDING, SENDING, last_taken.get(key, -1), delivery.id)).fetchall()
+        if waiting:
+            blocked.add(key)
+            continue
+        last_taken[key] = delivery.id
         batch.append(delivery)
         if len(batch) >= limit:
             break

@@ -1,0 +1,219 @@
+"""The PostgreSQL journal in the engine's process: intake, routing and delivery on the shared
+journal, global duplicates, exclusive claims with FIFO per key, leases, leadership, retention."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from engine.journal.postgres import PgConnection, PostgresJournal
+from engine.journal.reader import PgJournalReader
+from engine.routing import queue
+from engine.routing.plan import NewDelivery
+from tests.routing.peers import RecordingPeer, until
+from tests.support import client_for, exchange, inbound, sample_adt, write_config
+
+FAST_RETRY = {"initial": 0.05, "maximum": 0.2, "jitter": 0.0}
+
+
+def _dest(port: int) -> dict:
+    return {"type": "mllp-out", "host": "127.0.0.1", "port": port, "ack_timeout": 2, "retry": FAST_RETRY}
+
+
+ROUTES = [{"name": "adt", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest", "key": "PID-3.1"}}]}]
+
+
+async def _node(tmp_path, pg_url: str, name: str, dest_port: int, lease: float = 15.0):
+    from engine.config.load import load_config
+    from engine.service import Engine
+
+    cfg = write_config(tmp_path / name, {"in": inbound(duplicate_window="1d"), "dest": _dest(dest_port)}, ROUTES,
+                       engine={"journal": pg_url, "node": name, "lease_seconds": lease})
+    engine = Engine(load_config(cfg), tmp_path / f"{name}-data", reactor, with_metrics=False)
+    await engine.startService()
+    return engine
+
+
+def _adt(ctrl: str, patient: str) -> bytes:
+    return sample_adt(ctrl).replace("IPP001", patient).encode()
+
+
+def _events(pg_url: str) -> list:
+    return PgJournalReader(pg_url).events_after(0, limit=100000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_node_journals_routes_and_names_itself(tmp_path, pg_url):
+    peer = RecordingPeer()
+    engine = await _node(tmp_path, pg_url, "n1", await peer.listen())
+    client = await client_for(engine, "in")
+    try:
+        for i in range(6):
+            assert (await exchange(client, _adt(f"M-{i}", f"P{i % 2}"))).code == "AA"
+        again = await exchange(client, _adt("M-0", "P0"))
+        assert again.code == "AA"  # the original's answer, once more
+        await until(lambda: len(peer.received) == 6, what="six deliveries")
+        assert peer.control_ids() == [f"M-{i}" for i in range(6)]
+        events = _events(pg_url)
+        assert {e.node for e in events} == {"n1"}
+        assert sum(e.state == "duplicate" for e in events) == 1
+        stored = PgJournalReader(pg_url).load_message(events[0].message_uid)
+        assert stored.raw == _adt("M-0", "P0") and stored.control_id == "M-0"
+    finally:
+        client.close()
+        await engine.stopService()
+        await peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_message_at_two_nodes_at_once_is_processed_once(tmp_path, pg_url):
+    peer = RecordingPeer()
+    port = await peer.listen()
+    n1, n2 = await _node(tmp_path, pg_url, "n1", port), await _node(tmp_path, pg_url, "n2", port)
+    c1, c2 = await client_for(n1, "in"), await client_for(n2, "in")
+    try:
+        for i in range(20):  # sent together, so both nodes check the key in the same instant
+            a1, a2 = await defer.gatherResults([defer.ensureDeferred(exchange(c, _adt(f"D-{i}", "P1"))) for c in (c1, c2)])
+            assert a1.code == a2.code == "AA"
+        await until(lambda: len(peer.received) >= 20, what="deliveries")
+        await _settle(0.5)
+        assert sorted(peer.control_ids()) == sorted(f"D-{i}" for i in range(20))
+        states = [e.state for e in _events(pg_url) if e.state in ("received", "duplicate")]
+        assert states.count("received") == 20 and states.count("duplicate") == 20
+    finally:
+        for c in (c1, c2):
+            c.close()
+        for e in (n1, n2):
+            await e.stopService()
+        await peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dispatch_leadership_moves_when_the_leader_stops(tmp_path, pg_url):
+    peer = RecordingPeer()
+    port = await peer.listen()
+    n1 = await _node(tmp_path, pg_url, "n1", port)
+    n2 = await _node(tmp_path, pg_url, "n2", port)
+    try:
+        assert n1.journal.is_leader and not n2.journal.is_leader
+        c2 = await client_for(n2, "in")
+        assert (await exchange(c2, _adt("L-1", "P1"))).code == "AA"  # n2 receives, n1 plans
+        await until(lambda: peer.control_ids() == ["L-1"], what="routed by the leader")
+        await n1.stopService()
+        await until(lambda: n2.journal.is_leader, timeout=5, what="n2 takes the lead")
+        assert (await exchange(c2, _adt("L-2", "P1"))).code == "AA"
+        await until(lambda: peer.control_ids() == ["L-1", "L-2"], what="routed by the new leader")
+        c2.close()
+    finally:
+        if n1.running:
+            await n1.stopService()
+        await n2.stopService()
+        await peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sends_of_a_node_that_stopped_renewing_its_lease_are_taken_over(tmp_path, pg_url):
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        conn = PgConnection(raw)
+        _message(conn, "m-dead", b"MSH|^~\\&|A|B|C|D|1||ADT^A01|ORPHAN|P|2.5\rPID|1||P9\r", state="routed")
+        queue._queue(conn, "m-dead", NewDelivery(route="adt", step="deliver", destination="dest", fifo_key="P9",
+                                                 not_before=0, payload=None), "ghost", time.time())
+        # In flight on a node that is gone: its lease runs out two seconds from now.
+        conn.execute("UPDATE deliveries SET state='sending', node='ghost', lease_until=?", (time.time() + 2,))
+    peer = RecordingPeer()
+    engine = await _node(tmp_path, pg_url, "n1", await peer.listen())
+    try:
+        await until(lambda: peer.control_ids() == ["ORPHAN"], timeout=10, what="orphan sent again")
+        expired = [e for e in _events(pg_url) if e.state == "lease-expired"]
+        assert expired and "node ghost stopped renewing" in expired[0].detail and expired[0].node == "n1"
+    finally:
+        await engine.stopService()
+        await peer.close()
+
+
+def _message(conn, uid: str, raw: bytes, received_at: float = 0.0, state: str = "received") -> None:
+    conn.execute("INSERT INTO messages (uid, received_at, channel, state, size) VALUES (?,?,?,?,?)",
+                 (uid, received_at or time.time(), "in", state, len(raw)))
+    conn.execute("INSERT INTO payloads (uid, raw) VALUES (?,?)", (uid, raw))
+
+
+def test_concurrent_claims_are_exclusive_and_keep_fifo_per_key(pg_url):
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        conn = PgConnection(raw)
+        for i in range(300):
+            _message(conn, f"m{i}", b"x", state="routed")
+            queue._queue(conn, f"m{i}", NewDelivery(route="r", step="s", destination="dest", fifo_key=f"K{i % 7}",
+                                                    not_before=0, payload=None), "n0", time.time())
+    sent: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def worker(node: str) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as raw:
+            conn = PgConnection(raw)
+            while True:
+                conn.execute("BEGIN")
+                batch = queue.claim_batch(conn, "dest", time.time(), node, limit=8)
+                conn.execute("COMMIT")
+                if not batch:
+                    with lock:
+                        if len(sent) == 300:
+                            return
+                    continue
+                with lock:
+                    sent.extend((d.fifo_key, d.id) for d in batch)
+                conn.execute("BEGIN")
+                for d in batch:
+                    queue.finish(conn, d, "done", "AA", node, time.time())
+                conn.execute("COMMIT")
+
+    threads = [threading.Thread(target=worker, args=(f"n{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    ids = [i for _, i in sent]
+    assert len(ids) == 300 and len(set(ids)) == 300  # every delivery claimed exactly once
+    for key in {k for k, _ in sent}:
+        per_key = [i for k, i in sent if k == key]
+        assert per_key == sorted(per_key), f"key {key} sent out of order"
+
+
+def test_retention_purges_only_finished_messages_in_bounded_batches(pg_url, monkeypatch):
+    import engine.journal.postgres as pg
+
+    old, now = time.time() - 40 * 86400, time.time()
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        conn = PgConnection(raw)
+        for i in range(12):
+            _message(conn, f"old{i}", b"x", received_at=old, state="routed")
+            queue._queue(conn, f"old{i}", NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None), "n", old)
+        conn.execute("UPDATE deliveries SET state='done'")
+        _message(conn, "old-pending", b"x", received_at=old, state="routed")
+        queue._queue(conn, "old-pending", NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None), "n", old)
+        _message(conn, "old-unrouted", b"x", received_at=old, state="received")
+        _message(conn, "recent", b"x", received_at=now, state="routed")
+    monkeypatch.setattr(pg, "PURGE_BATCH", 5)  # 12 purgeable rows: three transactions
+    journal = PostgresJournal(pg_url, reactor, node="n1")
+    from psycopg_pool import ConnectionPool
+
+    journal._pool = ConnectionPool(pg_url, min_size=1, max_size=1, kwargs={"autocommit": True}, open=True)
+    try:
+        assert journal.purge(now - 30 * 86400) == 12
+    finally:
+        journal._pool.close()
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        left = {r[0] for r in raw.execute("SELECT uid FROM messages")}
+        assert left == {"old-pending", "old-unrouted", "recent"}
+        assert raw.execute("SELECT count(*) FROM payloads").fetchone()[0] == 3
+        assert raw.execute("SELECT count(*) FROM events WHERE message_uid LIKE 'old%%' AND message_uid"
+                           " NOT IN ('old-pending')").fetchone()[0] == 0
+
+
+async def _settle(seconds: float) -> None:
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
