@@ -5,6 +5,7 @@ accepting first, in-flight commits finish, then the journal closes."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import structlog
@@ -23,6 +24,7 @@ from engine.routing.dispatcher import Dispatcher
 from engine.routing.plan import Environment
 
 log = structlog.get_logger("engine.service")
+RETENTION_EVERY = 60.0  # seconds between retention runs (each bounded, in short transactions)
 
 
 class ListenerService(service.Service):
@@ -95,6 +97,8 @@ class Engine(service.MultiService):
             self._add_metrics_endpoint()
         self._size_loop = task.LoopingCall(self._measure_journal)
         self._size_loop.clock = reactor
+        self._retention_loop = task.LoopingCall(lambda: defer.ensureDeferred(self._purge_expired()))
+        self._retention_loop.clock = reactor
 
     def _build_dispatcher(self, connectors: dict | None) -> Dispatcher:
         from engine.connectors import build_connectors, retry_settings
@@ -163,6 +167,17 @@ class Engine(service.MultiService):
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
         return d
 
+    async def _purge_expired(self) -> None:
+        """Retention (engine.retention_days): finished messages older than that are purged."""
+        before = time.time() - self.config.engine.retention_days * 86400
+        try:
+            purged = await self.journal.purge_before(before)
+        except Exception as exc:  # a retention failure must not stop the engine
+            log.error("journal.purge_failed", error=str(exc))
+            return
+        if purged:
+            log.info("journal.purged", messages=purged, node=self.node)
+
     def port_of(self, channel: str) -> int:
         return self.listeners[channel].port.getHost().port
 
@@ -171,6 +186,8 @@ class Engine(service.MultiService):
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
         await self.dispatcher.start()
         self._size_loop.start(10.0, now=True)
+        if self.config.engine.retention_days:
+            self._retention_loop.start(RETENTION_EVERY, now=True)
         log.info("engine.started", node=self.node, durability=self.journal.durability)
 
     def startService(self):
@@ -178,8 +195,9 @@ class Engine(service.MultiService):
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _stop(self):
-        if self._size_loop.running:
-            self._size_loop.stop()
+        for loop in (self._size_loop, self._retention_loop):
+            if loop.running:
+                loop.stop()
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(list(self))])
         await self.dispatcher.stop()
         await self.journal.stop()

@@ -14,6 +14,5 @@ def open_journal(settings, data_dir, reactor, node: str):
     from engine.journal.sqlite import SQLiteJournal
 
     if is_postgres_url(settings.journal):
-        return PostgresJournal(settings.journal, reactor, node=node, lease=settings.lease_seconds,
-                               retention_days=settings.retention_days)
+        return PostgresJournal(settings.journal, reactor, node=node, lease=settings.lease_seconds)
     return SQLiteJournal(Path(data_dir) / "journal", reactor, node=node)

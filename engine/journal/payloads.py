@@ -160,6 +160,16 @@ class PayloadStore:
         if segment == self._segment:
             self._size = offset
 
+    def remove(self, segment: int) -> None:
+        """Delete a whole segment (retention); never the one being written."""
+        if segment == self._segment:
+            raise ValueError("the segment being written cannot be removed")
+        fd = self._readers.pop(segment, None)
+        if fd is not None:
+            os.close(fd)
+        self._path(segment).unlink(missing_ok=True)
+        _fsync_dir(self.directory)
+
     def close(self) -> None:
         for fd in [self._fd, *self._readers.values()]:
             if fd is not None:

@@ -10,7 +10,7 @@ at most work that is redone, like SQLite's NORMAL mode). Beside the writer each 
   in journal order, so a replace never overtakes its original wherever each arrived; when the
   leader dies its session ends, the lock is free, another node takes over within a second.
   Each second it also renews the leases of the node's sends in flight and hands back to the queue
-  the sends of nodes that stopped renewing (a crashed node), and purges expired rows (retention).
+  the sends of nodes that stopped renewing (a crashed node). The leader also runs retention.
 * a *listener* connection (LISTEN): a new message wakes the leader, new deliveries wake every
   node's workers, instead of polling.
 * a small pool for reads (tail, follow-ups, replay).
@@ -40,7 +40,6 @@ DURABILITY = ("PostgreSQL: inbound batch committed with synchronous_commit=on (W
 _LOCK_SPACE_NODE, _LOCK_SPACE_DUP, _LOCK_DISPATCH = 7311, 7312, (7313, 0)
 TICK = 1.0            # heartbeat: leases, leadership, node liveness
 PURGE_BATCH = 500     # rows per retention transaction: short, never blocks intake for long
-PURGE_EVERY = 60      # ticks between retention runs
 _NOTIFY_RECEIVED, _NOTIFY_QUEUED = "pfi_received", "pfi_queued"
 
 _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sender, facility, receiver,
@@ -108,13 +107,12 @@ class PostgresJournal(GroupCommitWriter):
     durability = DURABILITY
 
     def __init__(self, url: str, reactor=None, node: str = "", lease: float = 15.0,
-                 retention_days: float = 0.0):
+                 ):
         from twisted.internet import reactor as default_reactor
 
         super().__init__(reactor or default_reactor, node or socket.gethostname())
         self.url = url
         self.lease = lease
-        self.retention_days = retention_days
         self.store = PgPayloads()
         self.is_leader = False
         self.on_received = lambda: None           # set by the engine: wake the dispatcher
@@ -124,7 +122,6 @@ class PostgresJournal(GroupCommitWriter):
         self._pool: ConnectionPool | None = None
         self._listening = False
         self._listener: threading.Thread | None = None
-        self._ticks = 0
         self._beating: defer.Deferred | None = None
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.reactor
@@ -273,7 +270,6 @@ class PostgresJournal(GroupCommitWriter):
         return result
 
     def _beat_in_thread(self) -> None:
-        self._ticks += 1
         if self._session.raw.closed or self._session.raw.broken:
             self._reconnect_session()
         now = time.time()
@@ -283,8 +279,6 @@ class PostgresJournal(GroupCommitWriter):
                      (now + self.lease, self.node))
         self._reap_expired(conn, now)
         self._try_lead()
-        if self.is_leader and self.retention_days and self._ticks % PURGE_EVERY == 1:
-            self.purge(now - self.retention_days * 86400)
 
     def _reconnect_session(self) -> None:
         was_leader, self.is_leader = self.is_leader, False
@@ -317,6 +311,12 @@ class PostgresJournal(GroupCommitWriter):
             for destination in {r[2] for r in rows}:
                 self.reactor.callFromThread(self.on_queued, destination)
 
+    def purge_before(self, before: float) -> defer.Deferred:
+        """Retention, run by the dispatch leader only (one purger for the cluster)."""
+        if not self.is_leader:
+            return defer.succeed(0)
+        return threads.deferToThread(self.purge, before)
+
     def purge(self, before: float) -> int:
         """Delete messages received before `before` whose work is finished, with their payloads,
         events and deliveries, in short transactions of PURGE_BATCH messages."""
@@ -332,8 +332,6 @@ class PostgresJournal(GroupCommitWriter):
                 total += len(uids)
                 if len(uids) < PURGE_BATCH:
                     break
-        if total:
-            log.info("journal.purged", messages=total, node=self.node)
         return total
 
     # -- notifications ---------------------------------------------------------------------

@@ -201,6 +201,19 @@ class SQLiteJournal(GroupCommitWriter):
         """The oldest messages still to route, with their raw bytes (one dispatcher per file)."""
         return self.submit(lambda conn, store: _received(conn, store, limit), logged=True)
 
+    async def purge_before(self, before: float) -> int:
+        """Retention: drop whole segments, oldest first, while every message in them was received
+        before `before` and is finished (routed, with no delivery pending). The index rows go in
+        short transactions of PURGE_BATCH, then the file. Oldest first and never the segment being
+        written, so `recover()` never meets a record whose index row was purged."""
+        total = 0
+        while (segment := await self.submit(lambda c, s: _purgeable_segment(c, s, before), logged=True)):
+            while (count := await self.submit(lambda c, s: _delete_segment_rows(c, segment), logged=True)):
+                total += count
+            await self.submit(lambda c, s: s.remove(segment), logged=True)
+            log.info("journal.segment_purged", segment=segment)
+        return total
+
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file())
 
@@ -219,6 +232,30 @@ class SQLiteJournal(GroupCommitWriter):
 _META_FIELDS = ("uid", "received_at", "channel", "state", "sender", "facility", "receiver",
                 "receiver_facility", "control_id", "msg_type", "version", "profile", "patient_ids",
                 "charset")
+
+
+PURGE_BATCH = 2000
+
+
+def _purgeable_segment(conn, store: PayloadStore, before: float) -> int | None:
+    older = [s for s in store.segments() if s < store.position()[0]]
+    if not older:
+        return None
+    unfinished = conn.execute(
+        "SELECT 1 FROM messages m WHERE m.segment=? AND (m.received_at>=? OR m.state='received' OR EXISTS"
+        " (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state IN ('pending', 'sending'))) LIMIT 1",
+        (older[0], before)).fetchall()
+    return None if unfinished else older[0]
+
+
+def _delete_segment_rows(conn, segment: int) -> int:
+    uids = [r[0] for r in conn.execute("SELECT uid FROM messages WHERE segment=? LIMIT ?", (segment, PURGE_BATCH))]
+    for i in range(0, len(uids), 500):  # SQLite's bound-parameter limit
+        chunk = uids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        for table, column in (("events", "message_uid"), ("deliveries", "message_uid"), ("messages", "uid")):
+            conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)
+    return len(uids)
 
 
 def _earlier(conn, keys: list[str]) -> list[tuple]:
