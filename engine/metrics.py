@@ -7,9 +7,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
+class NodeRegistry(CollectorRegistry):
+    """A registry that puts `node="<name>"` on every sample: several nodes sharing one journal are
+    told apart on the same dashboards without relabelling rules."""
+
+    def __init__(self, node: str):
+        super().__init__()
+        self.node = node
+
+    def collect(self):
+        for metric in super().collect():
+            metric.samples = [s._replace(labels={**s.labels, "node": self.node}) for s in metric.samples]
+            yield metric
+
+
 class EngineMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None, node: str = ""):
+        self.registry = registry or (NodeRegistry(node) if node else CollectorRegistry())
         r = self.registry
         self.received = Counter("pfi_messages_received", "Frames received", ["channel"], registry=r)
         self.acked = Counter("pfi_messages_acked", "Messages acknowledged AA", ["channel"], registry=r)
@@ -23,4 +37,6 @@ class EngineMetrics:
         )
         self.connections = Gauge("pfi_open_connections", "Open inbound connections", ["channel"], registry=r)
         self.journal_bytes = Gauge("pfi_journal_bytes", "Size of the journal on disk", registry=r)
+        self.dispatch_leader = Gauge("pfi_dispatch_leader", "1 when this node routes the shared journal's "
+                                     "messages (always 1 on SQLite)", registry=r)
         self.quarantined = Counter("pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r)

@@ -82,7 +82,7 @@ class Engine(service.MultiService):
         self.clock = clock or reactor
         self.data_dir = Path(data_dir)
         self.node = config.engine.node or socket.gethostname()
-        self.metrics = EngineMetrics()
+        self.metrics = EngineMetrics(node=self.node)
         self.journal = open_journal(config.engine, self.data_dir, reactor, self.node)
         self.dispatcher = self._build_dispatcher(connectors)
         # A shared journal tells this node about work other nodes queued (no-op on SQLite).
@@ -163,6 +163,7 @@ class Engine(service.MultiService):
         self.metrics_listener.setServiceParent(self)
 
     def _measure_journal(self):
+        self.metrics.dispatch_leader.set(1 if getattr(self.journal, "is_leader", True) else 0)
         d = threads.deferToThread(self.journal.size_bytes)
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
         return d

@@ -14,7 +14,7 @@ from tests.support import client_for, exchange, inbound, sample_adt, write_confi
 @pytest_twisted.ensureDeferred
 async def test_idle_connection_is_closed_and_metrics_are_served(tmp_path):
     cfg = write_config(tmp_path / "cfg", {"in": inbound(idle_timeout=0.3, accept={"versions": ["2.5"]})},
-                       engine={"metrics": {"enabled": True, "port": 0}})
+                       engine={"metrics": {"enabled": True, "port": 0}, "node": "node-a"})
     engine = Engine(load_config(cfg), tmp_path / "data", reactor)
     await engine.startService()
     try:
@@ -27,8 +27,9 @@ async def test_idle_connection_is_closed_and_metrics_are_served(tmp_path):
         body = (await readBody(response)).decode()
     finally:
         await engine.stopService()
-    assert 'pfi_messages_received_total{channel="in"} 2.0' in body
-    assert 'pfi_messages_acked_total{channel="in"} 1.0' in body
+    assert 'pfi_messages_received_total{channel="in",node="node-a"} 2.0' in body
+    assert 'pfi_messages_acked_total{channel="in",node="node-a"} 1.0' in body
     assert 'pfi_messages_nacked_total{channel="in",code="AR"' in body
+    assert 'pfi_dispatch_leader{node="node-a"} 1.0' in body
     assert "pfi_ack_latency_seconds_bucket" in body and "pfi_open_connections" in body
     assert "MARTIN" not in body
