@@ -13,6 +13,7 @@ LOCKED` on PostgreSQL, where `conn.lock_rows` says so), so one delivery is sent 
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass
 
@@ -100,28 +101,22 @@ def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) 
 
 def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
                 lease_until: float | None = None) -> list[Delivery]:
-    """Up to `limit` due deliveries in send order. A delivery enters the batch only if nothing older
-    of its key is waiting outside the batch; so later due deliveries of a key may follow it."""
-    # Rows locked by another node's claim in progress are skipped; their keys are then found
-    # "older and waiting" below, so FIFO per key holds across nodes.
-    rows = conn.execute(
+    """Up to `limit` due deliveries in send order. A delivery enters the batch only if every older
+    pending or sending delivery of its key is already in the batch: rows skipped by the candidate
+    query (not yet due, in flight, or locked by another node's claim) hold their key back."""
+    rows = [Delivery(*row) for row in conn.execute(
         f"SELECT {_COLUMNS} FROM deliveries WHERE destination=? AND state=? AND next_attempt<=?"
-        f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}", (destination, PENDING, now, limit * 4)).fetchall()
-    batch, last_taken, blocked = [], {}, set()
-    for row in rows:
-        delivery = Delivery(*row)
+        f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}", (destination, PENDING, now, limit * 4)).fetchall()]
+    if not rows:
+        return []
+    open_ids = _open_ids_by_key(conn, destination, {d.fifo_key for d in rows}, rows[-1].id)
+    batch, taken = [], {}
+    for delivery in rows:
         key = delivery.fifo_key
-        if key in blocked:
+        # Taken rows are the key's oldest open ones, in order: any other older open row blocks.
+        if bisect.bisect_left(open_ids.get(key, []), delivery.id) != taken.get(key, 0):
             continue
-        # Nothing of this key may wait between what the batch took and this row: rows skipped
-        # above (locked by another node, or not yet due) must go first.
-        waiting = conn.execute(
-            "SELECT 1 FROM deliveries WHERE destination=? AND fifo_key=? AND state IN (?, ?) AND id>? AND id<?"
-            " LIMIT 1", (destination, key, PENDING, SENDING, last_taken.get(key, -1), delivery.id)).fetchall()
-        if waiting:
-            blocked.add(key)
-            continue
-        last_taken[key] = delivery.id
+        taken[key] = taken.get(key, 0) + 1
         batch.append(delivery)
         if len(batch) >= limit:
             break
@@ -129,6 +124,20 @@ def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
     conn.executemany("UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id=?",
                      [(SENDING, node, lease_until, now, d.id) for d in batch])
     return batch
+
+
+def _open_ids_by_key(conn, destination: str, keys: set[str], up_to: int) -> dict[str, list[int]]:
+    """Ids of the pending or sending deliveries of `keys` up to id `up_to`, sorted, per key: one
+    query for the whole batch."""
+    found: dict[str, list[int]] = {}
+    keys = sorted(keys)
+    for i in range(0, len(keys), 400):  # SQLite's bound-parameter limit
+        chunk = keys[i:i + 400]
+        for key, delivery_id in conn.execute(
+                f"SELECT fifo_key, id FROM deliveries WHERE destination=? AND fifo_key IN ({','.join('?' * len(chunk))})"
+                " AND state IN (?, ?) AND id<=? ORDER BY id", (destination, *chunk, PENDING, SENDING, up_to)).fetchall():
+            found.setdefault(key, []).append(delivery_id)
+    return found
 
 
 def release(conn, deliveries: list[Delivery], now: float) -> None:
