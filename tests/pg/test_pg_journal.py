@@ -217,3 +217,37 @@ async def _settle(seconds: float) -> None:
     d = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_operator_commands_work_on_the_shared_journal(tmp_path, pg_url):
+    from engine.config.load import load_config
+    from engine.service import Engine
+    from tests.routing.test_crash_and_operators import pfi
+
+    peer = RecordingPeer()
+    routes = [{"name": "adt", "match": {"channel": "in"},
+               "steps": [{"deliver": {"to": "dest", "key": "PID-3.1", "delay": "1h"}}]}]
+    cfg = write_config(tmp_path / "n1", {"in": inbound(), "dest": _dest(await peer.listen())}, routes,
+                       engine={"journal": pg_url, "node": "n1"})
+    engine = Engine(load_config(cfg), tmp_path / "data", reactor, with_metrics=False)
+    await engine.startService()
+    client = await client_for(engine, "in")
+    try:
+        for ctrl in ("Q-1", "Q-2"):
+            assert (await exchange(client, _adt(ctrl, ctrl))).code == "AA"
+        common = ("--config", str(tmp_path / "n1"), "--journal", pg_url)
+        await until(lambda: " 2 " in pfi("queue", *common).stdout, timeout=10, what="two deferred sends")
+        tail = pfi("tail", *common).stdout
+        assert "@n1" in tail and "ctrl=Q-1" in tail
+        uid = next(line.split()[1] for line in tail.splitlines() if "ctrl=Q-1" in line)
+        assert pfi("cancel", uid, *common).returncode == 0
+        assert " 1 " in pfi("queue", *common).stdout
+        replayed = pfi("replay", uid, *common)
+        assert replayed.returncode == 0 and "1 message(s) re-queued" in replayed.stdout
+        await until(lambda: " 2 " in pfi("queue", *common).stdout, timeout=10, what="replayed and queued again")
+        assert peer.received == []  # deferred by an hour: nothing left yet
+    finally:
+        client.close()
+        await engine.stopService()
+        await peer.close()
