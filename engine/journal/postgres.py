@@ -192,7 +192,7 @@ class PostgresJournal(GroupCommitWriter):
         conn = self._conn
         durable = any(not logged or isinstance(op, InboundRecord) for op, _, logged in batch)
         try:
-            if conn.raw.closed:
+            if conn.raw.closed or conn.raw.broken:  # the server restarted: a new session
                 self._conn = conn = connect(self.url)
             conn.touched = set()
             conn.raw.execute("BEGIN")
