@@ -105,8 +105,10 @@ class Step(BaseModel):
         present = [a for a in ACTIONS if getattr(self, "validate_" if a == "validate" else a) is not None]
         if len(present) != 1:
             raise ValueError(f"a step takes exactly one of {', '.join(ACTIONS)} (found: {present or 'none'})")
-        if (self.on_success or self.on_failure) and self.deliver is None:
-            raise ValueError("on_success/on_failure belong to a deliver step")
+        if self.on_success and self.deliver is None:
+            raise ValueError("on_success belongs to a deliver step")
+        if self.on_failure and self.deliver is None and self.validate_ is None:
+            raise ValueError("on_failure belongs to a deliver or validate step")
         return self
 
     @property

@@ -79,6 +79,8 @@ def run_steps(route: Route, steps: list[Step], ctx: MessageContext, payload: byt
         except EngineError as exc:
             plan.state = "invalid"
             plan.events.append(("invalid", f"route {route.name} step {step.label}: {exc}"))
+            if step.on_failure:
+                _run_on_failure(route, step, ctx, env, plan, exc)
             return
         if not go_on:
             return
@@ -109,6 +111,22 @@ def _run_step(route, step: Step, ctx, payload: bytes, env: Environment, plan: Pl
     return payload, True
 
 
+def _run_on_failure(route: Route, step: Step, ctx: MessageContext, env: Environment, plan: Plan,
+                    error: EngineError) -> None:
+    """A refused document still gets its answer: the step's on_failure steps (a ZAM failure to the
+    creator, an alert delivery) run with the refusal as the reason."""
+    import time
+
+    from engine.routing.zamstep import build_zam_delivery
+
+    follow = Plan(plan.message_uid, state=None)
+    run_steps(route, step.on_failure, ctx, ctx.raw, env, follow)
+    detail = f"{getattr(error, 'app_code', None) or 'DOCUMENT_REFUSED'}: {error}"
+    zams = [build_zam_delivery(z, False, detail, ctx, time.time()) for z in follow.zams]
+    plan.deliveries += follow.deliveries + [z for z in zams if z is not None]
+    plan.events += follow.events
+
+
 def _validate(kind: str, ctx: MessageContext, env: Environment) -> None:
     from engine.docrequest import check_consistency, parse_document_request
     from engine.docrequest.errors import RequestError
@@ -116,15 +134,22 @@ def _validate(kind: str, ctx: MessageContext, env: Environment) -> None:
     try:
         request = parse_document_request(ctx.message)
     except RequestError as exc:
-        raise ValidationError(f"document request refused: {exc.error.message}") from exc
+        raise _coded(f"document request refused: {exc.error.message}", exc.error.app_code) from exc
     errors = [e for e in check_consistency(request) if e.severity in ("E", "F")]
     if errors:
-        raise ValidationError("; ".join(f"{e.code} {e.app_code} {e.message}".strip() for e in errors))
+        raise _coded("; ".join(f"{e.code} {e.app_code} {e.message}".strip() for e in errors), errors[0].app_code)
     if kind == "cda" and env.cda_validator is not None:
         for document in request.documents:
             problems = env.cda_validator(document.content)
             if problems:
-                raise ValidationError("CDA invalid: " + "; ".join(problems[:5]))
+                raise _coded("CDA invalid: " + "; ".join(problems[:5]), "CDA_INVALID")
+
+
+def _coded(message: str, app_code: str | None) -> ValidationError:
+    """A validation error carrying the application code a ZAM failure reports."""
+    error = ValidationError(message)
+    error.app_code = app_code
+    return error
 
 
 def _update_patient(ctx: MessageContext, env: Environment, plan: Plan) -> None:

@@ -50,3 +50,17 @@ def test_valid_routes_load_with_labels(tmp_path):
                  routes=[{"name": "a", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "out"}}]}])
     [route] = load_config(tmp_path).routes
     assert route.steps[0].label == "deliver-1"
+
+
+def test_follow_ups_only_where_an_outcome_exists(tmp_path):
+    out = {"type": "mllp-out", "host": "127.0.0.1", "port": 9}
+    steps = [{"validate": "document-request", "on_failure": [{"zam": {"kind": "Z01", "to": "out"}}]},
+             {"gate": {"when": {"PID-32": "VALI"}}, "on_failure": [{"deliver": {"to": "out"}}]},
+             {"validate": "document-request", "on_success": [{"deliver": {"to": "out"}}]}]
+    write_config(tmp_path, {"in": inbound(), "out": out}, routes=[{"name": "a", "match": {"channel": "in"},
+                                                                   "steps": steps}])
+    with pytest.raises(ConfigurationError) as info:
+        load_config(tmp_path)
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert text.count("on_failure belongs to a deliver or validate step") == 1  # the gate only
+    assert text.count("on_success belongs to a deliver step") == 1
