@@ -101,26 +101,28 @@ def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) 
 def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
                 lease_until: float | None = None) -> list[Delivery]:
     """Up to `limit` due deliveries in send order. A key enters the batch only if nothing older of
-    that key is waiting; then its later due deliveries may follow it in the same batch."""
-    # Rows locked by another node's claim in progress are skipped; their keys are then found
-    # "older and waiting" below, so FIFO per key holds across nodes.
+    that key is waiting; then its later due deliveries may follow it in the same batch, as long as
+    none of that key is missing in between."""
+    # Each row comes with the previous open (pending or sending) delivery of its key. A row may go
+    # only right after that one: first of its key when there is none, else behind it in this batch.
+    # This also covers rows locked by another node's claim in progress: SKIP LOCKED leaves them out
+    # of this result, but they are still pending in this statement's snapshot, so the key stops
+    # before them instead of jumping over them (FIFO per key across nodes).
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM deliveries WHERE destination=? AND state=? AND next_attempt<=?"
-        f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}", (destination, PENDING, now, limit * 4)).fetchall()
-    batch, open_keys, blocked = [], set(), set()
-    for row in rows:
-        delivery = Delivery(*row)
+        f"SELECT {_COLUMNS}, (SELECT max(o.id) FROM deliveries o WHERE o.destination = d.destination"
+        f" AND o.fifo_key = d.fifo_key AND o.state IN (?, ?) AND o.id < d.id) FROM deliveries d"
+        f" WHERE destination=? AND state=? AND next_attempt<=? ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}",
+        (PENDING, SENDING, destination, PENDING, now, limit * 4)).fetchall()
+    batch, last_of_key, blocked = [], {}, set()
+    for *columns, previous_open in rows:
+        delivery = Delivery(*columns)
         key = delivery.fifo_key
         if key in blocked:
             continue
-        if key not in open_keys:
-            older = conn.execute(
-                "SELECT 1 FROM deliveries WHERE destination=? AND fifo_key=? AND state IN (?, ?) AND id<?"
-                " LIMIT 1", (destination, key, PENDING, SENDING, delivery.id)).fetchone()
-            if older:
-                blocked.add(key)
-                continue
-            open_keys.add(key)
+        if previous_open != last_of_key.get(key):
+            blocked.add(key)
+            continue
+        last_of_key[key] = delivery.id
         batch.append(delivery)
         if len(batch) >= limit:
             break
