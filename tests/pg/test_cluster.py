@@ -214,9 +214,7 @@ async def test_nodes_share_the_work_and_deliver_each_message_once_in_order(clust
     ports = list(cluster.ports().values())
     acked, failovers = [], []
     started = time.monotonic()
-    await defer.gatherResults([defer.Deferred.fromCoroutine(send_in_order(k, range(per_key), ports[i % node_count:] +
-                                                                          ports[:i % node_count], acked, failovers))
-                               for i, k in enumerate(keys)])
+    await _pumps(keys, range(per_key), ports, acked, failovers)
     intake_seconds = time.monotonic() - started
     total = len(keys) * per_key
     assert failovers == [] and len(acked) == total
