@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,32 +71,53 @@ async def sleep(seconds: float) -> None:
 
 
 class EngineProcess:
-    """`pfi run` in a child process, for crash and signal tests."""
+    """`pfi run` in a child process, for crash and signal tests. `args` are added to the command
+    line (e.g. `--journal URL --node a`)."""
 
-    def __init__(self, config_dir: Path, data_dir: Path):
+    def __init__(self, config_dir: Path, data_dir: Path, args: tuple = ()):
         self.config_dir, self.data_dir = config_dir, data_dir
+        self.args = tuple(str(a) for a in args)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait_for: str = "engine.started", timeout: float = 20.0) -> None:
-        self.log = open(self.data_dir.parent / f"engine-{time.time_ns()}.log", "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config_dir), "--data", str(self.data_dir)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
+    def launch(self) -> None:
+        """Start the process without waiting for it (several nodes can then start together)."""
+        path = self.data_dir.parent / f"engine-{time.time_ns()}.log"
+        # The child appends (O_APPEND): our reads and seeks never move where it writes, so a read
+        # under load cannot make it overwrite the beginning of its own log.
+        with open(path, "a") as child_log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config_dir),
+                 "--data", str(self.data_dir), *self.args],
+                stdout=child_log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        self.log = open(path)
+
+    def wait_started(self, wait_for: str = "engine.started", timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.log.seek(0)
-            if wait_for in self.log.read():
+            if wait_for in self.output():
                 return
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        self.log.seek(0)
-        raise RuntimeError(f"engine did not start: {self.log.read()}")
+        raise RuntimeError(f"engine did not start: {self.output()}")
+
+    def start(self, wait_for: str = "engine.started", timeout: float = 20.0) -> None:
+        self.launch()
+        self.wait_started(wait_for, timeout)
 
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read()
+
+    def port_of(self, channel: str) -> int:
+        """The port a listener bound (configurations with `port: 0`), from its log line."""
+        for line in self.output().splitlines():
+            if '"listener.started"' in line:
+                entry = json.loads(line)
+                if entry.get("channel") == channel:
+                    return entry["port"]
+        raise LookupError(f"no listener.started line for channel {channel!r}")
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
@@ -104,6 +126,11 @@ class EngineProcess:
     def terminate(self) -> int:
         os.kill(self.proc.pid, signal.SIGTERM)
         return self.proc.wait(20)
+
+    def ensure_dead(self) -> None:
+        """SIGKILL the process if it still runs (test cleanup, whatever happened before)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
 
 
 INTAKE_STATES = ("received", "rejected", "duplicate")

@@ -29,16 +29,19 @@ def tail(args) -> int:
     if not reader.exists():
         print("journal is empty (no message received yet)")
         return 0
-    last = reader.last_event_id() - args.lines if not args.follow else max(reader.last_event_id() - args.lines, 0)
-    last = max(last, 0)
+    end = reader.last_event_id()
+    last = max(end - args.lines, 0)
     try:
         while True:
-            for event in reader.events_after(last, channel=args.channel, msg_type=args.msg_type):
+            events = reader.events_after(last, channel=args.channel, msg_type=args.msg_type)
+            for event in events:
                 print(format_event(event, reader if args.show_phi else None), flush=True)
-                last = event.id
-            if not args.follow:
+                last = max(last, event.id)
+            if not args.follow and (not events or last >= end):
                 return 0
-            time.sleep(0.5)
+            if not events:
+                time.sleep(0.5)
+            # else: a read returns at most a page (500 events) and -n may ask for more
     except KeyboardInterrupt:
         return 0
 

@@ -47,6 +47,8 @@ class MLLPClientProtocol(protocol.Protocol):
         self.lost = defer.Deferred()
 
     def send(self, payload: bytes) -> defer.Deferred:
+        if self.lost.called:  # the peer went away earlier: nothing would ever answer
+            return defer.fail(error.ConnectionLost("connection closed before the message was sent"))
         d = defer.Deferred()
         self._waiting.append(d)
         self.transport.write(frame(payload))

@@ -147,8 +147,14 @@ def release(conn, deliveries: list[Delivery], now: float) -> None:
 
 
 def next_due(conn, destination: str) -> float | None:
-    row = conn.execute("SELECT min(next_attempt) FROM deliveries WHERE destination=? AND state=?",
-                       (destination, PENDING)).fetchone()
+    """When a send of this destination may next be claimed: the earliest due time among the
+    pending deliveries that head their key. One queued behind an older delivery of its key (waiting
+    for a retry, or being sent by another node) does not count: its due time is already past, and
+    waking for it finds nothing to claim, so the worker would poll in a loop until the head's retry."""
+    row = conn.execute(
+        "SELECT min(next_attempt) FROM deliveries WHERE state=? AND id IN (SELECT min(id) FROM deliveries"
+        " WHERE destination=? AND state IN (?, ?) GROUP BY fifo_key)",
+        (PENDING, destination, PENDING, SENDING)).fetchone()
     return row[0]
 
 

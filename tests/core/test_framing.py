@@ -65,3 +65,19 @@ def test_one_byte_feed_of_large_frame_is_linear():
     events = feed_bytewise(decoder, frame(payload))
     assert events == [Frame(payload)]
     assert decoder.pending == 0
+
+
+def test_client_send_after_the_peer_left_fails_at_once():
+    """A message sent on a connection already lost fails instead of waiting for an ACK forever."""
+    from twisted.internet import error
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from engine.mllp.client import MLLPClientProtocol
+
+    client = MLLPClientProtocol()
+    client.makeConnection(StringTransport())
+    client.connectionLost(Failure(error.ConnectionDone()))
+    failures = []
+    client.send(MSG).addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(error.ConnectionLost)

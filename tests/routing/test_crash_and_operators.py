@@ -82,7 +82,8 @@ async def test_queue_cancel_and_replay_commands(tmp_path):
         common = ("--config", str(cfg), "--data", str(tmp_path / "data"))
         await until(lambda: " 2 " in pfi("queue", *common).stdout, what="two pending")
         tail = pfi("tail", *common).stdout
-        uid = next(line.split()[1] for line in tail.splitlines() if "ctrl=C-1" in line)
+        line = next(line for line in tail.splitlines() if "ctrl=C-1" in line)
+        uid = next(f for f in line.split()[1:] if not f.startswith("@"))  # after the stamp and `@node`
         assert pfi("cancel", uid, *common).returncode == 0
         assert "cancelled" in pfi("tail", *common).stdout
         queue = pfi("queue", *common).stdout
