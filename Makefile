@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test conformance bench bench-route bench-flow bench-mss bench-dmp bench-docwire check demo clean pki sim-dmp
+.PHONY: install run test conformance bench bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire check demo clean pki sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 
 bench-route: $(STAMP)
 	$(BIN)/python bench/route.py
+
+# 1, 2 and 3 nodes on one PostgreSQL journal (postgresql://postgres@127.0.0.1:5432/, or PFI_BENCH_PG) beside SQLite.
+bench-cluster: $(STAMP)
+	$(BIN)/python bench/cluster.py
 
 bench-flow: $(STAMP)
 	$(BIN)/python bench/flow.py

@@ -1,15 +1,20 @@
-"""Benchmark helpers: realistic messages, a closed-loop MLLP load generator, percentiles."""
+"""Benchmark helpers: realistic messages, a closed-loop MLLP load generator, an MLLP sink,
+engine subprocesses, percentiles."""
 
 from __future__ import annotations
 
 import base64
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
+from engine.hl7.scan import scan
 from engine.mllp.framing import Frame, MLLPDecoder, frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +60,11 @@ def oru_message(target: int = 40_000) -> bytes:
 class LoadClient(protocol.Protocol):
     """Closed loop: one message in flight per connection, the next sent when its ACK arrives."""
 
-    def __init__(self, template: bytes, prefix: str, deadline: float, latencies: list):
+    def __init__(self, template: bytes, prefix: str, deadline: float, latencies: list,
+                 record: dict | None = None):
         self.template, self.prefix, self.deadline = template, prefix, deadline
         self.latencies = latencies
+        self.record = record  # when given: control id -> (sent at, ACKed at), for end-to-end timings
         self.decoder = MLLPDecoder()
         self.count = 0
         self.errors = 0
@@ -71,14 +78,17 @@ class LoadClient(protocol.Protocol):
             self.transport.loseConnection()
             return
         self.count += 1
-        ctrl = f"{self.prefix}{self.count}".encode()
+        self._ctrl = f"{self.prefix}{self.count}"
         self._sent_at = time.perf_counter()
-        self.transport.write(frame(self.template.replace(b"{CTRL}", ctrl)))
+        self.transport.write(frame(self.template.replace(b"{CTRL}", self._ctrl.encode())))
 
     def dataReceived(self, data):
         for event in self.decoder.feed(data):
             if isinstance(event, Frame):
-                self.latencies.append(time.perf_counter() - self._sent_at)
+                acked_at = time.perf_counter()
+                self.latencies.append(acked_at - self._sent_at)
+                if self.record is not None:
+                    self.record[self._ctrl] = (self._sent_at, acked_at)
                 if b"MSA|AA|" not in event.payload:
                     self.errors += 1
                 self._send()
@@ -88,14 +98,19 @@ class LoadClient(protocol.Protocol):
             self.done.callback(None)
 
 
-async def run_load(port: int, template: bytes, connections: int, seconds: float, tag: str) -> dict:
+async def run_load(port: int | list[int], template: bytes, connections: int, seconds: float, tag: str,
+                   record: dict | None = None) -> dict:
+    """Closed loop on `connections` connections, spread round robin over `port` (one or several
+    listeners), for `seconds`. `record` (optional) gets control id -> (sent at, ACKed at)."""
+    ports = [port] if isinstance(port, int) else list(port)
     latencies: list[float] = []
     started = time.perf_counter()
     deadline = started + seconds
     clients = []
     for i in range(connections):
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        clients.append(await connectProtocol(endpoint, LoadClient(template, f"{tag}{i}-{os.getpid()}-{time.time_ns()}-", deadline, latencies)))
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", ports[i % len(ports)])
+        client = LoadClient(template, f"{tag}{i}-{os.getpid()}-{time.time_ns()}-", deadline, latencies, record)
+        clients.append(await connectProtocol(endpoint, client))
     await defer.DeferredList([c.done for c in clients])
     elapsed = time.perf_counter() - started
     return {
@@ -104,7 +119,75 @@ async def run_load(port: int, template: bytes, connections: int, seconds: float,
         "p99": percentile(latencies, 99) * 1000,
         "count": len(latencies),
         "errors": sum(c.errors for c in clients),
+        "started": started,
+        "elapsed": elapsed,
     }
+
+
+class Sink(protocol.ServerFactory):
+    """A destination that answers AA at once and notes when each control id arrived."""
+
+    def __init__(self):
+        self.arrived: dict[str, float] = {}
+
+    def buildProtocol(self, addr):
+        p = _SinkProtocol()
+        p.factory = self
+        return p
+
+
+class _SinkProtocol(protocol.Protocol):
+    def connectionMade(self):
+        self.decoder = MLLPDecoder()
+
+    def dataReceived(self, data):
+        for event in self.decoder.feed(data):
+            if isinstance(event, Frame):
+                ctrl = scan(event.payload).control_id
+                self.factory.arrived.setdefault(ctrl, time.perf_counter())
+                self.transport.write(frame(f"MSH|^~\\&|S|S|P|P|1||ACK|{ctrl}|P|2.5\rMSA|AA|{ctrl}\r".encode()))
+
+
+async def sleep(seconds: float) -> None:
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (for a listener in another process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_engine_process(args: list[str], log_path: Path, timeout: float = 30.0,
+                         started: list | None = None) -> subprocess.Popen:
+    """`pfi <args>` in a subprocess logging to `log_path`; returns once it logged engine.started
+    (or exited, or `timeout` passed: the caller sees it in the log). The process is appended to
+    `started` at once, so that a caller interrupted while it starts can still stop it."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT)
+    if started is not None:
+        started.append(proc)
+    deadline = time.monotonic() + timeout
+    while ("engine.started" not in log_path.read_text() and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM by PID, then SIGKILL if it has not exited within `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -13,14 +13,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from bench.common import ROOT, adt_message, oru_message, run_load  # noqa: E402
+from bench.common import ROOT, adt_message, oru_message, run_load, start_engine_process, stop_process  # noqa: E402
 from engine.journal.sqlite import DURABILITY  # noqa: E402
 
 BARE_PORT, ENGINE_PORT = 24001, 24002
@@ -40,18 +39,12 @@ def start_engine(workdir: Path, log_level: str) -> subprocess.Popen:
         f"type: mllp-in\nport: {ENGINE_PORT}\nmax_message_bytes: 64MiB\n", encoding="utf-8")
     (cfg / "routes.yaml").write_text("routes: []\n", encoding="utf-8")
     (cfg / "pfi.yaml").write_text(f"log_level: {log_level}\nmetrics:\n  enabled: false\n", encoding="utf-8")
-    log = open(workdir / "engine.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--config", str(cfg),
-                             "--data", str(workdir / "data")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while "engine.started" not in (workdir / "engine.log").read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return proc
+    return start_engine_process(["run", "--config", str(cfg), "--data", str(workdir / "data")],
+                                workdir / "engine.log")
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(30)
+    stop_process(proc)
 
 
 async def measure(port: int, connections: list[int], seconds: float, tag: str) -> dict:

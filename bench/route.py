@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,67 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet import defer, protocol, reactor, task  # noqa: E402
+from twisted.internet import defer, reactor, task  # noqa: E402
 
-from bench.common import ROOT, adt_message, percentile  # noqa: E402
+from bench.common import ROOT, Sink, adt_message, percentile, run_load, sleep, start_engine_process, stop_process  # noqa: E402
 from bench.intake import ENGINE_PORT  # noqa: E402
-from engine.hl7.scan import scan  # noqa: E402
 from engine.journal.sqlite import DURABILITY  # noqa: E402
-from engine.mllp.framing import Frame, MLLPDecoder, frame  # noqa: E402
 
 SINK_PORTS = (24101, 24102, 24103)
-
-
-class Sink(protocol.ServerFactory):
-    """A destination that answers AA at once and notes when each control id arrived."""
-
-    def __init__(self):
-        self.arrived: dict[str, float] = {}
-
-    def buildProtocol(self, addr):
-        p = _SinkProtocol()
-        p.factory = self
-        return p
-
-
-class _SinkProtocol(protocol.Protocol):
-    def connectionMade(self):
-        self.decoder = MLLPDecoder()
-
-    def dataReceived(self, data):
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                ctrl = scan(event.payload).control_id
-                self.factory.arrived.setdefault(ctrl, time.perf_counter())
-                self.transport.write(frame(f"MSH|^~\\&|S|S|P|P|1||ACK|{ctrl}|P|2.5\rMSA|AA|{ctrl}\r".encode()))
-
-
-class Sender(protocol.Protocol):
-    def __init__(self, prefix, deadline, acked):
-        self.prefix, self.deadline, self.acked = prefix, deadline, acked
-        self.decoder, self.n, self.done = MLLPDecoder(), 0, defer.Deferred()
-        self.template = adt_message()
-
-    def connectionMade(self):
-        self._send()
-
-    def _send(self):
-        if time.perf_counter() >= self.deadline:
-            self.transport.loseConnection()
-            return
-        self.n += 1
-        self.ctrl = f"{self.prefix}{self.n}"
-        self.transport.write(frame(self.template.replace(b"{CTRL}", self.ctrl.encode())))
-
-    def dataReceived(self, data):
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                self.acked[self.ctrl] = time.perf_counter()
-                self._send()
-
-    def connectionLost(self, reason):
-        if not self.done.called:
-            self.done.callback(None)
 
 
 def write_config(workdir: Path, destinations: int) -> Path:
@@ -95,53 +40,36 @@ def write_config(workdir: Path, destinations: int) -> Path:
     return cfg
 
 
-def start_engine(workdir: Path, cfg: Path) -> subprocess.Popen:
-    log_path = workdir / f"engine-{time.time_ns()}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--config", str(cfg),
-                             "--data", str(workdir / f"data-{time.time_ns()}")], cwd=ROOT,
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while "engine.started" not in log_path.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return proc
+def start_engine(workdir: Path, cfg: Path):
+    return start_engine_process(["run", "--config", str(cfg), "--data", str(workdir / f"data-{time.time_ns()}")],
+                                workdir / f"engine-{time.time_ns()}.log")
 
 
 async def scenario(workdir: Path, destinations: int, connections: int, seconds: float) -> dict:
     sinks = [Sink() for _ in range(destinations)]
     ports = [reactor.listenTCP(SINK_PORTS[i], s, interface="127.0.0.1") for i, s in enumerate(sinks)]
     proc = start_engine(workdir, write_config(workdir / f"s{destinations}", destinations))
-    acked: dict[str, float] = {}
-    started = time.perf_counter()
+    record: dict[str, tuple[float, float]] = {}
     try:
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
-        senders = [await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", ENGINE_PORT),
-                                         Sender(f"R{destinations}-{i}-", started + seconds, acked))
-                   for i in range(connections)]
-        await defer.DeferredList([s.done for s in senders])
-        intake_elapsed = time.perf_counter() - started
+        load = await run_load(ENGINE_PORT, adt_message(), connections, seconds, f"R{destinations}-", record)
+        started = load["started"]
         drain_deadline = time.perf_counter() + 120
         while destinations and time.perf_counter() < drain_deadline and not all(
-                set(acked) <= set(s.arrived) for s in sinks):
-            await _sleep(0.05)
-        elapsed = max(max(s.arrived.values(), default=started) for s in sinks) - started if destinations else intake_elapsed
+                set(record) <= set(s.arrived) for s in sinks):
+            await sleep(0.05)
+        elapsed = (max(max(s.arrived.values(), default=started) for s in sinks) - started if destinations
+                   else load["elapsed"])
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc)
         for p in ports:
             await p.stopListening()
+    acked = {c: times[1] for c, times in record.items()}
     latencies = [s.arrived[c] - t for s in sinks for c, t in acked.items() if c in s.arrived]
     delivered = sum(len(set(acked) & set(s.arrived)) for s in sinks)
     elapsed = max(elapsed, 1e-6)
     return {"acked": len(acked), "rate": len(acked) / elapsed, "delivered": delivered,
             "p50": percentile(latencies, 50) * 1000 if latencies else float("nan"),
             "p99": percentile(latencies, 99) * 1000 if latencies else float("nan")}
-
-
-async def _sleep(seconds):
-    d = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    await d
 
 
 def main() -> None:
