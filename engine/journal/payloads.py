@@ -124,6 +124,10 @@ class PayloadStore:
         segment, offset = conn.execute("SELECT segment, offset FROM messages WHERE uid=?", (uid,)).fetchone()
         return self.read(segment, offset)[1]
 
+    def messages_raw(self, conn, uids: list[str]) -> dict[str, bytes]:
+        """uid -> raw bytes (SQLite calls are cheap: one lookup per message)."""
+        return {uid: self.message_raw(conn, uid) for uid in set(uids)}
+
     def _read_at(self, segment: int, offset: int) -> tuple[dict, bytes, int]:
         fd = self._reader(segment)
         head = os.pread(fd, _HEADER.size, offset)

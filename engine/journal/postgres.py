@@ -102,6 +102,13 @@ class PgPayloads:
     def message_raw(conn, uid: str) -> bytes:
         return conn.execute("SELECT raw FROM payloads WHERE uid=?", (uid,)).fetchall()[0][0]
 
+    @staticmethod
+    def messages_raw(conn, uids: list[str]) -> dict[str, bytes]:
+        """uid -> raw bytes, in one query (a claim loads every payload of its batch)."""
+        if not uids:
+            return {}
+        return dict(conn.execute("SELECT uid, raw FROM payloads WHERE uid = ANY(?)", (list(set(uids)),)).fetchall())
+
 
 class PostgresJournal(GroupCommitWriter):
     durability = DURABILITY

@@ -133,9 +133,7 @@ async def _real_tick() -> None:
 
 
 def _apply_all(conn, plans: list[Plan], node: str) -> list[str]:
-    touched = []
-    for plan in plans:
-        touched += queue.apply_plan(conn, plan, node)
+    touched = queue.apply_plans(conn, plans, node)
     notify = getattr(conn, "notify_queued", None)  # a shared journal: wake the other nodes too
     if notify is not None and touched:
         notify(touched)
@@ -252,7 +250,7 @@ class DestinationWorker:
         # No fsync for successes: after a crash an unrecorded success is sent again with the
         # same MSH-10 (at-least-once; the destination can detect it). Failures are fsync'ed.
         follows = await d.journal.submit(
-            lambda c, s: [queue.finish(c, dl, action, reason, d.node, now, retry_at) for dl, reason in results],
+            lambda c, s: queue.finish_all(c, results, action, d.node, now, retry_at),
             logged=action == "done")
         for (delivery, reason), follow in zip(results, follows):
             if follow:
@@ -275,8 +273,6 @@ def lane_of(key: str, lanes: int) -> int:
 
 
 def _claim_with_payloads(conn, store, destination: str, now: float, node: str, lease_until: float) -> list:
-    claimed = []
-    for delivery in queue.claim_batch(conn, destination, now, node, lease_until=lease_until):
-        payload = delivery.payload if delivery.payload is not None else store.message_raw(conn, delivery.message_uid)
-        claimed.append((delivery, payload))
-    return claimed
+    deliveries = queue.claim_batch(conn, destination, now, node, lease_until=lease_until)
+    raws = store.messages_raw(conn, [d.message_uid for d in deliveries if d.payload is None])
+    return [(d, d.payload if d.payload is not None else raws[d.message_uid]) for d in deliveries]

@@ -1,0 +1,76 @@
+"""The batched queue writes (a few statements per batch instead of several per message) keep the
+per-message semantics: FIFO per key in claims, follow-ups once per step, plans in order."""
+
+from __future__ import annotations
+
+import time
+
+from engine.journal import schema
+from engine.journal.sqlite import connect
+from engine.routing import queue
+from engine.routing.plan import NewDelivery, Plan
+
+
+def _journal(tmp_path):
+    conn = connect(tmp_path / "j.sqlite")
+    schema.upgrade(conn)
+    return conn
+
+
+def _message(conn, uid: str, state: str = "received") -> None:
+    conn.execute("INSERT INTO messages (uid, received_at, channel, state, size, segment, offset, crc)"
+                 " VALUES (?,?,?,?,0,0,0,0)", (uid, time.time(), "in", state))
+
+
+def _new(destination="d", key="", step="s", **kw) -> NewDelivery:
+    return NewDelivery(route="r", step=step, destination=destination, fifo_key=key, not_before=0, payload=b"x", **kw)
+
+
+def _deliveries(conn) -> list[tuple]:
+    return conn.execute("SELECT message_uid, destination, action, state FROM deliveries ORDER BY id").fetchall()
+
+
+def test_a_key_with_an_older_delivery_in_flight_is_not_claimed(tmp_path):
+    conn = _journal(tmp_path)
+    for uid, key in (("a1", "A"), ("a2", "A"), ("b1", "B")):
+        queue._queue(conn, uid, _new(key=key), "n", time.time())
+    conn.execute("UPDATE deliveries SET state='sending', node='other' WHERE message_uid='a1'")
+    claimed = [d.message_uid for d in queue.claim_batch(conn, "d", time.time(), "n")]
+    assert claimed == ["b1"]  # a2 waits until a1 (another node's send) is finished
+
+
+def test_follow_ups_are_due_once_with_the_last_delivery_of_a_step(tmp_path):
+    conn = _journal(tmp_path)
+    queue._queue(conn, "m1", _new("d1"), "n", time.time())
+    queue._queue(conn, "m1", _new("d2"), "n", time.time())
+    queue._queue(conn, "m2", _new("d1"), "n", time.time())
+    queue._queue(conn, "m2", _new("d2"), "n", time.time())
+    claimed = queue.claim_batch(conn, "d1", time.time(), "n") + queue.claim_batch(conn, "d2", time.time(), "n")
+    by_uid = {(d.message_uid, d.destination): d for d in claimed}
+    results = [(by_uid["m1", "d1"], "AA"), (by_uid["m1", "d2"], "AA"), (by_uid["m2", "d1"], "AA")]
+    follows = queue.finish_all(conn, results, "done", "n", time.time())
+    assert follows == [None, "on_success", None]  # m2 still has d2 in flight
+    sent = conn.execute("SELECT message_uid, channel FROM events WHERE state='sent' ORDER BY id").fetchall()
+    assert sent == [("m1", "d1"), ("m1", "d2"), ("m2", "d1")]
+
+
+def test_plans_of_one_batch_apply_in_order_and_only_from_received(tmp_path):
+    conn = _journal(tmp_path)
+    for uid in ("init", "other", "rplc"):
+        _message(conn, uid)
+    _message(conn, "done-already", state="routed")
+    plans = [Plan("init", deliveries=[_new(doc_id="DOC", action="initial")]),
+             Plan("other", deliveries=[_new("d2")]),
+             Plan("done-already", deliveries=[_new()]),
+             Plan("rplc", deliveries=[_new(doc_id="DOC", action="replace", replaced_id="DOC")]),
+             Plan("unrouted-msg", state=None, deliveries=[_new("d3")])]  # a follow-up: no state change
+    touched = queue.apply_plans(conn, plans, "n")
+    assert touched == ["d", "d2", "d", "d3"]  # one entry per delivery queued, in plan order
+    assert _deliveries(conn) == [("init", "d", "initial", "cancelled"), ("other", "d2", "", "pending"),
+                                 ("rplc", "d", "initial", "pending"), ("unrouted-msg", "d3", "", "pending")]
+    states = dict(conn.execute("SELECT uid, state FROM messages").fetchall())
+    assert states == {"init": "routed", "other": "routed", "rplc": "routed", "done-already": "routed"}
+    queued = conn.execute("SELECT message_uid, detail FROM events WHERE state='queued' ORDER BY id").fetchall()
+    ids = dict(conn.execute("SELECT message_uid, id FROM deliveries").fetchall())
+    assert [(uid, detail.startswith(f"delivery {ids[uid]} (")) for uid, detail in queued] == [
+        ("init", True), ("other", True), ("rplc", True), ("unrouted-msg", True)]
