@@ -224,36 +224,44 @@ class PostgresJournal(GroupCommitWriter):
         return result
 
     def _store_inbound_run(self, conn, store, records: list[InboundRecord]) -> list:
-        self._lock_dup_keys(conn, records)
-        mark_duplicates(records, lambda keys: conn.raw.execute(
-            "SELECT dup_key, received_at, uid, ack_code, ack FROM messages WHERE dup_key = ANY(%s) ORDER BY id",
-            (keys,)).fetchall())
+        """Two round trips for the run, whatever its size: the duplicate lock and lookup, then the
+        rows of all three tables as one statement with its savepoint and the leader's wake-up."""
+        keys = sorted({r.dup_key for r in records if r.dup_key and r.dup_window > 0})
+        if keys:
+            with conn.raw.pipeline():
+                self._lock_dup_keys(conn, keys)
+                earlier = conn.raw.execute("SELECT dup_key, received_at, uid, ack_code, ack FROM messages"
+                                           " WHERE dup_key = ANY(%s) ORDER BY id", (keys,))
+            journaled = earlier.fetchall()
+            mark_duplicates(records, lambda _keys: journaled)
         rows = [_rows(r, self.node) for r in records]
-        conn.raw.execute("SAVEPOINT run")
+        notify = any(r.state == RECEIVED for r in records)
         try:
-            with conn.raw.cursor() as cur:
-                cur.executemany(_INSERT_MESSAGE, [m for m, _, _ in rows])
-                cur.executemany(_INSERT_PAYLOAD, [p for _, p, _ in rows])
-                cur.executemany(_INSERT_EVENT, [e for _, _, e in rows])
+            with conn.raw.pipeline():
+                conn.raw.execute("SAVEPOINT run")
+                for start in range(0, len(rows), _INSERT_ROWS):
+                    sql, params = _insert_all(rows[start:start + _INSERT_ROWS])
+                    conn.raw.execute(sql, params)
+                conn.raw.execute("RELEASE SAVEPOINT run")
+                if notify:
+                    conn.raw.execute(f"NOTIFY {_NOTIFY_RECEIVED}")
         except psycopg.errors.IntegrityError:
             # Rare (a uid collision): redo row by row so that only the bad record fails.
             conn.raw.execute("ROLLBACK TO SAVEPOINT run")
             results = [self._run_one(conn, store, _insert_rows(*row)) or r for r, row in zip(records, rows)]
-        else:
-            results = records
-        conn.raw.execute("RELEASE SAVEPOINT run")
-        if any(r.state == RECEIVED for r in records):
-            conn.raw.execute(f"NOTIFY {_NOTIFY_RECEIVED}")
-        return results
+            conn.raw.execute("RELEASE SAVEPOINT run")
+            if notify:
+                conn.raw.execute(f"NOTIFY {_NOTIFY_RECEIVED}")
+            return results
+        return records
 
     @staticmethod
-    def _lock_dup_keys(conn, records: list[InboundRecord]) -> None:
+    def _lock_dup_keys(conn, keys: list[str]) -> None:
         """Duplicates are global: the same key arriving at two nodes at once is checked in turn
-        (an advisory lock per key until commit; taken in one order, so no deadlock)."""
-        keys = sorted({r.dup_key for r in records if r.dup_key and r.dup_window > 0})
-        if keys:
-            conn.raw.execute("SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(k) AS h"
-                             " FROM unnest(%s::text[]) AS k ORDER BY 1) AS s", (_LOCK_SPACE_DUP, keys))
+        (an advisory lock per key until commit; taken in one order, so no deadlock). The lookup
+        that follows is another statement, so its snapshot sees what the lock waited for."""
+        conn.raw.execute("SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(k) AS h"
+                         " FROM unnest(%s::text[]) AS k ORDER BY 1) AS s", (_LOCK_SPACE_DUP, keys))
 
     # -- routing ---------------------------------------------------------------------------
     def claim_received(self, limit: int):
@@ -403,6 +411,23 @@ def _rows(r: InboundRecord, node: str) -> tuple[tuple, tuple, tuple]:
                r.duplicate_of, r.ack_code, r.ack, r.reason, node)
     detail = f"duplicate of {r.duplicate_of}" if r.duplicate_of else r.reason
     return message, (r.uid, r.raw), (r.uid, r.received_at, r.state, r.channel, detail, node)
+
+
+_INSERT_ROWS = 500  # records per statement: 29 parameters each, within PostgreSQL's 65535
+
+
+def _insert_all(rows: list[tuple[tuple, tuple, tuple]]) -> tuple[str, list]:
+    """One statement inserting the messages, payloads and events rows of these records."""
+    def values(width: int) -> str:
+        return ",".join(["(" + ",".join(["%s"] * width) + ")"] * len(rows))
+
+    into_messages, into_payloads, into_events = (sql.split(" VALUES ")[0] for sql in (
+        _INSERT_MESSAGE, _INSERT_PAYLOAD, _INSERT_EVENT))
+    sql = (f"WITH m AS ({into_messages} VALUES {values(21)}), p AS ({into_payloads} VALUES {values(2)})"
+           f" {into_events} VALUES {values(6)}")
+    params = [v for m, _, _ in rows for v in m] + [v for _, p, _ in rows for v in p] + \
+             [v for _, _, e in rows for v in e]
+    return sql, params
 
 
 def _insert_rows(message: tuple, payload: tuple, event: tuple):
