@@ -18,6 +18,7 @@ log = structlog.get_logger("engine.routing")
 
 POLL_SECONDS = 0.25
 BATCH = 200
+RECHECK_SECONDS = 0.02
 
 
 class Dispatcher:
@@ -260,7 +261,9 @@ class DestinationWorker:
         due = await self.dispatcher.journal.submit(lambda c, s: queue.next_due(c, self.name), logged=True)
         clock = self.dispatcher.clock
         # Also poll: operators (pfi cancel/replay) and other nodes change the queue from outside.
-        delay = 1.0 if due is None else min(max(due - clock.seconds(), 0.0), 1.0)
+        # Due yet not claimed: another node's claim holds it; look again soon, not at once (new
+        # work wakes the worker anyway).
+        delay = 1.0 if due is None else min(max(due - clock.seconds(), RECHECK_SECONDS), 1.0)
         if not self._stopped and not self._running:
             self._timer = clock.callLater(delay, self.wake)
 
