@@ -217,7 +217,11 @@ class PostgresJournal(GroupCommitWriter):
         conn.raw.execute("SAVEPOINT op")
         try:
             result = operation(conn, store)
-        except (psycopg.errors.IntegrityError, psycopg.errors.DataError, ValueError) as exc:
+        except (psycopg.Error, ValueError) as exc:
+            # One failed operation (a constraint, a deadlock, a lock timeout) must not sink the
+            # others of its group commit, inbound messages included; a lost connection does.
+            if conn.raw.broken:
+                raise
             conn.raw.execute("ROLLBACK TO SAVEPOINT op")
             result = JournalError(str(exc))
         conn.raw.execute("RELEASE SAVEPOINT op")

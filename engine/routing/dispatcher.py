@@ -221,7 +221,7 @@ class DestinationWorker:
         await self._record(succeeded)
         if skipped:
             now = self.dispatcher.clock.seconds()
-            await self.dispatcher.journal.submit(lambda c, s: queue.release(c, skipped, now), logged=True)
+            await self.dispatcher.journal.submit(lambda c, s: queue.release(c, skipped, now, self.dispatcher.node), logged=True)
 
     async def _send(self, delivery: queue.Delivery, payload: bytes) -> tuple[str, str, float | None]:
         from engine.retry import attempts_exhausted, backoff_delay

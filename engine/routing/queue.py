@@ -173,9 +173,14 @@ def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
     """Up to `limit` due deliveries in send order. A delivery enters the batch only if every older
     pending or sending delivery of its key is already in the batch: rows skipped by the candidate
     query (not yet due, in flight, or locked by another node's claim) hold their key back."""
+    # Rows queued behind a send in flight or a retry backing off are not even candidates: a long
+    # queue of one blocked key must not fill the window and starve the other keys.
     rows = [Delivery(*row) for row in conn.execute(
-        f"SELECT {_COLUMNS} FROM deliveries WHERE destination=? AND state=? AND next_attempt<=?"
-        f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}", (destination, PENDING, now, limit * 4)).fetchall()]
+        f"SELECT {_COLUMNS} FROM deliveries d WHERE destination=? AND state=? AND next_attempt<=?"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination=d.destination AND o.fifo_key=d.fifo_key"
+        " AND o.id<d.id AND (o.state=? OR (o.state=? AND o.next_attempt>?)))"
+        f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}",
+        (destination, PENDING, now, SENDING, PENDING, now, limit * 4)).fetchall()]
     if not rows:
         return []
     open_ids = _open_ids_by_key(conn, destination, {d.fifo_key for d in rows}, rows[-1].id)
@@ -213,10 +218,11 @@ def _marks(values: list) -> str:
     return ",".join("?" * len(values))
 
 
-def release(conn, deliveries: list[Delivery], now: float) -> None:
-    """Give back claimed deliveries that were not attempted (an earlier one of their key failed)."""
-    conn.executemany("UPDATE deliveries SET state=?, updated_at=? WHERE id=?",
-                     [(PENDING, now, d.id) for d in deliveries])
+def release(conn, deliveries: list[Delivery], now: float, node: str) -> None:
+    """Give back claimed deliveries that were not attempted (an earlier one of their key failed),
+    if they are still this node's."""
+    conn.executemany("UPDATE deliveries SET state=?, updated_at=?" + _STILL_MINE,
+                     [(PENDING, now, d.id, node) for d in deliveries])
 
 
 def next_due(conn, destination: str) -> float | None:
@@ -231,19 +237,28 @@ def next_due(conn, destination: str) -> float | None:
     return row[0]
 
 
+_STILL_MINE = " WHERE id=? AND state='sending' AND node=?"
+
+
 def finish(conn, delivery: Delivery, outcome: str, detail: str, node: str, now: float,
            retry_at: float | None = None) -> str | None:
-    """Record an attempt. Returns 'on_success' / 'on_failure' when the step's follow-ups are due."""
+    """Record an attempt. Returns 'on_success' / 'on_failure' when the step's follow-ups are due.
+    Only while the send is still this node's: a node that missed its lease (another node took the
+    send over) must not overwrite the new owner's state."""
     attempts = delivery.attempts + 1
     if outcome == "retry":
-        conn.execute("UPDATE deliveries SET state=?, attempts=?, next_attempt=?, last_error=?, updated_at=?"
-                     " WHERE id=?", (PENDING, attempts, retry_at, detail, now, delivery.id))
+        if _taken_over(conn.execute(
+                "UPDATE deliveries SET state=?, attempts=?, next_attempt=?, last_error=?, updated_at=?" + _STILL_MINE,
+                (PENDING, attempts, retry_at, detail, now, delivery.id, node)), conn, delivery, node, now):
+            return None
         _event(conn, delivery.message_uid, "retry", delivery.destination,
                f"delivery {delivery.id} attempt {attempts}: {detail}; next at {_fmt(retry_at)}", node, now)
         return None
     state = DONE if outcome == "done" else DEAD
-    conn.execute("UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=? WHERE id=?",
-                 (state, attempts, "" if state == DONE else detail, now, delivery.id))
+    if _taken_over(conn.execute("UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=?" + _STILL_MINE,
+                                (state, attempts, "" if state == DONE else detail, now, delivery.id, node)),
+                   conn, delivery, node, now):
+        return None
     _event(conn, delivery.message_uid, "sent" if state == DONE else "dead-letter", delivery.destination,
            f"delivery {delivery.id}: {detail}", node, now)
     if state == DEAD:
@@ -253,16 +268,33 @@ def finish(conn, delivery: Delivery, outcome: str, detail: str, node: str, now: 
     return "on_success" if left == 0 else None
 
 
+def _taken_over(cursor, conn, delivery: Delivery, node: str, now: float) -> bool:
+    if cursor.rowcount:
+        return False
+    _event(conn, delivery.message_uid, "lease-lost", delivery.destination,
+           f"delivery {delivery.id}: outcome of node {node} not recorded, the send was no longer its own", node, now)
+    return True
+
+
 def finish_all(conn, results: list, outcome: str, node: str, now: float,
                retry_at: float | None = None) -> list[str | None]:
     """`finish` for each (delivery, detail) of `results`, in order; successes (the common case) in
-    three statements for the whole list instead of three per delivery."""
+    a few statements for the whole list instead of three per delivery."""
     if outcome != "done":
         return [finish(conn, d, outcome, detail, node, now, retry_at) for d, detail in results]
     if not results:
         return []
-    conn.executemany("UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=? WHERE id=?",
-                     [(DONE, d.attempts + 1, "", now, d.id) for d, _ in results])
+    ids = [d.id for d, _ in results]
+    mine = {row[0] for row in conn.execute(
+        f"UPDATE deliveries SET state=?, attempts=attempts+1, last_error='', updated_at=? WHERE id IN ({_marks(ids)})"
+        " AND state='sending' AND node=? RETURNING id", (DONE, now, *ids, node)).fetchall()}
+    if len(mine) < len(results):
+        for d, _ in results:
+            if d.id not in mine:
+                _taken_over(_NoRows, conn, d, node, now)
+        results = [(d, detail) for d, detail in results if d.id in mine]
+        if not results:
+            return [None] * len(ids)
     conn.executemany("INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)",
                      [(d.message_uid, now, "sent", d.destination, f"delivery {d.id}: {detail}", node)
                       for d, detail in results])
@@ -272,9 +304,14 @@ def finish_all(conn, results: list, outcome: str, node: str, now: float,
         " AND state IN (?, ?)", (*uids, PENDING, SENDING)).fetchall()}
     # A step's follow-ups are due once, with the last of its deliveries to finish.
     last_of_step = {(d.message_uid, d.route, d.step): i for i, (d, _) in enumerate(results)}
-    return ["on_success" if last_of_step[(d.message_uid, d.route, d.step)] == i
-            and (d.message_uid, d.route, d.step) not in still_open else None
-            for i, (d, _) in enumerate(results)]
+    follow = {d.id: "on_success" if last_of_step[(d.message_uid, d.route, d.step)] == i
+              and (d.message_uid, d.route, d.step) not in still_open else None
+              for i, (d, _) in enumerate(results)}
+    return [follow.get(i) for i in ids]
+
+
+class _NoRows:
+    rowcount = 0
 
 
 def reset_in_flight(conn, node: str) -> int:
