@@ -70,7 +70,8 @@ class Dispatcher:
                 plans = await threads.deferToThread(self._plan_all, batch)
                 # NORMAL sync is enough: a routing result lost in a power failure is recomputed from
                 # the message, which stays `received` until its plan is written (at-least-once).
-                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node),
+                busy = self._busy_destinations()
+                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node, busy),
                                                     logged=True)
                 self._wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
@@ -99,6 +100,9 @@ class Dispatcher:
                 plans.append(Plan(uid, state="invalid", events=[("invalid", f"routing failed: {exc}")]))
         return plans
 
+    def _busy_destinations(self) -> set[str]:
+        return {name for name, worker in self.workers.items() if worker._running}
+
     def _wake(self, destinations) -> None:
         for name in set(destinations):
             if name in self.workers:
@@ -116,7 +120,8 @@ class Dispatcher:
         plan = Plan(message.uid, state=None)
         await threads.deferToThread(run_steps, route, steps, ctx, ctx.raw, self.env, plan)
         plan.deliveries += [self._zam(kind, detail, ctx, z) for z in plan.zams if self._zam(kind, detail, ctx, z)]
-        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node))
+        busy = self._busy_destinations()
+        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy))
         self._wake(touched)
 
     def _zam(self, kind: str, detail: str, ctx: MessageContext, zam) -> NewDelivery | None:
@@ -133,11 +138,14 @@ async def _real_tick() -> None:
     await d
 
 
-def _apply_all(conn, plans: list[Plan], node: str) -> list[str]:
+def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset()) -> list[str]:
     touched = queue.apply_plans(conn, plans, node)
-    notify = getattr(conn, "notify_queued", None)  # a shared journal: wake the other nodes too
-    if notify is not None and touched:
-        notify(touched)
+    # A shared journal: wake the other nodes' workers only for destinations whose local worker is
+    # already busy (more work than it takes); an idle one is woken locally and takes it at once.
+    notify = getattr(conn, "notify_queued", None)
+    wanted = [d for d in touched if d in busy]
+    if notify is not None and wanted:
+        notify(wanted)
     return touched
 
 
