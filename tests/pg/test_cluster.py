@@ -19,11 +19,9 @@ from collections import Counter
 import psycopg
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 
-from engine.hl7.scan import scan
 from engine.mllp.client import connect, read_ack
-from engine.mllp.framing import Frame, MLLPDecoder, frame
 from tests.routing.peers import RecordingPeer
 from tests.support import ROOT, EngineProcess, inbound, sample_adt, write_config
 
@@ -88,11 +86,6 @@ class HoldingPeer(RecordingPeer):
         super().__init__()
         self.held: list | None = None
 
-    def buildProtocol(self, addr):
-        peer = _HoldingProtocol()
-        peer.factory = self
-        return peer
-
     def hold(self) -> None:
         self.held = []
 
@@ -101,25 +94,11 @@ class HoldingPeer(RecordingPeer):
         for transport, ack in held:
             transport.write(ack)  # a no-op on the connection of a node killed meanwhile
 
-
-class _HoldingProtocol(protocol.Protocol):
-    def connectionMade(self):
-        self.decoder = MLLPDecoder()
-
-    def dataReceived(self, data):
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                self._answer(event.payload)
-
-    def _answer(self, raw: bytes) -> None:
-        peer = self.factory
-        peer.received.append(raw)
-        ctrl = scan(raw).control_id
-        ack = frame(f"MSH|^~\\&|PEER|X|PFI|Y|20260101||ACK|{ctrl}A|P|2.5\rMSA|AA|{ctrl}\r".encode())
-        if peer.held is None:
-            self.transport.write(ack)
+    def send_ack(self, transport, ack: bytes) -> None:
+        if self.held is None:
+            transport.write(ack)
         else:
-            peer.held.append((self.transport, ack))
+            self.held.append((transport, ack))
 
 
 @pytest.fixture

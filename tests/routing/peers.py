@@ -29,6 +29,9 @@ class RecordingPeer(protocol.ServerFactory):
     async def close(self):
         await self.port.stopListening()
 
+    def send_ack(self, transport, ack: bytes) -> None:
+        transport.write(ack)
+
     def control_ids(self) -> list[str]:
         return [scan(m).control_id for m in self.received]
 
@@ -50,7 +53,7 @@ class _PeerProtocol(protocol.Protocol):
         if code is None:
             return  # never answers
         ctrl = scan(raw).control_id
-        self.transport.write(frame(f"MSH|^~\\&|PEER|X|PFI|Y|20260101||ACK|{ctrl}A|P|2.5\rMSA|{code}|{ctrl}\r".encode()))
+        f.send_ack(self.transport, frame(f"MSH|^~\\&|PEER|X|PFI|Y|20260101||ACK|{ctrl}A|P|2.5\rMSA|{code}|{ctrl}\r".encode()))
 
 
 async def until(condition, timeout: float = 10.0, what: str = "condition"):

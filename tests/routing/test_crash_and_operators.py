@@ -9,7 +9,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from engine.hl7.scan import scan
 from engine.mllp.client import connect, read_ack
 from tests.routing.peers import RecordingPeer, until
 from tests.support import ROOT, EngineProcess, inbound, sample_adt, write_config

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest_twisted
-from twisted.internet import task
 
 from engine.journal.reader import JournalReader
 from tests.routing.peers import RecordingPeer, until
-from tests.support import client_for, exchange, inbound, sample_adt, start_engine, write_config
+from tests.support import client_for, exchange, inbound, sample_adt, write_config
 
 FAST_RETRY = {"initial": 0.05, "maximum": 0.2, "jitter": 0.0}
 
