@@ -275,3 +275,21 @@ async def test_a_lost_database_session_gives_ae_then_the_node_reconnects(tmp_pat
         client.close()
         await engine.stopService()
         await peer.close()
+
+
+def test_tail_prints_an_event_committed_after_a_higher_id_once(pg_url):
+    def event(conn, event_id: int) -> None:
+        conn.execute("INSERT INTO events (id, message_uid, at, state, channel, detail, node) VALUES"
+                     " (?, 'm', 1, 'queued', 'c', '', 'n1')", (event_id,))
+
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        conn = PgConnection(raw)
+        for i in (1, 2, 4):  # id 3 taken by a node whose transaction is still open
+            event(conn, i)
+        reader = PgJournalReader(pg_url)
+        assert [e.id for e in reader.events_after(0)] == [1, 2, 4]
+        assert reader.events_after(4) == []
+        event(conn, 3)  # that node commits now
+        assert [e.id for e in reader.events_after(4)] == [3]
+        event(conn, 5)
+        assert [e.id for e in reader.events_after(4)] == [5]  # 3 is not printed twice
