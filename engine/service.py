@@ -105,7 +105,10 @@ class Engine(service.MultiService):
 
         from engine.patients import PatientRegistry
 
-        self.patients = PatientRegistry(self.data_dir, reactor=self.reactor)
+        from engine.journal.postgres import is_postgres_url
+
+        shared = self.config.engine.journal if is_postgres_url(self.config.engine.journal) else None
+        self.patients = PatientRegistry(self.data_dir, reactor=self.reactor, url=shared)
         env = Environment(self.config.channels, self.config.root, patients=self.patients)
         if connectors is None:
             connectors = build_connectors(self.config, self.reactor, consent=self.patients)

@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("identifier", metavar="ID", help="IPP or INS of the patient")
     p.add_argument("--config", type=Path, default=Path("."))
     p.add_argument("--data", type=Path, default=None, help="data directory (default: from config)")
+    p.add_argument("--journal", default=None, help="a shared postgresql:// journal holding the registry")
     p.add_argument("--show-phi", action="store_true", help="show identifiers in clear")
     p.set_defaults(handler=show)
 
@@ -27,14 +28,14 @@ def show(args) -> int:
     from engine.errors import JournalError
     from engine.patients.registry import FILE_NAME, PatientRegistry
 
-    data_dir = _data_dir(args)
+    data_dir, url = _location(args)
     if data_dir is None:
         return 2
-    if not (data_dir / FILE_NAME).is_file():
+    if url is None and not (data_dir / FILE_NAME).is_file():
         print(f"no patient registry in {data_dir} (no ADT message received yet)")
         return 1
     try:
-        registry = PatientRegistry(data_dir)
+        registry = PatientRegistry(data_dir, url=url)
     except JournalError as exc:
         print(exc)
         return 2
@@ -50,13 +51,21 @@ def show(args) -> int:
     return 0
 
 
-def _data_dir(args) -> Path | None:
-    if args.data is not None:
-        return args.data
-    from engine.commands.common import data_dir_for, load_or_report
+def _location(args) -> tuple[Path | None, str | None]:
+    """(data directory, shared journal URL or None) of the registry."""
+    from engine.journal.postgres import is_postgres_url
 
-    config = load_or_report(args.config)
-    return data_dir_for(args, config) if config is not None else None
+    if args.journal and is_postgres_url(args.journal):
+        return args.data or Path("."), args.journal
+    if args.data is not None and not args.journal:
+        return args.data, None
+    from engine.commands.common import data_dir_for, load_with_overrides
+
+    config = load_with_overrides(args)
+    if config is None:
+        return None, None
+    url = config.engine.journal if is_postgres_url(config.engine.journal) else None
+    return data_dir_for(args, config), url
 
 
 def format_record(record, history, show_phi: bool) -> str:

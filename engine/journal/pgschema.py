@@ -86,6 +86,35 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+MIGRATIONS.append((
+    3,
+    """
+    -- The PAM.fr patient registry (engine/patients/registry.py), shared by the nodes: the DMP gate of
+    -- any node must see the consent recorded by the node that routed the ADT.
+    CREATE TABLE patients (
+        id BIGSERIAL PRIMARY KEY,
+        ipp TEXT NOT NULL, ipp_domain TEXT NOT NULL, ipp_authority TEXT NOT NULL, ipp_oid TEXT NOT NULL,
+        ins TEXT, ins_json TEXT, identity_status TEXT NOT NULL DEFAULT '',
+        identity_attributes TEXT NOT NULL DEFAULT '[]',
+        dmp_status TEXT NOT NULL DEFAULT '', dmp_status_date TEXT,
+        feeding_json TEXT, consultation_json TEXT,
+        merged_into BIGINT REFERENCES patients(id),
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        UNIQUE (ipp, ipp_domain)
+    );
+    CREATE INDEX patients_ins ON patients (ins);
+    CREATE TABLE merges (
+        survivor_id BIGINT NOT NULL REFERENCES patients(id), old_id BIGINT NOT NULL REFERENCES patients(id),
+        at DOUBLE PRECISION NOT NULL, control_id TEXT NOT NULL
+    );
+    CREATE TABLE history (
+        id BIGSERIAL PRIMARY KEY, patient_id BIGINT NOT NULL REFERENCES patients(id),
+        at DOUBLE PRECISION NOT NULL, control_id TEXT NOT NULL, event TEXT NOT NULL, changes TEXT NOT NULL
+    );
+    CREATE INDEX history_patient ON history (patient_id);
+    """,
+))
+
 LATEST = MIGRATIONS[-1][0]
 # pg_advisory_xact_lock key taken by `upgrade`, so that two nodes upgrading at once take turns.
 _UPGRADE_LOCK = 7310

@@ -35,6 +35,13 @@ from engine.patients.model import (
 )
 
 FILE_NAME = "patients.sqlite"
+_DB_ERRORS: tuple = (sqlite3.Error,)
+try:
+    import psycopg
+
+    _DB_ERRORS = (sqlite3.Error, psycopg.Error)
+except ImportError:  # pragma: no cover - psycopg is a dependency; keep the SQLite path importable
+    pass
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
     id INTEGER PRIMARY KEY,
@@ -63,26 +70,34 @@ _CONSENT_FIELDS = ("feeding", "consultation")
 class PatientRegistry:
     """Patients known from ADT messages; implements engine.dmp.gates.ConsentRegistry."""
 
-    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time, reactor=None):
+    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time, reactor=None,
+                 url: str | None = None):
+        """`url`: the shared PostgreSQL journal of a cluster, so that every node sees the consent
+        the dispatch leader recorded (schema from `pfi db upgrade`); else a local SQLite file."""
         self.path = Path(data_dir) / FILE_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
         self._clock = clock
         self._reactor = reactor
         self._lock = threading.Lock()          # guards the writer connection
         self._read_lock = threading.Lock()     # guards the reader connection
         try:
             self._db = self._connect()
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
             # WAL readers never wait for a writer's fsync: lookups on the reactor stay quick.
             self._reader = self._connect()
-        except sqlite3.Error as exc:
-            raise JournalError(f"patient registry {self.path} cannot be opened: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"patient registry {self.url or self.path} cannot be opened: {exc}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                               timeout=30)
+    def _connect(self):
+        if self.url:
+            from engine.journal.postgres import connect
+
+            return connect(self.url)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        return db
 
     def close(self) -> None:
         """Close the database (further calls fail)."""
@@ -101,7 +116,7 @@ class PatientRegistry:
                 self._db.execute("BEGIN IMMEDIATE")
                 patient_id = self._apply(update)
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except _DB_ERRORS as exc:
                 self._rollback()
                 # The journal's error: intake answers AE, the sender retries later.
                 raise JournalError(f"patient registry write failed: {exc}") from exc
@@ -111,8 +126,10 @@ class PatientRegistry:
             return self._record(self._db, patient_id)
 
     def _rollback(self) -> None:
-        if self._db.in_transaction:
+        try:
             self._db.execute("ROLLBACK")
+        except _DB_ERRORS:
+            pass  # no transaction open, or the connection is gone
 
     def apply_in_thread(self, update: AdtUpdate):
         """`apply` on the reactor's thread pool: a Deferred firing with the PatientRecord."""
@@ -137,10 +154,10 @@ class PatientRegistry:
         found = self._live_id_by_ipp(ipp)
         if found is not None:
             return found, False
-        cursor = self._db.execute(
+        rows = self._db.execute(
             "INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?)", (ipp.value, ipp.domain, ipp.authority, ipp.oid, now, now))
-        return cursor.lastrowid, True
+            " VALUES (?,?,?,?,?,?) RETURNING id", (ipp.value, ipp.domain, ipp.authority, ipp.oid, now, now)).fetchall()
+        return rows[0][0], True
 
     def _apply_identity(self, patient_id: int, update: AdtUpdate) -> dict[str, str | None]:
         """Identity fields follow the latest message: INS, PID-32 status and attributes, ZFA-1."""

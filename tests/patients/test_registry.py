@@ -26,9 +26,11 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture
-def registry(tmp_path):
-    reg = PatientRegistry(tmp_path, clock=FakeClock())
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request, tmp_path):
+    """The same rules on both stores: a local SQLite file, or the shared journal's database."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    reg = PatientRegistry(tmp_path, clock=FakeClock(), url=url)
     yield reg
     reg.close()
 
@@ -179,3 +181,15 @@ def test_a_failed_write_keeps_nothing_and_is_a_journal_error(tmp_path):
         assert [h.control_id for h in registry.history(TEST_INS)] == ["1"]
     finally:
         registry.close()
+
+
+def test_on_a_shared_journal_every_node_sees_the_consent_another_recorded(tmp_path, pg_url, ans_corpus):
+    leader = PatientRegistry(tmp_path / "n1", url=pg_url)  # the node that routed the PAM.fr ADT
+    other = PatientRegistry(tmp_path / "n2", url=pg_url)   # the node that sends to the DMP
+    try:
+        apply(leader, ans_corpus.joinpath(*CONSENT_DIR, CONSENT_EXAMPLES[2][0]).read_bytes())
+        assert other.is_opposed(TEST_INS) is True
+        assert not (tmp_path / "n2" / "patients.sqlite").exists()
+    finally:
+        leader.close()
+        other.close()

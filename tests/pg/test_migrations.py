@@ -41,13 +41,22 @@ def test_migration_2_adds_deliveries_and_nodes_and_keeps_rows(pg_empty_url):
     with psycopg.connect(pg_empty_url, autocommit=True) as conn:
         pgschema.upgrade(conn, target=1)
         conn.execute("INSERT INTO messages (uid, received_at, channel, state, size) VALUES ('m1', 1, 'in', 'received', 3)")
-        assert pgschema.upgrade(conn) == [2]
+        assert pgschema.upgrade(conn, target=2) == [2]
         assert {"deliveries", "nodes"} <= _tables(conn)
         assert {"lease_until", "fifo_key", "node"} <= _columns(conn, "deliveries")
         assert conn.execute("SELECT uid, state FROM messages").fetchall() == [("m1", "received")]
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename='deliveries'")}
         assert {"deliveries_open", "deliveries_open_key", "deliveries_sending"} <= indexes
-        assert pgschema.upgrade(conn) == []  # idempotent
+        assert pgschema.upgrade(conn, target=2) == []  # idempotent
+
+
+def test_migration_3_shares_the_patient_registry(pg_empty_url):
+    with psycopg.connect(pg_empty_url, autocommit=True) as conn:
+        pgschema.upgrade(conn, target=2)
+        assert "patients" not in _tables(conn)
+        assert pgschema.upgrade(conn) == [3]
+        assert {"patients", "merges", "history"} <= _tables(conn)
+        assert {"ipp", "ins", "feeding_json", "merged_into"} <= _columns(conn, "patients")
 
 
 def test_engine_refuses_older_and_newer_schemas(pg_empty_url):
@@ -76,5 +85,5 @@ def test_pfi_db_upgrade_then_run_on_the_upgraded_schema_only(pg_empty_url, tmp_p
     status = _pfi("db", "status", "--config", str(cfg))
     assert status.returncode == 1 and "version 0" in status.stdout
     upgraded = _pfi("db", "upgrade", "--config", str(cfg))
-    assert upgraded.returncode == 0 and "applied migrations: 1, 2" in upgraded.stdout
+    assert upgraded.returncode == 0 and "applied migrations: 1, 2, 3" in upgraded.stdout
     assert "already up to date" in _pfi("db", "upgrade", "--config", str(cfg)).stdout
