@@ -87,3 +87,19 @@ class Journal(Protocol):
                      msg_type: str | None = None) -> list[JournalEvent]: ...
 
     def load_message(self, uid: str) -> StoredMessage | None: ...
+
+    # Routing and operations (both implementations; see docs/journal.md and docs/cluster.md).
+    lease: float  # seconds a claimed send stays this node's without renewal
+
+    def submit(self, operation, logged: bool = False):
+        """Run `operation(conn, store)` in the next group commit (portable `?` SQL on `conn`;
+        `store.message_raw(conn, uid)` reads a payload); fires with its result once durable."""
+
+    def claim_received(self, limit: int):
+        """Fires with the oldest (uid, channel, received_at, raw) still to route; empty on a node
+        that is not the dispatcher of a shared journal."""
+
+    def purge_before(self, before: float):
+        """Retention: fires with the number of finished messages older than `before` removed."""
+
+    def size_bytes(self) -> int: ...

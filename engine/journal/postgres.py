@@ -60,7 +60,6 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection):
         self.raw = raw
-        self.touched: set[str] = set()  # destinations given new work in the current transaction
 
     def execute(self, sql: str, params=()):
         if params:
@@ -113,8 +112,7 @@ class PgPayloads:
 class PostgresJournal(GroupCommitWriter):
     durability = DURABILITY
 
-    def __init__(self, url: str, reactor=None, node: str = "", lease: float = 15.0,
-                 ):
+    def __init__(self, url: str, reactor=None, node: str = "", lease: float = 15.0):
         from twisted.internet import reactor as default_reactor
 
         super().__init__(reactor or default_reactor, node or socket.gethostname())
@@ -169,9 +167,8 @@ class PostgresJournal(GroupCommitWriter):
     def _close(self) -> None:
         if self._listener is not None:
             self._listener.join(timeout=5)
-        for conn in (self._session,):
-            if conn is not None and not conn.raw.closed:
-                conn.close()
+        if self._session is not None and not self._session.raw.closed:
+            self._session.close()
         if self._pool is not None:
             self._pool.close()
         self.is_leader = False
@@ -201,7 +198,6 @@ class PostgresJournal(GroupCommitWriter):
         try:
             if conn.raw.closed or conn.raw.broken:  # the server restarted: a new session
                 self._conn = conn = connect(self.url)
-            conn.touched = set()
             conn.raw.execute("BEGIN")
             if not durable:
                 conn.raw.execute("SET LOCAL synchronous_commit = off")
@@ -239,25 +235,19 @@ class PostgresJournal(GroupCommitWriter):
             journaled = earlier.fetchall()
             mark_duplicates(records, lambda _keys: journaled)
         rows = [_rows(r, self.node) for r in records]
-        notify = any(r.state == RECEIVED for r in records)
         try:
-            with conn.raw.pipeline():
+            with conn.raw.pipeline():  # one round trip on the common path
                 conn.raw.execute("SAVEPOINT run")
                 for start in range(0, len(rows), _INSERT_ROWS):
-                    sql, params = _insert_all(rows[start:start + _INSERT_ROWS])
-                    conn.raw.execute(sql, params)
-                conn.raw.execute("RELEASE SAVEPOINT run")
-                if notify:
-                    conn.raw.execute(f"NOTIFY {_NOTIFY_RECEIVED}")
+                    conn.raw.execute(*_insert_all(rows[start:start + _INSERT_ROWS]))
+                _end_run(conn, records)
+            return records
         except psycopg.errors.IntegrityError:
             # Rare (a uid collision): redo row by row so that only the bad record fails.
             conn.raw.execute("ROLLBACK TO SAVEPOINT run")
             results = [self._run_one(conn, store, _insert_rows(*row)) or r for r, row in zip(records, rows)]
-            conn.raw.execute("RELEASE SAVEPOINT run")
-            if notify:
-                conn.raw.execute(f"NOTIFY {_NOTIFY_RECEIVED}")
+            _end_run(conn, records)
             return results
-        return records
 
     @staticmethod
     def _lock_dup_keys(conn, keys: list[str]) -> None:
@@ -438,6 +428,13 @@ def _insert_all(rows: list[tuple[tuple, tuple, tuple]]) -> tuple[str, list]:
     params = [v for m, _, _ in rows for v in m] + [v for _, p, _ in rows for v in p] + \
              [v for _, _, e in rows for v in e]
     return sql, params
+
+
+def _end_run(conn, records: list[InboundRecord]) -> None:
+    """Close a run's savepoint; wake the dispatch leader when something is to be routed."""
+    conn.raw.execute("RELEASE SAVEPOINT run")
+    if any(r.state == RECEIVED for r in records):
+        conn.raw.execute(f"NOTIFY {_NOTIFY_RECEIVED}")
 
 
 def _insert_rows(message: tuple, payload: tuple, event: tuple):

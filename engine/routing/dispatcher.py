@@ -101,7 +101,7 @@ class Dispatcher:
         return plans
 
     def _busy_destinations(self) -> set[str]:
-        return {name for name, worker in self.workers.items() if worker._running}
+        return {name for name, worker in self.workers.items() if worker.busy}
 
     def _wake(self, destinations) -> None:
         for name in set(destinations):
@@ -158,6 +158,11 @@ class DestinationWorker:
         self._running = False
         self._timer = None
         self._stopped = False
+
+    @property
+    def busy(self) -> bool:
+        """Draining its queue right now (new work will be taken in this pass)."""
+        return self._running
 
     def wake(self) -> None:
         if self._stopped or self._running:

@@ -27,11 +27,11 @@ def _dest(port: int) -> dict:
 ROUTES = [{"name": "adt", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest", "key": "PID-3.1"}}]}]
 
 
-async def _node(tmp_path, pg_url: str, name: str, dest_port: int, lease: float = 15.0):
+async def _node(tmp_path, pg_url: str, name: str, dest_port: int, lease: float = 15.0, routes=ROUTES):
     from engine.config.load import load_config
     from engine.service import Engine
 
-    cfg = write_config(tmp_path / name, {"in": inbound(duplicate_window="1d"), "dest": _dest(dest_port)}, ROUTES,
+    cfg = write_config(tmp_path / name, {"in": inbound(duplicate_window="1d"), "dest": _dest(dest_port)}, routes,
                        engine={"journal": pg_url, "node": name, "lease_seconds": lease})
     engine = Engine(load_config(cfg), tmp_path / f"{name}-data", reactor, with_metrics=False)
     await engine.startService()
@@ -221,17 +221,12 @@ async def _settle(seconds: float) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_operator_commands_work_on_the_shared_journal(tmp_path, pg_url):
-    from engine.config.load import load_config
-    from engine.service import Engine
     from tests.routing.test_crash_and_operators import pfi
 
     peer = RecordingPeer()
-    routes = [{"name": "adt", "match": {"channel": "in"},
-               "steps": [{"deliver": {"to": "dest", "key": "PID-3.1", "delay": "1h"}}]}]
-    cfg = write_config(tmp_path / "n1", {"in": inbound(), "dest": _dest(await peer.listen())}, routes,
-                       engine={"journal": pg_url, "node": "n1"})
-    engine = Engine(load_config(cfg), tmp_path / "data", reactor, with_metrics=False)
-    await engine.startService()
+    deferred = [{"name": "adt", "match": {"channel": "in"},
+                 "steps": [{"deliver": {"to": "dest", "key": "PID-3.1", "delay": "1h"}}]}]
+    engine = await _node(tmp_path, pg_url, "n1", await peer.listen(), routes=deferred)
     client = await client_for(engine, "in")
     try:
         for ctrl in ("Q-1", "Q-2"):
