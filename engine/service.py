@@ -19,7 +19,8 @@ from engine.hl7.charset import normalize_codec
 from engine.intake import Intake, IntakePolicy
 from engine.journal import open_journal
 from engine.metrics import EngineMetrics
-from engine.mllp.server import MLLPServerFactory
+from engine.mllp.budget import BufferBudget
+from engine.mllp.server import ListenerLimits, MLLPServerFactory
 from engine.routing.dispatcher import Dispatcher
 from engine.routing.plan import Environment
 
@@ -91,6 +92,7 @@ class Engine(service.MultiService):
         self._add_mail_pollers()
         self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
+        self.buffer_budget = BufferBudget(config.engine.max_buffered_bytes)
         for settings in config.channels_of_type("mllp-in"):
             self._add_listener(settings)
         if with_metrics and config.engine.metrics.enabled:
@@ -146,8 +148,11 @@ class Engine(service.MultiService):
         from engine.tls import server_endpoint
 
         subjects = tuple(settings.tls.allowed_subjects) if settings.tls else ()
+        limits = ListenerLimits(max_connections=settings.max_connections,
+                                frame_timeout=settings.frame_timeout or None,
+                                budget=self.buffer_budget, clock=self.clock)
         factory = MLLPServerFactory(self.intake, policy_for(settings), settings.max_message_bytes,
-                                    settings.idle_timeout or None, subjects)
+                                    settings.idle_timeout or None, subjects, limits)
         endpoint = server_endpoint(self.reactor, settings)
         listener = ListenerService(settings.name, endpoint, factory)
         listener.setServiceParent(self)

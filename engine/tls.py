@@ -29,6 +29,8 @@ def server_context(tls) -> ssl.CertificateOptions:
 
 
 def server_endpoint(reactor, settings):
+    backlog = getattr(settings, "listen_backlog", 50)
     if settings.tls is None:
-        return TCP4ServerEndpoint(reactor, settings.port, interface=settings.host)
-    return SSL4ServerEndpoint(reactor, settings.port, server_context(settings.tls), interface=settings.host)
+        return TCP4ServerEndpoint(reactor, settings.port, backlog=backlog, interface=settings.host)
+    return SSL4ServerEndpoint(reactor, settings.port, server_context(settings.tls), backlog=backlog,
+                              interface=settings.host)

@@ -75,6 +75,12 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
     port: int = Field(ge=0, le=65535, description="TCP port (0: any free port)")
     max_message_bytes: Size = Field(default=64 * 1024 * 1024, gt=0, description="Larger frames get AR")
     idle_timeout: Duration = Field(default=600.0, description="Close connections silent this long")
+    frame_timeout: Duration = Field(
+        default=120.0, description="A frame must end this long after its start block, or its first "
+        "bytes are journaled as rejected and the connection closed (0: no deadline)")
+    max_connections: int = Field(default=64, ge=1, description="Connections beyond this are closed at once")
+    listen_backlog: int = Field(default=1024, ge=1, description="Pending connections the OS queues "
+                                "(a reconnect storm after a network cut)")
     duplicate_window: Duration = Field(
         default=7 * 86400.0, description="Same sender + MSH-10 within this window is a duplicate"
     )
