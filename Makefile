@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test conformance bench bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire check demo clean pki sim-dmp
+.PHONY: install run test conformance bench bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz check demo clean pki sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-flow: $(STAMP)
 
 bench-mss: $(STAMP)
 	$(BIN)/python bench/mss.py
+
+# 10^6 mutated MLLP frames against an engine process on 127.0.0.1 (bounded to 3 h); exit 1 on any defect.
+bench-fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --frames 1000000 --connections 8 --seconds 10800
 
 demo: $(STAMP)
 	$(BIN)/pfi demo
