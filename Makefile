@@ -30,7 +30,7 @@ conformance: $(STAMP)
 	$(BIN)/python -m pytest -q tests/conformance
 	PFI_CONFORMANCE=full $(BIN)/python -m pytest -q -m conformance tests
 
-check: $(STAMP)
+check: $(STAMP) var/pki/client.pem
 	$(BIN)/pfi check
 
 bench: $(STAMP)

@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from engine.dmp.config import DmpChannelSettings
 from engine.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from engine.tls import client_options, pem_blocks
 
 #: TLS alerts that mean "your certificate is refused": retrying cannot help until an operator
 #: installs a valid organisation certificate, so they are permanent (see docs/dmp.md)
@@ -48,8 +49,7 @@ class ClientCertificatePolicy:
 
     def creatorForNetloc(self, hostname: bytes, port: int):  # noqa: N802 (Twisted API)
         """TLS connection creator for one host."""
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
-                                       clientCertificate=self._client)
+        return client_options(hostname.decode("ascii"), self._trust, self._client)
 
 
 def load_policy(settings: DmpChannelSettings) -> ClientCertificatePolicy:
@@ -57,18 +57,13 @@ def load_policy(settings: DmpChannelSettings) -> ClientCertificatePolicy:
     try:
         bundle = settings.ca_bundle.read_bytes()
         pem = settings.client_cert.read_bytes() + b"\n" + settings.client_key.read_bytes()
-        cas = [ssl.Certificate.loadPEM(block) for block in _pem_blocks(bundle)]
+        cas = [ssl.Certificate.loadPEM(block) for block in pem_blocks(bundle)]
         client_cert = ssl.PrivateCertificate.loadPEM(pem)
     except (OSError, SSL.Error, crypto.Error, ValueError) as exc:
         raise ConfigurationError([f"DMP channel TLS material unreadable: {exc}"]) from exc
     if not cas:
         raise ConfigurationError([f"no certificate in CA bundle {settings.ca_bundle}"])
     return ClientCertificatePolicy(ssl.trustRootFromCertificates(cas), client_cert)
-
-
-def _pem_blocks(bundle: bytes) -> list[bytes]:
-    marker = b"-----END CERTIFICATE-----"
-    return [block + marker for block in bundle.split(marker) if b"BEGIN CERTIFICATE" in block]
 
 
 @dataclass
