@@ -12,7 +12,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from engine.dmp.config import DmpChannelSettings
+from engine.dmp.config import DmpChannelSettings, OrgCertificate
 from engine.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from engine.tls import client_options, pem_blocks
 
@@ -52,11 +52,14 @@ class ClientCertificatePolicy:
         return client_options(hostname.decode("ascii"), self._trust, self._client)
 
 
-def load_policy(settings: DmpChannelSettings) -> ClientCertificatePolicy:
-    """Read the CA bundle and the client key pair; ConfigurationError if unreadable."""
+def load_policy(settings: DmpChannelSettings,
+                certificate: OrgCertificate | None = None) -> ClientCertificatePolicy:
+    """Read the CA bundle and the client key pair (`certificate`, default: the channel's first);
+    ConfigurationError if unreadable."""
+    certificate = certificate or settings.organisation_certificates()[0]
     try:
         bundle = settings.ca_bundle.read_bytes()
-        pem = settings.client_cert.read_bytes() + b"\n" + settings.client_key.read_bytes()
+        pem = certificate.cert.read_bytes() + b"\n" + certificate.key.read_bytes()
         cas = [ssl.Certificate.loadPEM(block) for block in pem_blocks(bundle)]
         client_cert = ssl.PrivateCertificate.loadPEM(pem)
     except (OSError, SSL.Error, crypto.Error, ValueError) as exc:
@@ -78,13 +81,14 @@ class HttpResponse:
 class HttpsPoster:
     """POSTs bodies over mutual TLS with connect and response timeouts."""
 
-    def __init__(self, reactor, settings: DmpChannelSettings):
+    def __init__(self, reactor, settings: DmpChannelSettings,
+                 certificate: OrgCertificate | None = None):
         self._reactor = reactor
         self._timeout = settings.response_timeout
         pool = web_client.HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 4
         self._pool = pool
-        self._agent = web_client.Agent(reactor, contextFactory=load_policy(settings),
+        self._agent = web_client.Agent(reactor, contextFactory=load_policy(settings, certificate),
                                        connectTimeout=settings.connect_timeout, pool=pool)
 
     async def post(self, url: str, content_type: str, body: bytes) -> HttpResponse:
