@@ -152,18 +152,24 @@ class DmpClient:
         except ValidationError as exc:
             return permanent("INVALID_INPUT", "invalid document or answer", str(exc))
         except RegistryFailure as exc:
+            if exc.result.certificate_refused:
+                return exc.result.model_copy(update={"detail": self._naming_structure(
+                    exc.result.detail, request)})
             return exc.result
         except DmpTransientError as exc:
             return transient(exc.code, "DMP unreachable", str(exc))
         except DmpPermanentError as exc:
-            org = request.sender_organisation
-            structure = org.id if org else self._default
             return permanent(exc.code, "DMP refused the connection",
-                             f"{exc} (certificate of structure {structure})")
+                             self._naming_structure(str(exc), request))
         except Exception as exc:  # a bug must not crash the route: coded, logged, dead-lettered
             log.error("dmp.internal_error", msg_id=request.message_control_id,
                       error=type(exc).__name__)
             return permanent("INTERNAL_ERROR", "connector error", type(exc).__name__)
+
+    def _naming_structure(self, detail: str, request: PublishRequest) -> str:
+        """A refusal of our credentials says which structure's certificate (several may be)."""
+        org = request.sender_organisation
+        return f"{detail} (certificate of structure {org.id if org else self._default})"
 
     # -- steps ---------------------------------------------------------------------------
 
