@@ -17,10 +17,12 @@ from engine.errors import ConfigurationError, PermanentDeliveryError, TransientD
 from engine.tls import client_options, pem_blocks
 
 #: TLS alerts that mean "your certificate is refused": retrying cannot help until an operator
-#: installs a valid organisation certificate, so they are permanent (see docs/dmp.md)
+#: installs a valid organisation certificate, so the DMP queue pauses (see docs/dmp.md).
+#: "decrypt error": the server could not verify our certificate's signature (a certificate from
+#: a CA that has the trusted CA's name but not its key) or our CertificateVerify.
 CERT_REFUSED_MARKERS = ("certificate expired", "unknown ca", "bad certificate",
                         "certificate required", "certificate unknown", "certificate revoked",
-                        "handshake failure", "unsupported certificate")
+                        "handshake failure", "unsupported certificate", "decrypt error")
 
 
 class DmpTransientError(TransientDeliveryError):

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest_twisted
 from structlog.testing import capture_logs
@@ -97,3 +98,20 @@ def test_expiry_warnings_at_60_and_15_days():
                     "S3": ("error", "dmp.certificate_expiring"),
                     "S-1": ("error", "dmp.certificate_expired")}
     assert gauge.labels("dmp", "S90")._value.get() == 90
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_refusal_of_the_certificate_pauses_too(tmp_path, simulator, pki, ans_corpus):
+    # organisation certificates from a CA the DMP does not know: the handshake fails
+    foreign = generate_test_pki(tmp_path / "foreign")
+    mixed = SimpleNamespace(client=foreign.client, client_second=foreign.client_second, ca=pki.ca)
+    flow = await start_flow(tmp_path, simulator, mixed)
+    try:
+        assert await send(flow, adapt((ans_corpus / INITIAL).read_bytes(), "INIT-TLS")) == "AA"
+        await until(lambda: any(s == "paused" for s, _ in flow.states_of("INIT-TLS")), what="pause")
+        detail = next(d for s, d in flow.states_of("INIT-TLS") if s == "paused")
+        assert "TLS_CLIENT_CERT_REFUSED" in detail and f"structure {SECOND}" in detail
+        assert "dead-letter" not in [s for s, _ in flow.states_of("INIT-TLS")]
+        assert simulator.requests_seen == 0 and flow.creator_out.received == []
+    finally:
+        await flow.close()
