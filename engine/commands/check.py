@@ -22,9 +22,12 @@ def check(args) -> int:
         config = load_config(args.config)
     except ConfigurationError as exc:
         return _report(exc.problems)
-    problems = material_problems(config, dt.datetime.now(dt.timezone.utc))
+    now = dt.datetime.now(dt.timezone.utc)
+    problems = material_problems(config, now)
     if problems:
         return _report(problems)
+    for warning in expiry_warnings(config, now):
+        print(f"warning: {warning}")
     print(f"configuration OK: {len(config.channels)} channel(s), {len(config.routes)} route(s)")
     return 0
 
@@ -51,3 +54,18 @@ def material_problems(config, now: dt.datetime) -> list[str]:
             problems += [f"channel {channel.name}: {p}"
                          for p in check_settings(channel.client_settings(config.root), now)]
     return problems
+
+
+def expiry_warnings(config, now: dt.datetime) -> list[str]:
+    """DMP organisation certificates within WARN_DAYS of expiry (not an error yet)."""
+    from engine.dmp.config import resolve_certificates
+    from engine.dmp.expiry import WARN_DAYS, days_left
+
+    warnings = []
+    for channel in config.channels_of_type("dmp"):
+        structures, _ = resolve_certificates(channel.client_settings(config.root))
+        for structure, not_after in (structures.not_after.items() if structures else ()):
+            if days_left(not_after, now) <= WARN_DAYS:
+                warnings.append(f"channel {channel.name}: the certificate of structure {structure} "
+                                f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})")
+    return warnings

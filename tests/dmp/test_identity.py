@@ -139,3 +139,33 @@ def test_certificate_refusal_codes():
                for code in ("TLS_CLIENT_CERT_REFUSED", "wsse:FailedAuthentication", "wsse:FailedCheck",
                             "TLS_SERVER_UNTRUSTED")]
     assert refused == [True, True, False, False]
+
+
+def _dmp_channel_files(pki, **extra) -> dict:
+    return {"type": "dmp", "endpoint": "https://127.0.0.1:8443", "client_cert": str(pki.client.cert),
+            "client_key": str(pki.client.key), "ca_bundle": str(pki.ca.cert), "source_oid": "1.2.250.1.999.1",
+            "lps": {"homologation_id": "H"}, **extra}
+
+
+def _check(cfg) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+    return subprocess.run([sys.executable, "-m", "engine.cli", "check", "--config", str(cfg)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_pfi_check_validates_dmp_certificates_and_warns_before_expiry(tmp_path, pki):
+    from engine.pki import generate_test_pki
+    from tests.support import write_config
+    soon = generate_test_pki(tmp_path / "soon", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=800))
+    good = _check(write_config(tmp_path / "a", {"dmp": _dmp_channel_files(soon)}))
+    assert good.returncode == 0, good.stdout
+    assert "warning: channel dmp: the certificate of structure 3300017985 expires in 2" in good.stdout
+    wrong = _check(write_config(tmp_path / "b", {"dmp": _dmp_channel_files(
+        pki, structure_id="1999999999")}))
+    assert wrong.returncode == 1 and "not of 1999999999" in wrong.stdout
+    half = _check(write_config(tmp_path / "c", {"dmp": {
+        **_dmp_channel_files(pki), "client_key": None}}))
+    assert half.returncode == 1 and "client_cert and client_key go together" in half.stdout
