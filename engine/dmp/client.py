@@ -80,11 +80,6 @@ class DmpClient:
             structure, signer, poster or HttpsPoster(self._reactor, settings, entry),
             xades.SubmissionSigner(cert, key) if settings.submission_signature else None)
 
-    @property
-    def structures(self) -> list[str]:
-        """The structures this channel holds a certificate for."""
-        return list(self._identities)
-
     # the default structure's signers (tests swap them to play a misbehaving client)
     @property
     def _signer(self) -> VihfSigner:
@@ -107,8 +102,7 @@ class DmpClient:
         """The certificate of the request's structure (PRT-8), or of the default structure when
         the request names none; RegistryFailure STRUCTURE_NOT_CONFIGURED otherwise (nothing is
         sent: the DMP refuses a VIHF whose structure is not the certificate's)."""
-        org = request.sender_organisation
-        structure = org.id if org else self._default
+        structure = self._structure_of(request)
         identity = self._identities.get(structure)
         if identity is None:
             raise RegistryFailure(permanent(
@@ -166,10 +160,13 @@ class DmpClient:
                       error=type(exc).__name__)
             return permanent("INTERNAL_ERROR", "connector error", type(exc).__name__)
 
+    def _structure_of(self, request: PublishRequest) -> str:
+        org = request.sender_organisation
+        return org.id if org else self._default
+
     def _naming_structure(self, detail: str, request: PublishRequest) -> str:
         """A refusal of our credentials says which structure's certificate (several may be)."""
-        org = request.sender_organisation
-        return f"{detail} (certificate of structure {org.id if org else self._default})"
+        return f"{detail} (certificate of structure {self._structure_of(request)})"
 
     # -- steps ---------------------------------------------------------------------------
 
