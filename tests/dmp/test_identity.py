@@ -169,3 +169,15 @@ def test_pfi_check_validates_dmp_certificates_and_warns_before_expiry(tmp_path, 
     half = _check(write_config(tmp_path / "c", {"dmp": {
         **_dmp_channel_files(pki), "client_key": None}}))
     assert half.returncode == 1 and "client_cert and client_key go together" in half.stdout
+
+
+def test_pfi_run_refuses_to_start_with_a_certificate_of_another_structure(tmp_path, pki):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, write_config
+    cfg = write_config(tmp_path / "cfg", {"dmp": _dmp_channel_files(pki, structure_id="1999999999")})
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--config", str(cfg), "--data",
+                             str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not of 1999999999" in result.stderr
+    assert "not starting" in result.stderr
