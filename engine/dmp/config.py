@@ -103,7 +103,7 @@ def certificate_structure(cert: x509.Certificate) -> str | None:
 class StructureCertificates(BaseModel):
     """The certificates by structure identifier, and the default structure."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True)
 
     by_structure: dict[str, OrgCertificate]
     default: str
