@@ -14,11 +14,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP) var/pki/client.pem
+run: $(STAMP) var/pki/client-second.pem
 	$(BIN)/pfi run
 
 # The demo/test PKI the embedded DMP channel points at (never used with the real DMP).
-var/pki/client.pem: | $(STAMP)
+var/pki/client-second.pem: | $(STAMP)
 	$(BIN)/python -c "from pathlib import Path; from engine.pki import ensure_test_pki; ensure_test_pki(Path('var/pki'))"
 
 test: $(STAMP)
@@ -30,7 +30,7 @@ conformance: $(STAMP)
 	$(BIN)/python -m pytest -q tests/conformance
 	PFI_CONFORMANCE=full $(BIN)/python -m pytest -q -m conformance tests
 
-check: $(STAMP)
+check: $(STAMP) var/pki/client-second.pem
 	$(BIN)/pfi check
 
 bench: $(STAMP)

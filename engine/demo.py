@@ -81,7 +81,11 @@ def as_message(path: Path, control_id: str, edits: dict[bytes, bytes] | None = N
     return b"\r".join(lines) + b"\r"
 
 
-ASK_RECEIPT = {b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||N": b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||Y"}
+# The ACK_RECEPTION flag set, and the sender organisation in the IDNST form of the ANS examples'
+# May 2026 branch (`IDNST^^^3300017985` for `FINEG^^^300017985`): the demo's organisation
+# certificate is that structure's (the VIHF structure must be the certificate's, docs/dmp.md).
+ASK_RECEIPT = {b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||N": b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||Y",
+               b"^FINEG^^^300017985": b"^IDNST^^^3300017985"}
 
 
 def new_version_of(path: Path, control_id: str, old: bytes, new: bytes) -> bytes:

@@ -47,4 +47,7 @@ class EngineMetrics:
         self.journal_bytes = Gauge("pfi_journal_bytes", "Size of the journal on disk", registry=r)
         self.dispatch_leader = Gauge("pfi_dispatch_leader", "1 when this node routes the shared journal's "
                                      "messages (always 1 on SQLite)", registry=r)
+        self.certificate_days_left = Gauge(
+            "pfi_certificate_days_left", "Days before a DMP organisation certificate expires",
+            ["channel", "structure"], registry=r)
         self.quarantined = Counter("pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r)

@@ -26,6 +26,7 @@ from engine.routing.plan import Environment
 
 log = structlog.get_logger("engine.service")
 RETENTION_EVERY = 60.0  # seconds between retention runs (each bounded, in short transactions)
+CERTIFICATE_CHECK_EVERY = 6 * 3600.0  # seconds between looks at certificate expiry
 
 
 class ListenerService(service.Service):
@@ -101,6 +102,8 @@ class Engine(service.MultiService):
         self._size_loop.clock = reactor
         self._retention_loop = task.LoopingCall(lambda: defer.ensureDeferred(self._purge_expired()))
         self._retention_loop.clock = reactor
+        self._certificate_loop = task.LoopingCall(self._watch_certificates)
+        self._certificate_loop.clock = reactor
 
     def _build_dispatcher(self, connectors: dict | None) -> Dispatcher:
         from engine.connectors import build_connectors, retry_settings
@@ -176,6 +179,18 @@ class Engine(service.MultiService):
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
         return d
 
+    def _watch_certificates(self) -> None:
+        """DMP organisation certificates: days-left gauge, warnings 60 and 15 days ahead."""
+        import datetime as dt
+
+        from engine.dmp.expiry import watch
+
+        now = dt.datetime.fromtimestamp(self.reactor.seconds(), dt.timezone.utc)
+        for name, worker in self.dispatcher.workers.items():
+            expiry = getattr(worker.connector, "certificate_expiry", None)
+            if expiry:
+                watch(name, expiry, now, self.metrics.certificate_days_left)
+
     async def _purge_expired(self) -> None:
         """Retention (engine.retention_days): finished messages older than that are purged."""
         before = time.time() - self.config.engine.retention_days * 86400
@@ -195,6 +210,7 @@ class Engine(service.MultiService):
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
         await self.dispatcher.start()
         self._size_loop.start(10.0, now=True)
+        self._certificate_loop.start(CERTIFICATE_CHECK_EVERY, now=True)
         if self.config.engine.retention_days:
             self._retention_loop.start(RETENTION_EVERY, now=True)
         log.info("engine.started", node=self.node, durability=self.journal.durability)
@@ -204,7 +220,7 @@ class Engine(service.MultiService):
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _stop(self):
-        for loop in (self._size_loop, self._retention_loop):
+        for loop in (self._size_loop, self._retention_loop, self._certificate_loop):
             if loop.running:
                 loop.stop()
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(list(self))])

@@ -25,6 +25,10 @@ def register(sub) -> None:
     r.add_argument("--dead", action="store_true", help="replay messages with a dead-lettered delivery")
     r.add_argument("--channel", help="only messages received on this channel")
     r.set_defaults(handler=replay)
+    u = sub.add_parser("resume", help="resume a destination paused because it refused our credentials")
+    _common(u)
+    u.add_argument("destination", help="destination channel name, as `pfi queue` shows it")
+    u.set_defaults(handler=resume_destination)
 
 
 def _common(p) -> None:
@@ -52,7 +56,31 @@ def show_queues(args) -> int:
         age = f"{now - oldest:.0f}s" if oldest else "-"
         nxt = f"{max(next_try - now, 0):.0f}s" if next_try else "-"
         print(f"{dest:<24} {pending or 0:>7} {age:>9} {nxt:>9} {sending or 0:>7} {dead or 0:>5}")
+    _show_paused(conn)
     return 0
+
+
+def _show_paused(conn) -> None:
+    """Paused destinations send nothing until `pfi resume`; say since when and why."""
+    from engine.routing.queue import paused_destinations
+
+    paused = paused_destinations(lambda s, a=(): conn.execute(s, a).fetchall())
+    for dest, (reason, since) in sorted(paused.items()):
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(since))
+        print(f"PAUSED {dest} since {when}: {reason}  (after fixing it: pfi resume {dest})")
+
+
+def resume_destination(args) -> int:
+    from engine.routing.queue import resume
+
+    conn = _journal_conn(args)
+    if conn is None:
+        return 1
+    conn.execute("BEGIN IMMEDIATE")
+    resumed = resume(conn, args.destination, "an operator", "operator", time.time())
+    conn.execute("COMMIT")
+    print(f"{args.destination} resumed" if resumed else f"{args.destination} is not paused")
+    return 0 if resumed else 1
 
 
 def cancel(args) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.config.types import Duration, Size
 from engine.hl7.charset import normalize_codec
@@ -45,12 +45,34 @@ class AcceptSettings(BaseModel):
 
 
 class TlsSettings(BaseModel):
+    """TLS of an MLLP link; policy (TLS >= 1.2, ECDHE/DHE + AEAD) in engine/tls.py, docs/tls.md."""
+
     model_config = ConfigDict(extra="forbid")
     certificate: str = Field(description="PEM file with this side's certificate")
     key: str = Field(description="PEM file with the private key")
-    ca: str | None = Field(default=None, description="PEM bundle of CAs trusted for the peer")
-    require_client_certificate: bool = False
+    ca: str | None = Field(default=None, description="PEM bundle of CAs trusted for the peer; on a "
+                           "listener it also makes the client certificate mandatory")
+    require_client_certificate: bool | None = Field(
+        default=None, description="Listener: follows `ca` (a CA means mutual TLS); `false` with a "
+        "`ca` and `true` without one are refused")
     allowed_subjects: list[str] = Field(default=[], description="Accepted peer certificate CNs")
+
+    def server_problems(self) -> list[str]:
+        """Half configurations of a listener: each would silently accept more than it says."""
+        if self.ca and self.require_client_certificate is False:
+            return ["tls: `ca` with `require_client_certificate: false` would accept clients "
+                    "without a certificate; remove one of them"]
+        if not self.ca and (self.require_client_certificate or self.allowed_subjects):
+            return ["tls: `require_client_certificate` / `allowed_subjects` need `ca` (the CA "
+                    "that signs the client certificates)"]
+        return []
+
+    def client_problems(self) -> list[str]:
+        """A sender never checks client certificates: these settings would be ignored."""
+        if self.require_client_certificate is not None or self.allowed_subjects:
+            return ["tls: `require_client_certificate` / `allowed_subjects` are listener "
+                    "settings; a sender does not use them"]
+        return []
 
 
 class CharsetMixin(BaseModel):
@@ -94,6 +116,12 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
         "against their CDA before the ACK (AE + ERR when they fail; costs ms per message)",
     )
 
+    @model_validator(mode="after")
+    def _whole_tls(self):
+        if self.tls is not None and self.tls.server_problems():
+            raise ValueError(self.tls.server_problems()[0])
+        return self
+
 
 class RetrySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -134,3 +162,9 @@ class MllpOutSettings(ChannelSettings, CharsetMixin):
     queue_key: str = Field(default="PID-3.1", description="HL7 path of the FIFO key (order kept per key)")
     parallel_keys: int = Field(default=1, ge=1, le=64, description="Keys delivered concurrently")
     tls: TlsSettings | None = None
+
+    @model_validator(mode="after")
+    def _client_tls(self):
+        if self.tls is not None and self.tls.client_problems():
+            raise ValueError(self.tls.client_problems()[0])
+        return self

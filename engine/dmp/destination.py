@@ -52,6 +52,11 @@ class DmpDestination:
             return result
         raise (DmpTransientFailure if result.transient else DmpPermanentFailure)(result)
 
+    @property
+    def certificate_expiry(self) -> dict:
+        """{structure: not-after datetime} of the organisation certificates."""
+        return self._client.certificate_expiry
+
     async def close(self) -> None:
         """Release connections."""
         await self._client.close()

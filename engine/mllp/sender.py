@@ -26,6 +26,7 @@ from engine.config.channels import MllpOutSettings, TlsSettings
 from engine.mllp.client import AckInfo, control_id_of, read_ack
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, frame
 from engine.retry import attempts_exhausted, backoff_delay
+from engine.tls import client_options
 
 log = structlog.get_logger(__name__)
 
@@ -271,7 +272,7 @@ def client_tls_options(host: str, tls: TlsSettings):
     ours = ssl.PrivateCertificate.loadPEM(
         Path(tls.certificate).read_bytes() + b"\n" + Path(tls.key).read_bytes())
     trust = ssl.Certificate.loadPEM(Path(tls.ca).read_bytes()) if tls.ca else None
-    return ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=ours)
+    return client_options(host, trust, ours)
 
 
 class HandshakeError(Exception):

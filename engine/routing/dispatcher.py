@@ -158,6 +158,8 @@ class DestinationWorker:
         self._running = False
         self._timer = None
         self._stopped = False
+        #: the destination is paused (queue.pause_state): nothing is claimed until `pfi resume`
+        self.paused = False
 
     @property
     def busy(self) -> bool:
@@ -187,7 +189,7 @@ class DestinationWorker:
         self._running = True
         journal, clock, node = self.dispatcher.journal, self.dispatcher.clock, self.dispatcher.node
         try:
-            while not self._stopped:
+            while not self._stopped and not await self._check_paused():
                 lease_until = time.time() + journal.lease  # wall clock: other nodes read it
                 claimed = await journal.submit(
                     lambda c, s: _claim_with_payloads(c, s, self.name, clock.seconds(), node, lease_until), logged=True)
@@ -200,6 +202,14 @@ class DestinationWorker:
             self._running = False
         if not self._stopped:
             await self._sleep_until_due()
+
+    async def _check_paused(self) -> bool:
+        """Only connectors that can pause their destination (a refused certificate) pay for the
+        look-up; the pause lives in the journal, so every node and `pfi resume` see it."""
+        if getattr(self.connector, "pausable", False):
+            state = await self.dispatcher.journal.submit(lambda c, s: queue.pause_state(c, self.name))
+            self.paused = state is not None
+        return self.paused
 
     async def _attempt_batch(self, claimed: list) -> None:
         """Split the batch into the connector's lanes (a key always maps to the same lane, so
@@ -219,7 +229,7 @@ class DestinationWorker:
         failed_keys: set[str] = set()
         skipped, succeeded = [], []
         for delivery, payload in claimed:
-            if self._stopped or delivery.fifo_key in failed_keys:
+            if self._stopped or self.paused or delivery.fifo_key in failed_keys:
                 skipped.append(delivery)
                 continue
             action, reason, retry_at = await self._send(delivery, payload)
@@ -228,6 +238,9 @@ class DestinationWorker:
                 continue
             await self._record(succeeded)
             succeeded = []
+            if action == "pause":
+                await self._pause(delivery, reason)
+                continue
             await self._record([(delivery, reason)], action, retry_at)
             if action == "retry":
                 failed_keys.add(delivery.fifo_key)
@@ -256,6 +269,16 @@ class DestinationWorker:
                  delivery=delivery.id, outcome=action, reason=reason)
         return action, reason, retry_at
 
+    async def _pause(self, delivery: queue.Delivery, reason: str) -> None:
+        """The destination refused our credentials: this delivery goes back to the queue (not
+        dead-lettered, retrying cannot help) and the destination waits for an operator."""
+        d = self.dispatcher
+        now = d.clock.seconds()
+        await d.journal.submit(lambda c, s: queue.pause(c, delivery, reason, d.node, now), logged=True)
+        self.paused = True
+        log.error("delivery.destination_paused", destination=self.name, reason=reason,
+                  resume=f"pfi resume {self.name}")
+
     async def _record(self, results: list, action: str = "done", retry_at: float | None = None) -> None:
         if not results:
             return
@@ -276,7 +299,7 @@ class DestinationWorker:
         # Also poll: operators (pfi cancel/replay) and other nodes change the queue from outside.
         # Due yet not claimed: another node's claim holds it; look again soon, not at once (new
         # work wakes the worker anyway).
-        delay = 1.0 if due is None else min(max(due - clock.seconds(), RECHECK_SECONDS), 1.0)
+        delay = 1.0 if due is None or self.paused else min(max(due - clock.seconds(), RECHECK_SECONDS), 1.0)
         if not self._stopped and not self._running:
             self._timer = clock.callLater(delay, self.wake)
 

@@ -347,6 +347,52 @@ def queue_summary(read) -> list[tuple]:
         " FROM deliveries GROUP BY destination ORDER BY destination")
 
 
+# -- paused destinations ---------------------------------------------------------------------
+# A destination that refuses our credentials (the DMP refusing the organisation certificate) is
+# paused: its deliveries stay pending, none is dead-lettered, until an operator runs `pfi resume`.
+# The pause is a destination-level event in the journal (message_uid '', channel = destination):
+# every node and the command line read it, and the events keep who paused and resumed, and why.
+
+PAUSED, RESUMED = "destination-paused", "destination-resumed"
+
+
+def pause(conn, delivery: Delivery, reason: str, node: str, now: float) -> None:
+    """Put the refused delivery back in its queue and pause its destination."""
+    attempts = delivery.attempts + 1
+    if _taken_over(conn.execute(
+            "UPDATE deliveries SET state=?, attempts=?, next_attempt=?, last_error=?, updated_at=?" + _STILL_MINE,
+            (PENDING, attempts, now, reason, now, delivery.id, node)), conn, delivery, node, now):
+        return
+    _event(conn, delivery.message_uid, "paused", delivery.destination,
+           f"delivery {delivery.id} attempt {attempts}: {reason}; destination paused", node, now)
+    if pause_state(conn, delivery.destination) is None:
+        _event(conn, "", PAUSED, delivery.destination, reason, node, now)
+
+
+def pause_state(conn, destination: str) -> tuple[str, float] | None:
+    """(reason, since) when `destination` is paused, else None."""
+    row = conn.execute(
+        "SELECT state, detail, at FROM events WHERE message_uid='' AND channel=? AND state IN (?, ?)"
+        " ORDER BY id DESC LIMIT 1", (destination, PAUSED, RESUMED)).fetchall()
+    return (row[0][1], row[0][2]) if row and row[0][0] == PAUSED else None
+
+
+def paused_destinations(read) -> dict[str, tuple[str, float]]:
+    """Every paused destination: {name: (reason, since)} (`read(sql, args)` returns rows)."""
+    rows = read("SELECT channel, state, detail, at FROM events WHERE message_uid='' AND state IN (?, ?)"
+                " ORDER BY id", (PAUSED, RESUMED))
+    latest = {channel: (state, detail, at) for channel, state, detail, at in rows}
+    return {c: (detail, at) for c, (state, detail, at) in latest.items() if state == PAUSED}
+
+
+def resume(conn, destination: str, who: str, node: str, now: float) -> bool:
+    """End the pause of `destination`; False when it was not paused."""
+    if pause_state(conn, destination) is None:
+        return False
+    _event(conn, "", RESUMED, destination, f"resumed by {who}", node, now)
+    return True
+
+
 def _fmt(ts: float | None) -> str:
     if ts is None:
         return "-"

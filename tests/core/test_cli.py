@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
+from engine.pki import generate_test_pki
 from tests.conftest import ANS
 from tests.support import ROOT, EngineProcess, inbound, sample_adt, write_config
 
 
-def pfi(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+def pfi(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=env)
 
 
 def test_check_reports_every_error_with_file_line_col(tmp_path):
@@ -34,8 +36,12 @@ def test_check_reports_every_error_with_file_line_col(tmp_path):
     assert any(line.startswith(f"{tmp_path}/channels/c.yaml:2:") and "YAML syntax" in line for line in lines)
 
 
-def test_check_accepts_the_shipped_configuration():
-    result = pfi("check", "--config", str(ROOT))
+def test_check_accepts_the_shipped_configuration(tmp_path):
+    # `pfi check` also reads the DMP organisation certificate: give it a test PKI
+    pki = generate_test_pki(tmp_path / "pki")
+    env = {**os.environ, "PFI_DMP_CERT": str(pki.client.cert), "PFI_DMP_KEY": str(pki.client.key),
+           "PFI_DMP_CA": str(pki.ca.cert)}
+    result = pfi("check", "--config", str(ROOT), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
