@@ -35,6 +35,7 @@ from bench.common import SHARED, adt_message, free_port, start_engine_process, s
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, Oversized, frame  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+NOISE_REASON = "bytes outside any MLLP frame"  # engine.mllp.server's quarantine reason
 MAX_MESSAGE = 256 * 1024
 BATCH = 16
 DELIMS = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b"\x0b", b"\x1c", b"\x1c\r", b"\x00", b"\xff", b"\xc3"]
@@ -148,6 +149,13 @@ class Mutator:
         return frame(m[:cut]) + frame(m[cut:])
 
 
+NOISE_PADDING = b"\r\n\x00 \t\x1c"  # what the decoder strips from noise (engine.mllp.framing)
+
+
+def significant(noise: bytes) -> int:
+    return len(noise.translate(None, NOISE_PADDING))
+
+
 def answer_code(payload: bytes) -> str:
     for segment in re.split(rb"[\r\n]+", payload):
         if segment.startswith(b"MSA") and len(segment) > 4:
@@ -174,12 +182,15 @@ class Connection:
         self.closed = False
 
     def send(self, data: bytes) -> tuple[int, int, bool]:
-        """Write `data`; returns (answers expected, noise rows expected, engine will close)."""
+        """Write `data`; returns (answers expected, noise bytes expected, engine will close).
+
+        Noise is counted in bytes, not rows: how bytes outside frames split into journal rows
+        depends on how TCP cut them, but every significant byte must be kept."""
         answers = noise = 0
         closing = False
         for event in self.mirror.feed(data):
             if isinstance(event, Noise):
-                noise += 1
+                noise += significant(event.data)
             elif isinstance(event, Frame):
                 answers += 1
             elif isinstance(event, Oversized):
@@ -253,7 +264,7 @@ def run(frames: int = 2000, connections: int = 4, seconds: float = 120.0, seed: 
     proc = start_engine_process(["run", "--config", str(config), "--data", str(base / "data")], log_path)
     stats = Counter()
     aa_ids: set[str] = set()
-    expected_rows = 0
+    expected_rows = expected_noise = 0
     try:
         time.sleep(0.2)
         rss_before = rss_kib(proc.pid)
@@ -273,7 +284,8 @@ def run(frames: int = 2000, connections: int = 4, seconds: float = 120.0, seed: 
                     sent += 1
                     if closing or conn.closed:
                         break
-                expected_rows += batch_answers + batch_noise
+                expected_rows += batch_answers
+                expected_noise += batch_noise
                 stats["frames.expected_answers"] += batch_answers
                 got, closed = conn.receive(batch_answers, timeout=30.0)
                 stats["answers.received"] += len(got)
@@ -300,7 +312,7 @@ def run(frames: int = 2000, connections: int = 4, seconds: float = 120.0, seed: 
         series, metrics_bytes = metrics_size(metrics_port)
     finally:
         stop_process(proc)
-    journal = journal_check(base / "data", aa_ids, expected_rows)
+    journal = journal_check(base / "data", aa_ids, expected_rows, expected_noise)
     return {
         "frames": sent, "connections": connections, "seed": seed,
         "answers": {k[5:]: v for k, v in sorted(stats.items()) if k.startswith("code.")},
@@ -324,21 +336,27 @@ def metrics_size(port: int) -> tuple[int, int]:
     return len(lines), len(text)
 
 
-def journal_check(data_dir: Path, aa_ids: set[str], expected_rows: int) -> dict:
+def journal_check(data_dir: Path, aa_ids: set[str], expected_rows: int, expected_noise: int) -> dict:
     from engine.journal.reader import JournalReader
 
     reader = JournalReader(data_dir / "journal" if (data_dir / "journal").exists() else data_dir)
     events = [e for e in reader.events_after(0, limit=10_000_000) if e.state in ("received", "rejected", "duplicate")]
     stored_ids = {e.control_id for e in events if e.state == "received"}
     missing = sorted(aa_ids - stored_ids)
-    unreadable = 0
+    unreadable = noise_bytes = noise_rows = 0
     for e in events:
         try:
-            reader.load_message(e.message_uid)
+            raw = reader.load_message(e.message_uid).raw
         except Exception:  # noqa: BLE001 — a damaged record is what we are counting
             unreadable += 1
-    return {"intake_rows": len(events), "expected_rows": expected_rows, "aa_ids": len(aa_ids),
-            "aa_missing": len(missing), "aa_missing_sample": missing[:5], "unreadable": unreadable}
+            continue
+        if (e.detail or "").startswith(NOISE_REASON):
+            noise_rows += 1
+            noise_bytes += significant(raw)
+    return {"intake_rows": len(events) - noise_rows, "expected_rows": expected_rows,
+            "noise_rows": noise_rows, "noise_bytes": noise_bytes, "expected_noise_bytes": expected_noise,
+            "aa_ids": len(aa_ids), "aa_missing": len(missing), "aa_missing_sample": missing[:5],
+            "unreadable": unreadable}
 
 
 def defects(result: dict) -> list[str]:
@@ -355,7 +373,9 @@ def defects(result: dict) -> list[str]:
     if j["unreadable"]:
         found.append(f"{j['unreadable']} unreadable journal records")
     if j["intake_rows"] < j["expected_rows"]:
-        found.append(f"journal has {j['intake_rows']} intake rows, expected {j['expected_rows']}")
+        found.append(f"journal has {j['intake_rows']} rows for frames, expected {j['expected_rows']}")
+    if j["noise_bytes"] < j["expected_noise_bytes"]:
+        found.append(f"journal kept {j['noise_bytes']} bytes of noise, expected {j['expected_noise_bytes']}")
     if result["answers"].get("no-MSA"):
         found.append(f"{result['answers']['no-MSA']} answers without MSA")
     return found

@@ -7,6 +7,7 @@ The ACK of a message leaves only after its own journal commit. Rejected input is
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from dataclasses import dataclass, field, replace
 
@@ -14,7 +15,7 @@ import structlog
 from twisted.internet import defer
 
 from engine.errors import JournalError, ParseError
-from engine.hl7.ack import AckError, build_ack
+from engine.hl7.ack import ERROR_TEXT, AckError, build_ack
 from engine.hl7.scan import Header, scan
 from engine.ids import new_id
 from engine.journal.base import DUPLICATE, RECEIVED, REJECTED, InboundRecord
@@ -67,27 +68,55 @@ class Intake:
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
 
     def receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
-        """Journal `raw` and fire with the ACK bytes to send back."""
-        if policy.document_check is not None:
-            return defer.Deferred.fromCoroutine(self._receive_document(policy, raw))
+        """Journal `raw` and fire with the ACK bytes to send back. Total: whatever the bytes do to
+        the parser or the checks, the frame is answered and kept (AR 207 on an internal fault)."""
+        try:
+            if policy.document_check is not None:
+                d = defer.Deferred.fromCoroutine(self._receive_document(policy, raw))
+            else:
+                d = self._receive_plain(policy, raw)
+        except Exception:  # noqa: BLE001 — a frame must never take the connection down
+            return self._internal_fault(policy, raw)
+        d.addErrback(lambda failure: self._internal_fault(policy, raw, failure))
+        return d
+
+    def _receive_plain(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
         started = time.perf_counter()
         now = self.clock.seconds()
         record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw)
         try:
             header = scan(raw, policy.codec)
         except ParseError as exc:
-            header, verdict = None, Verdict("AR", (AckError(100, "MSH^1", str(exc)),), str(exc))
+            header, verdict = None, Verdict("AE", (AckError(100, "MSH^1", str(exc)),), str(exc))
         else:
             verdict = judge(policy, header)
             _index(record, header, policy, accepted=verdict.code == "AA")
         record.state = RECEIVED if verdict.code == "AA" else REJECTED
         record.reason = verdict.reason
         record.ack_code = verdict.code
-        record.ack = self._ack(header, verdict, now, policy)
+        self._answer(record, header, verdict, now, policy)
         d = self.journal.append_inbound(record)
         # One callback pair per message: log, count and hand back the ACK.
         d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
                        errbackArgs=(record, header, policy, now, started))
+        return d
+
+    def _internal_fault(self, policy: IntakePolicy, raw: bytes, failure=None) -> defer.Deferred:
+        """An unexpected exception while handling a frame: AR 207 (may be resent once fixed), the
+        raw bytes journaled as rejected with the exception type (its text may quote the message)."""
+        error = failure.value if failure is not None else sys.exc_info()[1]
+        log.error("intake.internal_error", channel=policy.channel, error_type=type(error).__name__,
+                  exc_info=error)
+        now = self.clock.seconds()
+        reason = f"internal error while reading the message ({type(error).__name__}): send it again later"
+        record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
+                               state=REJECTED, reason=reason, ack_code="AR")
+        record.ack = self._ack(None, Verdict("AR", (AckError(207, "", reason),), reason), now, policy)
+        self.metrics.nacked.labels(policy.channel, "AR", "207").inc()
+        d = self.journal.append_inbound(record)
+        d.addErrback(lambda f: log.error("intake.internal_error_not_journaled", channel=policy.channel,
+                                         error=f.getErrorMessage()))
+        d.addBoth(lambda _: record.ack)
         return d
 
     async def _receive_document(self, policy: IntakePolicy, raw: bytes) -> bytes:
@@ -127,11 +156,15 @@ class Intake:
         record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
                                state=REJECTED, reason=reason, ack_code=code)
         _index(record, header, policy, accepted=False)
-        record.ack = self._ack(header, Verdict(code, tuple(errors), reason), now, policy)
+        self._answer(record, header, Verdict(code, tuple(errors), reason), now, policy)
         d = self.journal.append_inbound(record)
         d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
                        errbackArgs=(record, header, policy, now, started))
         return d
+
+    def _answer(self, record: InboundRecord, header, verdict: Verdict, now: float, policy: IntakePolicy) -> None:
+        record.ack = self._ack(header, verdict, now, policy)
+        record.error_code = verdict.errors[0].code if verdict.errors else 0
 
     def _ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:
         control = f"{int(now * 1000)}{next(self._counter) % 10000:04d}"
@@ -161,11 +194,13 @@ class Intake:
 
     def _not_stored(self, failure, record, header, policy, now, started) -> bytes:
         failure.trap(JournalError)
-        reason = "journal unavailable, message not stored: retry later"
+        # AR: refused for a circumstantial reason (disk full, journal down); the same message
+        # sent again later will be accepted.
+        reason = "journal unavailable, message not stored: send it again later"
         log.error("message.not_stored", message_id=record.uid, channel=record.channel,
-                  control_id=record.control_id, error=failure.getErrorMessage())
-        record.state, record.ack_code, record.reason = "not-stored", "AE", reason
-        ack = self._ack(header, Verdict("AE", (AckError(207, "", reason),)), now, policy)
+                  error=failure.getErrorMessage())
+        record.state, record.ack_code, record.reason = "not-stored", "AR", reason
+        ack = self._ack(header, Verdict("AR", (AckError(207, "", reason),)), now, policy)
         self._observe(record, policy, started)
         return ack
 
@@ -184,11 +219,15 @@ class Intake:
 
 
 def _reason_label(record: InboundRecord) -> str:
-    return "journal" if record.state == "not-stored" else (record.reason.split(":")[0][:40] or "other")
+    """A label from a closed set: the HL7 table 0357 code of the NACK (never sender text)."""
+    if record.state == "not-stored":
+        return "journal"
+    return str(record.error_code) if record.error_code in ERROR_TEXT else "other"
 
 
 def judge(policy: IntakePolicy, h: Header) -> Verdict:
-    """Accept or reject on what MSH says; a reject is AR with a table 0357 code."""
+    """Accept or reject on what MSH says; a reject is AE (the message has errors: sending it again
+    unchanged is pointless) with a table 0357 code, as the volets answer an unsupported version."""
     if not h.control_id:
         return _reject(101, "MSH^1^10", "MSH-10 message control id is empty")
     if h.version not in policy.versions:
@@ -208,7 +247,7 @@ def _type_accepted(accepted: tuple[str, ...], h: Header) -> bool:
 
 
 def _reject(code: int, location: str, reason: str) -> Verdict:
-    return Verdict("AR", (AckError(code, location, reason),), reason)
+    return Verdict("AE", (AckError(code, location, reason),), reason)
 
 
 def _index(record: InboundRecord, h: Header, policy: IntakePolicy, accepted: bool) -> None:
@@ -238,7 +277,8 @@ def quarantine(intake: Intake, policy: IntakePolicy, data: bytes, reason: str) -
 
 
 def reject_oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: int, limit: int) -> defer.Deferred:
-    """AR for a frame over the size limit; its first bytes are journaled for the operator."""
+    """AE for a frame over the size limit (sent again unchanged it would be refused again); its
+    first bytes are journaled for the operator."""
     reason = f"message of {size} bytes or more exceeds the channel limit of {limit} bytes"
     now = intake.clock.seconds()
     try:
@@ -246,10 +286,10 @@ def reject_oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: in
     except ParseError:
         header = None
     record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=head,
-                           state=REJECTED, reason=reason, ack_code="AR")
+                           state=REJECTED, reason=reason, ack_code="AE")
     if header is not None:
         _index(record, header, policy, accepted=False)
-    record.ack = intake._ack(header, Verdict("AR", (AckError(199, "", reason),), reason), now, policy)
+    intake._answer(record, header, Verdict("AE", (AckError(199, "", reason),), reason), now, policy)
     intake.metrics.quarantined.labels(policy.channel, "oversized").inc()
     d = intake.journal.append_inbound(record)
     d.addCallbacks(lambda r: r.ack, lambda f: record.ack)

@@ -37,7 +37,7 @@ class AcceptSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     versions: list[str] = Field(
         default=["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6"],
-        description="HL7 versions (MSH-12.1) accepted; others get AR 203",
+        description="HL7 versions (MSH-12.1) accepted; others get AE 203",
     )
     message_types: list[str] = Field(
         default=[], description="MSH-9 types accepted, `ORU^R01` or `ADT` (any trigger); empty: all"
@@ -95,7 +95,7 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
     type: Literal["mllp-in"]
     host: str = Field(default="127.0.0.1", description="Address to listen on")
     port: int = Field(ge=0, le=65535, description="TCP port (0: any free port)")
-    max_message_bytes: Size = Field(default=64 * 1024 * 1024, gt=0, description="Larger frames get AR")
+    max_message_bytes: Size = Field(default=64 * 1024 * 1024, gt=0, description="Larger frames get AE")
     idle_timeout: Duration = Field(default=600.0, description="Close connections silent this long")
     frame_timeout: Duration = Field(
         default=120.0, description="A frame must end this long after its start block, or its first "
@@ -129,20 +129,24 @@ class RetrySettings(BaseModel):
     maximum: Duration = Field(default=300.0, description="Longest delay between retries")
     factor: float = Field(default=2.0, ge=1.0)
     jitter: float = Field(default=0.2, ge=0.0, le=1.0, description="Random share added to each delay")
-    max_attempts: int = Field(default=0, ge=0, description="0: retry for ever (AE/timeouts)")
+    max_attempts: int = Field(default=0, ge=0, description="0: retry for ever (AR/timeouts)")
 
 
 ReplyAction = Literal["done", "retry", "dead"]
 
 
 class ReplyPolicy(BaseModel):
+    """What a destination's ACK code does to the delivery. Per the CI-SIS volets: AE = the message
+    has errors (sending it again unchanged is pointless: dead letter, an operator fixes and
+    replays); AR = refused for a circumstantial reason, may be sent again later (retry)."""
+
     model_config = ConfigDict(extra="forbid")
     AA: ReplyAction = "done"
     CA: ReplyAction = "done"
-    AE: ReplyAction = "retry"
-    CE: ReplyAction = "retry"
-    AR: ReplyAction = "dead"
-    CR: ReplyAction = "dead"
+    AE: ReplyAction = "dead"
+    CE: ReplyAction = "dead"
+    AR: ReplyAction = "retry"
+    CR: ReplyAction = "retry"
     timeout: ReplyAction = "retry"
     mismatch: ReplyAction = "retry"
     garbage: ReplyAction = "retry"

@@ -78,9 +78,11 @@ def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
         raise ParseError("no MSH segment at the start of the message")
     msh = _segment_at(raw, start)
     sep = msh[3:4]
-    if sep.isalnum() or sep in (b" ", b"\r", b"\n"):
-        raise ParseError("MSH-1 field separator is not a valid separator")
+    if len(sep) != 1 or sep.isalnum() or sep in (b" ", b"\r", b"\n") or sep[0] < 0x20 or sep[0] > 0x7e:
+        raise ParseError("MSH-1 field separator is missing or not a printable ASCII separator")
     fields = msh.split(sep)
+    if len(fields) < 2:
+        raise ParseError("MSH-2 encoding characters are missing")
     header = Header(field_sep=sep.decode("latin-1"))
     _read_encoding_chars(header, fields[1])
     _read_msh(header, fields, fallback_codec)
@@ -95,8 +97,9 @@ def _read_encoding_chars(header: Header, enc: bytes) -> None:
         enc = enc.replace(_SMALL_TILDE, b"~")
         header.warnings.append("MSH-2 uses U+02DC instead of '~'; read as '~'")
     text = enc.decode("latin-1")
-    if len(text) < 2 or len(set(text)) != len(text) or any(c.isalnum() for c in text):
-        raise ParseError(f"MSH-2 encoding characters are invalid: {text!r}")
+    if (not 2 <= len(text) <= 5 or len(set(text)) != len(text) or header.field_sep in text
+            or any(c.isalnum() or not "!" <= c <= "~" for c in text)):
+        raise ParseError(f"MSH-2 encoding characters are invalid: {text[:8]!r}")
     header.encoding_chars = text
 
 

@@ -33,6 +33,7 @@ class InboundRecord:
     ack_code: str = ""
     ack: bytes = b""
     reason: str = ""
+    error_code: int = 0  # HL7 table 0357 code of a NACK (metrics label; not stored)
     dup_key: str | None = None
     dup_window: float = 0.0
     # Filled by the journal when the record turns out to be a duplicate of an earlier message.

@@ -48,10 +48,10 @@ async def test_accepted_message_is_journaled_before_aa(engine):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unsupported_version_is_ar_203_and_kept(engine):
+async def test_unsupported_version_is_ae_203_and_kept(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, sample_adt("V-1", version="2.3").encode())
-    assert ack.code == "AR" and ack.control_id == "V-1"
+    assert ack.code == "AE" and ack.control_id == "V-1"
     assert "|MSH^1^12|203^" in ack.errors[0]
     [event] = intake_events(journal(engine))
     assert event.state == "rejected" and "2.3" in event.detail
@@ -59,20 +59,20 @@ async def test_unsupported_version_is_ar_203_and_kept(engine):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unsupported_type_is_ar_200_and_unknown_trigger_201(engine):
+async def test_unsupported_type_is_ae_200_and_unknown_trigger_201(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, sample_adt("T-1", msg_type="ORM^O01^ORM_O01").encode())
-    assert ack.code == "AR" and "|200^" in ack.errors[0]
+    assert ack.code == "AE" and "|200^" in ack.errors[0]
     ack = await exchange(client, sample_adt("T-2", msg_type="ORU^R30^ORU_R30").encode())
-    assert ack.code == "AR" and "|201^" in ack.errors[0]
+    assert ack.code == "AE" and "|201^" in ack.errors[0]
     client.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_garbage_frame_is_ar_and_quarantined(engine):
+async def test_garbage_frame_is_ae_and_quarantined(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, b"\x00\x01 this is not HL7 \xff")
-    assert ack.code == "AR" and "|100^" in ack.errors[0]
+    assert ack.code == "AE" and "|100^" in ack.errors[0]
     [event] = intake_events(journal(engine))
     assert event.state == "rejected"
     assert journal(engine).load_message(event.message_uid).raw == b"\x00\x01 this is not HL7 \xff"
@@ -90,7 +90,7 @@ async def test_duplicate_gets_original_ack_and_is_recorded(engine):
     # A rejected message does not make its control id a duplicate: the fixed resend is accepted.
     bad = await exchange(client, sample_adt("D-2", version="2.3").encode())
     good = await exchange(client, sample_adt("D-2").encode())
-    assert (bad.code, good.code) == ("AR", "AA")
+    assert (bad.code, good.code) == ("AE", "AA")
     client.close()
 
 
@@ -117,11 +117,11 @@ async def test_pipelined_messages_are_acked_in_order(engine):
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversized_message_gets_ar_then_close(engine):
+async def test_oversized_message_gets_ae_then_close(engine):
     client = await client_for(engine, "in")
     big = sample_adt("BIG-1") + "NTE|1||" + "x" * 300_000 + "\r"
     ack = await exchange(client, big.encode())
-    assert ack.code == "AR" and ack.control_id == "BIG-1" and "exceeds" in ack.errors[0]
+    assert ack.code == "AE" and ack.control_id == "BIG-1" and "exceeds" in ack.errors[0]
     await client.lost  # the engine closes the connection after the NACK
     [event] = intake_events(journal(engine))
     assert event.state == "rejected" and len(journal(engine).load_message(event.message_uid).raw) == 4096
@@ -190,3 +190,67 @@ def _server_protocol_for(peer):
     [found] = [o for o in gc.get_objects() if isinstance(o, MLLPServerProtocol)
                and o.transport.connected and o.transport.getPeer().port == local_port]
     return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_msh_without_field_separator_is_answered_and_the_pipeline_survives(engine):
+    """`MSH\\r` used to raise in the scanner: connection dropped, no ACK, nothing journaled, the
+    frame pipelined behind it lost and the AA of the frame before it never sent."""
+    peer = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", engine.port_of("in")), Collector())
+    broken = [b"MSH\rPID|1\r", b"MSH", b"MSH\x00^~\\&|X", b"MSH|\xe9\xe8\\&|X|Y", b"MSH||", b"MSH|^|"]
+    stream = frame(sample_adt("P-1").encode()) + b"".join(frame(b) for b in broken) + frame(sample_adt("P-2").encode())
+    peer.transport.write(stream)
+    answers = await peer.wait_for(len(broken) + 2)
+    codes = [a.split(b"\r")[1].split(b"|")[1] for a in answers]
+    assert codes == [b"AA"] + [b"AE"] * len(broken) + [b"AA"]
+    assert all(b"|100^" in a for a in answers[1:-1])
+    assert not peer.closed
+    stored = {journal(engine).load_message(e.message_uid).raw for e in intake_events(journal(engine))
+              if e.state == "rejected"}
+    assert stored == set(broken)
+    peer.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_internal_fault_is_ar_207_journaled_and_the_connection_survives(engine, monkeypatch):
+    import engine.intake as intake_module
+
+    real_judge = intake_module.judge
+
+    def faulty(policy, header):
+        if header.control_id == "BUG-1":
+            raise RuntimeError("a bug in the checks")
+        return real_judge(policy, header)
+
+    monkeypatch.setattr(intake_module, "judge", faulty)
+    client = await client_for(engine, "in")
+    ack = await exchange(client, sample_adt("BUG-1").encode())
+    assert ack.code == "AR" and "|207^" in ack.errors[0] and "RuntimeError" in ack.errors[0]
+    assert (await exchange(client, sample_adt("BUG-2").encode())).code == "AA"
+    [rejected] = [e for e in intake_events(journal(engine)) if e.state == "rejected"]
+    assert journal(engine).load_message(rejected.message_uid).raw == sample_adt("BUG-1").encode()
+    client.close()
+
+
+class Collector(Protocol):
+    def __init__(self):
+        from engine.mllp.framing import MLLPDecoder
+
+        self.decoder = MLLPDecoder()
+        self.answers: list[bytes] = []
+        self.closed = False
+
+    def dataReceived(self, data):
+        from engine.mllp.framing import Frame
+
+        self.answers += [e.payload for e in self.decoder.feed(data) if isinstance(e, Frame)]
+
+    def connectionLost(self, reason=connectionDone):
+        self.closed = True
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[bytes]:
+        for _ in range(int(timeout / 0.02)):
+            if len(self.answers) >= count or self.closed:
+                break
+            await sleep(0.02)
+        return self.answers

@@ -8,7 +8,7 @@ from twisted.web.client import Agent, readBody
 
 from engine.config.load import load_config
 from engine.service import Engine
-from tests.support import client_for, exchange, inbound, sample_adt, write_config
+from tests.support import client_for, exchange, inbound, sample_adt, start_engine, write_config
 
 
 @pytest_twisted.ensureDeferred
@@ -20,7 +20,7 @@ async def test_idle_connection_is_closed_and_metrics_are_served(tmp_path):
     try:
         client = await client_for(engine, "in")
         assert (await exchange(client, sample_adt("M-1").encode())).code == "AA"
-        assert (await exchange(client, sample_adt("M-2", version="2.1").encode())).code == "AR"
+        assert (await exchange(client, sample_adt("M-2", version="2.1").encode())).code == "AE"
         await client.lost  # closed by the engine after 0.3 s of silence
         port = engine.metrics_listener.port.getHost().port
         response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/metrics".encode())
@@ -29,7 +29,26 @@ async def test_idle_connection_is_closed_and_metrics_are_served(tmp_path):
         await engine.stopService()
     assert 'pfi_messages_received_total{channel="in",node="node-a"} 2.0' in body
     assert 'pfi_messages_acked_total{channel="in",node="node-a"} 1.0' in body
-    assert 'pfi_messages_nacked_total{channel="in",code="AR"' in body
+    assert 'pfi_messages_nacked_total{channel="in",code="AE"' in body
     assert 'pfi_dispatch_leader{node="node-a"} 1.0' in body
     assert "pfi_ack_latency_seconds_bucket" in body and "pfi_open_connections" in body
     assert "MARTIN" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_nack_metrics_take_labels_from_closed_sets_only(tmp_path):
+    """Sender fields (MSH-9, MSH-12, control bytes) used to become label values: one series per
+    distinct bad message."""
+    cfg = write_config(tmp_path / "cfg", {"in": inbound(accept={"message_types": ["ADT"]})})
+    engine = await start_engine(cfg, tmp_path / "data")
+    try:
+        client = await client_for(engine, "in")
+        for i in range(40):
+            await exchange(client, sample_adt(f"V-{i}", version=f"9.{i}\x1b[2J").encode())
+            await exchange(client, sample_adt(f"T-{i}", msg_type=f"Z{i:02d}^A01").encode())
+        client.close()
+        series = [m for m in engine.metrics.registry.collect() if m.name == "pfi_messages_nacked"][0].samples
+    finally:
+        await engine.stopService()
+    labels = {(s.labels["code"], s.labels["reason"]) for s in series if s.name.endswith("_total")}
+    assert labels == {("AE", "203"), ("AE", "200")}

@@ -249,7 +249,7 @@ async def test_operator_commands_work_on_the_shared_journal(tmp_path, pg_url):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lost_database_session_gives_ae_then_the_node_reconnects(tmp_path, pg_url):
+async def test_a_lost_database_session_gives_ar_then_the_node_reconnects(tmp_path, pg_url):
     peer = RecordingPeer()
     engine = await _node(tmp_path, pg_url, "n1", await peer.listen())
     client = await client_for(engine, "in")
@@ -259,11 +259,11 @@ async def test_a_lost_database_session_gives_ae_then_the_node_reconnects(tmp_pat
         with psycopg.connect(pg_url, autocommit=True) as admin:  # the server ends the writer's session
             admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
         # The first batch on the dead session fails: every caller in it hears it (an inbound message
-        # gets AE, "not stored, send again"; the dispatcher retries its poll). The next reconnects.
+        # gets AR, "not stored, send it again later"; the dispatcher retries its poll). The next reconnects.
         codes = [(await exchange(client, _adt("S-2", "P1"))).code]
-        if codes[0] == "AE":
+        if codes[0] == "AR":
             codes.append((await exchange(client, _adt("S-2", "P1"))).code)
-        assert codes[-1] == "AA" and set(codes) <= {"AE", "AA"}
+        assert codes[-1] == "AA" and set(codes) <= {"AR", "AA"}
         assert engine.journal._conn.raw.info.backend_pid != old_pid
         await until(lambda: peer.control_ids() == ["S-1", "S-2"], what="both delivered once")
     finally:
