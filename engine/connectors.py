@@ -145,7 +145,7 @@ class DmpDeliveryConnector:
             request = parse_document_request(Message.parse(payload))
             publish = publish_request(request, delivery.action or request.action.value, self.sender_roles)
         except (RequestError, ValueError) as exc:
-            return Outcome("dead", f"NOT_PUBLISHABLE: {exc}")
+            return Outcome("dead", f"{LOCAL_PREFIX}NOT_PUBLISHABLE: {exc}")
         result = await self.destination.deliver(publish)
         if result.ok:
             return Outcome("done", f"DMP accepted ({result.status})")
@@ -157,17 +157,21 @@ class DmpDeliveryConnector:
         await self.destination.close()
 
 
+#: marks a code of the PFI's own (journal detail, ZAM ERR-5 coding system 99PFI)
+LOCAL_PREFIX = "PFI:"
+
 #: our own codes whose detail names CDA elements (never patient data): the creator must learn which
 #: element is missing, not only "CDA header incomplete"
 DETAILED_CODES = frozenset({"CDA_HEADER_INCOMPLETE"})
 
 
 def failure_reason(result) -> str:
-    """`CODE: label` for the journal and the ZAM^Z01 ERR-5 (see engine/routing/zamstep.py)."""
+    """`CODE: label` for the journal and the ZAM^Z01 ERR-5 (see engine/routing/zamstep.py); a
+    refusal by the PFI itself (checks, gates, transport) is `PFI:CODE: label`, never a DMP code."""
     label = result.error_label or result.detail
     if result.error_code in DETAILED_CODES and result.detail and result.detail != label:
         label = f"{label}: {result.detail}"
-    return f"{result.error_code}: {label}"
+    return f"{'' if result.from_dmp else LOCAL_PREFIX}{result.error_code}: {label}"
 
 
 def publish_request(request, action: str, sender_roles: tuple = ()):

@@ -174,7 +174,7 @@ class MssDeliveryConnector:
             # parsing a large ORU/MDM and the XSLT extraction stay off the reactor thread
             request, mss, metadata = await threads.deferToThread(self._prepare, payload, delivery)
         except (EngineError, ValueError) as exc:
-            return Outcome("dead", f"NOT_SENDABLE: {exc}")
+            return Outcome("dead", f"PFI:NOT_SENDABLE: {exc}")
         self._remember_zam_target(request, mss, delivery)
         try:
             results = await self._send(mss, metadata)
@@ -267,7 +267,7 @@ def outcome_of(mss: MssDocumentRequest, results: list[RecipientResult]):
     if not (mss.flags.dest_mssante_ps or mss.flags.dest_mssante_pat):
         return Outcome("done", "MSSanté: not requested (DESTMSSANTEPS=N, DESTMSSANTEPAT=N)")
     reasons = "; ".join(sorted({r.reason for r in results})) or "no PRT RCT address"
-    return Outcome("dead", f"NO_RECIPIENT: {reasons}")
+    return Outcome("dead", f"PFI:NO_RECIPIENT: {reasons}")
 
 
 # --------------------------------------------------------------------------- receiving

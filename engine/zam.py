@@ -34,6 +34,9 @@ _ROWS = {
                   "LECTEUR_MSS^Lecteur du courriel MSSanté", "applicationErrorCondition"),
 }
 HL7_TS = "%Y%m%d%H%M%S"
+#: ERR-5 coding system of a refusal by the PFI's own checks (HL7 "99zzz" local table): the
+#: creator must not read it as an answer of the DMP or of a mail server (docs/dmp.md).
+PFI_CODING_SYSTEM = "99PFI"
 
 
 def wants_zam(request: DocumentRequest, kind: ZamKind | str) -> bool:
@@ -47,13 +50,14 @@ def wants_zam(request: DocumentRequest, kind: ZamKind | str) -> bool:
 def build_zam(kind: ZamKind | str, request_header: Header, success: bool, *, control_id: str,
               now: datetime, event_time: datetime | None = None, error_code: str | None = None,
               error_label: str | None = None, address: str | None = None,
-              address_owner_id: str | None = None, severity: str = "E") -> bytes:
+              address_owner_id: str | None = None, severity: str = "E", local_error: bool = False) -> bytes:
     """ER7 bytes (UTF-8, CR-terminated segments) of one ZAM.
 
     `event_time` is the time of the acknowledged event (DMP answer, DSN, MDN; default `now`).
     `address` (required for Z02/Z03) is the recipient / reader MSSanté address, and
     `address_owner_id` its identifier (OBX-4 of the info row, optional). On failure
-    `error_code`/`error_label` are the DMP, SMTP or MDN application error.
+    `error_code`/`error_label` are the DMP, SMTP or MDN application error, or with
+    `local_error` the PFI's own refusal (ERR-5 coding system 99PFI).
     """
     kind = ZamKind(kind)
     status_row, info_row, error_system = _ROWS[kind]
@@ -70,7 +74,8 @@ def build_zam(kind: ZamKind | str, request_header: Header, success: bool, *, con
     if info_row:
         segments.append(_obx(2, "XTN", info_row, address_owner_id or "", f"^^X.400^{escape(address)}"))
     if not success:
-        segments.append(_err(error_code, error_label or "", error_system, severity))
+        system = PFI_CODING_SYSTEM if local_error else error_system
+        segments.append(_err(error_code, error_label or "", system, severity))
     return "".join(s + "\r" for s in segments).encode("utf-8")
 
 

@@ -379,7 +379,8 @@ def _read_answer(response, label: str) -> ebrim.RegistryOutcome:
     fault = soap.parse_fault(root)
     if fault is not None:
         result = (permanent if fault.sender_side else transient)(
-            fault.subcode or fault.code, fault.reason, f"{label}: SOAP fault {fault.code}")
+            fault.subcode or fault.code, fault.reason, f"{label}: SOAP fault {fault.code}"
+        ).model_copy(update={"from_dmp": True})
         raise RegistryFailure(result)
     child = soap.body_child(root)
     if child is None:
@@ -415,14 +416,14 @@ def _failure(outcome: ebrim.RegistryOutcome, label: str) -> DmpResult:
     first = errors[0] if errors else ebrim.RegistryError("XDSRegistryError", "no error detail")
     detail = f"{label}: " + " | ".join(f"{e.code}: {e.context}" for e in errors)
     maker = transient if first.code in TRANSIENT_CODES else permanent
-    return maker(first.code, first.context, detail)
+    return maker(first.code, first.context, detail).model_copy(update={"from_dmp": True})
 
 
 def _result(outcome: ebrim.RegistryOutcome, entry_uuid: str | None) -> DmpResult:
     if outcome.status == ebrim.PARTIAL:
         detail = " | ".join(f"{e.code}: {e.context}" for e in outcome.errors)
         first = outcome.errors[0] if outcome.errors else None
-        return DmpResult(status="partial", entry_uuid=entry_uuid, detail=detail,
+        return DmpResult(status="partial", entry_uuid=entry_uuid, detail=detail, from_dmp=True,
                          error_code=first.code if first else None,
                          error_label=first.context if first else None)
     return success(entry_uuid)

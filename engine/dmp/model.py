@@ -90,6 +90,9 @@ class DmpResult(BaseModel):
     error_label: str | None = None
     entry_uuid: str | None = None
     detail: str = ""
+    # True when the code is the DMP's own answer (registry error, SOAP fault); False for a refusal
+    # by the PFI's checks or transport: the ZAM^Z01 must not dress those as DMP errors.
+    from_dmp: bool = False
 
     @property
     def ok(self) -> bool:

@@ -26,6 +26,9 @@ def split_error(detail: str) -> tuple[str, str]:
     return "DELIVERY_FAILED", detail[:200]
 
 
+LOCAL_PREFIX = "PFI:"  # engine.connectors: a refusal by the PFI's own checks, not the remote side
+
+
 def build_zam_delivery(zam, success: bool, detail: str, ctx: MessageContext, now: float) -> NewDelivery | None:
     """A queued ZAM for the creator, or None when it did not ask for one (ACK_RECEPTION=N)."""
     from engine.zam import build_zam, wants_zam
@@ -35,7 +38,11 @@ def build_zam_delivery(zam, success: bool, detail: str, ctx: MessageContext, now
     if request is None or not wants_zam(request, kind):
         return None
     code, label = (None, None) if success else split_error(detail)
+    local = code is not None and (code.startswith(LOCAL_PREFIX) or code == "DELIVERY_FAILED")
+    if local:
+        code = code.removeprefix(LOCAL_PREFIX)
     payload = build_zam(kind, request.header, success, control_id=new_id(now)[-20:],
-                        now=datetime.fromtimestamp(now), error_code=code, error_label=label)
+                        now=datetime.fromtimestamp(now), error_code=code, error_label=label,
+                        local_error=local)
     return NewDelivery(route=route, step=f"zam-{kind}", destination=channel,
                        fifo_key=request.header.sending_application, not_before=now, payload=payload)

@@ -60,16 +60,17 @@ async def test_fan_out_gate_and_unrouted(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fifo_per_key_through_ae_retries_and_ar_dead_letter_with_follow_up(tmp_path):
-    # Key P1's first message gets AE twice: P1's next must wait, P2 may pass it.
+async def test_fifo_per_key_through_ar_retries_and_ae_dead_letter_with_follow_up(tmp_path):
+    # Key P1's first message gets AR (circumstantial) twice: P1's next must wait, P2 may pass it;
+    # BAD gets AE (the message has errors): a dead letter at once, the follow-up runs.
     def answer(raw, n):
         from engine.hl7.scan import scan
 
         ctrl = scan(raw).control_id
         if ctrl == "P1-a" and answer.ae < 2:
             answer.ae += 1
-            return "AE"
-        return "AR" if ctrl == "BAD" else "AA"
+            return "AR"
+        return "AE" if ctrl == "BAD" else "AA"
 
     answer.ae = 0
     dest, alert = RecordingPeer(answer), RecordingPeer()

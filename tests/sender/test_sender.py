@@ -30,14 +30,14 @@ async def test_aa_is_done_and_carries_the_ack():
 
 
 @pytest_twisted.ensureDeferred
-async def test_ae_for_ever_is_retry_each_time():
-    peer = Peer(answer_with("AE")).listen()
+async def test_ar_for_ever_is_retry_each_time():
+    peer = Peer(answer_with("AR")).listen()
     sender = MLLPSender(reactor, peer.settings())
     outcomes = [await sender.send(message(f"20{i}")) for i in range(3)]
     await sender.close()
     await peer.stop()
-    assert [(o.action, o.ack_code) for o in outcomes] == [("retry", "AE")] * 3
-    assert len(peer.connections) == 1  # an AE answer keeps the stream in step
+    assert [(o.action, o.ack_code) for o in outcomes] == [("retry", "AR")] * 3
+    assert len(peer.connections) == 1  # an AR answer keeps the stream in step
 
 
 @pytest_twisted.ensureDeferred
@@ -53,18 +53,18 @@ async def test_ack_written_in_fragments_is_reassembled():
 
 
 @pytest_twisted.ensureDeferred
-async def test_ar_is_dead_with_the_err_text_in_the_reason():
+async def test_ae_is_dead_with_the_err_text_in_the_reason():
     def reject(peer, payload):
-        peer.transport.write(frame(ack(control_id(payload), "AR", error="unknown patient")))
+        peer.transport.write(frame(ack(control_id(payload), "AE", error="unknown patient")))
     outcome, _ = await exchange_once(reject)
-    assert (outcome.action, outcome.ack_code) == ("dead", "AR")
-    assert outcome.reason.startswith("AR from destination") and "unknown patient" in outcome.reason
+    assert (outcome.action, outcome.ack_code) == ("dead", "AE")
+    assert outcome.reason.startswith("AE from destination") and "unknown patient" in outcome.reason
 
 
 @pytest_twisted.ensureDeferred
 async def test_reply_policy_overrides_defaults():
-    outcome, _ = await exchange_once(answer_with("AE"), reply_policy={"AE": "dead"})
-    assert (outcome.action, outcome.kind) == ("dead", "AE")
+    outcome, _ = await exchange_once(answer_with("AE"), reply_policy={"AE": "retry"})
+    assert (outcome.action, outcome.kind) == ("retry", "AE")
 
 
 @pytest_twisted.ensureDeferred
