@@ -37,8 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.commands.safe_output import SafeWriter
+
     args = build_parser().parse_args(argv)
-    code = args.handler(args)
+    stdout = sys.stdout
+    sys.stdout = SafeWriter(stdout)  # journal fields come from senders: show controls, never obey them
+    try:
+        code = args.handler(args)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
     return int(code or 0)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from engine.commands.safe_output import printable
+
 
 def register(sub) -> None:
     from engine.commands.common import add_journal_options
@@ -54,4 +56,4 @@ def format_event(event, phi_reader=None) -> str:
     parts = [stamp, event.message_uid, event.channel or "-", event.msg_type or "-",
              f"ctrl={event.control_id or '-'}", event.state, patient,
              f"@{event.node}" if event.node else "", event.detail or ""]
-    return "  ".join(p for p in parts if p)
+    return printable("  ".join(p for p in parts if p))

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
+from OpenSSL import SSL
 from twisted.internet import protocol
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
@@ -26,6 +27,12 @@ from engine.mllp.budget import BufferBudget
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, Oversized, frame
 
 log = structlog.get_logger("engine.mllp")
+
+
+def _tls_error_text(error) -> str:
+    """The OpenSSL reason of a failed handshake, short (e.g. 'peer did not return a certificate')."""
+    reasons = [part[2] for part in getattr(error, "args", [[]])[0] if isinstance(part, tuple) and len(part) > 2]
+    return "; ".join(reasons)[:200] or type(error).__name__
 
 MAX_IN_FLIGHT = 64
 
@@ -81,6 +88,7 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         self._peer_slow = False
         self._over_budget = False
         self._closing = False
+        self._handshake_done = False
         self._deadline = None  # IDelayedCall of the unfinished frame
         self._deadline_frame = 0  # decoder.frames_started when the deadline was set
 
@@ -101,15 +109,29 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         if self.decoder.pending:
             log.warning("mllp.connection_lost_mid_frame", channel=self.policy.channel,
                         bytes_lost_unacked=self.decoder.pending)
+        if reason.check(SSL.Error) and not self._handshake_done:
+            self._refused("tls_handshake_failed", error=_tls_error_text(reason.value))
+
+    def _refused(self, event: str, **fields) -> None:
+        """A peer turned away at the TLS layer: counted, and logged at most once per 10 s per
+        channel (a scanner or a misconfigured RIS would otherwise flood the log)."""
+        channel = self.policy.channel
+        self._count_close(event)
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", "?")
+        limiter = self.factory.refusal_log if getattr(self, "factory", None) is not None else EveryFewSeconds()
+        limiter(lambda suppressed: log.warning(f"mllp.{event}", channel=channel, peer_host=host,
+                                               suppressed_since_last=suppressed, **fields))
 
     def handshakeCompleted(self):
         """TLS channels: the peer certificate's CN must be one the channel allows."""
+        self._handshake_done = True
         if not self.allowed_subjects:
             return
         cert = self.transport.getPeerCertificate()
         subject = cert.get_subject().commonName if cert is not None else None
         if subject not in self.allowed_subjects:
-            log.warning("mllp.peer_refused", channel=self.policy.channel, subject=subject)
+            self._refused("peer_refused", subject=str(subject)[:128])
             self._closing = True
             self.transport.abortConnection()
 
@@ -251,7 +273,8 @@ class MLLPServerFactory(protocol.ServerFactory):
         self.idle_timeout = idle_timeout
         self.limits = limits or ListenerLimits()
         self.open_connections = 0
-        self._refusal_log = EveryFewSeconds()
+        self._refusal_log = EveryFewSeconds()  # connections over max_connections
+        self.refusal_log = EveryFewSeconds()  # TLS handshakes failed, peers refused
 
     def buildProtocol(self, addr):
         if not self.admit():

@@ -102,3 +102,21 @@ def test_sigterm_stops_cleanly_and_tail_shows_events(running_engine, tmp_path):
     assert "patient=IPP001 SECRET Patient" in phi.stdout
     typed = pfi("tail", "--config", str(tmp_path / "cfg"), "--data", str(tmp_path / "data"), "--type", "ORU^R01")
     assert "T-1" not in typed.stdout
+
+
+def test_tail_shows_control_characters_from_senders_without_obeying_them(running_engine, tmp_path):
+    _, port = running_engine
+    hostile = tmp_path / "hostile.hl7"
+    # MSH-10 clears the screen and fakes a line; MSH-9 carries a bidi override.
+    hostile.write_bytes(sample_adt("X\x1b[2J\x1b[H\x08FAKE", msg_type="ADT^A01\u202e").encode())
+    pfi("send", str(hostile), "--to", f"127.0.0.1:{port}")
+    tail = pfi("tail", "--config", str(tmp_path / "cfg"), "--data", str(tmp_path / "data"))
+    assert "\x1b" not in tail.stdout and "\x08" not in tail.stdout and "\u202e" not in tail.stdout
+    assert "ctrl=X\\x1b[2J\\x1b[H\\x08FAKE" in tail.stdout and "\\u202e" in tail.stdout
+
+
+def test_printable_escapes_every_control_but_newline_and_tab():
+    from engine.commands.safe_output import printable
+
+    assert printable("a\tb\nc") == "a\tb\nc"
+    assert printable("\x00\r\x1b\x7f\x9b\u2066") == "\\x00\\x0d\\x1b\\x7f\\x9b\\u2066"

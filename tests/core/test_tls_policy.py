@@ -161,3 +161,26 @@ def test_check_refuses_missing_or_mismatched_tls_files(tmp_path, pki):
         "wrongkey": inbound(tls={"certificate": str(pki.server.cert), "key": str(pki.client.key)})})
     result = _pfi_check(fixed)
     assert result.returncode == 1 and "does not match certificate" in result.stdout, result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_handshakes_are_counted_and_logged_rate_limited(tmp_path, pki):
+    from structlog.testing import capture_logs
+
+    from tests.routing.peers import until
+
+    tls = {"certificate": str(pki.server.cert), "key": str(pki.server.key), "ca": str(pki.ca.cert)}
+    engine = await start_engine(write_config(tmp_path / "cfg", {"in": inbound(tls=tls)}),
+                                tmp_path / "data")
+    try:
+        port = engine.port_of("in")
+        with capture_logs() as logs:
+            for _ in range(3):
+                assert (await _try(port, _client_context(pki, with_cert=False))).startswith("refused")
+            labels = {"channel": "in", "reason": "tls_handshake_failed", "node": engine.node}
+            count = lambda: engine.metrics.registry.get_sample_value("pfi_connections_closed_total", labels)  # noqa: E731
+            await until(lambda: count() == 3.0, what="three failed handshakes counted")
+        lines = [e for e in logs if e["event"] == "mllp.tls_handshake_failed"]
+        assert len(lines) == 1 and lines[0]["peer_host"] == "127.0.0.1" and lines[0]["error"]
+    finally:
+        await engine.stopService()
