@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import Enum
 
 from engine.docrequest.model import PROFILE_TRANSMISSION, DocumentRequest, Header
-from engine.hl7.message import escape
+from engine.hl7.encode import escape
 
 
 class ZamKind(str, Enum):

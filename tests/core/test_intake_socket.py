@@ -254,3 +254,32 @@ class Collector(Protocol):
                 break
             await sleep(0.02)
         return self.answers
+
+
+@pytest_twisted.ensureDeferred
+async def test_echoed_fields_are_bounded_and_cannot_split_the_ack_frame(engine):
+    peer = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", engine.port_of("in")), Collector())
+    fs_end = sample_adt("E-1").replace("|E-1|", "|E-1\x1c|").replace("|GAM|", "|GAM\x1c\x0b|")
+    huge_charset = sample_adt("E-2", charset="UNICODE UTF-8" + "x" * 150_000)
+    latin_sep = sample_adt("E-3").encode().replace(b"|", b"\xa6")
+    peer.transport.write(frame(fs_end.encode()) + frame(huge_charset.encode()) + frame(latin_sep))
+    answers = await peer.wait_for(3)
+    assert len(answers) == 3 and not peer.closed  # no ACK split into extra frames
+    assert all(b"\x1c" not in a and b"\x0b" not in a for a in answers)
+    first = answers[0].split(b"\r")
+    assert first[0].split(b"|")[4] == b"GAM" and first[1] == b"MSA|AA|E-1"
+    assert len(answers[1]) < 2_000  # MSH-18 of 150 KB is not echoed whole
+    # A non-ASCII field separator is refused (AE), answered with the standard delimiters.
+    assert answers[2].startswith(b"MSH|^~\\&|") and b"MSA|AE|" in answers[2]
+    peer.transport.loseConnection()
+
+
+def test_ack_keeps_the_senders_delimiters():
+    from engine.hl7.ack import AckError, build_ack
+    from engine.hl7.scan import scan
+
+    raw = sample_adt("D-9").replace("|", "#").replace("^~\\&", "!*$%").encode()
+    ack = build_ack(scan(raw), "AE", "1", "20260101", (AckError(203, "MSH^1^12", "bad#one!"),))
+    msh, msa, err = ack.decode().strip("\r").split("\r")
+    assert msh.startswith("MSH#!*$%#") and msa == "MSA#AE#D-9"
+    assert err.endswith("bad$F$one$S$") and "MSH!1!12" in err
