@@ -92,3 +92,20 @@ def test_wants_zam_follows_ack_rows(sample):
     assert not wants_zam(request, "Z03")
     sample.drop("OBX", sample.meta("ACK_RECEPTION"))
     assert not wants_zam(sample.request(), "Z01")
+
+
+def test_remote_error_texts_with_delimiters_and_cr_stay_one_value(oru_header):
+    from engine.hl7.encode import unescape
+
+    label = "DMP fermé|forged\rOBX|9|ST|X||FORGED^~\\&"
+    z01 = build_zam("Z01", oru_header, False, control_id="1", now=EVENT, error_code="DMP|Closed\r",
+                    error_label=label)
+    z02 = build_zam("Z02", oru_header, False, control_id="2", now=EVENT, error_code="550", error_label=label,
+                    address="a|b\r@x.mssante.fr")
+    for raw in (z01, z02):
+        assert [s[:3] for s in raw.decode().split("\r") if s].count("OBX") == (1 if raw is z01 else 2)
+        assert raw.count(b"\r") == (4 if raw is z01 else 5)
+    msg = Message.parse(z01)
+    assert unescape(msg.get("ERR-5.2")) == label and unescape(msg.get("ERR-5.1")) == "DMP|Closed\r"
+    info = Message.parse(z02).segments("OBX")[1]
+    assert unescape(info.field(5).split("^")[3]) == "a|b\r@x.mssante.fr"
