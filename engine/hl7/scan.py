@@ -73,7 +73,8 @@ def _first_component(value: str, comp_sep: str) -> str:
 
 def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
     """Read MSH (and PID) from `raw`; raise ParseError when there is no usable MSH."""
-    start = len(raw) - len(raw.lstrip(b"\r\n\t \x00\xef\xbb\xbf"))
+    # A VT left by a doubled start block split across reads is no part of the message either.
+    start = len(raw) - len(raw.lstrip(b"\r\n\t \x00\x0b\xef\xbb\xbf"))
     if raw[start : start + 3] != b"MSH" or len(raw) < start + 8:
         raise ParseError("no MSH segment at the start of the message")
     msh = _segment_at(raw, start)

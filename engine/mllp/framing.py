@@ -84,7 +84,11 @@ class MLLPDecoder:
             self._keep_noise(events, len(self._buf))
             return False
         self._keep_noise(events, start)
-        del self._buf[:1]
+        # Some senders write the start block twice: a doubled VT still opens one frame.
+        count = 1
+        while count < len(self._buf) and self._buf[count] == 0x0B:
+            count += 1
+        del self._buf[:count]
         self._in_frame = True
         self.frames_started += 1
         return True

@@ -283,3 +283,13 @@ def test_ack_keeps_the_senders_delimiters():
     msh, msa, err = ack.decode().strip("\r").split("\r")
     assert msh.startswith("MSH#!*$%#") and msa == "MSA#AE#D-9"
     assert err.endswith("bad$F$one$S$") and "MSH!1!12" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_doubled_start_block_is_tolerated(engine):
+    peer = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", engine.port_of("in")), Collector())
+    peer.transport.write(b"\x0b" + frame(sample_adt("VT-1").encode()))
+    [answer] = await peer.wait_for(1)
+    assert b"MSA|AA|VT-1" in answer
+    assert [e.state for e in intake_events(journal(engine))] == ["received"]
+    peer.transport.loseConnection()

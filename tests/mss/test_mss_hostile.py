@@ -193,3 +193,19 @@ def test_values_that_cannot_be_valid_for_their_field_refuse_the_mail(intake, att
     cda = HOSTILE_CDA.replace(attribute.encode(), value.encode())
     analysis = intake.analyse(mail(build_xdm(cda, submission_metadata(), sender=SENDER, title="CR")))
     assert analysis.quarantine == "cda-unusable" and field in analysis.detail and analysis.mdms in ([], None)
+
+
+@pytest.mark.parametrize("dnt, expected", [
+    ("hostile@ps.mssante.fr", "hostile@ps.mssante.fr"),
+    ("Secrétariat <secretariat@ps.mssante.fr>", "secretariat@ps.mssante.fr"),  # same MSSanté domain
+    ("victim@elsewhere.example", "hostile@ps.mssante.fr"),  # a third party: the sender gets it
+    ("", None),
+])
+def test_failure_notices_go_to_the_sender_not_to_third_parties(dnt, expected):
+    from engine.mss.notifications import mdn_recipient
+
+    msg = email.message_from_bytes(mail(good_xdm()), policy=policy.default)
+    del msg["Disposition-Notification-To"]
+    if dnt:
+        msg["Disposition-Notification-To"] = dnt
+    assert mdn_recipient(msg) == expected
