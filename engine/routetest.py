@@ -151,7 +151,8 @@ async def _settle(engine, clock, recorders, rounds: int = 200) -> None:
             lambda c, s: c.execute("SELECT (SELECT count(*) FROM messages WHERE state='received')"
                                    " + (SELECT count(*) FROM deliveries WHERE state IN ('pending','sending'))"
                                    ).fetchone()[0], logged=True)
-        stable = stable + 1 if count == last and pending == 0 else 0
+        busy = pending or engine.dispatcher.follow_ups_in_flight
+        stable = stable + 1 if count == last and not busy else 0
         last = count
         if stable >= 3:
             return

@@ -54,8 +54,9 @@ class ListenerService(service.Service):
         return None
 
 
-def policy_for(settings: MllpInSettings) -> IntakePolicy:
-    """The intake policy of an mllp-in channel (with its document-request gate when opted in)."""
+def policy_for(settings: MllpInSettings, cda_checker=None) -> IntakePolicy:
+    """The intake policy of an mllp-in channel (with its document-request gate when opted in);
+    `cda_checker(level)` gives the CDA check of a `check_cda` level."""
     return IntakePolicy(
         channel=settings.name,
         versions=tuple(settings.accept.versions),
@@ -63,16 +64,17 @@ def policy_for(settings: MllpInSettings) -> IntakePolicy:
         codec=normalize_codec(settings.charset),
         duplicate_window=settings.duplicate_window,
         local_app=settings.local_app,
-        document_check=_document_gate(settings),
+        document_check=_document_gate(settings, cda_checker),
     )
 
 
-def _document_gate(settings: MllpInSettings):
+def _document_gate(settings: MllpInSettings, cda_checker=None):
     if settings.ack_mode != "document-request":
         return None
     from engine.docrequest.check import DocumentRequestGate
 
-    return DocumentRequestGate(charset=normalize_codec(settings.charset))
+    check = cda_checker(settings.check_cda) if cda_checker and settings.check_cda != "none" else None
+    return DocumentRequestGate(charset=normalize_codec(settings.charset), cda_check=check)
 
 
 class Engine(service.MultiService):
@@ -86,6 +88,7 @@ class Engine(service.MultiService):
         self.node = config.engine.node or socket.gethostname()
         self.metrics = EngineMetrics(node=self.node)
         self.journal = open_journal(config.engine, self.data_dir, reactor, self.node)
+        self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
         # A shared journal tells this node about work other nodes queued (no-op on SQLite).
         self.journal.on_received = self.dispatcher.kick
@@ -114,7 +117,10 @@ class Engine(service.MultiService):
 
         shared = self.config.engine.journal if is_postgres_url(self.config.engine.journal) else None
         self.patients = PatientRegistry(self.data_dir, reactor=self.reactor, url=shared)
-        env = Environment(self.config.channels, self.config.root, patients=self.patients)
+        from engine.cda.checker import routes_validate_cda
+
+        env = Environment(self.config.channels, self.config.root, patients=self.patients,
+                          cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None)
         if connectors is None:
             connectors = build_connectors(self.config, self.reactor, consent=self.patients)
         return Dispatcher(self.journal, self.config.routes, env, self.clock, connectors,
@@ -154,7 +160,7 @@ class Engine(service.MultiService):
         limits = ListenerLimits(max_connections=settings.max_connections,
                                 frame_timeout=settings.frame_timeout or None,
                                 budget=self.buffer_budget, clock=self.clock)
-        factory = MLLPServerFactory(self.intake, policy_for(settings), settings.max_message_bytes,
+        factory = MLLPServerFactory(self.intake, policy_for(settings, self.cda_checker), settings.max_message_bytes,
                                     settings.idle_timeout or None, subjects, limits)
         endpoint = server_endpoint(self.reactor, settings)
         listener = ListenerService(settings.name, endpoint, factory)
@@ -205,7 +211,22 @@ class Engine(service.MultiService):
     def port_of(self, channel: str) -> int:
         return self.listeners[channel].port.getHost().port
 
+    def cda_checker(self, level: str):
+        """The engine's CDA check of a level (`full`, `structure`), built once: its Schematrons are
+        compiled once per engine. Raises ConfigurationError when the kit is missing."""
+        from engine.cda.checker import CdaChecker
+
+        checkers = self._cda_checkers
+        if level not in checkers:
+            stages = ("conformance", "dmp") if level == "full" else ()
+            checkers[level] = CdaChecker.from_settings(self.config.engine.cda_kit, self.config.root,
+                                                       self.data_dir / "cache" / "schematron", stages)
+        return checkers[level]
+
     async def _start(self):
+        # Compile the Schematrons before the first document pays for it (seconds), off the reactor.
+        for checker in self._cda_checkers.values():
+            await threads.deferToThread(checker.warm_up)
         self.journal.start()
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
         await self.dispatcher.start()

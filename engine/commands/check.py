@@ -45,7 +45,9 @@ def material_problems(config, now: dt.datetime) -> list[str]:
     from engine.dmp.config import check_settings
     from engine.tls import tls_settings_problems
 
-    problems: list[str] = []
+    from engine.cda.checker import kit_problems, needs_kit
+
+    problems: list[str] = kit_problems(config.engine.cda_kit, config.root) if needs_kit(config) else []
     for channel in config.channels.values():
         tls = getattr(channel, "tls", None)
         if tls is not None:

@@ -115,6 +115,12 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
         "`document-request`: CI-SIS ORU/MDM (MSH-21 CISIS_CDA_HL7_V*) are parsed and checked "
         "against their CDA before the ACK (AE + ERR when they fail; costs ms per message)",
     )
+    check_cda: Literal["none", "structure", "full"] = Field(
+        default="none",
+        description="With ack_mode document-request, also validate each CDA before the ACK: "
+        "`structure` = the CDA XSD (what makes a report unusable for anyone), `full` = XSD + the "
+        "kit's Schematrons (structuration minimale, CR d'imagerie) + the DMP pre-checks",
+    )
 
     @model_validator(mode="after")
     def _whole_tls(self):

@@ -26,5 +26,7 @@ class EngineSettings(BaseModel):
     max_buffered_bytes: Size = Field(default=256 * 1024 * 1024, gt=0, description="Bytes of unfinished "
                                      "inbound frames held across all connections; beyond, growing "
                                      "connections are not read until frames complete")
+    cda_kit: str = Field(default="", description="ANS TestContenuCDA 3.0 kit directory for `validate: cda` "
+                         "and document channels (default: $PFI_CDA_KIT, else ../shared/corpus/cda/TestContenuCDA-3-0)")
     log_level: str = "info"
     metrics: MetricsSettings = MetricsSettings()

@@ -32,6 +32,7 @@ class Dispatcher:
         self._again = False
         self._timer = None
         self._running = False
+        self.follow_ups_in_flight = 0  # on_success/on_failure steps being planned (pfi test waits)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,6 +111,14 @@ class Dispatcher:
 
     # -- follow-ups ------------------------------------------------------------------------
     async def follow_up(self, delivery: queue.Delivery, kind: str, detail: str) -> None:
+        """Run a delivery's on_success/on_failure steps (planned in a thread: they may validate)."""
+        self.follow_ups_in_flight += 1
+        try:
+            await self._follow_up(delivery, kind, detail)
+        finally:
+            self.follow_ups_in_flight -= 1
+
+    async def _follow_up(self, delivery: queue.Delivery, kind: str, detail: str) -> None:
         route = next((r for r in self.routes if r.name == delivery.route), None)
         step = route.find_step(delivery.step) if route else None
         steps = (step.on_success if kind == "on_success" else step.on_failure) if step else []
@@ -119,6 +128,9 @@ class Dispatcher:
         ctx = MessageContext(message.uid, message.channel, message.raw, self.clock.seconds())
         plan = Plan(message.uid, state=None)
         await threads.deferToThread(run_steps, route, steps, ctx, ctx.raw, self.env, plan)
+        # A follow-up never moves the message's state (a failing validate or a gate in on_success
+        # would otherwise drop the whole plan: its events and ZAMs); what happened is in the events.
+        plan.state = None
         plan.deliveries += [self._zam(kind, detail, ctx, z) for z in plan.zams if self._zam(kind, detail, ctx, z)]
         busy = self._busy_destinations()
         touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy))

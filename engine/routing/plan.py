@@ -138,7 +138,9 @@ def _validate(kind: str, ctx: MessageContext, env: Environment) -> None:
     errors = [e for e in check_consistency(request) if e.severity in ("E", "F")]
     if errors:
         raise _coded("; ".join(f"{e.code} {e.app_code} {e.message}".strip() for e in errors), errors[0].app_code)
-    if kind == "cda" and env.cda_validator is not None:
+    if kind == "cda":
+        if env.cda_validator is None:  # never pass a document the step was meant to check
+            raise _coded("CDA not validated: no CDA validator configured (cda_kit)", "CDA_NOT_VALIDATED")
         for document in request.documents:
             problems = env.cda_validator(document.content)
             if problems:
