@@ -108,6 +108,71 @@ def new_version_of(path: Path, control_id: str, old: bytes, new: bytes) -> bytes
     return b"\r".join(segments)
 
 
+SAMPLE = ROOT / "samples" / "mdm_t02_fictional.hl7"
+FICTIONAL_INS = b"292089900100290"
+
+
+def demo_reports() -> dict[str, bytes]:
+    """The reports of the imaging day: the fictional kit-valid CR as several documents."""
+    return {"REP-1": fictional_report("REP-1", 11), "REP-2": fictional_replacement("REP-2", 11, 12),
+            "FIC-1": as_message(SAMPLE, "FIC-1"), "OUT-1": fictional_report("OUT-1", 13),
+            "REP-3": fictional_report("REP-3", 14)}
+SAMPLE_DOC, SAMPLE_SET = b"1.2.250.1.999.7.1.2026.1", b"1.2.250.1.999.7.2.2026.1"
+# The fictional report's sender organisation, as the structure of the demo's DMP certificate.
+FICTIONAL_SENDER = {b"^IDNST^^^3999999999": b"^IDNST^^^3300017985"}
+
+
+def _edit_report(raw: bytes, edit_cda, edit_segment) -> bytes:
+    """Apply `edit_cda(cda) -> cda` to the embedded CDA and `edit_segment(fields)` to the others."""
+    import base64
+
+    segments = raw.split(b"\r")
+    for i, seg in enumerate(segments):
+        fields = seg.split(b"|")
+        if seg.startswith(b"OBX|1|ED|"):
+            parts = fields[5].split(b"^")
+            parts[4] = base64.b64encode(edit_cda(base64.b64decode(parts[4] + b"=" * (-len(parts[4]) % 4))))
+            fields[5] = b"^".join(parts)
+        edit_segment(fields)
+        segments[i] = b"|".join(fields)
+    return b"\r".join(segments)
+
+
+def fictional_report(control_id: str, n: int) -> bytes:
+    """The fictional kit-valid CR as a document of its own (id and set id ending in `.n`)."""
+    doc, set_id = SAMPLE_DOC[:-1] + str(n).encode(), SAMPLE_SET[:-1] + str(n).encode()
+    raw = as_message(SAMPLE, control_id, FICTIONAL_SENDER)
+
+    def segment(fields):
+        if fields[0] == b"TXA":
+            fields[12] = doc
+
+    return _edit_report(raw, lambda cda: cda.replace(SAMPLE_DOC, doc).replace(SAMPLE_SET, set_id), segment)
+
+
+def fictional_replacement(control_id: str, parent: int, n: int) -> bytes:
+    """MDM^T10 replacing `fictional_report(.., parent)`: new id, version 2, relatedDocument RPLC."""
+    parent_doc, doc = SAMPLE_DOC[:-1] + str(parent).encode(), SAMPLE_DOC[:-1] + str(n).encode()
+    set_id = SAMPLE_SET[:-1] + str(parent).encode()
+    raw = as_message(SAMPLE, control_id, FICTIONAL_SENDER)
+    raw = raw.replace(b"MDM^T02^MDM_T02", b"MDM^T10^MDM_T02").replace(b"\rORC|NW", b"\rORC|RO")
+
+    def cda(data: bytes) -> bytes:
+        data = data.replace(SAMPLE_DOC, doc).replace(SAMPLE_SET, set_id)
+        data = data.replace(b'<versionNumber value="1"/>', b'<versionNumber value="2"/>')
+        related = (b'  <relatedDocument typeCode="RPLC"><parentDocument><id root="' + parent_doc
+                   + b'"/></parentDocument></relatedDocument>\n  <componentOf>')
+        return data.replace(b"  <componentOf>", related, 1)
+
+    def segment(fields):
+        if fields[0] == b"TXA":
+            fields[12], fields[13:14] = doc, [parent_doc]
+        elif fields[0] == b"OBX" and fields[1] == b"1":
+            fields[11] = b"C"
+
+    return _edit_report(raw, cda, segment)
+
+
 def fictional_delete(control_id: str) -> bytes:
     """The fictional initial report turned into its delete (MDM^T04, ORC-1 CA, OBX-11 D)."""
     raw = as_message(ROOT / "samples" / "mdm_t02_fictional.hl7", control_id)
@@ -194,16 +259,14 @@ async def _script(engine, sim, result: DemoResult, workdir: Path, restart_midway
     await _send(result, "PFI_TLR_A_PORT", as_message(TLR / "flux3_ORU_R01_OK_reponse_demande.hl7", "ANS-1"), say)
     await _until(lambda: "ORD-1" in peers["TLR-A"].control_ids() and "ANS-1" in peers["RIS"].control_ids())
 
-    say("Reports from platform A: initial, then its replacement once published")
-    init = MDM / "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
-    rplc = MDM / "Remplacement MDM/message_MDM_CR_Radio_RPLC_N1.er7"
-    await _send(result, "PFI_TLR_A_PORT", as_message(init, "REP-1", ASK_RECEIPT), say)
+    say("Reports from platform A: initial, then its replacement once published (RIS first, then DMP)")
+    await _send(result, "PFI_TLR_A_PORT", demo_reports()["REP-1"], say)
     await _until(lambda: "REP-1" in peers["DRIMBOX"].control_ids(), timeout=30)
-    await _send(result, "PFI_TLR_A_PORT", as_message(rplc, "REP-2", ASK_RECEIPT), say)
+    await _send(result, "PFI_TLR_A_PORT", demo_reports()["REP-2"], say)
     await _until(lambda: "REP-2" in peers["DRIMBOX"].control_ids(), timeout=30)
 
     say("A fictional report withdrawn inside the delay window")
-    await _send(result, "PFI_TLR_A_PORT", as_message(ROOT / "samples" / "mdm_t02_fictional.hl7", "FIC-1"), say)
+    await _send(result, "PFI_TLR_A_PORT", demo_reports()["FIC-1"], say)
     await _send(result, "PFI_TLR_A_PORT", fictional_delete("FIC-DEL"), say)
 
     if restart_midway:
@@ -213,14 +276,15 @@ async def _script(engine, sim, result: DemoResult, workdir: Path, restart_midway
 
     say("DMP outage: a report waits, then drains")
     await sim.go_down()
-    await _send(result, "PFI_TLR_A_PORT", new_version_of(init, "OUT-1", b"71024000081", b"71024000090"), say)
+    await _send(result, "PFI_TLR_A_PORT", demo_reports()["OUT-1"], say)
     await _sleep(DELAY + 2)
     sim.come_back()
     await _until(lambda: "OUT-1" in peers["DRIMBOX"].control_ids(), timeout=60)
 
     say("The patient opposes DMP feeding (PAM.fr ZFA-9 IO), then the RIS sends a new report")
-    await _send(result, "PFI_ADT_PORT", as_message(CONSENT / "NonConsentementConsultation_OppositionAlimentation.er7", "ADT-1"), say)
-    await _send(result, "PFI_RIS_PORT", as_message(ORU_INIT, "REP-3"), say)
+    await _send(result, "PFI_ADT_PORT", as_message(CONSENT / "NonConsentementConsultation_OppositionAlimentation.er7",
+                                                  "ADT-1", {b"279035121518989": FICTIONAL_INS}), say)
+    await _send(result, "PFI_RIS_PORT", demo_reports()["REP-3"], say)
     await _until(lambda: any(b"REP-3" in raw and b"ZAM^Z01" in raw for _, raw in peers["RIS"].received), timeout=30)
     await _sleep(1.0)
     return engine
