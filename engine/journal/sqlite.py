@@ -11,6 +11,7 @@ synchronous=FULL. Reads use their own connections.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -96,14 +97,12 @@ class SQLiteJournal(GroupCommitWriter):
     def recover(self) -> int:
         """Index the records of the segment log that the SQLite index lost in a crash."""
         conn, store = self._writer, self.payloads
-        last = conn.execute("SELECT segment, offset FROM messages ORDER BY id DESC LIMIT 1").fetchone()
-        start = (last[0], last[1] + store.record_length(*last)) if last else (min(store.segments(), default=1), 0)
         recovered = 0
         conn.execute("BEGIN IMMEDIATE")
-        for segment, offset, meta, raw in store.scan_from(*start):
-            if not meta:
-                store.truncate(segment, offset)  # torn tail: never synced, so never acknowledged
-                break
+        for segment, offset, meta, raw in store.scan_from(*self._recovery_start(conn, store)):
+            if meta is None:
+                self._damaged_bytes(store, segment, offset, raw)
+                continue
             if conn.execute("SELECT 1 FROM messages WHERE uid=?", (meta["uid"],)).fetchone():
                 continue
             crc = store.read_crc(segment, offset)
@@ -115,6 +114,30 @@ class SQLiteJournal(GroupCommitWriter):
             recovered += 1
         conn.execute("COMMIT")
         return recovered
+
+    @staticmethod
+    def _recovery_start(conn, store: PayloadStore) -> tuple[int, int]:
+        """Just after the last indexed record; past it by a search when that record is damaged."""
+        last = conn.execute("SELECT segment, offset FROM messages ORDER BY id DESC LIMIT 1").fetchone()
+        if not last:
+            return min(store.segments(), default=1), 0
+        try:
+            return last[0], last[1] + store.record_length(*last)
+        except (OSError, ValueError):
+            log.error("journal.damaged_record", segment=last[0], offset=last[1],
+                      detail="the last indexed record is unreadable; its message is marked damaged when routed")
+            resume = store.next_valid(last[0], last[1] + 1)
+            return last[0], resume if resume is not None else os.path.getsize(store._path(last[0]))
+
+    @staticmethod
+    def _damaged_bytes(store: PayloadStore, segment: int, offset: int, resume) -> None:
+        """Recovery met unreadable bytes: a torn tail (nothing valid after) was never synced, so
+        never acknowledged, and is cut; damage with good records after it is kept and reported."""
+        if resume is None:
+            store.truncate(segment, offset)
+            log.warning("journal.torn_tail_truncated", segment=segment, offset=offset)
+        else:
+            log.error("journal.damaged_bytes_skipped", segment=segment, offset=offset, resume=resume)
 
     def _log_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> tuple[list, list]:
         """Mark duplicates and append a run of inbound records to the segment log (not synced);
@@ -271,7 +294,24 @@ def _earlier(conn, keys: list[str]) -> list[tuple]:
 def _received(conn, store: PayloadStore, limit: int) -> list[tuple]:
     rows = conn.execute("SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received'"
                         " ORDER BY id LIMIT ?", (limit,)).fetchall()
-    return [(uid, channel, at, store.read(segment, offset)[1]) for uid, channel, at, segment, offset in rows]
+    claimed = []
+    for uid, channel, at, segment, offset in rows:
+        try:
+            claimed.append((uid, channel, at, store.read(segment, offset)[1]))
+        except (OSError, ValueError) as exc:
+            _mark_damaged(conn, uid, channel, exc)
+    return claimed
+
+
+def _mark_damaged(conn, uid: str, channel: str, error: Exception) -> None:
+    """An indexed record the log cannot give back: the message leaves routing once, visibly
+    (state `damaged`, an event and an error log), instead of failing every dispatch for ever."""
+    import time
+
+    conn.execute("UPDATE messages SET state='damaged' WHERE uid=?", (uid,))
+    conn.execute(_INSERT_EVENT, (uid, time.time(), "damaged", channel,
+                                 f"record unreadable in the segment log: {error}", ""))
+    log.error("journal.message_damaged", message_id=uid, channel=channel, error=str(error))
 
 
 def _insert_many(conn, insert: str, rows: list[tuple]) -> None:
