@@ -6,9 +6,11 @@ The ACK of a message leaves only after its own journal commit. Rejected input is
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -38,6 +40,10 @@ class IntakePolicy:
     local_app: str = "PFI"
     # ack_mode `document-request`: an engine.docrequest.check.DocumentRequestGate; None = receipt.
     document_check: object | None = None
+    # Rejected frames are kept whole while the channel's rejected bytes of the last hour stay
+    # under this quota; beyond, their first `rejected_head` bytes plus size and SHA-256.
+    rejected_quota: int = 64 * 1024 * 1024
+    rejected_head: int = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -66,6 +72,28 @@ class Intake:
     _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
     _channels: dict = field(default_factory=dict)
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
+    _rejected: dict = field(default_factory=dict)  # channel -> RejectedBytes of the last hour
+
+    def _append(self, record: InboundRecord, policy: IntakePolicy) -> defer.Deferred:
+        """Journal `record`; a rejected frame beyond the channel's hourly quota keeps its head."""
+        if record.state == REJECTED:
+            self._bound_rejected(record, policy)
+        return self.journal.append_inbound(record)
+
+    def _bound_rejected(self, record: InboundRecord, policy: IntakePolicy) -> None:
+        size = len(record.raw)
+        budget = self._rejected.setdefault(policy.channel, RejectedBytes(policy.rejected_quota))
+        self.metrics.rejected_bytes.labels(policy.channel).inc(size)
+        if budget.keep_whole(size, self.clock.seconds()) or size <= policy.rejected_head:
+            return
+        digest = hashlib.sha256(record.raw).hexdigest()
+        record.raw = record.raw[: policy.rejected_head]
+        record.reason = (f"{TRUNCATED_MARK} first {policy.rejected_head} of {size} bytes kept, "
+                         f"sha256 {digest}] {record.reason}")
+        self.metrics.rejected_truncated.labels(policy.channel).inc()
+        budget.warn(lambda suppressed: log.warning(
+            "intake.rejected_quota_exceeded", channel=policy.channel, quota_bytes=policy.rejected_quota,
+            suppressed_since_last=suppressed))
 
     def receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
         """Journal `raw` and fire with the ACK bytes to send back. Total: whatever the bytes do to
@@ -95,7 +123,7 @@ class Intake:
         record.reason = verdict.reason
         record.ack_code = verdict.code
         self._answer(record, header, verdict, now, policy)
-        d = self.journal.append_inbound(record)
+        d = self._append(record, policy)
         # One callback pair per message: log, count and hand back the ACK.
         d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
                        errbackArgs=(record, header, policy, now, started))
@@ -113,7 +141,7 @@ class Intake:
                                state=REJECTED, reason=reason, ack_code="AR")
         record.ack = self._ack(None, Verdict("AR", (AckError(207, "", reason),), reason), now, policy)
         self.metrics.nacked.labels(policy.channel, "AR", "207").inc()
-        d = self.journal.append_inbound(record)
+        d = self._append(record, policy)
         d.addErrback(lambda f: log.error("intake.internal_error_not_journaled", channel=policy.channel,
                                          error=f.getErrorMessage()))
         d.addBoth(lambda _: record.ack)
@@ -157,7 +185,7 @@ class Intake:
                                state=REJECTED, reason=reason, ack_code=code)
         _index(record, header, policy, accepted=False)
         self._answer(record, header, Verdict(code, tuple(errors), reason), now, policy)
-        d = self.journal.append_inbound(record)
+        d = self._append(record, policy)
         d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
                        errbackArgs=(record, header, policy, now, started))
         return d
@@ -218,6 +246,41 @@ class Intake:
         m.ack_latency.observe(time.perf_counter() - started)
 
 
+TRUNCATED_MARK = "[truncated:"  # starts the reason of a rejected frame kept in part (pfi replay refuses it)
+
+
+class RejectedBytes:
+    """Bytes of rejected frames kept whole by one channel over the last hour (a sliding window)."""
+
+    WINDOW = 3600.0
+
+    def __init__(self, quota: int):
+        self.quota = quota
+        self._kept: deque = deque()  # (time, bytes)
+        self._total = 0
+        self._last_warning = float("-inf")
+        self._suppressed = 0
+
+    def keep_whole(self, size: int, now: float) -> bool:
+        while self._kept and self._kept[0][0] < now - self.WINDOW:
+            self._total -= self._kept.popleft()[1]
+        if self._total + size > self.quota:
+            return False
+        self._kept.append((now, size))
+        self._total += size
+        return True
+
+    def warn(self, emit) -> None:
+        """At most one warning every 10 minutes per channel, with the count suppressed."""
+        now = time.monotonic()
+        if now - self._last_warning < 600:
+            self._suppressed += 1
+            return
+        self._last_warning = now
+        emit(suppressed=self._suppressed)
+        self._suppressed = 0
+
+
 def _reason_label(record: InboundRecord) -> str:
     """A label from a closed set: the HL7 table 0357 code of the NACK (never sender text)."""
     if record.state == "not-stored":
@@ -268,7 +331,7 @@ def quarantine(intake: Intake, policy: IntakePolicy, data: bytes, reason: str) -
     record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=data,
                            state=REJECTED, reason=reason)
     intake.metrics.quarantined.labels(policy.channel, reason.split(":")[0]).inc()
-    d = intake.journal.append_inbound(record)
+    d = intake._append(record, policy)
     d.addCallback(lambda r: log.warning("input.quarantined", message_id=r.uid, channel=r.channel,
                                         reason=reason, size=len(data)))
     d.addErrback(lambda f: log.error("input.quarantine_failed", channel=policy.channel,
@@ -291,6 +354,6 @@ def reject_oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: in
         _index(record, header, policy, accepted=False)
     intake._answer(record, header, Verdict("AE", (AckError(199, "", reason),), reason), now, policy)
     intake.metrics.quarantined.labels(policy.channel, "oversized").inc()
-    d = intake.journal.append_inbound(record)
+    d = intake._append(record, policy)
     d.addCallbacks(lambda r: r.ack, lambda f: record.ack)
     return d

@@ -50,4 +50,8 @@ class EngineMetrics:
         self.certificate_days_left = Gauge(
             "pfi_certificate_days_left", "Days before a DMP organisation certificate expires",
             ["channel", "structure"], registry=r)
+        self.rejected_bytes = Counter("pfi_rejected_bytes", "Bytes of rejected frames received (before any "
+                                      "truncation)", ["channel"], registry=r)
+        self.rejected_truncated = Counter("pfi_rejected_truncated", "Rejected frames kept as head + size + "
+                                          "SHA-256 (channel over its rejected_quota)", ["channel"], registry=r)
         self.quarantined = Counter("pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r)

@@ -65,6 +65,8 @@ def policy_for(settings: MllpInSettings, cda_checker=None) -> IntakePolicy:
         duplicate_window=settings.duplicate_window,
         local_app=settings.local_app,
         document_check=_document_gate(settings, cda_checker),
+        rejected_quota=settings.rejected_quota,
+        rejected_head=settings.rejected_head,
     )
 
 

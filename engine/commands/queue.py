@@ -110,6 +110,9 @@ def replay(args) -> int:
     count = sum(requeue_message(conn, uid, "operator", time.time()) for uid in uids)
     conn.execute("COMMIT")
     print(f"{count} message(s) re-queued through the current routes")
+    if count < len(uids):
+        print(f"{len(uids) - count} not re-queued: unknown, or a rejected frame kept only in part "
+              "(its reason starts with [truncated: ... sha256 ...]; ask the sender for the message)")
     return 0 if count else 1
 
 

@@ -101,6 +101,10 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
         default=120.0, description="A frame must end this long after its start block, or its first "
         "bytes are journaled as rejected and the connection closed (0: no deadline)")
     max_connections: int = Field(default=64, ge=1, description="Connections beyond this are closed at once")
+    rejected_quota: Size = Field(default=64 * 1024 * 1024, ge=0, description="Rejected frames are kept "
+                                 "whole while this channel's rejected bytes of the last hour stay under this")
+    rejected_head: Size = Field(default=64 * 1024, gt=0, description="Beyond the quota, the bytes kept of "
+                                "each rejected frame (plus its size and SHA-256)")
     listen_backlog: int = Field(default=1024, ge=1, description="Pending connections the OS queues "
                                 "(a reconnect storm after a network cut)")
     duplicate_window: Duration = Field(

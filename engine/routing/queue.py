@@ -331,8 +331,10 @@ def cancel(conn, ident: str, reason: str, node: str, now: float) -> int:
 
 
 def requeue_message(conn, uid: str, node: str, now: float) -> bool:
-    """Send a journaled message through the current routes again (`pfi replay`)."""
-    cur = conn.execute("UPDATE messages SET state='received' WHERE uid=?", (uid,))
+    """Send a journaled message through the current routes again (`pfi replay`). A rejected frame
+    kept only in part (over its channel's rejected_quota) is never replayed: it is not the message."""
+    cur = conn.execute("UPDATE messages SET state='received' WHERE uid=? AND COALESCE(reason, '') NOT LIKE ?",
+                       (uid, "[truncated:%"))
     if cur.rowcount:
         _event(conn, uid, "replayed", "", "re-queued through the current routes", node, now)
     return bool(cur.rowcount)

@@ -293,3 +293,34 @@ async def test_a_doubled_start_block_is_tolerated(engine):
     assert b"MSA|AA|VT-1" in answer
     assert [e.state for e in intake_events(journal(engine))] == ["received"]
     peer.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejected_frames_beyond_the_hourly_quota_keep_head_size_and_hash(tmp_path):
+    import hashlib
+
+    from engine.routing.queue import requeue_message
+
+    cfg = write_config(tmp_path / "cfg", {"in": inbound(accept={"versions": ["2.5"]}, rejected_quota=12_000,
+                                                        rejected_head=500)})
+    engine = await start_engine(cfg, tmp_path / "data")
+    try:
+        client = await client_for(engine, "in")
+        bad = [(sample_adt(f"Q-{i}", version="9.9") + "NTE|1||" + "y" * 5_000 + "\r").encode() for i in range(4)]
+        for raw in bad:
+            assert (await exchange(client, raw)).code == "AE"
+        client.close()
+        reader = JournalReader(engine.journal.data_dir)
+        rows = [e for e in intake_events(reader) if e.state == "rejected"]
+        kept = [reader.load_message(e.message_uid).raw for e in rows]
+        assert kept[:2] == bad[:2]  # whole while under the quota
+        assert kept[2:] == [bad[2][:500], bad[3][:500]]
+        assert rows[2].detail.startswith(f"[truncated: first 500 of {len(bad[2])} bytes kept, "
+                                         f"sha256 {hashlib.sha256(bad[2]).hexdigest()}]")
+        labels = {"channel": "in", "node": engine.node}
+        assert engine.metrics.registry.get_sample_value("pfi_rejected_truncated_total", labels) == 2.0
+        replayed = await engine.journal.submit(
+            lambda conn, store: [requeue_message(conn, e.message_uid, "test", 0.0) for e in rows])
+        assert replayed == [True, True, False, False]  # a partial frame is never replayed
+    finally:
+        await engine.stopService()
