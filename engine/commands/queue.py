@@ -17,18 +17,45 @@ def register(sub) -> None:
     _common(c)
     c.add_argument("ident", help="delivery id (number) or message id")
     c.add_argument("--reason", default="cancelled by an operator")
+    _operator(c)
     c.set_defaults(handler=cancel)
+    h = sub.add_parser("hold", help="hold pending deliveries (e.g. a deferred DMP send): never sent until released")
+    _common(h)
+    h.add_argument("ident", help="delivery id (number) or message id")
+    h.add_argument("--reason", default="held by an operator")
+    _operator(h)
+    h.set_defaults(handler=hold)
+    rl = sub.add_parser("release", help="release held deliveries back to their queue")
+    _common(rl)
+    rl.add_argument("ident", help="delivery id (number) or message id")
+    rl.add_argument("--reason", default="released by an operator")
+    _operator(rl)
+    rl.set_defaults(handler=release)
     r = sub.add_parser("replay", help="send journaled messages through the current routes again")
     _common(r)
     r.add_argument("ident", nargs="?", help="message id")
     r.add_argument("--state", help="replay every message in this state (e.g. invalid, unrouted)")
     r.add_argument("--dead", action="store_true", help="replay messages with a dead-lettered delivery")
     r.add_argument("--channel", help="only messages received on this channel")
+    _operator(r)
     r.set_defaults(handler=replay)
     u = sub.add_parser("resume", help="resume a destination paused because it refused our credentials")
     _common(u)
     u.add_argument("destination", help="destination channel name, as `pfi queue` shows it")
     u.set_defaults(handler=resume_destination)
+
+
+def _operator(p) -> None:
+    p.add_argument("--operator", default=_os_user(), help="who does it, recorded in the journal (default: OS user)")
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _common(p) -> None:
@@ -51,13 +78,23 @@ def show_queues(args) -> int:
     if conn is None:
         return 0
     now = time.time()
-    print(f"{'destination':<24} {'pending':>7} {'oldest':>9} {'next try':>9} {'sending':>7} {'dead':>5}")
-    for dest, pending, oldest, next_try, sending, dead in queue_summary(lambda s, a=(): conn.execute(s, a).fetchall()):
+    read = lambda s, a=(): conn.execute(s, a).fetchall()  # noqa: E731
+    print(f"{'destination':<24} {'pending':>7} {'oldest':>9} {'next try':>9} {'sending':>7} {'dead':>5} {'held':>5}")
+    for dest, pending, oldest, next_try, sending, dead, held in queue_summary(read):
         age = f"{now - oldest:.0f}s" if oldest else "-"
         nxt = f"{max(next_try - now, 0):.0f}s" if next_try else "-"
-        print(f"{dest:<24} {pending or 0:>7} {age:>9} {nxt:>9} {sending or 0:>7} {dead or 0:>5}")
+        print(f"{dest:<24} {pending or 0:>7} {age:>9} {nxt:>9} {sending or 0:>7} {dead or 0:>5} {held or 0:>5}")
+    _show_held(read)
     _show_paused(conn)
     return 0
+
+
+def _show_held(read) -> None:
+    from engine.routing.queue import held_deliveries, last_event
+
+    for delivery_id, dest, uid, reason in held_deliveries(read):
+        who = last_event(read, uid, "held") or reason or ""
+        print(f"HELD delivery {delivery_id} to {dest} (message {uid}): {who}  (pfi release {delivery_id})")
 
 
 def _show_paused(conn) -> None:
@@ -90,9 +127,32 @@ def cancel(args) -> int:
     if conn is None:
         return 1
     conn.execute("BEGIN IMMEDIATE")
-    count = cancel_deliveries(conn, args.ident, args.reason, "operator", time.time())
+    count = cancel_deliveries(conn, args.ident, args.reason, "operator", time.time(), args.operator)
     conn.execute("COMMIT")
-    print(f"{count} pending deliver{'y' if count == 1 else 'ies'} cancelled")
+    print(f"{count} pending or held deliver{'y' if count == 1 else 'ies'} cancelled")
+    return 0 if count else 1
+
+
+def hold(args) -> int:
+    from engine.routing.queue import hold as hold_deliveries
+
+    return _move(args, hold_deliveries, "held (pfi release to send them)")
+
+
+def release(args) -> int:
+    from engine.routing.queue import release_held
+
+    return _move(args, release_held, "released")
+
+
+def _move(args, operation, done: str) -> int:
+    conn = _journal_conn(args)
+    if conn is None:
+        return 1
+    conn.execute("BEGIN IMMEDIATE")
+    count = operation(conn, args.ident, args.reason, "operator", time.time(), args.operator)
+    conn.execute("COMMIT")
+    print(f"{count} deliver{'y' if count == 1 else 'ies'} {done}")
     return 0 if count else 1
 
 
@@ -107,7 +167,7 @@ def replay(args) -> int:
         print("give a message id, --state or --dead")
         return 2
     conn.execute("BEGIN IMMEDIATE")
-    count = sum(requeue_message(conn, uid, "operator", time.time()) for uid in uids)
+    count = sum(requeue_message(conn, uid, "operator", time.time(), args.operator) for uid in uids)
     conn.execute("COMMIT")
     print(f"{count} message(s) re-queued through the current routes")
     if count < len(uids):

@@ -390,7 +390,7 @@ class PostgresJournal(GroupCommitWriter):
 
 
 _PURGE_SELECT = """SELECT m.uid FROM messages m WHERE m.received_at < %s AND m.state <> 'received'
-    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid = m.uid AND d.state IN ('pending', 'sending'))
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid = m.uid AND d.state IN ('pending', 'sending', 'held'))
     ORDER BY m.received_at LIMIT %s FOR UPDATE SKIP LOCKED"""
 
 

@@ -266,7 +266,7 @@ def _purgeable_segment(conn, store: PayloadStore, before: float) -> int | None:
         return None
     unfinished = conn.execute(
         "SELECT 1 FROM messages m WHERE m.segment=? AND (m.received_at>=? OR m.state='received' OR EXISTS"
-        " (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state IN ('pending', 'sending'))) LIMIT 1",
+        " (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state IN ('pending', 'sending', 'held'))) LIMIT 1",
         (older[0], before)).fetchall()
     return None if unfinished else older[0]
 

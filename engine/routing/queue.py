@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from engine.routing.plan import NewDelivery, Plan
 
 PENDING, SENDING, DONE, DEAD, CANCELLED = "pending", "sending", "done", "dead", "cancelled"
+#: put aside by an operator (`pfi hold`): never sent until `pfi release`; it holds its key back
+HELD = "held"
 
 
 @dataclass
@@ -178,9 +180,9 @@ def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
     rows = [Delivery(*row) for row in conn.execute(
         f"SELECT {_COLUMNS} FROM deliveries d WHERE destination=? AND state=? AND next_attempt<=?"
         " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination=d.destination AND o.fifo_key=d.fifo_key"
-        " AND o.id<d.id AND (o.state=? OR (o.state=? AND o.next_attempt>?)))"
+        " AND o.id<d.id AND (o.state IN (?, ?) OR (o.state=? AND o.next_attempt>?)))"
         f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}",
-        (destination, PENDING, now, SENDING, PENDING, now, limit * 4)).fetchall()]
+        (destination, PENDING, now, SENDING, HELD, PENDING, now, limit * 4)).fetchall()]
     if not rows:
         return []
     open_ids = _open_ids_by_key(conn, destination, {d.fifo_key for d in rows}, rows[-1].id)
@@ -209,7 +211,8 @@ def _open_ids_by_key(conn, destination: str, keys: set[str], up_to: int) -> dict
         chunk = keys[i:i + 400]
         for key, delivery_id in conn.execute(
                 f"SELECT fifo_key, id FROM deliveries WHERE destination=? AND fifo_key IN ({','.join('?' * len(chunk))})"
-                " AND state IN (?, ?) AND id<=? ORDER BY id", (destination, *chunk, PENDING, SENDING, up_to)).fetchall():
+                " AND state IN (?, ?, ?) AND id<=? ORDER BY id",
+                (destination, *chunk, PENDING, SENDING, HELD, up_to)).fetchall():
             found.setdefault(key, []).append(delivery_id)
     return found
 
@@ -232,8 +235,8 @@ def next_due(conn, destination: str) -> float | None:
     waking for it finds nothing to claim, so the worker would poll in a loop until the head's retry."""
     row = conn.execute(
         "SELECT min(next_attempt) FROM deliveries WHERE state=? AND id IN (SELECT min(id) FROM deliveries"
-        " WHERE destination=? AND state IN (?, ?) GROUP BY fifo_key)",
-        (PENDING, destination, PENDING, SENDING)).fetchone()
+        " WHERE destination=? AND state IN (?, ?, ?) GROUP BY fifo_key)",
+        (PENDING, destination, PENDING, SENDING, HELD)).fetchone()
     return row[0]
 
 
@@ -264,7 +267,8 @@ def finish(conn, delivery: Delivery, outcome: str, detail: str, node: str, now: 
     if state == DEAD:
         return "on_failure"
     left = conn.execute("SELECT count(*) FROM deliveries WHERE message_uid=? AND route=? AND step=? AND state"
-                        " IN (?, ?)", (delivery.message_uid, delivery.route, delivery.step, PENDING, SENDING)).fetchone()[0]
+                        " IN (?, ?, ?)", (delivery.message_uid, delivery.route, delivery.step, PENDING, SENDING,
+                                          HELD)).fetchone()[0]
     return "on_success" if left == 0 else None
 
 
@@ -320,33 +324,65 @@ def reset_in_flight(conn, node: str) -> int:
                         (PENDING, SENDING, node, time.time())).rowcount
 
 
-def cancel(conn, ident: str, reason: str, node: str, now: float) -> int:
-    """Cancel pending deliveries by delivery id or message id."""
+def cancel(conn, ident: str, reason: str, node: str, now: float, operator: str = "") -> int:
+    """Cancel pending or held deliveries by delivery id or message id."""
+    return _operator_move(conn, ident, (PENDING, HELD), CANCELLED, "cancelled", reason, node, now, operator)
+
+
+def hold(conn, ident: str, reason: str, node: str, now: float, operator: str = "") -> int:
+    """Put pending deliveries aside (`pfi hold`): never sent until released; FIFO order is kept."""
+    return _operator_move(conn, ident, (PENDING,), HELD, "held", reason, node, now, operator)
+
+
+def release_held(conn, ident: str, reason: str, node: str, now: float, operator: str = "") -> int:
+    """Give held deliveries back to their queue (a deferral still running keeps its time)."""
+    return _operator_move(conn, ident, (HELD,), PENDING, "released", reason, node, now, operator)
+
+
+def _operator_move(conn, ident: str, sources: tuple, target: str, event: str, reason: str, node: str,
+                   now: float, operator: str) -> int:
+    """Move deliveries (by delivery id or message id) from `sources` to `target`, one journal
+    event each naming the operator who did it."""
     column, key = ("id", int(ident)) if ident.isdigit() else ("message_uid", ident)
-    rows = conn.execute(f"UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE {column}=? AND state=?"
-                        " RETURNING id, message_uid, destination", (CANCELLED, reason, now, key, PENDING)).fetchall()
+    rows = conn.execute(
+        f"UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE {column}=? AND state IN ({_marks(sources)})"
+        " RETURNING id, message_uid, destination", (target, reason, now, key, *sources)).fetchall()
+    who = f" by {operator}" if operator else ""
     for delivery_id, uid, destination in rows:
-        _event(conn, uid, "cancelled", destination, f"delivery {delivery_id} cancelled: {reason}", node, now)
+        _event(conn, uid, event, destination, f"delivery {delivery_id} {event}{who}: {reason}", node, now)
     return len(rows)
 
 
-def requeue_message(conn, uid: str, node: str, now: float) -> bool:
+def requeue_message(conn, uid: str, node: str, now: float, operator: str = "") -> bool:
     """Send a journaled message through the current routes again (`pfi replay`). A rejected frame
     kept only in part (over its channel's rejected_quota) is never replayed: it is not the message."""
     cur = conn.execute("UPDATE messages SET state='received' WHERE uid=? AND COALESCE(reason, '') NOT LIKE ?",
                        (uid, "[truncated:%"))
     if cur.rowcount:
-        _event(conn, uid, "replayed", "", "re-queued through the current routes", node, now)
+        who = f" by {operator}" if operator else ""
+        _event(conn, uid, "replayed", "", f"re-queued through the current routes{who}", node, now)
     return bool(cur.rowcount)
 
 
 def queue_summary(read) -> list[tuple]:
-    """(destination, pending, oldest created_at, next attempt, sending, dead) per destination."""
+    """(destination, pending, oldest created_at, next attempt, sending, dead, held) per destination."""
     return read(
         "SELECT destination, sum(CASE WHEN state='pending' THEN 1 ELSE 0 END),"
         " min(CASE WHEN state='pending' THEN created_at END), min(CASE WHEN state='pending' THEN next_attempt END),"
-        " sum(CASE WHEN state='sending' THEN 1 ELSE 0 END), sum(CASE WHEN state='dead' THEN 1 ELSE 0 END)"
+        " sum(CASE WHEN state='sending' THEN 1 ELSE 0 END), sum(CASE WHEN state='dead' THEN 1 ELSE 0 END),"
+        " sum(CASE WHEN state='held' THEN 1 ELSE 0 END)"
         " FROM deliveries GROUP BY destination ORDER BY destination")
+
+
+def last_event(read, uid: str, state: str) -> str | None:
+    """The detail of the latest `state` event of a message (who held it, and why)."""
+    rows = read("SELECT detail FROM events WHERE message_uid=? AND state=? ORDER BY id DESC LIMIT 1", (uid, state))
+    return rows[0][0] if rows else None
+
+
+def held_deliveries(read) -> list[tuple]:
+    """(delivery id, destination, message uid, reason with the operator) of every held delivery."""
+    return read("SELECT id, destination, message_uid, last_error FROM deliveries WHERE state='held' ORDER BY id")
 
 
 # -- paused destinations ---------------------------------------------------------------------
