@@ -101,10 +101,14 @@ class MllpDestination:
 
         self.senders = [MLLPSender(reactor, settings) for _ in range(settings.parallel_keys)]
         self.lanes = len(self.senders)
+        self.ipp_repetition = settings.ipp_repetition
 
     async def deliver(self, payload: bytes, delivery) -> Outcome:
+        from engine.hl7.pid3 import place_ipp
         from engine.routing.dispatcher import lane_of
 
+        if self.ipp_repetition:
+            payload = place_ipp(payload, self.ipp_repetition)
         outcome = await self.senders[lane_of(delivery.fifo_key, self.lanes)].send(payload)
         return Outcome(outcome.action, outcome.reason)
 

@@ -172,6 +172,11 @@ class MllpOutSettings(ChannelSettings, CharsetMixin):
     connect_timeout: Duration = 10.0
     ack_timeout: Duration = Field(default=30.0, description="Wait this long for the ACK")
     reply_policy: ReplyPolicy = ReplyPolicy()
+    expect_ack: bool = Field(default=True, description="false for a destination that sends no ACK (the reference "
+                             "DRIMbox): sent = written, flushed and closed, one connection per message")
+    ipp_repetition: int = Field(default=0, ge=0, le=9, description="Put the patient's IPP (PID-3 repetition of "
+                                "type PI) at this repetition of PID-3 (the reference DRIMbox reads repetition 2); "
+                                "0: leave PID-3 as received")
     retry: RetrySettings = RetrySettings()
     queue_key: str = Field(default="PID-3.1", description="HL7 path of the FIFO key (order kept per key)")
     parallel_keys: int = Field(default=1, ge=1, le=64, description="Keys delivered concurrently")

@@ -90,7 +90,7 @@ class Zam(BaseModel):
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str | None = None
-    validate_: Literal["document-request", "cda"] | None = Field(default=None, alias="validate")
+    validate_: Literal["document-request", "cda", "drimbox"] | None = Field(default=None, alias="validate")
     transform: Transform | None = None
     gate: Gate | None = None
     deliver: Deliver | None = None

@@ -100,6 +100,7 @@ class _SenderProtocol(protocol.Protocol):
             answer.callback(events[0])
 
     def connectionLost(self, reason=protocol.connectionDone):
+        self.lost_reason = reason
         self._dropped = True  # before the errbacks below: they may resume a send synchronously
         if not self.ready.called:
             self.ready.errback(reason)
@@ -176,7 +177,29 @@ class MLLPSender:
             proto = await self._connection()
         except Exception as exc:  # every connect failure is worth a later retry
             return SendOutcome(self._action("refused"), _connect_failure(exc), kind="refused")
+        if not self.settings.expect_ack:
+            return await self._write_and_close(proto, message)
         return await self._exchange(proto, message, control_id)
+
+    async def _write_and_close(self, proto: _SenderProtocol, message: bytes) -> SendOutcome:
+        """A destination that never answers (the reference DRIMbox reads until its peer closes):
+        sent = written, flushed and the connection closed cleanly; one connection per message."""
+        from twisted.internet.error import ConnectionDone
+
+        proto.transport.write(frame(message))
+        proto.transport.loseConnection()  # after the pending bytes are written
+        closed = proto.lost
+        closed.addTimeout(self.settings.ack_timeout, self.clock)
+        try:
+            await closed
+        except defer.TimeoutError:
+            proto.drop()
+            return self._by_policy("timeout", f"not flushed within {self.settings.ack_timeout:g} s")
+        reason = getattr(proto, "lost_reason", None)
+        if reason is not None and not reason.check(ConnectionDone):
+            return SendOutcome(self._action("lost"), f"connection lost while writing: {_describe(reason.value)}",
+                               kind="lost")
+        return SendOutcome("done", "written and flushed (this destination sends no ACK)", kind="written")
 
     async def _exchange(self, proto: _SenderProtocol, message: bytes, control_id: str) -> SendOutcome:
         answer = proto.request(message)

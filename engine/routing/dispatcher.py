@@ -127,7 +127,17 @@ class Dispatcher:
         message = await threads.deferToThread(self.journal.load_message, delivery.message_uid)
         ctx = MessageContext(message.uid, message.channel, message.raw, self.clock.seconds())
         plan = Plan(message.uid, state=None)
-        await threads.deferToThread(run_steps, route, steps, ctx, ctx.raw, self.env, plan)
+        payload = ctx.raw
+        if delivery.action == "initial" and ctx.document_ids[0] == "replace":
+            # The DMP got this replace as the first version (its original never left): what comes
+            # after the DMP (the DRIMbox) gets a new document too, not a replace of one it never had.
+            from engine.docrequest.asinitial import as_initial
+
+            payload = as_initial(ctx.raw)
+        await threads.deferToThread(run_steps, route, steps, ctx, payload, self.env, plan)
+        if payload is not ctx.raw:
+            for new in plan.deliveries:
+                new.action, new.replaced_id = "initial", ""
         # A follow-up never moves the message's state (a failing validate or a gate in on_success
         # would otherwise drop the whole plan: its events and ZAMs); what happened is in the events.
         plan.state = None
