@@ -44,6 +44,8 @@ class IntakePolicy:
     # under this quota; beyond, their first `rejected_head` bytes plus size and SHA-256.
     rejected_quota: int = 64 * 1024 * 1024
     rejected_head: int = 64 * 1024
+    # Teleradiology orders (ORM^O01, OMI^O23) checked against their CI-SIS profile before the ACK.
+    tlr_orders: bool = False
 
 
 @dataclass(slots=True)
@@ -302,6 +304,28 @@ def judge(policy: IntakePolicy, h: Header) -> Verdict:
         return _reject(code, "MSH^1^9", f"message type {h.message_type} not accepted on this channel")
     if h.processing_id and h.processing_id not in PROCESSING_IDS:
         return _reject(202, "MSH^1^11", f"processing id {h.processing_id!r} not supported")
+    if policy.tlr_orders and h.message_code in TLR_ORDER_CODES:
+        return _judge_tlr_order(h)
+    return Verdict("AA")
+
+
+TLR_ORDER_CODES = ("ORM", "OMI")
+TLR_PROFILE = "CISIS_TLR_HL7_V2"
+
+
+def _judge_tlr_order(h: Header) -> Verdict:
+    """A teleradiology order against its profile (HL7 2.5.1, MSH-21 1.0^CISIS_TLR_HL7_V2, the
+    patient's INS in PID-3 and its identity status in PID-32): AE naming the field, not an order a
+    platform would refuse later, or read with the wrong patient."""
+    if h.version_field.split(h.encoding_chars[0])[0] != "2.5.1":
+        return _reject(203, "MSH^1^12", f"teleradiology orders use HL7 2.5.1, not {h.version!r}")
+    if TLR_PROFILE not in h.profile.split(h.encoding_chars[0]):
+        return _reject(101, "MSH^1^21", f"MSH-21 must name the teleradiology profile 1.0^{TLR_PROFILE}")
+    repetitions = h.patient_ids.split(h.encoding_chars[1])
+    if not any(r.split(h.encoding_chars[0])[4:5] == ["INS"] for r in repetitions):
+        return _reject(101, "PID^1^3", "PID-3 has no INS (identifier type INS): teleradiology needs the patient's INS")
+    if not h.identity_status:
+        return _reject(101, "PID^1^32", "PID-32 (identity reliability status) is empty")
     return Verdict("AA")
 
 

@@ -67,6 +67,7 @@ def policy_for(settings: MllpInSettings, cda_checker=None) -> IntakePolicy:
         document_check=_document_gate(settings, cda_checker),
         rejected_quota=settings.rejected_quota,
         rejected_head=settings.rejected_head,
+        tlr_orders=settings.tlr_orders,
     )
 
 

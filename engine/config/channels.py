@@ -119,6 +119,9 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
         "`document-request`: CI-SIS ORU/MDM (MSH-21 CISIS_CDA_HL7_V*) are parsed and checked "
         "against their CDA before the ACK (AE + ERR when they fail; costs ms per message)",
     )
+    tlr_orders: bool = Field(default=False, description="Check teleradiology orders (ORM^O01, OMI^O23) against "
+                             "their profile before the ACK: HL7 2.5.1, MSH-21 1.0^CISIS_TLR_HL7_V2, INS in "
+                             "PID-3, PID-32 filled (AE + ERR naming the field otherwise)")
     check_cda: Literal["none", "structure", "full"] = Field(
         default="none",
         description="With ack_mode document-request, also validate each CDA before the ACK: "
