@@ -14,8 +14,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP) var/pki/client-second.pem
+run: $(STAMP) var/pki/client-second.pem var/mss-sim-pki/ca.pem
 	$(BIN)/pfi run
+
+# The MSSanté simulator's test PKI the embedded mssante channel trusts (`pfi mss sim` reuses it).
+var/mss-sim-pki/ca.pem: | $(STAMP)
+	$(BIN)/python -c "from pathlib import Path; from engine.mss.testpki import ensure_test_pki; ensure_test_pki(Path('var/mss-sim-pki'))"
 
 # The demo/test PKI the embedded DMP channel points at (never used with the real DMP).
 var/pki/client-second.pem: | $(STAMP)
@@ -30,7 +34,7 @@ conformance: $(STAMP)
 	$(BIN)/python -m pytest -q tests/conformance
 	PFI_CONFORMANCE=full $(BIN)/python -m pytest -q -m conformance tests
 
-check: $(STAMP) var/pki/client-second.pem
+check: $(STAMP) var/pki/client-second.pem var/mss-sim-pki/ca.pem
 	$(BIN)/pfi check
 
 bench: $(STAMP)

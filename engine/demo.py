@@ -31,6 +31,7 @@ PORTS = {"PFI_RIS_PORT": 32575, "PFI_TLR_A_PORT": 32580, "PFI_TLR_B_PORT": 32582
          "PFI_RIS_OUT_PORT": 32576, "PFI_TLR_A_OUT_PORT": 32581, "PFI_TLR_B_OUT_PORT": 32583,
          "PFI_DRIMBOX_PORT": 32590}
 DELAY = 2.0
+MSS_MAILBOX, MSS_PASSWORD = "pfi@localhost.mssante.fr", "pfi"
 
 
 class Peer(protocol.ServerFactory):
@@ -193,6 +194,7 @@ class DemoResult:
     journal_states: dict[str, int] = field(default_factory=dict)
     sent_at: dict[str, float] = field(default_factory=dict)
     acks: dict[str, str] = field(default_factory=dict)
+    mails: list[tuple[str, bytes]] = field(default_factory=list)  # (recipient, raw mail) at the MSSanté simulator
 
 
 async def run_demo(workdir: Path, restart_midway: bool = False, say=print) -> DemoResult:
@@ -203,6 +205,7 @@ async def run_demo(workdir: Path, restart_midway: bool = False, say=print) -> De
     sim = DmpSimulator(reactor, port=0, pki_dir=pki.directory, data_dir=workdir / "dmp-sim")
     sim.start()
     _environment(pki, sim.base_url)
+    mail_operator, mail_ports = _start_mss_simulator(workdir)
     peers = {name: Peer(name) for name in ("RIS", "TLR-A", "DRIMBOX")}
     listening = [reactor.listenTCP(PORTS[var], peers[name], interface="127.0.0.1")
                  for name, var in (("RIS", "PFI_RIS_OUT_PORT"), ("TLR-A", "PFI_TLR_A_OUT_PORT"),
@@ -212,13 +215,30 @@ async def run_demo(workdir: Path, restart_midway: bool = False, say=print) -> De
     try:
         engine = await _script(engine, sim, result, workdir, restart_midway, say)
         result.dmp_documents = sim.store.all()
+        result.mails = list(mail_operator.received)
         result.journal_states = await _journal_summary(engine)
     finally:
         await engine.stopService()
-        for port in listening:
+        for port in listening + mail_ports:
             await port.stopListening()
         await sim.stop()
     return result
+
+
+def _start_mss_simulator(workdir: Path):
+    """The MSSanté operator the shipped mssante channel talks to (`pfi mss sim`, in process)."""
+    from engine.mss.sim import MailOperator, imap_factory, smtp_factory
+    from engine.mss.testpki import ensure_test_pki as ensure_mss_pki
+    from engine.mss.tls import server_tls
+
+    pki = ensure_mss_pki(workdir / "mss-pki")
+    operator = MailOperator(users={MSS_MAILBOX: MSS_PASSWORD})
+    tls = server_tls(pki.server_pem, pki.ca_cert)
+    smtp = reactor.listenTCP(0, smtp_factory(operator, tls, implicit=False), interface="127.0.0.1")
+    imap = reactor.listenTCP(0, imap_factory(operator, tls), interface="127.0.0.1")
+    os.environ.update(PFI_MSS_SMTP_PORT=str(smtp.getHost().port), PFI_MSS_IMAP_PORT=str(imap.getHost().port),
+                      PFI_MSS_CA=str(pki.ca_cert), PFI_MSS_USER=MSS_MAILBOX, PFI_MSS_PASSWORD=MSS_PASSWORD)
+    return operator, [smtp, imap]
 
 
 def _environment(pki, dmp_url: str) -> None:
@@ -316,5 +336,7 @@ def print_result(result: DemoResult, say=print) -> None:
         say(f"  {name}: {', '.join(peer.summary()) or 'nothing'}")
     say(f"  DMP simulator: {len(result.dmp_documents)} document version(s): "
         + ", ".join(f"{d.unique_id} [{d.status.rsplit(':', 1)[-1]}]" for d in result.dmp_documents))
+    say(f"  MSSanté simulator: {len(result.mails)} mail(s) to "
+        + ", ".join(sorted({recipient for recipient, _ in result.mails})))
     say("Journal summary (events by state): "
         + ", ".join(f"{k}={v}" for k, v in sorted(result.journal_states.items())))

@@ -12,7 +12,8 @@ from engine.demo import DELAY, run_demo
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
-    for var in ("PFI_DMP_URL", "PFI_DMP_CERT", "PFI_DMP_KEY", "PFI_DMP_CA", "PFI_DMP_DELAY"):
+    for var in ("PFI_DMP_URL", "PFI_DMP_CERT", "PFI_DMP_KEY", "PFI_DMP_CA", "PFI_DMP_DELAY", "PFI_MSS_SMTP_PORT",
+                "PFI_MSS_IMAP_PORT", "PFI_MSS_CA", "PFI_MSS_USER", "PFI_MSS_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     import os
 
@@ -53,6 +54,11 @@ async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
     [refusal] = [z for z in ris_zams if b"|REP-3|" in z]
     assert b"|N^^" in refusal and b"PATIENT_OPPOSED^" in refusal and b"^99PFI" in refusal
     assert result.journal_states["cancelled"] >= 2 and result.journal_states["retry"] >= 1
+    # MSSanté out of the box: the fictional reports ask for the correspondent's and the patient's
+    # mailboxes (DESTMSSANTEPS/PAT=Y): each mail carries the IHE XDM zip with the CDA.
+    recipients = {r for r, _ in result.mails}
+    assert {"sam.fictif-medecin@test.mssante.fr", "292089900100290@patient.mssante.fr"} <= recipients
+    assert all(b"IHE_XDM.zip" in raw for _, raw in result.mails)
 
 
 def _ctrl(raw: bytes) -> str:
