@@ -155,6 +155,8 @@ class DmpDeliveryConnector:
             return Outcome("done", f"DMP accepted ({result.status})")
         if result.certificate_refused:  # the detail names the structure and the TLS alert / fault
             return Outcome("pause", f"{failure_reason(result)}: {result.detail}")
+        if result.error_code == "INS_NOT_QUALIFIED":  # waits for a PAM.fr update, never a dead letter
+            return Outcome("wait-identity", failure_reason(result))
         return Outcome("retry" if result.transient else "dead", failure_reason(result))
 
     async def close(self) -> None:

@@ -162,6 +162,8 @@ async def _real_tick() -> None:
 
 def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset()) -> list[str]:
     touched = queue.apply_plans(conn, plans, node)
+    if any(p.qualified_identity for p in plans):  # DMP sends waiting for an identity try again
+        touched += queue.release_identity_holds(conn, node, time.time())
     # A shared journal: wake the other nodes' workers only for destinations whose local worker is
     # already busy (more work than it takes); an idle one is woken locally and takes it at once.
     notify = getattr(conn, "notify_queued", None)
@@ -263,6 +265,9 @@ class DestinationWorker:
             if action == "pause":
                 await self._pause(delivery, reason)
                 continue
+            if action == "wait-identity":
+                await self._hold_for_identity(delivery, reason)
+                continue
             await self._record([(delivery, reason)], action, retry_at)
             if action == "retry":
                 failed_keys.add(delivery.fifo_key)
@@ -290,6 +295,11 @@ class DestinationWorker:
         log.info("delivery.attempt", message_id=delivery.message_uid, destination=self.name,
                  delivery=delivery.id, outcome=action, reason=reason)
         return action, reason, retry_at
+
+    async def _hold_for_identity(self, delivery: queue.Delivery, reason: str) -> None:
+        d = self.dispatcher
+        now = d.clock.seconds()
+        await d.journal.submit(lambda c, s: queue.hold_for_identity(c, delivery, reason, d.node, now), logged=True)
 
     async def _pause(self, delivery: queue.Delivery, reason: str) -> None:
         """The destination refused our credentials: this delivery goes back to the queue (not

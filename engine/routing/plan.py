@@ -37,6 +37,7 @@ class Plan:
     deliveries: list[NewDelivery] = field(default_factory=list)
     patient_updates: list[bytes] = field(default_factory=list)
     zams: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, channel, route)
+    qualified_identity: bool = False  # a PAM.fr update left a qualified INS: identity holds retry
 
 
 @dataclass
@@ -193,6 +194,7 @@ def _update_patient(ctx: MessageContext, env: Environment, plan: Plan) -> None:
     if env.patients is None:
         raise ValidationError("no patient registry configured")
     record = env.patients.apply(read_adt(ctx.message))
+    plan.qualified_identity = record.ins is not None and record.identity_status == "VALI"
     plan.events.append(("patient-updated", f"registry updated (feeding consent: "
                                            f"{'opposed' if record.opposed_to_feeding else 'not opposed'})"))
 

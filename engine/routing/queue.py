@@ -394,6 +394,33 @@ def held_deliveries(read) -> list[tuple]:
 PAUSED, RESUMED = "destination-paused", "destination-resumed"
 
 
+#: the hold reason of a DMP send waiting for its patient's identity to be qualified
+IDENTITY_WAIT = "PFI:INS_NOT_QUALIFIED"
+
+
+def hold_for_identity(conn, delivery: Delivery, reason: str, node: str, now: float) -> None:
+    """A send that must wait for the patient's identity (not dead-lettered): held, visible, and
+    released by `release_identity_holds` when a PAM.fr update qualifies an identity."""
+    if _taken_over(conn.execute(
+            "UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=?" + _STILL_MINE,
+            (HELD, delivery.attempts + 1, reason, now, delivery.id, node)), conn, delivery, node, now):
+        return
+    _event(conn, delivery.message_uid, "held", delivery.destination,
+           f"delivery {delivery.id}: {reason}; waits for a PAM.fr update qualifying the identity", node, now)
+
+
+def release_identity_holds(conn, node: str, now: float) -> list[str]:
+    """Give every send held for an unqualified identity another try (each re-checks its patient's
+    status, those still unqualified are held again); returns the destinations to wake."""
+    rows = conn.execute("UPDATE deliveries SET state=?, next_attempt=?, updated_at=? WHERE state=? AND last_error"
+                        " LIKE ? RETURNING id, message_uid, destination",
+                        (PENDING, now, now, HELD, IDENTITY_WAIT + "%")).fetchall()
+    for delivery_id, uid, destination in rows:
+        _event(conn, uid, "released", destination,
+               f"delivery {delivery_id}: an identity was qualified by a PAM.fr update; checked again", node, now)
+    return sorted({destination for _, _, destination in rows})
+
+
 def pause(conn, delivery: Delivery, reason: str, node: str, now: float) -> None:
     """Put the refused delivery back in its queue and pause its destination."""
     attempts = delivery.attempts + 1

@@ -181,3 +181,29 @@ def test_pfi_run_refuses_to_start_with_a_certificate_of_another_structure(tmp_pa
                              str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not of 1999999999" in result.stderr
     assert "not starting" in result.stderr
+
+
+def test_the_dmp_gate_takes_the_identity_status_from_the_registry_first():
+    from engine.dmp.gates import check_publishable
+    from engine.dmp.model import DmpFlags, PublishRequest
+
+    class Registry:
+        def __init__(self, status):
+            self.status = status
+
+        def is_opposed(self, ins):
+            return False
+
+        def identity_status(self, ins):
+            return self.status
+
+    def request(qualified: bool) -> PublishRequest:
+        return PublishRequest.model_construct(ins="279035121518989", ins_oid="1.2.250.1.213.1.4.10",
+                                              ins_qualified=qualified, flags=DmpFlags())
+
+    assert not check_publishable(request(True), Registry("PROV")).allowed  # the GAM knows better
+    assert check_publishable(request(False), Registry("VALI")).allowed
+    decision = check_publishable(request(True), Registry(None))  # unknown to the registry: PID-32
+    assert decision.allowed
+    refused = check_publishable(request(False), Registry(None))
+    assert refused.code == "INS_NOT_QUALIFIED" and "PID-32" in refused.reason

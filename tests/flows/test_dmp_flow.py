@@ -94,17 +94,29 @@ async def test_a_dmp_error_code_dead_letters_with_the_code_in_the_zam(tmp_path, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_unqualified_identity_is_blocked_at_the_dmp_gate_with_a_zam(tmp_path, simulator, pki, ans_corpus):
-    # DESTDMP=Y with PID-32 PROV: the request is valid (the report still matters to the RIS), the
-    # DMP gate blocks the publication before any HTTP call and the creator gets a ZAM^Z01 failure.
+async def test_an_unqualified_identity_waits_then_goes_once_a_pam_update_qualifies_it(tmp_path, simulator, pki,
+                                                                                   ans_corpus):
+    # DESTDMP=Y with PID-32 PROV: the request is valid (the report still matters to the RIS); the
+    # DMP send waits, held and visible, instead of being dead-lettered, and leaves by itself when
+    # the identity feed qualifies the patient (the registry's status, not only the sender's PID-32).
+    from tests.patients.messages import TEST_INS, adt
+
     flow = await start_flow(tmp_path, simulator, pki)
     try:
-        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1",
-                                                           status="PROV"), "PROV-1")
-        assert zam["error"] == "INS_NOT_QUALIFIED" and simulator.requests_seen == 0
-        assert zam["error_system"] == "99PFI"
-        (reason,) = [d for s, d in flow.states_of("PROV-1") if s == "dead-letter"]
-        assert "INS_NOT_QUALIFIED" in reason
+        assert await send(flow, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1", status="PROV")) == "AA"
+        await until(lambda: any(s == "held" and "INS_NOT_QUALIFIED" in d for s, d in flow.states_of("PROV-1")),
+                    what="the DMP send held for the identity")
+        assert simulator.requests_seen == 0 and flow.creator_out.received == []
+        assert not any(s == "dead-letter" for s, _ in flow.states_of("PROV-1"))
+        gam = await client_for(flow.engine, "gam")
+        try:
+            assert (await exchange(gam, adt(control="ADT-VALI", ins=TEST_INS, status="VALI"))).code == "AA"
+        finally:
+            gam.close()
+        await until(lambda: len(flow.creator_out.received) == 1, what="published once qualified")
+        zam = zam_fields(flow.creator_out.received[0])
+        assert (zam["status"], zam["original"]) == ("Y", "PROV-1") and simulator.requests_seen >= 1
+        assert any(s == "released" for s, _ in flow.states_of("PROV-1"))
     finally:
         await flow.close()
 
