@@ -142,7 +142,7 @@ class Engine(service.MultiService):
             if name not in self.dispatcher.workers:
                 self.dispatcher.workers[name] = DestinationWorker(
                     self.dispatcher, name, connector, self.config.channels[name].retry, random.Random())
-        for poller in build_mail_pollers(self.config, self.reactor, connectors, self.clock):
+        for poller in build_mail_pollers(self.config, self.reactor, connectors, self.clock, self.journal):
             poller.setServiceParent(self)
 
     async def _enqueue(self, channel: str, payload: bytes, delivery) -> None:
