@@ -157,20 +157,21 @@ def significant(noise: bytes) -> int:
     return len(noise.translate(None, NOISE_PADDING))
 
 
-def answer_code(payload: bytes) -> str:
+def msa_field(payload: bytes, n: int, missing: str) -> str:
+    """MSA-n of an answer, split with its own field separator; `missing` when absent."""
     for segment in re.split(rb"[\r\n]+", payload):
         if segment.startswith(b"MSA") and len(segment) > 4:
             fields = segment.split(segment[3:4])
-            return fields[1].decode("ascii", "replace") if len(fields) > 1 else "?"
-    return "no-MSA"
+            return fields[n].decode("ascii", "replace") if len(fields) > n else missing
+    return "no-MSA" if n == 1 else ""
+
+
+def answer_code(payload: bytes) -> str:
+    return msa_field(payload, 1, "?")
 
 
 def answer_control_id(payload: bytes) -> str:
-    for segment in re.split(rb"[\r\n]+", payload):
-        if segment.startswith(b"MSA") and len(segment) > 4:
-            fields = segment.split(segment[3:4])
-            return fields[2].decode("ascii", "replace") if len(fields) > 2 else ""
-    return ""
+    return msa_field(payload, 2, "")
 
 
 class Connection:

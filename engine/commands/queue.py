@@ -13,24 +13,11 @@ def register(sub) -> None:
     q = sub.add_parser("queue", help="per-destination depth, oldest age, next retry, dead letters")
     _common(q)
     q.set_defaults(handler=show_queues)
-    c = sub.add_parser("cancel", help="cancel pending deliveries (by delivery id or message id)")
-    _common(c)
-    c.add_argument("ident", help="delivery id (number) or message id")
-    c.add_argument("--reason", default="cancelled by an operator")
-    _operator(c)
-    c.set_defaults(handler=cancel)
-    h = sub.add_parser("hold", help="hold pending deliveries (e.g. a deferred DMP send): never sent until released")
-    _common(h)
-    h.add_argument("ident", help="delivery id (number) or message id")
-    h.add_argument("--reason", default="held by an operator")
-    _operator(h)
-    h.set_defaults(handler=hold)
-    rl = sub.add_parser("release", help="release held deliveries back to their queue")
-    _common(rl)
-    rl.add_argument("ident", help="delivery id (number) or message id")
-    rl.add_argument("--reason", default="released by an operator")
-    _operator(rl)
-    rl.set_defaults(handler=release)
+    for name, handler, what in (
+            ("cancel", cancel, "cancel pending or held deliveries"),
+            ("hold", hold, "hold pending deliveries (e.g. a deferred DMP send): never sent until released"),
+            ("release", release, "release held deliveries back to their queue")):
+        _delivery_command(sub, name, handler, what)
     r = sub.add_parser("replay", help="send journaled messages through the current routes again")
     _common(r)
     r.add_argument("ident", nargs="?", help="message id")
@@ -43,6 +30,16 @@ def register(sub) -> None:
     _common(u)
     u.add_argument("destination", help="destination channel name, as `pfi queue` shows it")
     u.set_defaults(handler=resume_destination)
+
+
+def _delivery_command(sub, name: str, handler, what: str) -> None:
+    """An operator action on deliveries named by delivery id or message id, recorded with who."""
+    p = sub.add_parser(name, help=f"{what} (by delivery id or message id)")
+    _common(p)
+    p.add_argument("ident", help="delivery id (number) or message id")
+    p.add_argument("--reason", default=f"{name} by an operator")
+    _operator(p)
+    p.set_defaults(handler=handler)
 
 
 def _operator(p) -> None:
