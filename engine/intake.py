@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -21,6 +21,7 @@ from engine.hl7.ack import ERROR_TEXT, AckError, build_ack
 from engine.hl7.scan import Header, scan
 from engine.ids import new_id
 from engine.journal.base import DUPLICATE, RECEIVED, REJECTED, InboundRecord
+from engine.log import EveryFewSeconds
 
 log = structlog.get_logger("engine.intake")
 
@@ -75,6 +76,8 @@ class Intake:
     _channels: dict = field(default_factory=dict)
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
     _rejected: dict = field(default_factory=dict)  # channel -> RejectedBytes of the last hour
+    _tally: dict = field(default_factory=dict)  # channel -> Counter of states since the last summary
+    _rejection_logs: dict = field(default_factory=dict)  # channel -> EveryFewSeconds
 
     def _append(self, record: InboundRecord, policy: IntakePolicy) -> defer.Deferred:
         """Journal `record`; a rejected frame beyond the channel's hourly quota keeps its head."""
@@ -208,19 +211,30 @@ class Intake:
         return self._stamp[1]
 
     def _stored(self, record: InboundRecord, policy: IntakePolicy, started: float) -> bytes:
-        if record.state == DUPLICATE:
-            log.info("message.duplicate", message_id=record.uid, channel=record.channel,
-                     control_id=record.control_id, original=record.duplicate_of)
-        elif record.state == REJECTED:
-            log.warning("message.rejected", message_id=record.uid, channel=record.channel,
-                        control_id=record.control_id, reason=record.reason)
-        else:
-            log.info("message.received", message_id=record.uid, channel=record.channel,
-                     control_id=record.control_id, type=record.msg_type)
-            if self.on_accepted is not None:
-                self.on_accepted()
+        # No log line per accepted message on the hot path (the journal has one event each, `pfi
+        # tail` shows them): counts per channel go out every few seconds (`flush_summary`), and a
+        # rejection is logged at once, at most once a second per channel with the count suppressed.
+        self._tally.setdefault(record.channel, Counter())[record.state] += 1
+        if record.state == REJECTED:
+            self._log_rejection(record)
+        elif record.state != DUPLICATE and self.on_accepted is not None:
+            self.on_accepted()
         self._observe(record, policy, started)
         return record.ack
+
+    def _log_rejection(self, record: InboundRecord) -> None:
+        limiter = self._rejection_logs.setdefault(record.channel, EveryFewSeconds(1.0))
+        limiter(lambda suppressed: log.warning(
+            "message.rejected", message_id=record.uid, channel=record.channel, control_id=record.control_id,
+            reason=record.reason[:300], suppressed_since_last=suppressed))
+
+    def flush_summary(self) -> None:
+        """One line per channel with what intake stored since the last call (received, rejected,
+        duplicate counts)."""
+        for channel, tally in self._tally.items():
+            if tally:
+                log.info("intake.summary", channel=channel, **dict(tally))
+        self._tally.clear()
 
     def _not_stored(self, failure, record, header, policy, now, started) -> bytes:
         failure.trap(JournalError)

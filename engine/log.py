@@ -14,6 +14,7 @@ import atexit
 import logging
 import sys
 import threading
+import time
 
 import structlog
 
@@ -77,3 +78,23 @@ def configure_logging(level: str = "info", stream=None, json: bool = True, react
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+
+
+class EveryFewSeconds:
+    """Rate limit for a log line a hostile peer could otherwise repeat thousands of times a second:
+    at most one line per `interval`, carrying how many were suppressed since the last one."""
+
+    def __init__(self, interval: float = 10.0, now=time.monotonic):
+        self.interval = interval
+        self.now = now
+        self._last = float("-inf")
+        self.suppressed = 0
+
+    def __call__(self, emit) -> None:
+        t = self.now()
+        if t - self._last < self.interval:
+            self.suppressed += 1
+            return
+        self._last = t
+        emit(suppressed=self.suppressed)
+        self.suppressed = 0

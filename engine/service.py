@@ -106,6 +106,8 @@ class Engine(service.MultiService):
             self._add_metrics_endpoint()
         self._size_loop = task.LoopingCall(self._measure_journal)
         self._size_loop.clock = reactor
+        self._summary_loop = task.LoopingCall(self.intake.flush_summary)  # intake counts, every 10 s
+        self._summary_loop.clock = reactor
         self._retention_loop = task.LoopingCall(lambda: defer.ensureDeferred(self._purge_expired()))
         self._retention_loop.clock = reactor
         self._certificate_loop = task.LoopingCall(self._watch_certificates)
@@ -234,6 +236,7 @@ class Engine(service.MultiService):
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
         await self.dispatcher.start()
         self._size_loop.start(10.0, now=True)
+        self._summary_loop.start(10.0, now=False)
         self._certificate_loop.start(CERTIFICATE_CHECK_EVERY, now=True)
         if self.config.engine.retention_days:
             self._retention_loop.start(RETENTION_EVERY, now=True)
@@ -244,10 +247,11 @@ class Engine(service.MultiService):
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _stop(self):
-        for loop in (self._size_loop, self._retention_loop, self._certificate_loop):
+        for loop in (self._size_loop, self._retention_loop, self._certificate_loop, self._summary_loop):
             if loop.running:
                 loop.stop()
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(list(self))])
+        self.intake.flush_summary()
         await self.dispatcher.stop()
         await self.journal.stop()
         self.patients.close()

@@ -96,9 +96,10 @@ class Journal(Protocol):
         """Run `operation(conn, store)` in the next group commit (portable `?` SQL on `conn`;
         `store.message_raw(conn, uid)` reads a payload); fires with its result once durable."""
 
-    def claim_received(self, limit: int):
+    def claim_received(self, limit: int, channels: frozenset | None = None):
         """Fires with the oldest (uid, channel, received_at, raw) still to route; empty on a node
-        that is not the dispatcher of a shared journal."""
+        that is not the dispatcher of a shared journal. With `channels`, messages of other channels
+        come with raw None (no route can match them: their payload is not read)."""
 
     def purge_before(self, before: float):
         """Retention: fires with the number of finished messages older than `before` removed."""

@@ -258,8 +258,9 @@ class PostgresJournal(GroupCommitWriter):
                          " FROM unnest(%s::text[]) AS k ORDER BY 1) AS s", (_LOCK_SPACE_DUP, keys))
 
     # -- routing ---------------------------------------------------------------------------
-    def claim_received(self, limit: int):
-        """The oldest messages still to route, with their raw bytes, on the dispatch leader only."""
+    def claim_received(self, limit: int, channels: frozenset | None = None):
+        """The oldest messages still to route, with their raw bytes, on the dispatch leader only
+        (`channels` is accepted for the API and ignored: the payload comes in the same query)."""
         if not self.is_leader:
             return defer.succeed([])
         return self.submit(lambda conn, store: conn.execute(

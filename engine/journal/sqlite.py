@@ -220,9 +220,10 @@ class SQLiteJournal(GroupCommitWriter):
         except OSError:
             pass
 
-    def claim_received(self, limit: int):
-        """The oldest messages still to route, with their raw bytes (one dispatcher per file)."""
-        return self.submit(lambda conn, store: _received(conn, store, limit), logged=True)
+    def claim_received(self, limit: int, channels: frozenset | None = None):
+        """The oldest messages still to route, with their raw bytes (one dispatcher per file); a
+        message of a channel outside `channels` comes with raw None (no route can match it)."""
+        return self.submit(lambda conn, store: _received(conn, store, limit, channels), logged=True)
 
     async def purge_before(self, before: float) -> int:
         """Retention: drop whole segments, oldest first, while every message in them was received
@@ -291,11 +292,14 @@ def _earlier(conn, keys: list[str]) -> list[tuple]:
     return rows
 
 
-def _received(conn, store: PayloadStore, limit: int) -> list[tuple]:
+def _received(conn, store: PayloadStore, limit: int, channels: frozenset | None = None) -> list[tuple]:
     rows = conn.execute("SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received'"
                         " ORDER BY id LIMIT ?", (limit,)).fetchall()
     claimed = []
     for uid, channel, at, segment, offset in rows:
+        if channels is not None and channel not in channels:
+            claimed.append((uid, channel, at, None))  # unroutable: not worth two preads and a JSON parse
+            continue
         try:
             claimed.append((uid, channel, at, store.read(segment, offset)[1]))
         except (OSError, ValueError) as exc:

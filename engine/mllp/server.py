@@ -23,6 +23,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 
 from engine.intake import Intake, IntakePolicy, quarantine, reject_oversized
+from engine.log import EveryFewSeconds
 from engine.mllp.budget import BufferBudget
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, Oversized, frame
 
@@ -35,26 +36,6 @@ def _tls_error_text(error) -> str:
     return "; ".join(reasons)[:200] or type(error).__name__
 
 MAX_IN_FLIGHT = 64
-
-
-class EveryFewSeconds:
-    """Rate limit for a log line a hostile peer could otherwise repeat thousands of times a second:
-    at most one line per `interval`, carrying how many were suppressed since the last one."""
-
-    def __init__(self, interval: float = 10.0, now=time.monotonic):
-        self.interval = interval
-        self.now = now
-        self._last = float("-inf")
-        self.suppressed = 0
-
-    def __call__(self, emit) -> None:
-        t = self.now()
-        if t - self._last < self.interval:
-            self.suppressed += 1
-            return
-        self._last = t
-        emit(suppressed=self.suppressed)
-        self.suppressed = 0
 
 
 @dataclass

@@ -33,6 +33,7 @@ class Dispatcher:
         self._timer = None
         self._running = False
         self.follow_ups_in_flight = 0  # on_success/on_failure steps being planned (pfi test waits)
+        self.route_channels = routed_channels(routes)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -65,7 +66,7 @@ class Dispatcher:
         self._busy = True
         try:
             while self._running:
-                batch = await self.journal.claim_received(BATCH)
+                batch = await self.journal.claim_received(BATCH, self.route_channels)
                 if not batch:
                     break
                 plans = await threads.deferToThread(self._plan_all, batch)
@@ -94,6 +95,9 @@ class Dispatcher:
     def _plan_all(self, batch) -> list[Plan]:
         plans = []
         for uid, channel, received_at, raw in batch:
+            if raw is None:  # no route names its channel
+                plans.append(Plan(uid, state="unrouted", events=[("unrouted", "no route matches this message")]))
+                continue
             ctx = MessageContext(uid, channel, raw, received_at)
             try:
                 plans.append(plan_message(self.routes, ctx, self.env))
@@ -150,6 +154,18 @@ class Dispatcher:
         from engine.routing.zamstep import build_zam_delivery
 
         return build_zam_delivery(zam, kind == "on_success", detail, ctx, self.clock.seconds())
+
+
+def routed_channels(routes) -> frozenset | None:
+    """The channels some route names (None when a route matches any channel): messages of other
+    channels are unrouted without reading their payload."""
+    names: set[str] = set()
+    for route in routes:
+        channel = route.match.channel
+        if channel is None:
+            return None
+        names.update([channel] if isinstance(channel, str) else channel)
+    return frozenset(names)
 
 
 async def _real_tick() -> None:

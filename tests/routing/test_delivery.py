@@ -174,3 +174,25 @@ async def test_parallel_keys_use_several_connections_and_keep_order_per_key(tmp_
         client.close()
         await engine.stopService()
         await dest.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_of_a_channel_no_route_names_is_unrouted_without_reading_its_payload(tmp_path, monkeypatch):
+    from engine.journal.payloads import PayloadStore
+
+    reads = []
+    real_read = PayloadStore.read
+    monkeypatch.setattr(PayloadStore, "read", lambda self, *a: reads.append(a) or real_read(self, *a))
+    peer = RecordingPeer()
+    port = await peer.listen()
+    routes = [{"name": "only-a", "match": {"channel": "a"}, "steps": [{"deliver": {"to": "dest"}}]}]
+    engine = await _engine(tmp_path, {"a": inbound(), "b": inbound(), "dest": out(port)}, routes)
+    client = await client_for(engine, "b")
+    try:
+        assert (await exchange(client, sample_adt("B-1").encode())).code == "AA"
+        await until(lambda: ("B-1", "unrouted") in states(engine), what="unrouted")
+        assert reads == [] and peer.control_ids() == []
+    finally:
+        client.close()
+        await engine.stopService()
+        await peer.close()
