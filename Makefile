@@ -26,6 +26,7 @@ var/pki/client-second.pem: | $(STAMP)
 	$(BIN)/python -c "from pathlib import Path; from engine.pki import ensure_test_pki; ensure_test_pki(Path('var/pki'))"
 
 test: $(STAMP)
+	$(BIN)/ruff check engine bench tests
 	$(BIN)/python -m pytest -q tests
 
 # Conformance on the reference corpus: ANS example messages -> document requests, and every

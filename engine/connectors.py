@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.config.channels import ChannelSettings, ReplyPolicy, RetrySettings, channel_type
+from engine.config.channels import ChannelSettings, RetrySettings, channel_type
 from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity, OrgCertificate
 import engine.connectors_mss  # noqa: E402,F401  (registers the mssante channel type)
 
@@ -182,7 +182,7 @@ def failure_reason(result) -> str:
 
 def publish_request(request, action: str, sender_roles: tuple = ()):
     """Map the typed HL7 document request onto the DMP connector's input."""
-    from engine.dmp.model import DmpFlags, Organisation, Person, PublishRequest
+    from engine.dmp.model import DmpFlags, Person, PublishRequest
 
     ins = request.patient.ins
     if ins is None:

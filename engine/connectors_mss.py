@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Awaitable, Callable, Literal
+from typing import TYPE_CHECKING, Awaitable, Callable, Literal
 
 import structlog
 from lxml import etree
@@ -26,6 +26,9 @@ from engine.config.channels import ChannelSettings, RetrySettings, channel_type
 from engine.errors import ConfigurationError, EngineError, TransientDeliveryError
 from engine.mss.models import MssDocumentRequest, MssFlags, PatientIdentity, Recipient, RecipientResult
 from engine.mss.settings import MssChannelSettings
+
+if TYPE_CHECKING:  # engine.connectors imports this module: the name is for readers and checkers
+    from engine.connectors import Outcome
 
 log = structlog.get_logger(__name__)
 

@@ -150,7 +150,6 @@ def label_steps(route: Route) -> None:
 
 
 def load_routes(path: Path, channels: dict, root: Path, problems: Problems) -> list[Route]:
-    from engine.config.load import validate_model
 
     if not path.exists():
         return []

@@ -147,7 +147,8 @@ def _dmp_channel_files(pki, **extra) -> dict:
             "lps": {"homologation_id": "H"}, **extra}
 
 
-def _check(cfg) -> "subprocess.CompletedProcess":
+def _check(cfg):
+    """`pfi check` on `cfg` in a subprocess (subprocess.CompletedProcess)."""
     import subprocess
     import sys
 
