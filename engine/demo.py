@@ -198,7 +198,7 @@ class DemoResult:
 
 
 async def run_demo(workdir: Path, restart_midway: bool = False, say=print) -> DemoResult:
-    from engine.dmp.simulator import DmpSimulator
+    from engine.sim.dmp import DmpSimulator
     from engine.pki import ensure_test_pki
 
     pki = ensure_test_pki(workdir / "pki")
@@ -227,7 +227,7 @@ async def run_demo(workdir: Path, restart_midway: bool = False, say=print) -> De
 
 def _start_mss_simulator(workdir: Path):
     """The MSSanté operator the shipped mssante channel talks to (`pfi mss sim`, in process)."""
-    from engine.mss.sim import MailOperator, imap_factory, smtp_factory
+    from engine.sim.mss import MailOperator, imap_factory, smtp_factory
     from engine.mss.testpki import ensure_test_pki as ensure_mss_pki
     from engine.mss.tls import server_tls
 

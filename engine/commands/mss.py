@@ -39,7 +39,7 @@ def run_sim(args: argparse.Namespace) -> int:
 
     from twisted.internet import reactor
 
-    from engine.mss.sim import MailOperator, imap_factory, smtp_factory
+    from engine.sim.mss import MailOperator, imap_factory, smtp_factory
     from engine.mss.testpki import ensure_test_pki
     from engine.mss.tls import server_tls
 

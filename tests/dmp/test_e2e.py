@@ -265,7 +265,7 @@ async def test_ris_example_with_a_modality_outside_the_jdv_is_refused(simulator,
 
 @pytest_twisted.ensureDeferred
 async def test_ris_triplet_without_jdv_checks(pki, corpus, tmp_path):
-    from engine.dmp.simulator import DmpSimulator
+    from engine.sim.dmp import DmpSimulator
     sim = DmpSimulator(reactor, pki_dir=pki.directory)  # built-in value sets only
     sim.start()
     try:
@@ -362,7 +362,7 @@ async def test_submission_signature_over_other_bytes_is_refused(simulator, signi
 
 @pytest_twisted.ensureDeferred
 async def test_simulator_keeps_documents_across_restarts(pki, corpus, tmp_path):
-    from engine.dmp.simulator import DmpSimulator
+    from engine.sim.dmp import DmpSimulator
     first = DmpSimulator(reactor, pki_dir=pki.directory, data_dir=tmp_path / "sim")
     first.start()
     settings = make_settings(first, pki.client.cert, pki.client.key, pki.ca.cert)

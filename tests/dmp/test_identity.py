@@ -38,7 +38,7 @@ class _SeenBySimulator:
     """Records the structure of each TLS client certificate and VIHF the simulator checked."""
 
     def __init__(self, simulator, monkeypatch):
-        from engine.dmp import simulator_checks
+        from engine.sim import dmp_checks as simulator_checks
         self.seen: list[tuple[str, str]] = []
         original = simulator_checks.check_vihf
 

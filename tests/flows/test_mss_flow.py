@@ -258,7 +258,7 @@ async def test_operator_unreachable_is_retried_then_delivered(tmp_path, pki, ope
         await until(lambda: any(e.state == "retry" for e in _events(engine)), what="retry")
         (first_retry, *_) = [e for e in _events(engine) if e.state == "retry"]
         assert first_retry.channel == "mss" and "SMTP submission failed" in first_retry.detail
-        from engine.mss.sim import smtp_factory
+        from engine.sim.mss import smtp_factory
         from engine.mss.tls import server_tls
 
         operator.listeners[0] = reactor.listenTCP(operator.smtp_port, smtp_factory(

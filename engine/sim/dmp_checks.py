@@ -18,7 +18,7 @@ from lxml import etree
 from engine.dmp import ebrim, soap, xades
 from engine.dmp.ebrim import DE, RIM, SS, RegistryError, q
 from engine.dmp.gates import INS_OIDS
-from engine.dmp.valuesets import REFERENCE_ID_TYPES, ValueSets
+from engine.sim.dmp_valuesets import REFERENCE_ID_TYPES, ValueSets
 from engine.dmp.config import certificate_structure
 from engine.dmp.vihf import (A_MODE, A_RESOURCE, A_RESOURCE_URN, A_STRUCTURE, A_VERSION, SAML,
                              VerifiedVihf, VihfError, verify_assertion)
