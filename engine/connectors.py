@@ -119,7 +119,7 @@ class MllpDestination:
 
 class DmpDeliveryConnector:
     """HL7 document request -> DMP publication; the ZAM^Z01 comes from the route's follow-ups.
-    A refused organisation certificate pauses the destination (see engine/routing/queue.py)."""
+    A refused organisation certificate pauses the destination (see engine/journal/deliveries.py)."""
 
     pausable = True
 

@@ -149,7 +149,7 @@ class Engine(service.MultiService):
 
     async def _enqueue(self, channel: str, payload: bytes, delivery) -> None:
         """Queue a connector-made message (a ZAM) for `channel`, under the original message."""
-        from engine.routing import queue
+        from engine.journal import deliveries as queue
         from engine.routing.plan import NewDelivery
 
         now = self.clock.seconds()

@@ -69,7 +69,7 @@ def _journal_conn(args):
 
 
 def show_queues(args) -> int:
-    from engine.routing.queue import queue_summary
+    from engine.journal.deliveries import queue_summary
 
     conn = _journal_conn(args)
     if conn is None:
@@ -87,7 +87,7 @@ def show_queues(args) -> int:
 
 
 def _show_held(read) -> None:
-    from engine.routing.queue import held_deliveries, last_event
+    from engine.journal.deliveries import held_deliveries, last_event
 
     for delivery_id, dest, uid, reason in held_deliveries(read):
         who = last_event(read, uid, "held") or reason or ""
@@ -96,7 +96,7 @@ def _show_held(read) -> None:
 
 def _show_paused(conn) -> None:
     """Paused destinations send nothing until `pfi resume`; say since when and why."""
-    from engine.routing.queue import paused_destinations
+    from engine.journal.deliveries import paused_destinations
 
     paused = paused_destinations(lambda s, a=(): conn.execute(s, a).fetchall())
     for dest, (reason, since) in sorted(paused.items()):
@@ -105,7 +105,7 @@ def _show_paused(conn) -> None:
 
 
 def resume_destination(args) -> int:
-    from engine.routing.queue import resume
+    from engine.journal.deliveries import resume
 
     conn = _journal_conn(args)
     if conn is None:
@@ -118,7 +118,7 @@ def resume_destination(args) -> int:
 
 
 def cancel(args) -> int:
-    from engine.routing.queue import cancel as cancel_deliveries
+    from engine.journal.deliveries import cancel as cancel_deliveries
 
     conn = _journal_conn(args)
     if conn is None:
@@ -131,13 +131,13 @@ def cancel(args) -> int:
 
 
 def hold(args) -> int:
-    from engine.routing.queue import hold as hold_deliveries
+    from engine.journal.deliveries import hold as hold_deliveries
 
     return _move(args, hold_deliveries, "held (pfi release to send them)")
 
 
 def release(args) -> int:
-    from engine.routing.queue import release_held
+    from engine.journal.deliveries import release_held
 
     return _move(args, release_held, "released")
 
@@ -154,7 +154,7 @@ def _move(args, operation, done: str) -> int:
 
 
 def replay(args) -> int:
-    from engine.routing.queue import requeue_message
+    from engine.journal.deliveries import requeue_message
 
     conn = _journal_conn(args)
     if conn is None:
@@ -174,17 +174,10 @@ def replay(args) -> int:
 
 
 def _select(conn, args) -> list[str] | None:
+    from engine.journal.deliveries import messages_to_replay
+
     if args.ident:
         return [args.ident]
-    sql, params = "SELECT uid FROM messages m WHERE 1=1", []
-    if args.state:
-        sql += " AND m.state=?"
-        params.append(args.state)
-    if args.dead:
-        sql += " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state='dead')"
     if not (args.state or args.dead):
         return None
-    if args.channel:
-        sql += " AND m.channel=?"
-        params.append(args.channel)
-    return [row[0] for row in conn.execute(sql + " ORDER BY m.id", params)]
+    return messages_to_replay(conn, state=args.state, dead=args.dead, channel=args.channel)

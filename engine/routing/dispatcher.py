@@ -10,7 +10,7 @@ import time
 import structlog
 from twisted.internet import defer, threads
 
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.context import MessageContext
 from engine.routing.plan import Environment, NewDelivery, Plan, plan_message, run_steps
 

@@ -1,7 +1,7 @@
 """Evaluate the routes for one message: a pure computation producing a Plan.
 
 Runs in a worker thread (full parsing, XSLT and CDA checks stay off the reactor); the Plan is
-then written to the journal in one transaction (engine.routing.queue.apply_plan).
+then written to the journal in one transaction (engine.journal.deliveries.apply_plan).
 """
 
 from __future__ import annotations

@@ -299,7 +299,7 @@ async def test_a_doubled_start_block_is_tolerated(engine):
 async def test_rejected_frames_beyond_the_hourly_quota_keep_head_size_and_hash(tmp_path):
     import hashlib
 
-    from engine.routing.queue import requeue_message
+    from engine.journal.deliveries import requeue_message
 
     cfg = write_config(tmp_path / "cfg", {"in": inbound(accept={"versions": ["2.5"]}, rejected_quota=12_000,
                                                         rejected_head=500)})

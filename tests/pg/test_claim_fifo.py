@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.journal.postgres import connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 
 

@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 
 from engine.journal.postgres import PgConnection, PostgresJournal
 from engine.journal.reader import PgJournalReader
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 from tests.routing.peers import RecordingPeer, until
 from tests.support import client_for, exchange, inbound, sample_adt, write_config

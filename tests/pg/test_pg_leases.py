@@ -9,7 +9,7 @@ import psycopg
 from twisted.internet import reactor
 
 from engine.journal.postgres import PgConnection, PostgresJournal, connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 
 

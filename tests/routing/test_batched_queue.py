@@ -7,7 +7,7 @@ import time
 
 from engine.journal import schema
 from engine.journal.sqlite import connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery, Plan
 
 

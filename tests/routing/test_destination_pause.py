@@ -1,4 +1,4 @@
-"""Paused destinations in the journal (engine/routing/queue.py), on SQLite and PostgreSQL: the
+"""Paused destinations in the journal (engine/journal/deliveries.py), on SQLite and PostgreSQL: the
 refused delivery goes back to pending, nothing is dead-lettered, claims resume after `resume`."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 
 

@@ -70,7 +70,7 @@ async def test_a_held_deferred_send_waits_for_its_release_in_fifo_order(tmp_path
 def test_held_rows_block_their_key_on_both_journals(conn):
     import time
 
-    from engine.routing import queue
+    from engine.journal import deliveries as queue
     from engine.routing.plan import NewDelivery
 
     now = time.time()
@@ -89,7 +89,7 @@ def test_held_rows_block_their_key_on_both_journals(conn):
 def test_cancel_takes_held_rows_and_names_the_operator(conn):
     import time
 
-    from engine.routing import queue
+    from engine.journal import deliveries as queue
     from engine.routing.plan import NewDelivery
 
     now = time.time()

@@ -6,7 +6,7 @@ import pytest
 
 from engine.journal import schema
 from engine.journal.sqlite import connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 
 NOW = 1_000_000.0

@@ -1,4 +1,6 @@
-"""Durable outbound queues: SQL operations run in the journal's writer thread (journal.submit).
+"""Durable outbound queues (the deliveries table): SQL operations run in the journal's writer
+thread (journal.submit). Part of the journal: routing, the commands and the tests call these
+functions rather than write SQL of their own.
 
 A delivery row is one message for one destination. FIFO holds per (destination, fifo_key): a
 delivery is not sent while an older one of the same key is still pending, so a replace never
@@ -17,7 +19,10 @@ import bisect
 import time
 from dataclasses import dataclass
 
-from engine.routing.plan import NewDelivery, Plan
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the routing plans this module writes; only their attributes are read here
+    from engine.routing.plan import NewDelivery, Plan
 
 PENDING, SENDING, DONE, DEAD, CANCELLED = "pending", "sending", "done", "dead", "cancelled"
 #: put aside by an operator (`pfi hold`): never sent until `pfi release`; it holds its key back
@@ -362,6 +367,21 @@ def requeue_message(conn, uid: str, node: str, now: float, operator: str = "") -
         who = f" by {operator}" if operator else ""
         _event(conn, uid, "replayed", "", f"re-queued through the current routes{who}", node, now)
     return bool(cur.rowcount)
+
+
+def messages_to_replay(conn, state: str | None = None, dead: bool = False, channel: str | None = None) -> list[str]:
+    """Ids of the messages in `state`, or with a dead-lettered delivery, optionally of one channel
+    (`pfi replay --state/--dead/--channel`), oldest first."""
+    sql, params = "SELECT uid FROM messages m WHERE 1=1", []
+    if state:
+        sql += " AND m.state=?"
+        params.append(state)
+    if dead:
+        sql += " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state='dead')"
+    if channel:
+        sql += " AND m.channel=?"
+        params.append(channel)
+    return [row[0] for row in conn.execute(sql + " ORDER BY m.id", params).fetchall()]
 
 
 def queue_summary(read) -> list[tuple]:
