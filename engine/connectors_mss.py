@@ -360,7 +360,7 @@ def build_mss_connectors(config, reactor, enqueue: Enqueue | None = None, clock=
 
 
 def _channel_problems(config, channel) -> list[str]:
-    problems = []
+    problems = _dmp_wait_problems(config, channel)
     if channel.imap is not None and not channel.deliver_to:
         problems.append(f"channel {channel.name!r}: IMAP needs deliver_to = an mllp-out channel")
     for setting in ("zam_channel", "deliver_to"):
@@ -369,6 +369,35 @@ def _channel_problems(config, channel) -> list[str]:
         if target and (other is None or other.type != "mllp-out"):
             problems.append(f"channel {channel.name!r}: {setting} {target!r} is not an mllp-out channel")
     return problems
+
+
+def _dmp_wait_problems(config, channel) -> list[str]:
+    """`wait_for_dmp_when_invisible` defers some mails to a DMP delivery's on_success: without such a
+    step in the routes those mails would never leave, silently."""
+    if not getattr(channel, "wait_for_dmp_when_invisible", False):
+        return []
+
+    def after_dmp(steps, in_success: bool) -> bool:
+        # The connector mails deferred reports from any follow-up of an accepted delivery (the
+        # shipped routes: the DMP's); what must exist is such a step naming this channel.
+        for step in steps:
+            targets = [] if step.deliver is None else (
+                [step.deliver.to] if isinstance(step.deliver.to, str) else list(step.deliver.to))
+            if in_success and channel.name in targets:
+                return True
+            if after_dmp(step.on_success, True) or after_dmp(step.on_failure, False):
+                return True
+        return False
+
+    if any(after_dmp(route.steps, False) for route in config.routes):
+        return []
+    return [f"channel {channel.name!r}: wait_for_dmp_when_invisible needs a `deliver: {{to: {channel.name}}}` "
+            "step in the on_success of a DMP delivery, or reports invisible to the patient are never mailed"]
+
+
+def mss_channel_problems(config) -> list[str]:
+    """What `pfi check` and the engine's start refuse in the mssante channels."""
+    return [p for c in config.channels.values() if c.type == "mssante" for p in _channel_problems(config, c)]
 
 
 def build_mail_pollers(config, reactor, connectors: dict, clock=None, journal=None) -> list[MailPoller]:

@@ -234,6 +234,7 @@ async def test_dsn_in_the_mailbox_becomes_z02_for_the_creator(tmp_path, pki, ope
     ({"zam_channel": "nowhere"}, "zam_channel 'nowhere' is not an mllp-out channel"),
     ({"imap": "IMAP"}, "IMAP needs deliver_to"),
     ({"imap": "IMAP", "deliver_to": "creator-in"}, "deliver_to 'creator-in' is not an mllp-out channel"),
+    ({"wait_for_dmp_when_invisible": True}, "never mailed"),  # no route mails after a DMP delivery
 ])
 def test_misnamed_channels_stop_the_engine_with_a_clear_error(tmp_path, pki, operator, extra, problem):
     from engine.errors import ConfigurationError
