@@ -229,10 +229,12 @@ class Connection:
             pass
 
 
-def write_config(directory: Path, port: int, metrics_port: int) -> Path:
+def write_config(directory: Path, port: int, metrics_port: int, document_check: bool = False) -> Path:
     (directory / "channels").mkdir(parents=True)
     channel = {"type": "mllp-in", "host": "127.0.0.1", "port": port, "max_message_bytes": MAX_MESSAGE,
                "idle_timeout": 600}
+    if document_check:  # the shipped RIS channel: request and CDA checked before the ACK
+        channel.update(ack_mode="document-request", check_cda="full")
     (directory / "channels" / "fuzz.yaml").write_text(yaml.safe_dump(channel))
     (directory / "routes.yaml").write_text(yaml.safe_dump({"routes": []}))
     (directory / "pfi.yaml").write_text(yaml.safe_dump({"metrics": {"port": metrics_port}, "log_level": "info"}))
@@ -255,13 +257,13 @@ def unhandled_errors(log_text: str) -> list[str]:
 
 
 def run(frames: int = 2000, connections: int = 4, seconds: float = 120.0, seed: int = 1,
-        workdir: Path | None = None) -> dict:
+        workdir: Path | None = None, document_check: bool = False) -> dict:
     rng = random.Random(seed)
     mutate = Mutator(rng)
     pool = seeds()
     base = Path(workdir or tempfile.mkdtemp(prefix="pfi-fuzz-"))
     port, metrics_port = free_port(), free_port()
-    config = write_config(base / "cfg", port, metrics_port)
+    config = write_config(base / "cfg", port, metrics_port, document_check)
     log_path = base / "engine.log"
     proc = start_engine_process(["run", "--config", str(config), "--data", str(base / "data")], log_path)
     stats = Counter()
@@ -395,8 +397,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=1800.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--document-check", action="store_true",
+                        help="the channel checks document requests and their CDA before the ACK (shipped RIS)")
     args = parser.parse_args()
-    result = run(args.frames, args.connections, args.seconds, args.seed)
+    result = run(args.frames, args.connections, args.seconds, args.seed, document_check=args.document_check)
     print(json.dumps({k: v for k, v in result.items() if k != "unhandled_errors"}, indent=2))
     for line in result["unhandled_errors"][:10]:
         print("unhandled:", line)
