@@ -5,12 +5,11 @@ waits for the ACK up to `ack_timeout` and only accepts an ACK whose MSA-2 equals
 sent. Whenever the stream may be out of step with our requests (timeout, mismatched or garbage
 answer, unsolicited data) the connection is dropped, so a late ACK dies with it and can never be
 paired with a later message. The sender never sleeps or retries by itself: a failure comes back
-as a `SendOutcome` with action "retry" and the caller's queue waits `retry_delay(attempt)`.
+as a `SendOutcome` with action "retry" and the caller's queue waits (engine/retry.py backoff).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,7 +24,6 @@ from zope.interface import implementer
 from engine.config.channels import MllpOutSettings, TlsSettings
 from engine.mllp.client import AckInfo, control_id_of, read_ack
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, frame
-from engine.retry import attempts_exhausted, backoff_delay
 from engine.tls import client_options
 
 log = structlog.get_logger(__name__)
@@ -122,15 +120,13 @@ class MLLPSender:
     """Delivers messages to one MLLP destination over one reused connection.
 
     `reactor` makes the connections; `clock` (default: the reactor) times the ACK wait, so tests
-    can inject a `task.Clock`. `rng` feeds the jitter of `retry_delay`.
+    can inject a `task.Clock`.
     """
 
-    def __init__(self, reactor, settings: MllpOutSettings, rng: random.Random | None = None,
-                 clock=None):
+    def __init__(self, reactor, settings: MllpOutSettings, clock=None):
         self.reactor = reactor
         self.clock = clock or reactor
         self.settings = settings
-        self.rng = rng or random.Random()
         self._lock = defer.DeferredLock()
         self._proto: _SenderProtocol | None = None
         self._live: set[_SenderProtocol] = set()
@@ -148,14 +144,6 @@ class MLLPSender:
             self._lock.release()
         self._log_outcome(message, outcome)
         return outcome
-
-    def retry_delay(self, attempt: int) -> float:
-        """Backoff before the next try after `attempt` failed tries, from this channel's settings."""
-        return backoff_delay(attempt, self.settings.retry, self.rng)
-
-    def gives_up(self, attempt: int) -> bool:
-        """True when `attempt` tries were made and the channel allows no more."""
-        return attempts_exhausted(attempt, self.settings.retry)
 
     async def close(self) -> None:
         """Close the connection; a send in progress comes back with action "retry"."""
