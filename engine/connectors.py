@@ -13,14 +13,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.config.channels import ChannelSettings, RetrySettings, channel_type
+from engine.config.channels import ChannelSettings, OutcomeAction, RetrySettings, channel_type
 from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity, OrgCertificate
 import engine.connectors_mss  # noqa: E402,F401  (registers the mssante channel type)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str
+    """What a connector made of one delivery: the queue's action and the journal's reason."""
+
+    action: OutcomeAction
     reason: str
 
 

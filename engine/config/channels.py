@@ -145,7 +145,11 @@ class RetrySettings(BaseModel):
     max_attempts: int = Field(default=0, ge=0, description="0: retry for ever (AR/timeouts)")
 
 
+#: what an answer does to a delivery; the one definition (the sender's outcome uses it too)
 ReplyAction = Literal["done", "retry", "dead"]
+#: what a connector may ask of the queue: a reply action, or pause the destination (refused
+#: credentials), or hold the delivery until the patient's identity is qualified
+OutcomeAction = Literal["done", "retry", "dead", "pause", "wait-identity"]
 
 
 class ReplyPolicy(BaseModel):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import structlog
 from twisted.internet import defer, error, protocol, ssl
@@ -21,7 +20,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from engine.config.channels import MllpOutSettings, TlsSettings
+from engine.config.channels import MllpOutSettings, ReplyAction, TlsSettings
 from engine.mllp.client import AckInfo, control_id_of, read_ack
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, frame
 from engine.tls import client_options
@@ -31,7 +30,7 @@ log = structlog.get_logger(__name__)
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
 MAX_ACK_BYTES = 1024 * 1024  # an ACK is a few hundred bytes; anything huge is not one
 
-Action = Literal["done", "retry", "dead"]
+Action = ReplyAction  # one definition, engine/config/channels.py
 
 
 @dataclass(frozen=True)
