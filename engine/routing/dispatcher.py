@@ -73,7 +73,8 @@ class Dispatcher:
                 # NORMAL sync is enough: a routing result lost in a power failure is recomputed from
                 # the message, which stays `received` until its plan is written (at-least-once).
                 busy = self._busy_destinations()
-                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node, busy),
+                now = self.clock.seconds()
+                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node, busy, now),
                                                     logged=True)
                 self._wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
@@ -147,7 +148,8 @@ class Dispatcher:
         plan.state = None
         plan.deliveries += [self._zam(kind, detail, ctx, z) for z in plan.zams if self._zam(kind, detail, ctx, z)]
         busy = self._busy_destinations()
-        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy))
+        now = self.clock.seconds()
+        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy, now))
         self._wake(touched)
 
     def _zam(self, kind: str, detail: str, ctx: MessageContext, zam) -> NewDelivery | None:
@@ -176,10 +178,11 @@ async def _real_tick() -> None:
     await d
 
 
-def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset()) -> list[str]:
-    touched = queue.apply_plans(conn, plans, node)
+def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
+               now: float | None = None) -> list[str]:
+    touched = queue.apply_plans(conn, plans, node, now)
     if any(p.qualified_identity for p in plans):  # DMP sends waiting for an identity try again
-        touched += queue.release_identity_holds(conn, node, time.time())
+        touched += queue.release_identity_holds(conn, node, now if now is not None else time.time())
     # A shared journal: wake the other nodes' workers only for destinations whose local worker is
     # already busy (more work than it takes); an idle one is woken locally and takes it at once.
     notify = getattr(conn, "notify_queued", None)
