@@ -33,6 +33,7 @@ class Dispatcher:
         self._timer = None
         self._running = False
         self.follow_ups_in_flight = 0  # on_success/on_failure steps being planned (pfi test waits)
+        self._cycle_waiters: list[defer.Deferred] = []  # stop() waits for the cycle in progress
         self.route_channels = routed_channels(routes)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -47,8 +48,10 @@ class Dispatcher:
         self._running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        while self._busy:  # let the planning cycle in progress write its result
-            await _real_tick()
+        if self._busy:  # let the planning cycle in progress write its result
+            finished = defer.Deferred()
+            self._cycle_waiters.append(finished)
+            await finished
         for worker in self.workers.values():
             await worker.stop()
 
@@ -81,6 +84,9 @@ class Dispatcher:
             log.error("routing.dispatch_failed", error=str(exc))
         finally:
             self._busy = False
+            waiters, self._cycle_waiters = self._cycle_waiters, []
+            for finished in waiters:
+                finished.callback(None)
             self._schedule_poll()
 
     def _schedule_poll(self) -> None:
@@ -168,14 +174,6 @@ def routed_channels(routes) -> frozenset | None:
             return None
         names.update([channel] if isinstance(channel, str) else channel)
     return frozenset(names)
-
-
-async def _real_tick() -> None:
-    from twisted.internet import reactor
-
-    d = defer.Deferred()
-    reactor.callLater(0.005, d.callback, None)
-    await d
 
 
 def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
