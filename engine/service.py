@@ -95,7 +95,7 @@ class Engine(service.MultiService):
         self.dispatcher = self._build_dispatcher(connectors)
         # A shared journal tells this node about work other nodes queued (no-op on SQLite).
         self.journal.on_received = self.dispatcher.kick
-        self.journal.on_queued = lambda destination: self.dispatcher._wake([destination])
+        self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
         self._add_mail_pollers()
         self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
@@ -134,16 +134,11 @@ class Engine(service.MultiService):
     def _add_mail_pollers(self) -> None:
         """MSSanté channels: their send connectors (ZAM^Z02 queued through `_enqueue`) and, when
         IMAP and `deliver_to` are configured, the mailbox poller service feeding the RIS."""
-        import random
-
         from engine.connectors_mss import build_mail_pollers, build_mss_connectors
-        from engine.routing.dispatcher import DestinationWorker
 
         connectors = build_mss_connectors(self.config, self.reactor, self._enqueue, self.clock)
         for name, connector in connectors.items():
-            if name not in self.dispatcher.workers:
-                self.dispatcher.workers[name] = DestinationWorker(
-                    self.dispatcher, name, connector, self.config.channels[name].retry, random.Random())
+            self.dispatcher.add_destination(name, connector, self.config.channels[name].retry)
         for poller in build_mail_pollers(self.config, self.reactor, connectors, self.clock, self.journal):
             poller.setServiceParent(self)
 
@@ -155,8 +150,8 @@ class Engine(service.MultiService):
         now = self.clock.seconds()
         new = NewDelivery(route=delivery.route, step=f"{delivery.step}/zam", destination=channel,
                           fifo_key=delivery.fifo_key, not_before=now, payload=payload)
-        await self.journal.submit(lambda conn, store: queue._queue(conn, delivery.message_uid, new, self.node, now))
-        self.dispatcher._wake([channel])
+        await self.journal.submit(lambda conn, store: queue.enqueue(conn, delivery.message_uid, new, self.node, now))
+        self.dispatcher.wake([channel])
 
     def _add_listener(self, settings: MllpInSettings) -> None:
         from engine.tls import server_endpoint

@@ -138,6 +138,11 @@ def _superseded_target(new: NewDelivery) -> str:
     return new.replaced_id if new.action == "replace" else new.doc_id if new.action == "delete" else ""
 
 
+def enqueue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
+    """Queue one delivery of message `uid` (a plan's, or one a connector makes: a ZAM)."""
+    _queue(conn, uid, new, node, now)
+
+
 def _queue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
     action, state, detail = new.action, PENDING, ""
     cancelled = _cancel_superseded(conn, uid, new, node, now)

@@ -56,6 +56,12 @@ class Dispatcher:
             await worker.stop()
 
     # -- dispatching -------------------------------------------------------------------------
+    def add_destination(self, name: str, connector, retry) -> None:
+        """A destination whose connector is built after the dispatcher (MSSanté: it queues ZAMs
+        through the engine); nothing happens if the name already has a worker."""
+        if name not in self.workers:
+            self.workers[name] = DestinationWorker(self, name, connector, retry, random.Random())
+
     def kick(self, *_) -> None:
         """New messages may be waiting: dispatch soon (coalesced)."""
         if not self._running:
@@ -79,7 +85,7 @@ class Dispatcher:
                 now = self.clock.seconds()
                 touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node, busy, now),
                                                     logged=True)
-                self._wake(touched)
+                self.wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
             log.error("routing.dispatch_failed", error=str(exc))
         finally:
@@ -115,7 +121,8 @@ class Dispatcher:
     def _busy_destinations(self) -> set[str]:
         return {name for name, worker in self.workers.items() if worker.busy}
 
-    def _wake(self, destinations) -> None:
+    def wake(self, destinations) -> None:
+        """New work for these destinations: their workers look at their queues now."""
         for name in set(destinations):
             if name in self.workers:
                 self.workers[name].wake()
@@ -156,7 +163,7 @@ class Dispatcher:
         busy = self._busy_destinations()
         now = self.clock.seconds()
         touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy, now))
-        self._wake(touched)
+        self.wake(touched)
 
     def _zam(self, kind: str, detail: str, ctx: MessageContext, zam) -> NewDelivery | None:
         from engine.routing.zamstep import build_zam_delivery

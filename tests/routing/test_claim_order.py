@@ -11,7 +11,7 @@ from engine.routing.plan import NewDelivery
 
 
 def _queue(conn, uid: str, key: str, not_before: float) -> None:
-    queue._queue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key=key,
+    queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key=key,
                                         not_before=not_before, payload=b"x"), "n", time.time())
 
 

@@ -30,7 +30,7 @@ def conn(request, tmp_path):
 
 
 def _claim_one(conn, uid: str, now: float) -> queue.Delivery:
-    queue._queue(conn, uid, NewDelivery(route="r", step="s", destination="dmp", fifo_key="k",
+    queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="dmp", fifo_key="k",
                                         not_before=0, payload=b"x"), "n1", now)
     [delivery] = queue.claim_batch(conn, "dmp", now, "n1")
     return delivery

@@ -48,7 +48,7 @@ async def test_a_held_deferred_send_waits_for_its_release_in_fifo_order(tmp_path
         queue = await threads.deferToThread(pfi, "queue", *journal)
         assert "HELD delivery" in queue.stdout and "by alice: check" in queue.stdout
         clock.advance(120)  # the deferral is over: H-1 is held, H-2 waits behind it
-        engine.dispatcher._wake(["dest"])
+        engine.dispatcher.wake(["dest"])
         await sleep(0.5)
         assert peer.control_ids() == []
         released = await threads.deferToThread(pfi, "release", first, *journal, "--operator", "bob")
@@ -75,7 +75,7 @@ def test_held_rows_block_their_key_on_both_journals(conn):
 
     now = time.time()
     for uid in ("m1", "m2"):
-        queue._queue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key="k", not_before=0,
+        queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key="k", not_before=0,
                                             payload=b"x"), "n1", now)
     assert queue.hold(conn, "m1", "check", "n1", now, "alice") == 1
     assert queue.claim_batch(conn, "d", now, "n1") == []  # m2 waits behind the held m1
@@ -93,7 +93,7 @@ def test_cancel_takes_held_rows_and_names_the_operator(conn):
     from engine.routing.plan import NewDelivery
 
     now = time.time()
-    queue._queue(conn, "m1", NewDelivery(route="r", step="s", destination="d", fifo_key="k", not_before=0,
+    queue.enqueue(conn, "m1", NewDelivery(route="r", step="s", destination="d", fifo_key="k", not_before=0,
                                          payload=b"x"), "n1", now)
     queue.hold(conn, "m1", "check", "n1", now, "alice")
     assert queue.cancel(conn, "m1", "withdrawn", "n1", now, "carol") == 1
