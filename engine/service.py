@@ -227,7 +227,7 @@ class Engine(service.MultiService):
         # Compile the Schematrons before the first document pays for it (seconds), off the reactor.
         for checker in self._cda_checkers.values():
             await threads.deferToThread(checker.warm_up)
-        self.journal.start()
+        await self.journal.open()
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
         await self.dispatcher.start()
         self._size_loop.start(10.0, now=True)

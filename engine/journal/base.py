@@ -75,6 +75,9 @@ class Journal(Protocol):
 
     def start(self) -> None: ...
 
+    async def open(self) -> None:
+        """`start` without blocking the reactor thread (what the engine calls)."""
+
     def stop(self): ...
 
     def append_inbound(self, record: InboundRecord):

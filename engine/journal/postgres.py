@@ -133,6 +133,17 @@ class PostgresJournal(GroupCommitWriter):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        self._connect_all()
+        self._heartbeat.start(TICK, now=False)
+        self._try_lead()
+
+    async def open(self) -> None:
+        """`start` with its blocking I/O (connections, schema check, leadership) in a thread."""
+        await threads.deferToThread(self._connect_all)
+        self._heartbeat.start(TICK, now=False)  # a LoopingCall: the reactor thread
+        await threads.deferToThread(self._try_lead)
+
+    def _connect_all(self) -> None:
         self._conn = connect(self.url)
         pgschema.check(self._conn.raw)
         self._session = connect(self.url)
@@ -140,8 +151,6 @@ class PostgresJournal(GroupCommitWriter):
         self._pool = ConnectionPool(self.url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True)
         self._start_writer()
         self._start_listener()
-        self._heartbeat.start(TICK, now=False)
-        self._try_lead()
 
     def stop(self) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._stop())
