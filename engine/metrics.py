@@ -54,4 +54,10 @@ class EngineMetrics:
                                       "truncation)", ["channel"], registry=r)
         self.rejected_truncated = Counter("pfi_rejected_truncated", "Rejected frames kept as head + size + "
                                           "SHA-256 (channel over its rejected_quota)", ["channel"], registry=r)
+        self.deliveries = Counter("pfi_deliveries", "Delivery attempts by outcome (done, retry, dead, pause, "
+                                  "wait-identity)", ["destination", "outcome"], registry=r)
+        self.queue_messages = Gauge("pfi_queue_messages", "Deliveries waiting or dead, by state (pending, "
+                                    "sending, held, dead)", ["destination", "state"], registry=r)
+        self.queue_oldest_seconds = Gauge("pfi_queue_oldest_seconds", "Age of the oldest pending delivery",
+                                          ["destination"], registry=r)
         self.quarantined = Counter("pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r)

@@ -93,6 +93,7 @@ class Engine(service.MultiService):
         self.journal = open_journal(config.engine, self.data_dir, reactor, self.node)
         self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
+        self.dispatcher.metrics = self.metrics
         # A shared journal tells this node about work other nodes queued (no-op on SQLite).
         self.journal.on_received = self.dispatcher.kick
         self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
@@ -183,7 +184,20 @@ class Engine(service.MultiService):
         self.metrics.dispatch_leader.set(1 if getattr(self.journal, "is_leader", True) else 0)
         d = threads.deferToThread(self.journal.size_bytes)
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
-        return d
+        depths = threads.deferToThread(self.journal.queue_depths)
+        depths.addCallbacks(self._set_queue_gauges, lambda f: log.warning("journal.depths_failed", error=str(f.value)))
+        return defer.gatherResults([d, depths], consumeErrors=True)
+
+    def _set_queue_gauges(self, rows) -> None:
+        """Queue depth per destination and state, and the oldest pending's age (labels: channel
+        names and states, closed sets)."""
+        now = self.clock.seconds()
+        seen = {(dest, state): count for dest, state, count, _ in rows}
+        for dest in self.dispatcher.workers:
+            for state in ("pending", "sending", "held", "dead"):
+                self.metrics.queue_messages.labels(dest, state).set(seen.get((dest, state), 0))
+            oldest = next((at for d, state, _, at in rows if d == dest and state == "pending"), None)
+            self.metrics.queue_oldest_seconds.labels(dest).set(now - oldest if oldest else 0)
 
     def _watch_certificates(self) -> None:
         """DMP organisation certificates: days-left gauge, warnings 60 and 15 days ahead."""

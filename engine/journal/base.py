@@ -87,6 +87,9 @@ class Journal(Protocol):
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = ""): ...
 
+    def queue_depths(self) -> list[tuple]:
+        """(destination, state, count, oldest created_at) of waiting or dead deliveries."""
+
     def events_after(self, last_id: int, limit: int = 500, channel: str | None = None,
                      msg_type: str | None = None) -> list[JournalEvent]: ...
 

@@ -389,6 +389,13 @@ def messages_to_replay(conn, state: str | None = None, dead: bool = False, chann
     return [row[0] for row in conn.execute(sql + " ORDER BY m.id", params).fetchall()]
 
 
+def queue_depths(read) -> list[tuple]:
+    """(destination, state, count, oldest created_at) of the deliveries still waiting or dead: what
+    the queue gauges show (done rows are not scanned)."""
+    return read("SELECT destination, state, count(*), min(created_at) FROM deliveries"
+                " WHERE state IN ('pending', 'sending', 'held', 'dead') GROUP BY destination, state")
+
+
 def queue_summary(read) -> list[tuple]:
     """(destination, pending, oldest created_at, next attempt, sending, dead, held) per destination."""
     return read(

@@ -35,6 +35,7 @@ class Dispatcher:
         self.follow_ups_in_flight = 0  # on_success/on_failure steps being planned (pfi test waits)
         self._cycle_waiters: list[defer.Deferred] = []  # stop() waits for the cycle in progress
         self.route_channels = routed_channels(routes)
+        self.metrics = None  # EngineMetrics when the engine sets it: delivery outcomes counted
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -318,6 +319,8 @@ class DestinationWorker:
                 retry_at = d.clock.seconds() + delay
         log.info("delivery.attempt", message_id=delivery.message_uid, destination=self.name,
                  delivery=delivery.id, outcome=action, reason=reason)
+        if d.metrics is not None:
+            d.metrics.deliveries.labels(self.name, action).inc()
         return action, reason, retry_at
 
     async def _hold_for_identity(self, delivery: queue.Delivery, reason: str) -> None:

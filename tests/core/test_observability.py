@@ -52,3 +52,31 @@ async def test_nack_metrics_take_labels_from_closed_sets_only(tmp_path):
         await engine.stopService()
     labels = {(s.labels["code"], s.labels["reason"]) for s in series if s.name.endswith("_total")}
     assert labels == {("AE", "203"), ("AE", "200")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_outcomes_and_queue_depths_are_metrics(tmp_path):
+    from tests.routing.peers import RecordingPeer, until
+
+    peer = RecordingPeer(lambda raw, n: "AE" if b"|BAD-1|" in raw else "AA")
+    port = await peer.listen()
+    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest"}}]}]
+    cfg = write_config(tmp_path / "cfg", {"in": inbound(), "dest": {
+        "type": "mllp-out", "host": "127.0.0.1", "port": port, "ack_timeout": 2}}, routes)
+    engine = await start_engine(cfg, tmp_path / "data")
+    try:
+        client = await client_for(engine, "in")
+        for ctrl in ("OK-1", "BAD-1"):
+            assert (await exchange(client, sample_adt(ctrl).encode())).code == "AA"
+        client.close()
+        sample = lambda name, **labels: engine.metrics.registry.get_sample_value(  # noqa: E731
+            name, {**labels, "node": engine.node})
+        await until(lambda: sample("pfi_deliveries_total", destination="dest", outcome="dead") == 1.0,
+                    what="the dead letter counted")
+        assert sample("pfi_deliveries_total", destination="dest", outcome="done") == 1.0
+        await engine._measure_journal()
+        assert sample("pfi_queue_messages", destination="dest", state="dead") == 1.0
+        assert sample("pfi_queue_messages", destination="dest", state="pending") == 0.0
+    finally:
+        await engine.stopService()
+        await peer.close()
