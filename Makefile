@@ -25,13 +25,14 @@ var/mss-sim-pki/ca.pem: | $(STAMP)
 var/pki/client-second.pem: | $(STAMP)
 	$(BIN)/python -c "from pathlib import Path; from engine.pki import ensure_test_pki; ensure_test_pki(Path('var/pki'))"
 
-test: $(STAMP)
+# The shipped configuration (route tests, pfi check) names the simulators' test PKIs.
+test: $(STAMP) var/mss-sim-pki/ca.pem var/pki/client-second.pem
 	$(BIN)/ruff check engine bench tests
 	$(BIN)/python -m pytest -q tests
 
 # Conformance on the reference corpus: ANS example messages -> document requests, and every
 # corpus CDA against the ANS verdicts (make test runs a representative subset of the latter).
-conformance: $(STAMP)
+conformance: $(STAMP) var/mss-sim-pki/ca.pem var/pki/client-second.pem
 	$(BIN)/python -m pytest -q tests/conformance
 	PFI_CONFORMANCE=full $(BIN)/python -m pytest -q -m conformance tests
 
