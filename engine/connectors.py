@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.config.channels import ChannelSettings, OutcomeAction, RetrySettings, channel_type
 from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity, OrgCertificate
 import engine.connectors_mss  # noqa: E402,F401  (registers the mssante channel type)
+
+log = structlog.get_logger("engine.connectors")
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,23 @@ class MllpDestination:
 
         self.senders = [MLLPSender(reactor, settings) for _ in range(settings.parallel_keys)]
         self.lanes = len(self.senders)
+        self.name = settings.name
         self.ipp_repetition = settings.ipp_repetition
+        self.content_check = settings.content_check
 
     async def deliver(self, payload: bytes, delivery) -> Outcome:
+        from twisted.internet import threads
+
         from engine.hl7.pid3 import place_ipp
         from engine.routing.dispatcher import lane_of
 
+        if self.content_check == "drimbox":
+            refusal = await threads.deferToThread(drimbox_refusal, payload, bool(self.ipp_repetition))
+            if refusal:
+                # pfi check cannot know what a report will lack: say it here, without patient data
+                log.warning("delivery.content_refused", message_id=delivery.message_uid, destination=self.name,
+                            reason=refusal)
+                return Outcome("dead", refusal)
         if self.ipp_repetition:
             payload = place_ipp(payload, self.ipp_repetition)
         outcome = await self.senders[lane_of(delivery.fifo_key, self.lanes)].send(payload)
@@ -117,6 +131,21 @@ class MllpDestination:
     async def close(self) -> None:
         for sender in self.senders:
             await sender.close()
+
+
+def drimbox_refusal(payload: bytes, need_ipp: bool) -> str:
+    """Why `payload` must not go to a DRIMbox ('' when it may): the coded reason of the dead letter."""
+    from engine.docrequest.drimbox import missing_for_drimbox
+    from engine.docrequest.errors import RequestError
+    from engine.hl7.message import Message
+
+    try:
+        missing = missing_for_drimbox(Message.parse(payload), need_ipp)
+    except RequestError as exc:
+        return f"DOCUMENT_REQUEST_INVALID: not a document request a DRIMbox can read ({exc.error.app_code or exc.error.code})"
+    except Exception as exc:  # an unreadable message or CDA: refused with its kind, never a crash
+        return f"DRIMBOX_DATA_MISSING: report unreadable ({type(exc).__name__})"
+    return "DRIMBOX_DATA_MISSING: not sendable to a DRIMbox, missing: " + "; ".join(missing) if missing else ""
 
 
 class DmpDeliveryConnector:

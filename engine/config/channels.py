@@ -184,6 +184,10 @@ class MllpOutSettings(ChannelSettings, CharsetMixin):
     ipp_repetition: int = Field(default=0, ge=0, le=9, description="Put the patient's IPP (PID-3 repetition of "
                                 "type PI) at this repetition of PID-3 (the reference DRIMbox reads repetition 2); "
                                 "0: leave PID-3 as received")
+    content_check: Literal["none", "drimbox"] = Field(
+        default="none", description="`drimbox`: before sending, check the report carries what a DRIMbox needs "
+        "(Study Instance UID, accession number, modality; the IPP with ipp_repetition); otherwise the send is "
+        "dead-lettered with the reason (DRIMBOX_DATA_MISSING) and logged, never sent")
     retry: RetrySettings = RetrySettings()
     queue_key: str = Field(default="PID-3.1", description="HL7 path of the FIFO key (order kept per key)")
     parallel_keys: int = Field(default=1, ge=1, le=64, description="Keys delivered concurrently")

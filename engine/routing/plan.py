@@ -150,34 +150,18 @@ def _validate(kind: str, ctx: MessageContext, env: Environment) -> None:
                 raise _coded("CDA invalid: " + "; ".join(problems[:5]), "CDA_INVALID")
 
 
-#: what a DRIMbox needs from the CR to build its KOS (shared/docs/specs digest §7), by CDA XPath
-DRIMBOX_NEEDS = {
-    "Study Instance UID (documentationOf/serviceEvent/id/@root)": "h:documentationOf/h:serviceEvent/h:id/@root",
-    "accession number (inFulfillmentOf/order/accessionNumber)":
-        "h:inFulfillmentOf/h:order/*[local-name()='accessionNumber']/@extension",
-    "modality (serviceEvent/code/translation, DCM)":
-        "h:documentationOf/h:serviceEvent/h:code/h:translation[@codeSystem='1.2.840.10008.2.16.4']/@code",
-}
-
-
 def _check_for_drimbox(ctx: MessageContext) -> None:
     """`validate: drimbox`: the report carries what a DRIMbox needs, or a clear refusal naming
     what is missing (instead of a KOS the DRIMbox cannot build)."""
-    from engine.docrequest import parse_document_request
+    from engine.docrequest.drimbox import missing_for_drimbox
     from engine.docrequest.errors import RequestError
-    from engine.xmlsafe import parse_untrusted
 
     try:
-        request = parse_document_request(ctx.message)
+        missing = missing_for_drimbox(ctx.message)
     except RequestError as exc:
         raise _coded(f"document request refused: {exc.error.message}", exc.error.app_code) from exc
-    missing = []
-    for document in request.documents:
-        root = parse_untrusted(document.content).getroot()
-        ns = {"h": "urn:hl7-org:v3"}
-        missing += [what for what, path in DRIMBOX_NEEDS.items() if not root.xpath(path, namespaces=ns)]
     if missing:
-        raise _coded("not sendable to a DRIMbox, missing: " + "; ".join(sorted(set(missing))), "DRIMBOX_DATA_MISSING")
+        raise _coded("not sendable to a DRIMbox, missing: " + "; ".join(missing), "DRIMBOX_DATA_MISSING")
 
 
 def _coded(message: str, app_code: str | None) -> ValidationError:

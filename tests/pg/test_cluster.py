@@ -22,7 +22,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from engine.mllp.client import connect, read_ack
-from tests.routing.peers import RecordingPeer
+from tests.routing.peers import HoldingPeer
 from tests.support import ROOT, EngineProcess, inbound, sample_adt, write_config
 
 ACK_TIMEOUT = 10.0
@@ -76,29 +76,6 @@ def cluster(tmp_path, pg_url):
         yield nodes
     finally:
         nodes.kill_all()
-
-
-class HoldingPeer(RecordingPeer):
-    """The MLLP destination: records every message on arrival and answers AA; while `hold()` is
-    in force it keeps its ACKs back, so the sends in progress stay in flight until `release()`."""
-
-    def __init__(self):
-        super().__init__()
-        self.held: list | None = None
-
-    def hold(self) -> None:
-        self.held = []
-
-    def release(self) -> None:
-        held, self.held = self.held or [], None
-        for transport, ack in held:
-            transport.write(ack)  # a no-op on the connection of a node killed meanwhile
-
-    def send_ack(self, transport, ack: bytes) -> None:
-        if self.held is None:
-            transport.write(ack)
-        else:
-            self.held.append((transport, ack))
 
 
 @pytest.fixture

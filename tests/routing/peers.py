@@ -36,6 +36,56 @@ class RecordingPeer(protocol.ServerFactory):
         return [scan(m).control_id for m in self.received]
 
 
+class HoldingPeer(RecordingPeer):
+    """A RecordingPeer whose ACKs can be held back (`hold`) and let go (`release`)."""
+
+    def __init__(self, answer=lambda raw, n: "AA"):
+        super().__init__(answer)
+        self.held: list | None = None
+
+    def hold(self) -> None:
+        self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for transport, ack in held:
+            transport.write(ack)  # a no-op on a connection closed meanwhile
+
+    def send_ack(self, transport, ack: bytes) -> None:
+        if self.held is None:
+            transport.write(ack)
+        else:
+            self.held.append((transport, ack))
+
+
+class SilentPeer(protocol.ServerFactory):
+    """Like the reference DRIMbox: reads until the peer closes, never answers."""
+
+    def __init__(self):
+        self.received: list[bytes] = []
+        self.connections = 0
+        self.port = None
+
+    def buildProtocol(self, addr):
+        self.connections += 1
+        reader = protocol.Protocol()
+        buffer = bytearray()
+        reader.dataReceived = buffer.extend
+        reader.connectionLost = lambda reason=None: self.received.extend(
+            e.payload for e in MLLPDecoder().feed(bytes(buffer)) if isinstance(e, Frame))
+        return reader
+
+    async def listen(self) -> int:
+        self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
+        return self.port.getHost().port
+
+    async def close(self):
+        await self.port.stopListening()
+
+    def control_ids(self) -> list[str]:
+        return [scan(m).control_id for m in self.received]
+
+
 class _PeerProtocol(protocol.Protocol):
     def connectionMade(self):
         self.decoder = MLLPDecoder()

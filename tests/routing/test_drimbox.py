@@ -6,52 +6,34 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor
+from twisted.internet import reactor
 
 from engine.config.channels import MllpOutSettings
 from engine.docrequest.asinitial import as_initial
 from engine.hl7.pid3 import place_ipp
-from engine.mllp.framing import Frame, MLLPDecoder
 from engine.mllp.sender import MLLPSender
 from engine.routing.context import MessageContext
 from engine.routing.plan import _check_for_drimbox
-from tests.routing.peers import RecordingPeer, until
+from tests.routing.peers import RecordingPeer, SilentPeer, until
 from tests.routing.test_delivery import _engine, out, states
 from tests.support import ROOT, client_for, exchange, inbound, sample_adt
 
 
-class SilentDrimbox(protocol.ServerFactory):
-    """Like the reference DRIMbox: reads until the peer closes, never answers."""
-
-    def __init__(self):
-        self.messages: list[bytes] = []
-        self.connections = 0
-
-    def buildProtocol(self, addr):
-        self.connections += 1
-        reader = protocol.Protocol()
-        buffer = bytearray()
-        reader.dataReceived = buffer.extend
-        reader.connectionLost = lambda reason=None: self.messages.extend(
-            e.payload for e in MLLPDecoder().feed(bytes(buffer)) if isinstance(e, Frame))
-        return reader
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_destination_without_acks_gets_each_message_once_on_its_own_connection():
-    drimbox = SilentDrimbox()
+    drimbox = SilentPeer()
     port = reactor.listenTCP(0, drimbox, interface="127.0.0.1")
     settings = MllpOutSettings(name="drimbox", type="mllp-out", host="127.0.0.1", port=port.getHost().port,
                                expect_ack=False, ack_timeout=2)
     sender = MLLPSender(reactor, settings)
     try:
         outcomes = [await sender.send(sample_adt(f"K-{i}").encode()) for i in range(3)]
-        await until(lambda: len(drimbox.messages) == 3, what="three messages read")
+        await until(lambda: len(drimbox.received) == 3, what="three messages read")
     finally:
         await sender.close()
         await port.stopListening()
     assert [(o.action, o.kind) for o in outcomes] == [("done", "written")] * 3  # no ACK awaited, no retry
-    assert drimbox.connections == 3 and [m.split(b"|")[9] for m in drimbox.messages] == [b"K-0", b"K-1", b"K-2"]
+    assert drimbox.connections == 3 and [m.split(b"|")[9] for m in drimbox.received] == [b"K-0", b"K-1", b"K-2"]
 
 
 def test_the_ipp_goes_to_the_pid3_repetition_the_drimbox_reads():
@@ -117,3 +99,17 @@ async def test_after_a_superseded_initial_the_next_destination_gets_the_first_ve
         await engine.stopService()
         await first.close()
         await after.close()
+
+
+def test_the_drimbox_channel_refuses_a_report_without_ipp_or_not_a_document_with_a_coded_reason():
+    from engine.connectors import drimbox_refusal
+
+    report = (ROOT / "samples" / "mdm_t02_fictional.hl7").read_bytes()
+    assert drimbox_refusal(report, need_ipp=True) == ""
+    no_ipp = report.replace(b"~IPP-FICT-0001^^^CABINET-FICT&1.2.250.1.999.7.9&ISO^PI", b"")
+    assert drimbox_refusal(no_ipp, need_ipp=False) == ""  # PID-3 left as received: no IPP needed
+    assert drimbox_refusal(no_ipp, need_ipp=True) == ("DRIMBOX_DATA_MISSING: not sendable to a DRIMbox, missing: "
+                                                      "IPP (PID-3 identifier of type PI)")
+    assert drimbox_refusal(sample_adt("A-1").encode(), need_ipp=True).startswith("DOCUMENT_REQUEST_INVALID: ")
+    assert drimbox_refusal(b"MSH|^~\\&|garbage", need_ipp=True).split(":")[0] in ("DOCUMENT_REQUEST_INVALID",
+                                                                                 "DRIMBOX_DATA_MISSING")
