@@ -26,7 +26,7 @@ def check(args) -> int:
     problems = material_problems(config, now)
     if problems:
         return _report(problems)
-    for warning in expiry_warnings(config, now):
+    for warning in expiry_warnings(config, now) + order_check_warnings(config):
         print(f"warning: {warning}")
     print(f"configuration OK: {len(config.channels)} channel(s), {len(config.routes)} route(s)")
     return 0
@@ -72,4 +72,23 @@ def expiry_warnings(config, now: dt.datetime) -> list[str]:
             if days_left(not_after, now) <= WARN_DAYS:
                 warnings.append(f"channel {channel.name}: the certificate of structure {structure} "
                                 f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})")
+    return warnings
+
+
+def order_check_warnings(config) -> list[str]:
+    """Routes forwarding orders (ORM, OMI) from a listener that does not check them against the
+    teleradiology profile before its ACK (`tlr_orders`): a platform would refuse them later."""
+    from engine.config.routes import as_list
+    from engine.intake import TLR_ORDER_CODES
+
+    listeners = {c.name: c for c in config.channels_of_type("mllp-in")}
+    warnings = []
+    for route in config.routes:
+        orders = any(t.split("^")[0] in TLR_ORDER_CODES for t in as_list(route.match.type))
+        if not orders or not any(step.deliver for step in route.steps):
+            continue
+        for name in as_list(route.match.channel) or sorted(listeners):
+            if name in listeners and not listeners[name].tlr_orders:
+                warnings.append(f"route {route.name}: orders from channel {name} are forwarded without the "
+                                "teleradiology profile check (tlr_orders: true on the channel: AE + ERR before the ACK)")
     return warnings

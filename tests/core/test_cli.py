@@ -43,6 +43,20 @@ def test_check_accepts_the_shipped_configuration(tmp_path):
            "PFI_DMP_CA": str(pki.ca.cert)}
     result = pfi("check", "--config", str(ROOT), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning: route" not in result.stdout  # the shipped routes forward checked orders only
+
+
+def test_check_warns_about_orders_forwarded_without_the_teleradiology_profile_check(tmp_path):
+    out = {"type": "mllp-out", "host": "127.0.0.1", "port": 2999}
+    routes = [{"name": "orders", "match": {"channel": ["ris", "checked"], "type": ["ORM^O01", "OMI"]},
+               "steps": [{"deliver": {"to": "platform"}}]}]
+    write_config(tmp_path, {"ris": inbound(port=2998), "checked": inbound(port=2997, tlr_orders=True),
+                            "platform": out}, routes)
+    result = pfi("check", "--config", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: route orders: orders from channel ris are forwarded without the teleradiology "
+                        "profile check (tlr_orders: true on the channel: AE + ERR before the ACK)"]
 
 
 def test_check_reports_missing_environment_variable(tmp_path):
