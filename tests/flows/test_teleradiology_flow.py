@@ -88,6 +88,19 @@ async def test_a_platform_report_goes_to_the_ris_then_the_dmp_after_its_ack_then
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_platform_report_the_ris_refuses_goes_no_further(tmp_path, monkeypatch, simulator, pki):
+    site = await start_site(tmp_path, monkeypatch, simulator, pki, ris_answer=lambda raw, n: "AE")
+    try:
+        assert (await site.send("tlr-platform-a", fictional_report("REF-1", 35))).code == "AA"
+        await until(lambda: any(s == "dead-letter" for s, _ in site.events("REF-1", "ris-out")),
+                    what="the RIS's refusal recorded")
+        assert site.events("REF-1", "dmp") == [] and site.events("REF-1", "drimbox") == []
+        assert simulator.requests_seen == 0 and site.drimbox.connections == 0
+    finally:
+        await site.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_replace_superseding_a_deferred_initial_reaches_the_drimbox_as_a_new_document(
         tmp_path, monkeypatch, simulator, pki):
     # The withdrawal delay outlasts the two sends below: the replace arrives while its initial

@@ -43,13 +43,14 @@ class Site:
             await listener.stopListening()
 
 
-async def start_site(tmp_path, monkeypatch, simulator, pki, dmp_delay: str = "0s") -> Site:
+async def start_site(tmp_path, monkeypatch, simulator, pki, dmp_delay: str = "0s",
+                     ris_answer=lambda raw, n: "AA") -> Site:
     from twisted.internet import reactor
 
     from engine.config.load import load_config
     from engine.service import Engine
 
-    ris, platform_a, platform_b, drimbox = HoldingPeer(), RecordingPeer(), RecordingPeer(), SilentPeer()
+    ris, platform_a, platform_b, drimbox = HoldingPeer(ris_answer), RecordingPeer(), RecordingPeer(), SilentPeer()
     ports = {"PFI_RIS_OUT_PORT": await ris.listen(), "PFI_TLR_A_OUT_PORT": await platform_a.listen(),
              "PFI_TLR_B_OUT_PORT": await platform_b.listen(), "PFI_DRIMBOX_PORT": await drimbox.listen(),
              "PFI_RIS_PORT": 0, "PFI_TLR_A_PORT": 0, "PFI_TLR_B_PORT": 0, "PFI_ADT_PORT": 0}
