@@ -24,7 +24,8 @@ from engine.patients.model import (
 UPDATE_EVENTS = frozenset({"A01", "A04", "A05", "A08", "A14", "A28", "A31", "Z99"})
 MERGE_EVENTS = frozenset({"A40"})
 # A47 (change of the identifier list): PAM.fr signals a downgrade of a qualified identity with the
-# INS in MRG-1 and no INS in PID-3: the registry withdraws the patient's INS (no longer qualified).
+# INS in MRG-1 and no INS in PID-3: the registry withdraws the patient's INS (no longer qualified)
+# and remembers it; an IPP in MRG-1 is a change of IPP (the old one keeps leading to the patient).
 IDENTIFIER_CHANGE_EVENTS = frozenset({"A47"})
 SUPPORTED_EVENTS = UPDATE_EVENTS | MERGE_EVENTS | IDENTIFIER_CHANGE_EVENTS
 # PID-32 first repetition (French table 0445). VIDE/PROV/VALI are PAM.fr 2.11's statuses; RECUP and
@@ -143,7 +144,7 @@ class _AdtReader:
         if event in MERGE_EVENTS:
             update.merged_ipp = self.merged_ipp(update.ipp)
         if event in IDENTIFIER_CHANGE_EVENTS:
-            update.withdraw_ins = update.ins is None
+            self.identifier_change(update)
         self.consent(update)
         update.warnings = self.warnings
         return update
@@ -221,6 +222,18 @@ class _AdtReader:
         if old.value == surviving.value and old.domain == surviving.domain:
             raise AdtError.app("MERGE_SAME_IPP", "MRG-1 names the surviving IPP itself", "MRG^1^1")
         return old
+
+    def identifier_change(self, update: AdtUpdate) -> None:
+        """A47: MRG-1 names the identifier PID-3 replaces. An INS there is withdrawn (PAM.fr's
+        downgrade of a qualified identity: PID-3 carries none, or another one); an IPP there is
+        an IPP change, recorded like a merge so that the old IPP leads to the patient."""
+        mrg = self.one("MRG")
+        for ident, id_type in self.identifiers(mrg, "MRG^1^1"):
+            if ident.oid in INS_OIDS and (update.ins is None or update.ins.value != ident.value):
+                update.withdraw_ins = True
+                update.withdrawn_ins = ident.value
+            elif id_type == "PI" and (ident.value, ident.domain) != (update.ipp.value, update.ipp.domain):
+                update.merged_ipp = ident
 
     # -- ZFA consent ----------------------------------------------------------------------
     def consent(self, update: AdtUpdate) -> None:
