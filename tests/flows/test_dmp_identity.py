@@ -1,7 +1,8 @@
 """Identity gating through the real engine: MLLP in, the PAM.fr feed on its own channel, the DMP
 simulator over HTTPS + mTLS. A DMP send for an identity the registry does not say qualified waits
-(held, visible, never dead-lettered, never sent), and leaves once a PAM.fr update (A31, A14, Z99)
-qualifies its patient; an A47 downgrade makes a report whose sender still says VALI wait.
+(held, visible, never dead-lettered, never sent), and leaves once a PAM.fr update qualifies its
+patient (A31, A14, Z99, or a movement such as an A02 transfer); an A47 downgrade makes a report
+whose sender still says VALI wait.
 
 The ADT messages are the ANS PAM.fr consent example (A01) with its trigger, PID-32 and ZFA-9 set as
 each case needs (the corpus has no A14, A47 or Z99 example)."""
@@ -151,3 +152,17 @@ def _read(raw: bytes):
     from engine.patients import read_adt
 
     return read_adt(Message.parse(raw))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transfer_carrying_the_qualified_identity_releases_the_report(tmp_path, simulator, pki, ans_corpus):
+    # The GAM qualified the identity during the stay; the next movement (A02) says so in PID-32.
+    flow = await start_flow(tmp_path, simulator, pki)
+    try:
+        assert await send(flow, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-T", status="PROV")) == "AA"
+        await until(lambda: held(flow, "PROV-T"), what="DMP send held")
+        await feed(flow, pam(ans_corpus, "A02", "A02-1"))
+        await until(lambda: len(flow.creator_out.received) == 1, what="published after the transfer")
+        assert zam_fields(flow.creator_out.received[0])["status"] == "Y"
+    finally:
+        await flow.close()
