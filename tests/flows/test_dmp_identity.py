@@ -12,11 +12,13 @@ from __future__ import annotations
 import base64
 
 import pytest_twisted
+from twisted.internet import threads
 
 from tests.flows.dmp_support import INITIAL, V1_ID, adapt, renumber_document, segments, set_field, start_flow
 from tests.flows.test_dmp_flow import send, zam_fields
 from tests.patients.messages import INS_OID, OTHER_INS, TEST_INS
 from tests.routing.peers import until
+from tests.routing.test_hold import pfi
 from tests.support import client_for, exchange
 
 CONSENT = ("hl7V2-exemples", "Vague 2", "Consentement_DMP_PAMFR",
@@ -91,6 +93,11 @@ async def test_a_qualifying_update_releases_its_patients_report_only(tmp_path, s
         assert any(s == "released" for s, _ in flow.states_of("PROV-A"))
         assert len(held(flow, "PROV-B")) == 1 and not any(s == "released" for s, _ in flow.states_of("PROV-B"))
         assert not any(e.state == "dead-letter" for e in flow.events())
+        # The operator sees what waits and why (no patient identifier in the line).
+        shown = await threads.deferToThread(pfi, "queue", "--config", str(tmp_path / "cfg"),
+                                            "--data", str(tmp_path / "data"))
+        [line] = [li for li in shown.stdout.splitlines() if li.startswith("HELD delivery")]
+        assert "to dmp" in line and "identity not qualified" in line and OTHER_INS not in line
     finally:
         await flow.close()
 
