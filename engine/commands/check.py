@@ -26,7 +26,7 @@ def check(args) -> int:
     problems = material_problems(config, now)
     if problems:
         return _report(problems)
-    for warning in expiry_warnings(config, now):
+    for warning in expiry_warnings(config, now) + undeferred_dmp_warnings(config):
         print(f"warning: {warning}")
     print(f"configuration OK: {len(config.channels)} channel(s), {len(config.routes)} route(s)")
     return 0
@@ -72,4 +72,26 @@ def expiry_warnings(config, now: dt.datetime) -> list[str]:
             if days_left(not_after, now) <= WARN_DAYS:
                 warnings.append(f"channel {channel.name}: the certificate of structure {structure} "
                                 f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})")
+    return warnings
+
+
+def undeferred_dmp_warnings(config) -> list[str]:
+    """Deliver steps that send to a DMP channel at once: the Ségur requirements (SC.DMP/ALI/PROG.02-03)
+    ask for a deferred send that the creator or an operator can still withdraw (not an error: an
+    integrator may decide otherwise, knowingly)."""
+    from engine.config.routes import as_list
+
+    dmp = {c.name for c in config.channels_of_type("dmp")}
+    warnings = []
+
+    def walk(route, steps) -> None:
+        for step in steps:
+            if step.deliver is not None and dmp & set(as_list(step.deliver.to)) and not step.deliver.delay:
+                warnings.append(f"route {route.name} step {step.label}: DMP sends are not deferred (delay 0); "
+                                "SC.DMP/ALI/PROG.02-03 ask for a deferred, cancellable send (e.g. PFI_DMP_DELAY=5m)")
+            walk(route, step.on_success)
+            walk(route, step.on_failure)
+
+    for route in config.routes:
+        walk(route, route.steps)
     return warnings

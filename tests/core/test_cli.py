@@ -43,6 +43,11 @@ def test_check_accepts_the_shipped_configuration(tmp_path):
            "PFI_DMP_CA": str(pki.ca.cert)}
     result = pfi("check", "--config", str(ROOT), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "not deferred" not in result.stdout  # the shipped DMP sends wait PFI_DMP_DELAY (5 min)
+    at_once = pfi("check", "--config", str(ROOT), env={**env, "PFI_DMP_DELAY": "0s"})
+    assert at_once.returncode == 0, at_once.stdout + at_once.stderr
+    warned = [line for line in at_once.stdout.splitlines() if "DMP sends are not deferred" in line]
+    assert warned and all(line.startswith("warning: route ") for line in warned)
 
 
 def test_check_reports_missing_environment_variable(tmp_path):
