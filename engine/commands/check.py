@@ -26,7 +26,9 @@ def check(args) -> int:
     problems = material_problems(config, now)
     if problems:
         return _report(problems)
-    for warning in expiry_warnings(config, now) + undeferred_dmp_warnings(config):
+    for warning in expiry_warnings(config, now):
+        print(f"warning: {warning}")
+    for warning in undeferred_dmp_warnings(config):
         print(f"warning: {warning}")
     print(f"configuration OK: {len(config.channels)} channel(s), {len(config.routes)} route(s)")
     return 0
@@ -60,21 +62,6 @@ def material_problems(config, now: dt.datetime) -> list[str]:
     return problems
 
 
-def expiry_warnings(config, now: dt.datetime) -> list[str]:
-    """DMP organisation certificates within WARN_DAYS of expiry (not an error yet)."""
-    from engine.dmp.config import resolve_certificates
-    from engine.dmp.expiry import WARN_DAYS, days_left
-
-    warnings = []
-    for channel in config.channels_of_type("dmp"):
-        structures, _ = resolve_certificates(channel.client_settings(config.root))
-        for structure, not_after in (structures.not_after.items() if structures else ()):
-            if days_left(not_after, now) <= WARN_DAYS:
-                warnings.append(f"channel {channel.name}: the certificate of structure {structure} "
-                                f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})")
-    return warnings
-
-
 def undeferred_dmp_warnings(config) -> list[str]:
     """Deliver steps that send to a DMP channel at once: the Ségur requirements (SC.DMP/ALI/PROG.02-03)
     ask for a deferred send that the creator or an operator can still withdraw (not an error: an
@@ -95,3 +82,19 @@ def undeferred_dmp_warnings(config) -> list[str]:
     for route in config.routes:
         walk(route, route.steps)
     return warnings
+
+
+def expiry_warnings(config, now: dt.datetime) -> list[str]:
+    """DMP organisation certificates within WARN_DAYS of expiry (not an error yet)."""
+    from engine.dmp.config import resolve_certificates
+    from engine.dmp.expiry import WARN_DAYS, days_left
+
+    warnings = []
+    for channel in config.channels_of_type("dmp"):
+        structures, _ = resolve_certificates(channel.client_settings(config.root))
+        for structure, not_after in (structures.not_after.items() if structures else ()):
+            if days_left(not_after, now) <= WARN_DAYS:
+                warnings.append(f"channel {channel.name}: the certificate of structure {structure} "
+                                f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})")
+    return warnings
+
