@@ -97,4 +97,3 @@ def expiry_warnings(config, now: dt.datetime) -> list[str]:
                 warnings.append(f"channel {channel.name}: the certificate of structure {structure} "
                                 f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})")
     return warnings
-
