@@ -467,7 +467,8 @@ def hold_for_identity(conn, delivery: Delivery, reason: str, node: str, now: flo
     return True
 
 
-def release_identity_holds(conn, keys, destinations, node: str, now: float, ids=None) -> list[str]:
+def release_identity_holds(conn, keys, destinations, node: str, now: float, ids=None,
+                           cause: str = "a PAM.fr update") -> list[str]:
     """Give the sends held for the identity of the patient a PAM.fr update just qualified another
     try (each goes through the gate again; one still unqualified is held again); the held sends
     of other patients stay. `keys`: the patient's INS and IPP values, matched against the PID-3
@@ -491,8 +492,7 @@ def release_identity_holds(conn, keys, destinations, node: str, now: float, ids=
         " RETURNING id, message_uid, destination", (PENDING, now, now, *chosen, HELD)).fetchall()
     for delivery_id, uid, destination in rows:
         _event(conn, uid, "released", destination,
-               f"delivery {delivery_id}: the patient's identity was qualified by a PAM.fr update; checked again",
-               node, now)
+               f"delivery {delivery_id}: the patient's identity was qualified by {cause}; checked again", node, now)
     return sorted({destination for _, _, destination in rows})
 
 

@@ -185,10 +185,11 @@ def routed_channels(routes) -> frozenset | None:
 def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
                now: float | None = None, destinations=()) -> list[str]:
     touched = queue.apply_plans(conn, plans, node, now)
-    qualified = {key for p in plans for key in p.qualified_identity}
-    if qualified:  # the DMP sends waiting for these patients' identity try again
-        touched += queue.release_identity_holds(conn, qualified, destinations, node,
-                                                now if now is not None else time.time())
+    for plan in plans:  # the DMP sends waiting for the identity of a patient just qualified try again
+        if plan.qualified_identity:
+            touched += queue.release_identity_holds(conn, plan.qualified_identity, destinations, node,
+                                                    now if now is not None else time.time(),
+                                                    cause=plan.qualified_by or "a PAM.fr update")
     # A shared journal: wake the other nodes' workers only for destinations whose local worker is
     # already busy (more work than it takes); an idle one is woken locally and takes it at once.
     notify = getattr(conn, "notify_queued", None)
@@ -337,7 +338,8 @@ class DestinationWorker:
         keys = await threads.deferToThread(recheck, payload)
         if keys:
             await d.journal.submit(lambda c, s: queue.release_identity_holds(
-                c, keys, [self.name], d.node, d.clock.seconds(), ids={delivery.id}), logged=True)
+                c, keys, [self.name], d.node, d.clock.seconds(), ids={delivery.id},
+                cause="a PAM.fr update applied while the hold was written"), logged=True)
 
     async def _pause(self, delivery: queue.Delivery, reason: str) -> None:
         """The destination refused our credentials: this delivery goes back to the queue (not

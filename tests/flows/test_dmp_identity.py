@@ -90,7 +90,8 @@ async def test_a_qualifying_update_releases_its_patients_report_only(tmp_path, s
         zam = zam_fields(flow.creator_out.received[0])
         assert (zam["status"], zam["original"]) == ("Y", "PROV-A")
         assert [e.unique_id for e in simulator.store.all()] == [V1_ID]
-        assert any(s == "released" for s, _ in flow.states_of("PROV-A"))
+        [released] = [d for s, d in flow.states_of("PROV-A") if s == "released"]
+        assert "qualified by the PAM.fr update ADT^A14" in released and "A14-1" in released
         assert len(held(flow, "PROV-B")) == 1 and not any(s == "released" for s, _ in flow.states_of("PROV-B"))
         assert not any(e.state == "dead-letter" for e in flow.events())
         # The operator sees what waits and why (no patient identifier in the line).
