@@ -126,6 +126,7 @@ class PatientRecord(BaseModel):
     feeding: ConsentValue | None = None
     consultation: ConsentValue | None = None
     merges: list[MergeRecord] = Field(default_factory=list)
+    withdrawn_ins: str | None = None             # the INS an A47 downgrade took away (patient data)
     created_at: float
     updated_at: float
 

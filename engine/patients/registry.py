@@ -339,7 +339,8 @@ class PatientRegistry:
             identity_attributes=json.loads(row["identity_attributes"] or "[]"),
             dmp_status=row["dmp_status"], dmp_status_date=row["dmp_status_date"],
             feeding=_consent(row["feeding_json"]), consultation=_consent(row["consultation_json"]),
-            merges=merges, created_at=row["created_at"], updated_at=row["updated_at"])
+            merges=merges, withdrawn_ins=row["withdrawn_ins"], created_at=row["created_at"],
+            updated_at=row["updated_at"])
 
 
 def _status_for(row: dict, ins: str) -> str | None:
