@@ -172,13 +172,10 @@ class DmpDeliveryConnector:
         return self.destination.certificate_expiry
 
     async def deliver(self, payload: bytes, delivery) -> Outcome:
-        from engine.docrequest import parse_document_request
         from engine.docrequest.errors import RequestError
-        from engine.hl7.message import Message
 
         try:
-            request = parse_document_request(Message.parse(payload))
-            publish = publish_request(request, delivery.action or request.action.value, self.sender_roles)
+            publish = self._publish_request(payload, delivery.action)
         except (RequestError, ValueError) as exc:
             return Outcome("dead", f"{LOCAL_PREFIX}NOT_PUBLISHABLE: {exc}")
         result = await self.destination.deliver(publish)
@@ -189,6 +186,25 @@ class DmpDeliveryConnector:
         if result.error_code == "INS_NOT_QUALIFIED":  # waits for a PAM.fr update, never a dead letter
             return Outcome("wait-identity", failure_reason(result))
         return Outcome("retry" if result.transient else "dead", failure_reason(result))
+
+    def _publish_request(self, payload: bytes, action: str):
+        from engine.docrequest import parse_document_request
+        from engine.hl7.message import Message
+
+        request = parse_document_request(Message.parse(payload))
+        return publish_request(request, action or request.action.value, self.sender_roles)
+
+    def identity_keys_if_qualified(self, payload: bytes) -> set[str]:
+        """After a send was held for its identity: the patient's INS and IPP when the gate would
+        now let it through (a PAM.fr update landed between the gate's look-up and the hold), else
+        an empty set. Blocking (parses the message): call it off the reactor thread."""
+        try:
+            publish = self._publish_request(payload, "")
+        except Exception:  # noqa: BLE001 - it was readable a moment ago; the hold stands
+            return set()
+        if self.destination.gate(publish).code == "INS_NOT_QUALIFIED":
+            return set()
+        return {publish.ins, publish.ipp} - {""}
 
     async def close(self) -> None:
         await self.destination.close()
@@ -219,12 +235,14 @@ def publish_request(request, action: str, sender_roles: tuple = ()):
     if ins is None:
         raise ValueError("no INS in PID-3: the DMP needs the patient's INS")
     f = request.flags
+    ipp = request.patient.ipp
     sender = request.sender
     person = sender.person if sender else None
     org = sender.organisation if sender else None
     return PublishRequest(
         action=action, cda=request.document.content, ins=ins.value, ins_oid=ins.oid,
         ins_qualified=request.patient.identity_status == "VALI",
+        ipp=ipp.value if ipp else "", ipp_domain=(ipp.oid or ipp.authority) if ipp else "",
         flags=DmpFlags(masque_ps=bool(f.masque_ps), invisible_patient=bool(f.invisible_patient),
                        invisible_rep_legaux=bool(f.invisible_rep_legaux),
                        connexion_secrete=bool(f.connexion_secrete), modif_conf_code=bool(f.modif_conf_code)),

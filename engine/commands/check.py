@@ -28,6 +28,8 @@ def check(args) -> int:
         return _report(problems)
     for warning in expiry_warnings(config, now) + order_check_warnings(config):
         print(f"warning: {warning}")
+    for warning in undeferred_dmp_warnings(config):
+        print(f"warning: {warning}")
     print(f"configuration OK: {len(config.channels)} channel(s), {len(config.routes)} route(s)")
     return 0
 
@@ -58,6 +60,28 @@ def material_problems(config, now: dt.datetime) -> list[str]:
             problems += [f"channel {channel.name}: {p}"
                          for p in check_settings(channel.client_settings(config.root), now)]
     return problems
+
+
+def undeferred_dmp_warnings(config) -> list[str]:
+    """Deliver steps that send to a DMP channel at once: the Ségur requirements (SC.DMP/ALI/PROG.02-03)
+    ask for a deferred send that the creator or an operator can still withdraw (not an error: an
+    integrator may decide otherwise, knowingly)."""
+    from engine.config.routes import as_list
+
+    dmp = {c.name for c in config.channels_of_type("dmp")}
+    warnings = []
+
+    def walk(route, steps) -> None:
+        for step in steps:
+            if step.deliver is not None and dmp & set(as_list(step.deliver.to)) and not step.deliver.delay:
+                warnings.append(f"route {route.name} step {step.label}: DMP sends are not deferred (delay 0); "
+                                "SC.DMP/ALI/PROG.02-03 ask for a deferred, cancellable send (e.g. PFI_DMP_DELAY=5m)")
+            walk(route, step.on_success)
+            walk(route, step.on_failure)
+
+    for route in config.routes:
+        walk(route, route.steps)
+    return warnings
 
 
 def expiry_warnings(config, now: dt.datetime) -> list[str]:

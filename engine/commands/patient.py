@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 MASK = "***"
-_PHI_CHANGES = ("ins", "merged")
+_PHI_CHANGES = ("ins", "merged", "withdrawn_ins")
 
 
 def register(sub) -> None:
@@ -80,6 +80,8 @@ def format_record(record, history, show_phi: bool) -> str:
                      f"{quality})")
     else:
         lines.append("  INS          none")
+    if record.withdrawn_ins:
+        lines.append(f"  INS withdrawn {ident(record.withdrawn_ins)} (A47: a report still carrying it waits)")
     attributes = f" attributes {', '.join(record.identity_attributes)}" if record.identity_attributes else ""
     lines.append(f"  PID-32       {record.identity_status or '(empty)'}{attributes}")
     lines.append(f"  DMP status   {record.dmp_status or '-'} {_date(record.dmp_status_date)}".rstrip())

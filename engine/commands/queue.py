@@ -29,6 +29,7 @@ def register(sub) -> None:
     u = sub.add_parser("resume", help="resume a destination paused because it refused our credentials")
     _common(u)
     u.add_argument("destination", help="destination channel name, as `pfi queue` shows it")
+    _operator(u)
     u.set_defaults(handler=resume_destination)
 
 
@@ -43,16 +44,20 @@ def _delivery_command(sub, name: str, handler, what: str) -> None:
 
 
 def _operator(p) -> None:
-    p.add_argument("--operator", default=_os_user(), help="who does it, recorded in the journal (default: OS user)")
+    p.add_argument("--operator", help="who does it, recorded in the journal (default: the OS user, recorded as such)")
 
 
-def _os_user() -> str:
+def _who(args) -> str:
+    """The operator as the journal records it: `--operator`, else the OS user marked as such (an
+    audit can tell a name given from an account that ran the command)."""
     import getpass
 
+    if args.operator and args.operator.strip():
+        return args.operator.strip()
     try:
-        return getpass.getuser()
+        return f"{getpass.getuser()} (OS user)"
     except (KeyError, OSError):
-        return "unknown"
+        return "unknown (no --operator, no OS user name)"
 
 
 def _common(p) -> None:
@@ -111,7 +116,7 @@ def resume_destination(args) -> int:
     if conn is None:
         return 1
     conn.execute("BEGIN IMMEDIATE")
-    resumed = resume(conn, args.destination, "an operator", "operator", time.time())
+    resumed = resume(conn, args.destination, _who(args), "operator", time.time())
     conn.execute("COMMIT")
     print(f"{args.destination} resumed" if resumed else f"{args.destination} is not paused")
     return 0 if resumed else 1
@@ -124,7 +129,7 @@ def cancel(args) -> int:
     if conn is None:
         return 1
     conn.execute("BEGIN IMMEDIATE")
-    count = cancel_deliveries(conn, args.ident, args.reason, "operator", time.time(), args.operator)
+    count = cancel_deliveries(conn, args.ident, args.reason, "operator", time.time(), _who(args))
     conn.execute("COMMIT")
     print(f"{count} pending or held deliver{'y' if count == 1 else 'ies'} cancelled")
     return 0 if count else 1
@@ -147,7 +152,7 @@ def _move(args, operation, done: str) -> int:
     if conn is None:
         return 1
     conn.execute("BEGIN IMMEDIATE")
-    count = operation(conn, args.ident, args.reason, "operator", time.time(), args.operator)
+    count = operation(conn, args.ident, args.reason, "operator", time.time(), _who(args))
     conn.execute("COMMIT")
     print(f"{count} deliver{'y' if count == 1 else 'ies'} {done}")
     return 0 if count else 1
@@ -164,7 +169,7 @@ def replay(args) -> int:
         print("give a message id, --state or --dead")
         return 2
     conn.execute("BEGIN IMMEDIATE")
-    count = sum(requeue_message(conn, uid, "operator", time.time(), args.operator) for uid in uids)
+    count = sum(requeue_message(conn, uid, "operator", time.time(), _who(args)) for uid in uids)
     conn.execute("COMMIT")
     print(f"{count} message(s) re-queued through the current routes")
     if count < len(uids):

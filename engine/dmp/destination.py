@@ -25,6 +25,10 @@ class DmpDestination:
             return decision.as_result()
         return await self._client.publish(request)
 
+    def gate(self, request: PublishRequest):
+        """The gate's decision alone (no DMP call): whether `request` may be published now."""
+        return check_publishable(request, self._consent)
+
     @property
     def certificate_expiry(self) -> dict:
         """{structure: not-after datetime} of the organisation certificates."""

@@ -22,8 +22,9 @@ class ConsentRegistry(Protocol):
     def is_opposed(self, ins: str) -> bool:
         """True when the patient is opposed to DMP feeding."""
 
-    def identity_status(self, ins: str) -> str | None:
-        """The identity status (VALI, PROV…) the PAM.fr feed gave this INS; None if unknown."""
+    def identity_status(self, ins: str, ipp: str = "", ipp_domain: str = "") -> str | None:
+        """The identity status (VALI, PROV…, WITHDRAWN, OTHER_INS) the PAM.fr feed gave this
+        patient (by IPP, else INS); None if unknown."""
 
 
 class NotOpposedRegistry:
@@ -33,8 +34,13 @@ class NotOpposedRegistry:
         """Always False."""
         return False
 
-    def identity_status(self, ins: str) -> str | None:
+    def identity_status(self, ins: str, ipp: str = "", ipp_domain: str = "") -> str | None:
         return None
+
+
+#: registry answers that are not PID-32 statuses, as the hold reason says them
+_REGISTRY_SAYS = {"WITHDRAWN": "its INS was withdrawn by an A47 downgrade",
+                  "OTHER_INS": "the patient of this IPP has another INS"}
 
 
 class GateDecision(BaseModel):
@@ -59,10 +65,11 @@ def check_publishable(request: PublishRequest,
     if request.ins_oid not in INS_OIDS:
         return GateDecision(allowed=False, code="INS_OID_UNKNOWN",
                             reason=f"identifier OID {request.ins_oid} is not an INS OID")
-    known = getattr(registry, "identity_status", lambda ins: None)(request.ins)
+    lookup = getattr(registry, "identity_status", None)  # a consent-only registry knows no identity
+    known = lookup(request.ins, ipp=request.ipp, ipp_domain=request.ipp_domain) if lookup else None
     qualified = known == "VALI" if known else request.ins_qualified  # the registry first, PID-32 else
     if not qualified:
-        source = f"the PAM.fr registry says {known}" if known else "PID-32 is not VALI"
+        source = f"the PAM.fr registry says {_REGISTRY_SAYS.get(known, known)}" if known else "PID-32 is not VALI"
         return GateDecision(allowed=False, code="INS_NOT_QUALIFIED",
                             reason=f"identity not qualified ({source})")
     if registry.is_opposed(request.ins):

@@ -69,6 +69,9 @@ class PublishRequest(BaseModel):
     ins: str
     ins_oid: str
     ins_qualified: bool
+    #: the IPP (PID-3 PI) and its authority (CX-4.2, else CX-4.1): the gate asks the PAM.fr registry by it
+    ipp: str = ""
+    ipp_domain: str = ""
     flags: DmpFlags = Field(default_factory=DmpFlags)
     #: uniqueId of the version being replaced (TXA-13); if None the CDA relatedDocument RPLC is used
     replaced_document_id: str | None = None

@@ -144,40 +144,64 @@ def enqueue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
 
 
 def _queue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
-    action, state, detail = new.action, PENDING, ""
+    action, state, detail, reason = new.action, PENDING, "", ""
     cancelled = _cancel_superseded(conn, uid, new, node, now)
-    if "initial" in cancelled and action == "replace":
+    if cancelled and action == "replace":
         action = "initial"  # the original never left: this version is the first the destination gets
-    if "initial" in cancelled and action == "delete":
+        # An operator's hold was about the document, not one version of it: it stands on this one.
+        for old_id, old_uid, old_state, old_reason in cancelled:
+            if old_state == HELD and not old_reason.startswith(IDENTITY_WAIT):
+                state, reason = HELD, old_reason
+                detail = (f"held: carried over from delivery {old_id}, superseded by this version"
+                          f" ({last_event(_reader(conn), old_uid, HELD) or old_reason})")
+    if cancelled and action == "delete":
         state, detail = CANCELLED, "nothing to delete: the initial send was cancelled before it left"
     delivery_id = conn.execute(
         "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
-        " payload, created_at, not_before, next_attempt, updated_at, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-        " RETURNING id",
+        " payload, created_at, not_before, next_attempt, updated_at, node, last_error)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
         (uid, new.route, new.step, new.destination, new.fifo_key, new.doc_id, action, state, new.payload,
-         now, new.not_before, new.not_before, now, node)).fetchall()[0][0]
+         now, new.not_before, new.not_before, now, node, reason)).fetchall()[0][0]
     when = f" not before {_fmt(new.not_before)}" if new.not_before > now else ""
-    _event(conn, uid, "queued" if state == PENDING else "cancelled", new.destination,
-           detail or f"delivery {delivery_id} ({action or 'message'}){when}", node, now)
+    queued = f"delivery {delivery_id} ({action or 'message'}){when}"
+    if state == HELD:
+        _event(conn, uid, "queued", new.destination, queued, node, now)
+        _event(conn, uid, HELD, new.destination, f"delivery {delivery_id} {detail}", node, now)
+        return
+    _event(conn, uid, "queued" if state == PENDING else "cancelled", new.destination, detail or queued, node, now)
 
 
-def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) -> list[str]:
-    """Cancel pending, never-attempted sends of the document this message replaces or deletes."""
+def _reader(conn):
+    return lambda sql, args=(): conn.execute(sql, args).fetchall()
+
+
+def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) -> list[tuple]:
+    """Cancel the never-attempted initial sends (pending or held) of the document this message
+    replaces or deletes; (id, message uid, former state, former reason) of each."""
     target = _superseded_target(new)
     if not target:
         return []
-    # Only a pending *initial* send is superseded: a pending replace must still go out before a
-    # later replace or delete, or the destination would be asked to act on a version it never got.
-    # Conditional: a send another node claimed meanwhile is no longer pending and stays.
+    # Only an *initial* send is superseded: a pending replace must still go out before a later
+    # replace or delete, or the destination would be asked to act on a version it never got. A held
+    # one is superseded too (the DMP never saw it). Conditional: a send another node claimed
+    # meanwhile is no longer pending or held and stays.
+    found = conn.execute(
+        "SELECT id, message_uid, state, last_error FROM deliveries WHERE destination=? AND doc_id=?"
+        " AND state IN (?, ?) AND attempts=0 AND action='initial'",
+        (new.destination, target, PENDING, HELD)).fetchall()
+    if not found:
+        return []
     rows = conn.execute(
-        "UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE destination=? AND doc_id=?"
-        " AND state=? AND attempts=0 AND action='initial' RETURNING id, message_uid, action",
-        (CANCELLED, f"superseded by {new.action} in message {uid}", now, new.destination, target,
-         PENDING)).fetchall()
-    for delivery_id, old_uid, _ in rows:
+        f"UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE id IN ({_marks(found)})"
+        " AND state IN (?, ?) RETURNING id",
+        (CANCELLED, f"superseded by {new.action} in message {uid}", now, *(r[0] for r in found),
+         PENDING, HELD)).fetchall()
+    done = {r[0] for r in rows}
+    cancelled = [tuple(r) for r in found if r[0] in done]
+    for delivery_id, old_uid, _, _ in cancelled:
         _event(conn, old_uid, "cancelled", new.destination,
                f"delivery {delivery_id} cancelled: superseded by {new.action} in message {uid}", node, now)
-    return [action for _, _, action in rows]
+    return cancelled
 
 
 def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
@@ -430,27 +454,54 @@ PAUSED, RESUMED = "destination-paused", "destination-resumed"
 IDENTITY_WAIT = "PFI:INS_NOT_QUALIFIED"
 
 
-def hold_for_identity(conn, delivery: Delivery, reason: str, node: str, now: float) -> None:
+def hold_for_identity(conn, delivery: Delivery, reason: str, node: str, now: float) -> bool:
     """A send that must wait for the patient's identity (not dead-lettered): held, visible, and
-    released by `release_identity_holds` when a PAM.fr update qualifies an identity."""
-    if _taken_over(conn.execute(
-            "UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=?" + _STILL_MINE,
-            (HELD, delivery.attempts + 1, reason, now, delivery.id, node)), conn, delivery, node, now):
-        return
+    released by `release_identity_holds` when a PAM.fr update qualifies its patient. Not an
+    attempt: the destination was never called (a newer version may still supersede it).
+    False when the send was no longer this node's."""
+    if _taken_over(conn.execute("UPDATE deliveries SET state=?, last_error=?, updated_at=?" + _STILL_MINE,
+                                (HELD, reason, now, delivery.id, node)), conn, delivery, node, now):
+        return False
     _event(conn, delivery.message_uid, "held", delivery.destination,
            f"delivery {delivery.id}: {reason}; waits for a PAM.fr update qualifying the identity", node, now)
+    return True
 
 
-def release_identity_holds(conn, node: str, now: float) -> list[str]:
-    """Give every send held for an unqualified identity another try (each re-checks its patient's
-    status, those still unqualified are held again); returns the destinations to wake."""
-    rows = conn.execute("UPDATE deliveries SET state=?, next_attempt=?, updated_at=? WHERE state=? AND last_error"
-                        " LIKE ? RETURNING id, message_uid, destination",
-                        (PENDING, now, now, HELD, IDENTITY_WAIT + "%")).fetchall()
+def release_identity_holds(conn, keys, destinations, node: str, now: float, ids=None,
+                           cause: str = "a PAM.fr update") -> list[str]:
+    """Give the sends held for the identity of the patient a PAM.fr update just qualified another
+    try (each goes through the gate again; one still unqualified is held again); the held sends
+    of other patients stay. `keys`: the patient's INS and IPP values, matched against the PID-3
+    identifiers of each held message; `ids` limits it to these deliveries. Returns the
+    destinations to wake."""
+    keys = {k.strip() for k in keys if k and k.strip()}
+    destinations = sorted(destinations)
+    if not keys or not destinations:
+        return []
+    # Through the open-work index (destination, state): held rows only, never the done history.
+    candidates = conn.execute(
+        "SELECT d.id, m.patient_ids FROM deliveries d JOIN messages m ON m.uid=d.message_uid"
+        f" WHERE d.destination IN ({_marks(destinations)}) AND d.state=? AND d.last_error LIKE ?",
+        (*destinations, HELD, IDENTITY_WAIT + "%")).fetchall()
+    chosen = [i for i, patient_ids in candidates
+              if keys & _identifier_values(patient_ids or "") and (ids is None or i in ids)]
+    if not chosen:
+        return []
+    rows = conn.execute(
+        f"UPDATE deliveries SET state=?, next_attempt=?, updated_at=? WHERE id IN ({_marks(chosen)}) AND state=?"
+        " RETURNING id, message_uid, destination", (PENDING, now, now, *chosen, HELD)).fetchall()
     for delivery_id, uid, destination in rows:
         _event(conn, uid, "released", destination,
-               f"delivery {delivery_id}: an identity was qualified by a PAM.fr update; checked again", node, now)
+               f"delivery {delivery_id}: the patient's identity was qualified by {cause}; checked again", node, now)
     return sorted({destination for _, _, destination in rows})
+
+
+def _identifier_values(patient_ids: str) -> set[str]:
+    """The components of a raw PID-3 field (identifier values among them). A component that
+    happens to equal a key (an authority name) only costs a gate check that holds the send again."""
+    import re
+
+    return {part.strip() for part in re.split(r"[\^~&\\|\r\n]", patient_ids) if part.strip()}
 
 
 def pause(conn, delivery: Delivery, reason: str, node: str, now: float) -> None:

@@ -115,6 +115,23 @@ MIGRATIONS.append((
     """,
 ))
 
+MIGRATIONS.append((
+    4,
+    """
+    -- A held send (`pfi hold`, or a DMP send waiting for its patient's identity) holds its FIFO key
+    -- back: the claim's look-up of older open rows of a key, and the release of identity holds,
+    -- find held rows through the open-work indexes instead of scanning every finished delivery.
+    DROP INDEX deliveries_open;
+    DROP INDEX deliveries_open_key;
+    CREATE INDEX deliveries_open ON deliveries(destination, id) WHERE state IN ('pending', 'sending', 'held');
+    CREATE INDEX deliveries_open_key ON deliveries(destination, fifo_key, id)
+        WHERE state IN ('pending', 'sending', 'held');
+    -- The INS an A47 withdrew from a downgraded identity: a report still carrying it must wait.
+    ALTER TABLE patients ADD COLUMN withdrawn_ins TEXT;
+    CREATE INDEX patients_withdrawn_ins ON patients (withdrawn_ins) WHERE withdrawn_ins IS NOT NULL;
+    """,
+))
+
 LATEST = MIGRATIONS[-1][0]
 # pg_advisory_xact_lock key taken by `upgrade`, so that two nodes upgrading at once take turns.
 _UPGRADE_LOCK = 7310

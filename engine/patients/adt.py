@@ -1,7 +1,8 @@
 """Read PAM.fr 2.11 ADT messages (HL7 2.5) into an `AdtUpdate`: identity, INS status, DMP consent.
 
-Supported events: A01, A04, A05, A08, A28, A31 (identity + ZFA consent) and A40 (merge: MRG-1 is
-the IPP that disappears into the PID-3 IPP). Every problem is an `AdtError` (a ValidationError)
+Supported events: A01, A04, A05, A08, A14, A28, A31, Z99 (identity + ZFA consent), A40 (merge:
+MRG-1 is the IPP that disappears into the PID-3 IPP), A47 (identifier change: INS withdrawal or
+IPP change) and the movements (A02, A03, A06...: identity only). Every problem is an `AdtError` (a ValidationError)
 carrying an HL7Error ready for the ERR segment of a NACK; nothing else escapes `read_adt`.
 Sources: ../shared/docs/specs/hl7v2-volets.md §a.4 (PID-3, INS, PID-32) and §f (ZFA).
 """
@@ -24,9 +25,16 @@ from engine.patients.model import (
 UPDATE_EVENTS = frozenset({"A01", "A04", "A05", "A08", "A14", "A28", "A31", "Z99"})
 MERGE_EVENTS = frozenset({"A40"})
 # A47 (change of the identifier list): PAM.fr signals a downgrade of a qualified identity with the
-# INS in MRG-1 and no INS in PID-3: the registry withdraws the patient's INS (no longer qualified).
+# INS in MRG-1 and no INS in PID-3: the registry withdraws the patient's INS (no longer qualified)
+# and remembers it; an IPP in MRG-1 is a change of IPP (the old one keeps leading to the patient).
 IDENTIFIER_CHANGE_EVENTS = frozenset({"A47"})
-SUPPORTED_EVENTS = UPDATE_EVENTS | MERGE_EVENTS | IDENTIFIER_CHANGE_EVENTS
+# Movements (IHE PAM ITI-31: transfer, discharge, class change, cancellations, leaves of absence,
+# pending events, movement updates) carry the patient's current identity in PID but no ZFA
+# (PAM.fr §f): the registry takes the identity (PID-3, PID-32: an identity qualified during the
+# stay releases the DMP sends waiting for it) and leaves the consent alone.
+MOVEMENT_EVENTS = frozenset({"A02", "A03", "A06", "A07", "A11", "A12", "A13", "A16", "A21", "A22", "A25",
+                             "A26", "A27", "A32", "A33", "A38", "A52", "A53", "A54", "A55"})
+SUPPORTED_EVENTS = UPDATE_EVENTS | MERGE_EVENTS | IDENTIFIER_CHANGE_EVENTS | MOVEMENT_EVENTS
 # PID-32 first repetition (French table 0445). VIDE/PROV/VALI are PAM.fr 2.11's statuses; RECUP and
 # QUAL are the other two statuses of the national identity referential, accepted from GAMs that
 # send them, and treated like any status other than VALI (the INS is not qualified).
@@ -143,8 +151,13 @@ class _AdtReader:
         if event in MERGE_EVENTS:
             update.merged_ipp = self.merged_ipp(update.ipp)
         if event in IDENTIFIER_CHANGE_EVENTS:
-            update.withdraw_ins = update.ins is None
-        self.consent(update)
+            self.identifier_change(update)
+        if event in MOVEMENT_EVENTS:
+            if self.one("ZFA", required=False) is not None:
+                self.warn(207, f"ZFA in ADT^{event} ignored: PAM.fr carries the DMP consent in A01, A04, "
+                               "A05, A14, A28, A31 and Z99 only", "ZFA^1")
+        else:
+            self.consent(update)
         update.warnings = self.warnings
         return update
 
@@ -154,7 +167,8 @@ class _AdtReader:
             raise AdtError.of(200, f"message type {code or '(empty)'} is not ADT", "MSH^1^9")
         if trigger not in SUPPORTED_EVENTS:
             raise AdtError.of(201, f"event ADT^{trigger or '(empty)'} is not supported by the "
-                                   "patient registry (A01, A04, A05, A08, A14, A28, A31, Z99, A40, A47)", "MSH^1^9")
+                                   "patient registry (A01, A04, A05, A08, A14, A28, A31, Z99, A40, A47, "
+                                   "and the movements A02, A03...)", "MSH^1^9")
         return trigger
 
     # -- identity -------------------------------------------------------------------------
@@ -221,6 +235,18 @@ class _AdtReader:
         if old.value == surviving.value and old.domain == surviving.domain:
             raise AdtError.app("MERGE_SAME_IPP", "MRG-1 names the surviving IPP itself", "MRG^1^1")
         return old
+
+    def identifier_change(self, update: AdtUpdate) -> None:
+        """A47: MRG-1 names the identifier PID-3 replaces. An INS there is withdrawn (PAM.fr's
+        downgrade of a qualified identity: PID-3 carries none, or another one); an IPP there is
+        an IPP change, recorded like a merge so that the old IPP leads to the patient."""
+        mrg = self.one("MRG")
+        for ident, id_type in self.identifiers(mrg, "MRG^1^1"):
+            if ident.oid in INS_OIDS and (update.ins is None or update.ins.value != ident.value):
+                update.withdraw_ins = True
+                update.withdrawn_ins = ident.value
+            elif id_type == "PI" and (ident.value, ident.domain) != (update.ipp.value, update.ipp.domain):
+                update.merged_ipp = ident
 
     # -- ZFA consent ----------------------------------------------------------------------
     def consent(self, update: AdtUpdate) -> None:

@@ -80,6 +80,7 @@ class AdtUpdate(BaseModel):
     ipp: PatientId
     ins: InsId | None = None
     withdraw_ins: bool = False                   # A47 downgrade: the INS leaves the record
+    withdrawn_ins: str | None = None             # A47: the INS of MRG-1 that PID-3 no longer carries
     identity_status: str = ""                    # PID-32 first repetition: VALI, PROV, VIDE ...
     identity_attributes: list[str] = Field(default_factory=list)
     dmp_status: DmpStatus | None = None          # ZFA-1
@@ -125,6 +126,7 @@ class PatientRecord(BaseModel):
     feeding: ConsentValue | None = None
     consultation: ConsentValue | None = None
     merges: list[MergeRecord] = Field(default_factory=list)
+    withdrawn_ins: str | None = None             # the INS an A47 downgrade took away (patient data)
     created_at: float
     updated_at: float
 

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS patients (
     feeding_json TEXT, consultation_json TEXT,
     merged_into INTEGER REFERENCES patients(id),
     created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    withdrawn_ins TEXT,
     UNIQUE (ipp, ipp_domain)
 );
 CREATE INDEX IF NOT EXISTS patients_ins ON patients (ins);
@@ -65,6 +66,8 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_patient ON history (patient_id);
 """
 _CONSENT_FIELDS = ("feeding", "consultation")
+#: identity_status answers besides PID-32 values: an A47 withdrew the INS; the IPP's patient has another INS
+WITHDRAWN, OTHER_INS = "WITHDRAWN", "OTHER_INS"
 
 
 class PatientRegistry:
@@ -97,6 +100,7 @@ class PatientRegistry:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        _add_withdrawn_ins(db)
         return db
 
     def close(self) -> None:
@@ -174,6 +178,10 @@ class PatientRegistry:
             # PAM.fr: an identity without INS does not erase a known INS; only an A47 downgrade
             # (INS in MRG-1, none in PID-3) withdraws it.
             del new["ins"], new["ins_json"]
+        if update.withdrawn_ins:
+            new["withdrawn_ins"] = update.withdrawn_ins  # a report still carrying it must wait
+        elif update.ins is not None and row["withdrawn_ins"] == update.ins.value:
+            new["withdrawn_ins"] = None  # the same INS qualified again
         changed = {k: v for k, v in new.items() if row[k] != v}
         if changed:
             assignments = ", ".join(f"{k}=?" for k in changed)
@@ -239,14 +247,29 @@ class PatientRegistry:
                 "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=?", (ins.strip(),)).fetchall()
         return any((c := _consent(r[0])) is not None and c.code == "IO" for r in rows)
 
-    def identity_status(self, ins: str) -> str | None:
-        """The identity status of the (surviving) patient with this INS; None when unknown."""
+    def identity_status(self, ins: str, ipp: str = "", ipp_domain: str = "") -> str | None:
+        """What the PAM.fr feed says of the identity of the patient a report names: its PID-32
+        status (VALI, PROV…), `WITHDRAWN` when an A47 took this INS away, `OTHER_INS` when the
+        IPP's patient is qualified with another INS; None when the registry does not know.
+
+        The IPP comes first: a PAM.fr sender leaves the INS out of an unqualified identity, so an
+        INS-only look-up would miss exactly the patients that must wait. Then the INS."""
+        ins = ins.strip()
         with self._read_lock:
+            if ipp.strip():
+                patient_id = self._resolve_ipp(self._reader, ipp.strip(), ipp_domain.strip() or None)
+                if patient_id is not None:
+                    status = _status_for(self._row(patient_id, self._reader), ins)
+                    if status:
+                        return status
             row = self._reader.execute(
                 "SELECT s.identity_status FROM patients p JOIN patients s "
                 "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=? ORDER BY s.updated_at DESC LIMIT 1",
-                (ins.strip(),)).fetchone()
-        return (row[0] or None) if row else None
+                (ins,)).fetchone()
+            if row is not None:
+                return row[0] or None
+            withdrawn = self._reader.execute("SELECT 1 FROM patients WHERE withdrawn_ins=? LIMIT 1", (ins,)).fetchone()
+        return WITHDRAWN if withdrawn else None
 
     def history(self, identifier: str, domain: str | None = None) -> list[HistoryEntry]:
         """Every change of the patient and of the patients merged into it, oldest first."""
@@ -266,6 +289,17 @@ class PatientRegistry:
     def _live_id_by_ipp(self, ipp: PatientId) -> int | None:
         row = self._db.execute("SELECT id, merged_into FROM patients WHERE ipp=? AND ipp_domain=?",
                                (ipp.value, ipp.domain)).fetchone()
+        if row is None:
+            return None
+        return row[1] if row[1] is not None else row[0]
+
+    @staticmethod
+    def _resolve_ipp(db, value: str, domain: str | None) -> int | None:
+        """The surviving patient of this IPP (of `domain`, or of any authority); None if unknown."""
+        query, params = "SELECT id, merged_into FROM patients WHERE ipp=?", (value,)
+        if domain is not None:
+            query, params = query + " AND ipp_domain=?", (value, domain)
+        row = db.execute(query + " ORDER BY id LIMIT 1", params).fetchone()
         if row is None:
             return None
         return row[1] if row[1] is not None else row[0]
@@ -305,7 +339,25 @@ class PatientRegistry:
             identity_attributes=json.loads(row["identity_attributes"] or "[]"),
             dmp_status=row["dmp_status"], dmp_status_date=row["dmp_status_date"],
             feeding=_consent(row["feeding_json"]), consultation=_consent(row["consultation_json"]),
-            merges=merges, created_at=row["created_at"], updated_at=row["updated_at"])
+            merges=merges, withdrawn_ins=row["withdrawn_ins"], created_at=row["created_at"],
+            updated_at=row["updated_at"])
+
+
+def _status_for(row: dict, ins: str) -> str | None:
+    """The identity status of a patient found by IPP, for a report carrying `ins`."""
+    if row["withdrawn_ins"] == ins and row["ins"] != ins:
+        return WITHDRAWN
+    if row["ins"] and ins and row["ins"] != ins:
+        return OTHER_INS
+    return row["identity_status"] or None
+
+
+def _add_withdrawn_ins(db: sqlite3.Connection) -> None:
+    """Files written before the A47 withdrawal was remembered get its column (and its index)."""
+    if "withdrawn_ins" not in {row[1] for row in db.execute("PRAGMA table_info(patients)")}:
+        db.execute("ALTER TABLE patients ADD COLUMN withdrawn_ins TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS patients_withdrawn_ins ON patients (withdrawn_ins)"
+               " WHERE withdrawn_ins IS NOT NULL")
 
 
 def _consent(text: str | None) -> ConsentValue | None:

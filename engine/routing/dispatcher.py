@@ -82,10 +82,9 @@ class Dispatcher:
                 plans = await threads.deferToThread(self._plan_all, batch)
                 # NORMAL sync is enough: a routing result lost in a power failure is recomputed from
                 # the message, which stays `received` until its plan is written (at-least-once).
-                busy = self._busy_destinations()
-                now = self.clock.seconds()
-                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node, busy, now),
-                                                    logged=True)
+                busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
+                touched = await self.journal.submit(
+                    lambda conn, store: _apply_all(conn, plans, self.node, busy, now, names), logged=True)
                 self.wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
             log.error("routing.dispatch_failed", error=str(exc))
@@ -161,9 +160,8 @@ class Dispatcher:
         # would otherwise drop the whole plan: its events and ZAMs); what happened is in the events.
         plan.state = None
         plan.deliveries += [self._zam(kind, detail, ctx, z) for z in plan.zams if self._zam(kind, detail, ctx, z)]
-        busy = self._busy_destinations()
-        now = self.clock.seconds()
-        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy, now))
+        busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
+        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy, now, names))
         self.wake(touched)
 
     def _zam(self, kind: str, detail: str, ctx: MessageContext, zam) -> NewDelivery | None:
@@ -185,10 +183,13 @@ def routed_channels(routes) -> frozenset | None:
 
 
 def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
-               now: float | None = None) -> list[str]:
+               now: float | None = None, destinations=()) -> list[str]:
     touched = queue.apply_plans(conn, plans, node, now)
-    if any(p.qualified_identity for p in plans):  # DMP sends waiting for an identity try again
-        touched += queue.release_identity_holds(conn, node, now if now is not None else time.time())
+    for plan in plans:  # the DMP sends waiting for the identity of a patient just qualified try again
+        if plan.qualified_identity:
+            touched += queue.release_identity_holds(conn, plan.qualified_identity, destinations, node,
+                                                    now if now is not None else time.time(),
+                                                    cause=plan.qualified_by or "a PAM.fr update")
     # A shared journal: wake the other nodes' workers only for destinations whose local worker is
     # already busy (more work than it takes); an idle one is woken locally and takes it at once.
     notify = getattr(conn, "notify_queued", None)
@@ -291,7 +292,7 @@ class DestinationWorker:
                 await self._pause(delivery, reason)
                 continue
             if action == "wait-identity":
-                await self._hold_for_identity(delivery, reason)
+                await self._hold_for_identity(delivery, payload, reason)
                 continue
             await self._record([(delivery, reason)], action, retry_at)
             if action == "retry":
@@ -323,10 +324,22 @@ class DestinationWorker:
             d.metrics.deliveries.labels(self.name, action).inc()
         return action, reason, retry_at
 
-    async def _hold_for_identity(self, delivery: queue.Delivery, reason: str) -> None:
+    async def _hold_for_identity(self, delivery: queue.Delivery, payload: bytes, reason: str) -> None:
+        """Hold the send until a PAM.fr update qualifies its patient. The update may have landed
+        between the gate's look-up and this hold (its release then found nothing held): look
+        once more after the hold is written, and release it if the gate would now let it go."""
         d = self.dispatcher
         now = d.clock.seconds()
-        await d.journal.submit(lambda c, s: queue.hold_for_identity(c, delivery, reason, d.node, now), logged=True)
+        held = await d.journal.submit(lambda c, s: queue.hold_for_identity(c, delivery, reason, d.node, now),
+                                      logged=True)
+        recheck = getattr(self.connector, "identity_keys_if_qualified", None)
+        if not held or recheck is None:
+            return
+        keys = await threads.deferToThread(recheck, payload)
+        if keys:
+            await d.journal.submit(lambda c, s: queue.release_identity_holds(
+                c, keys, [self.name], d.node, d.clock.seconds(), ids={delivery.id},
+                cause="a PAM.fr update applied while the hold was written"), logged=True)
 
     async def _pause(self, delivery: queue.Delivery, reason: str) -> None:
         """The destination refused our credentials: this delivery goes back to the queue (not

@@ -37,7 +37,9 @@ class Plan:
     deliveries: list[NewDelivery] = field(default_factory=list)
     patient_updates: list[bytes] = field(default_factory=list)
     zams: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, channel, route)
-    qualified_identity: bool = False  # a PAM.fr update left a qualified INS: identity holds retry
+    #: a PAM.fr update qualified this patient: its INS and IPP values (its identity holds retry)
+    qualified_identity: tuple[str, ...] = ()
+    qualified_by: str = ""  # the update, as the release event names it (type and MSH-10, no patient data)
 
 
 @dataclass
@@ -178,7 +180,9 @@ def _update_patient(ctx: MessageContext, env: Environment, plan: Plan) -> None:
     if env.patients is None:
         raise ValidationError("no patient registry configured")
     record = env.patients.apply(read_adt(ctx.message))
-    plan.qualified_identity = record.ins is not None and record.identity_status == "VALI"
+    if record.ins is not None and record.identity_status == "VALI":
+        plan.qualified_identity = (record.ins.value, record.ipp.value, *(m.old_ipp.value for m in record.merges))
+        plan.qualified_by = f"the PAM.fr update {ctx.header.message_type} {ctx.header.control_id}".strip()
     plan.events.append(("patient-updated", f"registry updated (feeding consent: "
                                            f"{'opposed' if record.opposed_to_feeding else 'not opposed'})"))
 

@@ -134,3 +134,15 @@ def test_printable_escapes_every_control_but_newline_and_tab():
 
     assert printable("a\tb\nc") == "a\tb\nc"
     assert printable("\x00\r\x1b\x7f\x9b\u2066") == "\\x00\\x0d\\x1b\\x7f\\x9b\\u2066"
+
+
+def test_check_warns_about_dmp_sends_that_are_not_deferred(tmp_path):
+    pki = generate_test_pki(tmp_path / "pki")
+    env = {**os.environ, "PFI_DMP_CERT": str(pki.client.cert), "PFI_DMP_KEY": str(pki.client.key),
+           "PFI_DMP_CA": str(pki.ca.cert)}
+    shipped = pfi("check", "--config", str(ROOT), env=env)
+    assert shipped.returncode == 0 and "not deferred" not in shipped.stdout  # PFI_DMP_DELAY: 5 min
+    at_once = pfi("check", "--config", str(ROOT), env={**env, "PFI_DMP_DELAY": "0s"})
+    assert at_once.returncode == 0, at_once.stdout + at_once.stderr
+    warned = [line for line in at_once.stdout.splitlines() if "DMP sends are not deferred" in line]
+    assert warned and all(line.startswith("warning: route ") for line in warned)

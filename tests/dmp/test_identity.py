@@ -195,7 +195,7 @@ def test_the_dmp_gate_takes_the_identity_status_from_the_registry_first():
         def is_opposed(self, ins):
             return False
 
-        def identity_status(self, ins):
+        def identity_status(self, ins, ipp="", ipp_domain=""):
             return self.status
 
     def request(qualified: bool) -> PublishRequest:

@@ -57,8 +57,9 @@ async def test_refused_certificate_pauses_the_queue_until_resumed(tmp_path, simu
         assert f"structure {SECOND}" in shown.stdout and "pfi resume dmp" in shown.stdout
 
         identity.signer = good_signer  # the operator fixed the certificate
-        resumed = await threads.deferToThread(_pfi, "resume", "dmp", *journal)
+        resumed = await threads.deferToThread(_pfi, "resume", "dmp", *journal, "--operator", "erin")
         assert resumed.returncode == 0 and "dmp resumed" in resumed.stdout
+        assert any(e.state == "destination-resumed" and e.detail == "resumed by erin" for e in flow.events())
         await until(lambda: len(flow.creator_out.received) == 1, what="ZAM after resume")
         assert zam_fields(flow.creator_out.received[0])["status"] == "Y"
         assert statuses(simulator) == {V1_ID: ["Approved"]}

@@ -15,7 +15,7 @@ def adt(event: str = "A01", control: str = "1", ipp: str = "900001", ins: str | 
     ids = f"{ipp}^^^CHU-X&000897406&N^PI"
     if ins:
         ids += f"~{ins}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS"
-    structure = "ADT_A39" if event == "A40" else "ADT_A01"
+    structure = {"A40": "ADT_A39", "A47": "ADT_A30"}.get(event, "ADT_A01")
     lines = [
         f"MSH|^~\\&|GAM|CHU-X|PFI|CHU-X|{msh7}||ADT^{event}^{structure}|{control}|P|2.5^FRA^2.11|||||"
         "FRA|UNICODE UTF-8|FR||2.11^IHE_FRANCE-2.11-PAM",

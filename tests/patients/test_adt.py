@@ -60,10 +60,23 @@ def test_sgl_admission_template(ans_corpus):
     assert update.ins_qualified and update.ipp.value == "000003"
 
 
-def test_sgl_discharge_is_not_a_registry_event(ans_corpus):
-    error = error_of((ans_corpus / "hl7V2-exemples" / "SGL" / "sortie.er7").read_bytes())
-    assert error.error.code == 201 and error.error.location == "MSH^1^9"
-    assert "ADT^A03" in str(error)
+def test_sgl_discharge_updates_the_identity_and_not_the_consent(ans_corpus):
+    # A movement carries the patient's current identity (PID-3, PID-32) but no ZFA (PAM.fr §f).
+    update = read((ans_corpus / "hl7V2-exemples" / "SGL" / "sortie.er7").read_bytes())
+    assert (update.event, update.ipp.value, update.ins.value) == ("A03", "000003", TEST_INS)
+    assert update.feeding is None and update.consultation is None and update.dmp_status is None
+
+
+def test_a_movement_never_carries_consent(ans_corpus):
+    raw = adt(event="A02", control="A02-1", feeding="IO")
+    update = read(raw)
+    assert update.feeding is None and update.identity_status == "VALI"
+    assert any(w.location == "ZFA^1" and "ignored" in w.message for w in update.warnings)
+
+
+def test_link_events_are_not_registry_events():
+    error = error_of(adt(event="A24", control="A24-1"))
+    assert error.error.code == 201 and error.error.location == "MSH^1^9" and "ADT^A24" in str(error)
 
 
 @pytest.mark.parametrize("field, kwargs", [

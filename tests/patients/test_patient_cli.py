@@ -55,3 +55,21 @@ def test_unknown_patient_and_missing_registry(tmp_path):
     fill(tmp_path)
     unknown = pfi("patient", TEST_INS, "--data", str(tmp_path))
     assert unknown.returncode == 1 and "unknown" in unknown.stdout
+
+
+def test_an_a47_withdrawal_is_shown_masked(tmp_path):
+    from tests.patients.messages import INS_OID
+
+    registry = PatientRegistry(tmp_path)
+    try:
+        registry.apply(read_adt(Message.parse(adt(control="w1", ipp="900005", ins=TEST_INS))))
+        downgrade = adt(event="A47", control="w2", ipp="900005", ins=None, status="PROV", zfa=False).replace(
+            b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode())
+        registry.apply(read_adt(Message.parse(downgrade)))
+    finally:
+        registry.close()
+    out = pfi("patient", "900005", "--data", str(tmp_path)).stdout
+    assert TEST_INS not in out and "900005" not in out  # the withdrawn INS is patient data too
+    assert "INS withdrawn ***" in out and "PID-32       PROV" in out
+    shown = pfi("patient", "900005", "--data", str(tmp_path), "--show-phi").stdout
+    assert f"INS withdrawn {TEST_INS} (A47: a report still carrying it waits)" in shown

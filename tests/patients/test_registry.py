@@ -210,4 +210,54 @@ def test_an_a47_downgrade_withdraws_the_ins_and_the_dmp_gate_waits(registry):
         b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode())
     record = apply(registry, downgrade)
     assert record.ins is None and record.identity_status == "PROV"
-    assert registry.identity_status(TEST_INS) is None  # no patient holds that INS any more
+    # No patient holds that INS any more, yet a report still carrying it must wait: the registry
+    # remembers the withdrawn INS, whether the report is looked up by INS or by IPP.
+    assert registry.identity_status(TEST_INS) == "WITHDRAWN"
+    assert registry.identity_status(TEST_INS, ipp="900001", ipp_domain="000897406") == "WITHDRAWN"
+    gate = check_publishable(publish_request(TEST_INS), registry)  # the sender still says VALI
+    assert gate.code == "INS_NOT_QUALIFIED" and "A47" in gate.reason
+    # Qualified again later (INSi call): the INS is back, nothing withdrawn any more.
+    record = apply(registry, adt(control="A31-1", event="A31", zfa=False))
+    assert record.ins.value == TEST_INS and registry.identity_status(TEST_INS) == "VALI"
+
+
+def test_an_a47_change_of_ipp_moves_the_patient_to_the_new_ipp(registry):
+    apply(registry, adt(control="A01-2", ipp="900001", feeding="IO"))
+    change = adt(event="A47", control="A47-2", ipp="900002", zfa=False, mrg_ipp="900001")
+    record = apply(registry, change)
+    assert record.ipp.value == "900002" and record.ins.value == TEST_INS
+    assert registry.find("900001").id == record.id  # the old IPP still leads to the patient
+    assert registry.is_opposed(TEST_INS) and registry.identity_status(TEST_INS) == "VALI"
+
+
+def test_the_identity_status_comes_from_the_ipp_when_the_gam_sends_no_ins(registry):
+    # PAM.fr: an unqualified identity is sent without its INS; the report's sender may still
+    # carry the INS with PID-32 = VALI. The registry knows the patient by IPP: not qualified.
+    apply(registry, adt(control="A01-3", ipp="900003", ins=None, status="PROV"))
+    assert registry.identity_status(TEST_INS) is None
+    assert registry.identity_status(TEST_INS, ipp="900003", ipp_domain="000897406") == "PROV"
+    assert registry.identity_status(TEST_INS, ipp="900003") == "PROV"  # any domain
+    # Known IPP qualified with another INS than the report's: not this patient's INS.
+    apply(registry, adt(control="A01-4", ipp="900004", ins=OTHER_INS))
+    assert registry.identity_status(TEST_INS, ipp="900004") == "OTHER_INS"
+    assert registry.identity_status(OTHER_INS, ipp="900004") == "VALI"
+
+
+def test_a_registry_file_of_an_earlier_version_gains_the_withdrawn_ins_column(tmp_path):
+    from engine.patients.registry import _SCHEMA
+
+    old = sqlite3.connect(tmp_path / "patients.sqlite")
+    old.executescript(_SCHEMA.replace("    withdrawn_ins TEXT,\n", ""))
+    old.execute("INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, ins, identity_status, created_at,"
+                " updated_at) VALUES ('900001', '000897406', 'CHU-X', '000897406', ?, 'VALI', 1, 1)", (TEST_INS,))
+    old.commit()
+    old.close()
+    registry = PatientRegistry(tmp_path, clock=FakeClock())
+    try:
+        assert registry.identity_status(TEST_INS) == "VALI"
+        downgrade = adt(event="A47", control="A47-9", ins=None, status="PROV", zfa=False).replace(
+            b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode())
+        apply(registry, downgrade)
+        assert registry.identity_status(TEST_INS) == "WITHDRAWN"
+    finally:
+        registry.close()

@@ -54,9 +54,25 @@ def test_migration_3_shares_the_patient_registry(pg_empty_url):
     with psycopg.connect(pg_empty_url, autocommit=True) as conn:
         pgschema.upgrade(conn, target=2)
         assert "patients" not in _tables(conn)
-        assert pgschema.upgrade(conn) == [3]
+        assert pgschema.upgrade(conn, target=3) == [3]
         assert {"patients", "merges", "history"} <= _tables(conn)
         assert {"ipp", "ins", "feeding_json", "merged_into"} <= _columns(conn, "patients")
+
+
+def test_migration_4_puts_held_sends_in_the_open_indexes_and_remembers_withdrawn_ins(pg_empty_url):
+    # A held send holds its FIFO key back: the claim's "older open row of this key" lookup and the
+    # identity-hold release must find held rows through the partial indexes, not by a scan of
+    # every finished delivery (measured: 0.35 ms -> 26 ms per claim at 200,000 done rows).
+    with psycopg.connect(pg_empty_url, autocommit=True) as conn:
+        pgschema.upgrade(conn, target=3)
+        conn.execute("INSERT INTO deliveries (message_uid, route, step, destination, state, created_at, not_before,"
+                     " next_attempt, updated_at) VALUES ('m1', 'r', 's', 'dmp', 'held', 1, 1, 1, 1)")
+        assert pgschema.upgrade(conn) == [4]
+        predicates = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename='deliveries'"
+                                       " AND indexname IN ('deliveries_open', 'deliveries_open_key')").fetchall())
+        assert len(predicates) == 2 and all("'held'" in d for d in predicates.values())
+        assert "withdrawn_ins" in _columns(conn, "patients")
+        assert conn.execute("SELECT state FROM deliveries").fetchall() == [("held",)]
 
 
 def test_engine_refuses_older_and_newer_schemas(pg_empty_url):
@@ -85,5 +101,5 @@ def test_pfi_db_upgrade_then_run_on_the_upgraded_schema_only(pg_empty_url, tmp_p
     status = _pfi("db", "status", "--config", str(cfg))
     assert status.returncode == 1 and "version 0" in status.stdout
     upgraded = _pfi("db", "upgrade", "--config", str(cfg))
-    assert upgraded.returncode == 0 and "applied migrations: 1, 2, 3" in upgraded.stdout
+    assert upgraded.returncode == 0 and "applied migrations: 1, 2, 3, 4" in upgraded.stdout
     assert "already up to date" in _pfi("db", "upgrade", "--config", str(cfg)).stdout

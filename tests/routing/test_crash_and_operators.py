@@ -84,11 +84,14 @@ async def test_queue_cancel_and_replay_commands(tmp_path):
         line = next(line for line in tail.splitlines() if "ctrl=C-1" in line)
         uid = next(f for f in line.split()[1:] if not f.startswith("@"))  # after the stamp and `@node`
         assert pfi("cancel", uid, *common).returncode == 0
-        assert "cancelled" in pfi("tail", *common).stdout
+        # No --operator: the journal names the OS account, and says that is what it is.
+        import getpass
+        assert f"cancelled by {getpass.getuser()} (OS user)" in pfi("tail", *common).stdout
         queue = pfi("queue", *common).stdout
         assert "dest" in queue and " 1 " in queue
-        replayed = pfi("replay", uid, *common)
+        replayed = pfi("replay", uid, *common, "--operator", "dana")
         assert replayed.returncode == 0 and "1 message(s) re-queued" in replayed.stdout
+        assert "re-queued through the current routes by dana" in pfi("tail", *common).stdout
         await until(lambda: " 2 " in pfi("queue", *common).stdout, what="replayed message queued again")
     finally:
         proc.terminate()

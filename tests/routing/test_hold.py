@@ -99,3 +99,101 @@ def test_cancel_takes_held_rows_and_names_the_operator(conn):
     assert queue.cancel(conn, "m1", "withdrawn", "n1", now, "carol") == 1
     details = [d for (d,) in conn.execute("SELECT detail FROM events ORDER BY id").fetchall()]
     assert any("cancelled by carol: withdrawn" in d for d in details)
+
+
+# -- identity holds and supersession (both journals) ------------------------------------------
+
+INS_A = "279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
+INS_B_WITH_IPP = "180017512345660^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS~IPP77^^^CHU-X&1.2.3&ISO^PI"
+NOT_QUALIFIED = "PFI:INS_NOT_QUALIFIED: identity not qualified (PID-32 is not VALI)"
+
+
+def _journaled(conn, uid: str, patient_ids: str) -> None:
+    """A message row as intake writes it (the backends' columns differ)."""
+    import sqlite3
+
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute("INSERT INTO messages (uid, received_at, channel, state, patient_ids, size, segment, offset, crc)"
+                     " VALUES (?, 1, 'in', 'routed', ?, 1, 0, 0, 0)", (uid, patient_ids))
+    else:
+        conn.execute("INSERT INTO messages (uid, received_at, channel, state, patient_ids, size)"
+                     " VALUES (?, 1, 'in', 'routed', ?, 1)", (uid, patient_ids))
+
+
+def _new(**values):
+    from engine.routing.plan import NewDelivery
+
+    return NewDelivery(**{"route": "r", "step": "s", "destination": "dmp", "fifo_key": "k", "not_before": 0,
+                          "payload": b"x", **values})
+
+
+def _state(conn, uid: str) -> tuple:
+    return tuple(conn.execute("SELECT state, action, attempts, last_error FROM deliveries WHERE message_uid=?",
+                              (uid,)).fetchone())
+
+
+def test_a_qualified_identity_releases_the_holds_of_its_patient_only(conn):
+    import time
+
+    from engine.journal import deliveries as queue
+
+    now = time.time()
+    for uid, ids in (("m1", INS_A), ("m2", INS_B_WITH_IPP)):
+        _journaled(conn, uid, ids)
+        queue.enqueue(conn, uid, _new(fifo_key=uid), "n1", now)
+    for delivery in queue.claim_batch(conn, "dmp", now, "n1"):
+        queue.hold_for_identity(conn, delivery, NOT_QUALIFIED, "n1", now)
+    # Held at the gate, the DMP was never called: not an attempt (a replace may still supersede it).
+    assert [_state(conn, u)[:3] for u in ("m1", "m2")] == [("held", "", 0)] * 2
+    assert queue.release_identity_holds(conn, {"279035121518989", "900001"}, ["dmp"], "n1", now) == ["dmp"]
+    assert (_state(conn, "m1")[0], _state(conn, "m2")[0]) == ("pending", "held")
+    assert queue.release_identity_holds(conn, {"IPP77"}, ["dmp"], "n1", now) == ["dmp"]  # by its IPP
+    assert _state(conn, "m2")[0] == "pending"
+    released = [d for (d,) in conn.execute("SELECT detail FROM events WHERE state='released'").fetchall()]
+    assert len(released) == 2 and all("identity was qualified" in d for d in released)
+
+
+def test_an_operator_hold_on_a_document_is_not_released_by_an_identity_update(conn):
+    import time
+
+    from engine.journal import deliveries as queue
+
+    now = time.time()
+    _journaled(conn, "m1", INS_A)
+    queue.enqueue(conn, "m1", _new(), "n1", now)
+    queue.hold(conn, "m1", "wrong patient?", "n1", now, "alice")
+    assert queue.release_identity_holds(conn, {"279035121518989"}, ["dmp"], "n1", now) == []
+    assert _state(conn, "m1")[0] == "held"
+
+
+def test_a_newer_version_supersedes_a_held_initial_and_keeps_an_operator_hold(conn):
+    import time
+
+    from engine.journal import deliveries as queue
+
+    now = time.time()
+    queue.enqueue(conn, "v1", _new(doc_id="D1", action="initial"), "n1", now)
+    queue.hold(conn, "v1", "check the side", "n1", now, "alice")
+    queue.enqueue(conn, "v2", _new(doc_id="D2", action="replace", replaced_id="D1"), "n1", now)
+    assert _state(conn, "v1")[0] == "cancelled"
+    # v1 never left: v2 is the first version the DMP gets, and the operator's hold stands on it.
+    state, action, _, reason = _state(conn, "v2")
+    assert (state, action) == ("held", "initial") and "check the side" in reason
+    held = [d for (d,) in conn.execute("SELECT detail FROM events WHERE message_uid='v2' AND state='held'")]
+    assert len(held) == 1 and "alice" in held[0] and "superseded" in held[0]
+    # A withdrawal inside the window cancels the held version too: nothing ever reaches the DMP.
+    queue.enqueue(conn, "d2", _new(doc_id="D2", action="delete"), "n1", now)
+    assert _state(conn, "v2")[0] == _state(conn, "d2")[0] == "cancelled"
+
+
+def test_a_newer_version_of_an_identity_held_initial_goes_to_the_gate_again(conn):
+    import time
+
+    from engine.journal import deliveries as queue
+
+    now = time.time()
+    queue.enqueue(conn, "v1", _new(doc_id="D1", action="initial"), "n1", now)
+    [delivery] = queue.claim_batch(conn, "dmp", now, "n1")
+    queue.hold_for_identity(conn, delivery, NOT_QUALIFIED, "n1", now)
+    queue.enqueue(conn, "v2", _new(doc_id="D2", action="replace", replaced_id="D1"), "n1", now)
+    assert _state(conn, "v1")[0] == "cancelled" and _state(conn, "v2")[:2] == ("pending", "initial")
