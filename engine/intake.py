@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import itertools
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 
 import structlog
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from engine.errors import JournalError, ParseError
 from engine.hl7.ack import AckError, build_ack
@@ -44,6 +46,7 @@ class Verdict:
     code: str
     errors: tuple[AckError, ...] = ()
     reason: str = ""
+    label: str = ""  # metrics label (closed set); the reason, quoting the sender, goes to the journal
 
 
 class _ChannelMetrics:
@@ -67,7 +70,19 @@ class Intake:
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
 
     def receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
-        """Journal `raw` and fire with the ACK bytes to send back."""
+        """Journal `raw` and fire with the ACK bytes to send back. Never fails: whatever the frame
+        does to the parser, it gets an answer (see `_internal_fault`)."""
+        return self.guarded(policy, raw, self._receive)
+
+    def guarded(self, policy: IntakePolicy, raw: bytes, work) -> defer.Deferred:
+        """Run `work(policy, raw)` (a Deferred of the ACK); a defect in it becomes an AR."""
+        try:
+            d = work(policy, raw)
+        except Exception:
+            d = defer.fail()
+        return d.addErrback(self._internal_fault, policy, raw)
+
+    def _receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
         if policy.document_check is not None:
             return defer.Deferred.fromCoroutine(self._receive_document(policy, raw))
         started = time.perf_counter()
@@ -76,7 +91,7 @@ class Intake:
         try:
             header = scan(raw, policy.codec)
         except ParseError as exc:
-            header, verdict = None, Verdict("AR", (AckError(100, "MSH^1", str(exc)),), str(exc))
+            header, verdict = None, malformed(exc)
         else:
             verdict = judge(policy, header)
             _index(record, header, policy, accepted=verdict.code == "AA")
@@ -145,6 +160,15 @@ class Intake:
         return self._stamp[1]
 
     def _stored(self, record: InboundRecord, policy: IntakePolicy, started: float) -> bytes:
+        # The record is committed: its answer is due whatever happens to the bookkeeping below.
+        try:
+            self._after_store(record, policy, started)
+        except Exception:
+            log.error("intake.bookkeeping_failed", message_id=record.uid, channel=record.channel,
+                      **_fault_fields(Failure()))
+        return record.ack
+
+    def _after_store(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
         if record.state == DUPLICATE:
             log.info("message.duplicate", message_id=record.uid, channel=record.channel,
                      control_id=record.control_id, original=record.duplicate_of)
@@ -157,17 +181,47 @@ class Intake:
             if self.on_accepted is not None:
                 self.on_accepted()
         self._observe(record, policy, started)
-        return record.ack
 
     def _not_stored(self, failure, record, header, policy, now, started) -> bytes:
         failure.trap(JournalError)
+        # AR: circumstantial, the same message may be resent once the journal is back.
         reason = "journal unavailable, message not stored: retry later"
         log.error("message.not_stored", message_id=record.uid, channel=record.channel,
                   control_id=record.control_id, error=failure.getErrorMessage())
-        record.state, record.ack_code, record.reason = "not-stored", "AE", reason
-        ack = self._ack(header, Verdict("AE", (AckError(207, "", reason),)), now, policy)
+        record.state, record.ack_code, record.reason = "not-stored", "AR", reason
+        ack = self._ack(header, Verdict("AR", (AckError(207, "", reason),)), now, policy)
         self._observe(record, policy, started)
         return ack
+
+    def _internal_fault(self, failure, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
+        """A defect in the per-frame path: log it once (with its stack), journal the raw frame as
+        rejected for replay, answer AR 207 (the frame itself may be fine: resend later)."""
+        log.error("intake.internal_error", channel=policy.channel, **_fault_fields(failure))
+        now = self.clock.seconds()
+        header = _scan_or_none(raw, policy.codec)
+        reason = f"internal error ({failure.type.__name__}): message kept, resend later"
+        record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
+                               state=REJECTED, reason=reason, ack_code="AR")
+        verdict = Verdict("AR", (AckError(207, "", "internal error: message kept, resend later"),),
+                          reason, "internal-error")
+        record.ack = self._fault_ack(header, verdict, now, policy)
+        d = defer.maybeDeferred(self.journal.append_inbound, record)
+        d.addErrback(lambda f: log.error("intake.fault_not_stored", channel=policy.channel,
+                                         error=f.type.__name__))
+        d.addBoth(lambda _: self._count_nack(policy, "AR", "internal-error"))
+        return d.addBoth(lambda _: record.ack)
+
+    def _fault_ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:
+        try:
+            return self._ack(header, verdict, now, policy)
+        except Exception:  # the header itself broke the ACK builder: answer without echoing it
+            return self._ack(None, verdict, now, policy)
+
+    def _count_nack(self, policy: IntakePolicy, code: str, label: str) -> None:
+        try:
+            self.metrics.nacked.labels(policy.channel, code, label).inc()
+        except Exception:
+            pass  # a metrics defect must not cost the answer
 
     def _observe(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
         m = self._channels.get(policy.channel)
@@ -187,8 +241,28 @@ def _reason_label(record: InboundRecord) -> str:
     return "journal" if record.state == "not-stored" else (record.reason.split(":")[0][:40] or "other")
 
 
+def _fault_fields(failure: Failure) -> dict:
+    """Exception type and stack for the log, without the exception's message (it may quote the
+    frame, hence patient data)."""
+    return {"error": failure.type.__name__,
+            "stack": "".join(traceback.format_tb(failure.getTracebackObject()))}
+
+
+def _scan_or_none(raw: bytes, codec: str) -> Header | None:
+    try:
+        return scan(raw, codec)
+    except Exception:
+        return None
+
+
+def malformed(exc: ParseError) -> Verdict:
+    """An unreadable MSH is AE: the frame itself is wrong, resending it unchanged cannot help."""
+    code, location = getattr(exc, "code", 100), getattr(exc, "location", "MSH^1")
+    return Verdict("AE", (AckError(code, location, str(exc)),), str(exc))
+
+
 def judge(policy: IntakePolicy, h: Header) -> Verdict:
-    """Accept or reject on what MSH says; a reject is AR with a table 0357 code."""
+    """Accept or reject on what MSH says; a reject is AE with a table 0357 code."""
     if not h.control_id:
         return _reject(101, "MSH^1^10", "MSH-10 message control id is empty")
     if h.version not in policy.versions:
@@ -208,7 +282,8 @@ def _type_accepted(accepted: tuple[str, ...], h: Header) -> bool:
 
 
 def _reject(code: int, location: str, reason: str) -> Verdict:
-    return Verdict("AR", (AckError(code, location, reason),), reason)
+    # AE, not AR: the message itself is wrong (volets §c; the ANS example answers 203 with AE).
+    return Verdict("AE", (AckError(code, location, reason),), reason)
 
 
 def _index(record: InboundRecord, h: Header, policy: IntakePolicy, accepted: bool) -> None:
@@ -238,18 +313,20 @@ def quarantine(intake: Intake, policy: IntakePolicy, data: bytes, reason: str) -
 
 
 def reject_oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: int, limit: int) -> defer.Deferred:
-    """AR for a frame over the size limit; its first bytes are journaled for the operator."""
+    """AE for a frame over the size limit (the same bytes would be refused again); its first bytes
+    are journaled for the operator."""
+    return intake.guarded(policy, head, lambda p, raw: _oversized(intake, p, raw, size, limit))
+
+
+def _oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: int, limit: int) -> defer.Deferred:
     reason = f"message of {size} bytes or more exceeds the channel limit of {limit} bytes"
     now = intake.clock.seconds()
-    try:
-        header = scan(head, policy.codec)
-    except ParseError:
-        header = None
+    header = _scan_or_none(head, policy.codec)
     record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=head,
-                           state=REJECTED, reason=reason, ack_code="AR")
+                           state=REJECTED, reason=reason, ack_code="AE")
     if header is not None:
         _index(record, header, policy, accepted=False)
-    record.ack = intake._ack(header, Verdict("AR", (AckError(199, "", reason),), reason), now, policy)
+    record.ack = intake._ack(header, Verdict("AE", (AckError(199, "", reason),), reason), now, policy)
     intake.metrics.quarantined.labels(policy.channel, "oversized").inc()
     d = intake.journal.append_inbound(record)
     d.addCallbacks(lambda r: r.ack, lambda f: record.ack)

@@ -37,7 +37,7 @@ class AcceptSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     versions: list[str] = Field(
         default=["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6"],
-        description="HL7 versions (MSH-12.1) accepted; others get AR 203",
+        description="HL7 versions (MSH-12.1) accepted; others get AE 203",
     )
     message_types: list[str] = Field(
         default=[], description="MSH-9 types accepted, `ORU^R01` or `ADT` (any trigger); empty: all"
@@ -73,7 +73,7 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
     type: Literal["mllp-in"]
     host: str = Field(default="127.0.0.1", description="Address to listen on")
     port: int = Field(ge=0, le=65535, description="TCP port (0: any free port)")
-    max_message_bytes: Size = Field(default=64 * 1024 * 1024, gt=0, description="Larger frames get AR")
+    max_message_bytes: Size = Field(default=64 * 1024 * 1024, gt=0, description="Larger frames get AE 199")
     idle_timeout: Duration = Field(default=600.0, description="Close connections silent this long")
     duplicate_window: Duration = Field(
         default=7 * 86400.0, description="Same sender + MSH-10 within this window is a duplicate"

@@ -67,7 +67,7 @@ def test_send_checks_acks_and_exit_codes(running_engine, tmp_path):
     bad = tmp_path / "old.hl7"
     bad.write_text(sample_adt("S-3", version="2.1"))
     result = pfi("send", str(bad), "--to", f"127.0.0.1:{port}")
-    assert result.returncode == 1 and "NACK MSA-1=AR" in result.stdout and "203^" in result.stdout
+    assert result.returncode == 1 and "NACK MSA-1=AE" in result.stdout and "203^" in result.stdout
 
 
 def test_send_an_ans_example_with_lf_separators(running_engine):

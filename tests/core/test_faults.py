@@ -63,7 +63,7 @@ async def _tick():
 
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
-async def test_full_disk_answers_ae_and_keeps_serving(tmp_path):
+async def test_full_disk_answers_ar_and_keeps_serving(tmp_path):
     port = PORT_BASE + 2
     cfg = _config(tmp_path, port)
     limit = 3 * 1024 * 1024
@@ -81,10 +81,10 @@ async def test_full_disk_answers_ae_and_keeps_serving(tmp_path):
         for i in range(60):
             big = sample_adt(f"F-{i}") + "NTE|1||" + "x" * 100_000 + "\r"
             codes.append((await exchange(client, big.encode())).code)
-        assert codes[0] == "AA" and codes[-1] == "AE"
+        assert codes[0] == "AA" and codes[-1] == "AR"
         other = await connect(reactor, "127.0.0.1", port)
         ack = await exchange(other, sample_adt("F-small").encode())
-        assert ack.code in ("AA", "AE") and ack.control_id == "F-small"
+        assert ack.code in ("AA", "AR") and ack.control_id == "F-small"
         assert proc.poll() is None  # still running
         accepted = [f"F-{i}" for i, c in enumerate(codes) if c == "AA"]
         client.close()
@@ -106,7 +106,7 @@ async def _connect_retry(port):
 
 
 @pytest_twisted.ensureDeferred
-async def test_read_only_journal_answers_ae_then_recovers(tmp_path):
+async def test_read_only_journal_answers_ar_then_recovers(tmp_path):
     cfg = write_config(tmp_path / "cfg", {"in": inbound()})
     engine = await start_engine(cfg, tmp_path / "data")
     client = await client_for(engine, "in")
@@ -115,10 +115,11 @@ async def test_read_only_journal_answers_ae_then_recovers(tmp_path):
         assert (await exchange(client, sample_adt("R-1").encode())).code == "AA"
         subprocess.run(["chattr", "+i", str(segment)], check=True)
         ack = await exchange(client, sample_adt("R-2").encode())
-        assert ack.code == "AE" and "|207^" in ack.errors[0] and "journal" in ack.errors[0]
+        # AR: circumstantial (volets §c), the same message may be resent later.
+        assert ack.code == "AR" and "|207^" in ack.errors[0] and "journal" in ack.errors[0]
         subprocess.run(["chattr", "-i", str(segment)], check=True)
         assert (await exchange(client, sample_adt("R-3").encode())).code == "AA"
-        # The AE'd message was not stored; the sender retries and now gets AA.
+        # The AR'd message was not stored; the sender retries and now gets AA.
         assert (await exchange(client, sample_adt("R-2").encode())).code == "AA"
     finally:
         subprocess.run(["chattr", "-i", str(segment)])

@@ -48,10 +48,11 @@ async def test_accepted_message_is_journaled_before_aa(engine):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unsupported_version_is_ar_203_and_kept(engine):
+async def test_unsupported_version_is_ae_203_and_kept(engine):
+    # AE: the message itself is wrong, resending it unchanged cannot help (volets §c, ANS example).
     client = await client_for(engine, "in")
     ack = await exchange(client, sample_adt("V-1", version="2.3").encode())
-    assert ack.code == "AR" and ack.control_id == "V-1"
+    assert ack.code == "AE" and ack.control_id == "V-1"
     assert "|MSH^1^12|203^" in ack.errors[0]
     [event] = intake_events(journal(engine))
     assert event.state == "rejected" and "2.3" in event.detail
@@ -59,20 +60,32 @@ async def test_unsupported_version_is_ar_203_and_kept(engine):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unsupported_type_is_ar_200_and_unknown_trigger_201(engine):
+async def test_unsupported_type_is_ae_200_and_unknown_trigger_201(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, sample_adt("T-1", msg_type="ORM^O01^ORM_O01").encode())
-    assert ack.code == "AR" and "|200^" in ack.errors[0]
+    assert ack.code == "AE" and "|200^" in ack.errors[0]
     ack = await exchange(client, sample_adt("T-2", msg_type="ORU^R30^ORU_R30").encode())
-    assert ack.code == "AR" and "|201^" in ack.errors[0]
+    assert ack.code == "AE" and "|201^" in ack.errors[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_header_errors_are_ae_with_their_table_0357_code(engine):
+    client = await client_for(engine, "in")
+    no_id = sample_adt("").encode()
+    ack = await exchange(client, no_id)
+    assert ack.code == "AE" and "|MSH^1^10|101^" in ack.errors[0]
+    ack = await exchange(client, sample_adt("PI-1").replace("|PI-1|P|", "|PI-1|X|").encode())
+    assert ack.code == "AE" and "|MSH^1^11|202^" in ack.errors[0]
+    ack = await exchange(client, sample_adt("MT-1", msg_type="").encode())
+    assert ack.code == "AE" and "|MSH^1^9|101^" in ack.errors[0]
     client.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_garbage_frame_is_ar_and_quarantined(engine):
+async def test_garbage_frame_is_ae_and_quarantined(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, b"\x00\x01 this is not HL7 \xff")
-    assert ack.code == "AR" and "|100^" in ack.errors[0]
+    assert ack.code == "AE" and "|100^" in ack.errors[0]
     [event] = intake_events(journal(engine))
     assert event.state == "rejected"
     assert journal(engine).load_message(event.message_uid).raw == b"\x00\x01 this is not HL7 \xff"
@@ -90,7 +103,7 @@ async def test_duplicate_gets_original_ack_and_is_recorded(engine):
     # A rejected message does not make its control id a duplicate: the fixed resend is accepted.
     bad = await exchange(client, sample_adt("D-2", version="2.3").encode())
     good = await exchange(client, sample_adt("D-2").encode())
-    assert (bad.code, good.code) == ("AR", "AA")
+    assert (bad.code, good.code) == ("AE", "AA")
     client.close()
 
 
@@ -117,11 +130,12 @@ async def test_pipelined_messages_are_acked_in_order(engine):
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversized_message_gets_ar_then_close(engine):
+async def test_oversized_message_gets_ae_then_close(engine):
+    # AE: the same bytes would be refused again; only a smaller message (or a new limit) passes.
     client = await client_for(engine, "in")
     big = sample_adt("BIG-1") + "NTE|1||" + "x" * 300_000 + "\r"
     ack = await exchange(client, big.encode())
-    assert ack.code == "AR" and ack.control_id == "BIG-1" and "exceeds" in ack.errors[0]
+    assert ack.code == "AE" and ack.control_id == "BIG-1" and "exceeds" in ack.errors[0]
     await client.lost  # the engine closes the connection after the NACK
     [event] = intake_events(journal(engine))
     assert event.state == "rejected" and len(journal(engine).load_message(event.message_uid).raw) == 4096

@@ -20,7 +20,7 @@ async def test_idle_connection_is_closed_and_metrics_are_served(tmp_path):
     try:
         client = await client_for(engine, "in")
         assert (await exchange(client, sample_adt("M-1").encode())).code == "AA"
-        assert (await exchange(client, sample_adt("M-2", version="2.1").encode())).code == "AR"
+        assert (await exchange(client, sample_adt("M-2", version="2.1").encode())).code == "AE"
         await client.lost  # closed by the engine after 0.3 s of silence
         port = engine.metrics_listener.port.getHost().port
         response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/metrics".encode())
@@ -29,7 +29,7 @@ async def test_idle_connection_is_closed_and_metrics_are_served(tmp_path):
         await engine.stopService()
     assert 'pfi_messages_received_total{channel="in",node="node-a"} 2.0' in body
     assert 'pfi_messages_acked_total{channel="in",node="node-a"} 1.0' in body
-    assert 'pfi_messages_nacked_total{channel="in",code="AR"' in body
+    assert 'pfi_messages_nacked_total{channel="in",code="AE"' in body
     assert 'pfi_dispatch_leader{node="node-a"} 1.0' in body
     assert "pfi_ack_latency_seconds_bucket" in body and "pfi_open_connections" in body
     assert "MARTIN" not in body

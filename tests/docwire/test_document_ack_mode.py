@@ -81,7 +81,7 @@ async def test_other_messages_on_the_channel_are_handled_as_in_receipt_mode(engi
     version = await exchange(client, sample_adt("OLD-1", version="2.1").encode())
     client.close()
     assert (adt.code, no_profile.code) == ("AA", "AA")
-    assert version.code == "AR" and "|203^" in version.errors[0]  # judged by MSH as before
+    assert version.code == "AE" and "|203^" in version.errors[0]  # judged by MSH as before
 
 
 @pytest_twisted.ensureDeferred
