@@ -5,7 +5,7 @@ deliveries per channel (and silence everywhere else), content checks on what was
       - name: a report from the RIS goes to the RIS and the DMP
         channel: ris-documents            # inbound channel the message arrives on
         message: ../../samples/oru.hl7    # file (relative to this YAML) or `inline: "MSH|..."`
-        ack: AA
+        ack: AA                           # AA stored; AE the message has errors; AR circumstantial
         deliveries: {ris-out: 1, dmp: 1}  # every other destination must get nothing
         checks:
           - {channel: ris-out, path: MSH-5, equals: RIS}
@@ -22,6 +22,8 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from twisted.internet import defer, reactor, task
@@ -44,7 +46,8 @@ class RouteTest(BaseModel):
     channel: str
     message: str | None = None
     inline: str | None = None
-    ack: str = "AA"
+    # Technical ACK codes as docs/acks.md gives them (the ANS volets' meaning).
+    ack: Literal["AA", "AE", "AR"] = "AA"
     deliveries: dict[str, int] = Field(default_factory=dict)
     checks: list[Check] = Field(default_factory=list)
     states: list[str] = Field(default_factory=list)

@@ -95,20 +95,24 @@ class RetrySettings(BaseModel):
     maximum: Duration = Field(default=300.0, description="Longest delay between retries")
     factor: float = Field(default=2.0, ge=1.0)
     jitter: float = Field(default=0.2, ge=0.0, le=1.0, description="Random share added to each delay")
-    max_attempts: int = Field(default=0, ge=0, description="0: retry for ever (AE/timeouts)")
+    max_attempts: int = Field(default=0, ge=0, description="0: retry for ever (AR/timeouts)")
 
 
 ReplyAction = Literal["done", "retry", "dead"]
 
 
 class ReplyPolicy(BaseModel):
+    """What a destination's answer does to the delivery. Defaults follow the ANS volets (§c):
+    AE = the message has errors, resending it unchanged cannot help (dead letter with the ERR
+    text); AR = refused for a circumstantial reason (retry with backoff). CE/CR likewise."""
+
     model_config = ConfigDict(extra="forbid")
     AA: ReplyAction = "done"
     CA: ReplyAction = "done"
-    AE: ReplyAction = "retry"
-    CE: ReplyAction = "retry"
-    AR: ReplyAction = "dead"
-    CR: ReplyAction = "dead"
+    AE: ReplyAction = "dead"
+    CE: ReplyAction = "dead"
+    AR: ReplyAction = "retry"
+    CR: ReplyAction = "retry"
     timeout: ReplyAction = "retry"
     mismatch: ReplyAction = "retry"
     garbage: ReplyAction = "retry"

@@ -60,18 +60,22 @@ async def test_fan_out_gate_and_unrouted(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fifo_per_key_through_ae_retries_and_ar_dead_letter_with_follow_up(tmp_path):
-    # Key P1's first message gets AE twice: P1's next must wait, P2 may pass it.
+async def test_fifo_per_key_through_ar_retries_and_ae_dead_letter_with_follow_up(tmp_path):
+    # Key P1's first message gets AR (circumstantial) twice: P1's next must wait, P2 may pass it.
+    # BAD gets AE (the message has errors): dead letter at once, never resent.
     def answer(raw, n):
         from engine.hl7.scan import scan
 
         ctrl = scan(raw).control_id
-        if ctrl == "P1-a" and answer.ae < 2:
-            answer.ae += 1
+        if ctrl == "P1-a" and answer.refused < 2:
+            answer.refused += 1
+            return "AR"
+        if ctrl == "BAD":
+            answer.bad += 1
             return "AE"
-        return "AR" if ctrl == "BAD" else "AA"
+        return "AA"
 
-    answer.ae = 0
+    answer.refused = answer.bad = 0
     dest, alert = RecordingPeer(answer), RecordingPeer()
     pd, pa = await dest.listen(), await alert.listen()
     routes = [{"name": "r", "match": {"channel": "in"}, "steps": [
@@ -90,6 +94,7 @@ async def test_fifo_per_key_through_ae_retries_and_ar_dead_letter_with_follow_up
         assert order.index("P1-a") < order.index("P1-b")
         journal = states(engine)
         assert ("P1-a", "retry") in journal and ("BAD", "dead-letter") in journal
+        assert answer.bad == 1  # an AE is never resent
     finally:
         client.close()
         await engine.stopService()
