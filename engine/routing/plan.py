@@ -122,7 +122,7 @@ def _run_on_failure(route: Route, step: Step, ctx: MessageContext, env: Environm
     follow = Plan(plan.message_uid, state=None)
     run_steps(route, step.on_failure, ctx, ctx.raw, env, follow)
     detail = f"{getattr(error, 'app_code', None) or 'DOCUMENT_REFUSED'}: {error}"
-    zams = [build_zam_delivery(z, False, detail, ctx, time.time()) for z in follow.zams]
+    zams = [build_zam_delivery(z, False, detail, ctx, time.time(), refused_by_pfi=True) for z in follow.zams]
     plan.deliveries += follow.deliveries + [z for z in zams if z is not None]
     plan.events += follow.events
 

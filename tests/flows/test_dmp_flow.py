@@ -19,6 +19,7 @@ def zam_fields(raw: bytes) -> dict:
     msg = Message.parse(raw)
     return {"type": msg.get("MSH-9"), "status": msg.get("OBX-5.1"), "original": msg.get("OBX-4"),
             "error": msg.get("ERR-5.1") or "", "error_label": msg.get("ERR-5.2") or "",
+            "system": msg.get("ERR-5.3") or "",
             "to": msg.get("MSH-5")}
 
 
@@ -62,6 +63,7 @@ async def test_an_oru_whose_cda_the_dmp_mapping_cannot_describe_fails_clearly(tm
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / ORU_INITIAL).read_bytes(), "ORU-1"),
                                     "ORU-1")
         assert zam["error"] == "CDA_HEADER_INCOMPLETE" and "classCode" in zam["error_label"]
+        assert zam["system"] == "99PFI"  # the PFI's own refusal, not a DMP error
         assert zam["to"] == "SIL-Y" and simulator.requests_seen == 0
     finally:
         await flow.close()
@@ -85,7 +87,7 @@ async def test_a_dmp_error_code_dead_letters_with_the_code_in_the_zam(tmp_path, 
     try:
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "CLOSED-1"),
                                     "CLOSED-1")
-        assert (zam["error"], zam["error_label"]) == ("DMPClosed", "DMP fermé")
+        assert (zam["error"], zam["error_label"], zam["system"]) == ("DMPClosed", "DMP fermé", "DMPERRORCODE")
         assert simulator.requests_seen >= 1
     finally:
         await flow.close()
@@ -100,6 +102,7 @@ async def test_an_unqualified_identity_is_blocked_at_the_dmp_gate_with_a_zam(tmp
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1",
                                                            status="PROV"), "PROV-1")
         assert zam["error"] == "INS_NOT_QUALIFIED" and simulator.requests_seen == 0
+        assert zam["system"] == "99PFI"
         (reason,) = [d for s, d in flow.states_of("PROV-1") if s == "dead-letter"]
         assert "INS_NOT_QUALIFIED" in reason
     finally:
@@ -120,7 +123,7 @@ async def test_a_patient_opposed_to_dmp_feeding_is_blocked(tmp_path, simulator, 
         await until(lambda: any(s == "patient-updated" and "opposed" in d and "not opposed" not in d
                                 for s, d in flow.states_of("ADT-IO")), what="consent recorded")
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "IO-1"), "IO-1")
-        assert zam["error"] == "PATIENT_OPPOSED"
+        assert (zam["error"], zam["system"]) == ("PATIENT_OPPOSED", "99PFI")
         assert simulator.requests_seen == 0
     finally:
         await flow.close()
@@ -219,7 +222,7 @@ async def test_retries_exhausted_while_the_dmp_is_down_give_a_zam_with_the_last_
     try:
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "DOWN-1"),
                                     "DOWN-1")
-        assert zam["error"] == "CONNECTION_REFUSED"
+        assert (zam["error"], zam["system"]) == ("CONNECTION_REFUSED", "99PFI")
         assert zam["error_label"] == "DMP unreachable (gave up after 3 attempts)"
         assert len([s for s, _ in flow.states_of("DOWN-1") if s == "retry"]) == 2
     finally:
