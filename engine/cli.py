@@ -36,9 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands whose output is machine-readable already (JSON logs, escaped by the encoder)
+RAW_OUTPUT_COMMANDS = ("run",)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from engine.commands.common import printable_output
+
     args = build_parser().parse_args(argv)
-    code = args.handler(args)
+    if args.command in RAW_OUTPUT_COMMANDS:
+        return int(args.handler(args) or 0)
+    # Every human-facing line may quote the wire (MSH-9, MSH-10, ERR text): no terminal escapes.
+    with printable_output():
+        code = args.handler(args)
     return int(code or 0)
 
 

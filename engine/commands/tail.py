@@ -47,6 +47,9 @@ def tail(args) -> int:
 
 
 def format_event(event, phi_reader=None) -> str:
+    """One line per journal event; fields from the wire are escaped (`printable`)."""
+    from engine.commands.common import printable
+
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}Z"
     patient = "patient=***" if event.patient_ids else ""
     if phi_reader is not None and event.patient_ids:
@@ -54,4 +57,4 @@ def format_event(event, phi_reader=None) -> str:
     parts = [stamp, event.message_uid, event.channel or "-", event.msg_type or "-",
              f"ctrl={event.control_id or '-'}", event.state, patient,
              f"@{event.node}" if event.node else "", event.detail or ""]
-    return "  ".join(p for p in parts if p)
+    return printable("  ".join(p for p in parts if p))
