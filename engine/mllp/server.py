@@ -14,8 +14,10 @@ from twisted.internet import protocol
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from OpenSSL import SSL
 
 from engine.intake import Intake, IntakePolicy, quarantine, reject_oversized
+from engine.log import RateLimitedLog
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, Oversized, frame
 
 log = structlog.get_logger("engine.mllp")
@@ -36,6 +38,7 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         self._reading_paused = False
         self._peer_slow = False
         self._closing = False
+        self._handshake_done = False
 
     # -- connection ------------------------------------------------------------------------
     def connectionMade(self):
@@ -46,20 +49,29 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
     def connectionLost(self, reason=protocol.connectionDone):
         self.setTimeout(None)
         self.intake.metrics.connections.labels(self.policy.channel).dec()
+        if not self._handshake_done and reason.check(SSL.Error):
+            self._limited_warning("mllp.tls_handshake_failed", error=_tls_error(reason.value))
         if self.decoder.pending:
             log.warning("mllp.connection_lost_mid_frame", channel=self.policy.channel,
                         bytes_lost_unacked=self.decoder.pending)
 
     def handshakeCompleted(self):
         """TLS channels: the peer certificate's CN must be one the channel allows."""
+        self._handshake_done = True
         if not self.allowed_subjects:
             return
         cert = self.transport.getPeerCertificate()
         subject = cert.get_subject().commonName if cert is not None else None
         if subject not in self.allowed_subjects:
-            log.warning("mllp.peer_refused", channel=self.policy.channel, subject=subject)
+            self._limited_warning("mllp.peer_refused", subject=subject)
             self._closing = True
             self.transport.abortConnection()
+
+    def _limited_warning(self, event: str, **fields) -> None:
+        """Peers can trigger these at will: at most one line per channel and kind per window."""
+        peer = self.transport.getPeer()
+        self.factory.log_limiter.warning((self.policy.channel, event), event, channel=self.policy.channel,
+                                         peer=getattr(peer, "host", str(peer)), **fields)
 
     def timeoutConnection(self):
         log.info("mllp.idle_timeout", channel=self.policy.channel)
@@ -137,13 +149,23 @@ class MLLPServerFactory(protocol.ServerFactory):
     def __init__(self, intake: Intake, policy: IntakePolicy, max_size: int = 64 * 1024 * 1024,
                  idle_timeout: float | None = 600.0, allowed_subjects: tuple[str, ...] = ()):
         self.allowed_subjects = tuple(allowed_subjects)
+        self.log_limiter = RateLimitedLog(log, intake.clock)
         self.intake = intake
         self.policy = policy
         self.max_size = max_size
         self.idle_timeout = idle_timeout
+
+    def doStop(self):
+        self.log_limiter.close()
 
     def buildProtocol(self, addr):
         p = MLLPServerProtocol(self.intake, self.policy, self.max_size, self.idle_timeout)
         p.allowed_subjects = self.allowed_subjects
         p.factory = self
         return p
+
+
+def _tls_error(error) -> str:
+    """OpenSSL's reason strings (e.g. `certificate verify failed`), short: no certificate content."""
+    reasons = [r[-1] for r in getattr(error, "args", [[]])[0] if isinstance(r, tuple) and r]
+    return ("; ".join(reasons) or type(error).__name__)[:200]

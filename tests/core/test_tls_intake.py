@@ -53,3 +53,43 @@ async def test_mutual_tls_checks_ca_and_allowed_subject(tmp_path):
         assert (await _try(engine.port_of("open"), foreign)).startswith("refused")
     finally:
         await engine.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_handshakes_and_refused_peers_are_logged_rate_limited(tmp_path):
+    """One line per channel and kind per window, then one with the count of the ones held back;
+    never a log line per attempt (a scanner would flood the log), never patient data."""
+    from structlog.testing import capture_logs
+    from twisted.internet import task
+
+    pki = generate_test_pki(tmp_path / "pki")
+    tls = {"certificate": str(pki.server.cert), "key": str(pki.server.key), "ca": str(pki.ca.cert),
+           "require_client_certificate": True}
+    cfg = write_config(tmp_path / "cfg", {
+        "open": inbound(tls=tls),
+        "closed": inbound(tls={**tls, "allowed_subjects": ["someone else"]}),
+    })
+    engine = await start_engine(cfg, tmp_path / "data")
+    clock = task.Clock()
+    for name in ("open", "closed"):
+        engine.listeners[name].factory.log_limiter.clock = clock
+    try:
+        with capture_logs() as logs:
+            for _ in range(3):
+                assert (await _try(engine.port_of("open"), _client_options(pki, pki.client_other_ca))
+                        ).startswith("refused")
+                assert (await _try(engine.port_of("closed"), _client_options(pki, pki.client))
+                        ).startswith("refused")
+            first = [(e["event"], e["channel"], e["suppressed"]) for e in logs
+                     if e["event"] in ("mllp.tls_handshake_failed", "mllp.peer_refused")]
+            clock.advance(10.0)
+            later = [(e["event"], e["channel"], e["suppressed"]) for e in logs
+                     if e["event"] in ("mllp.tls_handshake_failed", "mllp.peer_refused")][len(first):]
+    finally:
+        await engine.stopService()
+    assert sorted(first) == [("mllp.peer_refused", "closed", 0), ("mllp.tls_handshake_failed", "open", 0)]
+    assert sorted(later) == [("mllp.peer_refused", "closed", 2), ("mllp.tls_handshake_failed", "open", 2)]
+    handshake = next(e for e in logs if e["event"] == "mllp.tls_handshake_failed")
+    assert handshake["peer"] == "127.0.0.1" and handshake["error"]
+    refused = next(e for e in logs if e["event"] == "mllp.peer_refused")
+    assert refused["subject"] and refused["peer"] == "127.0.0.1"
