@@ -46,7 +46,6 @@ class Verdict:
     code: str
     errors: tuple[AckError, ...] = ()
     reason: str = ""
-    label: str = ""  # metrics label (closed set); the reason, quoting the sender, goes to the journal
 
 
 class _ChannelMetrics:
@@ -200,11 +199,10 @@ class Intake:
         log.error("intake.internal_error", channel=policy.channel, **_fault_fields(failure))
         now = self.clock.seconds()
         header = _scan_or_none(raw, policy.codec)
-        reason = f"internal error ({failure.type.__name__}): message kept, resend later"
+        reason = f"internal error ({failure.type.__name__}): resend later"
         record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
                                state=REJECTED, reason=reason, ack_code="AR")
-        verdict = Verdict("AR", (AckError(207, "", "internal error: message kept, resend later"),),
-                          reason, "internal-error")
+        verdict = Verdict("AR", (AckError(207, "", "internal error, resend later"),), reason)
         record.ack = self._fault_ack(header, verdict, now, policy)
         d = defer.maybeDeferred(self.journal.append_inbound, record)
         d.addErrback(lambda f: log.error("intake.fault_not_stored", channel=policy.channel,
@@ -253,8 +251,6 @@ def nack_reason(verdict: Verdict) -> str:
     """The metrics label of a NACK (AA: "")."""
     if verdict.code == "AA":
         return ""
-    if verdict.label:
-        return verdict.label
     return NACK_REASONS.get(verdict.errors[0].code, "other") if verdict.errors else "other"
 
 
@@ -321,7 +317,7 @@ def quarantine(intake: Intake, policy: IntakePolicy, data: bytes, reason: str) -
     record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=data,
                            state=REJECTED, reason=reason)
     intake.metrics.quarantined.labels(policy.channel, reason.split(":")[0]).inc()
-    d = intake.journal.append_inbound(record)
+    d = defer.maybeDeferred(intake.journal.append_inbound, record)
     d.addCallback(lambda r: log.warning("input.quarantined", message_id=r.uid, channel=r.channel,
                                         reason=reason, size=len(data)))
     d.addErrback(lambda f: log.error("input.quarantine_failed", channel=policy.channel,
