@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test conformance bench bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire check demo clean pki sim-dmp
+.PHONY: install run test conformance bench bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz check demo clean pki sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,23 +14,29 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP) var/pki/client.pem
+run: $(STAMP) var/pki/client-second.pem var/mss-sim-pki/ca.pem
 	$(BIN)/pfi run
 
+# The MSSanté simulator's test PKI the embedded mssante channel trusts (`pfi mss sim` reuses it).
+var/mss-sim-pki/ca.pem: | $(STAMP)
+	$(BIN)/python -c "from pathlib import Path; from engine.mss.testpki import ensure_test_pki; ensure_test_pki(Path('var/mss-sim-pki'))"
+
 # The demo/test PKI the embedded DMP channel points at (never used with the real DMP).
-var/pki/client.pem: | $(STAMP)
+var/pki/client-second.pem: | $(STAMP)
 	$(BIN)/python -c "from pathlib import Path; from engine.pki import ensure_test_pki; ensure_test_pki(Path('var/pki'))"
 
-test: $(STAMP)
+# The shipped configuration (route tests, pfi check) names the simulators' test PKIs.
+test: $(STAMP) var/mss-sim-pki/ca.pem var/pki/client-second.pem
+	$(BIN)/ruff check engine bench tests
 	$(BIN)/python -m pytest -q tests
 
 # Conformance on the reference corpus: ANS example messages -> document requests, and every
 # corpus CDA against the ANS verdicts (make test runs a representative subset of the latter).
-conformance: $(STAMP)
+conformance: $(STAMP) var/mss-sim-pki/ca.pem var/pki/client-second.pem
 	$(BIN)/python -m pytest -q tests/conformance
 	PFI_CONFORMANCE=full $(BIN)/python -m pytest -q -m conformance tests
 
-check: $(STAMP)
+check: $(STAMP) var/pki/client-second.pem var/mss-sim-pki/ca.pem
 	$(BIN)/pfi check
 
 bench: $(STAMP)
@@ -48,6 +54,10 @@ bench-flow: $(STAMP)
 
 bench-mss: $(STAMP)
 	$(BIN)/python bench/mss.py
+
+# 10^6 mutated MLLP frames against an engine process on 127.0.0.1 (bounded to 3 h); exit 1 on any defect.
+bench-fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --frames 1000000 --connections 8 --seconds 10800
 
 demo: $(STAMP)
 	$(BIN)/pfi demo

@@ -30,7 +30,7 @@ INIT = MDM / "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
 
 
 async def run(seconds: float, connections: int) -> None:
-    from engine.dmp.simulator import DmpSimulator
+    from engine.sim.dmp import DmpSimulator
     from engine.log import configure_logging
     from engine.pki import ensure_test_pki
 

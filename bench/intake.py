@@ -1,14 +1,20 @@
-"""Intake benchmark: ACKed messages/s and ACK latency, durable engine vs a bare MLLP ceiling.
+"""Intake benchmark: ACKed messages/s, ACK latency and CPU per message of the durable engine,
+beside two references: a bare MLLP server (frames and answers, the ceiling) and a minimal durable
+server (MSH scan, SQLite WAL synchronous=FULL group commit, ACK after the commit: the least a
+durable Python server does, bench/durable_server.py).
 
     .venv/bin/python bench/intake.py [--seconds 3] [--connections 1,8,64]
 
 Each server runs in its own process; the load generator is a closed loop (one message in flight
-per connection, the next sent when its ACK arrives) in this process.
+per connection, the next sent when its ACK arrives) in this process. CPU µs/msg is the server
+process's user+system time over the run (from /proc, all its threads; `main` is the reactor
+thread alone) divided by the messages ACKed: steadier than msg/s on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -22,14 +28,22 @@ from twisted.internet import defer, task  # noqa: E402
 from bench.common import ROOT, adt_message, oru_message, run_load, start_engine_process, stop_process  # noqa: E402
 from engine.journal.sqlite import DURABILITY  # noqa: E402
 
-BARE_PORT, ENGINE_PORT = 24001, 24002
+BARE_PORT, DURABLE_PORT, ENGINE_PORT = 24001, 24003, 24002
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def start_bare() -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_server.py"), str(BARE_PORT)],
+def start_reference(script: str, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *args],
                             stdout=subprocess.PIPE, cwd=ROOT)
     proc.stdout.readline()
     return proc
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """user+system CPU of a process (all threads) or of one of its threads, from /proc."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    fields = open(path).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def start_engine(workdir: Path, log_level: str) -> subprocess.Popen:
@@ -47,22 +61,31 @@ def stop(proc: subprocess.Popen) -> None:
     stop_process(proc)
 
 
-async def measure(port: int, connections: list[int], seconds: float, tag: str) -> dict:
+async def measure(port: int, pid: int, connections: list[int], seconds: float, tag: str) -> dict:
     results = {}
     for name, template in (("ADT ~1KB", adt_message()), ("ORU ~40KB", oru_message())):
         for n in connections:
-            results[(name, n)] = await run_load(port, template, n, seconds, f"{tag}{n}")
+            cpu0, main0 = cpu_seconds(pid), cpu_seconds(pid, pid)
+            result = await run_load(port, template, n, seconds, f"{tag}{n}")
+            count = max(1, result["count"])
+            result["cpu_us"] = (cpu_seconds(pid) - cpu0) / count * 1e6
+            result["main_us"] = (cpu_seconds(pid, pid) - main0) / count * 1e6
+            results[(name, n)] = result
     return results
 
 
-def print_table(bare: dict, engine: dict, log_level: str) -> None:
-    print(f"\nIntake benchmark - journal: {DURABILITY}; engine log level: {log_level}")
-    print(f"{'message':<10} {'conns':>5} | {'bare msg/s':>10} | {'engine msg/s':>12} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'errors':>6} | {'ratio':>6}")
+def print_table(bare: dict, durable: dict, engine: dict, log_level: str) -> None:
+    print(f"\nIntake benchmark - journal: {DURABILITY}; engine log level: {log_level}; "
+          "routes configured: 0")
+    print(f"{'message':<10} {'conns':>5} | {'bare':>7} | {'durable':>7} {'µs/msg':>6} | {'engine':>7} "
+          f"{'µs/msg':>6} {'main':>5} {'p50 ms':>6} {'p99 ms':>6} {'errs':>4} | {'/durable':>8} {'/bare':>5}")
     for key in engine:
-        b, e = bare[key], engine[key]
-        print(f"{key[0]:<10} {key[1]:>5} | {b['rate']:>10.0f} | {e['rate']:>12.0f} {e['p50']:>7.2f} "
-              f"{e['p99']:>7.2f} {e['errors']:>6} | {e['rate'] / b['rate']:>6.0%}")
+        b, d, e = bare[key], durable[key], engine[key]
+        print(f"{key[0]:<10} {key[1]:>5} | {b['rate']:>7.0f} | {d['rate']:>7.0f} {d['cpu_us']:>6.0f} | "
+              f"{e['rate']:>7.0f} {e['cpu_us']:>6.0f} {e['main_us']:>5.0f} {e['p50']:>6.2f} {e['p99']:>6.2f} "
+              f"{e['errors']:>4} | {e['rate'] / d['rate']:>8.0%} {e['rate'] / b['rate']:>5.0%}")
+    print("msg/s: ACKed messages per second (closed loop); µs/msg: server CPU (all threads) per message; "
+          "main: the engine's reactor thread alone.")
 
 
 def main() -> None:
@@ -75,17 +98,22 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="pfi-bench-", dir=ROOT / "var" if (ROOT / "var").exists() else None))
 
     async def run(reactor):
-        bare_proc = start_bare()
+        bare_proc = start_reference("bare_server.py", str(BARE_PORT))
         try:
-            bare = await measure(BARE_PORT, connections, args.seconds, "B")
+            bare = await measure(BARE_PORT, bare_proc.pid, connections, args.seconds, "B")
         finally:
             stop(bare_proc)
+        durable_proc = start_reference("durable_server.py", str(DURABLE_PORT), str(workdir / "durable.db"))
+        try:
+            durable = await measure(DURABLE_PORT, durable_proc.pid, connections, args.seconds, "D")
+        finally:
+            stop(durable_proc)
         engine_proc = start_engine(workdir, args.log_level)
         try:
-            engine = await measure(ENGINE_PORT, connections, args.seconds, "E")
+            engine = await measure(ENGINE_PORT, engine_proc.pid, connections, args.seconds, "E")
         finally:
             stop(engine_proc)
-        print_table(bare, engine, args.log_level)
+        print_table(bare, durable, engine, args.log_level)
 
     try:
         task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))

@@ -36,19 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: commands whose output is machine-readable already (JSON logs, escaped by the encoder)
-RAW_OUTPUT_COMMANDS = ("run",)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from engine.commands.common import printable_output
+    from engine.commands.safe_output import SafeWriter
 
     args = build_parser().parse_args(argv)
-    if args.command in RAW_OUTPUT_COMMANDS:
-        return int(args.handler(args) or 0)
-    # Every human-facing line may quote the wire (MSH-9, MSH-10, ERR text): no terminal escapes.
-    with printable_output():
+    stdout = sys.stdout
+    sys.stdout = SafeWriter(stdout)  # journal fields come from senders: show controls, never obey them
+    try:
         code = args.handler(args)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
     return int(code or 0)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Awaitable, Callable, Literal
+from typing import TYPE_CHECKING, Awaitable, Callable, Literal
 
 import structlog
 from lxml import etree
@@ -26,6 +26,9 @@ from engine.config.channels import ChannelSettings, RetrySettings, channel_type
 from engine.errors import ConfigurationError, EngineError, TransientDeliveryError
 from engine.mss.models import MssDocumentRequest, MssFlags, PatientIdentity, Recipient, RecipientResult
 from engine.mss.settings import MssChannelSettings
+
+if TYPE_CHECKING:  # engine.connectors imports this module: the name is for readers and checkers
+    from engine.connectors import Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +50,14 @@ class MssanteChannel(ChannelSettings, MssChannelSettings):
     deliver_to: str | None = Field(None, description="mllp-out channel (RIS) receiving the LPS MDMs")
     source_oid: str = Field("1.2.250.1.213.1.1.1", description="XDS sourceId of the XDM submission set")
     content_type_code: str = Field("19", description="J01 content type when PV1-2 gives none")
+    dmp_invisible_notice: str = Field(
+        "Information : ce document a été déposé dans le DMP du patient sans être visible par lui ; il ne doit "
+        "pas lui être communiqué avant une consultation d'annonce.",
+        description="Added to the professional mail of a report the DMP accepted invisibly to the patient")
+    wait_for_dmp_when_invisible: bool = Field(
+        False, description="Reports for the DMP and invisible to the patient are mailed only by the "
+        "`deliver: {to: <this channel>}` in the DMP delivery's on_success (with the notice above); "
+        "the shipped routes have that step")
 
     def mss_settings(self, root: Path) -> MssChannelSettings:
         """The connector's own settings; relative file paths are relative to the config root."""
@@ -174,7 +185,15 @@ class MssDeliveryConnector:
             # parsing a large ORU/MDM and the XSLT extraction stay off the reactor thread
             request, mss, metadata = await threads.deferToThread(self._prepare, payload, delivery)
         except (EngineError, ValueError) as exc:
-            return Outcome("dead", f"NOT_SENDABLE: {exc}")
+            return Outcome("dead", f"PFI:NOT_SENDABLE: {exc}")
+        waits_for_dmp = self.channel.wait_for_dmp_when_invisible and mss.flags.dest_dmp and mss.flags.invisible_patient
+        after_dmp = "/ok/" in (getattr(delivery, "step", "") or "")  # a follow-up of an accepted delivery
+        if waits_for_dmp and not after_dmp:
+            return Outcome("done", "MSSanté: deferred until the DMP accepts the document invisibly to the patient")
+        if after_dmp and not waits_for_dmp:
+            return Outcome("done", "MSSanté: already mailed with the report (not invisible in the DMP)")
+        if after_dmp:
+            mss.dmp_notice = self.channel.dmp_invisible_notice
         self._remember_zam_target(request, mss, delivery)
         try:
             results = await self._send(mss, metadata)
@@ -267,7 +286,7 @@ def outcome_of(mss: MssDocumentRequest, results: list[RecipientResult]):
     if not (mss.flags.dest_mssante_ps or mss.flags.dest_mssante_pat):
         return Outcome("done", "MSSanté: not requested (DESTMSSANTEPS=N, DESTMSSANTEPAT=N)")
     reasons = "; ".join(sorted({r.reason for r in results})) or "no PRT RCT address"
-    return Outcome("dead", f"NO_RECIPIENT: {reasons}")
+    return Outcome("dead", f"PFI:NO_RECIPIENT: {reasons}")
 
 
 # --------------------------------------------------------------------------- receiving
@@ -277,21 +296,49 @@ class MailPoller(service.Service):
     """Engine service: polls the application mailbox, each LPS MDM goes to the RIS over MLLP."""
 
     def __init__(self, reactor, channel: MssanteChannel, root: Path, ris, connector: MssDeliveryConnector,
-                 clock=None):
+                 clock=None, journal=None):
         from engine.mllp.sender import MLLPSender
         from engine.mss.inbound import MailboxPoller
 
         self.setName(f"{channel.name}-poller")
+        self.channel_name, self.journal, self.clock = channel.name, journal, clock or reactor
         self.ris = MLLPSender(reactor, ris)
         self.poller = MailboxPoller(connector.settings, reactor, self.deliver, connector.sender,
                                     connector.store, on_outcome=connector.on_outcome, clock=clock)
 
     async def deliver(self, mdm: bytes) -> bytes:
-        """The RIS's ACK bytes; no ACK (down, timeout) → the mail waits for the next poll."""
+        """The RIS's ACK bytes; no ACK (down, timeout) → the mail waits for the next poll.
+
+        The LPS MDM is journaled first (channel = this mailbox, state `mail-integration`), with
+        the RIS's answer as an event: visible in `pfi tail`, and `pfi replay` sends it again
+        through the routes (the shipped `mailbox-to-ris` route). The poller answers the sender's
+        MDN from the RIS's ACK, so it delivers itself rather than through the queue."""
+        uid = await self._journal(mdm)
         outcome = await self.ris.send(mdm)
+        if uid is not None:
+            state = "sent" if outcome.ack is not None else "retry"
+            d = self.journal.record_event(uid, state, self.ris.settings.name,
+                                          f"to the RIS by the mailbox poller: {outcome.reason}")
+            d.addErrback(lambda f: log.error("mss.journal_event_failed", error=f.getErrorMessage()))
         if outcome.ack is None:
             raise TransientDeliveryError(f"RIS: {outcome.reason}")
         return outcome.ack
+
+    async def _journal(self, mdm: bytes) -> str | None:
+        from engine.hl7.scan import scan
+        from engine.ids import new_id
+        from engine.journal.base import InboundRecord
+
+        if self.journal is None:
+            return None
+        now = self.clock.seconds()
+        record = InboundRecord(uid=new_id(now), channel=self.channel_name, received_at=now, raw=mdm,
+                               state=MAIL_INTEGRATION, reason="LPS MDM built from a mail of the application mailbox")
+        header = scan(mdm)
+        record.control_id, record.msg_type = header.control_id, header.message_type
+        record.sender, record.facility, record.patient_ids = header.sending_app, header.sending_facility, header.patient_ids
+        stored = await self.journal.append_inbound(record)
+        return stored.uid
 
     def startService(self):
         super().startService()
@@ -313,7 +360,7 @@ def build_mss_connectors(config, reactor, enqueue: Enqueue | None = None, clock=
 
 
 def _channel_problems(config, channel) -> list[str]:
-    problems = []
+    problems = _dmp_wait_problems(config, channel)
     if channel.imap is not None and not channel.deliver_to:
         problems.append(f"channel {channel.name!r}: IMAP needs deliver_to = an mllp-out channel")
     for setting in ("zam_channel", "deliver_to"):
@@ -324,7 +371,40 @@ def _channel_problems(config, channel) -> list[str]:
     return problems
 
 
-def build_mail_pollers(config, reactor, connectors: dict, clock=None) -> list[MailPoller]:
+def _dmp_wait_problems(config, channel) -> list[str]:
+    """`wait_for_dmp_when_invisible` defers some mails to a DMP delivery's on_success: without such a
+    step in the routes those mails would never leave, silently."""
+    if not getattr(channel, "wait_for_dmp_when_invisible", False):
+        return []
+
+    def after_dmp(steps, in_success: bool) -> bool:
+        # The connector mails deferred reports from any follow-up of an accepted delivery (the
+        # shipped routes: the DMP's); what must exist is such a step naming this channel.
+        for step in steps:
+            targets = [] if step.deliver is None else (
+                [step.deliver.to] if isinstance(step.deliver.to, str) else list(step.deliver.to))
+            if in_success and channel.name in targets:
+                return True
+            if after_dmp(step.on_success, True) or after_dmp(step.on_failure, False):
+                return True
+        return False
+
+    if any(after_dmp(route.steps, False) for route in config.routes):
+        return []
+    return [f"channel {channel.name!r}: wait_for_dmp_when_invisible needs a `deliver: {{to: {channel.name}}}` "
+            "step in the on_success of a DMP delivery, or reports invisible to the patient are never mailed"]
+
+
+def mss_channel_problems(config) -> list[str]:
+    """What `pfi check` and the engine's start refuse in the mssante channels."""
+    return [p for c in config.channels.values() if c.type == "mssante" for p in _channel_problems(config, c)]
+
+
+def build_mail_pollers(config, reactor, connectors: dict, clock=None, journal=None) -> list[MailPoller]:
     """A poller for each `mssante` channel with IMAP settings (checked by build_mss_connectors)."""
-    return [MailPoller(reactor, c, config.root, config.channels[c.deliver_to], connectors[c.name], clock)
+    return [MailPoller(reactor, c, config.root, config.channels[c.deliver_to], connectors[c.name], clock, journal)
             for c in config.channels.values() if c.type == "mssante" and c.imap is not None]
+
+
+#: journal state of an LPS MDM the mailbox poller delivered itself (`pfi replay` routes it again)
+MAIL_INTEGRATION = "mail-integration"

@@ -6,9 +6,11 @@ The ACK of a message leaves only after its own journal commit. Rejected input is
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 import traceback
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -16,10 +18,11 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from engine.errors import JournalError, ParseError
-from engine.hl7.ack import AckError, build_ack
+from engine.hl7.ack import ERROR_TEXT, AckError, build_ack
 from engine.hl7.scan import Header, scan
 from engine.ids import new_id
 from engine.journal.base import DUPLICATE, RECEIVED, REJECTED, InboundRecord
+from engine.log import EveryFewSeconds
 
 log = structlog.get_logger("engine.intake")
 
@@ -39,6 +42,12 @@ class IntakePolicy:
     local_app: str = "PFI"
     # ack_mode `document-request`: an engine.docrequest.check.DocumentRequestGate; None = receipt.
     document_check: object | None = None
+    # Rejected frames are kept whole while the channel's rejected bytes of the last hour stay
+    # under this quota; beyond, their first `rejected_head` bytes plus size and SHA-256.
+    rejected_quota: int = 64 * 1024 * 1024
+    rejected_head: int = 64 * 1024
+    # Teleradiology orders (ORM^O01, OMI^O23) checked against their CI-SIS profile before the ACK.
+    tlr_orders: bool = False
 
 
 @dataclass(slots=True)
@@ -67,23 +76,45 @@ class Intake:
     _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
     _channels: dict = field(default_factory=dict)
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
+    _rejected: dict = field(default_factory=dict)  # channel -> RejectedBytes of the last hour
+    _tally: dict = field(default_factory=dict)  # channel -> Counter of states since the last summary
+    _rejection_logs: dict = field(default_factory=dict)  # channel -> EveryFewSeconds
+
+    def _append(self, record: InboundRecord, policy: IntakePolicy) -> defer.Deferred:
+        """Journal `record`; a rejected frame beyond the channel's hourly quota keeps its head."""
+        if record.state == REJECTED:
+            self._bound_rejected(record, policy)
+        return self.journal.append_inbound(record)
+
+    def _bound_rejected(self, record: InboundRecord, policy: IntakePolicy) -> None:
+        size = len(record.raw)
+        budget = self._rejected.setdefault(policy.channel, RejectedBytes(policy.rejected_quota))
+        self.metrics.rejected_bytes.labels(policy.channel).inc(size)
+        if budget.keep_whole(size, self.clock.seconds()) or size <= policy.rejected_head:
+            return
+        digest = hashlib.sha256(record.raw).hexdigest()
+        record.raw = record.raw[: policy.rejected_head]
+        record.reason = (f"{TRUNCATED_MARK} first {policy.rejected_head} of {size} bytes kept, "
+                         f"sha256 {digest}] {record.reason}")
+        self.metrics.rejected_truncated.labels(policy.channel).inc()
+        budget.warn(lambda suppressed: log.warning(
+            "intake.rejected_quota_exceeded", channel=policy.channel, quota_bytes=policy.rejected_quota,
+            suppressed_since_last=suppressed))
 
     def receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
-        """Journal `raw` and fire with the ACK bytes to send back. Never fails: whatever the frame
-        does to the parser, it gets an answer (see `_internal_fault`)."""
-        return self.guarded(policy, raw, self._receive)
-
-    def guarded(self, policy: IntakePolicy, raw: bytes, work) -> defer.Deferred:
-        """Run `work(policy, raw)` (a Deferred of the ACK); a defect in it becomes an AR."""
+        """Journal `raw` and fire with the ACK bytes to send back. Total: whatever the bytes do to
+        the parser or the checks, the frame is answered and kept (AR 207 on an internal fault)."""
         try:
-            d = work(policy, raw)
-        except Exception:
-            d = defer.fail()
-        return d.addErrback(self._internal_fault, policy, raw)
+            if policy.document_check is not None:
+                d = defer.Deferred.fromCoroutine(self._receive_document(policy, raw))
+            else:
+                d = self._receive_plain(policy, raw)
+        except Exception:  # noqa: BLE001 — a frame must never take the connection down
+            return self._internal_fault(policy, raw)
+        d.addErrback(lambda failure: self._internal_fault(policy, raw, failure))
+        return d
 
-    def _receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
-        if policy.document_check is not None:
-            return defer.Deferred.fromCoroutine(self._receive_document(policy, raw))
+    def _receive_plain(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
         started = time.perf_counter()
         now = self.clock.seconds()
         record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw)
@@ -97,11 +128,31 @@ class Intake:
         record.state = RECEIVED if verdict.code == "AA" else REJECTED
         record.reason = verdict.reason
         record.ack_code = verdict.code
-        record.ack = self._ack(header, verdict, now, policy)
-        d = self.journal.append_inbound(record)
+        self._answer(record, header, verdict, now, policy)
+        d = self._append(record, policy)
         # One callback pair per message: log, count and hand back the ACK.
-        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started, nack_reason(verdict)),
+        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
                        errbackArgs=(record, header, policy, now, started))
+        return d
+
+    def _internal_fault(self, policy: IntakePolicy, raw: bytes, failure=None) -> defer.Deferred:
+        """An unexpected exception while handling a frame: AR 207 (may be resent once fixed), the
+        raw bytes journaled as rejected with the exception type (its text may quote the message)."""
+        failure = failure or Failure()
+        error = failure.value
+        # The stack, not the exception's text: it may quote the frame (patient data).
+        log.error("intake.internal_error", channel=policy.channel, error_type=type(error).__name__,
+                  stack="".join(traceback.format_tb(failure.getTracebackObject())))
+        now = self.clock.seconds()
+        reason = f"internal error while reading the message ({type(error).__name__}): send it again later"
+        record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
+                               state=REJECTED, reason=reason, ack_code="AR")
+        record.ack = self._ack(None, Verdict("AR", (AckError(207, "", reason),), reason), now, policy)
+        self.metrics.nacked.labels(policy.channel, "AR", "207").inc()
+        d = self._append(record, policy)
+        d.addErrback(lambda f: log.error("intake.internal_error_not_journaled", channel=policy.channel,
+                                         error=f.getErrorMessage()))
+        d.addBoth(lambda _: record.ack)
         return d
 
     async def _receive_document(self, policy: IntakePolicy, raw: bytes) -> bytes:
@@ -141,12 +192,15 @@ class Intake:
         record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
                                state=REJECTED, reason=reason, ack_code=code)
         _index(record, header, policy, accepted=False)
-        verdict = Verdict(code, tuple(errors), reason)
-        record.ack = self._ack(header, verdict, now, policy)
-        d = self.journal.append_inbound(record)
-        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started, nack_reason(verdict)),
+        self._answer(record, header, Verdict(code, tuple(errors), reason), now, policy)
+        d = self._append(record, policy)
+        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
                        errbackArgs=(record, header, policy, now, started))
         return d
+
+    def _answer(self, record: InboundRecord, header, verdict: Verdict, now: float, policy: IntakePolicy) -> None:
+        record.ack = self._ack(header, verdict, now, policy)
+        record.error_code = verdict.errors[0].code if verdict.errors else 0
 
     def _ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:
         control = f"{int(now * 1000)}{next(self._counter) % 10000:04d}"
@@ -159,70 +213,54 @@ class Intake:
             self._stamp = (second, time.strftime("%Y%m%d%H%M%S", time.localtime(second)))
         return self._stamp[1]
 
-    def _stored(self, record: InboundRecord, policy: IntakePolicy, started: float, reason: str) -> bytes:
-        # The record is committed: its answer is due whatever happens to the bookkeeping below.
+    def _stored(self, record: InboundRecord, policy: IntakePolicy, started: float) -> bytes:
+        # The record is committed: its answer is due whatever happens to the bookkeeping below
+        # (an exception here would turn a stored message's AA into an AR and journal it twice).
         try:
-            self._after_store(record, policy, started, reason)
-        except Exception:
+            self._after_store(record, policy, started)
+        except Exception as exc:  # noqa: BLE001
             log.error("intake.bookkeeping_failed", message_id=record.uid, channel=record.channel,
-                      **_fault_fields(Failure()))
+                      error_type=type(exc).__name__)
         return record.ack
 
-    def _after_store(self, record: InboundRecord, policy: IntakePolicy, started: float, reason: str) -> None:
-        if record.state == DUPLICATE:
-            log.info("message.duplicate", message_id=record.uid, channel=record.channel,
-                     control_id=record.control_id, original=record.duplicate_of)
-        elif record.state == REJECTED:
-            log.warning("message.rejected", message_id=record.uid, channel=record.channel,
-                        control_id=record.control_id, reason=record.reason)
-        else:
-            log.info("message.received", message_id=record.uid, channel=record.channel,
-                     control_id=record.control_id, type=record.msg_type)
-            if self.on_accepted is not None:
-                self.on_accepted()
-        self._observe(record, policy, started, reason)
+    def _after_store(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
+        # No log line per accepted message on the hot path (the journal has one event each, `pfi
+        # tail` shows them): counts per channel go out every few seconds (`flush_summary`), and a
+        # rejection is logged at once, at most once a second per channel with the count suppressed.
+        self._tally.setdefault(record.channel, Counter())[record.state] += 1
+        if record.state == REJECTED:
+            self._log_rejection(record)
+        elif record.state != DUPLICATE and self.on_accepted is not None:
+            self.on_accepted()
+        self._observe(record, policy, started)
+
+    def _log_rejection(self, record: InboundRecord) -> None:
+        limiter = self._rejection_logs.setdefault(record.channel, EveryFewSeconds(1.0))
+        limiter(lambda suppressed: log.warning(
+            "message.rejected", message_id=record.uid, channel=record.channel, control_id=record.control_id,
+            reason=record.reason[:300], suppressed_since_last=suppressed))
+
+    def flush_summary(self) -> None:
+        """One line per channel with what intake stored since the last call (received, rejected,
+        duplicate counts)."""
+        for channel, tally in self._tally.items():
+            if tally:
+                log.info("intake.summary", channel=channel, **dict(tally))
+        self._tally.clear()
 
     def _not_stored(self, failure, record, header, policy, now, started) -> bytes:
         failure.trap(JournalError)
-        # AR: circumstantial, the same message may be resent once the journal is back.
-        reason = "journal unavailable, message not stored: retry later"
+        # AR: refused for a circumstantial reason (disk full, journal down); the same message
+        # sent again later will be accepted.
+        reason = "journal unavailable, message not stored: send it again later"
         log.error("message.not_stored", message_id=record.uid, channel=record.channel,
-                  control_id=record.control_id, error=failure.getErrorMessage())
+                  error=failure.getErrorMessage())
         record.state, record.ack_code, record.reason = "not-stored", "AR", reason
         ack = self._ack(header, Verdict("AR", (AckError(207, "", reason),)), now, policy)
-        self._observe(record, policy, started, "journal-unavailable")
+        self._observe(record, policy, started)
         return ack
 
-    def _internal_fault(self, failure, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
-        """A defect in the per-frame path: log it once (with its stack), journal the raw frame as
-        rejected for replay, answer AR 207 (the frame itself may be fine: resend later)."""
-        log.error("intake.internal_error", channel=policy.channel, **_fault_fields(failure))
-        now = self.clock.seconds()
-        header = _scan_or_none(raw, policy.codec)
-        reason = f"internal error ({failure.type.__name__}): resend later"
-        record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
-                               state=REJECTED, reason=reason, ack_code="AR")
-        verdict = Verdict("AR", (AckError(207, "", "internal error, resend later"),), reason)
-        record.ack = self._fault_ack(header, verdict, now, policy)
-        d = defer.maybeDeferred(self.journal.append_inbound, record)
-        d.addErrback(lambda f: log.error("intake.fault_not_stored", channel=policy.channel,
-                                         error=f.type.__name__))
-        d.addBoth(lambda _: self._count_nack(policy, "AR", "internal-error"))
-        return d.addBoth(lambda _: record.ack)
-
-    def _fault_ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:
-        try:
-            return self._ack(header, verdict, now, policy)
-        except Exception:  # the header itself broke the ACK builder: answer without echoing it
-            return self._ack(None, verdict, now, policy)
-
-    def _count_nack(self, policy: IntakePolicy, code: str, label: str) -> None:
-        try:
-            self.metrics.nacked.labels(policy.channel, code, label).inc()
-        except Exception:
-            pass  # a metrics defect must not cost the answer
-
-    def _observe(self, record: InboundRecord, policy: IntakePolicy, started: float, reason: str) -> None:
+    def _observe(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
         m = self._channels.get(policy.channel)
         if m is None:
             m = self._channels[policy.channel] = _ChannelMetrics(self.metrics, policy.channel)
@@ -232,50 +270,62 @@ class Intake:
         if record.ack_code == "AA":
             m.acked.inc()
         else:
-            self.metrics.nacked.labels(policy.channel, record.ack_code, reason).inc()
+            self.metrics.nacked.labels(policy.channel, record.ack_code, _reason_label(record)).inc()
         m.ack_latency.observe(time.perf_counter() - started)
 
 
-#: `reason` label of pfi_messages_nacked_total: table 0357 codes by name, plus the engine's own
-#: cases (journal-unavailable, internal-error). A closed set: the sender's text (MSH-9, MSH-12…)
-#: goes to the journal row, never into a label (each distinct value would be a new series).
-NACK_REASONS = {
-    100: "segment-sequence", 101: "required-field-missing", 102: "data-type",
-    103: "table-value-not-found", 198: "cardinality", 199: "other",
-    200: "unsupported-message-type", 201: "unsupported-event", 202: "unsupported-processing-id",
-    203: "unsupported-version", 205: "duplicate-key", 206: "record-locked", 207: "application-error",
-}
+TRUNCATED_MARK = "[truncated:"  # starts the reason of a rejected frame kept in part (pfi replay refuses it)
 
 
-def nack_reason(verdict: Verdict) -> str:
-    """The metrics label of a NACK (AA: "")."""
-    if verdict.code == "AA":
-        return ""
-    return NACK_REASONS.get(verdict.errors[0].code, "other") if verdict.errors else "other"
+class RejectedBytes:
+    """Bytes of rejected frames kept whole by one channel over the last hour (a sliding window)."""
 
+    WINDOW = 3600.0
 
-def _fault_fields(failure: Failure) -> dict:
-    """Exception type and stack for the log, without the exception's message (it may quote the
-    frame, hence patient data)."""
-    return {"error": failure.type.__name__,
-            "stack": "".join(traceback.format_tb(failure.getTracebackObject()))}
+    def __init__(self, quota: int):
+        self.quota = quota
+        self._kept: deque = deque()  # (time, bytes)
+        self._total = 0
+        self._last_warning = float("-inf")
+        self._suppressed = 0
 
+    def keep_whole(self, size: int, now: float) -> bool:
+        while self._kept and self._kept[0][0] < now - self.WINDOW:
+            self._total -= self._kept.popleft()[1]
+        if self._total + size > self.quota:
+            return False
+        self._kept.append((now, size))
+        self._total += size
+        return True
 
-def _scan_or_none(raw: bytes, codec: str) -> Header | None:
-    try:
-        return scan(raw, codec)
-    except Exception:
-        return None
+    def warn(self, emit) -> None:
+        """At most one warning every 10 minutes per channel, with the count suppressed."""
+        now = time.monotonic()
+        if now - self._last_warning < 600:
+            self._suppressed += 1
+            return
+        self._last_warning = now
+        emit(suppressed=self._suppressed)
+        self._suppressed = 0
 
 
 def malformed(exc: ParseError) -> Verdict:
-    """An unreadable MSH is AE: the frame itself is wrong, resending it unchanged cannot help."""
+    """An unreadable MSH is AE (the frame itself is wrong, resending it unchanged cannot help),
+    with the table 0357 code and location the scanner found (101/102 at MSH-1 or MSH-2, 100)."""
     code, location = getattr(exc, "code", 100), getattr(exc, "location", "MSH^1")
     return Verdict("AE", (AckError(code, location, str(exc)),), str(exc))
 
 
+def _reason_label(record: InboundRecord) -> str:
+    """A label from a closed set: the HL7 table 0357 code of the NACK (never sender text)."""
+    if record.state == "not-stored":
+        return "journal"
+    return str(record.error_code) if record.error_code in ERROR_TEXT else "other"
+
+
 def judge(policy: IntakePolicy, h: Header) -> Verdict:
-    """Accept or reject on what MSH says; a reject is AE with a table 0357 code."""
+    """Accept or reject on what MSH says; a reject is AE (the message has errors: sending it again
+    unchanged is pointless) with a table 0357 code, as the volets answer an unsupported version."""
     if not h.control_id:
         return _reject(101, "MSH^1^10", "MSH-10 message control id is empty")
     if h.version not in policy.versions:
@@ -287,6 +337,28 @@ def judge(policy: IntakePolicy, h: Header) -> Verdict:
         return _reject(code, "MSH^1^9", f"message type {h.message_type} not accepted on this channel")
     if h.processing_id and h.processing_id not in PROCESSING_IDS:
         return _reject(202, "MSH^1^11", f"processing id {h.processing_id!r} not supported")
+    if policy.tlr_orders and h.message_code in TLR_ORDER_CODES:
+        return _judge_tlr_order(h)
+    return Verdict("AA")
+
+
+TLR_ORDER_CODES = ("ORM", "OMI")
+TLR_PROFILE = "CISIS_TLR_HL7_V2"
+
+
+def _judge_tlr_order(h: Header) -> Verdict:
+    """A teleradiology order against its profile (HL7 2.5.1, MSH-21 1.0^CISIS_TLR_HL7_V2, the
+    patient's INS in PID-3 and its identity status in PID-32): AE naming the field, not an order a
+    platform would refuse later, or read with the wrong patient."""
+    if h.version_field.split(h.encoding_chars[0])[0] != "2.5.1":
+        return _reject(203, "MSH^1^12", f"teleradiology orders use HL7 2.5.1, not {h.version!r}")
+    if TLR_PROFILE not in h.profile.split(h.encoding_chars[0]):
+        return _reject(101, "MSH^1^21", f"MSH-21 must name the teleradiology profile 1.0^{TLR_PROFILE}")
+    repetitions = h.patient_ids.split(h.encoding_chars[1])
+    if not any(r.split(h.encoding_chars[0])[4:5] == ["INS"] for r in repetitions):
+        return _reject(101, "PID^1^3", "PID-3 has no INS (identifier type INS): teleradiology needs the patient's INS")
+    if not h.identity_status:
+        return _reject(101, "PID^1^32", "PID-32 (identity reliability status) is empty")
     return Verdict("AA")
 
 
@@ -295,7 +367,6 @@ def _type_accepted(accepted: tuple[str, ...], h: Header) -> bool:
 
 
 def _reject(code: int, location: str, reason: str) -> Verdict:
-    # AE, not AR: the message itself is wrong (volets §c; the ANS example answers 203 with AE).
     return Verdict("AE", (AckError(code, location, reason),), reason)
 
 
@@ -317,7 +388,7 @@ def quarantine(intake: Intake, policy: IntakePolicy, data: bytes, reason: str) -
     record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=data,
                            state=REJECTED, reason=reason)
     intake.metrics.quarantined.labels(policy.channel, reason.split(":")[0]).inc()
-    d = defer.maybeDeferred(intake.journal.append_inbound, record)
+    d = intake._append(record, policy)
     d.addCallback(lambda r: log.warning("input.quarantined", message_id=r.uid, channel=r.channel,
                                         reason=reason, size=len(data)))
     d.addErrback(lambda f: log.error("input.quarantine_failed", channel=policy.channel,
@@ -326,21 +397,20 @@ def quarantine(intake: Intake, policy: IntakePolicy, data: bytes, reason: str) -
 
 
 def reject_oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: int, limit: int) -> defer.Deferred:
-    """AE for a frame over the size limit (the same bytes would be refused again); its first bytes
-    are journaled for the operator."""
-    return intake.guarded(policy, head, lambda p, raw: _oversized(intake, p, raw, size, limit))
-
-
-def _oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: int, limit: int) -> defer.Deferred:
+    """AE for a frame over the size limit (sent again unchanged it would be refused again); its
+    first bytes are journaled for the operator."""
     reason = f"message of {size} bytes or more exceeds the channel limit of {limit} bytes"
     now = intake.clock.seconds()
-    header = _scan_or_none(head, policy.codec)
+    try:
+        header = scan(head, policy.codec)
+    except ParseError:
+        header = None
     record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=head,
                            state=REJECTED, reason=reason, ack_code="AE")
     if header is not None:
         _index(record, header, policy, accepted=False)
-    record.ack = intake._ack(header, Verdict("AE", (AckError(199, "", reason),), reason), now, policy)
+    intake._answer(record, header, Verdict("AE", (AckError(199, "", reason),), reason), now, policy)
     intake.metrics.quarantined.labels(policy.channel, "oversized").inc()
-    d = intake.journal.append_inbound(record)
+    d = intake._append(record, policy)
     d.addCallbacks(lambda r: r.ack, lambda f: record.ack)
     return d

@@ -14,6 +14,7 @@ import atexit
 import logging
 import sys
 import threading
+import time
 
 import structlog
 
@@ -79,51 +80,21 @@ def configure_logging(level: str = "info", stream=None, json: bool = True, react
     )
 
 
-class RateLimitedLog:
-    """At most one line per key every `interval` seconds (e.g. per channel and kind of event).
+class EveryFewSeconds:
+    """Rate limit for a log line a hostile peer could otherwise repeat thousands of times a second:
+    at most one line per `interval`, carrying how many were suppressed since the last one."""
 
-    The first event of a quiet key is logged at once; the ones in the following `interval` are
-    held back and counted, and when that window ends one line reports the last of them with
-    `suppressed=N`. For events a peer can trigger at will (failed TLS handshakes, refused
-    certificates): a scanner must not flood the log, and the operator still learns how often it
-    happened. `clock` is an IReactorTime.
-    """
-
-    def __init__(self, logger, clock, interval: float = 10.0):
-        self.logger = logger
-        self.clock = clock
+    def __init__(self, interval: float = 10.0, now=time.monotonic):
         self.interval = interval
-        self._windows: dict = {}  # key -> _Window
+        self.now = now
+        self._last = float("-inf")
+        self.suppressed = 0
 
-    def warning(self, key, event: str, **fields) -> None:
-        now = self.clock.seconds()
-        window = self._windows.get(key)
-        if window is None or (now >= window.end and not window.held):
-            self._emit(key, event, 0, fields)
+    def __call__(self, emit) -> None:
+        t = self.now()
+        if t - self._last < self.interval:
+            self.suppressed += 1
             return
-        window.held += 1
-        window.last = (event, fields)
-        if window.timer is None:
-            window.timer = self.clock.callLater(max(window.end - now, 0), self._window_end, key)
-
-    def _emit(self, key, event: str, suppressed: int, fields: dict) -> None:
-        self.logger.warning(event, suppressed=suppressed, **fields)
-        self._windows[key] = _Window(self.clock.seconds() + self.interval)
-
-    def _window_end(self, key) -> None:
-        window = self._windows[key]
-        self._emit(key, window.last[0], window.held, window.last[1])
-
-    def close(self) -> None:
-        """Cancel pending window ends (the listener stops)."""
-        for window in self._windows.values():
-            if window.timer is not None and window.timer.active():
-                window.timer.cancel()
-        self._windows.clear()
-
-
-class _Window:
-    __slots__ = ("end", "held", "last", "timer")
-
-    def __init__(self, end: float):
-        self.end, self.held, self.last, self.timer = end, 0, None, None
+        self._last = t
+        emit(suppressed=self.suppressed)
+        self.suppressed = 0

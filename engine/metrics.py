@@ -36,7 +36,28 @@ class EngineMetrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.connections = Gauge("pfi_open_connections", "Open inbound connections", ["channel"], registry=r)
+        self.connections_refused = Counter("pfi_connections_refused", "Inbound connections refused at "
+                                           "the channel's max_connections", ["channel"], registry=r)
+        self.connections_closed = Counter("pfi_connections_closed", "Inbound connections closed by the "
+                                          "engine (idle_timeout, frame_timeout)", ["channel", "reason"], registry=r)
+        self.buffered_bytes = Gauge("pfi_inbound_buffered_bytes", "Bytes of unfinished frames held by all "
+                                    "inbound connections (engine budget: max_buffered_bytes)", registry=r)
+        self.reads_paused = Gauge("pfi_inbound_reads_paused", "Inbound connections not read because the "
+                                  "engine budget for unfinished frames is spent", registry=r)
         self.journal_bytes = Gauge("pfi_journal_bytes", "Size of the journal on disk", registry=r)
         self.dispatch_leader = Gauge("pfi_dispatch_leader", "1 when this node routes the shared journal's "
                                      "messages (always 1 on SQLite)", registry=r)
+        self.certificate_days_left = Gauge(
+            "pfi_certificate_days_left", "Days before a DMP organisation certificate expires",
+            ["channel", "structure"], registry=r)
+        self.rejected_bytes = Counter("pfi_rejected_bytes", "Bytes of rejected frames received (before any "
+                                      "truncation)", ["channel"], registry=r)
+        self.rejected_truncated = Counter("pfi_rejected_truncated", "Rejected frames kept as head + size + "
+                                          "SHA-256 (channel over its rejected_quota)", ["channel"], registry=r)
+        self.deliveries = Counter("pfi_deliveries", "Delivery attempts by outcome (done, retry, dead, pause, "
+                                  "wait-identity)", ["destination", "outcome"], registry=r)
+        self.queue_messages = Gauge("pfi_queue_messages", "Deliveries waiting or dead, by state (pending, "
+                                    "sending, held, dead)", ["destination", "state"], registry=r)
+        self.queue_oldest_seconds = Gauge("pfi_queue_oldest_seconds", "Age of the oldest pending delivery",
+                                          ["destination"], registry=r)
         self.quarantined = Counter("pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r)

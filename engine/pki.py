@@ -1,7 +1,9 @@
 """A throw-away test PKI for the DMP connector, its simulator, the tests and the demo.
 
 Generates a CA, a server certificate for 127.0.0.1/localhost, an organisation (ORG) client
-certificate, an expired client certificate and a client certificate from another CA. Everything is
+certificate, a second structure's ORG certificate, an expired client certificate and a client
+certificate from another CA. ORG certificates carry their structure identifier in the subject OU,
+as the ANS IGC-Santé naming does (docs/dmp.md). Everything is
 written to one directory (tmp_path in tests, var/pki/ for the demo); private keys never go to git.
 """
 
@@ -37,6 +39,8 @@ class TestPki(BaseModel):
     ca: CertPair
     server: CertPair
     client: CertPair
+    #: ORG certificate of a second structure (one engine publishing for two structures)
+    client_second: CertPair
     client_expired: CertPair
     other_ca: CertPair
     client_other_ca: CertPair
@@ -47,20 +51,23 @@ class TestPki(BaseModel):
         def pair(name: str) -> CertPair:
             return CertPair(cert=directory / f"{name}.pem", key=directory / f"{name}.key")
         return cls(directory=directory, ca=pair("ca"), server=pair("server"),
-                   client=pair("client"), client_expired=pair("client-expired"),
+                   client=pair("client"), client_second=pair("client-second"),
+                   client_expired=pair("client-expired"),
                    other_ca=pair("other-ca"), client_other_ca=pair("client-other-ca"))
 
     def exists(self) -> bool:
         """True when every file is present."""
-        pairs = (self.ca, self.server, self.client, self.client_expired, self.other_ca,
-                 self.client_other_ca)
+        pairs = (self.ca, self.server, self.client, self.client_second, self.client_expired,
+                 self.other_ca, self.client_other_ca)
         return all(p.cert.is_file() and p.key.is_file() for p in pairs)
 
 
-def _name(common_name: str, org: str = "PFI test PKI") -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(common_name: str, org: str = "PFI test PKI", unit: str | None = None) -> x509.Name:
+    parts = [x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+             x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)]
+    if unit:
+        parts.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    return x509.Name(parts + [x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _new_key() -> rsa.RSAPrivateKey:
@@ -84,10 +91,12 @@ def _make_ca(common_name: str, now: dt.datetime):
     return cert, key
 
 
-def _make_leaf(ca_cert, ca_key, common_name: str, server: bool, not_before, not_after):
+def _make_leaf(ca_cert, ca_key, common_name: str, server: bool, not_before, not_after,
+               structure: str | None = None):
     key = _new_key()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (_builder(_name(common_name), ca_cert.subject, key, not_before, not_after)
+    builder = (_builder(_name(common_name, unit=structure), ca_cert.subject, key, not_before,
+                        not_after)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
     if server:
@@ -107,10 +116,12 @@ def _write(pair: CertPair, cert, key) -> None:
 
 
 def generate_test_pki(directory: Path, organisation: str = "3300017985",
-                      now: dt.datetime | None = None) -> TestPki:
+                      now: dt.datetime | None = None,
+                      second_organisation: str = "1300017985") -> TestPki:
     """Write a complete test PKI into `directory` and return its layout.
 
-    The client certificate's CN mimics an ANS organisation certificate (structure id).
+    Client certificates mimic ANS organisation certificates: structure id in the subject OU (and
+    in the CN, for humans).
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     directory.mkdir(parents=True, exist_ok=True)
@@ -120,14 +131,16 @@ def generate_test_pki(directory: Path, organisation: str = "3300017985",
     valid_from, valid_to = now - dt.timedelta(days=1), now + dt.timedelta(days=825)
     _write(pki.server, *_make_leaf(ca_cert, ca_key, "localhost", True, valid_from, valid_to))
     _write(pki.client, *_make_leaf(ca_cert, ca_key, f"{organisation} ORG", False,
-                                   valid_from, valid_to))
+                                   valid_from, valid_to, organisation))
+    _write(pki.client_second, *_make_leaf(ca_cert, ca_key, f"{second_organisation} ORG", False,
+                                          valid_from, valid_to, second_organisation))
     expired = _make_leaf(ca_cert, ca_key, f"{organisation} ORG expired", False,
-                         now - dt.timedelta(days=400), now - dt.timedelta(days=35))
+                         now - dt.timedelta(days=400), now - dt.timedelta(days=35), organisation)
     _write(pki.client_expired, *expired)
     other_cert, other_key = _make_ca("Other CA", now)
     _write(pki.other_ca, other_cert, other_key)
     _write(pki.client_other_ca, *_make_leaf(other_cert, other_key, f"{organisation} ORG",
-                                            False, valid_from, valid_to))
+                                            False, valid_from, valid_to, organisation))
     return pki
 
 

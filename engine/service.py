@@ -19,12 +19,14 @@ from engine.hl7.charset import normalize_codec
 from engine.intake import Intake, IntakePolicy
 from engine.journal import open_journal
 from engine.metrics import EngineMetrics
-from engine.mllp.server import MLLPServerFactory
+from engine.mllp.budget import BufferBudget
+from engine.mllp.server import ListenerLimits, MLLPServerFactory
 from engine.routing.dispatcher import Dispatcher
 from engine.routing.plan import Environment
 
 log = structlog.get_logger("engine.service")
 RETENTION_EVERY = 60.0  # seconds between retention runs (each bounded, in short transactions)
+CERTIFICATE_CHECK_EVERY = 6 * 3600.0  # seconds between looks at certificate expiry
 
 
 class ListenerService(service.Service):
@@ -52,8 +54,9 @@ class ListenerService(service.Service):
         return None
 
 
-def policy_for(settings: MllpInSettings) -> IntakePolicy:
-    """The intake policy of an mllp-in channel (with its document-request gate when opted in)."""
+def policy_for(settings: MllpInSettings, cda_checker=None) -> IntakePolicy:
+    """The intake policy of an mllp-in channel (with its document-request gate when opted in);
+    `cda_checker(level)` gives the CDA check of a `check_cda` level."""
     return IntakePolicy(
         channel=settings.name,
         versions=tuple(settings.accept.versions),
@@ -61,16 +64,20 @@ def policy_for(settings: MllpInSettings) -> IntakePolicy:
         codec=normalize_codec(settings.charset),
         duplicate_window=settings.duplicate_window,
         local_app=settings.local_app,
-        document_check=_document_gate(settings),
+        document_check=_document_gate(settings, cda_checker),
+        rejected_quota=settings.rejected_quota,
+        rejected_head=settings.rejected_head,
+        tlr_orders=settings.tlr_orders,
     )
 
 
-def _document_gate(settings: MllpInSettings):
+def _document_gate(settings: MllpInSettings, cda_checker=None):
     if settings.ack_mode != "document-request":
         return None
     from engine.docrequest.check import DocumentRequestGate
 
-    return DocumentRequestGate(charset=normalize_codec(settings.charset))
+    check = cda_checker(settings.check_cda) if cda_checker and settings.check_cda != "none" else None
+    return DocumentRequestGate(charset=normalize_codec(settings.charset), cda_check=check)
 
 
 class Engine(service.MultiService):
@@ -84,21 +91,28 @@ class Engine(service.MultiService):
         self.node = config.engine.node or socket.gethostname()
         self.metrics = EngineMetrics(node=self.node)
         self.journal = open_journal(config.engine, self.data_dir, reactor, self.node)
+        self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
+        self.dispatcher.metrics = self.metrics
         # A shared journal tells this node about work other nodes queued (no-op on SQLite).
         self.journal.on_received = self.dispatcher.kick
-        self.journal.on_queued = lambda destination: self.dispatcher._wake([destination])
+        self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
         self._add_mail_pollers()
         self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
+        self.buffer_budget = BufferBudget(config.engine.max_buffered_bytes)
         for settings in config.channels_of_type("mllp-in"):
             self._add_listener(settings)
         if with_metrics and config.engine.metrics.enabled:
             self._add_metrics_endpoint()
         self._size_loop = task.LoopingCall(self._measure_journal)
         self._size_loop.clock = reactor
+        self._summary_loop = task.LoopingCall(self.intake.flush_summary)  # intake counts, every 10 s
+        self._summary_loop.clock = reactor
         self._retention_loop = task.LoopingCall(lambda: defer.ensureDeferred(self._purge_expired()))
         self._retention_loop.clock = reactor
+        self._certificate_loop = task.LoopingCall(self._watch_certificates)
+        self._certificate_loop.clock = reactor
 
     def _build_dispatcher(self, connectors: dict | None) -> Dispatcher:
         from engine.connectors import build_connectors, retry_settings
@@ -109,7 +123,10 @@ class Engine(service.MultiService):
 
         shared = self.config.engine.journal if is_postgres_url(self.config.engine.journal) else None
         self.patients = PatientRegistry(self.data_dir, reactor=self.reactor, url=shared)
-        env = Environment(self.config.channels, self.config.root, patients=self.patients)
+        from engine.cda.checker import routes_validate_cda
+
+        env = Environment(self.config.channels, self.config.root, patients=self.patients,
+                          cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None)
         if connectors is None:
             connectors = build_connectors(self.config, self.reactor, consent=self.patients)
         return Dispatcher(self.journal, self.config.routes, env, self.clock, connectors,
@@ -118,36 +135,34 @@ class Engine(service.MultiService):
     def _add_mail_pollers(self) -> None:
         """MSSanté channels: their send connectors (ZAM^Z02 queued through `_enqueue`) and, when
         IMAP and `deliver_to` are configured, the mailbox poller service feeding the RIS."""
-        import random
-
         from engine.connectors_mss import build_mail_pollers, build_mss_connectors
-        from engine.routing.dispatcher import DestinationWorker
 
         connectors = build_mss_connectors(self.config, self.reactor, self._enqueue, self.clock)
         for name, connector in connectors.items():
-            if name not in self.dispatcher.workers:
-                self.dispatcher.workers[name] = DestinationWorker(
-                    self.dispatcher, name, connector, self.config.channels[name].retry, random.Random())
-        for poller in build_mail_pollers(self.config, self.reactor, connectors, self.clock):
+            self.dispatcher.add_destination(name, connector, self.config.channels[name].retry)
+        for poller in build_mail_pollers(self.config, self.reactor, connectors, self.clock, self.journal):
             poller.setServiceParent(self)
 
     async def _enqueue(self, channel: str, payload: bytes, delivery) -> None:
         """Queue a connector-made message (a ZAM) for `channel`, under the original message."""
-        from engine.routing import queue
+        from engine.journal import deliveries as queue
         from engine.routing.plan import NewDelivery
 
         now = self.clock.seconds()
         new = NewDelivery(route=delivery.route, step=f"{delivery.step}/zam", destination=channel,
                           fifo_key=delivery.fifo_key, not_before=now, payload=payload)
-        await self.journal.submit(lambda conn, store: queue._queue(conn, delivery.message_uid, new, self.node, now))
-        self.dispatcher._wake([channel])
+        await self.journal.submit(lambda conn, store: queue.enqueue(conn, delivery.message_uid, new, self.node, now))
+        self.dispatcher.wake([channel])
 
     def _add_listener(self, settings: MllpInSettings) -> None:
         from engine.tls import server_endpoint
 
         subjects = tuple(settings.tls.allowed_subjects) if settings.tls else ()
-        factory = MLLPServerFactory(self.intake, policy_for(settings), settings.max_message_bytes,
-                                    settings.idle_timeout or None, subjects)
+        limits = ListenerLimits(max_connections=settings.max_connections,
+                                frame_timeout=settings.frame_timeout or None,
+                                budget=self.buffer_budget, clock=self.clock)
+        factory = MLLPServerFactory(self.intake, policy_for(settings, self.cda_checker), settings.max_message_bytes,
+                                    settings.idle_timeout or None, subjects, limits)
         endpoint = server_endpoint(self.reactor, settings)
         listener = ListenerService(settings.name, endpoint, factory)
         listener.setServiceParent(self)
@@ -169,7 +184,32 @@ class Engine(service.MultiService):
         self.metrics.dispatch_leader.set(1 if getattr(self.journal, "is_leader", True) else 0)
         d = threads.deferToThread(self.journal.size_bytes)
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
-        return d
+        depths = threads.deferToThread(self.journal.queue_depths)
+        depths.addCallbacks(self._set_queue_gauges, lambda f: log.warning("journal.depths_failed", error=str(f.value)))
+        return defer.gatherResults([d, depths], consumeErrors=True)
+
+    def _set_queue_gauges(self, rows) -> None:
+        """Queue depth per destination and state, and the oldest pending's age (labels: channel
+        names and states, closed sets)."""
+        now = self.clock.seconds()
+        seen = {(dest, state): count for dest, state, count, _ in rows}
+        for dest in self.dispatcher.workers:
+            for state in ("pending", "sending", "held", "dead"):
+                self.metrics.queue_messages.labels(dest, state).set(seen.get((dest, state), 0))
+            oldest = next((at for d, state, _, at in rows if d == dest and state == "pending"), None)
+            self.metrics.queue_oldest_seconds.labels(dest).set(now - oldest if oldest else 0)
+
+    def _watch_certificates(self) -> None:
+        """DMP organisation certificates: days-left gauge, warnings 60 and 15 days ahead."""
+        import datetime as dt
+
+        from engine.dmp.expiry import watch
+
+        now = dt.datetime.fromtimestamp(self.reactor.seconds(), dt.timezone.utc)
+        for name, worker in self.dispatcher.workers.items():
+            expiry = getattr(worker.connector, "certificate_expiry", None)
+            if expiry:
+                watch(name, expiry, now, self.metrics.certificate_days_left)
 
     async def _purge_expired(self) -> None:
         """Retention (engine.retention_days): finished messages older than that are purged."""
@@ -185,11 +225,28 @@ class Engine(service.MultiService):
     def port_of(self, channel: str) -> int:
         return self.listeners[channel].port.getHost().port
 
+    def cda_checker(self, level: str):
+        """The engine's CDA check of a level (`full`, `structure`), built once: its Schematrons are
+        compiled once per engine. Raises ConfigurationError when the kit is missing."""
+        from engine.cda.checker import CdaChecker
+
+        checkers = self._cda_checkers
+        if level not in checkers:
+            stages = ("conformance", "dmp") if level == "full" else ()
+            checkers[level] = CdaChecker.from_settings(self.config.engine.cda_kit, self.config.root,
+                                                       self.data_dir / "cache" / "schematron", stages)
+        return checkers[level]
+
     async def _start(self):
-        self.journal.start()
+        # Compile the Schematrons before the first document pays for it (seconds), off the reactor.
+        for checker in self._cda_checkers.values():
+            await threads.deferToThread(checker.warm_up)
+        await self.journal.open()
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
         await self.dispatcher.start()
         self._size_loop.start(10.0, now=True)
+        self._summary_loop.start(10.0, now=False)
+        self._certificate_loop.start(CERTIFICATE_CHECK_EVERY, now=True)
         if self.config.engine.retention_days:
             self._retention_loop.start(RETENTION_EVERY, now=True)
         log.info("engine.started", node=self.node, durability=self.journal.durability)
@@ -199,10 +256,11 @@ class Engine(service.MultiService):
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _stop(self):
-        for loop in (self._size_loop, self._retention_loop):
+        for loop in (self._size_loop, self._retention_loop, self._certificate_loop, self._summary_loop):
             if loop.running:
                 loop.stop()
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(list(self))])
+        self.intake.flush_summary()
         await self.dispatcher.stop()
         await self.journal.stop()
         self.patients.close()

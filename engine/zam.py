@@ -2,11 +2,7 @@
 
 Layout (HL7 2.6, structure ZAM_Z01): MSH, EVN, status OBX (OBX-4 = MSH-10 of the request),
 information OBX (Z02/Z03 only: the recipient / reader address as XTN), ERR when the status is N
-(207 + the error code in ERR-5). Sender and receiver are the request's, swapped.
-ERR-5's coding system says who gave the code: the DMP (DMPERRORCODE), the recipient's mail server
-(SMTPERRORCODE), the reader's system (applicationErrorCondition), or the PFI itself (99PFI, the
-HL7 convention for local tables) when its own checks, gates or connectors refused or failed —
-those must never read as an answer of the DMP (docs/acks.md lists the local codes).
+(207 + the external error code in ERR-5). Sender and receiver are the request's, swapped.
 Field by field, the output equals the official examples of ansforge/hl7V2-exemples
 (Volets/TRANS_DOC_CDA_HL7V2/V2.1/ORU/Transmission initiale ORU/Message metier *), except that
 MSH-7 carries seconds.
@@ -18,7 +14,7 @@ from datetime import datetime
 from enum import Enum
 
 from engine.docrequest.model import PROFILE_TRANSMISSION, DocumentRequest, Header
-from engine.hl7.message import escape
+from engine.hl7.encode import escape
 
 
 class ZamKind(str, Enum):
@@ -38,41 +34,9 @@ _ROWS = {
                   "LECTEUR_MSS^Lecteur du courriel MSSanté", "applicationErrorCondition"),
 }
 HL7_TS = "%Y%m%d%H%M%S"
-PFI_SYSTEM = "99PFI"
-
-#: Codes the PFI gives itself (beyond the document-request codes of engine.docrequest.errors):
-#: route and connector refusals, DMP gates, DMP connector and transport failures.
-PFI_CODES: dict[str, str] = {
-    "DOCUMENT_REFUSED": "the document request failed the PFI's validation",
-    "CDA_INVALID": "the CDA failed XSD / Schematron validation",
-    "DELIVERY_FAILED": "the delivery failed without a remote error code",
-    "NOT_PUBLISHABLE": "the request cannot be mapped to a DMP publication",
-    "INS_MISSING": "no INS: the DMP requires the patient's INS",
-    "INS_OID_UNKNOWN": "the patient identifier is not an INS",
-    "INS_NOT_QUALIFIED": "identity not qualified (PID-32 is not VALI)",
-    "PATIENT_OPPOSED": "the patient is opposed to DMP feeding",
-    "GATE_REFUSED": "blocked before any DMP send",
-    "CDA_HEADER_INCOMPLETE": "the CDA header lacks what the DMP metadata needs",
-    "INVALID_INPUT": "invalid document or DMP answer",
-    "INTERNAL_ERROR": "PFI connector error",
-    "REPLACED_ID_MISSING": "replaced document unknown",
-    "UNKNOWN_DOCUMENT": "no approved DMP entry for the document to replace or delete",
-    "EMPTY_ANSWER": "the DMP answered an empty SOAP body",
-    "TIMEOUT": "no answer from the DMP in time",
-    "CONNECTION_REFUSED": "the DMP endpoint refused the connection",
-    "CONNECTION_FAILED": "the DMP could not be reached",
-    "REFUSED": "the mail was refused without an SMTP code",
-}
-#: Families of PFI codes: HTTP status without a SOAP answer, TLS failures seen by the PFI.
-PFI_CODE_PREFIXES = ("HTTP_", "TLS_")
-
-
-def is_pfi_code(code: str | None) -> bool:
-    """True for a code the PFI made up itself (ERR-5 system 99PFI), False for a relayed one."""
-    from engine.docrequest.errors import APP_ERRORS
-
-    code = code or ""
-    return code in PFI_CODES or code in APP_ERRORS or code.startswith(PFI_CODE_PREFIXES)
+#: ERR-5 coding system of a refusal by the PFI's own checks (HL7 "99zzz" local table): the
+#: creator must not read it as an answer of the DMP or of a mail server (docs/dmp.md).
+PFI_CODING_SYSTEM = "99PFI"
 
 
 def wants_zam(request: DocumentRequest, kind: ZamKind | str) -> bool:
@@ -86,20 +50,17 @@ def wants_zam(request: DocumentRequest, kind: ZamKind | str) -> bool:
 def build_zam(kind: ZamKind | str, request_header: Header, success: bool, *, control_id: str,
               now: datetime, event_time: datetime | None = None, error_code: str | None = None,
               error_label: str | None = None, address: str | None = None,
-              address_owner_id: str | None = None, severity: str = "E",
-              error_system: str | None = None) -> bytes:
+              address_owner_id: str | None = None, severity: str = "E", local_error: bool = False) -> bytes:
     """ER7 bytes (UTF-8, CR-terminated segments) of one ZAM.
 
     `event_time` is the time of the acknowledged event (DMP answer, DSN, MDN; default `now`).
     `address` (required for Z02/Z03) is the recipient / reader MSSanté address, and
     `address_owner_id` its identifier (OBX-4 of the info row, optional). On failure
-    `error_code`/`error_label` are the DMP, SMTP or MDN application error, or the PFI's own code;
-    `error_system` (ERR-5.3) defaults to 99PFI for a PFI code and to the kind's remote system
-    otherwise.
+    `error_code`/`error_label` are the DMP, SMTP or MDN application error, or with
+    `local_error` the PFI's own refusal (ERR-5 coding system 99PFI).
     """
     kind = ZamKind(kind)
-    status_row, info_row, remote_system = _ROWS[kind]
-    error_system = error_system or (PFI_SYSTEM if is_pfi_code(error_code) else remote_system)
+    status_row, info_row, error_system = _ROWS[kind]
     if info_row and not address:
         raise ValueError(f"ZAM^{kind.value} needs the recipient address (information OBX)")
     if not success and not error_code:
@@ -113,7 +74,8 @@ def build_zam(kind: ZamKind | str, request_header: Header, success: bool, *, con
     if info_row:
         segments.append(_obx(2, "XTN", info_row, address_owner_id or "", f"^^X.400^{escape(address)}"))
     if not success:
-        segments.append(_err(error_code, error_label or "", error_system, severity))
+        system = PFI_CODING_SYSTEM if local_error else error_system
+        segments.append(_err(error_code, error_label or "", system, severity))
     return "".join(s + "\r" for s in segments).encode("utf-8")
 
 

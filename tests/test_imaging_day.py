@@ -12,7 +12,8 @@ from engine.demo import DELAY, run_demo
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
-    for var in ("PFI_DMP_URL", "PFI_DMP_CERT", "PFI_DMP_KEY", "PFI_DMP_CA", "PFI_DMP_DELAY"):
+    for var in ("PFI_DMP_URL", "PFI_DMP_CERT", "PFI_DMP_KEY", "PFI_DMP_CA", "PFI_DMP_DELAY", "PFI_MSS_SMTP_PORT",
+                "PFI_MSS_IMAP_PORT", "PFI_MSS_CA", "PFI_MSS_USER", "PFI_MSS_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     import os
 
@@ -35,9 +36,9 @@ async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
     # DMP: the initial and its replacement, and the report sent during the outage; never the
     # report withdrawn in the delay window, never the opposed patient's.
     published = {d.unique_id for d in result.dmp_documents}
-    assert "1.2.250.1.71.4.2.2.120456789.71024000081" in published
-    assert "1.2.250.1.71.4.2.2.120456789.71024000082" in published
-    assert "1.2.250.1.71.4.2.2.120456789.71024000090" in published  # OUT-1, sent during the outage
+    assert "1.2.250.1.999.7.1.2026.11" in published  # REP-1
+    assert "1.2.250.1.999.7.1.2026.12" in published  # REP-2, its replacement
+    assert "1.2.250.1.999.7.1.2026.13" in published  # OUT-1, sent during the outage
     assert "1.2.250.1.999.7.1.2026.1" not in published  # FIC-1, withdrawn in the delay window
     assert len(result.dmp_documents) == 3
     # DRIMbox: only after the DMP accepted, and after the withdrawal delay.
@@ -47,9 +48,17 @@ async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
     # Business acks: success for the platform's reports, failure (opposed) for the RIS's report.
     zams = [raw for _, raw in platform.received if b"ZAM^Z01" in raw]
     assert any(b"|REP-1|" in z and b"ACK_RECEPTION_DMP" in z and b"|Y^^" in z for z in zams)
-    [refusal] = [raw for _, raw in ris.received if b"ZAM^Z01" in raw]
-    assert b"|REP-3|" in refusal and b"|N^^" in refusal and b"ERR|" in refusal
+    ris_zams = [raw for _, raw in ris.received if b"ZAM^Z01" in raw]
+    # The RIS, master of its reports, also learns the DMP outcome of the platform's reports.
+    assert any(b"|REP-1|" in z and b"|Y^^" in z for z in ris_zams)
+    [refusal] = [z for z in ris_zams if b"|REP-3|" in z]
+    assert b"|N^^" in refusal and b"PATIENT_OPPOSED^" in refusal and b"^99PFI" in refusal
     assert result.journal_states["cancelled"] >= 2 and result.journal_states["retry"] >= 1
+    # MSSanté out of the box: the fictional reports ask for the correspondent's and the patient's
+    # mailboxes (DESTMSSANTEPS/PAT=Y): each mail carries the IHE XDM zip with the CDA.
+    recipients = {r for r, _ in result.mails}
+    assert {"sam.fictif-medecin@test.mssante.fr", "292089900100290@patient.mssante.fr"} <= recipients
+    assert all(b"IHE_XDM.zip" in raw for _, raw in result.mails)
 
 
 def _ctrl(raw: bytes) -> str:
@@ -59,11 +68,8 @@ def _ctrl(raw: bytes) -> str:
 
 
 def _sent_reports() -> dict[str, bytes]:
-    from engine.demo import ASK_RECEIPT, MDM, ROOT, as_message, new_version_of
+    from engine.demo import demo_reports
 
-    init = MDM / "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
-    rplc = MDM / "Remplacement MDM/message_MDM_CR_Radio_RPLC_N1.er7"
-    sample = ROOT / "samples" / "mdm_t02_fictional.hl7"
-    return {"REP-1": as_message(init, "REP-1", ASK_RECEIPT), "REP-2": as_message(rplc, "REP-2", ASK_RECEIPT),
-            "FIC-1": as_message(sample, "FIC-1"),
-            "OUT-1": new_version_of(init, "OUT-1", b"71024000081", b"71024000090")}
+    reports = demo_reports()
+    del reports["REP-3"]  # the RIS's own report
+    return reports

@@ -1,7 +1,9 @@
-"""`pfi check`: validate channels/ and routes.yaml in one pass; exit 1 on any error."""
+"""`pfi check`: validate channels/ and routes.yaml in one pass, then the files the channels use
+(TLS material, DMP organisation certificates); exit 1 on any error."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -19,9 +21,55 @@ def check(args) -> int:
     try:
         config = load_config(args.config)
     except ConfigurationError as exc:
-        for problem in exc.problems:
-            print(problem)
-        print(f"{len(exc.problems)} error(s)", file=sys.stderr)
-        return 1
+        return _report(exc.problems)
+    now = dt.datetime.now(dt.timezone.utc)
+    problems = material_problems(config, now)
+    if problems:
+        return _report(problems)
+    for warning in expiry_warnings(config, now):
+        print(f"warning: {warning}")
     print(f"configuration OK: {len(config.channels)} channel(s), {len(config.routes)} route(s)")
     return 0
+
+
+def _report(problems: list[str]) -> int:
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} error(s)", file=sys.stderr)
+    return 1
+
+
+def material_problems(config, now: dt.datetime) -> list[str]:
+    """Problems of the files the channels read: certificates, keys, CA bundles (the engine reads
+    TLS paths relative to its working directory, so they are checked from there too)."""
+    from engine.dmp.config import check_settings
+    from engine.tls import tls_settings_problems
+
+    from engine.cda.checker import kit_problems, needs_kit
+    from engine.connectors_mss import mss_channel_problems
+
+    problems: list[str] = kit_problems(config.engine.cda_kit, config.root) if needs_kit(config) else []
+    problems += mss_channel_problems(config)
+    for channel in config.channels.values():
+        tls = getattr(channel, "tls", None)
+        if tls is not None:
+            problems += tls_settings_problems(channel.name, tls)
+        if channel.type == "dmp":
+            problems += [f"channel {channel.name}: {p}"
+                         for p in check_settings(channel.client_settings(config.root), now)]
+    return problems
+
+
+def expiry_warnings(config, now: dt.datetime) -> list[str]:
+    """DMP organisation certificates within WARN_DAYS of expiry (not an error yet)."""
+    from engine.dmp.config import resolve_certificates
+    from engine.dmp.expiry import WARN_DAYS, days_left
+
+    warnings = []
+    for channel in config.channels_of_type("dmp"):
+        structures, _ = resolve_certificates(channel.client_settings(config.root))
+        for structure, not_after in (structures.not_after.items() if structures else ()):
+            if days_left(not_after, now) <= WARN_DAYS:
+                warnings.append(f"channel {channel.name}: the certificate of structure {structure} "
+                                f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})")
+    return warnings

@@ -2,55 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import unicodedata
 from pathlib import Path
-
-_KEPT = "\n\t"
-
-
-def printable(text: str) -> str:
-    """`text` with control and other non-printable characters written as `\\x1b`, `\\u202e`…
-
-    Operator output shows what came from the wire (MSH-9, MSH-10, ERR text, file names): an
-    escape sequence there must not drive the operator's terminal (clear it, set its title, hide
-    text with CR or a bidi override). Newlines and tabs are kept, and so are letters in any script.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c in _KEPT or unicodedata.category(c) == "Zs"
-                   else _escaped(c) for c in text)
-
-
-def _escaped(c: str) -> str:
-    code = ord(c)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-class PrintableStream:
-    """A text stream that writes through `printable`; everything else is the wrapped stream's."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        self._stream.write(printable(text))
-        return len(text)
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def printable_output():
-    """Route this command's stdout and stderr through `printable` (restored afterwards)."""
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = PrintableStream(saved[0]), PrintableStream(saved[1])
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = saved
 
 
 def load_or_report(config_dir: Path):

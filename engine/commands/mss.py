@@ -39,11 +39,11 @@ def run_sim(args: argparse.Namespace) -> int:
 
     from twisted.internet import reactor
 
-    from engine.mss.sim import MailOperator, imap_factory, smtp_factory
-    from engine.mss.testpki import generate_test_pki
+    from engine.sim.mss import MailOperator, imap_factory, smtp_factory
+    from engine.mss.testpki import ensure_test_pki
     from engine.mss.tls import server_tls
 
-    pki = generate_test_pki(Path(args.pki_dir))
+    pki = ensure_test_pki(Path(args.pki_dir))
     operator = MailOperator(users=_users(args.user), rejected={a.lower() for a in args.reject})
     tls = server_tls(pki.server_pem, pki.ca_cert, require_client=args.require_client_cert)
     reactor.listenTCP(args.smtp_port, smtp_factory(operator, tls, implicit=False), interface=args.host)

@@ -13,18 +13,46 @@ def register(sub) -> None:
     q = sub.add_parser("queue", help="per-destination depth, oldest age, next retry, dead letters")
     _common(q)
     q.set_defaults(handler=show_queues)
-    c = sub.add_parser("cancel", help="cancel pending deliveries (by delivery id or message id)")
-    _common(c)
-    c.add_argument("ident", help="delivery id (number) or message id")
-    c.add_argument("--reason", default="cancelled by an operator")
-    c.set_defaults(handler=cancel)
+    for name, handler, what in (
+            ("cancel", cancel, "cancel pending or held deliveries"),
+            ("hold", hold, "hold pending deliveries (e.g. a deferred DMP send): never sent until released"),
+            ("release", release, "release held deliveries back to their queue")):
+        _delivery_command(sub, name, handler, what)
     r = sub.add_parser("replay", help="send journaled messages through the current routes again")
     _common(r)
     r.add_argument("ident", nargs="?", help="message id")
     r.add_argument("--state", help="replay every message in this state (e.g. invalid, unrouted)")
     r.add_argument("--dead", action="store_true", help="replay messages with a dead-lettered delivery")
     r.add_argument("--channel", help="only messages received on this channel")
+    _operator(r)
     r.set_defaults(handler=replay)
+    u = sub.add_parser("resume", help="resume a destination paused because it refused our credentials")
+    _common(u)
+    u.add_argument("destination", help="destination channel name, as `pfi queue` shows it")
+    u.set_defaults(handler=resume_destination)
+
+
+def _delivery_command(sub, name: str, handler, what: str) -> None:
+    """An operator action on deliveries named by delivery id or message id, recorded with who."""
+    p = sub.add_parser(name, help=f"{what} (by delivery id or message id)")
+    _common(p)
+    p.add_argument("ident", help="delivery id (number) or message id")
+    p.add_argument("--reason", default=f"{name} by an operator")
+    _operator(p)
+    p.set_defaults(handler=handler)
+
+
+def _operator(p) -> None:
+    p.add_argument("--operator", default=_os_user(), help="who does it, recorded in the journal (default: OS user)")
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _common(p) -> None:
@@ -41,35 +69,92 @@ def _journal_conn(args):
 
 
 def show_queues(args) -> int:
-    from engine.routing.queue import queue_summary
+    from engine.journal.deliveries import queue_summary
 
     conn = _journal_conn(args)
     if conn is None:
         return 0
     now = time.time()
-    print(f"{'destination':<24} {'pending':>7} {'oldest':>9} {'next try':>9} {'sending':>7} {'dead':>5}")
-    for dest, pending, oldest, next_try, sending, dead in queue_summary(lambda s, a=(): conn.execute(s, a).fetchall()):
+    read = lambda s, a=(): conn.execute(s, a).fetchall()  # noqa: E731
+    print(f"{'destination':<24} {'pending':>7} {'oldest':>9} {'next try':>9} {'sending':>7} {'dead':>5} {'held':>5}")
+    for dest, pending, oldest, next_try, sending, dead, held in queue_summary(read):
         age = f"{now - oldest:.0f}s" if oldest else "-"
         nxt = f"{max(next_try - now, 0):.0f}s" if next_try else "-"
-        print(f"{dest:<24} {pending or 0:>7} {age:>9} {nxt:>9} {sending or 0:>7} {dead or 0:>5}")
+        print(f"{dest:<24} {pending or 0:>7} {age:>9} {nxt:>9} {sending or 0:>7} {dead or 0:>5} {held or 0:>5}")
+    _show_held(read)
+    _show_paused(conn)
     return 0
 
 
-def cancel(args) -> int:
-    from engine.routing.queue import cancel as cancel_deliveries
+def _show_held(read) -> None:
+    from engine.journal.deliveries import held_deliveries, last_event
+
+    for delivery_id, dest, uid, reason in held_deliveries(read):
+        who = last_event(read, uid, "held") or reason or ""
+        print(f"HELD delivery {delivery_id} to {dest} (message {uid}): {who}  (pfi release {delivery_id})")
+
+
+def _show_paused(conn) -> None:
+    """Paused destinations send nothing until `pfi resume`; say since when and why."""
+    from engine.journal.deliveries import paused_destinations
+
+    paused = paused_destinations(lambda s, a=(): conn.execute(s, a).fetchall())
+    for dest, (reason, since) in sorted(paused.items()):
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(since))
+        print(f"PAUSED {dest} since {when}: {reason}  (after fixing it: pfi resume {dest})")
+
+
+def resume_destination(args) -> int:
+    from engine.journal.deliveries import resume
 
     conn = _journal_conn(args)
     if conn is None:
         return 1
     conn.execute("BEGIN IMMEDIATE")
-    count = cancel_deliveries(conn, args.ident, args.reason, "operator", time.time())
+    resumed = resume(conn, args.destination, "an operator", "operator", time.time())
     conn.execute("COMMIT")
-    print(f"{count} pending deliver{'y' if count == 1 else 'ies'} cancelled")
+    print(f"{args.destination} resumed" if resumed else f"{args.destination} is not paused")
+    return 0 if resumed else 1
+
+
+def cancel(args) -> int:
+    from engine.journal.deliveries import cancel as cancel_deliveries
+
+    conn = _journal_conn(args)
+    if conn is None:
+        return 1
+    conn.execute("BEGIN IMMEDIATE")
+    count = cancel_deliveries(conn, args.ident, args.reason, "operator", time.time(), args.operator)
+    conn.execute("COMMIT")
+    print(f"{count} pending or held deliver{'y' if count == 1 else 'ies'} cancelled")
+    return 0 if count else 1
+
+
+def hold(args) -> int:
+    from engine.journal.deliveries import hold as hold_deliveries
+
+    return _move(args, hold_deliveries, "held (pfi release to send them)")
+
+
+def release(args) -> int:
+    from engine.journal.deliveries import release_held
+
+    return _move(args, release_held, "released")
+
+
+def _move(args, operation, done: str) -> int:
+    conn = _journal_conn(args)
+    if conn is None:
+        return 1
+    conn.execute("BEGIN IMMEDIATE")
+    count = operation(conn, args.ident, args.reason, "operator", time.time(), args.operator)
+    conn.execute("COMMIT")
+    print(f"{count} deliver{'y' if count == 1 else 'ies'} {done}")
     return 0 if count else 1
 
 
 def replay(args) -> int:
-    from engine.routing.queue import requeue_message
+    from engine.journal.deliveries import requeue_message
 
     conn = _journal_conn(args)
     if conn is None:
@@ -79,24 +164,20 @@ def replay(args) -> int:
         print("give a message id, --state or --dead")
         return 2
     conn.execute("BEGIN IMMEDIATE")
-    count = sum(requeue_message(conn, uid, "operator", time.time()) for uid in uids)
+    count = sum(requeue_message(conn, uid, "operator", time.time(), args.operator) for uid in uids)
     conn.execute("COMMIT")
     print(f"{count} message(s) re-queued through the current routes")
+    if count < len(uids):
+        print(f"{len(uids) - count} not re-queued: unknown, or a rejected frame kept only in part "
+              "(its reason starts with [truncated: ... sha256 ...]; ask the sender for the message)")
     return 0 if count else 1
 
 
 def _select(conn, args) -> list[str] | None:
+    from engine.journal.deliveries import messages_to_replay
+
     if args.ident:
         return [args.ident]
-    sql, params = "SELECT uid FROM messages m WHERE 1=1", []
-    if args.state:
-        sql += " AND m.state=?"
-        params.append(args.state)
-    if args.dead:
-        sql += " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state='dead')"
     if not (args.state or args.dead):
         return None
-    if args.channel:
-        sql += " AND m.channel=?"
-        params.append(args.channel)
-    return [row[0] for row in conn.execute(sql + " ORDER BY m.id", params)]
+    return messages_to_replay(conn, state=args.state, dead=args.dead, channel=args.channel)

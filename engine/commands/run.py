@@ -22,6 +22,7 @@ def run(args) -> int:
     from twisted.internet import reactor
 
     from engine.commands.common import load_with_overrides
+    from engine.errors import ConfigurationError
     from engine.log import configure_logging
     from engine.service import Engine
 
@@ -33,7 +34,13 @@ def run(args) -> int:
     # stalls for the default 5 ms switch interval.
     sys.setswitchinterval(0.0002)
     data_dir = args.data or (args.config / config.engine.data_dir)
-    engine = Engine(config, data_dir, reactor)
+    try:
+        engine = Engine(config, data_dir, reactor)
+    except ConfigurationError as exc:  # e.g. a DMP certificate that cannot be used (docs/dmp.md)
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} configuration error(s); not starting", file=sys.stderr)
+        return 2
     log = structlog.get_logger("engine.run")
     failed = []
 

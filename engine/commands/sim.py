@@ -32,7 +32,7 @@ def run_dmp(args: argparse.Namespace) -> int:
     """Start the simulator and serve until interrupted."""
     from twisted.internet import reactor
 
-    from engine.dmp.simulator import DmpSimulator
+    from engine.sim.dmp import DmpSimulator
     from engine.pki import ensure_test_pki
 
     pki = ensure_test_pki(args.pki)

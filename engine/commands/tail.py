@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from engine.commands.safe_output import printable
+
 
 def register(sub) -> None:
     from engine.commands.common import add_journal_options
@@ -47,9 +49,6 @@ def tail(args) -> int:
 
 
 def format_event(event, phi_reader=None) -> str:
-    """One line per journal event; fields from the wire are escaped (`printable`)."""
-    from engine.commands.common import printable
-
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}Z"
     patient = "patient=***" if event.patient_ids else ""
     if phi_reader is not None and event.patient_ids:

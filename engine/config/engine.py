@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.config.types import Size
+
 
 class MetricsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,5 +23,10 @@ class EngineSettings(BaseModel):
                                  "its own without a heartbeat (PostgreSQL journal) before another node takes them")
     retention_days: float = Field(default=0.0, ge=0, description="Purge finished messages older than this "
                                   "(0: keep everything)")
+    max_buffered_bytes: Size = Field(default=256 * 1024 * 1024, gt=0, description="Bytes of unfinished "
+                                     "inbound frames held across all connections; beyond, growing "
+                                     "connections are not read until frames complete")
+    cda_kit: str = Field(default="", description="ANS TestContenuCDA 3.0 kit directory for `validate: cda` "
+                         "and document channels (default: $PFI_CDA_KIT, else ../shared/corpus/cda/TestContenuCDA-3-0)")
     log_level: str = "info"
     metrics: MetricsSettings = MetricsSettings()

@@ -90,7 +90,7 @@ class Zam(BaseModel):
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str | None = None
-    validate_: Literal["document-request", "cda"] | None = Field(default=None, alias="validate")
+    validate_: Literal["document-request", "cda", "drimbox"] | None = Field(default=None, alias="validate")
     transform: Transform | None = None
     gate: Gate | None = None
     deliver: Deliver | None = None
@@ -150,7 +150,6 @@ def label_steps(route: Route) -> None:
 
 
 def load_routes(path: Path, channels: dict, root: Path, problems: Problems) -> list[Route]:
-    from engine.config.load import validate_model
 
     if not path.exists():
         return []

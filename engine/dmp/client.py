@@ -13,7 +13,7 @@ import structlog
 from lxml import etree
 
 from engine.dmp import ebrim, soap, xades
-from engine.dmp.config import DmpChannelSettings
+from engine.dmp.config import DmpChannelSettings, OrgCertificate, resolve_certificates
 from engine.dmp.metadata import Code, DocumentMetadata, MetadataError, MetadataExtractor
 from engine.dmp.model import DmpFlags, DmpResult, PublishRequest, permanent, success, transient
 from engine.dmp.transport import DmpPermanentError, DmpTransientError, HttpsPoster
@@ -60,19 +60,56 @@ class DmpClient:
         self._settings = settings
         self._extractor = extractor or MetadataExtractor(
             unique_id_with_extension=settings.unique_id_with_extension)
-        self._poster = poster or HttpsPoster(reactor, settings)
-        cert, key = _key_pair(settings)
-        lps = settings.lps
-        self._signer = VihfSigner(cert, key, VihfIdentity(
+        structures, problems = resolve_certificates(settings)
+        if problems:
+            raise ConfigurationError(problems)
+        self._default = structures.default
+        #: {structure: not-after} of the certificates (expiry watch, docs/dmp.md)
+        self.certificate_expiry = dict(structures.not_after)
+        self._identities = {structure: self._identity(structure, entry, poster)
+                            for structure, entry in structures.by_structure.items()}
+        self.timings = Timings()
+
+    def _identity(self, structure: str, entry: OrgCertificate, poster) -> StructureIdentity:
+        cert, key = _key_pair(entry)
+        lps, settings = self._settings.lps, self._settings
+        signer = VihfSigner(cert, key, VihfIdentity(
             settings.vihf_version, settings.auth_mode, lps.name, lps.version,
             lps.homologation_id, lps.lps_id))
-        self._submission_signer = (xades.SubmissionSigner(cert, key)
-                                   if settings.submission_signature else None)
-        self.timings = Timings()
+        return StructureIdentity(
+            structure, signer, poster or HttpsPoster(self._reactor, settings, entry),
+            xades.SubmissionSigner(cert, key) if settings.submission_signature else None)
+
+    # the default structure's signers (tests swap them to play a misbehaving client)
+    @property
+    def _signer(self) -> VihfSigner:
+        return self._identities[self._default].signer
+
+    @_signer.setter
+    def _signer(self, signer) -> None:
+        self._identities[self._default].signer = signer
+
+    @property
+    def _submission_signer(self):
+        return self._identities[self._default].submission_signer
 
     async def close(self) -> None:
         """Release pooled connections."""
-        await self._poster.close()
+        for poster in {id(i.poster): i.poster for i in self._identities.values()}.values():
+            await poster.close()
+
+    def identity_for(self, request: PublishRequest) -> StructureIdentity:
+        """The certificate of the request's structure (PRT-8), or of the default structure when
+        the request names none; RegistryFailure STRUCTURE_NOT_CONFIGURED otherwise (nothing is
+        sent: the DMP refuses a VIHF whose structure is not the certificate's)."""
+        structure = self._structure_of(request)
+        identity = self._identities.get(structure)
+        if identity is None:
+            raise RegistryFailure(permanent(
+                "STRUCTURE_NOT_CONFIGURED", "no certificate for the sending structure",
+                f"the request's structure {structure} has no organisation certificate on this "
+                f"DMP channel (configured: {', '.join(self._identities)})"))
+        return identity
 
     # -- public operations ---------------------------------------------------------------
 
@@ -87,6 +124,7 @@ class DmpClient:
 
     async def _publish(self, request: PublishRequest) -> DmpResult:
         meta = self._metadata(request)
+        self.identity_for(request)  # before anything is sent
         if request.action == "initial":
             return await self._provide(request, meta, None)
         if request.action == "replace":
@@ -95,6 +133,7 @@ class DmpClient:
 
     async def _set_visibility(self, request: PublishRequest) -> DmpResult:
         meta = self._metadata(request)
+        self.identity_for(request)  # before anything is sent
         entry = await self._find_entry(request, meta, meta.unique_id)
         return await self._update_confidentiality(request, meta, entry)
 
@@ -107,15 +146,27 @@ class DmpClient:
         except ValidationError as exc:
             return permanent("INVALID_INPUT", "invalid document or answer", str(exc))
         except RegistryFailure as exc:
+            if exc.result.certificate_refused:
+                return exc.result.model_copy(update={"detail": self._naming_structure(
+                    exc.result.detail, request)})
             return exc.result
         except DmpTransientError as exc:
             return transient(exc.code, "DMP unreachable", str(exc))
         except DmpPermanentError as exc:
-            return permanent(exc.code, "DMP refused the connection", str(exc))
+            return permanent(exc.code, "DMP refused the connection",
+                             self._naming_structure(str(exc), request))
         except Exception as exc:  # a bug must not crash the route: coded, logged, dead-lettered
             log.error("dmp.internal_error", msg_id=request.message_control_id,
                       error=type(exc).__name__)
             return permanent("INTERNAL_ERROR", "connector error", type(exc).__name__)
+
+    def _structure_of(self, request: PublishRequest) -> str:
+        org = request.sender_organisation
+        return org.id if org else self._default
+
+    def _naming_structure(self, detail: str, request: PublishRequest) -> str:
+        """A refusal of our credentials says which structure's certificate (several may be)."""
+        return f"{detail} (certificate of structure {self._structure_of(request)})"
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -137,7 +188,7 @@ class DmpClient:
                                                attachments, soap.ACTION_ITI41)
         url = self._settings.endpoints.provide_and_register
         try:
-            outcome = await self._exchange(url, content_type, payload, "ITI-41")
+            outcome = await self._exchange(url, content_type, payload, "ITI-41", request)
         except RegistryFailure as failure:
             if failure.result.error_code != "XDSDuplicateUniqueIdInRegistry":
                 raise
@@ -163,7 +214,7 @@ class DmpClient:
         ss = self._submission_set(request, meta)
         body = ebrim.provide_and_register(meta, ss, cid, replaces)
         attachments = {cid: request.cda}
-        if self._submission_signer is not None:
+        if self.identity_for(request).submission_signer is not None:
             attachments.update(self._add_submission_signature(body, request, meta, ss))
         url = self._settings.endpoints.provide_and_register
         return self._envelope(soap.ACTION_ITI41, url, body, request, meta), attachments
@@ -171,7 +222,8 @@ class DmpClient:
     def _add_submission_signature(self, body, request, meta, ss) -> dict[str, bytes]:
         started = time.perf_counter()
         now = _now(self._reactor)
-        data = self._submission_signer.sign({meta.unique_id: request.cda}, ss.unique_id, now)
+        signer = self.identity_for(request).submission_signer
+        data = signer.sign({meta.unique_id: request.cda}, ss.unique_id, now)
         self.timings.add("signing", time.perf_counter() - started)
         cid = f"sig.{uuid.uuid4().hex}@pfi"
         sig_meta = xades.signature_metadata(meta, data, now, ebrim.oid_from_uuid())
@@ -201,7 +253,7 @@ class DmpClient:
                                          ebrim.DMP_DELETED)
         url = self._settings.endpoints.update_document_set
         env = self._envelope(soap.ACTION_ITI57, url, body, request, meta)
-        outcome = await self._soap_exchange(url, soap.ACTION_ITI57, env, "ITI-57")
+        outcome = await self._soap_exchange(url, soap.ACTION_ITI57, env, "ITI-57", request)
         log.info("dmp.deleted", msg_id=request.message_control_id, status=outcome.status)
         return _result(outcome, entry.get("id"))
 
@@ -221,7 +273,7 @@ class DmpClient:
                                      previous_version)
         url = self._settings.endpoints.update_document_set
         env = self._envelope(soap.ACTION_ITI57, url, body, request, meta)
-        outcome = await self._soap_exchange(url, soap.ACTION_ITI57, env, "ITI-57")
+        outcome = await self._soap_exchange(url, soap.ACTION_ITI57, env, "ITI-57", request)
         return _result(outcome, (outcome.slots.get("entryUUID") or [None])[0])
 
     async def _find_entry(self, request, meta, unique_id: str) -> etree._Element:
@@ -234,7 +286,7 @@ class DmpClient:
             "$XDSDocumentEntryUniqueId": [ebrim.query_list([unique_id])]})
         url = self._settings.endpoints.registry_stored_query
         env = self._envelope(soap.ACTION_ITI18, url, body, request, meta)
-        outcome = await self._soap_exchange(url, soap.ACTION_ITI18, env, "ITI-18")
+        outcome = await self._soap_exchange(url, soap.ACTION_ITI18, env, "ITI-18", request)
         return [o for o in outcome.objects if o.tag == ebrim.q(ebrim.RIM, "ExtrinsicObject")]
 
     # -- plumbing ------------------------------------------------------------------------
@@ -254,38 +306,50 @@ class DmpClient:
     def _envelope(self, action: str, url: str, body, request: PublishRequest,
                   meta: DocumentMetadata) -> etree._Element:
         started = time.perf_counter()
-        assertion = self._signer.assertion(self._vihf_context(request, meta), _now(self._reactor))
+        signer = self.identity_for(request).signer
+        assertion = signer.assertion(self._vihf_context(request, meta), _now(self._reactor))
         self.timings.add("signing", time.perf_counter() - started)
         return soap.envelope(action, url, body, assertion)
 
     def _vihf_context(self, request: PublishRequest, meta: DocumentMetadata) -> VihfContext:
         settings = self._settings
-        structure = (request.sender_organisation.id if request.sender_organisation
-                     else settings.structure_id)
+        structure = self.identity_for(request).structure
         return VihfContext(structure_id=structure, activity_sector=settings.activity_sector,
                            subject=_subject(request, meta), resource_id=meta.patient_id,
                            secret_connection=request.flags.connexion_secrete)
 
-    async def _soap_exchange(self, url: str, action: str, env, label: str):
+    async def _soap_exchange(self, url: str, action: str, env, label: str,
+                             request: PublishRequest):
         content_type = f'application/soap+xml; charset=UTF-8; action="{action}"'
         return await self._exchange(url, content_type,
                                     etree.tostring(env, xml_declaration=True, encoding="UTF-8"),
-                                    label)
+                                    label, request)
 
-    async def _exchange(self, url: str, content_type: str, payload: bytes, label: str):
+    async def _exchange(self, url: str, content_type: str, payload: bytes, label: str,
+                        request: PublishRequest):
         started = time.perf_counter()
         try:
-            response = await self._poster.post(url, content_type, payload)
+            response = await self.identity_for(request).poster.post(url, content_type, payload)
         finally:
             self.timings.add("http", time.perf_counter() - started)
             self.timings.calls[label] = self.timings.calls.get(label, 0) + 1
         return _read_answer(response, label)
 
 
-def _key_pair(settings: DmpChannelSettings) -> tuple[bytes, bytes]:
+@dataclass
+class StructureIdentity:
+    """What acts for one structure: its VIHF signer, its mutual-TLS poster, its XAdES signer."""
+
+    structure: str
+    signer: VihfSigner
+    poster: HttpsPoster
+    submission_signer: xades.SubmissionSigner | None
+
+
+def _key_pair(entry: OrgCertificate) -> tuple[bytes, bytes]:
     """The organisation certificate and key (PEM); ConfigurationError when unusable."""
     try:
-        cert, key = settings.client_cert.read_bytes(), settings.client_key.read_bytes()
+        cert, key = entry.cert.read_bytes(), entry.key.read_bytes()
         VihfSigner(cert, key, VihfIdentity("", "", "", "", ""))  # parses both
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigurationError([f"DMP channel organisation certificate/key: {exc}"]) from exc
@@ -315,7 +379,8 @@ def _read_answer(response, label: str) -> ebrim.RegistryOutcome:
     fault = soap.parse_fault(root)
     if fault is not None:
         result = (permanent if fault.sender_side else transient)(
-            fault.subcode or fault.code, fault.reason, f"{label}: SOAP fault {fault.code}")
+            fault.subcode or fault.code, fault.reason, f"{label}: SOAP fault {fault.code}"
+        ).model_copy(update={"from_dmp": True})
         raise RegistryFailure(result)
     child = soap.body_child(root)
     if child is None:
@@ -351,14 +416,14 @@ def _failure(outcome: ebrim.RegistryOutcome, label: str) -> DmpResult:
     first = errors[0] if errors else ebrim.RegistryError("XDSRegistryError", "no error detail")
     detail = f"{label}: " + " | ".join(f"{e.code}: {e.context}" for e in errors)
     maker = transient if first.code in TRANSIENT_CODES else permanent
-    return maker(first.code, first.context, detail)
+    return maker(first.code, first.context, detail).model_copy(update={"from_dmp": True})
 
 
 def _result(outcome: ebrim.RegistryOutcome, entry_uuid: str | None) -> DmpResult:
     if outcome.status == ebrim.PARTIAL:
         detail = " | ".join(f"{e.code}: {e.context}" for e in outcome.errors)
         first = outcome.errors[0] if outcome.errors else None
-        return DmpResult(status="partial", entry_uuid=entry_uuid, detail=detail,
+        return DmpResult(status="partial", entry_uuid=entry_uuid, detail=detail, from_dmp=True,
                          error_code=first.code if first else None,
                          error_label=first.context if first else None)
     return success(entry_uuid)
@@ -369,7 +434,7 @@ def _subject(request: PublishRequest, meta: DocumentMetadata) -> VihfSubject:
     if request.sender:
         person = request.sender
         roles = list(person.roles) or roles_from_code(meta.legal_authenticator_code)
-        return VihfSubject(person.id, f"{person.family} {person.given}".strip(), roles)
+        return VihfSubject(person.national_id, f"{person.family} {person.given}".strip(), roles)
     xcn = (meta.legal_authenticator or (meta.authors[0].person if meta.authors else "")) or ""
     parts = xcn.split("^")
     name = " ".join(p for p in parts[1:3] if p)
@@ -377,8 +442,8 @@ def _subject(request: PublishRequest, meta: DocumentMetadata) -> VihfSubject:
 
 
 def _xcn(person) -> str:
-    return (f"{person.id}^{person.family}^{person.given}^^^^^^&{person.id_oid}&ISO^D^^^"
-            f"{person.id_type}")
+    return (f"{person.national_id}^{person.family}^{person.given}^^^^^^&{person.id_oid}&ISO^D^^^"
+            "IDNPS")
 
 
 def _version(entry: etree._Element) -> str:

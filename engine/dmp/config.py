@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field
+
+from engine.tls import ca_problems, key_pair_problems
 
 
 class DmpEndpoints(BaseModel):
@@ -40,17 +42,32 @@ class LpsIdentity(BaseModel):
     lps_id: str | None = None
 
 
+class OrgCertificate(BaseModel):
+    """One structure's organisation (ORG) certificate: TLS client and VIHF signature."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cert: Path
+    key: Path
+    #: the structure it stands for; read from the certificate (subject OU) when not given, and
+    #: refused when it contradicts the certificate
+    structure_id: str | None = None
+
+
 class DmpChannelSettings(BaseModel):
     """Everything the DMP client needs; paths are resolved by the channel loader."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     endpoints: DmpEndpoints
-    client_cert: Path
-    client_key: Path
+    #: single-structure form; `certificates` lists one certificate per structure
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    certificates: tuple[OrgCertificate, ...] = ()
     ca_bundle: Path
-    #: VIHF Identifiant_Structure when the request carries no PRT SB organisation
-    structure_id: str
+    #: VIHF Identifiant_Structure when the request carries no PRT SB organisation (default: the
+    #: structure of the first certificate)
+    structure_id: str | None = None
     #: VIHF Secteur_Activite, "SAxx^1.2.250.1.71.4.2.4"
     activity_sector: str = "SA07^1.2.250.1.71.4.2.4"
     lps: LpsIdentity
@@ -68,25 +85,84 @@ class DmpChannelSettings(BaseModel):
     submission_signature: bool = False
 
 
-def check_settings(settings: DmpChannelSettings, now: dt.datetime) -> list[str]:
-    """Problems an operator must fix before the channel can work (`pfi check`, start-up)."""
-    problems = []
-    for label, path in (("client_cert", settings.client_cert), ("client_key", settings.client_key),
-                        ("ca_bundle", settings.ca_bundle)):
-        if not path.is_file():
-            problems.append(f"DMP channel: {label} {path} is not a readable file")
+    def organisation_certificates(self) -> list[OrgCertificate]:
+        """Every configured certificate, the single-structure form first."""
+        single = ([OrgCertificate(cert=self.client_cert, key=self.client_key,
+                                  structure_id=self.structure_id)]
+                  if self.client_cert is not None and self.client_key is not None else [])
+        return single + list(self.certificates)
+
+
+def certificate_structure(cert: x509.Certificate) -> str | None:
+    """The structure identifier an organisation certificate carries: its subject OU (the ANS
+    IGC-Santé naming puts the structure identifier there; see docs/dmp.md for how sure this is)."""
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return str(units[0].value).strip() if units else None
+
+
+class StructureCertificates(BaseModel):
+    """The certificates by structure identifier, and the default structure."""
+
+    model_config = ConfigDict(frozen=True)
+
+    by_structure: dict[str, OrgCertificate]
+    default: str
+    not_after: dict[str, dt.datetime]
+
+
+def resolve_certificates(settings: DmpChannelSettings) -> tuple[StructureCertificates | None, list[str]]:
+    """Read every certificate, work out its structure; problems when one cannot be used."""
+    entries = settings.organisation_certificates()
+    if not entries:
+        return None, ["DMP channel: no organisation certificate (client_cert/client_key or "
+                      "certificates)"]
+    problems, found, not_after = [], {}, {}
+    for entry in entries:
+        structure, cert, entry_problems = _one_certificate(entry)
+        problems += entry_problems
+        if structure is None:
+            continue
+        if structure in found:
+            problems.append(f"DMP channel: two certificates for structure {structure}")
+        found[structure], not_after[structure] = entry, cert.not_valid_after_utc
+    default = settings.structure_id or (next(iter(found)) if found else "")
+    if found and default not in found:
+        problems.append(f"DMP channel: structure_id {default} has no certificate (configured: "
+                        f"{', '.join(found)})")
     if problems:
-        return problems
-    try:
-        cert = x509.load_pem_x509_certificate(settings.client_cert.read_bytes())
-        key = serialization.load_pem_private_key(settings.client_key.read_bytes(), password=None)
-    except ValueError as exc:
-        return [f"DMP channel: organisation certificate or key unreadable: {exc}"]
-    if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
-        problems.append(f"DMP channel: organisation certificate not valid now (valid "
-                        f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
-        problems.append("DMP channel: client_key does not match client_cert")
+        return None, problems
+    return StructureCertificates(by_structure=found, default=default, not_after=not_after), []
+
+
+def _one_certificate(entry: OrgCertificate):
+    problems = key_pair_problems(f"DMP channel certificate {entry.cert.name}", entry.cert, entry.key)
+    if problems:
+        return None, None, problems
+    cert = x509.load_pem_x509_certificate(entry.cert.read_bytes())
+    carried = certificate_structure(cert)
+    if entry.structure_id and carried and carried != entry.structure_id:
+        return None, cert, [f"DMP channel: certificate {entry.cert} is the certificate of "
+                            f"structure {carried} (subject OU), not of {entry.structure_id}"]
+    structure = entry.structure_id or carried
+    if not structure:
+        return None, cert, [f"DMP channel: certificate {entry.cert} carries no structure "
+                            "identifier (no subject OU): give its structure_id"]
+    return structure, cert, []
+
+
+def check_settings(settings: DmpChannelSettings, now: dt.datetime | None) -> list[str]:
+    """Problems an operator must fix before the channel can work (`pfi check`, start-up). With
+    `now`, certificates outside their validity period too (`pfi check`; at start-up the engine
+    starts anyway, logs it, and the DMP's refusal pauses the queue)."""
+    problems = ca_problems("DMP channel", settings.ca_bundle)
+    resolved, cert_problems = resolve_certificates(settings)
+    problems += cert_problems
+    for entry in settings.organisation_certificates() if resolved and now else []:
+        cert = x509.load_pem_x509_certificate(entry.cert.read_bytes())
+        if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
+            problems.append(f"DMP channel: organisation certificate {entry.cert} not valid now "
+                            f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                            f"{cert.not_valid_after_utc:%Y-%m-%d})")
     for name, url in settings.endpoints.model_dump().items():
         if not url.startswith("https://"):
             problems.append(f"DMP channel: endpoint {name} must be https://")

@@ -1,8 +1,5 @@
-"""The DMP as an outbound destination: gates first, then the client; results or engine errors.
-
-The route/queue of the engine core can either use the DmpResult (`deliver`) or the engine's
-exception tree (`deliver_or_raise`: TransientDeliveryError → retry with the destination's policy,
-PermanentDeliveryError → dead letter with the DMP's code).
+"""The DMP as an outbound destination: gates first, then the client; every outcome a DmpResult
+(engine/connectors.py maps it onto the queue's outcome: done, retry, dead, pause, wait-identity).
 """
 
 from __future__ import annotations
@@ -11,23 +8,6 @@ from engine.dmp.client import DmpClient
 from engine.dmp.config import DmpChannelSettings
 from engine.dmp.gates import ConsentRegistry, NotOpposedRegistry, check_publishable
 from engine.dmp.model import DmpResult, PublishRequest
-from engine.errors import PermanentDeliveryError, TransientDeliveryError
-
-
-class DmpTransientFailure(TransientDeliveryError):
-    """Retry later; `result` holds the DMP's code for the journal."""
-
-    def __init__(self, result: DmpResult):
-        self.result = result
-        super().__init__(f"DMP {result.error_code}: {result.error_label or result.detail}")
-
-
-class DmpPermanentFailure(PermanentDeliveryError):
-    """Dead letter; `result` holds the code for the journal and the ZAM^Z01 ERR-5."""
-
-    def __init__(self, result: DmpResult):
-        self.result = result
-        super().__init__(f"DMP {result.error_code}: {result.error_label or result.detail}")
 
 
 class DmpDestination:
@@ -45,12 +25,10 @@ class DmpDestination:
             return decision.as_result()
         return await self._client.publish(request)
 
-    async def deliver_or_raise(self, request: PublishRequest) -> DmpResult:
-        """Like `deliver`, but failures raise the engine's delivery errors."""
-        result = await self.deliver(request)
-        if result.ok:
-            return result
-        raise (DmpTransientFailure if result.transient else DmpPermanentFailure)(result)
+    @property
+    def certificate_expiry(self) -> dict:
+        """{structure: not-after datetime} of the organisation certificates."""
+        return self._client.certificate_expiry
 
     async def close(self) -> None:
         """Release connections."""

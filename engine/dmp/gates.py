@@ -22,6 +22,9 @@ class ConsentRegistry(Protocol):
     def is_opposed(self, ins: str) -> bool:
         """True when the patient is opposed to DMP feeding."""
 
+    def identity_status(self, ins: str) -> str | None:
+        """The identity status (VALI, PROV…) the PAM.fr feed gave this INS; None if unknown."""
+
 
 class NotOpposedRegistry:
     """Default until the PAM.fr registry exists: nobody is known to be opposed."""
@@ -29,6 +32,9 @@ class NotOpposedRegistry:
     def is_opposed(self, ins: str) -> bool:
         """Always False."""
         return False
+
+    def identity_status(self, ins: str) -> str | None:
+        return None
 
 
 class GateDecision(BaseModel):
@@ -53,9 +59,12 @@ def check_publishable(request: PublishRequest,
     if request.ins_oid not in INS_OIDS:
         return GateDecision(allowed=False, code="INS_OID_UNKNOWN",
                             reason=f"identifier OID {request.ins_oid} is not an INS OID")
-    if not request.ins_qualified:
+    known = getattr(registry, "identity_status", lambda ins: None)(request.ins)
+    qualified = known == "VALI" if known else request.ins_qualified  # the registry first, PID-32 else
+    if not qualified:
+        source = f"the PAM.fr registry says {known}" if known else "PID-32 is not VALI"
         return GateDecision(allowed=False, code="INS_NOT_QUALIFIED",
-                            reason="identity not qualified (PID-32 is not VALI)")
+                            reason=f"identity not qualified ({source})")
     if registry.is_opposed(request.ins):
         return GateDecision(allowed=False, code="PATIENT_OPPOSED",
                             reason="the patient is opposed to DMP feeding")

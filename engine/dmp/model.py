@@ -36,6 +36,18 @@ class Person(BaseModel):
     #: profession / specialty codes for the VIHF Role attribute, e.g. ("10", "1.2.250.1.71.1.2.7")
     roles: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def national_id(self) -> str:
+        """The IDNPS (VIHF NameID, authorPerson): type digit + number for an RPPS (8 + 11 digits)
+        or an ADELI (0 + 9 characters); an IDNPS, or an id already in that form, as given."""
+        kind, ident = self.id_type.upper(), self.id.strip()
+        prefix, length = NATIONAL_PREFIX.get(kind, ("", 0))
+        return prefix + ident if prefix and len(ident) == length else ident
+
+
+#: PRT-5.13 identifier type -> (IDNPS prefix, length of the bare number); ANS identifier types
+NATIONAL_PREFIX = {"RPPS": ("8", 11), "ADELI": ("0", 9)}
+
 
 class Organisation(BaseModel):
     """The sending organisation (PRT-8 XON): name and national structure id (PRT-8.10)."""
@@ -78,11 +90,25 @@ class DmpResult(BaseModel):
     error_label: str | None = None
     entry_uuid: str | None = None
     detail: str = ""
+    # True when the code is the DMP's own answer (registry error, SOAP fault); False for a refusal
+    # by the PFI's checks or transport: the ZAM^Z01 must not dress those as DMP errors.
+    from_dmp: bool = False
 
     @property
     def ok(self) -> bool:
         """True when the document is in the DMP (success or partial success)."""
         return self.status != "error"
+
+    @property
+    def certificate_refused(self) -> bool:
+        """The DMP refused our organisation certificate (TLS alert, or a SOAP authentication
+        fault): no message can pass until an operator acts, so the queue pauses."""
+        return self.error_code in CERTIFICATE_REFUSED_CODES
+
+
+#: codes of a refused organisation certificate: TLS alert (engine/dmp/transport.py) and the
+#: WS-Security authentication fault (the simulator's answer to a certificate/VIHF structure mismatch)
+CERTIFICATE_REFUSED_CODES = frozenset({"TLS_CLIENT_CERT_REFUSED", "wsse:FailedAuthentication"})
 
 
 def success(entry_uuid: str | None, detail: str = "") -> DmpResult:

@@ -12,14 +12,17 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from engine.dmp.config import DmpChannelSettings
+from engine.dmp.config import DmpChannelSettings, OrgCertificate
 from engine.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from engine.tls import client_options, pem_blocks
 
 #: TLS alerts that mean "your certificate is refused": retrying cannot help until an operator
-#: installs a valid organisation certificate, so they are permanent (see docs/dmp.md)
+#: installs a valid organisation certificate, so the DMP queue pauses (see docs/dmp.md).
+#: "decrypt error": the server could not verify our certificate's signature (a certificate from
+#: a CA that has the trusted CA's name but not its key) or our CertificateVerify.
 CERT_REFUSED_MARKERS = ("certificate expired", "unknown ca", "bad certificate",
                         "certificate required", "certificate unknown", "certificate revoked",
-                        "handshake failure", "unsupported certificate")
+                        "handshake failure", "unsupported certificate", "decrypt error")
 
 
 class DmpTransientError(TransientDeliveryError):
@@ -48,27 +51,24 @@ class ClientCertificatePolicy:
 
     def creatorForNetloc(self, hostname: bytes, port: int):  # noqa: N802 (Twisted API)
         """TLS connection creator for one host."""
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
-                                       clientCertificate=self._client)
+        return client_options(hostname.decode("ascii"), self._trust, self._client)
 
 
-def load_policy(settings: DmpChannelSettings) -> ClientCertificatePolicy:
-    """Read the CA bundle and the client key pair; ConfigurationError if unreadable."""
+def load_policy(settings: DmpChannelSettings,
+                certificate: OrgCertificate | None = None) -> ClientCertificatePolicy:
+    """Read the CA bundle and the client key pair (`certificate`, default: the channel's first);
+    ConfigurationError if unreadable."""
+    certificate = certificate or settings.organisation_certificates()[0]
     try:
         bundle = settings.ca_bundle.read_bytes()
-        pem = settings.client_cert.read_bytes() + b"\n" + settings.client_key.read_bytes()
-        cas = [ssl.Certificate.loadPEM(block) for block in _pem_blocks(bundle)]
+        pem = certificate.cert.read_bytes() + b"\n" + certificate.key.read_bytes()
+        cas = [ssl.Certificate.loadPEM(block) for block in pem_blocks(bundle)]
         client_cert = ssl.PrivateCertificate.loadPEM(pem)
     except (OSError, SSL.Error, crypto.Error, ValueError) as exc:
         raise ConfigurationError([f"DMP channel TLS material unreadable: {exc}"]) from exc
     if not cas:
         raise ConfigurationError([f"no certificate in CA bundle {settings.ca_bundle}"])
     return ClientCertificatePolicy(ssl.trustRootFromCertificates(cas), client_cert)
-
-
-def _pem_blocks(bundle: bytes) -> list[bytes]:
-    marker = b"-----END CERTIFICATE-----"
-    return [block + marker for block in bundle.split(marker) if b"BEGIN CERTIFICATE" in block]
 
 
 @dataclass
@@ -83,13 +83,14 @@ class HttpResponse:
 class HttpsPoster:
     """POSTs bodies over mutual TLS with connect and response timeouts."""
 
-    def __init__(self, reactor, settings: DmpChannelSettings):
+    def __init__(self, reactor, settings: DmpChannelSettings,
+                 certificate: OrgCertificate | None = None):
         self._reactor = reactor
         self._timeout = settings.response_timeout
         pool = web_client.HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 4
         self._pool = pool
-        self._agent = web_client.Agent(reactor, contextFactory=load_policy(settings),
+        self._agent = web_client.Agent(reactor, contextFactory=load_policy(settings, certificate),
                                        connectTimeout=settings.connect_timeout, pool=pool)
 
     async def post(self, url: str, content_type: str, body: bytes) -> HttpResponse:

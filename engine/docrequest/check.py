@@ -46,7 +46,7 @@ def is_document_message(header: Header) -> bool:
     return bool(profile_id) and profile_id[0].strip() in TRANSMISSION_PROFILE_IDS
 
 
-def check_document_message(raw: bytes, charset: str | None = None) -> list[AckError]:
+def check_document_message(raw: bytes, charset: str | None = None, cda_check=None) -> list[AckError]:
     """Parse `raw` as a document request and check it against its CDA(s).
 
     Returns the problems as ACK errors, blocking ones (severity E) first, then warnings (W);
@@ -65,7 +65,22 @@ def check_document_message(raw: bytes, charset: str | None = None) -> list[AckEr
         return [to_ack_error(exc.error, msg.encoding.component)]
     problems = check_consistency(request) + list(request.warnings)
     problems.sort(key=lambda p: p.severity not in BLOCKING)
-    return [to_ack_error(p, msg.encoding.component) for p in problems]
+    errors = [to_ack_error(p, msg.encoding.component) for p in problems]
+    if cda_check is not None and not blocking(errors):
+        errors = _cda_errors(request, cda_check, msg.encoding.component) + errors
+    return errors
+
+
+def _cda_errors(request, cda_check, component: str) -> list[AckError]:
+    """One ERR per embedded CDA that fails the kit (rule ids in ERR-8; 99PFI = our own check)."""
+    found = []
+    for index, document in enumerate(request.documents, 1):
+        problems = cda_check(document.content)
+        if problems:
+            app = component.join(("CDA_INVALID", "document CDA non conforme", "99PFI"))
+            found.append(RequestAckError(207, f"OBX^{index}^5", "CDA invalid: " + "; ".join(problems),
+                                         app_code=app, severity="E", ack_code="AE"))
+    return found
 
 
 def to_ack_error(error: HL7Error, component: str = "^") -> RequestAckError:
@@ -102,10 +117,11 @@ def describe(errors: list[AckError]) -> str:
 
 
 def _unexpected(failure) -> list[AckError]:
-    """A defect of the checker must still give a coded NACK, never a dropped connection."""
+    """A defect of the checker must still give a coded NACK, never a dropped connection: AR 207,
+    since the message may well be fine (sent again once the defect is fixed, it passes)."""
     log.error("docrequest.check_failed", error=failure.getErrorMessage(), type=failure.type.__name__)
-    return [RequestAckError(199, "", f"document request could not be checked "
-                                     f"({failure.type.__name__})")]
+    return [RequestAckError(207, "", f"document request could not be checked "
+                                     f"({failure.type.__name__}): send it again later", ack_code="AR")]
 
 
 @dataclass(eq=False)
@@ -118,6 +134,7 @@ class DocumentRequestGate:
     """
 
     charset: str | None = None
+    cda_check: object | None = None  # engine.cda.checker.CdaChecker, or None: request checks only
     _order: defer.DeferredLock = field(default_factory=defer.DeferredLock, repr=False)
 
     def applies(self, header: Header) -> bool:
@@ -126,7 +143,7 @@ class DocumentRequestGate:
 
     def check_in_thread(self, raw: bytes) -> defer.Deferred:
         """Run `check_document_message` off the reactor thread; fires with the error list."""
-        d = threads.deferToThread(check_document_message, raw, self.charset)
+        d = threads.deferToThread(check_document_message, raw, self.charset, self.cda_check)
         d.addErrback(_unexpected)
         return d
 

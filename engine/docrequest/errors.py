@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from engine.errors import ValidationError
-from engine.hl7.message import escape
+from engine.hl7.encode import escape
 
 # HL7 table 0357 (subset listed by the ANS volets).
 HL7_ERROR_LABELS: dict[int, str] = {

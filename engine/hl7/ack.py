@@ -2,13 +2,26 @@
 
 MSH mirrors the acknowledged message (3<->5, 4<->6, same MSH-11, MSH-12, MSH-17, MSH-18, no
 MSH-21); MSA-2 echoes MSH-10; ERR explains AE/AR with an HL7 table 0357 code.
+
+Echoed values come from the sender: each is cut to a bounded length and stripped of control
+characters (a 0x1c would end the ACK frame, a CR would start a segment), and the ACK is written
+with the sender's own delimiters (printable ASCII: the scanner refuses others, and those frames
+are answered with the standard ones) in an ASCII-compatible charset, so the sender can parse it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from engine.hl7 import encode
 from engine.hl7.scan import Header
+
+#: longest echoed value: HL7 2.6 gives 227 for HD (MSH-3..6) and 199 for MSH-10; more is hostile
+ECHO_LIMIT = 227
+#: longest ERR-8 text (reasons may quote sender values)
+TEXT_LIMIT = 300
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 # HL7 table 0357 (the subset the ANS volets list, plus 205/206 from the base standard).
 ERROR_TEXT = {
@@ -42,20 +55,34 @@ class AckError:
         comp = enc[0]
         err3 = f"{self.code}{comp}{ERROR_TEXT.get(self.code, 'Error')}{comp}HL70357"
         loc = self.location.replace("^", comp)
-        fields = ["ERR", "", loc, err3, self.severity, self.app_code, "", "", escape(self.message, enc, fs)]
+        fields = ["ERR", "", loc, err3, self.severity, self.app_code, "", "",
+                  escape(self.message[:TEXT_LIMIT], enc, fs)]
         return fs.join(fields).rstrip(fs)
 
 
+def delimiters(enc: str, fs: str = "|") -> encode.Delimiters:
+    """The sender's delimiters as engine.hl7.encode takes them (missing ones: the standard)."""
+    std = encode.STANDARD
+    pick = lambda i, default: enc[i] if len(enc) > i else default  # noqa: E731
+    return encode.Delimiters(fs, pick(0, std.component), pick(1, std.repetition), pick(2, std.escape),
+                             pick(3, std.subcomponent))
+
+
 def escape(text: str, enc: str, fs: str = "|") -> str:
-    """HL7-escape free text so it can sit in a field."""
-    esc = enc[2] if len(enc) > 2 else "\\"
-    out = text.replace(esc, f"{esc}E{esc}").replace(fs, f"{esc}F{esc}")
-    out = out.replace(enc[0], f"{esc}S{esc}")
-    if len(enc) > 1:
-        out = out.replace(enc[1], f"{esc}R{esc}")
-    if len(enc) > 3:
-        out = out.replace(enc[3], f"{esc}T{esc}")
-    return out.replace("\r", " ").replace("\n", " ")
+    """HL7-escape free text so it can sit in a field (engine.hl7.encode, the sender's delimiters)."""
+    return encode.escape(text, delimiters(enc, fs))
+
+
+def _echo(value: str) -> str:
+    """A sender's value sent back: bounded, without control characters (kept as HL7 text)."""
+    return _CONTROLS.sub("", value[:ECHO_LIMIT])
+
+
+def _ascii_compatible(codec: str) -> str:
+    try:
+        return codec if "|MSA".encode(codec) == b"|MSA" else "utf-8"
+    except LookupError:
+        return "utf-8"
 
 
 def build_ack(
@@ -73,10 +100,11 @@ def build_ack(
     trigger = h.trigger if h.trigger and h.message_code != "ACK" else ""
     msg_type = f"ACK{enc[0]}{trigger}{enc[0]}ACK" if trigger else "ACK"
     msh = [
-        "MSH", enc, h.receiving_app or local_app, h.receiving_facility, h.sending_app,
-        h.sending_facility, timestamp, "", msg_type, ack_control_id, h.processing_id or "P",
-        h.version_field or "2.5", "", "", "", "", h.country, h.charset,
+        "MSH", enc, _echo(h.receiving_app) or local_app, _echo(h.receiving_facility), _echo(h.sending_app),
+        _echo(h.sending_facility), timestamp, "", _echo(msg_type), ack_control_id, _echo(h.processing_id) or "P",
+        _echo(h.version_field) or "2.5", "", "", "", "", _echo(h.country), _echo(h.charset),
     ]
-    segments = [fs.join(msh).rstrip(fs), fs.join(["MSA", code, h.control_id])]
+    segments = [fs.join(msh).rstrip(fs), fs.join(["MSA", code, _echo(h.control_id)])]
     segments += [e.segment(enc, fs) for e in errors]
-    return ("\r".join(segments) + "\r").encode(h.codec if header else codec, errors="replace")
+    charset = _ascii_compatible(h.codec if header else codec)
+    return ("\r".join(segments) + "\r").encode(charset, errors="replace")

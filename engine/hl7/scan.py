@@ -13,18 +13,8 @@ from engine.errors import ParseError
 from engine.hl7.charset import codec_for
 
 _SEGMENT_END = re.compile(rb"\r\n|\r|\n")
-_NOT_SEPARATORS = (b"", b" ", b"\r", b"\n")
 # A real-world defect: MSH-2 written with U+02DC (small tilde) instead of "~" (UTF-8 bytes).
 _SMALL_TILDE = b"\xcb\x9c"
-
-
-class HeaderError(ParseError):
-    """An MSH that cannot be read, with what the NACK's ERR needs: a table 0357 code and ERR-2."""
-
-    def __init__(self, message: str, code: int, location: str):
-        super().__init__(message)
-        self.code = code
-        self.location = location
 
 
 @dataclass(slots=True)
@@ -81,18 +71,30 @@ def _first_component(value: str, comp_sep: str) -> str:
     return value.split(comp_sep, 1)[0]
 
 
+class HeaderError(ParseError):
+    """An MSH that cannot be read, with what the NACK's ERR needs: a table 0357 code and ERR-2."""
+
+    def __init__(self, message: str, code: int, location: str):
+        super().__init__(message)
+        self.code = code
+        self.location = location
+
+
 def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
     """Read MSH (and PID) from `raw`; raise HeaderError when there is no usable MSH."""
-    start = len(raw) - len(raw.lstrip(b"\r\n\t \x00\xef\xbb\xbf"))
-    if raw[start : start + 3] != b"MSH":
+    # A VT left by a doubled start block split across reads is no part of the message either.
+    start = len(raw) - len(raw.lstrip(b"\r\n\t \x00\x0b\xef\xbb\xbf"))
+    if raw[start : start + 3] != b"MSH" or len(raw) < start + 8:
         raise HeaderError("no MSH segment at the start of the message", 100, "MSH^1")
     msh = _segment_at(raw, start)
     sep = msh[3:4]
-    if not sep:  # `MSH<CR>`: nothing to split the fields with
+    if len(sep) != 1:  # `MSH<CR>`: nothing to split the fields with
         raise HeaderError("MSH-1 field separator is missing", 101, "MSH^1^1")
-    if sep.isalnum() or sep in _NOT_SEPARATORS:
-        raise HeaderError("MSH-1 field separator is not a valid separator", 102, "MSH^1^1")
+    if sep.isalnum() or sep in (b" ", b"\r", b"\n") or sep[0] < 0x20 or sep[0] > 0x7e:
+        raise HeaderError("MSH-1 field separator is not a printable ASCII separator", 102, "MSH^1^1")
     fields = msh.split(sep)
+    if len(fields) < 2 or not fields[1]:
+        raise HeaderError("MSH-2 encoding characters are missing", 101, "MSH^1^2")
     header = Header(field_sep=sep.decode("latin-1"))
     _read_encoding_chars(header, fields[1])
     _read_msh(header, fields, fallback_codec)
@@ -107,10 +109,9 @@ def _read_encoding_chars(header: Header, enc: bytes) -> None:
         enc = enc.replace(_SMALL_TILDE, b"~")
         header.warnings.append("MSH-2 uses U+02DC instead of '~'; read as '~'")
     text = enc.decode("latin-1")
-    if not text:
-        raise HeaderError("MSH-2 encoding characters are missing", 101, "MSH^1^2")
-    if len(text) < 2 or len(set(text)) != len(text) or any(c.isalnum() for c in text):
-        raise HeaderError(f"MSH-2 encoding characters are invalid: {text!r}", 102, "MSH^1^2")
+    if (not 2 <= len(text) <= 5 or len(set(text)) != len(text) or header.field_sep in text
+            or any(c.isalnum() or not "!" <= c <= "~" for c in text)):
+        raise HeaderError(f"MSH-2 encoding characters are invalid: {text[:8]!r}", 102, "MSH^1^2")
     header.encoding_chars = text
 
 

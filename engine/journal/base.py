@@ -33,6 +33,7 @@ class InboundRecord:
     ack_code: str = ""
     ack: bytes = b""
     reason: str = ""
+    error_code: int = 0  # HL7 table 0357 code of a NACK (metrics label; not stored)
     dup_key: str | None = None
     dup_window: float = 0.0
     # Filled by the journal when the record turns out to be a duplicate of an earlier message.
@@ -74,6 +75,9 @@ class Journal(Protocol):
 
     def start(self) -> None: ...
 
+    async def open(self) -> None:
+        """`start` without blocking the reactor thread (what the engine calls)."""
+
     def stop(self): ...
 
     def append_inbound(self, record: InboundRecord):
@@ -82,6 +86,9 @@ class Journal(Protocol):
         and `record.ack` are set to the original's."""
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = ""): ...
+
+    def queue_depths(self) -> list[tuple]:
+        """(destination, state, count, oldest created_at) of waiting or dead deliveries."""
 
     def events_after(self, last_id: int, limit: int = 500, channel: str | None = None,
                      msg_type: str | None = None) -> list[JournalEvent]: ...
@@ -95,9 +102,10 @@ class Journal(Protocol):
         """Run `operation(conn, store)` in the next group commit (portable `?` SQL on `conn`;
         `store.message_raw(conn, uid)` reads a payload); fires with its result once durable."""
 
-    def claim_received(self, limit: int):
+    def claim_received(self, limit: int, channels: frozenset | None = None):
         """Fires with the oldest (uid, channel, received_at, raw) still to route; empty on a node
-        that is not the dispatcher of a shared journal."""
+        that is not the dispatcher of a shared journal. With `channels`, messages of other channels
+        come with raw None (no route can match them: their payload is not read)."""
 
     def purge_before(self, before: float):
         """Retention: fires with the number of finished messages older than `before` removed."""

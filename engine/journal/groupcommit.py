@@ -53,6 +53,10 @@ class GroupCommitWriter:
         """Called in the writer thread after the last batch."""
 
     # -- lifecycle -------------------------------------------------------------------------
+    async def open(self) -> None:
+        """`start` (files, schema, recovery: blocking I/O) in a thread, off the reactor thread."""
+        await threads.deferToThread(self.start)
+
     def _start_writer(self) -> None:
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._thread.start()

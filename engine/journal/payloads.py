@@ -64,6 +64,7 @@ class PayloadStore:
     def append_many(self, items: list[tuple[dict, bytes]]) -> list[tuple[int, int, int]]:
         """Write records with one writev per segment (not yet durable: call sync()); returns
         (segment, offset, crc) per record. A batch costs one system call, not one per record."""
+        self._check_end()
         positions, chunks = [], []
         end = self._size
         for meta, raw in items:
@@ -95,10 +96,36 @@ class PayloadStore:
             self._dirty = self._dirty or total > 0
 
     def rollback_to(self, segment: int, offset: int) -> None:
-        """Forget records written by a failed batch so that they are never recovered."""
-        if segment == self._segment and offset < self._size:
-            os.ftruncate(self._fd, offset)
+        """Leave the log exactly as it was before a failed batch (a full disk, an I/O error): the
+        segments the batch opened are removed, the batch's segment is truncated back to `offset`
+        and its size checked. The size the store keeps must be the file's: the file is in append
+        mode, so any stray byte left would shift every later record away from its indexed offset.
+        Raises OSError if the log could not be restored; the next append tries again first."""
+        self._size = offset  # what the file must be, whatever happens below
+        for newer in [s for s in self.segments() if s > segment]:
+            self._forget_reader(newer)
+            self._path(newer).unlink(missing_ok=True)  # only the failed batch wrote there
+        if segment != self._segment:
+            self._open_segment(segment)
             self._size = offset
+        self._check_end()
+
+    def _check_end(self) -> None:
+        """The file ends where the store thinks it does, or is made to (stray bytes of a failed
+        write are cut); raises OSError when that is impossible, so nothing is appended at an
+        offset the index would not know."""
+        actual = os.fstat(self._fd).st_size
+        if actual != self._size:
+            os.ftruncate(self._fd, self._size)
+            actual = os.fstat(self._fd).st_size
+            if actual != self._size:
+                raise OSError(f"segment {self._segment} is {actual} bytes, {self._size} expected")
+            self._dirty = True
+
+    def _forget_reader(self, segment: int) -> None:
+        fd = self._readers.pop(segment, None)
+        if fd is not None:
+            os.close(fd)
 
     def sync(self) -> None:
         if self._dirty:
@@ -134,13 +161,21 @@ class PayloadStore:
         if len(head) < _HEADER.size:
             raise CorruptRecord(f"truncated record header in segment {segment} at {offset}")
         magic, meta_len, raw_len, crc = _HEADER.unpack(head)
+        if magic != MAGIC or (meta_len + raw_len > 1 << 24
+                              and offset + _HEADER.size + meta_len + raw_len > os.fstat(fd).st_size):
+            # Damaged lengths must not make us allocate gigabytes to find out.
+            raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
         body = os.pread(fd, meta_len + raw_len, offset + _HEADER.size)
         if magic != MAGIC or len(body) != meta_len + raw_len or zlib.crc32(body) != crc:
             raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
         return json.loads(body[:meta_len]), body[meta_len:], _HEADER.size + meta_len + raw_len
 
-    def scan_from(self, segment: int, offset: int) -> Iterator[tuple[int, int, dict, bytes]]:
-        """Records from (segment, offset) to the end of the log; stops at a torn tail."""
+    def scan_from(self, segment: int, offset: int) -> Iterator[tuple[int, int, dict | None, object]]:
+        """Records from (segment, offset) to the end of the log, as (segment, offset, meta, raw).
+
+        Damaged bytes give (segment, offset, None, resume): `resume` is the offset of the next
+        valid record of that segment, or None when nothing valid follows (a torn tail, which the
+        caller may cut). Good records after damaged bytes are never given up."""
         for number in [s for s in self.segments() if s >= segment]:
             position = offset if number == segment else 0
             size = os.path.getsize(self._path(number))
@@ -148,10 +183,31 @@ class PayloadStore:
                 try:
                     meta, raw, length = self._read_at(number, position)
                 except (CorruptRecord, ValueError):
-                    yield number, position, {}, b""  # torn tail: the caller truncates here
-                    break
+                    resume = self.next_valid(number, position + 1, size)
+                    yield number, position, None, resume
+                    if resume is None:
+                        break
+                    position = resume
+                    continue
                 yield number, position, meta, raw
                 position += length
+
+    def next_valid(self, segment: int, start: int, end: int | None = None) -> int | None:
+        """Offset of the first readable record at or after `start` in `segment` (None if none)."""
+        fd = self._reader(segment)
+        end = os.fstat(fd).st_size if end is None else end
+        position = start
+        while position < end:
+            chunk = os.pread(fd, min(1 << 20, end - position) + len(MAGIC) - 1, position)
+            found = chunk.find(MAGIC)
+            while found >= 0:
+                try:
+                    self._read_at(segment, position + found)
+                    return position + found
+                except (CorruptRecord, ValueError):
+                    found = chunk.find(MAGIC, found + 1)
+            position += max(1, len(chunk) - len(MAGIC) + 1)
+        return None
 
     def read_crc(self, segment: int, offset: int) -> int:
         return _HEADER.unpack(os.pread(self._reader(segment), _HEADER.size, offset))[3]
@@ -168,9 +224,7 @@ class PayloadStore:
         """Delete a whole segment (retention); never the one being written."""
         if segment == self._segment:
             raise ValueError("the segment being written cannot be removed")
-        fd = self._readers.pop(segment, None)
-        if fd is not None:
-            os.close(fd)
+        self._forget_reader(segment)
         self._path(segment).unlink(missing_ok=True)
         _fsync_dir(self.directory)
 

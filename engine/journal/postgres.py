@@ -133,6 +133,17 @@ class PostgresJournal(GroupCommitWriter):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        self._connect_all()
+        self._heartbeat.start(TICK, now=False)
+        self._try_lead()
+
+    async def open(self) -> None:
+        """`start` with its blocking I/O (connections, schema check, leadership) in a thread."""
+        await threads.deferToThread(self._connect_all)
+        self._heartbeat.start(TICK, now=False)  # a LoopingCall: the reactor thread
+        await threads.deferToThread(self._try_lead)
+
+    def _connect_all(self) -> None:
         self._conn = connect(self.url)
         pgschema.check(self._conn.raw)
         self._session = connect(self.url)
@@ -140,8 +151,6 @@ class PostgresJournal(GroupCommitWriter):
         self._pool = ConnectionPool(self.url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True)
         self._start_writer()
         self._start_listener()
-        self._heartbeat.start(TICK, now=False)
-        self._try_lead()
 
     def stop(self) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._stop())
@@ -258,8 +267,9 @@ class PostgresJournal(GroupCommitWriter):
                          " FROM unnest(%s::text[]) AS k ORDER BY 1) AS s", (_LOCK_SPACE_DUP, keys))
 
     # -- routing ---------------------------------------------------------------------------
-    def claim_received(self, limit: int):
-        """The oldest messages still to route, with their raw bytes, on the dispatch leader only."""
+    def claim_received(self, limit: int, channels: frozenset | None = None):
+        """The oldest messages still to route, with their raw bytes, on the dispatch leader only
+        (`channels` is accepted for the API and ignored: the payload comes in the same query)."""
         if not self.is_leader:
             return defer.succeed([])
         return self.submit(lambda conn, store: conn.execute(
@@ -377,6 +387,12 @@ class PostgresJournal(GroupCommitWriter):
         with self._pool.connection() as raw:
             return PgConnection(raw).execute(sql, args).fetchall()
 
+    def queue_depths(self) -> list[tuple]:
+        """Per destination and waiting state: count and oldest (for the queue gauges)."""
+        from engine.journal.deliveries import queue_depths
+
+        return queue_depths(self._read)
+
     def events_after(self, last_id: int, limit: int = 500, channel=None, msg_type=None) -> list[JournalEvent]:
         from engine.journal.sqlite import events_after
 
@@ -390,7 +406,7 @@ class PostgresJournal(GroupCommitWriter):
 
 
 _PURGE_SELECT = """SELECT m.uid FROM messages m WHERE m.received_at < %s AND m.state <> 'received'
-    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid = m.uid AND d.state IN ('pending', 'sending'))
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid = m.uid AND d.state IN ('pending', 'sending', 'held'))
     ORDER BY m.received_at LIMIT %s FOR UPDATE SKIP LOCKED"""
 
 

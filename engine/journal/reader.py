@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.errors import ParseError
 from engine.hl7.scan import scan
 from engine.journal.payloads import PayloadStore
 from engine.journal.sqlite import connect, events_after, load_message
@@ -16,10 +15,7 @@ class _PatientLabels:
         message = self.load_message(uid)
         if message is None:
             return "?"
-        try:
-            header = scan(message.raw)
-        except ParseError:  # a rejected frame whose MSH cannot be read
-            return "?"
+        header = scan(message.raw)
         enc = header.encoding_chars
         first_id = header.patient_ids.split(enc[1])[0].split(enc[0])[0]
         name = " ".join(p for p in header.patient_name.split(enc[1])[0].split(enc[0])[:2] if p)

@@ -48,11 +48,21 @@ class MLLPDecoder:
         self._in_frame = False
         self._discarding = False
         self._scanned = 0  # bytes of the current frame already searched for the end block
+        self.frames_started = 0  # lets a caller tell one unfinished frame from the next
 
     @property
     def pending(self) -> int:
         """Bytes of an unfinished frame held in memory."""
         return len(self._buf)
+
+    @property
+    def mid_frame(self) -> bool:
+        """A start block was seen and its frame has not ended yet."""
+        return self._in_frame or self._discarding
+
+    def partial_head(self) -> bytes:
+        """The first bytes of the unfinished frame, for the journal when it is abandoned."""
+        return bytes(self._buf[: self.head_size]) if self._in_frame else b""
 
     def feed(self, data: bytes) -> list:
         events: list = []
@@ -74,8 +84,13 @@ class MLLPDecoder:
             self._keep_noise(events, len(self._buf))
             return False
         self._keep_noise(events, start)
-        del self._buf[:1]
+        # Some senders write the start block twice: a doubled VT still opens one frame.
+        count = 1
+        while count < len(self._buf) and self._buf[count] == 0x0B:
+            count += 1
+        del self._buf[:count]
         self._in_frame = True
+        self.frames_started += 1
         return True
 
     def _keep_noise(self, events: list, upto: int) -> None:

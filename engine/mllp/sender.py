@@ -5,15 +5,13 @@ waits for the ACK up to `ack_timeout` and only accepts an ACK whose MSA-2 equals
 sent. Whenever the stream may be out of step with our requests (timeout, mismatched or garbage
 answer, unsolicited data) the connection is dropped, so a late ACK dies with it and can never be
 paired with a later message. The sender never sleeps or retries by itself: a failure comes back
-as a `SendOutcome` with action "retry" and the caller's queue waits `retry_delay(attempt)`.
+as a `SendOutcome` with action "retry" and the caller's queue waits (engine/retry.py backoff).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import structlog
 from twisted.internet import defer, error, protocol, ssl
@@ -22,17 +20,17 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from engine.config.channels import MllpOutSettings, TlsSettings
+from engine.config.channels import MllpOutSettings, ReplyAction, TlsSettings
 from engine.mllp.client import AckInfo, control_id_of, read_ack
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, frame
-from engine.retry import attempts_exhausted, backoff_delay
+from engine.tls import client_options
 
 log = structlog.get_logger(__name__)
 
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
 MAX_ACK_BYTES = 1024 * 1024  # an ACK is a few hundred bytes; anything huge is not one
 
-Action = Literal["done", "retry", "dead"]
+Action = ReplyAction  # one definition, engine/config/channels.py
 
 
 @dataclass(frozen=True)
@@ -99,6 +97,7 @@ class _SenderProtocol(protocol.Protocol):
             answer.callback(events[0])
 
     def connectionLost(self, reason=protocol.connectionDone):
+        self.lost_reason = reason
         self._dropped = True  # before the errbacks below: they may resume a send synchronously
         if not self.ready.called:
             self.ready.errback(reason)
@@ -120,15 +119,13 @@ class MLLPSender:
     """Delivers messages to one MLLP destination over one reused connection.
 
     `reactor` makes the connections; `clock` (default: the reactor) times the ACK wait, so tests
-    can inject a `task.Clock`. `rng` feeds the jitter of `retry_delay`.
+    can inject a `task.Clock`.
     """
 
-    def __init__(self, reactor, settings: MllpOutSettings, rng: random.Random | None = None,
-                 clock=None):
+    def __init__(self, reactor, settings: MllpOutSettings, clock=None):
         self.reactor = reactor
         self.clock = clock or reactor
         self.settings = settings
-        self.rng = rng or random.Random()
         self._lock = defer.DeferredLock()
         self._proto: _SenderProtocol | None = None
         self._live: set[_SenderProtocol] = set()
@@ -146,14 +143,6 @@ class MLLPSender:
             self._lock.release()
         self._log_outcome(message, outcome)
         return outcome
-
-    def retry_delay(self, attempt: int) -> float:
-        """Backoff before the next try after `attempt` failed tries, from this channel's settings."""
-        return backoff_delay(attempt, self.settings.retry, self.rng)
-
-    def gives_up(self, attempt: int) -> bool:
-        """True when `attempt` tries were made and the channel allows no more."""
-        return attempts_exhausted(attempt, self.settings.retry)
 
     async def close(self) -> None:
         """Close the connection; a send in progress comes back with action "retry"."""
@@ -175,7 +164,29 @@ class MLLPSender:
             proto = await self._connection()
         except Exception as exc:  # every connect failure is worth a later retry
             return SendOutcome(self._action("refused"), _connect_failure(exc), kind="refused")
+        if not self.settings.expect_ack:
+            return await self._write_and_close(proto, message)
         return await self._exchange(proto, message, control_id)
+
+    async def _write_and_close(self, proto: _SenderProtocol, message: bytes) -> SendOutcome:
+        """A destination that never answers (the reference DRIMbox reads until its peer closes):
+        sent = written, flushed and the connection closed cleanly; one connection per message."""
+        from twisted.internet.error import ConnectionDone
+
+        proto.transport.write(frame(message))
+        proto.transport.loseConnection()  # after the pending bytes are written
+        closed = proto.lost
+        closed.addTimeout(self.settings.ack_timeout, self.clock)
+        try:
+            await closed
+        except defer.TimeoutError:
+            proto.drop()
+            return self._by_policy("timeout", f"not flushed within {self.settings.ack_timeout:g} s")
+        reason = getattr(proto, "lost_reason", None)
+        if reason is not None and not reason.check(ConnectionDone):
+            return SendOutcome(self._action("lost"), f"connection lost while writing: {_describe(reason.value)}",
+                               kind="lost")
+        return SendOutcome("done", "written and flushed (this destination sends no ACK)", kind="written")
 
     async def _exchange(self, proto: _SenderProtocol, message: bytes, control_id: str) -> SendOutcome:
         answer = proto.request(message)
@@ -271,7 +282,7 @@ def client_tls_options(host: str, tls: TlsSettings):
     ours = ssl.PrivateCertificate.loadPEM(
         Path(tls.certificate).read_bytes() + b"\n" + Path(tls.key).read_bytes())
     trust = ssl.Certificate.loadPEM(Path(tls.ca).read_bytes()) if tls.ca else None
-    return ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=ours)
+    return client_options(host, trust, ours)
 
 
 class HandshakeError(Exception):

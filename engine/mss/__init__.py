@@ -6,5 +6,5 @@ Public entry points (see docs/mssante.md):
 * XDM: `build_xdm`, `read_xdm` (engine.mss.xdm)
 * acks: `parse_report`, `outcomes_for_report`, `build_mdn` (engine.mss.notifications)
 * receiving: `MailboxPoller`, `MailIntake` (engine.mss.inbound), `build_lps_mdm` (engine.mss.lps)
-* state: `MssStore` (engine.mss.store); test peer: engine.mss.sim, engine.mss.testpki
+* state: `MssStore` (engine.mss.store); test peer: engine.sim.mss, engine.mss.testpki
 """

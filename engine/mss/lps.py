@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 
 from engine.errors import ParseError
+from engine.hl7.encode import (Raw, checked_gender, checked_identifier, checked_root, checked_ts, message,
+                               msh, segment)
 from engine.mss.settings import LpsSettings
 from engine.mss.xdm import XdmDocument, XdmPackage
 from engine.xmlsafe import parse_untrusted
@@ -48,19 +50,10 @@ class ReceivedMail:
     date: dt.datetime | None = None
 
 
-def escape(text: str) -> str:
-    """HL7 v2 escaping of a component value (default encoding characters)."""
-    out = text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
-    out = out.replace("&", "\\T\\").replace("~", "\\R\\")
-    return out.replace("\r", " ").replace("\n", " ")
-
-
-def _join(*components: str) -> str:
-    return "^".join(components)
-
-
-def _segment(name: str, *fields: str) -> str:
-    return "|".join((name,) + fields).rstrip("|")
+def _hl7_structured(value: str) -> tuple:
+    """An XCN/XON written by the XDM metadata (outside data already in HL7 form): split on its
+    standard delimiters and re-encoded piece by piece, so a CR or a `|` in it stays a value."""
+    return tuple(tuple(comp.split("&")) if "&" in comp else comp for comp in value.split("^"))
 
 
 # --------------------------------------------------------------------------- CDA header
@@ -81,29 +74,31 @@ def _text(root, path: str) -> str:
     return (element.text or "").strip() if element is not None else ""
 
 
-def _pid3(patient_role) -> str:
+def _pid3(patient_role) -> list:
     ids = []
     for ident in patient_role.findall("v3:id", V3):
         root, ext = ident.get("root", ""), ident.get("extension", "")
         if not ext:
             continue
+        checked_identifier(ext, "PID-3 (recordTarget id extension)")
+        checked_root(root, "PID-3 (recordTarget id root)")
         if root in INS_AUTHORITIES:
-            ids.append(f"{escape(ext)}^^^{INS_AUTHORITIES[root]}&{root}&ISO^INS")
+            ids.append((ext, "", "", (INS_AUTHORITIES[root], root, "ISO"), "INS"))
         else:
-            ids.append(f"{escape(ext)}^^^&{root}&ISO^PI")
-    return "~".join(ids)
+            ids.append((ext, "", "", ("", root, "ISO"), "PI"))
+    return ids
 
 
-def _pid5(patient) -> str:
+def _pid5(patient) -> tuple:
     names = patient.find("v3:name", V3)
     if names is None:
-        return ""
+        return ()
     # The birth name (qualifier BR) is the INS trait; fall back to the first family element.
     family = _text(names, "v3:family[@qualifier='BR']") or _text(names, "v3:family")
     given = [(g.text or "").strip() for g in names.findall("v3:given", V3)]
     first = given[0] if given else ""
     others = " ".join(given[1:])
-    return _join(escape(family), escape(first), escape(others), "", "", "", "L")
+    return (family, first, others, "", "", "", "L")
 
 
 def _address_parts(addr) -> tuple[str, str, str, str]:
@@ -123,48 +118,54 @@ def _address_parts(addr) -> tuple[str, str, str, str]:
     return street, city, zip_code, country
 
 
-def _pid11(patient_role, patient) -> str:
+def _pid11(patient_role, patient) -> list:
     reps = []
     addr = patient_role.find("v3:addr", V3)
     if addr is not None and addr.get("nullFlavor") is None:
         street, city, zip_code, country = _address_parts(addr)
-        reps.append(_join(escape(street), "", escape(city), "", escape(zip_code), escape(country), "H"))
+        reps.append((street, "", city, "", zip_code, country, "H"))
     county = _text(patient, "v3:birthplace/v3:place/v3:addr/v3:county")
     if county:
-        reps.append(_join("", "", "", "", "", "", "BDL", "", escape(county)))
-    return "~".join(reps)
+        reps.append(("", "", "", "", "", "", "BDL", "", county))
+    return reps
 
 
 def pid_segment(cda_root) -> str:
-    """PID built from recordTarget; PID-32 = VALI when an INS is present (CDA INS ⇒ qualified)."""
+    """PID built from recordTarget; PID-32 = VALI when an INS is present (CDA INS ⇒ qualified).
+    Values that cannot be valid for their field (birth time, sex, identifiers) are refused."""
     role = _first(cda_root, "v3:recordTarget/v3:patientRole")
     if role is None:
         raise ParseError("CDA without recordTarget/patientRole")
     patient = role.find("v3:patient", V3)
     pid3 = _pid3(role)
-    fields = [""] * 32
+    fields: list = [""] * 32
     fields[2] = pid3
     if patient is not None:
         fields[4] = _pid5(patient)
-        fields[6] = _attr(patient, "v3:birthTime", "value")
-        fields[7] = _attr(patient, "v3:administrativeGenderCode", "code")
+        fields[6] = checked_ts(_attr(patient, "v3:birthTime", "value"), "PID-7 (birthTime)")
+        fields[7] = checked_gender(_attr(patient, "v3:administrativeGenderCode", "code"),
+                                   "PID-8 (administrativeGenderCode)")
         fields[10] = _pid11(role, patient)
     fields[30] = "N"  # PID-31 identity unknown indicator
-    fields[31] = "VALI" if "^INS" in pid3 else ""
-    return _segment("PID", *fields)
+    fields[31] = "VALI" if any(i[-1] == "INS" for i in pid3) else ""
+    return segment("PID", *fields)
 
 
-def _document_id(element) -> str:
+def _document_id(element, where: str) -> tuple | str:
     if element is None:
         return ""
     root, ext = element.get("root", ""), element.get("extension", "")
-    return f"{escape(ext)}^^{root}^ISO" if ext else root
+    checked_root(root, f"{where} (root)")
+    checked_identifier(ext, f"{where} (extension)")
+    return (ext, "", root, "ISO") if ext else root
 
 
-def _type_code(cda_root) -> str:
+def _type_code(cda_root) -> tuple:
     code = _first(cda_root, "v3:code")
-    system = "LN" if code is not None and code.get("codeSystem") == "2.16.840.1.113883.6.1" else "TRE_A05"
-    return _join(code.get("code", ""), escape(code.get("displayName", "")), system) if code is not None else ""
+    if code is None:
+        return ()
+    system = "LN" if code.get("codeSystem") == "2.16.840.1.113883.6.1" else "TRE_A05"
+    return (checked_identifier(code.get("code", ""), "document code"), code.get("displayName", ""), system)
 
 
 # --------------------------------------------------------------------------- segments
@@ -174,32 +175,35 @@ def _ts(moment: dt.datetime, minutes: bool = False) -> str:
     return moment.strftime("%Y%m%d%H%M" if minutes else "%Y%m%d%H%M%S")
 
 
-def _prt(role: str, person: str = "", organisation: str = "", address: str = "") -> str:
-    fields = [""] * 15
-    fields[1], fields[3] = "UC", f"{role}^^participation"
+def _prt(role: str, person: tuple | str = "", organisation: tuple | str = "", address: str = "") -> str:
+    fields: list = [""] * 15
+    fields[1], fields[3] = "UC", (role, "", "participation")
     fields[4], fields[7] = person, organisation
-    fields[14] = f"^^X.400^{escape(address)}" if address else ""
-    return _segment("PRT", *fields)
+    fields[14] = ("", "", "X.400", address) if address else ""
+    return segment("PRT", *fields)
 
 
-def _sender_person(xcn: str | None) -> str:
+def _sender_person(xcn: str | None) -> tuple | str:
     """Submission-set authorPerson as PRT-5; names the PS assigning authority when missing."""
     if not xcn:
         return ""
-    components = xcn.split("^")
-    if len(components) > 8 and components[8].startswith("&" + PS_OID):
-        components[8] = "ASIP-SANTE-PS" + components[8]
-    return "^".join(components)
+    components = list(_hl7_structured(xcn))
+    if len(components) > 8:
+        authority = components[8]
+        parts = authority if isinstance(authority, tuple) else (authority,)
+        if parts[0] == "" and len(parts) > 1 and parts[1] == PS_OID:
+            components[8] = ("ASIP-SANTE-PS", *parts[1:])
+    return tuple(components)
 
 
 def prt_segments(mail: ReceivedMail, package: XdmPackage, settings: LpsSettings) -> list[str]:
     """SB (mail sender), RCT (each original recipient), REPLY (Reply-To)."""
     person = _sender_person(package.author_person)
-    organisation = "" if person else (package.author_institution or "")
+    organisation = "" if person else _hl7_structured(package.author_institution or "")
     rows = [_prt("SB", person, organisation, mail.sender)]
     for address in mail.recipients:
-        rows.append(_prt("RCT", organisation=settings.mailbox_organisations.get(address.lower(), ""),
-                         address=address))
+        org = settings.mailbox_organisations.get(address.lower(), "")
+        rows.append(_prt("RCT", organisation=Raw(org), address=address))
     rows += [_prt("REPLY", address=a) for a in mail.reply_to]
     return rows
 
@@ -216,45 +220,48 @@ def _flag_rows(document: XdmDocument, start: int) -> list[str]:
 
 
 def _obx_flag(seq: int, code: str, label: str, value: str) -> str:
-    return _segment("OBX", str(seq), "CWE", f"{code}^{label}^MetaDMPMSS", "",
-                    f"{value}^^expandedYes-NoIndicator", "", "", "", "", "", "F")
+    return segment("OBX", str(seq), "CWE", (code, label, "MetaDMPMSS"), "",
+                   (value, "", "expandedYes-NoIndicator"), "", "", "", "", "", "F")
 
 
 def build_lps_mdm(mail: ReceivedMail, package: XdmPackage, document: XdmDocument,
                   settings: LpsSettings, control_id: str, now: dt.datetime) -> bytes:
-    """One MDM^T02/T10/T04 per document, segments separated by CR, UTF-8."""
+    """One MDM^T02/T10/T04 per document, segments separated by CR, UTF-8. Every value from the
+    CDA, the XDM metadata or the mail goes through engine.hl7.encode (no forged segment); a
+    value that cannot be valid for its field raises InvalidValue (the mail is refused)."""
     cda = parse_untrusted(document.content).getroot()
     trigger, order_control, status = TRIGGERS[document.action]
     type_code = _type_code(cda)
     parent = _first(cda, "v3:relatedDocument/v3:parentDocument/v3:id")
     activity = mail.date or now
-    txa = [""] * 22
-    txa[0], txa[1], txa[2], txa[3] = "1", type_code.split("^")[0], "TEXT", _ts(activity, minutes=True)
-    txa[11] = _document_id(_first(cda, "v3:id"))
-    txa[12] = _document_id(parent) if document.action == "replace" else ""
+    txa: list = [""] * 22
+    txa[0], txa[1], txa[2], txa[3] = "1", type_code[0] if type_code else "", "TEXT", _ts(activity, minutes=True)
+    txa[11] = _document_id(_first(cda, "v3:id"), "TXA-12 (document id)")
+    txa[12] = _document_id(parent, "TXA-13 (parent document id)") if document.action == "replace" else ""
     txa[16] = "AU"
-    txa[21] = _attr(cda, "v3:legalAuthenticator/v3:assignedEntity/v3:id", "extension")
+    txa[21] = checked_identifier(_attr(cda, "v3:legalAuthenticator/v3:assignedEntity/v3:id", "extension"),
+                                 "TXA-22 (legalAuthenticator id)")
     segments = [
-        _segment("MSH", "^~\\&", settings.sending_application, settings.sending_facility,
-                 settings.receiving_application, settings.receiving_facility, _ts(now), "",
-                 f"MDM^{trigger}^MDM_T02", control_id, settings.processing_id, "2.6", "", "", "",
-                 "", "FRA", "UNICODE UTF-8", "", "", "1.1^CISIS_CDA_HL7_LPS"),
-        _segment("EVN", "", _ts(now), "", "", settings.evn_operator, _ts(now)),
+        msh(settings.sending_application, settings.sending_facility, settings.receiving_application,
+            settings.receiving_facility, _ts(now), "", ("MDM", trigger, "MDM_T02"), control_id,
+            settings.processing_id, "2.6", "", "", "", "", "FRA", "UNICODE UTF-8", "", "",
+            ("1.1", "CISIS_CDA_HL7_LPS")),
+        segment("EVN", "", _ts(now), "", "", Raw(settings.evn_operator), _ts(now)),
         pid_segment(cda),
         "PV1|1|N",
-        f"ORC|{order_control}",
-        _segment("OBR", "1", "", "", type_code),
-        _segment("TXA", *txa),
-        _segment("OBX", "1", "ED", type_code, "",
-                 "^text^XML^Base64^" + base64.b64encode(document.content).decode(),
-                 "", "", "", "", "", status),
+        segment("ORC", order_control),
+        segment("OBR", "1", "", "", type_code),
+        segment("TXA", *txa),
+        segment("OBX", "1", "ED", type_code, "",
+                ("", "text", "XML", "Base64", base64.b64encode(document.content).decode()),
+                "", "", "", "", "", status),
         *prt_segments(mail, package, settings),
-        _segment("OBX", "2", "ED", f"{escape(mail.message_id)}^{escape(mail.subject)}", "",
-                 "^text^^Base64^" + base64.b64encode(mail.body.encode("utf-8")).decode(),
-                 "", "", "", "", "", "F"),
+        segment("OBX", "2", "ED", (mail.message_id, mail.subject), "",
+                ("", "text", "", "Base64", base64.b64encode(mail.body.encode("utf-8")).decode()),
+                "", "", "", "", "", "F"),
         *_flag_rows(document, 3),
     ]
-    return ("\r".join(segments) + "\r").encode("utf-8")
+    return message(segments)
 
 
 # --------------------------------------------------------------------------- ACK

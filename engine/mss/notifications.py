@@ -21,6 +21,8 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.parser import HeaderParser
 
+import structlog
+
 from engine.mss.models import MailOutcome
 
 _DISPOSITION_ERROR = re.compile(r"/\s*error\s*:\s*([^\^|\s]+)\s*(?:\^([^\^|]*))?", re.I)
@@ -28,6 +30,9 @@ _SMTP_CODE = re.compile(r"\b([245]\d\d)\b")
 
 
 # --------------------------------------------------------------------------- building MDNs
+
+
+log = structlog.get_logger(__name__)
 
 
 def mdn_subject(original_subject: str, error_code: str | None) -> str:
@@ -98,11 +103,26 @@ def build_mdn(original_raw: bytes, *, from_address: str, to_address: str,
 
 
 def mdn_recipient(original: Message) -> str | None:
-    """Where to send the MDN: Disposition-Notification-To, else None (no MDN requested)."""
+    """Where to send the MDN: Disposition-Notification-To when it is the sender's address or in
+    the sender's (MSSanté) domain, else the sender's own address; None when no MDN was requested.
+
+    A mail naming a third party in Disposition-Notification-To must not turn the engine into a
+    bounce relay towards that party (RFC 8098 §2.1 lets a receiver decline such requests)."""
     value = original.get("Disposition-Notification-To")
     if not value:
         return None
-    return email.utils.parseaddr(str(value))[1] or None
+    requested = email.utils.parseaddr(str(value))[1].lower()
+    sender = email.utils.parseaddr(str(original.get("From") or ""))[1].lower()
+    if not requested or not sender:
+        return None
+    if requested == sender or _domain(requested) == _domain(sender):
+        return requested
+    log.warning("mss.mdn_redirected_to_sender", reason="Disposition-Notification-To outside the sender's domain")
+    return sender
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
 
 
 # --------------------------------------------------------------------------- parsing reports

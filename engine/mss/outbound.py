@@ -8,8 +8,9 @@ Rules applied (hl7v2-volets.md §a.8/§a.9, TR exemples.md example 1):
 * DESTMSSANTEPAT=Y → one separate mail to `<INS>@patient.mssante.fr`, only if the identity is
   qualified (PID-32 VALI), the INS OID is an accepted INS-NIR OID and INVISIBLE_PATIENT=N.
   Body CORPSMAIL_PATIENT, header `X-MSS-MES: FIN` when NTE-4 = FIN.
-* DESTDMP=Y and INVISIBLE_PATIENT=Y → the professional mail carries a notice that the patient
-  cannot see the document in the DMP.
+* DESTDMP=Y and INVISIBLE_PATIENT=Y → the mails wait for the DMP: sent once the DMP accepted the
+  document (a route follow-up of the DMP delivery), the professional mail carrying a notice that
+  the patient cannot see it there (`dmp_invisible_notice` of the channel).
 """
 
 from __future__ import annotations
@@ -157,9 +158,8 @@ def subject_for(request: MssDocumentRequest) -> str:
 def _body(request: MssDocumentRequest, audience: str) -> str:
     given = request.body_ps if audience == "professional" else request.body_patient
     text = given or DEFAULT_BODIES[request.action].format(title=request.document_title)
-    flags = request.flags
-    if audience == "professional" and flags.dest_dmp and flags.invisible_patient:
-        text = f"{text}\n\n{DMP_INVISIBLE_NOTICE}"
+    if audience == "professional" and request.dmp_notice:
+        text = f"{text}\n\n{request.dmp_notice}"
     return text
 
 

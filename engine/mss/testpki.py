@@ -64,6 +64,15 @@ def _leaf(ca_key, common_name: str, usage, sans: list[x509.GeneralName]):
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
+def ensure_test_pki(directory: Path, server_name: str = "localhost") -> TestPki:
+    """The test PKI of `directory`, generated only when missing: a restarted simulator keeps the
+    CA the engine's channel trusts."""
+    pki = TestPki(directory / "ca.pem", directory / "server.pem", directory / "client.pem")
+    if all(p.is_file() for p in (pki.ca_cert, pki.server_pem, pki.client_pem)):
+        return pki
+    return generate_test_pki(directory, server_name)
+
+
 def generate_test_pki(directory: Path, server_name: str = "localhost") -> TestPki:
     """Write ca.pem, server.pem and client.pem in `directory` and return their paths."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from twisted.internet import ssl
 
 from engine.errors import ConfigurationError
 from engine.mss.settings import TlsClientSettings
+from engine.tls import client_options
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
 
@@ -36,9 +37,7 @@ def client_tls(settings: TlsClientSettings, default_host: str):
     client_cert = None
     if settings.client_certificate is not None:
         client_cert = ssl.PrivateCertificate.loadPEM(_read(settings.client_certificate))
-    return ssl.optionsForClientTLS(
-        settings.server_name or default_host, trustRoot=trust, clientCertificate=client_cert
-    )
+    return client_options(settings.server_name or default_host, trust, client_cert)
 
 
 def server_tls(server_pem: Path, ca_cert: Path | None = None, require_client: bool = False):

@@ -20,9 +20,13 @@ from engine.patients.model import (
     AdtUpdate, ConsentValue, Consultation, DmpStatus, Feeding, InsId, PatientId,
 )
 
-UPDATE_EVENTS = frozenset({"A01", "A04", "A05", "A08", "A28", "A31"})
+# A14 (pending admission) and Z99 (update of a movement) carry PID and ZFA like A01/A05 (PAM.fr §f).
+UPDATE_EVENTS = frozenset({"A01", "A04", "A05", "A08", "A14", "A28", "A31", "Z99"})
 MERGE_EVENTS = frozenset({"A40"})
-SUPPORTED_EVENTS = UPDATE_EVENTS | MERGE_EVENTS
+# A47 (change of the identifier list): PAM.fr signals a downgrade of a qualified identity with the
+# INS in MRG-1 and no INS in PID-3: the registry withdraws the patient's INS (no longer qualified).
+IDENTIFIER_CHANGE_EVENTS = frozenset({"A47"})
+SUPPORTED_EVENTS = UPDATE_EVENTS | MERGE_EVENTS | IDENTIFIER_CHANGE_EVENTS
 # PID-32 first repetition (French table 0445). VIDE/PROV/VALI are PAM.fr 2.11's statuses; RECUP and
 # QUAL are the other two statuses of the national identity referential, accepted from GAMs that
 # send them, and treated like any status other than VALI (the INS is not qualified).
@@ -138,6 +142,8 @@ class _AdtReader:
         update.ins = self.ins(pid, status)
         if event in MERGE_EVENTS:
             update.merged_ipp = self.merged_ipp(update.ipp)
+        if event in IDENTIFIER_CHANGE_EVENTS:
+            update.withdraw_ins = update.ins is None
         self.consent(update)
         update.warnings = self.warnings
         return update
@@ -148,7 +154,7 @@ class _AdtReader:
             raise AdtError.of(200, f"message type {code or '(empty)'} is not ADT", "MSH^1^9")
         if trigger not in SUPPORTED_EVENTS:
             raise AdtError.of(201, f"event ADT^{trigger or '(empty)'} is not supported by the "
-                                   "patient registry (A01, A04, A05, A08, A28, A31, A40)", "MSH^1^9")
+                                   "patient registry (A01, A04, A05, A08, A14, A28, A31, Z99, A40, A47)", "MSH^1^9")
         return trigger
 
     # -- identity -------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class AdtUpdate(BaseModel):
     message_time: datetime | None = None         # MSH-7
     ipp: PatientId
     ins: InsId | None = None
+    withdraw_ins: bool = False                   # A47 downgrade: the INS leaves the record
     identity_status: str = ""                    # PID-32 first repetition: VALI, PROV, VIDE ...
     identity_attributes: list[str] = Field(default_factory=list)
     dmp_status: DmpStatus | None = None          # ZFA-1

@@ -170,9 +170,9 @@ class PatientRegistry:
             # ZFA-1/2: the last known DMP state, not historised (PAM.fr).
             new["dmp_status"] = update.dmp_status.value
             new["dmp_status_date"] = update.dmp_status_date.isoformat() if update.dmp_status_date else None
-        if update.ins is None and row["ins"]:
-            # PAM.fr: an identity without INS does not erase a known INS (the INS is only
-            # withdrawn by an explicit A47 downgrade, outside this registry's events).
+        if update.ins is None and row["ins"] and not update.withdraw_ins:
+            # PAM.fr: an identity without INS does not erase a known INS; only an A47 downgrade
+            # (INS in MRG-1, none in PID-3) withdraws it.
             del new["ins"], new["ins_json"]
         changed = {k: v for k, v in new.items() if row[k] != v}
         if changed:
@@ -238,6 +238,15 @@ class PatientRegistry:
                 "SELECT s.feeding_json FROM patients p JOIN patients s "
                 "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=?", (ins.strip(),)).fetchall()
         return any((c := _consent(r[0])) is not None and c.code == "IO" for r in rows)
+
+    def identity_status(self, ins: str) -> str | None:
+        """The identity status of the (surviving) patient with this INS; None when unknown."""
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT s.identity_status FROM patients p JOIN patients s "
+                "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=? ORDER BY s.updated_at DESC LIMIT 1",
+                (ins.strip(),)).fetchone()
+        return (row[0] or None) if row else None
 
     def history(self, identifier: str, domain: str | None = None) -> list[HistoryEntry]:
         """Every change of the patient and of the patients merged into it, oldest first."""

@@ -10,7 +10,7 @@ import time
 import structlog
 from twisted.internet import defer, threads
 
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.context import MessageContext
 from engine.routing.plan import Environment, NewDelivery, Plan, plan_message, run_steps
 
@@ -32,6 +32,10 @@ class Dispatcher:
         self._again = False
         self._timer = None
         self._running = False
+        self.follow_ups_in_flight = 0  # on_success/on_failure steps being planned (pfi test waits)
+        self._cycle_waiters: list[defer.Deferred] = []  # stop() waits for the cycle in progress
+        self.route_channels = routed_channels(routes)
+        self.metrics = None  # EngineMetrics when the engine sets it: delivery outcomes counted
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -45,12 +49,20 @@ class Dispatcher:
         self._running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        while self._busy:  # let the planning cycle in progress write its result
-            await _real_tick()
+        if self._busy:  # let the planning cycle in progress write its result
+            finished = defer.Deferred()
+            self._cycle_waiters.append(finished)
+            await finished
         for worker in self.workers.values():
             await worker.stop()
 
     # -- dispatching -------------------------------------------------------------------------
+    def add_destination(self, name: str, connector, retry) -> None:
+        """A destination whose connector is built after the dispatcher (MSSanté: it queues ZAMs
+        through the engine); nothing happens if the name already has a worker."""
+        if name not in self.workers:
+            self.workers[name] = DestinationWorker(self, name, connector, retry, random.Random())
+
     def kick(self, *_) -> None:
         """New messages may be waiting: dispatch soon (coalesced)."""
         if not self._running:
@@ -64,20 +76,24 @@ class Dispatcher:
         self._busy = True
         try:
             while self._running:
-                batch = await self.journal.claim_received(BATCH)
+                batch = await self.journal.claim_received(BATCH, self.route_channels)
                 if not batch:
                     break
                 plans = await threads.deferToThread(self._plan_all, batch)
                 # NORMAL sync is enough: a routing result lost in a power failure is recomputed from
                 # the message, which stays `received` until its plan is written (at-least-once).
                 busy = self._busy_destinations()
-                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node, busy),
+                now = self.clock.seconds()
+                touched = await self.journal.submit(lambda conn, store: _apply_all(conn, plans, self.node, busy, now),
                                                     logged=True)
-                self._wake(touched)
+                self.wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
             log.error("routing.dispatch_failed", error=str(exc))
         finally:
             self._busy = False
+            waiters, self._cycle_waiters = self._cycle_waiters, []
+            for finished in waiters:
+                finished.callback(None)
             self._schedule_poll()
 
     def _schedule_poll(self) -> None:
@@ -93,6 +109,9 @@ class Dispatcher:
     def _plan_all(self, batch) -> list[Plan]:
         plans = []
         for uid, channel, received_at, raw in batch:
+            if raw is None:  # no route names its channel
+                plans.append(Plan(uid, state="unrouted", events=[("unrouted", "no route matches this message")]))
+                continue
             ctx = MessageContext(uid, channel, raw, received_at)
             try:
                 plans.append(plan_message(self.routes, ctx, self.env))
@@ -103,13 +122,22 @@ class Dispatcher:
     def _busy_destinations(self) -> set[str]:
         return {name for name, worker in self.workers.items() if worker.busy}
 
-    def _wake(self, destinations) -> None:
+    def wake(self, destinations) -> None:
+        """New work for these destinations: their workers look at their queues now."""
         for name in set(destinations):
             if name in self.workers:
                 self.workers[name].wake()
 
     # -- follow-ups ------------------------------------------------------------------------
     async def follow_up(self, delivery: queue.Delivery, kind: str, detail: str) -> None:
+        """Run a delivery's on_success/on_failure steps (planned in a thread: they may validate)."""
+        self.follow_ups_in_flight += 1
+        try:
+            await self._follow_up(delivery, kind, detail)
+        finally:
+            self.follow_ups_in_flight -= 1
+
+    async def _follow_up(self, delivery: queue.Delivery, kind: str, detail: str) -> None:
         route = next((r for r in self.routes if r.name == delivery.route), None)
         step = route.find_step(delivery.step) if route else None
         steps = (step.on_success if kind == "on_success" else step.on_failure) if step else []
@@ -118,11 +146,25 @@ class Dispatcher:
         message = await threads.deferToThread(self.journal.load_message, delivery.message_uid)
         ctx = MessageContext(message.uid, message.channel, message.raw, self.clock.seconds())
         plan = Plan(message.uid, state=None)
-        await threads.deferToThread(run_steps, route, steps, ctx, ctx.raw, self.env, plan)
+        payload = ctx.raw
+        if delivery.action == "initial" and ctx.document_ids[0] == "replace":
+            # The DMP got this replace as the first version (its original never left): what comes
+            # after the DMP (the DRIMbox) gets a new document too, not a replace of one it never had.
+            from engine.docrequest.asinitial import as_initial
+
+            payload = as_initial(ctx.raw)
+        await threads.deferToThread(run_steps, route, steps, ctx, payload, self.env, plan)
+        if payload is not ctx.raw:
+            for new in plan.deliveries:
+                new.action, new.replaced_id = "initial", ""
+        # A follow-up never moves the message's state (a failing validate or a gate in on_success
+        # would otherwise drop the whole plan: its events and ZAMs); what happened is in the events.
+        plan.state = None
         plan.deliveries += [self._zam(kind, detail, ctx, z) for z in plan.zams if self._zam(kind, detail, ctx, z)]
         busy = self._busy_destinations()
-        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy))
-        self._wake(touched)
+        now = self.clock.seconds()
+        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy, now))
+        self.wake(touched)
 
     def _zam(self, kind: str, detail: str, ctx: MessageContext, zam) -> NewDelivery | None:
         from engine.routing.zamstep import build_zam_delivery
@@ -130,16 +172,23 @@ class Dispatcher:
         return build_zam_delivery(zam, kind == "on_success", detail, ctx, self.clock.seconds())
 
 
-async def _real_tick() -> None:
-    from twisted.internet import reactor
+def routed_channels(routes) -> frozenset | None:
+    """The channels some route names (None when a route matches any channel): messages of other
+    channels are unrouted without reading their payload."""
+    names: set[str] = set()
+    for route in routes:
+        channel = route.match.channel
+        if channel is None:
+            return None
+        names.update([channel] if isinstance(channel, str) else channel)
+    return frozenset(names)
 
-    d = defer.Deferred()
-    reactor.callLater(0.005, d.callback, None)
-    await d
 
-
-def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset()) -> list[str]:
-    touched = queue.apply_plans(conn, plans, node)
+def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
+               now: float | None = None) -> list[str]:
+    touched = queue.apply_plans(conn, plans, node, now)
+    if any(p.qualified_identity for p in plans):  # DMP sends waiting for an identity try again
+        touched += queue.release_identity_holds(conn, node, now if now is not None else time.time())
     # A shared journal: wake the other nodes' workers only for destinations whose local worker is
     # already busy (more work than it takes); an idle one is woken locally and takes it at once.
     notify = getattr(conn, "notify_queued", None)
@@ -158,6 +207,8 @@ class DestinationWorker:
         self._running = False
         self._timer = None
         self._stopped = False
+        #: the destination is paused (queue.pause_state): nothing is claimed until `pfi resume`
+        self.paused = False
 
     @property
     def busy(self) -> bool:
@@ -187,7 +238,7 @@ class DestinationWorker:
         self._running = True
         journal, clock, node = self.dispatcher.journal, self.dispatcher.clock, self.dispatcher.node
         try:
-            while not self._stopped:
+            while not self._stopped and not await self._check_paused():
                 lease_until = time.time() + journal.lease  # wall clock: other nodes read it
                 claimed = await journal.submit(
                     lambda c, s: _claim_with_payloads(c, s, self.name, clock.seconds(), node, lease_until), logged=True)
@@ -200,6 +251,14 @@ class DestinationWorker:
             self._running = False
         if not self._stopped:
             await self._sleep_until_due()
+
+    async def _check_paused(self) -> bool:
+        """Only connectors that can pause their destination (a refused certificate) pay for the
+        look-up; the pause lives in the journal, so every node and `pfi resume` see it."""
+        if getattr(self.connector, "pausable", False):
+            state = await self.dispatcher.journal.submit(lambda c, s: queue.pause_state(c, self.name))
+            self.paused = state is not None
+        return self.paused
 
     async def _attempt_batch(self, claimed: list) -> None:
         """Split the batch into the connector's lanes (a key always maps to the same lane, so
@@ -219,7 +278,7 @@ class DestinationWorker:
         failed_keys: set[str] = set()
         skipped, succeeded = [], []
         for delivery, payload in claimed:
-            if self._stopped or delivery.fifo_key in failed_keys:
+            if self._stopped or self.paused or delivery.fifo_key in failed_keys:
                 skipped.append(delivery)
                 continue
             action, reason, retry_at = await self._send(delivery, payload)
@@ -228,6 +287,12 @@ class DestinationWorker:
                 continue
             await self._record(succeeded)
             succeeded = []
+            if action == "pause":
+                await self._pause(delivery, reason)
+                continue
+            if action == "wait-identity":
+                await self._hold_for_identity(delivery, reason)
+                continue
             await self._record([(delivery, reason)], action, retry_at)
             if action == "retry":
                 failed_keys.add(delivery.fifo_key)
@@ -254,7 +319,24 @@ class DestinationWorker:
                 retry_at = d.clock.seconds() + delay
         log.info("delivery.attempt", message_id=delivery.message_uid, destination=self.name,
                  delivery=delivery.id, outcome=action, reason=reason)
+        if d.metrics is not None:
+            d.metrics.deliveries.labels(self.name, action).inc()
         return action, reason, retry_at
+
+    async def _hold_for_identity(self, delivery: queue.Delivery, reason: str) -> None:
+        d = self.dispatcher
+        now = d.clock.seconds()
+        await d.journal.submit(lambda c, s: queue.hold_for_identity(c, delivery, reason, d.node, now), logged=True)
+
+    async def _pause(self, delivery: queue.Delivery, reason: str) -> None:
+        """The destination refused our credentials: this delivery goes back to the queue (not
+        dead-lettered, retrying cannot help) and the destination waits for an operator."""
+        d = self.dispatcher
+        now = d.clock.seconds()
+        await d.journal.submit(lambda c, s: queue.pause(c, delivery, reason, d.node, now), logged=True)
+        self.paused = True
+        log.error("delivery.destination_paused", destination=self.name, reason=reason,
+                  resume=f"pfi resume {self.name}")
 
     async def _record(self, results: list, action: str = "done", retry_at: float | None = None) -> None:
         if not results:
@@ -276,7 +358,7 @@ class DestinationWorker:
         # Also poll: operators (pfi cancel/replay) and other nodes change the queue from outside.
         # Due yet not claimed: another node's claim holds it; look again soon, not at once (new
         # work wakes the worker anyway).
-        delay = 1.0 if due is None else min(max(due - clock.seconds(), RECHECK_SECONDS), 1.0)
+        delay = 1.0 if due is None or self.paused else min(max(due - clock.seconds(), RECHECK_SECONDS), 1.0)
         if not self._stopped and not self._running:
             self._timer = clock.callLater(delay, self.wake)
 

@@ -1,7 +1,7 @@
 """Evaluate the routes for one message: a pure computation producing a Plan.
 
 Runs in a worker thread (full parsing, XSLT and CDA checks stay off the reactor); the Plan is
-then written to the journal in one transaction (engine.routing.queue.apply_plan).
+then written to the journal in one transaction (engine.journal.deliveries.apply_plan).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Plan:
     deliveries: list[NewDelivery] = field(default_factory=list)
     patient_updates: list[bytes] = field(default_factory=list)
     zams: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, channel, route)
+    qualified_identity: bool = False  # a PAM.fr update left a qualified INS: identity holds retry
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _run_on_failure(route: Route, step: Step, ctx: MessageContext, env: Environm
     follow = Plan(plan.message_uid, state=None)
     run_steps(route, step.on_failure, ctx, ctx.raw, env, follow)
     detail = f"{getattr(error, 'app_code', None) or 'DOCUMENT_REFUSED'}: {error}"
-    zams = [build_zam_delivery(z, False, detail, ctx, time.time(), refused_by_pfi=True) for z in follow.zams]
+    zams = [build_zam_delivery(z, False, detail, ctx, time.time()) for z in follow.zams]
     plan.deliveries += follow.deliveries + [z for z in zams if z is not None]
     plan.events += follow.events
 
@@ -131,6 +132,8 @@ def _validate(kind: str, ctx: MessageContext, env: Environment) -> None:
     from engine.docrequest import check_consistency, parse_document_request
     from engine.docrequest.errors import RequestError
 
+    if kind == "drimbox":
+        return _check_for_drimbox(ctx)
     try:
         request = parse_document_request(ctx.message)
     except RequestError as exc:
@@ -138,11 +141,43 @@ def _validate(kind: str, ctx: MessageContext, env: Environment) -> None:
     errors = [e for e in check_consistency(request) if e.severity in ("E", "F")]
     if errors:
         raise _coded("; ".join(f"{e.code} {e.app_code} {e.message}".strip() for e in errors), errors[0].app_code)
-    if kind == "cda" and env.cda_validator is not None:
+    if kind == "cda":
+        if env.cda_validator is None:  # never pass a document the step was meant to check
+            raise _coded("CDA not validated: no CDA validator configured (cda_kit)", "CDA_NOT_VALIDATED")
         for document in request.documents:
             problems = env.cda_validator(document.content)
             if problems:
                 raise _coded("CDA invalid: " + "; ".join(problems[:5]), "CDA_INVALID")
+
+
+#: what a DRIMbox needs from the CR to build its KOS (shared/docs/specs digest §7), by CDA XPath
+DRIMBOX_NEEDS = {
+    "Study Instance UID (documentationOf/serviceEvent/id/@root)": "h:documentationOf/h:serviceEvent/h:id/@root",
+    "accession number (inFulfillmentOf/order/accessionNumber)":
+        "h:inFulfillmentOf/h:order/*[local-name()='accessionNumber']/@extension",
+    "modality (serviceEvent/code/translation, DCM)":
+        "h:documentationOf/h:serviceEvent/h:code/h:translation[@codeSystem='1.2.840.10008.2.16.4']/@code",
+}
+
+
+def _check_for_drimbox(ctx: MessageContext) -> None:
+    """`validate: drimbox`: the report carries what a DRIMbox needs, or a clear refusal naming
+    what is missing (instead of a KOS the DRIMbox cannot build)."""
+    from engine.docrequest import parse_document_request
+    from engine.docrequest.errors import RequestError
+    from engine.xmlsafe import parse_untrusted
+
+    try:
+        request = parse_document_request(ctx.message)
+    except RequestError as exc:
+        raise _coded(f"document request refused: {exc.error.message}", exc.error.app_code) from exc
+    missing = []
+    for document in request.documents:
+        root = parse_untrusted(document.content).getroot()
+        ns = {"h": "urn:hl7-org:v3"}
+        missing += [what for what, path in DRIMBOX_NEEDS.items() if not root.xpath(path, namespaces=ns)]
+    if missing:
+        raise _coded("not sendable to a DRIMbox, missing: " + "; ".join(sorted(set(missing))), "DRIMBOX_DATA_MISSING")
 
 
 def _coded(message: str, app_code: str | None) -> ValidationError:
@@ -159,6 +194,7 @@ def _update_patient(ctx: MessageContext, env: Environment, plan: Plan) -> None:
     if env.patients is None:
         raise ValidationError("no patient registry configured")
     record = env.patients.apply(read_adt(ctx.message))
+    plan.qualified_identity = record.ins is not None and record.identity_status == "VALI"
     plan.events.append(("patient-updated", f"registry updated (feeding consent: "
                                            f"{'opposed' if record.opposed_to_feeding else 'not opposed'})"))
 

@@ -26,21 +26,23 @@ def split_error(detail: str) -> tuple[str, str]:
     return "DELIVERY_FAILED", detail[:200]
 
 
-def build_zam_delivery(zam, success: bool, detail: str, ctx: MessageContext, now: float,
-                       refused_by_pfi: bool = False) -> NewDelivery | None:
-    """A queued ZAM for the creator, or None when it did not ask for one (ACK_RECEPTION=N).
+LOCAL_PREFIX = "PFI:"  # engine.connectors: a refusal by the PFI's own checks, not the remote side
 
-    `refused_by_pfi`: the PFI's own checks refused the document (validate step), so ERR-5 is a
-    local 99PFI code whatever it is named; otherwise the code says who gave it (engine.zam)."""
-    from engine.zam import PFI_SYSTEM, build_zam, wants_zam
+
+def build_zam_delivery(zam, success: bool, detail: str, ctx: MessageContext, now: float) -> NewDelivery | None:
+    """A queued ZAM for the creator, or None when it did not ask for one (ACK_RECEPTION=N)."""
+    from engine.zam import build_zam, wants_zam
 
     kind, channel, route = zam
     request = ctx.document_request
     if request is None or not wants_zam(request, kind):
         return None
     code, label = (None, None) if success else split_error(detail)
+    local = code is not None and (code.startswith(LOCAL_PREFIX) or code == "DELIVERY_FAILED")
+    if local:
+        code = code.removeprefix(LOCAL_PREFIX)
     payload = build_zam(kind, request.header, success, control_id=new_id(now)[-20:],
                         now=datetime.fromtimestamp(now), error_code=code, error_label=label,
-                        error_system=PFI_SYSTEM if refused_by_pfi and not success else None)
+                        local_error=local)
     return NewDelivery(route=route, step=f"zam-{kind}", destination=channel,
                        fifo_key=request.header.sending_application, not_before=now, payload=payload)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
+from engine.pki import generate_test_pki
 from tests.conftest import ANS
 from tests.support import ROOT, EngineProcess, inbound, sample_adt, write_config
 
 
-def pfi(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+def pfi(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=env)
 
 
 def test_check_reports_every_error_with_file_line_col(tmp_path):
@@ -34,8 +36,12 @@ def test_check_reports_every_error_with_file_line_col(tmp_path):
     assert any(line.startswith(f"{tmp_path}/channels/c.yaml:2:") and "YAML syntax" in line for line in lines)
 
 
-def test_check_accepts_the_shipped_configuration():
-    result = pfi("check", "--config", str(ROOT))
+def test_check_accepts_the_shipped_configuration(tmp_path):
+    # `pfi check` also reads the DMP organisation certificate: give it a test PKI
+    pki = generate_test_pki(tmp_path / "pki")
+    env = {**os.environ, "PFI_DMP_CERT": str(pki.client.cert), "PFI_DMP_KEY": str(pki.client.key),
+           "PFI_DMP_CA": str(pki.ca.cert)}
+    result = pfi("check", "--config", str(ROOT), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -96,3 +102,21 @@ def test_sigterm_stops_cleanly_and_tail_shows_events(running_engine, tmp_path):
     assert "patient=IPP001 SECRET Patient" in phi.stdout
     typed = pfi("tail", "--config", str(tmp_path / "cfg"), "--data", str(tmp_path / "data"), "--type", "ORU^R01")
     assert "T-1" not in typed.stdout
+
+
+def test_tail_shows_control_characters_from_senders_without_obeying_them(running_engine, tmp_path):
+    _, port = running_engine
+    hostile = tmp_path / "hostile.hl7"
+    # MSH-10 clears the screen and fakes a line; MSH-9 carries a bidi override.
+    hostile.write_bytes(sample_adt("X\x1b[2J\x1b[H\x08FAKE", msg_type="ADT^A01\u202e").encode())
+    pfi("send", str(hostile), "--to", f"127.0.0.1:{port}")
+    tail = pfi("tail", "--config", str(tmp_path / "cfg"), "--data", str(tmp_path / "data"))
+    assert "\x1b" not in tail.stdout and "\x08" not in tail.stdout and "\u202e" not in tail.stdout
+    assert "ctrl=X\\x1b[2J\\x1b[H\\x08FAKE" in tail.stdout and "\\u202e" in tail.stdout
+
+
+def test_printable_escapes_every_control_but_newline_and_tab():
+    from engine.commands.safe_output import printable
+
+    assert printable("a\tb\nc") == "a\tb\nc"
+    assert printable("\x00\r\x1b\x7f\x9b\u2066") == "\\x00\\x0d\\x1b\\x7f\\x9b\\u2066"

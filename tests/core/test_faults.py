@@ -81,7 +81,7 @@ async def test_full_disk_answers_ar_and_keeps_serving(tmp_path):
         for i in range(60):
             big = sample_adt(f"F-{i}") + "NTE|1||" + "x" * 100_000 + "\r"
             codes.append((await exchange(client, big.encode())).code)
-        assert codes[0] == "AA" and codes[-1] == "AR"
+        assert codes[0] == "AA" and codes[-1] == "AR"  # circumstantial: send again later
         other = await connect(reactor, "127.0.0.1", port)
         ack = await exchange(other, sample_adt("F-small").encode())
         assert ack.code in ("AA", "AR") and ack.control_id == "F-small"
@@ -115,11 +115,10 @@ async def test_read_only_journal_answers_ar_then_recovers(tmp_path):
         assert (await exchange(client, sample_adt("R-1").encode())).code == "AA"
         subprocess.run(["chattr", "+i", str(segment)], check=True)
         ack = await exchange(client, sample_adt("R-2").encode())
-        # AR: circumstantial (volets §c), the same message may be resent later.
         assert ack.code == "AR" and "|207^" in ack.errors[0] and "journal" in ack.errors[0]
         subprocess.run(["chattr", "-i", str(segment)], check=True)
         assert (await exchange(client, sample_adt("R-3").encode())).code == "AA"
-        # The AR'd message was not stored; the sender retries and now gets AA.
+        # The AE'd message was not stored; the sender retries and now gets AA.
         assert (await exchange(client, sample_adt("R-2").encode())).code == "AA"
     finally:
         subprocess.run(["chattr", "-i", str(segment)])

@@ -81,3 +81,14 @@ def test_client_send_after_the_peer_left_fails_at_once():
     failures = []
     client.send(MSG).addErrback(failures.append)
     assert len(failures) == 1 and failures[0].check(error.ConnectionLost)
+
+
+def test_a_doubled_start_block_opens_one_frame():
+    decoder = MLLPDecoder()
+    assert decoder.feed(b"\x0b\x0bMSH|^~\\&|A\r\x1c\r") == [Frame(b"MSH|^~\\&|A\r")]
+    # split between the two VTs: the frame keeps the second one, which the MSH scan skips
+    decoder.feed(b"\x0b")
+    [split] = decoder.feed(b"\x0bMSH|^~\\&|A|B|C|D|20260101||ADT^A01|9|P|2.5\r\x1c\r")
+    from engine.hl7.scan import scan
+
+    assert scan(split.payload).control_id == "9"

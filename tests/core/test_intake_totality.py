@@ -108,7 +108,7 @@ async def test_an_unexpected_fault_is_ar_207_journaled_and_logged_once(engine, m
     assert [a.code for a in acks] == ["AA", "AR", "AA"]
     assert "|207^" in acks[1].errors[0] and "internal error" in acks[1].errors[0]
     faults = [e for e in logs if e["event"] == "intake.internal_error"]
-    assert len(faults) == 1 and faults[0]["error"] == "RuntimeError" and "faulty_scan" in faults[0]["stack"]
+    assert len(faults) == 1 and faults[0]["error_type"] == "RuntimeError" and "faulty_scan" in faults[0]["stack"]
     assert "MSH|^~" not in str(faults)  # the stack, not the message: no frame content in the log
     events = intake_events(journal(engine))
     assert [e.state for e in events] == ["received", "rejected", "received"]

@@ -8,7 +8,7 @@ from twisted.web.client import Agent, readBody
 
 from engine.config.load import load_config
 from engine.service import Engine
-from tests.support import client_for, exchange, inbound, sample_adt, write_config
+from tests.support import client_for, exchange, inbound, sample_adt, start_engine, write_config
 
 
 @pytest_twisted.ensureDeferred
@@ -33,3 +33,50 @@ async def test_idle_connection_is_closed_and_metrics_are_served(tmp_path):
     assert 'pfi_dispatch_leader{node="node-a"} 1.0' in body
     assert "pfi_ack_latency_seconds_bucket" in body and "pfi_open_connections" in body
     assert "MARTIN" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_nack_metrics_take_labels_from_closed_sets_only(tmp_path):
+    """Sender fields (MSH-9, MSH-12, control bytes) used to become label values: one series per
+    distinct bad message."""
+    cfg = write_config(tmp_path / "cfg", {"in": inbound(accept={"message_types": ["ADT"]})})
+    engine = await start_engine(cfg, tmp_path / "data")
+    try:
+        client = await client_for(engine, "in")
+        for i in range(40):
+            await exchange(client, sample_adt(f"V-{i}", version=f"9.{i}\x1b[2J").encode())
+            await exchange(client, sample_adt(f"T-{i}", msg_type=f"Z{i:02d}^A01").encode())
+        client.close()
+        series = [m for m in engine.metrics.registry.collect() if m.name == "pfi_messages_nacked"][0].samples
+    finally:
+        await engine.stopService()
+    labels = {(s.labels["code"], s.labels["reason"]) for s in series if s.name.endswith("_total")}
+    assert labels == {("AE", "203"), ("AE", "200")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_outcomes_and_queue_depths_are_metrics(tmp_path):
+    from tests.routing.peers import RecordingPeer, until
+
+    peer = RecordingPeer(lambda raw, n: "AE" if b"|BAD-1|" in raw else "AA")
+    port = await peer.listen()
+    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest"}}]}]
+    cfg = write_config(tmp_path / "cfg", {"in": inbound(), "dest": {
+        "type": "mllp-out", "host": "127.0.0.1", "port": port, "ack_timeout": 2}}, routes)
+    engine = await start_engine(cfg, tmp_path / "data")
+    try:
+        client = await client_for(engine, "in")
+        for ctrl in ("OK-1", "BAD-1"):
+            assert (await exchange(client, sample_adt(ctrl).encode())).code == "AA"
+        client.close()
+        sample = lambda name, **labels: engine.metrics.registry.get_sample_value(  # noqa: E731
+            name, {**labels, "node": engine.node})
+        await until(lambda: sample("pfi_deliveries_total", destination="dest", outcome="dead") == 1.0,
+                    what="the dead letter counted")
+        assert sample("pfi_deliveries_total", destination="dest", outcome="done") == 1.0
+        await engine._measure_journal()
+        assert sample("pfi_queue_messages", destination="dest", state="dead") == 1.0
+        assert sample("pfi_queue_messages", destination="dest", state="pending") == 0.0
+    finally:
+        await engine.stopService()
+        await peer.close()

@@ -29,7 +29,7 @@ def assert_clean(text: str) -> None:
 
 
 def test_printable_escapes_control_and_format_characters_only():
-    from engine.commands.common import printable
+    from engine.commands.safe_output import printable
 
     assert printable("ADT^A01 Éloïse € ctrl=1") == "ADT^A01 Éloïse € ctrl=1"
     assert printable(f"a{CLEAR_SCREEN}b") == "a\\x1b[2Jb"

@@ -10,7 +10,7 @@ from twisted.internet import defer
 
 from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity
 from engine.dmp.model import DmpFlags, Organisation, Person, PublishRequest
-from engine.dmp.simulator import DmpSimulator
+from engine.sim.dmp import DmpSimulator
 from engine.pki import generate_test_pki
 
 KIT = "TestContenuCDA-3-0/ExemplesCDA"

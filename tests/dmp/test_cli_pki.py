@@ -54,7 +54,7 @@ def test_settings_check_reports_expired_mismatched_and_plain_http(pki, tmp_path)
 
     def settings(cert, key, base="https://127.0.0.1:1"):
         return DmpChannelSettings(endpoints=DmpEndpoints.from_base(base), client_cert=cert,
-                                  client_key=key, ca_bundle=pki.ca.cert, structure_id="1",
+                                  client_key=key, ca_bundle=pki.ca.cert, structure_id="3300017985",
                                   source_oid="1.2", lps=LpsIdentity(homologation_id="H"))
 
     assert check_settings(settings(pki.client.cert, pki.client.key), now) == []

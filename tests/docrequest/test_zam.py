@@ -94,45 +94,18 @@ def test_wants_zam_follows_ack_rows(sample):
     assert not wants_zam(sample.request(), "Z01")
 
 
-# -- ERR-5 coding system: a refusal by the PFI's own checks is not dressed as a DMP error ----------
+def test_remote_error_texts_with_delimiters_and_cr_stay_one_value(oru_header):
+    from engine.hl7.encode import unescape
 
-def test_a_pfi_refusal_carries_the_local_coding_system(oru_header):
-    msg = Message.parse(build_zam("Z01", oru_header, False, control_id="3", now=EVENT,
-                                  error_code="DOC_ID_MISMATCH", error_label="TXA-12 differs",
-                                  error_system="99PFI"))
-    assert msg.get("ERR-5") == "DOC_ID_MISMATCH^TXA-12 differs^99PFI"
-
-
-@pytest.mark.parametrize("code", ["PATIENT_OPPOSED", "INS_NOT_QUALIFIED", "CDA_HEADER_INCOMPLETE",
-                                  "CONNECTION_REFUSED", "HTTP_503", "TLS_ERROR", "DELIVERY_FAILED",
-                                  "DOCUMENT_REFUSED", "INS_MISMATCH"])
-def test_codes_the_pfi_gives_itself_are_99pfi_by_default(oru_header, code):
-    msg = Message.parse(build_zam("Z01", oru_header, False, control_id="4", now=EVENT, error_code=code))
-    assert msg.get("ERR-5.3") == "99PFI"
-
-
-@pytest.mark.parametrize("code", ["DMPClosed", "XDSRegistryError", "XDSDuplicateUniqueIdInRegistry"])
-def test_codes_the_dmp_returned_keep_dmperrorcode(oru_header, code):
-    msg = Message.parse(build_zam("Z01", oru_header, False, control_id="5", now=EVENT, error_code=code))
-    assert msg.get("ERR-5.3") == "DMPERRORCODE"
-
-
-def test_every_code_the_dmp_connector_makes_up_is_a_pfi_code():
-    """A code written in engine/dmp (gate, connector, transport) is the PFI's own: it must be in
-    engine.zam's registry, or a ZAM would present it as a DMP error."""
-    import re
-    from pathlib import Path
-
-    from engine.zam import is_pfi_code
-
-    root = Path(__file__).resolve().parents[2] / "engine"
-    literal = re.compile(r'(?:permanent|transient|DmpTransientError|DmpPermanentError)\(\s*f?"([A-Z][A-Z0-9_]+)'
-                         r'|GateDecision\([^)]*code="([A-Z][A-Z0-9_]+)"|Outcome\("\w+", f"([A-Z][A-Z0-9_]+):')
-    found = set()
-    for path in [*(root / "dmp").glob("*.py"), root / "connectors.py"]:
-        if path.name == "simulator.py" or path.name == "simulator_checks.py":
-            continue  # the simulator plays the DMP: its codes are the DMP's
-        for match in literal.finditer(path.read_text(encoding="utf-8")):
-            found.add(next(g for g in match.groups() if g))
-    assert {"PATIENT_OPPOSED", "INTERNAL_ERROR", "NOT_PUBLISHABLE", "CONNECTION_REFUSED"} <= found
-    assert sorted(c for c in found if not is_pfi_code(c)) == []
+    label = "DMP fermé|forged\rOBX|9|ST|X||FORGED^~\\&"
+    z01 = build_zam("Z01", oru_header, False, control_id="1", now=EVENT, error_code="DMP|Closed\r",
+                    error_label=label)
+    z02 = build_zam("Z02", oru_header, False, control_id="2", now=EVENT, error_code="550", error_label=label,
+                    address="a|b\r@x.mssante.fr")
+    for raw in (z01, z02):
+        assert [s[:3] for s in raw.decode().split("\r") if s].count("OBX") == (1 if raw is z01 else 2)
+        assert raw.count(b"\r") == (4 if raw is z01 else 5)
+    msg = Message.parse(z01)
+    assert unescape(msg.get("ERR-5.2")) == label and unescape(msg.get("ERR-5.1")) == "DMP|Closed\r"
+    info = Message.parse(z02).segments("OBX")[1]
+    assert unescape(info.field(5).split("^")[3]) == "a|b\r@x.mssante.fr"

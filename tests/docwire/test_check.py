@@ -69,14 +69,15 @@ def test_unparsable_message_is_a_coded_error_not_an_exception():
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_checker_defect_in_the_thread_becomes_ae_199(monkeypatch):
-    def broken(raw, charset=None):
+async def test_a_checker_defect_in_the_thread_becomes_ar_207(monkeypatch):
+    def broken(raw, charset=None, cda_check=None):
         raise KeyError("bug")
 
     monkeypatch.setattr(check, "check_document_message", broken)
     errors = await check.DocumentRequestGate().check_in_thread(b"MSH|^~\\&|")
-    assert [(e.code, e.message) for e in errors] == [(199, "document request could not be checked (KeyError)")]
-    assert ack_code_for(errors) == "AE"
+    assert [(e.code, e.message) for e in errors] == [(207, "document request could not be checked (KeyError): "
+                                                           "send it again later")]
+    assert ack_code_for(errors) == "AR"  # our fault, not the message's: it may be sent again
 
 
 def test_ack_mode_setting_is_validated(tmp_path):

@@ -69,6 +69,9 @@ def renumber_document(raw: bytes, old_id: str, new_id: str) -> bytes:
 def dmp_channel(sim, pki, retry: dict | None = None) -> dict:
     return {"type": "dmp", "endpoint": sim.base_url, "client_cert": str(pki.client.cert),
             "client_key": str(pki.client.key), "ca_bundle": str(pki.ca.cert),
+            # the ANS examples' PRT-8 `FINEG^^^300017985` is structure 1300017985: its certificate
+            # (structure read from the subject OU)
+            "certificates": [{"cert": str(pki.client_second.cert), "key": str(pki.client_second.key)}],
             "structure_id": "3300017985", "source_oid": "1.2.250.1.999.1",
             "lps": {"name": "PFI-engine", "version": "0.1.0", "homologation_id": "HOMOLOGATION-TEST"},
             "response_timeout": 10, "retry": retry or FAST_RETRY,

@@ -12,7 +12,7 @@ from twisted.internet import protocol, reactor
 
 from engine.hl7.scan import scan
 from engine.mllp.framing import Frame, MLLPDecoder, frame
-from engine.mss.sim import MailOperator, imap_factory, smtp_factory
+from engine.sim.mss import MailOperator, imap_factory, smtp_factory
 from engine.mss.tls import server_tls
 from tests.mss.mss_helpers import dsn_for  # noqa: F401  (re-exported for the flow tests)
 

@@ -19,7 +19,7 @@ def zam_fields(raw: bytes) -> dict:
     msg = Message.parse(raw)
     return {"type": msg.get("MSH-9"), "status": msg.get("OBX-5.1"), "original": msg.get("OBX-4"),
             "error": msg.get("ERR-5.1") or "", "error_label": msg.get("ERR-5.2") or "",
-            "system": msg.get("ERR-5.3") or "",
+            "error_system": msg.get("ERR-5.3") or "",
             "to": msg.get("MSH-5")}
 
 
@@ -63,7 +63,7 @@ async def test_an_oru_whose_cda_the_dmp_mapping_cannot_describe_fails_clearly(tm
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / ORU_INITIAL).read_bytes(), "ORU-1"),
                                     "ORU-1")
         assert zam["error"] == "CDA_HEADER_INCOMPLETE" and "classCode" in zam["error_label"]
-        assert zam["system"] == "99PFI"  # the PFI's own refusal, not a DMP error
+        assert zam["error_system"] == "99PFI"  # the PFI refused it: not dressed as a DMP error
         assert zam["to"] == "SIL-Y" and simulator.requests_seen == 0
     finally:
         await flow.close()
@@ -87,24 +87,36 @@ async def test_a_dmp_error_code_dead_letters_with_the_code_in_the_zam(tmp_path, 
     try:
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "CLOSED-1"),
                                     "CLOSED-1")
-        assert (zam["error"], zam["error_label"], zam["system"]) == ("DMPClosed", "DMP fermé", "DMPERRORCODE")
+        assert (zam["error"], zam["error_label"], zam["error_system"]) == ("DMPClosed", "DMP fermé", "DMPERRORCODE")
         assert simulator.requests_seen >= 1
     finally:
         await flow.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_unqualified_identity_is_blocked_at_the_dmp_gate_with_a_zam(tmp_path, simulator, pki, ans_corpus):
-    # DESTDMP=Y with PID-32 PROV: the request is valid (the report still matters to the RIS), the
-    # DMP gate blocks the publication before any HTTP call and the creator gets a ZAM^Z01 failure.
+async def test_an_unqualified_identity_waits_then_goes_once_a_pam_update_qualifies_it(tmp_path, simulator, pki,
+                                                                                   ans_corpus):
+    # DESTDMP=Y with PID-32 PROV: the request is valid (the report still matters to the RIS); the
+    # DMP send waits, held and visible, instead of being dead-lettered, and leaves by itself when
+    # the identity feed qualifies the patient (the registry's status, not only the sender's PID-32).
+    from tests.patients.messages import TEST_INS, adt
+
     flow = await start_flow(tmp_path, simulator, pki)
     try:
-        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1",
-                                                           status="PROV"), "PROV-1")
-        assert zam["error"] == "INS_NOT_QUALIFIED" and simulator.requests_seen == 0
-        assert zam["system"] == "99PFI"
-        (reason,) = [d for s, d in flow.states_of("PROV-1") if s == "dead-letter"]
-        assert "INS_NOT_QUALIFIED" in reason
+        assert await send(flow, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1", status="PROV")) == "AA"
+        await until(lambda: any(s == "held" and "INS_NOT_QUALIFIED" in d for s, d in flow.states_of("PROV-1")),
+                    what="the DMP send held for the identity")
+        assert simulator.requests_seen == 0 and flow.creator_out.received == []
+        assert not any(s == "dead-letter" for s, _ in flow.states_of("PROV-1"))
+        gam = await client_for(flow.engine, "gam")
+        try:
+            assert (await exchange(gam, adt(control="ADT-VALI", ins=TEST_INS, status="VALI"))).code == "AA"
+        finally:
+            gam.close()
+        await until(lambda: len(flow.creator_out.received) == 1, what="published once qualified")
+        zam = zam_fields(flow.creator_out.received[0])
+        assert (zam["status"], zam["original"]) == ("Y", "PROV-1") and simulator.requests_seen >= 1
+        assert any(s == "released" for s, _ in flow.states_of("PROV-1"))
     finally:
         await flow.close()
 
@@ -123,7 +135,7 @@ async def test_a_patient_opposed_to_dmp_feeding_is_blocked(tmp_path, simulator, 
         await until(lambda: any(s == "patient-updated" and "opposed" in d and "not opposed" not in d
                                 for s, d in flow.states_of("ADT-IO")), what="consent recorded")
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "IO-1"), "IO-1")
-        assert (zam["error"], zam["system"]) == ("PATIENT_OPPOSED", "99PFI")
+        assert (zam["error"], zam["error_system"]) == ("PATIENT_OPPOSED", "99PFI")
         assert simulator.requests_seen == 0
     finally:
         await flow.close()
@@ -222,7 +234,7 @@ async def test_retries_exhausted_while_the_dmp_is_down_give_a_zam_with_the_last_
     try:
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "DOWN-1"),
                                     "DOWN-1")
-        assert (zam["error"], zam["system"]) == ("CONNECTION_REFUSED", "99PFI")
+        assert (zam["error"], zam["error_system"]) == ("CONNECTION_REFUSED", "99PFI")
         assert zam["error_label"] == "DMP unreachable (gave up after 3 attempts)"
         assert len([s for s, _ in flow.states_of("DOWN-1") if s == "retry"]) == 2
     finally:
@@ -234,5 +246,6 @@ def test_split_error_keeps_the_remote_code():
     from engine.routing.zamstep import split_error
 
     assert split_error("DMPClosed: DMP fermé") == ("DMPClosed", "DMP fermé")
+    assert split_error("PFI:INS_NOT_QUALIFIED: INS not qualified") == ("PFI:INS_NOT_QUALIFIED", "INS not qualified")
     assert split_error("gave up after 12 attempts: TIMEOUT: no answer") == ("TIMEOUT", "no answer (gave up after 12 attempts)")
     assert split_error("connection lost to peer") == ("DELIVERY_FAILED", "connection lost to peer")

@@ -188,6 +188,11 @@ async def test_mailbox_mail_goes_to_the_ris_and_its_902_becomes_the_mdn(tmp_path
         assert b"902" in mdn_raw and b"<flow-1@medecin.mssante.fr>" in mdn_raw
         stored = operator.mail.account(APP_MAILBOX).inbox.messages[0]
         await until(lambda: "$PfiProcessed" in stored.flags, what="processed flag")
+        # Through the journal like every other message: visible, with the RIS's answer, replayable.
+        await until(lambda: any(e.state == "sent" for e in _events(engine)), what="the RIS answer journaled")
+        [integration] = [e for e in _events(engine) if e.state == "mail-integration"]
+        assert integration.channel == "mss" and integration.msg_type.startswith("MDM^T02")
+        assert JournalReader(engine.journal.data_dir).load_message(integration.message_uid).raw == mdm
     finally:
         await engine.stopService()
         await ris.close()
@@ -229,6 +234,7 @@ async def test_dsn_in_the_mailbox_becomes_z02_for_the_creator(tmp_path, pki, ope
     ({"zam_channel": "nowhere"}, "zam_channel 'nowhere' is not an mllp-out channel"),
     ({"imap": "IMAP"}, "IMAP needs deliver_to"),
     ({"imap": "IMAP", "deliver_to": "creator-in"}, "deliver_to 'creator-in' is not an mllp-out channel"),
+    ({"wait_for_dmp_when_invisible": True}, "never mailed"),  # no route mails after a DMP delivery
 ])
 def test_misnamed_channels_stop_the_engine_with_a_clear_error(tmp_path, pki, operator, extra, problem):
     from engine.errors import ConfigurationError
@@ -253,7 +259,7 @@ async def test_operator_unreachable_is_retried_then_delivered(tmp_path, pki, ope
         await until(lambda: any(e.state == "retry" for e in _events(engine)), what="retry")
         (first_retry, *_) = [e for e in _events(engine) if e.state == "retry"]
         assert first_retry.channel == "mss" and "SMTP submission failed" in first_retry.detail
-        from engine.mss.sim import smtp_factory
+        from engine.sim.mss import smtp_factory
         from engine.mss.tls import server_tls
 
         operator.listeners[0] = reactor.listenTCP(operator.smtp_port, smtp_factory(
@@ -307,3 +313,33 @@ async def test_patient_mailbox_gets_its_own_mail_when_the_identity_is_qualified(
     finally:
         client.close()
         await engine.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_report_invisible_to_the_patient_is_mailed_once_the_dmp_accepted_it(tmp_path, pki, operator,
+                                                                                   ans_corpus):
+    # The ANS example asks for the DMP and is invisible to the patient: with the shipped setting the
+    # professionals' mail leaves only after the DMP's acceptance (here an MLLP stand-in), with the
+    # configured notice; the mail step of the report itself sends nothing.
+    dmp = AckPeer()
+    routes = [{"name": "r", "match": {"channel": "creator-in", "type": "MDM"}, "steps": [
+        {"label": "to-mss", "deliver": {"to": "mss"}},
+        {"label": "to-dmp", "deliver": {"to": "dmp", "delay": "0.5s"}, "on_success": [{"deliver": {"to": "mss"}}]}]}]
+    channels = {"creator-in": inbound(), "dmp": mllp_out(dmp.listen()),
+                "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", wait_for_dmp_when_invisible=True,
+                                   dmp_invisible_notice="Avis configurable : invisible dans le DMP.")}
+    engine = await _engine(tmp_path, channels, routes)
+    client = await client_for(engine, "creator-in")
+    try:
+        mdm = ans_mdm(ans_corpus, ack_reception=False, second_recipient=False)
+        assert b"INVISIBLE_PATIENT" in mdm and (await exchange(client, mdm)).code == "AA"
+        await until(lambda: any("deferred until the DMP" in (e.detail or "") for e in _events(engine)),
+                    what="the first mail step deferred")
+        await until(lambda: operator.mail.received, what="mails after the DMP")
+        assert dmp.received  # the DMP (stand-in) had accepted first
+        mail = email.message_from_bytes(operator.mail.received[0][1], policy=policy.default)
+        assert "Avis configurable : invisible dans le DMP." in mail.get_body(("plain",)).get_content()
+    finally:
+        client.close()
+        await engine.stopService()
+        await dmp.close()

@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape
 from twisted.internet import reactor
 
 from engine.mss.settings import ImapSettings, MssChannelSettings, SmtpSettings, TlsClientSettings
-from engine.mss.sim import MailOperator, imap_factory, smtp_factory
+from engine.sim.mss import MailOperator, imap_factory, smtp_factory
 from engine.mss.testpki import TestPki
 from engine.mss.tls import server_tls
 

@@ -146,3 +146,66 @@ def test_corrupt_and_encrypted_entries_are_unreadable(intake):
         encrypted[position + 8] |= 0x01
         position += 4
     assert intake.analyse(mail(bytes(encrypted))).quarantine == "zip-unreadable"
+
+
+# An external MSSanté sender once forged an NTE and an OBX in the MDM the RIS received by putting
+# `&#13;` (CR) and delimiters in CDA attributes and texts the LPS MDM copies.
+FORGED = "&#13;NTE|1||FORGED&#13;OBX|99|ST|X||FORGED"
+HOSTILE_CDA = f'''<ClinicalDocument xmlns="urn:hl7-org:v3">
+<id root="1.2.250.1.999.1" extension="DOC-1|^~X"/>
+<code code="18748-4" codeSystem="2.16.840.1.113883.6.1" displayName="CR|^~\\&amp;{FORGED}"/>
+<recordTarget><patientRole><id root="1.2.250.1.213.1.4.10" extension="279035121518989"/>
+<addr><streetAddressLine>1 rue ~ des | Lilas{FORGED}</streetAddressLine><city>LYON^3</city></addr>
+<patient><name><family qualifier="BR">TEST|X{FORGED}</family><given>A^B&amp;C</given></name>
+<administrativeGenderCode code="F"/><birthTime value="19800101"/></patient></patientRole></recordTarget>
+<legalAuthenticator><assignedEntity><id root="1.2.250.1.71.4.2.1" extension="810001234567|FORGED^X"/></assignedEntity></legalAuthenticator>
+</ClinicalDocument>'''.encode()
+
+
+def _segments(mdm: bytes) -> list[str]:
+    return [s for s in mdm.decode().split("\r") if s]
+
+
+def test_delimiters_and_cr_in_the_cda_never_forge_segments(intake):
+    from engine.hl7.encode import unescape
+    from engine.hl7.message import Message
+
+    analysis = intake.analyse(mail(build_xdm(HOSTILE_CDA, submission_metadata(), sender=SENDER, title="CR")))
+    assert analysis.quarantine is None, analysis.detail
+    [mdm] = analysis.mdms
+    names = [s[:3] for s in _segments(mdm)]
+    assert "NTE" not in names and names.count("OBX") == 6  # the CDA, the mail body, 4 flags
+    msg = Message.parse(mdm)
+    assert unescape(msg.get("PID-5.1")) == "TEST|X\rNTE|1||FORGED\rOBX|99|ST|X||FORGED"
+    assert unescape(msg.get("PID-5.2")) == "A^B&C" and unescape(msg.get("PID-11.3")) == "LYON^3"
+    assert msg.get("PID-32") == "VALI" and msg.get("PID-31") == "N"  # not shifted
+    assert unescape(msg.get("TXA-22")) == "810001234567|FORGED^X"
+    assert unescape(msg.get("TXA-12.1")) == "DOC-1|^~X" and msg.get("TXA-12.3") == "1.2.250.1.999.1"
+
+
+@pytest.mark.parametrize("attribute, value, field", [
+    ('administrativeGenderCode code="F"', 'administrativeGenderCode code="M&#13;OBX|1|ST|X||F"', "PID-8"),
+    ('birthTime value="19800101"', 'birthTime value="1980&#13;NTE|1"', "PID-7"),
+    ('root="1.2.250.1.999.1"', 'root="1.2.3&#13;OBX|1"', "TXA-12"),
+    ('extension="810001234567|FORGED^X"', 'extension="8100&#13;OBX|1"', "TXA-22"),
+])
+def test_values_that_cannot_be_valid_for_their_field_refuse_the_mail(intake, attribute, value, field):
+    cda = HOSTILE_CDA.replace(attribute.encode(), value.encode())
+    analysis = intake.analyse(mail(build_xdm(cda, submission_metadata(), sender=SENDER, title="CR")))
+    assert analysis.quarantine == "cda-unusable" and field in analysis.detail and analysis.mdms in ([], None)
+
+
+@pytest.mark.parametrize("dnt, expected", [
+    ("hostile@ps.mssante.fr", "hostile@ps.mssante.fr"),
+    ("Secrétariat <secretariat@ps.mssante.fr>", "secretariat@ps.mssante.fr"),  # same MSSanté domain
+    ("victim@elsewhere.example", "hostile@ps.mssante.fr"),  # a third party: the sender gets it
+    ("", None),
+])
+def test_failure_notices_go_to_the_sender_not_to_third_parties(dnt, expected):
+    from engine.mss.notifications import mdn_recipient
+
+    msg = email.message_from_bytes(mail(good_xdm()), policy=policy.default)
+    del msg["Disposition-Notification-To"]
+    if dnt:
+        msg["Disposition-Notification-To"] = dnt
+    assert mdn_recipient(msg) == expected

@@ -132,13 +132,16 @@ def test_masked_documents_never_go_to_professionals(pki, operator, tmp_path):
     assert all("MASQUE_PS" in r.reason for r in plan.refused)
 
 
-def test_invisible_patient_blocks_patient_mail_and_adds_notice(pki, operator, tmp_path):
+def test_invisible_patient_blocks_patient_mail_and_the_notice_comes_with_the_dmp_acceptance(pki, operator, tmp_path):
     settings = channel_settings(pki, operator, tmp_path / "s.sqlite")
     plan = plan_mails(request(b"<x/>", invisible_patient=True), settings, metadata)
     [mail] = plan.mails
     assert mail.recipients == [PS, ORG]
-    assert DMP_INVISIBLE_NOTICE in mail.message.get_body(("plain",)).get_content()
+    assert DMP_INVISIBLE_NOTICE not in mail.message.get_body(("plain",)).get_content()  # the DMP did not answer yet
     assert [r.address for r in plan.refused] == [PATIENT]
+    accepted = request(b"<x/>", invisible_patient=True).model_copy(update={"dmp_notice": "Texte configurable."})
+    [mail] = plan_mails(accepted, settings, metadata).mails
+    assert "Texte configurable." in mail.message.get_body(("plain",)).get_content()
 
 
 def test_patient_mailbox_needs_a_qualified_ins(pki, operator, tmp_path):

@@ -193,3 +193,21 @@ def test_on_a_shared_journal_every_node_sees_the_consent_another_recorded(tmp_pa
     finally:
         leader.close()
         other.close()
+
+
+@pytest.mark.parametrize("event", ["A14", "Z99"])
+def test_pending_admissions_and_movement_updates_carry_identity_and_consent(registry, event):
+    record = apply(registry, adt(event=event, control=f"{event}-1", feeding="IO"))
+    assert record.identity_status == "VALI" and record.ins is not None
+    assert registry.is_opposed(TEST_INS) and registry.identity_status(TEST_INS) == "VALI"
+
+
+def test_an_a47_downgrade_withdraws_the_ins_and_the_dmp_gate_waits(registry):
+    apply(registry, adt(control="A01-1"))
+    assert registry.identity_status(TEST_INS) == "VALI"
+    # PAM.fr: the INS moves to MRG-1 and PID-3 carries none; the identity is no longer qualified.
+    downgrade = adt(event="A47", control="A47-1", ins=None, status="PROV", zfa=False).replace(
+        b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode())
+    record = apply(registry, downgrade)
+    assert record.ins is None and record.identity_status == "PROV"
+    assert registry.identity_status(TEST_INS) is None  # no patient holds that INS any more

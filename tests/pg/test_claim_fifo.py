@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.journal.postgres import connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 
 
@@ -12,7 +12,7 @@ def test_a_claim_stops_a_key_at_rows_another_node_is_claiming(pg_url):
     try:
         for i in range(5):
             new = NewDelivery(route="r", step="s", destination="dest", fifo_key="K", not_before=0, payload=b"x")
-            queue._queue(mine, f"uid-{i}", new, "n1", 0)
+            queue.enqueue(mine, f"uid-{i}", new, "n1", 0)
         ids = [row[0] for row in mine.execute("SELECT id FROM deliveries ORDER BY id").fetchall()]
         other.raw.execute("BEGIN")  # another node's claim in progress holds the 2nd and 3rd rows
         other.raw.execute("SELECT id FROM deliveries WHERE id = ANY(%s) FOR UPDATE", (ids[1:3],))

@@ -222,7 +222,7 @@ async def test_nodes_share_the_work_and_deliver_each_message_once_in_order(clust
 
     queue = pfi("queue", "--config", str(config), "--journal", cluster.url)
     assert queue.returncode == 0, queue.stderr
-    assert _queue_row(queue.stdout, "dest") == ["0", "-", "-", "0", "0"]
+    assert _queue_row(queue.stdout, "dest") == ["0", "-", "-", "0", "0", "0"]  # pending..dead, held
 
 
 def tail_rows(output: str) -> list[tuple[str, str, str]]:

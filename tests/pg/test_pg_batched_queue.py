@@ -8,7 +8,7 @@ import time
 import psycopg
 
 from engine.journal.postgres import PgConnection, PgPayloads
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery, Plan
 
 

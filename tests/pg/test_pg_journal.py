@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 
 from engine.journal.postgres import PgConnection, PostgresJournal
 from engine.journal.reader import PgJournalReader
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 from tests.routing.peers import RecordingPeer, until
 from tests.support import client_for, exchange, inbound, sample_adt, write_config
@@ -120,7 +120,7 @@ async def test_sends_of_a_node_that_stopped_renewing_its_lease_are_taken_over(tm
     with psycopg.connect(pg_url, autocommit=True) as raw:
         conn = PgConnection(raw)
         _message(conn, "m-dead", b"MSH|^~\\&|A|B|C|D|1||ADT^A01|ORPHAN|P|2.5\rPID|1||P9\r", state="routed")
-        queue._queue(conn, "m-dead", NewDelivery(route="adt", step="deliver", destination="dest", fifo_key="P9",
+        queue.enqueue(conn, "m-dead", NewDelivery(route="adt", step="deliver", destination="dest", fifo_key="P9",
                                                  not_before=0, payload=None), "ghost", time.time())
         # In flight on a node that is gone: its lease runs out two seconds from now.
         conn.execute("UPDATE deliveries SET state='sending', node='ghost', lease_until=?", (time.time() + 2,))
@@ -146,7 +146,7 @@ def test_concurrent_claims_are_exclusive_and_keep_fifo_per_key(pg_url):
         conn = PgConnection(raw)
         for i in range(300):
             _message(conn, f"m{i}", b"x", state="routed")
-            queue._queue(conn, f"m{i}", NewDelivery(route="r", step="s", destination="dest", fifo_key=f"K{i % 7}",
+            queue.enqueue(conn, f"m{i}", NewDelivery(route="r", step="s", destination="dest", fifo_key=f"K{i % 7}",
                                                     not_before=0, payload=None), "n0", time.time())
     sent: list[tuple[str, int]] = []
     lock = threading.Lock()
@@ -190,10 +190,10 @@ def test_retention_purges_only_finished_messages_in_bounded_batches(pg_url, monk
         conn = PgConnection(raw)
         for i in range(12):
             _message(conn, f"old{i}", b"x", received_at=old, state="routed")
-            queue._queue(conn, f"old{i}", NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None), "n", old)
+            queue.enqueue(conn, f"old{i}", NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None), "n", old)
         conn.execute("UPDATE deliveries SET state='done'")
         _message(conn, "old-pending", b"x", received_at=old, state="routed")
-        queue._queue(conn, "old-pending", NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None), "n", old)
+        queue.enqueue(conn, "old-pending", NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None), "n", old)
         _message(conn, "old-unrouted", b"x", received_at=old, state="received")
         _message(conn, "recent", b"x", received_at=now, state="routed")
     monkeypatch.setattr(pg, "PURGE_BATCH", 5)  # 12 purgeable rows: three transactions
@@ -249,7 +249,7 @@ async def test_operator_commands_work_on_the_shared_journal(tmp_path, pg_url):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lost_database_session_gives_ae_then_the_node_reconnects(tmp_path, pg_url):
+async def test_a_lost_database_session_gives_ar_then_the_node_reconnects(tmp_path, pg_url):
     peer = RecordingPeer()
     engine = await _node(tmp_path, pg_url, "n1", await peer.listen())
     client = await client_for(engine, "in")
@@ -259,11 +259,11 @@ async def test_a_lost_database_session_gives_ae_then_the_node_reconnects(tmp_pat
         with psycopg.connect(pg_url, autocommit=True) as admin:  # the server ends the writer's session
             admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
         # The first batch on the dead session fails: every caller in it hears it (an inbound message
-        # gets AE, "not stored, send again"; the dispatcher retries its poll). The next reconnects.
+        # gets AR, "not stored, send it again later"; the dispatcher retries its poll). The next reconnects.
         codes = [(await exchange(client, _adt("S-2", "P1"))).code]
-        if codes[0] == "AE":
+        if codes[0] == "AR":
             codes.append((await exchange(client, _adt("S-2", "P1"))).code)
-        assert codes[-1] == "AA" and set(codes) <= {"AE", "AA"}
+        assert codes[-1] == "AA" and set(codes) <= {"AR", "AA"}
         assert engine.journal._conn.raw.info.backend_pid != old_pid
         await until(lambda: peer.control_ids() == ["S-1", "S-2"], what="both delivered once")
     finally:

@@ -9,12 +9,12 @@ import psycopg
 from twisted.internet import reactor
 
 from engine.journal.postgres import PgConnection, PostgresJournal, connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 
 
 def _sending(conn, uid: str, node: str, lease_until: float) -> int:
-    queue._queue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key=uid, not_before=0,
+    queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key=uid, not_before=0,
                                         payload=b"x"), node, time.time())
     conn.execute("UPDATE deliveries SET state='sending', node=?, lease_until=? WHERE message_uid=?",
                  (node, lease_until, uid))

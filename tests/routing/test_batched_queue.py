@@ -7,7 +7,7 @@ import time
 
 from engine.journal import schema
 from engine.journal.sqlite import connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery, Plan
 
 
@@ -33,7 +33,7 @@ def _deliveries(conn) -> list[tuple]:
 def test_a_key_with_an_older_delivery_in_flight_is_not_claimed(tmp_path):
     conn = _journal(tmp_path)
     for uid, key in (("a1", "A"), ("a2", "A"), ("b1", "B")):
-        queue._queue(conn, uid, _new(key=key), "n", time.time())
+        queue.enqueue(conn, uid, _new(key=key), "n", time.time())
     conn.execute("UPDATE deliveries SET state='sending', node='other' WHERE message_uid='a1'")
     claimed = [d.message_uid for d in queue.claim_batch(conn, "d", time.time(), "n")]
     assert claimed == ["b1"]  # a2 waits until a1 (another node's send) is finished
@@ -41,10 +41,10 @@ def test_a_key_with_an_older_delivery_in_flight_is_not_claimed(tmp_path):
 
 def test_follow_ups_are_due_once_with_the_last_delivery_of_a_step(tmp_path):
     conn = _journal(tmp_path)
-    queue._queue(conn, "m1", _new("d1"), "n", time.time())
-    queue._queue(conn, "m1", _new("d2"), "n", time.time())
-    queue._queue(conn, "m2", _new("d1"), "n", time.time())
-    queue._queue(conn, "m2", _new("d2"), "n", time.time())
+    queue.enqueue(conn, "m1", _new("d1"), "n", time.time())
+    queue.enqueue(conn, "m1", _new("d2"), "n", time.time())
+    queue.enqueue(conn, "m2", _new("d1"), "n", time.time())
+    queue.enqueue(conn, "m2", _new("d2"), "n", time.time())
     claimed = queue.claim_batch(conn, "d1", time.time(), "n") + queue.claim_batch(conn, "d2", time.time(), "n")
     by_uid = {(d.message_uid, d.destination): d for d in claimed}
     results = [(by_uid["m1", "d1"], "AA"), (by_uid["m1", "d2"], "AA"), (by_uid["m2", "d1"], "AA")]

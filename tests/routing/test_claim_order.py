@@ -6,12 +6,12 @@ import time
 
 from engine.journal import schema
 from engine.journal.sqlite import connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 
 
 def _queue(conn, uid: str, key: str, not_before: float) -> None:
-    queue._queue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key=key,
+    queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key=key,
                                         not_before=not_before, payload=b"x"), "n", time.time())
 
 

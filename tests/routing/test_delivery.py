@@ -61,21 +61,18 @@ async def test_fan_out_gate_and_unrouted(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_fifo_per_key_through_ar_retries_and_ae_dead_letter_with_follow_up(tmp_path):
-    # Key P1's first message gets AR (circumstantial) twice: P1's next must wait, P2 may pass it.
-    # BAD gets AE (the message has errors): dead letter at once, never resent.
+    # Key P1's first message gets AR (circumstantial) twice: P1's next must wait, P2 may pass it;
+    # BAD gets AE (the message has errors): a dead letter at once, the follow-up runs.
     def answer(raw, n):
         from engine.hl7.scan import scan
 
         ctrl = scan(raw).control_id
-        if ctrl == "P1-a" and answer.refused < 2:
-            answer.refused += 1
+        if ctrl == "P1-a" and answer.ae < 2:
+            answer.ae += 1
             return "AR"
-        if ctrl == "BAD":
-            answer.bad += 1
-            return "AE"
-        return "AA"
+        return "AE" if ctrl == "BAD" else "AA"
 
-    answer.refused = answer.bad = 0
+    answer.ae = 0
     dest, alert = RecordingPeer(answer), RecordingPeer()
     pd, pa = await dest.listen(), await alert.listen()
     routes = [{"name": "r", "match": {"channel": "in"}, "steps": [
@@ -94,7 +91,6 @@ async def test_fifo_per_key_through_ar_retries_and_ae_dead_letter_with_follow_up
         assert order.index("P1-a") < order.index("P1-b")
         journal = states(engine)
         assert ("P1-a", "retry") in journal and ("BAD", "dead-letter") in journal
-        assert answer.bad == 1  # an AE is never resent
     finally:
         client.close()
         await engine.stopService()
@@ -178,3 +174,25 @@ async def test_parallel_keys_use_several_connections_and_keep_order_per_key(tmp_
         client.close()
         await engine.stopService()
         await dest.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_of_a_channel_no_route_names_is_unrouted_without_reading_its_payload(tmp_path, monkeypatch):
+    from engine.journal.payloads import PayloadStore
+
+    reads = []
+    real_read = PayloadStore.read
+    monkeypatch.setattr(PayloadStore, "read", lambda self, *a: reads.append(a) or real_read(self, *a))
+    peer = RecordingPeer()
+    port = await peer.listen()
+    routes = [{"name": "only-a", "match": {"channel": "a"}, "steps": [{"deliver": {"to": "dest"}}]}]
+    engine = await _engine(tmp_path, {"a": inbound(), "b": inbound(), "dest": out(port)}, routes)
+    client = await client_for(engine, "b")
+    try:
+        assert (await exchange(client, sample_adt("B-1").encode())).code == "AA"
+        await until(lambda: ("B-1", "unrouted") in states(engine), what="unrouted")
+        assert reads == [] and peer.control_ids() == []
+    finally:
+        client.close()
+        await engine.stopService()
+        await peer.close()

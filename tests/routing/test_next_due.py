@@ -6,7 +6,7 @@ import pytest
 
 from engine.journal import schema
 from engine.journal.sqlite import connect
-from engine.routing import queue
+from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
 
 NOW = 1_000_000.0
@@ -14,7 +14,7 @@ NOW = 1_000_000.0
 
 def _queue(conn, key: str, at: float) -> int:
     new = NewDelivery(route="r", step="s", destination="dest", fifo_key=key, not_before=at, payload=b"x")
-    queue._queue(conn, f"uid-{key}-{at}", new, "n1", NOW)
+    queue.enqueue(conn, f"uid-{key}-{at}", new, "n1", NOW)
     return conn.execute("SELECT max(id) FROM deliveries").fetchone()[0]
 
 

@@ -27,10 +27,10 @@ def test_a_wrong_expectation_fails_with_a_reason(tmp_path):
     message: {ROOT}/samples/mdm_t02_fictional.hl7
     deliveries: {{ris-out: 1, tlr-platform-b-out: 1}}
     checks:
-      - {{channel: ris-out, path: MSH-10, equals: NOPE}}
+      - {{channel: ris-out, path: MSH-9, equals: NOPE}}
 """)
     result = pfi("test", str(wrong), "--config", str(ROOT))
     assert result.returncode == 1
     assert "tlr-platform-b-out: 0 deliveries (expected 1)" in result.stdout
     assert "dmp: 1 deliveries (expected 0)" in result.stdout
-    assert "ris-out MSH-10 = 'FICT-0001' (expected 'NOPE')" in result.stdout
+    assert "ris-out MSH-9 = 'ZAM^Z01^ZAM_Z01' (expected 'NOPE')" in result.stdout  # the last one: the ZAM

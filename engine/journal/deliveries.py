@@ -1,4 +1,6 @@
-"""Durable outbound queues: SQL operations run in the journal's writer thread (journal.submit).
+"""Durable outbound queues (the deliveries table): SQL operations run in the journal's writer
+thread (journal.submit). Part of the journal: routing, the commands and the tests call these
+functions rather than write SQL of their own.
 
 A delivery row is one message for one destination. FIFO holds per (destination, fifo_key): a
 delivery is not sent while an older one of the same key is still pending, so a replace never
@@ -17,9 +19,14 @@ import bisect
 import time
 from dataclasses import dataclass
 
-from engine.routing.plan import NewDelivery, Plan
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the routing plans this module writes; only their attributes are read here
+    from engine.routing.plan import NewDelivery, Plan
 
 PENDING, SENDING, DONE, DEAD, CANCELLED = "pending", "sending", "done", "dead", "cancelled"
+#: put aside by an operator (`pfi hold`): never sent until `pfi release`; it holds its key back
+HELD = "held"
 
 
 @dataclass
@@ -131,6 +138,11 @@ def _superseded_target(new: NewDelivery) -> str:
     return new.replaced_id if new.action == "replace" else new.doc_id if new.action == "delete" else ""
 
 
+def enqueue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
+    """Queue one delivery of message `uid` (a plan's, or one a connector makes: a ZAM)."""
+    _queue(conn, uid, new, node, now)
+
+
 def _queue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
     action, state, detail = new.action, PENDING, ""
     cancelled = _cancel_superseded(conn, uid, new, node, now)
@@ -178,9 +190,9 @@ def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
     rows = [Delivery(*row) for row in conn.execute(
         f"SELECT {_COLUMNS} FROM deliveries d WHERE destination=? AND state=? AND next_attempt<=?"
         " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination=d.destination AND o.fifo_key=d.fifo_key"
-        " AND o.id<d.id AND (o.state=? OR (o.state=? AND o.next_attempt>?)))"
+        " AND o.id<d.id AND (o.state IN (?, ?) OR (o.state=? AND o.next_attempt>?)))"
         f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}",
-        (destination, PENDING, now, SENDING, PENDING, now, limit * 4)).fetchall()]
+        (destination, PENDING, now, SENDING, HELD, PENDING, now, limit * 4)).fetchall()]
     if not rows:
         return []
     open_ids = _open_ids_by_key(conn, destination, {d.fifo_key for d in rows}, rows[-1].id)
@@ -209,7 +221,8 @@ def _open_ids_by_key(conn, destination: str, keys: set[str], up_to: int) -> dict
         chunk = keys[i:i + 400]
         for key, delivery_id in conn.execute(
                 f"SELECT fifo_key, id FROM deliveries WHERE destination=? AND fifo_key IN ({','.join('?' * len(chunk))})"
-                " AND state IN (?, ?) AND id<=? ORDER BY id", (destination, *chunk, PENDING, SENDING, up_to)).fetchall():
+                " AND state IN (?, ?, ?) AND id<=? ORDER BY id",
+                (destination, *chunk, PENDING, SENDING, HELD, up_to)).fetchall():
             found.setdefault(key, []).append(delivery_id)
     return found
 
@@ -232,8 +245,8 @@ def next_due(conn, destination: str) -> float | None:
     waking for it finds nothing to claim, so the worker would poll in a loop until the head's retry."""
     row = conn.execute(
         "SELECT min(next_attempt) FROM deliveries WHERE state=? AND id IN (SELECT min(id) FROM deliveries"
-        " WHERE destination=? AND state IN (?, ?) GROUP BY fifo_key)",
-        (PENDING, destination, PENDING, SENDING)).fetchone()
+        " WHERE destination=? AND state IN (?, ?, ?) GROUP BY fifo_key)",
+        (PENDING, destination, PENDING, SENDING, HELD)).fetchone()
     return row[0]
 
 
@@ -264,7 +277,8 @@ def finish(conn, delivery: Delivery, outcome: str, detail: str, node: str, now: 
     if state == DEAD:
         return "on_failure"
     left = conn.execute("SELECT count(*) FROM deliveries WHERE message_uid=? AND route=? AND step=? AND state"
-                        " IN (?, ?)", (delivery.message_uid, delivery.route, delivery.step, PENDING, SENDING)).fetchone()[0]
+                        " IN (?, ?, ?)", (delivery.message_uid, delivery.route, delivery.step, PENDING, SENDING,
+                                          HELD)).fetchone()[0]
     return "on_success" if left == 0 else None
 
 
@@ -320,31 +334,160 @@ def reset_in_flight(conn, node: str) -> int:
                         (PENDING, SENDING, node, time.time())).rowcount
 
 
-def cancel(conn, ident: str, reason: str, node: str, now: float) -> int:
-    """Cancel pending deliveries by delivery id or message id."""
+def cancel(conn, ident: str, reason: str, node: str, now: float, operator: str = "") -> int:
+    """Cancel pending or held deliveries by delivery id or message id."""
+    return _operator_move(conn, ident, (PENDING, HELD), CANCELLED, "cancelled", reason, node, now, operator)
+
+
+def hold(conn, ident: str, reason: str, node: str, now: float, operator: str = "") -> int:
+    """Put pending deliveries aside (`pfi hold`): never sent until released; FIFO order is kept."""
+    return _operator_move(conn, ident, (PENDING,), HELD, "held", reason, node, now, operator)
+
+
+def release_held(conn, ident: str, reason: str, node: str, now: float, operator: str = "") -> int:
+    """Give held deliveries back to their queue (a deferral still running keeps its time)."""
+    return _operator_move(conn, ident, (HELD,), PENDING, "released", reason, node, now, operator)
+
+
+def _operator_move(conn, ident: str, sources: tuple, target: str, event: str, reason: str, node: str,
+                   now: float, operator: str) -> int:
+    """Move deliveries (by delivery id or message id) from `sources` to `target`, one journal
+    event each naming the operator who did it."""
     column, key = ("id", int(ident)) if ident.isdigit() else ("message_uid", ident)
-    rows = conn.execute(f"UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE {column}=? AND state=?"
-                        " RETURNING id, message_uid, destination", (CANCELLED, reason, now, key, PENDING)).fetchall()
+    rows = conn.execute(
+        f"UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE {column}=? AND state IN ({_marks(sources)})"
+        " RETURNING id, message_uid, destination", (target, reason, now, key, *sources)).fetchall()
+    who = f" by {operator}" if operator else ""
     for delivery_id, uid, destination in rows:
-        _event(conn, uid, "cancelled", destination, f"delivery {delivery_id} cancelled: {reason}", node, now)
+        _event(conn, uid, event, destination, f"delivery {delivery_id} {event}{who}: {reason}", node, now)
     return len(rows)
 
 
-def requeue_message(conn, uid: str, node: str, now: float) -> bool:
-    """Send a journaled message through the current routes again (`pfi replay`)."""
-    cur = conn.execute("UPDATE messages SET state='received' WHERE uid=?", (uid,))
+def requeue_message(conn, uid: str, node: str, now: float, operator: str = "") -> bool:
+    """Send a journaled message through the current routes again (`pfi replay`). A rejected frame
+    kept only in part (over its channel's rejected_quota) is never replayed: it is not the message."""
+    cur = conn.execute("UPDATE messages SET state='received' WHERE uid=? AND COALESCE(reason, '') NOT LIKE ?",
+                       (uid, "[truncated:%"))
     if cur.rowcount:
-        _event(conn, uid, "replayed", "", "re-queued through the current routes", node, now)
+        who = f" by {operator}" if operator else ""
+        _event(conn, uid, "replayed", "", f"re-queued through the current routes{who}", node, now)
     return bool(cur.rowcount)
 
 
+def messages_to_replay(conn, state: str | None = None, dead: bool = False, channel: str | None = None) -> list[str]:
+    """Ids of the messages in `state`, or with a dead-lettered delivery, optionally of one channel
+    (`pfi replay --state/--dead/--channel`), oldest first."""
+    sql, params = "SELECT uid FROM messages m WHERE 1=1", []
+    if state:
+        sql += " AND m.state=?"
+        params.append(state)
+    if dead:
+        sql += " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state='dead')"
+    if channel:
+        sql += " AND m.channel=?"
+        params.append(channel)
+    return [row[0] for row in conn.execute(sql + " ORDER BY m.id", params).fetchall()]
+
+
+def queue_depths(read) -> list[tuple]:
+    """(destination, state, count, oldest created_at) of the deliveries still waiting or dead: what
+    the queue gauges show (done rows are not scanned)."""
+    return read("SELECT destination, state, count(*), min(created_at) FROM deliveries"
+                " WHERE state IN ('pending', 'sending', 'held', 'dead') GROUP BY destination, state")
+
+
 def queue_summary(read) -> list[tuple]:
-    """(destination, pending, oldest created_at, next attempt, sending, dead) per destination."""
+    """(destination, pending, oldest created_at, next attempt, sending, dead, held) per destination."""
     return read(
         "SELECT destination, sum(CASE WHEN state='pending' THEN 1 ELSE 0 END),"
         " min(CASE WHEN state='pending' THEN created_at END), min(CASE WHEN state='pending' THEN next_attempt END),"
-        " sum(CASE WHEN state='sending' THEN 1 ELSE 0 END), sum(CASE WHEN state='dead' THEN 1 ELSE 0 END)"
+        " sum(CASE WHEN state='sending' THEN 1 ELSE 0 END), sum(CASE WHEN state='dead' THEN 1 ELSE 0 END),"
+        " sum(CASE WHEN state='held' THEN 1 ELSE 0 END)"
         " FROM deliveries GROUP BY destination ORDER BY destination")
+
+
+def last_event(read, uid: str, state: str) -> str | None:
+    """The detail of the latest `state` event of a message (who held it, and why)."""
+    rows = read("SELECT detail FROM events WHERE message_uid=? AND state=? ORDER BY id DESC LIMIT 1", (uid, state))
+    return rows[0][0] if rows else None
+
+
+def held_deliveries(read) -> list[tuple]:
+    """(delivery id, destination, message uid, reason with the operator) of every held delivery."""
+    return read("SELECT id, destination, message_uid, last_error FROM deliveries WHERE state='held' ORDER BY id")
+
+
+# -- paused destinations ---------------------------------------------------------------------
+# A destination that refuses our credentials (the DMP refusing the organisation certificate) is
+# paused: its deliveries stay pending, none is dead-lettered, until an operator runs `pfi resume`.
+# The pause is a destination-level event in the journal (message_uid '', channel = destination):
+# every node and the command line read it, and the events keep who paused and resumed, and why.
+
+PAUSED, RESUMED = "destination-paused", "destination-resumed"
+
+
+#: the hold reason of a DMP send waiting for its patient's identity to be qualified
+IDENTITY_WAIT = "PFI:INS_NOT_QUALIFIED"
+
+
+def hold_for_identity(conn, delivery: Delivery, reason: str, node: str, now: float) -> None:
+    """A send that must wait for the patient's identity (not dead-lettered): held, visible, and
+    released by `release_identity_holds` when a PAM.fr update qualifies an identity."""
+    if _taken_over(conn.execute(
+            "UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=?" + _STILL_MINE,
+            (HELD, delivery.attempts + 1, reason, now, delivery.id, node)), conn, delivery, node, now):
+        return
+    _event(conn, delivery.message_uid, "held", delivery.destination,
+           f"delivery {delivery.id}: {reason}; waits for a PAM.fr update qualifying the identity", node, now)
+
+
+def release_identity_holds(conn, node: str, now: float) -> list[str]:
+    """Give every send held for an unqualified identity another try (each re-checks its patient's
+    status, those still unqualified are held again); returns the destinations to wake."""
+    rows = conn.execute("UPDATE deliveries SET state=?, next_attempt=?, updated_at=? WHERE state=? AND last_error"
+                        " LIKE ? RETURNING id, message_uid, destination",
+                        (PENDING, now, now, HELD, IDENTITY_WAIT + "%")).fetchall()
+    for delivery_id, uid, destination in rows:
+        _event(conn, uid, "released", destination,
+               f"delivery {delivery_id}: an identity was qualified by a PAM.fr update; checked again", node, now)
+    return sorted({destination for _, _, destination in rows})
+
+
+def pause(conn, delivery: Delivery, reason: str, node: str, now: float) -> None:
+    """Put the refused delivery back in its queue and pause its destination."""
+    attempts = delivery.attempts + 1
+    if _taken_over(conn.execute(
+            "UPDATE deliveries SET state=?, attempts=?, next_attempt=?, last_error=?, updated_at=?" + _STILL_MINE,
+            (PENDING, attempts, now, reason, now, delivery.id, node)), conn, delivery, node, now):
+        return
+    _event(conn, delivery.message_uid, "paused", delivery.destination,
+           f"delivery {delivery.id} attempt {attempts}: {reason}; destination paused", node, now)
+    if pause_state(conn, delivery.destination) is None:
+        _event(conn, "", PAUSED, delivery.destination, reason, node, now)
+
+
+def pause_state(conn, destination: str) -> tuple[str, float] | None:
+    """(reason, since) when `destination` is paused, else None."""
+    row = conn.execute(
+        "SELECT state, detail, at FROM events WHERE message_uid='' AND channel=? AND state IN (?, ?)"
+        " ORDER BY id DESC LIMIT 1", (destination, PAUSED, RESUMED)).fetchall()
+    return (row[0][1], row[0][2]) if row and row[0][0] == PAUSED else None
+
+
+def paused_destinations(read) -> dict[str, tuple[str, float]]:
+    """Every paused destination: {name: (reason, since)} (`read(sql, args)` returns rows)."""
+    rows = read("SELECT channel, state, detail, at FROM events WHERE message_uid='' AND state IN (?, ?)"
+                " ORDER BY id", (PAUSED, RESUMED))
+    latest = {channel: (state, detail, at) for channel, state, detail, at in rows}
+    return {c: (detail, at) for c, (state, detail, at) in latest.items() if state == PAUSED}
+
+
+def resume(conn, destination: str, who: str, node: str, now: float) -> bool:
+    """End the pause of `destination`; False when it was not paused."""
+    if pause_state(conn, destination) is None:
+        return False
+    _event(conn, "", RESUMED, destination, f"resumed by {who}", node, now)
+    return True
 
 
 def _fmt(ts: float | None) -> str:

@@ -5,7 +5,7 @@
     await sim.go_down(); sim.come_back(); sim.slow(2.0); sim.force_error("DMPClosed")
     await sim.stop()
 
-It checks what it receives as strictly as the national service would (see simulator_checks) and
+It checks what it receives as strictly as the national service would (see engine.sim.dmp_checks) and
 answers with RegistryResponse success/failure or SOAP faults.
 """
 
@@ -17,17 +17,18 @@ from pathlib import Path
 import structlog
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
-from twisted.internet import defer, ssl, task
+from twisted.internet import defer, task
 from twisted.web import resource, server
 
 from engine.dmp import ebrim, soap
-from engine.dmp import simulator_checks as checks
+from engine.sim import dmp_checks as checks
 from engine.dmp.ebrim import DE, RIM, SS, RegistryError, q
-from engine.dmp.simulator_checks import SoapFault
-from engine.dmp.store import DocumentStore, StoredEntry
-from engine.dmp.valuesets import ValueSets
+from engine.sim.dmp_checks import SoapFault
+from engine.sim.dmp_store import DocumentStore, StoredEntry
+from engine.sim.dmp_valuesets import ValueSets
 from engine.errors import ValidationError
 from engine.pki import TestPki
+from engine.tls import server_options
 
 log = structlog.get_logger("pfi.dmp.sim")
 UPDATE_STATUSES = {ebrim.APPROVED, ebrim.DEPRECATED, ebrim.DMP_DELETED, ebrim.DMP_ARCHIVED}
@@ -123,9 +124,8 @@ class DmpSimulator:
     # -- plumbing ------------------------------------------------------------------------
 
     def _tls_options(self):
-        pem = self._pki.server.cert.read_bytes() + b"\n" + self._pki.server.key.read_bytes()
-        ca = ssl.Certificate.loadPEM(self._pki.ca.cert.read_bytes())
-        return ssl.PrivateCertificate.loadPEM(pem).options(ca)
+        return server_options(self._pki.server.cert.read_bytes(), self._pki.server.key.read_bytes(),
+                              self._pki.ca.cert.read_bytes())
 
     def _root(self) -> resource.Resource:
         root = resource.Resource()

@@ -18,9 +18,10 @@ from lxml import etree
 from engine.dmp import ebrim, soap, xades
 from engine.dmp.ebrim import DE, RIM, SS, RegistryError, q
 from engine.dmp.gates import INS_OIDS
-from engine.dmp.valuesets import REFERENCE_ID_TYPES, ValueSets
-from engine.dmp.vihf import (A_MODE, A_RESOURCE, A_RESOURCE_URN, A_VERSION, SAML, VerifiedVihf,
-                             VihfError, verify_assertion)
+from engine.sim.dmp_valuesets import REFERENCE_ID_TYPES, ValueSets
+from engine.dmp.config import certificate_structure
+from engine.dmp.vihf import (A_MODE, A_RESOURCE, A_RESOURCE_URN, A_STRUCTURE, A_VERSION, SAML,
+                             VerifiedVihf, VihfError, verify_assertion)
 from engine.errors import ValidationError
 from engine.xmlsafe import parse_untrusted
 
@@ -97,7 +98,19 @@ def check_vihf(env: etree._Element, peer_cert_pem: bytes,
         raise SoapFault(exc.subcode, exc.reason) from exc
     _check_vihf_values(vihf)
     _check_issuer_and_time(assertion, peer_cert_pem, now)
+    _check_structure(vihf, peer_cert_pem)
     return vihf
+
+
+def _check_structure(vihf: VerifiedVihf, peer_cert_pem: bytes) -> None:
+    """Like the DMP since the 31/03/2026 committee: the VIHF structure is the certificate's."""
+    carried = certificate_structure(x509.load_pem_x509_certificate(peer_cert_pem))
+    if carried is None:
+        raise SoapFault("wsse:FailedAuthentication", "the client certificate carries no structure "
+                        "identifier (subject OU)")
+    if vihf.attributes[A_STRUCTURE][0] != carried:
+        raise SoapFault("wsse:FailedAuthentication", "VIHF Identifiant_Structure is not the "
+                        "structure of the client certificate")
 
 
 def _check_issuer_and_time(assertion, peer_cert_pem: bytes, now: float | None) -> None:
