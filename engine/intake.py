@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import sys
 import time
+import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 import structlog
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from engine.errors import JournalError, ParseError
 from engine.hl7.ack import ERROR_TEXT, AckError, build_ack
@@ -120,7 +121,7 @@ class Intake:
         try:
             header = scan(raw, policy.codec)
         except ParseError as exc:
-            header, verdict = None, Verdict("AE", (AckError(100, "MSH^1", str(exc)),), str(exc))
+            header, verdict = None, malformed(exc)
         else:
             verdict = judge(policy, header)
             _index(record, header, policy, accepted=verdict.code == "AA")
@@ -137,9 +138,11 @@ class Intake:
     def _internal_fault(self, policy: IntakePolicy, raw: bytes, failure=None) -> defer.Deferred:
         """An unexpected exception while handling a frame: AR 207 (may be resent once fixed), the
         raw bytes journaled as rejected with the exception type (its text may quote the message)."""
-        error = failure.value if failure is not None else sys.exc_info()[1]
+        failure = failure or Failure()
+        error = failure.value
+        # The stack, not the exception's text: it may quote the frame (patient data).
         log.error("intake.internal_error", channel=policy.channel, error_type=type(error).__name__,
-                  exc_info=error)
+                  stack="".join(traceback.format_tb(failure.getTracebackObject())))
         now = self.clock.seconds()
         reason = f"internal error while reading the message ({type(error).__name__}): send it again later"
         record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
@@ -211,6 +214,16 @@ class Intake:
         return self._stamp[1]
 
     def _stored(self, record: InboundRecord, policy: IntakePolicy, started: float) -> bytes:
+        # The record is committed: its answer is due whatever happens to the bookkeeping below
+        # (an exception here would turn a stored message's AA into an AR and journal it twice).
+        try:
+            self._after_store(record, policy, started)
+        except Exception as exc:  # noqa: BLE001
+            log.error("intake.bookkeeping_failed", message_id=record.uid, channel=record.channel,
+                      error_type=type(exc).__name__)
+        return record.ack
+
+    def _after_store(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
         # No log line per accepted message on the hot path (the journal has one event each, `pfi
         # tail` shows them): counts per channel go out every few seconds (`flush_summary`), and a
         # rejection is logged at once, at most once a second per channel with the count suppressed.
@@ -220,7 +233,6 @@ class Intake:
         elif record.state != DUPLICATE and self.on_accepted is not None:
             self.on_accepted()
         self._observe(record, policy, started)
-        return record.ack
 
     def _log_rejection(self, record: InboundRecord) -> None:
         limiter = self._rejection_logs.setdefault(record.channel, EveryFewSeconds(1.0))
@@ -295,6 +307,13 @@ class RejectedBytes:
         self._last_warning = now
         emit(suppressed=self._suppressed)
         self._suppressed = 0
+
+
+def malformed(exc: ParseError) -> Verdict:
+    """An unreadable MSH is AE (the frame itself is wrong, resending it unchanged cannot help),
+    with the table 0357 code and location the scanner found (101/102 at MSH-1 or MSH-2, 100)."""
+    code, location = getattr(exc, "code", 100), getattr(exc, "location", "MSH^1")
+    return Verdict("AE", (AckError(code, location, str(exc)),), str(exc))
 
 
 def _reason_label(record: InboundRecord) -> str:

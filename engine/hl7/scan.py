@@ -71,19 +71,30 @@ def _first_component(value: str, comp_sep: str) -> str:
     return value.split(comp_sep, 1)[0]
 
 
+class HeaderError(ParseError):
+    """An MSH that cannot be read, with what the NACK's ERR needs: a table 0357 code and ERR-2."""
+
+    def __init__(self, message: str, code: int, location: str):
+        super().__init__(message)
+        self.code = code
+        self.location = location
+
+
 def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
-    """Read MSH (and PID) from `raw`; raise ParseError when there is no usable MSH."""
+    """Read MSH (and PID) from `raw`; raise HeaderError when there is no usable MSH."""
     # A VT left by a doubled start block split across reads is no part of the message either.
     start = len(raw) - len(raw.lstrip(b"\r\n\t \x00\x0b\xef\xbb\xbf"))
     if raw[start : start + 3] != b"MSH" or len(raw) < start + 8:
-        raise ParseError("no MSH segment at the start of the message")
+        raise HeaderError("no MSH segment at the start of the message", 100, "MSH^1")
     msh = _segment_at(raw, start)
     sep = msh[3:4]
-    if len(sep) != 1 or sep.isalnum() or sep in (b" ", b"\r", b"\n") or sep[0] < 0x20 or sep[0] > 0x7e:
-        raise ParseError("MSH-1 field separator is missing or not a printable ASCII separator")
+    if len(sep) != 1:  # `MSH<CR>`: nothing to split the fields with
+        raise HeaderError("MSH-1 field separator is missing", 101, "MSH^1^1")
+    if sep.isalnum() or sep in (b" ", b"\r", b"\n") or sep[0] < 0x20 or sep[0] > 0x7e:
+        raise HeaderError("MSH-1 field separator is not a printable ASCII separator", 102, "MSH^1^1")
     fields = msh.split(sep)
-    if len(fields) < 2:
-        raise ParseError("MSH-2 encoding characters are missing")
+    if len(fields) < 2 or not fields[1]:
+        raise HeaderError("MSH-2 encoding characters are missing", 101, "MSH^1^2")
     header = Header(field_sep=sep.decode("latin-1"))
     _read_encoding_chars(header, fields[1])
     _read_msh(header, fields, fallback_codec)
@@ -100,7 +111,7 @@ def _read_encoding_chars(header: Header, enc: bytes) -> None:
     text = enc.decode("latin-1")
     if (not 2 <= len(text) <= 5 or len(set(text)) != len(text) or header.field_sep in text
             or any(c.isalnum() or not "!" <= c <= "~" for c in text)):
-        raise ParseError(f"MSH-2 encoding characters are invalid: {text[:8]!r}")
+        raise HeaderError(f"MSH-2 encoding characters are invalid: {text[:8]!r}", 102, "MSH^1^2")
     header.encoding_chars = text
 
 

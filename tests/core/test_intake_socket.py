@@ -203,7 +203,9 @@ async def test_msh_without_field_separator_is_answered_and_the_pipeline_survives
     answers = await peer.wait_for(len(broken) + 2)
     codes = [a.split(b"\r")[1].split(b"|")[1] for a in answers]
     assert codes == [b"AA"] + [b"AE"] * len(broken) + [b"AA"]
-    assert all(b"|100^" in a for a in answers[1:-1])
+    # ERR-3 names what is wrong: 101 a missing MSH-1/MSH-2, 102 an invalid one, 100 no MSH at all
+    err3 = [a.split(b"\rERR|")[1].split(b"|")[2].split(b"^")[0] for a in answers[1:-1]]
+    assert err3 == [b"101", b"100", b"102", b"102", b"100", b"100"]
     assert not peer.closed
     stored = {journal(engine).load_message(e.message_uid).raw for e in intake_events(journal(engine))
               if e.state == "rejected"}
