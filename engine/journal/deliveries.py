@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
+from engine.journal import events as journal_events
+
 if TYPE_CHECKING:  # the routing plans this module writes; only their attributes are read here
     from engine.routing.plan import NewDelivery, Plan
 
@@ -48,8 +50,7 @@ _COLUMNS = "id, message_uid, route, step, destination, fifo_key, doc_id, action,
 
 
 def _event(conn, uid: str, state: str, channel: str, detail: str, node: str, now: float) -> None:
-    conn.execute("INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)",
-                 (uid, now, state, channel, detail, node))
+    journal_events.write_one(conn, uid, now, state, channel, detail, node)
 
 
 def apply_plan(conn, plan: Plan, node: str, now: float | None = None) -> list[str]:
@@ -107,9 +108,7 @@ def _apply_run(conn, plans: list[Plan], node: str, now: float) -> list[str]:
         when = f" not before {_fmt(new.not_before)}" if new.not_before > now else ""
         events.append((uid, now, "queued", new.destination, f"delivery {delivery_id} ({new.action or 'message'}){when}",
                        node))
-    if events:
-        conn.executemany("INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)",
-                         events)
+    journal_events.write(conn, events)
     return [new.destination for _, new in news]
 
 
@@ -333,9 +332,8 @@ def finish_all(conn, results: list, outcome: str, node: str, now: float,
         results = [(d, detail) for d, detail in results if d.id in mine]
         if not results:
             return [None] * len(ids)
-    conn.executemany("INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)",
-                     [(d.message_uid, now, "sent", d.destination, f"delivery {d.id}: {detail}", node)
-                      for d, detail in results])
+    journal_events.write(conn, [(d.message_uid, now, "sent", d.destination, f"delivery {d.id}: {detail}", node)
+                                for d, detail in results])
     uids = sorted({d.message_uid for d, _ in results})
     still_open = {tuple(row) for row in conn.execute(
         f"SELECT DISTINCT message_uid, route, step FROM deliveries WHERE message_uid IN ({_marks(uids)})"

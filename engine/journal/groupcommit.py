@@ -20,12 +20,12 @@ from typing import Callable
 from twisted.internet import defer, threads
 from twisted.python import threadable
 
+from engine.journal import events
 from engine.journal.base import DUPLICATE, InboundRecord
 
 MAX_BATCH = 1024
 # How long the writer waits for the callers it just answered before committing a smaller batch.
 BATCH_WAIT = 0.0002
-_INSERT_EVENT = "INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)"
 
 
 class GroupCommitWriter:
@@ -109,7 +109,7 @@ class GroupCommitWriter:
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = "") -> defer.Deferred:
         row = (message_uid, time.time(), state, channel, detail, self.node)
-        return self.submit(lambda conn, store: conn.execute(_INSERT_EVENT, row) and None)
+        return self.submit(lambda conn, store: events.write(conn, [row]))
 
     # -- the writer thread -------------------------------------------------------------------
     def _next_batch(self, expected: int) -> list | None:

@@ -132,6 +132,35 @@ MIGRATIONS.append((
     """,
 ))
 
+MIGRATIONS.append((
+    5,
+    """
+    -- Programme statistics (engine/journal/stats.py, docs/statistics.md): the counters are shared
+    -- by the nodes (upserts), never purged; the facts of each counted message go with it.
+    CREATE TABLE stats_messages (
+        id BIGSERIAL PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL, month TEXT NOT NULL, site TEXT NOT NULL, doc_type TEXT NOT NULL,
+        identity TEXT NOT NULL, patient_key TEXT NOT NULL, consultation TEXT NOT NULL, feeding TEXT NOT NULL,
+        flags INTEGER NOT NULL
+    );
+    CREATE INDEX stats_messages_month ON stats_messages(month, id);
+    CREATE TABLE stats_counters (
+        month TEXT NOT NULL, site TEXT NOT NULL, doc_type TEXT NOT NULL, measure TEXT NOT NULL,
+        value BIGINT NOT NULL,
+        PRIMARY KEY (month, site, doc_type, measure)
+    );
+    CREATE TABLE stats_identities (
+        month TEXT NOT NULL, site TEXT NOT NULL, doc_type TEXT NOT NULL, patient_key TEXT NOT NULL,
+        identity TEXT NOT NULL, consultation TEXT NOT NULL, feeding TEXT NOT NULL,
+        PRIMARY KEY (month, site, doc_type, patient_key)
+    );
+    CREATE INDEX stats_identities_key ON stats_identities(patient_key);
+    CREATE TABLE stats_channels (name TEXT PRIMARY KEY, kind TEXT NOT NULL);
+    CREATE TABLE stats_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+))
+
 LATEST = MIGRATIONS[-1][0]
 # pg_advisory_xact_lock key taken by `upgrade`, so that two nodes upgrading at once take turns.
 _UPGRADE_LOCK = 7310

@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 from twisted.internet import defer, task, threads
 
 from engine.errors import JournalError
-from engine.journal import pgschema
+from engine.journal import events, pgschema
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 
@@ -46,7 +46,6 @@ _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sen
     receiver_facility, control_id, msg_type, version, profile, patient_ids, charset, size, dup_key,
     duplicate_of, ack_code, ack, reason, node) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"""
 _INSERT_PAYLOAD = "INSERT INTO payloads (uid, raw) VALUES (%s, %s)"
-_INSERT_EVENT = "INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (%s,%s,%s,%s,%s,%s)"
 
 
 def is_postgres_url(value: str) -> bool:
@@ -234,7 +233,8 @@ class PostgresJournal(GroupCommitWriter):
 
     def _store_inbound_run(self, conn, store, records: list[InboundRecord]) -> list:
         """Two round trips for the run, whatever its size: the duplicate lock and lookup, then the
-        rows of all three tables as one statement with its savepoint and the leader's wake-up."""
+        messages and payloads rows as one statement, the events rows (engine/journal/events.py),
+        the savepoint and the leader's wake-up, pipelined."""
         keys = sorted({r.dup_key for r in records if r.dup_key and r.dup_window > 0})
         if keys:
             with conn.raw.pipeline():
@@ -249,6 +249,7 @@ class PostgresJournal(GroupCommitWriter):
                 conn.raw.execute("SAVEPOINT run")
                 for start in range(0, len(rows), _INSERT_ROWS):
                     conn.raw.execute(*_insert_all(rows[start:start + _INSERT_ROWS]))
+                events.write(conn, [event for _, _, event in rows])
                 _end_run(conn, records)
             return records
         except psycopg.errors.IntegrityError:
@@ -326,11 +327,9 @@ class PostgresJournal(GroupCommitWriter):
                 "UPDATE deliveries SET state='pending', updated_at=? WHERE id IN (SELECT id FROM deliveries"
                 " WHERE state='sending' AND lease_until<? ORDER BY id FOR UPDATE SKIP LOCKED)"
                 " RETURNING id, message_uid, destination, node", (now, now)).fetchall()
-            for delivery_id, uid, destination, node in rows:
-                conn.execute("INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)",
-                             (uid, now, "lease-expired", destination,
-                              f"delivery {delivery_id}: node {node} stopped renewing its lease; queued again",
-                              self.node))
+            events.write(conn, [(uid, now, "lease-expired", destination,
+                                 f"delivery {delivery_id}: node {node} stopped renewing its lease; queued again",
+                                 self.node) for delivery_id, uid, destination, node in rows])
         if rows:
             log.warning("delivery.leases_expired", count=len(rows), node=self.node)
             for destination in {r[2] for r in rows}:
@@ -433,16 +432,14 @@ _INSERT_ROWS = 500  # records per statement: 29 parameters each, within PostgreS
 
 
 def _insert_all(rows: list[tuple[tuple, tuple, tuple]]) -> tuple[str, list]:
-    """One statement inserting the messages, payloads and events rows of these records."""
+    """One statement inserting the messages and payloads rows of these records (their events
+    rows go through engine/journal/events.py)."""
     def values(width: int) -> str:
         return ",".join(["(" + ",".join(["%s"] * width) + ")"] * len(rows))
 
-    into_messages, into_payloads, into_events = (sql.split(" VALUES ")[0] for sql in (
-        _INSERT_MESSAGE, _INSERT_PAYLOAD, _INSERT_EVENT))
-    sql = (f"WITH m AS ({into_messages} VALUES {values(21)}), p AS ({into_payloads} VALUES {values(2)})"
-           f" {into_events} VALUES {values(6)}")
-    params = [v for m, _, _ in rows for v in m] + [v for _, p, _ in rows for v in p] + \
-             [v for _, _, e in rows for v in e]
+    into_messages, into_payloads = (sql.split(" VALUES ")[0] for sql in (_INSERT_MESSAGE, _INSERT_PAYLOAD))
+    sql = f"WITH m AS ({into_messages} VALUES {values(21)}) {into_payloads} VALUES {values(2)}"
+    params = [v for m, _, _ in rows for v in m] + [v for _, p, _ in rows for v in p]
     return sql, params
 
 
@@ -457,7 +454,7 @@ def _insert_rows(message: tuple, payload: tuple, event: tuple):
     def insert(conn, store) -> None:
         conn.raw.execute(_INSERT_MESSAGE, message)
         conn.raw.execute(_INSERT_PAYLOAD, payload)
-        conn.raw.execute(_INSERT_EVENT, event)
+        events.write(conn, [event])
     return insert
 
 

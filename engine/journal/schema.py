@@ -68,7 +68,37 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-LATEST = MIGRATIONS[-1][0]
+
+# Programme statistics (engine/journal/stats.py, docs/statistics.md). Numbered 5 on both journals:
+# 3 and 4 are the PostgreSQL patient registry, which SQLite keeps in its own file.
+MIGRATIONS.append((
+    5,
+    """
+    CREATE TABLE stats_messages (
+        id INTEGER PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL, month TEXT NOT NULL, site TEXT NOT NULL, doc_type TEXT NOT NULL,
+        identity TEXT NOT NULL, patient_key TEXT NOT NULL, consultation TEXT NOT NULL, feeding TEXT NOT NULL,
+        flags INTEGER NOT NULL
+    );
+    CREATE INDEX stats_messages_month ON stats_messages(month, id);
+    CREATE TABLE stats_counters (
+        month TEXT NOT NULL, site TEXT NOT NULL, doc_type TEXT NOT NULL, measure TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (month, site, doc_type, measure)
+    ) WITHOUT ROWID;
+    CREATE TABLE stats_identities (
+        month TEXT NOT NULL, site TEXT NOT NULL, doc_type TEXT NOT NULL, patient_key TEXT NOT NULL,
+        identity TEXT NOT NULL, consultation TEXT NOT NULL, feeding TEXT NOT NULL,
+        PRIMARY KEY (month, site, doc_type, patient_key)
+    ) WITHOUT ROWID;
+    CREATE INDEX stats_identities_key ON stats_identities(patient_key);
+    CREATE TABLE stats_channels (name TEXT PRIMARY KEY, kind TEXT NOT NULL);
+    CREATE TABLE stats_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+))
+
+LATEST = max(number for number, _ in MIGRATIONS)
 
 
 class UnknownSchema(Exception):
@@ -82,15 +112,17 @@ def current_version(conn: sqlite3.Connection) -> int:
 
 
 def upgrade(conn: sqlite3.Connection) -> int:
-    """Apply missing migrations in order; refuse a database newer than this code."""
+    """Apply every missing migration in number order (not only those above the highest applied:
+    numbers are shared with PostgreSQL, and SQLite has no 3 and 4 yet); refuse a database newer
+    than this code."""
     version = current_version(conn)
     if version > LATEST:
         raise UnknownSchema(
             f"journal schema version {version} is newer than this engine knows ({LATEST}); "
             "upgrade the engine instead of downgrading the journal"
         )
-    for number, sql in MIGRATIONS:
-        if number > version:
+    applied = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+    for number, sql in sorted(MIGRATIONS):
+        if number not in applied:
             conn.executescript(f"BEGIN;{sql};INSERT INTO schema_version VALUES ({number});COMMIT;")
-            version = number
-    return version
+    return current_version(conn)

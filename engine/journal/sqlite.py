@@ -20,9 +20,9 @@ from typing import Callable
 import structlog
 
 from engine.errors import JournalError
-from engine.journal import schema
+from engine.journal import events, schema
 from engine.journal.base import DUPLICATE, InboundRecord, JournalEvent, StoredMessage
-from engine.journal.groupcommit import _INSERT_EVENT, GroupCommitWriter, mark_duplicates
+from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 from engine.journal.payloads import PayloadStore
 
 log = structlog.get_logger(__name__)
@@ -113,7 +113,7 @@ class SQLiteJournal(GroupCommitWriter):
                                               meta.get("ack", "").encode("latin-1"),
                                               "recovered from the segment log; ")
             conn.execute(_INSERT_MESSAGE, message)
-            conn.execute(_INSERT_EVENT, event)
+            events.write(conn, [event])
             recovered += 1
         conn.execute("COMMIT")
         return recovered
@@ -148,14 +148,14 @@ class SQLiteJournal(GroupCommitWriter):
         mark_duplicates(records, lambda keys: _earlier(conn, keys))
         metas = [_meta(r) for r in records]
         positions = store.append_many([(meta, r.raw) for meta, r in zip(metas, records)])
-        messages, events = [], []
+        messages, event_rows = [], []
         for r, meta, (segment, offset, crc) in zip(records, metas, positions):
             message, event = self._index_rows(meta, len(r.raw), segment, offset, crc, r.ack)
             messages.append(message)
-            events.append(event)
-        return messages, events
+            event_rows.append(event)
+        return messages, event_rows
 
-    def _index_inbound_run(self, conn, store, records: list[InboundRecord], messages: list, events: list) -> list:
+    def _index_inbound_run(self, conn, store, records: list[InboundRecord], messages: list, event_rows: list) -> list:
         """Insert the index rows of a logged run; returns one result per record.
 
         One multi-row INSERT per table: every SQLite call releases and takes back the GIL, and
@@ -164,19 +164,19 @@ class SQLiteJournal(GroupCommitWriter):
         try:
             for start in range(0, len(messages), ROWS_PER_INSERT):
                 _insert_many(conn, _INSERT_MESSAGE, messages[start:start + ROWS_PER_INSERT])
-                _insert_many(conn, _INSERT_EVENT, events[start:start + ROWS_PER_INSERT])
+            events.write(conn, event_rows)
         except (sqlite3.IntegrityError, ValueError):
             # Rare (a uid collision): redo row by row so that only the bad record fails.
             conn.execute("ROLLBACK TO run")
             conn.execute("RELEASE run")
             return [self._run_one(conn, store, _insert_rows(m, e)) or r
-                    for r, m, e in zip(records, messages, events)]
+                    for r, m, e in zip(records, messages, event_rows)]
         conn.execute("RELEASE run")
         return records
 
     def _store_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> list:
-        messages, events = self._log_inbound_run(conn, store, records)
-        return self._index_inbound_run(conn, store, records, messages, events)
+        messages, event_rows = self._log_inbound_run(conn, store, records)
+        return self._index_inbound_run(conn, store, records, messages, event_rows)
 
     def _set_sync_mode(self, conn, batch: list) -> None:
         mode = "NORMAL" if all(logged for _, _, logged in batch) else "FULL"
@@ -322,8 +322,7 @@ def _mark_damaged(conn, uid: str, channel: str, error: Exception) -> None:
     import time
 
     conn.execute("UPDATE messages SET state='damaged' WHERE uid=?", (uid,))
-    conn.execute(_INSERT_EVENT, (uid, time.time(), "damaged", channel,
-                                 f"record unreadable in the segment log: {error}", ""))
+    events.write_one(conn, uid, time.time(), "damaged", channel, f"record unreadable in the segment log: {error}", "")
     log.error("journal.message_damaged", message_id=uid, channel=channel, error=str(error))
 
 
@@ -337,7 +336,7 @@ def _insert_many(conn, insert: str, rows: list[tuple]) -> None:
 def _insert_rows(message: tuple, event: tuple) -> Callable:
     def insert(conn, store) -> None:
         conn.execute(_INSERT_MESSAGE, message)
-        conn.execute(_INSERT_EVENT, event)
+        events.write(conn, [event])
     return insert
 
 
