@@ -270,23 +270,39 @@ def zam_bytes(header, outcome, clock) -> bytes:
 
 def outcome_of(mss: MssDocumentRequest, results: list[RecipientResult]):
     """done when any mail was accepted; retry on 4xx only refusals; dead when every submitted
-    recipient got a 5xx (reason `CODE: label`) or nobody could be mailed at all."""
+    recipient got a 5xx (reason `CODE: label`) or nobody could be mailed at all. Done and dead
+    reasons end with what became of each audience's mail (`audience_summary`)."""
     from engine.connectors import Outcome
 
     submitted = [r for r in results if r.smtp_code is not None]
     accepted = [r for r in submitted if r.accepted]
+    summary = audience_summary(results)
     if accepted:
         return Outcome("done", f"MSSanté: {len(accepted)} recipient(s) accepted, "
-                               f"{len(results) - len(accepted)} refused")
+                               f"{len(results) - len(accepted)} refused{summary}")
     if any(400 <= r.smtp_code < 500 for r in submitted):
         first = next(r for r in submitted if 400 <= r.smtp_code < 500)
         return Outcome("retry", f"{first.smtp_code}: {first.reason}")
     if submitted:
-        return Outcome("dead", f"{submitted[0].smtp_code}: {submitted[0].reason}")
+        return Outcome("dead", f"{submitted[0].smtp_code}: {submitted[0].reason}{summary}")
     if not (mss.flags.dest_mssante_ps or mss.flags.dest_mssante_pat):
         return Outcome("done", "MSSanté: not requested (DESTMSSANTEPS=N, DESTMSSANTEPAT=N)")
     reasons = "; ".join(sorted({r.reason for r in results})) or "no PRT RCT address"
-    return Outcome("dead", f"PFI:NO_RECIPIENT: {reasons}")
+    return Outcome("dead", f"PFI:NO_RECIPIENT: {reasons}{summary}")
+
+
+def audience_summary(results: list[RecipientResult]) -> str:
+    """` (professionals: 2 accepted, 0 refused, 0 not sent; patient: 0 accepted, 1 refused, 0 not
+    sent)`: per audience, recipients the server accepted, refused, and that a PFI rule kept from
+    being submitted. The programme statistics read it (engine/stats/outcomes.py); '' without results."""
+    parts = []
+    for name, patient in (("professionals", False), ("patient", True)):
+        mine = [r for r in results if r.address.lower().endswith("@patient.mssante.fr") == patient]
+        if mine:
+            accepted = sum(1 for r in mine if r.accepted)
+            refused = sum(1 for r in mine if r.smtp_code is not None and not r.accepted)
+            parts.append(f"{name}: {accepted} accepted, {refused} refused, {len(mine) - accepted - refused} not sent")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 # --------------------------------------------------------------------------- receiving
@@ -314,6 +330,8 @@ class MailPoller(service.Service):
         through the routes (the shipped `mailbox-to-ris` route). The poller answers the sender's
         MDN from the RIS's ACK, so it delivers itself rather than through the queue."""
         uid = await self._journal(mdm)
+        if uid is not None:
+            await self._classify(uid, mdm)
         outcome = await self.ris.send(mdm)
         if uid is not None:
             state = "sent" if outcome.ack is not None else "retry"
@@ -339,6 +357,19 @@ class MailPoller(service.Service):
         record.sender, record.facility, record.patient_ids = header.sending_app, header.sending_facility, header.patient_ids
         stored = await self.journal.append_inbound(record)
         return stored.uid
+
+    async def _classify(self, uid: str, mdm: bytes) -> None:
+        """What the programme statistics count of this document (engine/stats), journaled before
+        its RIS answer: the answer's event then counts it integrated or failed."""
+        from engine.journal.stats import record_messages
+        from engine.stats.facts import facts_of_raw
+
+        try:
+            facts = await threads.deferToThread(facts_of_raw, uid, mdm, self.clock.seconds())
+            if facts is not None:
+                await self.journal.submit(lambda conn, store: record_messages(conn, [facts]))
+        except Exception as exc:  # the statistics must never hold a document back from the RIS
+            log.error("stats.classify_failed", message_id=uid, error=str(exc))
 
     def startService(self):
         super().startService()

@@ -242,6 +242,7 @@ class Engine(service.MultiService):
         for checker in self._cda_checkers.values():
             await threads.deferToThread(checker.warm_up)
         await self.journal.open()
+        await self._register_channels()
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
         await self.dispatcher.start()
         self._size_loop.start(10.0, now=True)
@@ -250,6 +251,14 @@ class Engine(service.MultiService):
         if self.config.engine.retention_days:
             self._retention_loop.start(RETENTION_EVERY, now=True)
         log.info("engine.started", node=self.node, durability=self.journal.durability)
+
+    async def _register_channels(self) -> None:
+        """The statistics count outcomes by destination type (dmp, mssante): the journal records
+        which channel is which, for the counting in any node and for `pfi stats rebuild`."""
+        from engine.journal.stats import register_channels
+
+        kinds = {c.name: c.type for c in self.config.channels.values()}
+        await self.journal.submit(lambda conn, store: register_channels(conn, kinds))
 
     def startService(self):
         service.Service.startService(self)

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
                      help="comma-separated INS known to the DMP (others: XDSUnknownPatientId)")
     dmp.add_argument("--closed", default=None,
                      help="comma-separated INS whose DMP is closed (answer: DMPClosed)")
+    dmp.add_argument("--no-dmp", default=None,
+                     help="comma-separated INS who have no DMP (answer: XDSUnknownPatientId)")
     dmp.add_argument("--require-signature", action="store_true",
                      help="refuse submissions without the XAdES submission-set signature")
     dmp.set_defaults(handler=run_dmp)
@@ -41,7 +43,8 @@ def run_dmp(args: argparse.Namespace) -> int:
                        valueset_dir=args.valuesets, known_patients=patients,
                        interface=args.host,
                        require_submission_signature=args.require_signature,
-                       closed_patients=set(args.closed.split(",")) if args.closed else None)
+                       closed_patients=set(args.closed.split(",")) if args.closed else None,
+                       no_dmp_patients=set(args.no_dmp.split(",")) if args.no_dmp else None)
     sim.start()
     print(f"DMP simulator on {sim.base_url} (/repository: ITI-41, /registry: ITI-18, ITI-57)")
     print(f"client certificate: {pki.client.cert} key: {pki.client.key} CA: {pki.ca.cert}")

@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 from twisted.internet import defer, task, threads
 
 from engine.errors import JournalError
-from engine.journal import events, pgschema
+from engine.journal import events, pgschema, stats
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 
@@ -350,6 +350,7 @@ class PostgresJournal(GroupCommitWriter):
                 with raw.transaction():
                     raw.execute("SET LOCAL synchronous_commit = off")
                     uids = [r[0] for r in raw.execute(_PURGE_SELECT, (before, PURGE_BATCH)).fetchall()]
+                    stats.forget_messages(PgConnection(raw), uids)  # counters stay, facts go
                     for table, column in (("events", "message_uid"), ("deliveries", "message_uid"),
                                           ("payloads", "uid"), ("messages", "uid")):
                         raw.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (uids,))

@@ -20,7 +20,7 @@ from typing import Callable
 import structlog
 
 from engine.errors import JournalError
-from engine.journal import events, schema
+from engine.journal import events, schema, stats
 from engine.journal.base import DUPLICATE, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 from engine.journal.payloads import PayloadStore
@@ -285,6 +285,7 @@ def _delete_segment_rows(conn, segment: int) -> int:
     uids = [r[0] for r in conn.execute("SELECT uid FROM messages WHERE segment=? LIMIT ?", (segment, PURGE_BATCH))]
     for i in range(0, len(uids), 500):  # SQLite's bound-parameter limit
         chunk = uids[i:i + 500]
+        stats.forget_messages(conn, chunk)  # the counters stay; the facts go with the messages
         marks = ",".join("?" * len(chunk))
         for table, column in (("events", "message_uid"), ("deliveries", "message_uid"), ("messages", "uid")):
             conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)

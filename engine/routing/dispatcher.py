@@ -113,9 +113,11 @@ class Dispatcher:
                 continue
             ctx = MessageContext(uid, channel, raw, received_at)
             try:
-                plans.append(plan_message(self.routes, ctx, self.env))
+                plan = plan_message(self.routes, ctx, self.env)
             except Exception as exc:  # never lose the message: it goes to dead letter with the reason
-                plans.append(Plan(uid, state="invalid", events=[("invalid", f"routing failed: {exc}")]))
+                plan = Plan(uid, state="invalid", events=[("invalid", f"routing failed: {exc}")])
+            plan.facts = statistics_facts(ctx, self.env)
+            plans.append(plan)
         return plans
 
     def _busy_destinations(self) -> set[str]:
@@ -182,9 +184,24 @@ def routed_channels(routes) -> frozenset | None:
     return frozenset(names)
 
 
+def statistics_facts(ctx: MessageContext, env: Environment):
+    """What the programme statistics count of this message, from the parse routing made (its
+    registry look-up included); None when nothing. Never fails the routing."""
+    from engine.stats import facts_for
+
+    try:
+        return facts_for(ctx, env.patients)
+    except Exception as exc:  # noqa: BLE001 - a statistic is never worth a message
+        log.error("stats.classify_failed", message_id=ctx.uid, error=type(exc).__name__)
+        return None
+
+
 def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
                now: float | None = None, destinations=()) -> list[str]:
+    from engine.journal import stats
+
     touched = queue.apply_plans(conn, plans, node, now)
+    stats.record_messages(conn, [plan.facts for plan in plans if plan.facts is not None])
     for plan in plans:  # the DMP sends waiting for the identity of a patient just qualified try again
         if plan.qualified_identity:
             touched += queue.release_identity_holds(conn, plan.qualified_identity, destinations, node,

@@ -40,6 +40,8 @@ class Plan:
     #: a PAM.fr update qualified this patient: its INS and IPP values (its identity holds retry)
     qualified_identity: tuple[str, ...] = ()
     qualified_by: str = ""  # the update, as the release event names it (type and MSH-10, no patient data)
+    #: what the programme statistics count of this message (engine/stats), journaled with the plan
+    facts: object | None = None
 
 
 @dataclass

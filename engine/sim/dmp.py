@@ -50,7 +50,7 @@ class DmpSimulator:
                  data_dir: Path | None = None, valueset_dir: Path | None = None,
                  known_patients: set[str] | None = None, interface: str = "127.0.0.1",
                  require_submission_signature: bool = False,
-                 closed_patients: set[str] | None = None):
+                 closed_patients: set[str] | None = None, no_dmp_patients: set[str] | None = None):
         if pki_dir is None:
             raise ValidationError("the DMP simulator needs a PKI directory (pfi.pki)")
         self._reactor = reactor
@@ -66,6 +66,9 @@ class DmpSimulator:
         self.require_submission_signature = require_submission_signature
         #: INS whose DMP is closed: submissions get the DMP code `DMPClosed` (ZAM example code)
         self.closed_patients = set(closed_patients or ())
+        #: INS who have no DMP: submissions get XDSUnknownPatientId, the registry's "unknown patient"
+        #: (the statistics count it as "no DMP", engine/stats/outcomes.py)
+        self.no_dmp_patients = set(no_dmp_patients or ())
         self._listener = None
         self._down = False
         self._delay = 0.0
@@ -206,6 +209,8 @@ class DmpSimulator:
         errors = checks.patient_errors(ss_patient, "submission set", self._known_patients)
         if ss_patient and ss_patient.split("^")[0] in self.closed_patients:
             errors.append(RegistryError("DMPClosed", "DMP fermé"))
+        if ss_patient and ss_patient.split("^")[0] in self.no_dmp_patients:
+            errors.append(RegistryError("XDSUnknownPatientId", "le patient n'a pas de DMP"))
         if ss_patient and ss_patient != vihf_patient:
             errors.append(RegistryError("XDSPatientIdDoesNotMatch", "VIHF resource-id differs "
                                         "from the submission set patientId"))

@@ -36,6 +36,21 @@ class StoredEntry:
     metadata: bytes
     document: bytes | None
 
+    @property
+    def confidentiality_codes(self) -> list[str]:
+        """The registered DocumentEntry's confidentialityCode values (N, INVISIBLE_PATIENT...)."""
+        from lxml import etree
+
+        from engine.dmp import ebrim
+
+        entry = etree.fromstring(self.metadata)
+        return [c.get("nodeRepresentation") or "" for c in ebrim.classifications(entry, ebrim.DE["confidentialityCode"])]
+
+    @property
+    def invisible_to_patient(self) -> bool:
+        """Registered with the DMP code INVISIBLE_PATIENT: the patient does not see it in the DMP."""
+        return "INVISIBLE_PATIENT" in self.confidentiality_codes
+
 
 class DocumentStore:
     """Registry rows plus document bytes; `path=None` keeps everything in memory."""
