@@ -22,7 +22,16 @@ class _PatientLabels:
         return f"{first_id} {name}".strip()
 
 
-class JournalReader(_PatientLabels):
+class _Statistics:
+    def statistics(self, first: str, last: str, site: str | None = None, settings=None):
+        """The programme's monthly indicators (engine.journal.stats.statistics): the query API of
+        `pfi stats` and of the operator console."""
+        from engine.journal.stats import statistics
+
+        return statistics(self._read, first, last, site, settings)
+
+
+class JournalReader(_PatientLabels, _Statistics):
     def __init__(self, journal_dir: Path):
         self.dir = Path(journal_dir)
         self._conn = None
@@ -51,7 +60,7 @@ class JournalReader(_PatientLabels):
         return load_message(self._read, self._store(), uid)
 
 
-class PgJournalReader(_PatientLabels):
+class PgJournalReader(_PatientLabels, _Statistics):
     """Reads the shared PostgreSQL journal. Event ids come from a sequence, and nodes commit in
     any order: an id may become visible after a higher one. So each read looks back LOOKBACK ids
     behind the last one returned and skips the events already returned."""

@@ -26,8 +26,8 @@ class Column:
 
 
 def _columns() -> list[Column]:
-    identity = [Column(f"identity_{s}", f"identities {s}", (f"identity_{s}",)) for s in IDENTITY_STATUSES]
-    rates = [Column(f"identity_{s}_rate", f"identities {s} (%)", (f"identity_{s}",), "identities")
+    identity = [Column(f"identity_{s}", f"identities: {s}", (f"identity_{s}",)) for s in IDENTITY_STATUSES]
+    rates = [Column(f"identity_{s}_rate", f"identities: {s} (%)", (f"identity_{s}",), "identities")
              for s in IDENTITY_STATUSES if s != "unknown"]
     mss = []
     for audience, label in (("ps", "professionals"), ("patient", "patient (Mon espace santé)")):
@@ -118,7 +118,7 @@ class StatsTable:
                 if column.id in KEYS:
                     continue
                 values = [_text(r.get(column.id), ".") for r in rows]
-                if any(v not in ("", "0") for v in values):
+                if any(v not in ("", "0", "0.0") for v in values):
                     lines.append([("  " if column.over else "") + column.label] + values)
             width = max(len(line[0]) for line in lines)
             cells = [max(len(v) for v in column) for column in zip(*[line[1:] for line in lines])]
