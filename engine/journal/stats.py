@@ -144,15 +144,26 @@ def _facts_by_uid(conn, uids: set[str]) -> dict[str, MessageFacts]:
     return found
 
 
+# Channel types change only with the configuration: read them again at most every KINDS_TTL seconds
+# (or at once for a channel not seen yet), not in every transaction that counts an outcome.
+KINDS_TTL = 10.0
+_kinds_cache: dict = {"at": float("-inf"), "kinds": {}}
+
+
 def _channel_kinds(conn, names: set[str]) -> dict[str, str]:
-    names = sorted(n for n in names if n)
-    if not names:
-        return {}
-    return dict(conn.execute(f"SELECT name, kind FROM stats_channels WHERE name IN ({_in(names)})", names).fetchall())
+    import time
+
+    names = {n for n in names if n}
+    cache = _kinds_cache
+    if names - cache["kinds"].keys() or time.monotonic() - cache["at"] > KINDS_TTL:
+        cache["kinds"] = dict(conn.execute("SELECT name, kind FROM stats_channels").fetchall())
+        cache["at"] = time.monotonic()
+    return cache["kinds"]
 
 
 def register_channels(conn, kinds: dict[str, str]) -> None:
     """Record the type of each channel (the engine does it at start, from its configuration)."""
+    _kinds_cache["at"] = float("-inf")
     rows = sorted(kinds.items())
     for chunk in _chunks(rows):
         conn.execute(f"INSERT INTO stats_channels (name, kind) VALUES {_marks(len(chunk), 2)}"

@@ -271,6 +271,31 @@ class PatientRegistry:
             withdrawn = self._reader.execute("SELECT 1 FROM patients WHERE withdrawn_ins=? LIMIT 1", (ins,)).fetchone()
         return WITHDRAWN if withdrawn else None
 
+    def statistics_views(self, keys) -> dict[tuple[str, str, str], tuple[str, bool, str, str]]:
+        """For the programme statistics (engine/stats): for each (INS, IPP, IPP domain) of `keys`,
+        (PID-32 status, holds an INS with a valid key, ZFA-11 code, ZFA-9 code) of the surviving
+        patient found by IPP (of that domain, or of any authority when it is ''), else by INS (a
+        live record first, then the last updated); keys the registry does not know are left out.
+        One query per 200 keys: routing asks it once for each batch of reports."""
+        keys = [tuple(k.strip() for k in key) for key in keys]
+        views: dict = {}
+        for start in range(0, len(keys), 200):
+            chunk = keys[start:start + 200]
+            ipps = sorted({ipp for _, ipp, _ in chunk if ipp}) or [""]
+            inss = sorted({ins for ins, _, _ in chunk if ins}) or [""]
+            with self._read_lock:
+                rows = self._reader.execute(
+                    "SELECT p.id, p.ipp, p.ipp_domain, p.ins, p.merged_into IS NOT NULL, s.updated_at,"
+                    " s.identity_status, s.ins_json, s.consultation_json, s.feeding_json FROM patients p"
+                    " JOIN patients s ON s.id = COALESCE(p.merged_into, p.id)"
+                    f" WHERE p.ipp IN ({','.join('?' * len(ipps))}) OR p.ins IN ({','.join('?' * len(inss))})",
+                    (*ipps, *inss)).fetchall()
+            for key in chunk:
+                row = _statistics_match(rows, *key)
+                if row is not None:
+                    views[key] = _statistics_view(row)
+        return views
+
     def history(self, identifier: str, domain: str | None = None) -> list[HistoryEntry]:
         """Every change of the patient and of the patients merged into it, oldest first."""
         with self._read_lock:
@@ -341,6 +366,23 @@ class PatientRegistry:
             feeding=_consent(row["feeding_json"]), consultation=_consent(row["consultation_json"]),
             merges=merges, withdrawn_ins=row["withdrawn_ins"], created_at=row["created_at"],
             updated_at=row["updated_at"])
+
+
+def _statistics_match(rows: list, ins: str, ipp: str, ipp_domain: str):
+    """The row `identity_status` would pick: by IPP (first registered), else by INS."""
+    by_ipp = sorted((r for r in rows if ipp and r[1] == ipp and (not ipp_domain or r[2] == ipp_domain)),
+                    key=lambda r: r[0])
+    if by_ipp:
+        return by_ipp[0]
+    by_ins = sorted((r for r in rows if ins and r[3] == ins), key=lambda r: (bool(r[4]), -r[5]))
+    return by_ins[0] if by_ins else None
+
+
+def _statistics_view(row) -> tuple[str, bool, str, str]:
+    status, ins_json, consultation, feeding = row[6:]
+    has_ins = bool(ins_json) and bool(json.loads(ins_json).get("key_valid"))
+    code = lambda text: (json.loads(text) or {}).get("code", "") if text else ""  # noqa: E731
+    return status or "", has_ins, code(consultation), code(feeding)
 
 
 def _status_for(row: dict, ins: str) -> str | None:

@@ -106,18 +106,20 @@ class Dispatcher:
             self._timer = self.clock.callLater(POLL_SECONDS, self.kick)
 
     def _plan_all(self, batch) -> list[Plan]:
-        plans = []
+        plans, contexts = [], []
         for uid, channel, received_at, raw in batch:
             if raw is None:  # no route names its channel
                 plans.append(Plan(uid, state="unrouted", events=[("unrouted", "no route matches this message")]))
                 continue
             ctx = MessageContext(uid, channel, raw, received_at)
             try:
-                plan = plan_message(self.routes, ctx, self.env)
+                plans.append(plan_message(self.routes, ctx, self.env))
             except Exception as exc:  # never lose the message: it goes to dead letter with the reason
-                plan = Plan(uid, state="invalid", events=[("invalid", f"routing failed: {exc}")])
-            plan.facts = statistics_facts(ctx, self.env)
-            plans.append(plan)
+                plans.append(Plan(uid, state="invalid", events=[("invalid", f"routing failed: {exc}")]))
+            contexts.append(ctx)
+        facts = {f.uid: f for f in statistics_facts(contexts, self.env) if f is not None}
+        for plan in plans:
+            plan.facts = facts.get(plan.message_uid)
         return plans
 
     def _busy_destinations(self) -> set[str]:
@@ -184,16 +186,21 @@ def routed_channels(routes) -> frozenset | None:
     return frozenset(names)
 
 
-def statistics_facts(ctx: MessageContext, env: Environment):
-    """What the programme statistics count of this message, from the parse routing made (its
-    registry look-up included); None when nothing. Never fails the routing."""
-    from engine.stats import facts_for
+def statistics_facts(contexts: list[MessageContext], env: Environment) -> list:
+    """What the programme statistics count of these messages (engine/stats), from the parse
+    routing made, with one registry look-up for the batch. Never fails the routing."""
+    from engine.stats.facts import facts_for_all
 
     try:
-        return facts_for(ctx, env.patients)
+        return facts_for_all(contexts, env.patients)
     except Exception as exc:  # noqa: BLE001 - a statistic is never worth a message
-        log.error("stats.classify_failed", message_id=ctx.uid, error=type(exc).__name__)
-        return None
+        log.error("stats.classify_failed", messages=len(contexts), error=type(exc).__name__,
+                  detail="counted without the PAM.fr registry (identity from PID-32)")
+    try:
+        return facts_for_all(contexts, None)
+    except Exception as exc:  # noqa: BLE001
+        log.error("stats.classify_failed", messages=len(contexts), error=type(exc).__name__)
+        return []
 
 
 def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),

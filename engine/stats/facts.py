@@ -66,15 +66,43 @@ def doc_type_of(code: str) -> str:
 def facts_for(ctx, registry=None) -> MessageFacts | None:
     """The facts of a routed message (`ctx`: engine.routing.context.MessageContext, or anything
     with uid, received_at, header and document_request), or None when the statistics do not count
-    it (not a CI-SIS document request, or a deletion). `registry`: the PAM.fr patient registry
-    (`find(identifier, domain)`), the reference for identity and consent."""
-    request = ctx.document_request
-    if request is None:
+    it (not a CI-SIS document request, or a deletion). `registry`: the PAM.fr patient registry,
+    the reference for identity and consent (`statistics_views`)."""
+    return facts_for_all([ctx], registry)[0]
+
+
+def facts_for_all(contexts: list, registry=None) -> list[MessageFacts | None]:
+    """`facts_for` of a batch of messages, with one registry look-up for all their patients."""
+    requests = [_request(ctx) for ctx in contexts]
+    keys = {_lookup_key(r.patient) for r in requests if _is_report(r)}
+    keys.discard(None)
+    views = registry.statistics_views(keys) if registry is not None and keys else {}
+    return [facts_of_request(ctx.uid, ctx.received_at, ctx.header, request,
+                             views.get(_lookup_key(request.patient)) if _is_report(request) else None)
+            if request is not None else None for ctx, request in zip(contexts, requests)]
+
+
+def _request(ctx):
+    """The message's document request (None when it is not one, or cannot be read)."""
+    try:
+        return ctx.document_request
+    except Exception:  # noqa: BLE001 - a message routing could not read counts for nothing
         return None
-    return facts_of_request(ctx.uid, ctx.received_at, ctx.header, request, registry)
 
 
-def facts_of_request(uid: str, received_at: float, header, request, registry=None) -> MessageFacts | None:
+def _is_report(request) -> bool:
+    return request is not None and request.volet.value != "lps" and request.action.value != "delete"
+
+
+def _lookup_key(patient) -> tuple[str, str, str] | None:
+    """(INS, IPP, IPP domain) as the DMP gate looks the patient up in the registry."""
+    ipp, ins = patient.ipp, patient.ins
+    key = (ins.value if ins else "", ipp.value if ipp else "", (ipp.oid or ipp.authority) if ipp else "")
+    return key if key[0] or key[1] else None
+
+
+def facts_of_request(uid: str, received_at: float, header, request, known=None) -> MessageFacts | None:
+    """`known`: the registry's (status, holds INS, ZFA-11, ZFA-9) of the patient, None if unknown."""
     sep = header.encoding_chars[0] if header.encoding_chars else "^"
     doc_type = doc_type_of(request.document_type.code)
     if request.volet.value == "lps":
@@ -84,7 +112,7 @@ def facts_of_request(uid: str, received_at: float, header, request, registry=Non
         return None
     organisation = request.sender.organisation if request.sender else None
     site = sites.sender_site(organisation, header.sending_facility, lambda: _cda_organisations(request), sep)
-    identity, key, consultation, feeding = _identity(request.patient, registry)
+    identity, key, consultation, feeding = _identity(request.patient, known)
     return MessageFacts(uid, REPORT, month_of(received_at), site, doc_type, identity, key, consultation, feeding,
                         _flags(request.flags))
 
@@ -94,26 +122,15 @@ def _flags(flags) -> int:
             | (DEST_PS if flags.destmssanteps else 0) | (DEST_PATIENT if flags.destmssantepat else 0))
 
 
-def _identity(patient, registry) -> tuple[str, str, str, str]:
+def _identity(patient, known) -> tuple[str, str, str, str]:
     """(status category, patient key, ZFA-11, ZFA-9): the registry's record when it knows the
     patient (by IPP, then INS, as the DMP gate looks), else the report's own PID-32."""
-    ipp, ins = patient.ipp, patient.ins
-    key = _patient_key(ipp, ins)
-    record = _registry_record(registry, ipp, ins)
-    if record is None:
+    ins = patient.ins
+    key = _patient_key(patient.ipp, ins)
+    if known is None:
         return identity_category(patient.identity_status, ins is not None and ins.key_valid), key, "", ""
-    has_ins = record.ins is not None and record.ins.key_valid
-    return (identity_category(record.identity_status, has_ins), key,
-            record.consultation.code if record.consultation else "", record.feeding.code if record.feeding else "")
-
-
-def _registry_record(registry, ipp, ins):
-    if registry is None:
-        return None
-    record = registry.find(ipp.value, (ipp.oid or ipp.authority) or None) if ipp is not None and ipp.value else None
-    if record is None and ins is not None and ins.value:
-        record = registry.find(ins.value)
-    return record
+    status, has_ins, consultation, feeding = known
+    return identity_category(status, has_ins), key, consultation, feeding
 
 
 def _patient_key(ipp, ins) -> str:
@@ -142,7 +159,7 @@ def _cda_organisations(request) -> list[tuple[str, str]]:
     return [(e.get("root") or "", e.get("extension") or "") for e in found]
 
 
-def facts_of_raw(uid: str, raw: bytes, received_at: float, registry=None) -> MessageFacts | None:
+def facts_of_raw(uid: str, raw: bytes, received_at: float) -> MessageFacts | None:
     """`facts_for` from the message bytes (a message that is journaled without being routed: the
     LPS messages the mailbox poller hands to the RIS itself). Blocking: call it off the reactor."""
     from engine.docrequest import parse_document_request
@@ -154,4 +171,4 @@ def facts_of_raw(uid: str, raw: bytes, received_at: float, registry=None) -> Mes
         request = parse_document_request(Message.parse(raw))
     except Exception:  # noqa: BLE001 - not a document request the statistics can count
         return None
-    return facts_of_request(uid, received_at, header, request, registry)
+    return facts_of_request(uid, received_at, header, request)
