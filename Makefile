@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test conformance bench bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz check demo clean pki sim-dmp
+.PHONY: install run test conformance bench bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz bench-stats check demo clean pki sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -76,3 +76,8 @@ bench-dmp: $(STAMP)
 
 bench-docwire: $(STAMP)
 	$(BIN)/python bench/document_check.py
+
+# A year of programme statistics over 10^6 generated reports (SQLite, and PostgreSQL at
+# postgresql://postgres@127.0.0.1:5432/ or PFI_BENCH_PG), and intake with counting on vs off.
+bench-stats: $(STAMP)
+	$(BIN)/python bench/stats.py --pg
