@@ -48,10 +48,12 @@ def material_problems(config, now: dt.datetime) -> list[str]:
     from engine.tls import tls_settings_problems
 
     from engine.cda.checker import kit_problems, needs_kit
+    from engine.config.statistics import statistics_problems
     from engine.connectors_mss import mss_channel_problems
 
     problems: list[str] = kit_problems(config.engine.cda_kit, config.root) if needs_kit(config) else []
     problems += mss_channel_problems(config)
+    problems += statistics_problems(config.root)
     for channel in config.channels.values():
         tls = getattr(channel, "tls", None)
         if tls is not None:

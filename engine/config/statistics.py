@@ -11,6 +11,18 @@ from engine.stats.report import COLUMNS, StatsSettings
 FILE_NAME = "statistics.yaml"
 
 
+def statistics_problems(config_dir: Path) -> list[str]:
+    """What `pfi check` reports of the configuration directory's statistics.yaml (none if absent)."""
+    path = Path(config_dir) / FILE_NAME
+    if not path.exists():
+        return []
+    try:
+        load_settings(path)
+    except StatsSettingsError as exc:
+        return exc.problems
+    return []
+
+
 class StatsSettingsError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("; ".join(problems))

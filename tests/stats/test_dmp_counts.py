@@ -172,3 +172,10 @@ def test_bad_options_get_a_clear_error(tmp_path, args, message):
     write_config(tmp_path / "cfg", {"in": inbound()})
     result = pfi("stats", *args, "--config", str(tmp_path / "cfg"), "--data", str(tmp_path / "data"))
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_pfi_check_reports_a_wrong_statistics_yaml(tmp_path):
+    cfg = write_config(tmp_path / "cfg", {"in": inbound()})
+    (cfg / "statistics.yaml").write_text("columns:\n  - month\n  - dmp_sent\n", encoding="utf-8")
+    result = pfi("check", "--config", str(cfg))
+    assert result.returncode == 1 and f"{cfg / 'statistics.yaml'}:3:5: unknown column 'dmp_sent'" in result.stdout
