@@ -224,3 +224,38 @@ def test_nodes_of_a_shared_journal_count_into_the_same_rows(pg_url):
     with psycopg.connect(pg_url, autocommit=True) as raw:
         found = counters(PgConnection(raw))
     assert found[("2026-10", "CR-IMG")]["dmp_ok"] == 200 and found[("2026-11", "CR-IMG")]["mss_ps_failed"] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_counts_roll_back_with_the_events_that_made_them(backend, tmp_path, request):
+    """An operation of a group commit that fails is rolled back to its savepoint: its outcome
+    events and what they counted go together; the other operations of the batch stay."""
+    journal = await open_journal(backend, tmp_path, request)
+
+    def outcome_then_failure(conn, store):
+        deliver(conn, "r1", "dmp", "done", "DMP accepted (success)", MID_OCTOBER)
+        raise ValueError("the operation fails after its events were written")
+
+    try:
+        await journal.submit(lambda conn, store: stats.record_messages(conn, [report("r1"), report("r2")]))
+        failed = journal.submit(outcome_then_failure)
+        kept = journal.submit(lambda conn, store: deliver(conn, "r2", "dmp", "done", "DMP accepted", MID_OCTOBER))
+        with pytest.raises(Exception, match="fails after its events"):
+            await failed
+        await kept
+        found = await journal.submit(lambda conn, store: counters(conn))
+        sent = await journal.submit(lambda conn, store: conn.execute(
+            "SELECT message_uid FROM events WHERE state = 'sent'").fetchall())
+    finally:
+        await journal.stop()
+    assert [r[0] for r in sent] == ["r2"] and found[("2026-10", "CR-IMG")]["dmp_ok"] == 1
+
+
+def test_events_are_written_by_the_events_module_only():
+    """The counters see every event because every event goes through engine/journal/events.py."""
+    from pathlib import Path
+
+    engine_dir = Path(__file__).resolve().parents[2] / "engine"
+    writers = [str(p.relative_to(engine_dir)) for p in engine_dir.rglob("*.py")
+               if "INSERT INTO EVENTS" in " ".join(p.read_text(encoding="utf-8").upper().split())]
+    assert writers == ["journal/events.py"]
