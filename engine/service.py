@@ -97,7 +97,7 @@ class Engine(service.MultiService):
         # A shared journal tells this node about work other nodes queued (no-op on SQLite).
         self.journal.on_received = self.dispatcher.kick
         self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
-        self._add_mail_pollers()
+        self._add_channel_services()
         self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
         self.buffer_budget = BufferBudget(config.engine.max_buffered_bytes)
@@ -115,8 +115,7 @@ class Engine(service.MultiService):
         self._certificate_loop.clock = reactor
 
     def _build_dispatcher(self, connectors: dict | None) -> Dispatcher:
-        from engine.connectors import build_connectors, retry_settings
-
+        from engine.connectors.catalogue import BuildContext, build_connectors, retry_settings
         from engine.patients import PatientRegistry
 
         from engine.journal.postgres import is_postgres_url
@@ -127,21 +126,21 @@ class Engine(service.MultiService):
 
         env = Environment(self.config.channels, self.config.root, patients=self.patients,
                           cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None)
+        self.build_context = BuildContext(self.config, self.reactor, self.clock, consent=self.patients,
+                                          enqueue=self._enqueue, journal=self.journal)
         if connectors is None:
-            connectors = build_connectors(self.config, self.reactor, consent=self.patients)
+            connectors = build_connectors(self.build_context)
         return Dispatcher(self.journal, self.config.routes, env, self.clock, connectors,
                           retry_settings(self.config), self.node)
 
-    def _add_mail_pollers(self) -> None:
-        """MSSanté channels: their send connectors (ZAM^Z02 queued through `_enqueue`) and, when
-        IMAP and `deliver_to` are configured, the mailbox poller service feeding the RIS."""
-        from engine.connectors_mss import build_mail_pollers, build_mss_connectors
+    def _add_channel_services(self) -> None:
+        """The channels' own services (the MSSanté mailbox pollers feeding the RIS), when their
+        connectors are the real ones (`pfi test` replaces connectors with recorders)."""
+        from engine.connectors.catalogue import build_services
 
-        connectors = build_mss_connectors(self.config, self.reactor, self._enqueue, self.clock)
-        for name, connector in connectors.items():
-            self.dispatcher.add_destination(name, connector, self.config.channels[name].retry)
-        for poller in build_mail_pollers(self.config, self.reactor, connectors, self.clock, self.journal):
-            poller.setServiceParent(self)
+        if self.build_context.connectors:
+            for part in build_services(self.build_context):
+                part.setServiceParent(self)
 
     async def _enqueue(self, channel: str, payload: bytes, delivery) -> None:
         """Queue a connector-made message (a ZAM) for `channel`, under the original message."""
