@@ -311,9 +311,9 @@ async def _script(engine, sim, result: DemoResult, workdir: Path, restart_midway
 
 
 async def _journal_summary(engine) -> dict[str, int]:
-    rows = await engine.journal.submit(
-        lambda c, s: c.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall(), logged=True)
-    return dict(rows)
+    from engine.journal.deliveries import event_counts
+
+    return await engine.journal.submit(lambda c, s: event_counts(c), logged=True)
 
 
 async def _sleep(seconds: float) -> None:
