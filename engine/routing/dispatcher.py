@@ -39,31 +39,38 @@ class Dispatcher:
         self.metrics = None  # EngineMetrics when the engine sets it: delivery outcomes counted
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._running = True
+    # The engine's service tree calls these in order (engine/service.py); `start` and `stop` do
+    # all of it for a dispatcher used alone (tests, benchmarks).
+    async def reset_in_flight(self) -> None:
+        """Sends this node left `sending` (a crash) go back to the queue before any claim."""
         await self.journal.submit(lambda conn, store: queue.reset_in_flight(conn, self.node))
-        self.kick()
-        for worker in self.workers.values():
-            worker.wake()
 
-    async def stop(self) -> None:
+    def start_planning(self) -> None:
+        self._running = True
+        self.kick()
+
+    async def stop_planning(self) -> None:
+        """No new planning cycle; the one in progress writes its result first."""
         self._running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        if self._busy:  # let the planning cycle in progress write its result
-            finished = defer.Deferred()
+        if self._busy:
+            finished: defer.Deferred = defer.Deferred()
             self._cycle_waiters.append(finished)
             await finished
+
+    async def start(self) -> None:
+        await self.reset_in_flight()
+        for worker in self.workers.values():
+            worker.wake()
+        self.start_planning()
+
+    async def stop(self) -> None:
+        await self.stop_planning()
         for worker in self.workers.values():
             await worker.stop()
 
     # -- dispatching -------------------------------------------------------------------------
-    def add_destination(self, name: str, connector, retry) -> None:
-        """A destination whose connector is built after the dispatcher (MSSanté: it queues ZAMs
-        through the engine); nothing happens if the name already has a worker."""
-        if name not in self.workers:
-            self.workers[name] = DestinationWorker(self, name, connector, retry, random.Random())
-
     def kick(self, *_) -> None:
         """New messages may be waiting: dispatch soon (coalesced)."""
         if not self._running:
