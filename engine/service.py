@@ -21,7 +21,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from engine.config.channels import MllpInSettings
 from engine.config.load import Config
 from engine.hl7.charset import normalize_codec
-from engine.intake import Intake, IntakePolicy
+from engine.mllp.intake import Intake, IntakePolicy
 from engine.journal import open_journal
 from engine.metrics import EngineMetrics
 from engine.mllp.budget import BufferBudget
@@ -300,7 +300,7 @@ class Engine(Sequence):
         try:
             purged = await self.journal.purge_before(before)
         except Exception as exc:  # a retention failure must not stop the engine
-            log.error("journal.purge_failed", error=str(exc))
+            log.exception("journal.purge_failed", error=str(exc))
             return
         if purged:
             log.info("journal.purged", messages=purged, node=self.node)

@@ -92,7 +92,7 @@ def order_check_warnings(config) -> list[str]:
     """Routes forwarding orders (ORM, OMI) from a listener that does not check them against the
     teleradiology profile before its ACK (`tlr_orders`): a platform would refuse them later."""
     from engine.config.routes import as_list
-    from engine.intake import TLR_ORDER_CODES
+    from engine.mllp.intake import TLR_ORDER_CODES
 
     listeners = {c.name: c for c in config.channels_of_type("mllp-in")}
     warnings = []

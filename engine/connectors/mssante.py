@@ -217,7 +217,7 @@ class MssDeliveryConnector:
 def zam_bytes(header, outcome, clock) -> bytes:
     """ER7 of the ZAM^Z02/Z03 for one MailOutcome (OBX-4 = the request's MSH-10)."""
     from engine.ids import new_id
-    from engine.zam import build_zam
+    from engine.docrequest.zam import build_zam
 
     now = dt.datetime.fromtimestamp(clock.seconds())
     return build_zam(outcome.kind, header, outcome.success, control_id=new_id(clock.seconds())[-20:], now=now,

@@ -214,7 +214,7 @@ class PostgresJournal(GroupCommitWriter):
             conn.raw.execute("COMMIT")
         except Exception as exc:  # server gone, disk full: every caller must hear it
             _rollback(conn)
-            log.error("journal.commit_failed", error=str(exc), batch=len(batch))
+            log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             results = [JournalError(f"journal write failed: {exc}")] * len(batch)
         self._answer(batch, results)
 

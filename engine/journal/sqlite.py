@@ -195,7 +195,7 @@ class SQLiteJournal(GroupCommitWriter):
             conn.execute("COMMIT")
         except Exception as exc:  # disk full, read-only, I/O error: every caller must hear it
             self._abort(conn, store, position)
-            log.error("journal.commit_failed", error=str(exc), batch=len(batch))
+            log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             failure = JournalError(f"journal write failed: {exc}")
             results = [failure] * len(batch)
         self._answer(batch, results)

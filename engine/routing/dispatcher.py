@@ -95,7 +95,7 @@ class Dispatcher:
                     lambda conn, store: _apply_all(conn, plans, self.node, busy, now, names), logged=True)
                 self.wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
-            log.error("routing.dispatch_failed", error=str(exc))
+            log.exception("routing.dispatch_failed", error=str(exc))
         finally:
             self._busy = False
             waiters, self._cycle_waiters = self._cycle_waiters, []
@@ -257,7 +257,7 @@ class DestinationWorker:
                     break
                 await self._attempt_batch(claimed)
         except Exception as exc:
-            log.error("delivery.worker_failed", destination=self.name, error=str(exc))
+            log.exception("delivery.worker_failed", destination=self.name, error=str(exc))
         finally:
             self._running = False
         if not self._stopped:

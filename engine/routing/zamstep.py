@@ -13,7 +13,7 @@ def build_zam_delivery(zam, error: tuple[str, str, bool] | None, ctx: MessageCon
     """A queued ZAM for the creator, or None when it did not ask for one (ACK_RECEPTION=N).
     `error` is None for a success, else (code, label, local): `local` codes are the PFI's own
     (ZAM ERR-5 coding system 99PFI), the others the remote side's (DMP, SMTP)."""
-    from engine.zam import build_zam, wants_zam
+    from engine.docrequest.zam import build_zam, wants_zam
 
     kind, channel, route = zam
     request = ctx.document_request

@@ -24,7 +24,7 @@ from engine.ids import new_id
 from engine.journal.base import DUPLICATE, RECEIVED, REJECTED, InboundRecord
 from engine.log import EveryFewSeconds
 
-log = structlog.get_logger("engine.intake")
+log = structlog.get_logger("engine.intake")  # the name operators filter on
 
 DEFAULT_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8")
 PROCESSING_IDS = ("P", "T", "D")
