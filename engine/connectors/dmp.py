@@ -10,6 +10,7 @@ import structlog
 
 from engine.config.dmp import DmpChannel
 from engine.connectors.base import Action, Outcome, done, refused
+from engine.docrequest.consistency import entity_id
 
 log = structlog.get_logger("engine.connectors.dmp")
 
@@ -94,12 +95,11 @@ def failure(action: Action, result, also_detail: bool = False) -> Outcome:
 
 def publish_request(request, action: str, sender_roles: tuple = ()):
     """Map the typed HL7 document request onto the DMP connector's input."""
-    from engine.dmp.model import DmpFlags, Person, PublishRequest
+    from engine.dmp.model import Person, PublishRequest
 
     ins = request.patient.ins
     if ins is None:
         raise ValueError("no INS in PID-3: the DMP needs the patient's INS")
-    f = request.flags
     ipp = request.patient.ipp
     sender = request.sender
     person = sender.person if sender else None
@@ -108,21 +108,13 @@ def publish_request(request, action: str, sender_roles: tuple = ()):
         action=action, cda=request.document.content, ins=ins.value, ins_oid=ins.oid,
         ins_qualified=request.patient.identity_status == "VALI",
         ipp=ipp.value if ipp else "", ipp_domain=(ipp.oid or ipp.authority) if ipp else "",
-        flags=DmpFlags(masque_ps=bool(f.masque_ps), invisible_patient=bool(f.invisible_patient),
-                       invisible_rep_legaux=bool(f.invisible_rep_legaux),
-                       connexion_secrete=bool(f.connexion_secrete), modif_conf_code=bool(f.modif_conf_code)),
+        flags=request.flags.to_dmp(),
         replaced_document_id=entity_id(request.replaced_document_id) or None,
         sender=Person(id=person.id, family=person.family_name, given=person.given_name,
                       id_type=person.id_type or "IDNPS", roles=sender_roles)
         if person and person.id else None,
         sender_organisation=organisation(org) if org and org.id else None,
         patient_class=request.patient_class or None, message_control_id=request.header.control_id)
-
-
-def entity_id(ei: str | None) -> str:
-    """EI-1 of TXA-12/13: the ANS examples put a namespace name in EI-2 (`<oid>^Organisation-Y`),
-    which is not part of the DMP uniqueId."""
-    return (ei or "").split("^", 1)[0].strip()
 
 
 #: PRT-8.7 id type -> prefix of the national structure id (IDNST = type digit + number, e.g.

@@ -24,7 +24,7 @@ from twisted.internet import defer, threads
 from engine.config.mssante import MssanteChannel
 from engine.connectors.base import Action, Outcome, done, refused
 from engine.errors import EngineError, TransientDeliveryError
-from engine.mss.models import MssDocumentRequest, MssFlags, PatientIdentity, Recipient, RecipientResult
+from engine.mss.models import MssDocumentRequest, PatientIdentity, Recipient, RecipientResult
 
 log = structlog.get_logger(__name__)
 
@@ -48,13 +48,7 @@ def mss_request(request, action: str) -> MssDocumentRequest:
             family=p.family_name, given=p.given_names.split("^")[0], birth_date=p.birth_date[:8],
             ins=p.ins.value if p.ins else None, ins_oid=p.ins.oid if p.ins else None,
             identity_qualified=p.ins_qualified),
-        flags=MssFlags(
-            masque_ps=bool(f.masque_ps), invisible_patient=bool(f.invisible_patient),
-            invisible_rep_legaux=bool(f.invisible_rep_legaux), connexion_secrete=bool(f.connexion_secrete),
-            modif_conf_code=bool(f.modif_conf_code), dest_dmp=bool(f.destdmp),
-            dest_mssante_ps=bool(f.destmssanteps), dest_mssante_pat=bool(f.destmssantepat),
-            ack_reception=bool(f.ack_reception), ack_lecture=bool(f.ack_lecture_mss),
-            patient_no_reply=f.patient_may_not_reply),
+        flags=f.to_mss(),
         recipients=[_recipient(r) for r in request.recipients if r.address],
         reply_to=[r.address for r in request.reply_to if r.address],
         body_ps=f.corpsmail_ps, body_patient=f.corpsmail_patient)
@@ -283,15 +277,14 @@ class MailPoller(service.Service):
         from engine.hl7.scan import scan
         from engine.ids import new_id
         from engine.journal.base import InboundRecord
+        from engine.mllp.intake import index_header
 
         if self.journal is None:
             return None
         now = self.clock.seconds()
         record = InboundRecord(uid=new_id(now), channel=self.channel_name, received_at=now, raw=mdm,
                                state=MAIL_INTEGRATION, reason="LPS MDM built from a mail of the application mailbox")
-        header = scan(mdm)
-        record.control_id, record.msg_type = header.control_id, header.message_type
-        record.sender, record.facility, record.patient_ids = header.sending_app, header.sending_facility, header.patient_ids
+        index_header(record, scan(mdm))
         stored = await self.journal.append_inbound(record)
         return stored.uid
 
