@@ -264,7 +264,7 @@ class Engine(Sequence):
         self.metrics_listener.setServiceParent(self)
 
     def _measure_journal(self):
-        self.metrics.dispatch_leader.set(1 if getattr(self.journal, "is_leader", True) else 0)
+        self.metrics.dispatch_leader.set(1 if self.journal.is_leader else 0)
         d = threads.deferToThread(self.journal.size_bytes)
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
         depths = threads.deferToThread(self.journal.queue_depths)

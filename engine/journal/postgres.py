@@ -31,6 +31,7 @@ from twisted.internet import defer, task, threads
 from engine.errors import JournalError
 from engine.journal import pgschema
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
+from engine.journal.dialect import POSTGRES
 from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 
 log = structlog.get_logger(__name__)
@@ -56,8 +57,6 @@ def is_postgres_url(value: str) -> bool:
 class PgConnection:
     """A psycopg connection that takes the engine's portable SQL (`?` placeholders, as SQLite)."""
 
-    lock_rows = " FOR UPDATE SKIP LOCKED"
-
     def __init__(self, raw: psycopg.Connection):
         self.raw = raw
 
@@ -70,11 +69,6 @@ class PgConnection:
         cur = self.raw.cursor()
         cur.executemany(_pg_sql(sql), list(rows))
         return cur
-
-    def notify_queued(self, destinations) -> None:
-        """Wake every node's worker of these destinations when the transaction commits."""
-        for name in set(destinations):
-            self.raw.execute("SELECT pg_notify(%s, %s)", (_NOTIFY_QUEUED, name))
 
     def close(self) -> None:
         self.raw.close()
@@ -111,6 +105,7 @@ class PgPayloads:
 
 class PostgresJournal(GroupCommitWriter):
     durability = DURABILITY
+    dialect = POSTGRES
 
     def __init__(self, url: str, reactor=None, node: str = "", lease: float = 15.0):
         from twisted.internet import reactor as default_reactor
@@ -120,8 +115,6 @@ class PostgresJournal(GroupCommitWriter):
         self.lease = lease
         self.store = PgPayloads()
         self.is_leader = False
-        self.on_received = lambda: None           # set by the engine: wake the dispatcher
-        self.on_queued = lambda destination: None  # set by the engine: wake a destination worker
         self._conn: PgConnection | None = None
         self._session: PgConnection | None = None
         self._pool: ConnectionPool | None = None
@@ -132,6 +125,11 @@ class PostgresJournal(GroupCommitWriter):
         self._heartbeat.clock = self.reactor
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def notify_queued(self, conn, destinations) -> None:
+        """Wake every node's worker of these destinations when the transaction on `conn` commits."""
+        for name in set(destinations):
+            conn.raw.execute("SELECT pg_notify(%s, %s)", (_NOTIFY_QUEUED, name))
     def start(self) -> None:
         self._connect_all()
         self._heartbeat.start(TICK, now=False)

@@ -92,7 +92,7 @@ class Dispatcher:
                 # the message, which stays `received` until its plan is written (at-least-once).
                 busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
                 touched = await self.journal.submit(
-                    lambda conn, store: _apply_all(conn, plans, self.node, busy, now, names), logged=True)
+                    lambda conn, store: _apply_all(self.journal, conn, plans, self.node, busy, now, names), logged=True)
                 self.wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
             log.exception("routing.dispatch_failed", error=str(exc))
@@ -170,7 +170,7 @@ class Dispatcher:
         zams = [self._zam(kind, outcome, ctx, z) for z in plan.zams]
         plan.deliveries += [z for z in zams if z is not None]
         busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
-        touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy, now, names))
+        touched = await self.journal.submit(lambda conn, store: _apply_all(self.journal, conn, [plan], self.node, busy, now, names))
         self.wake(touched)
 
     def _zam(self, kind: str, outcome: Outcome, ctx: MessageContext, zam) -> NewDelivery | None:
@@ -192,7 +192,7 @@ def routed_channels(routes) -> frozenset | None:
     return frozenset(names)
 
 
-def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
+def _apply_all(journal, conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
                now: float | None = None, destinations=()) -> list[str]:
     touched = queue.apply_plans(conn, plans, node, now)
     for plan in plans:  # the DMP sends waiting for the identity of a patient just qualified try again
@@ -202,10 +202,9 @@ def _apply_all(conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
                                                     cause=plan.qualified_by or "a PAM.fr update")
     # A shared journal: wake the other nodes' workers only for destinations whose local worker is
     # already busy (more work than it takes); an idle one is woken locally and takes it at once.
-    notify = getattr(conn, "notify_queued", None)
     wanted = [d for d in touched if d in busy]
-    if notify is not None and wanted:
-        notify(wanted)
+    if wanted:
+        journal.notify_queued(conn, wanted)
     return touched
 
 
@@ -252,7 +251,8 @@ class DestinationWorker:
             while not self._stopped and not await self._check_paused():
                 lease_until = time.time() + journal.lease  # wall clock: other nodes read it
                 claimed = await journal.submit(
-                    lambda c, s: _claim_with_payloads(c, s, self.name, clock.seconds(), node, lease_until), logged=True)
+                    lambda c, s: _claim_with_payloads(c, s, self.name, clock.seconds(), node, lease_until, journal.dialect),
+                    logged=True)
                 if not claimed:
                     break
                 await self._attempt_batch(claimed)
@@ -388,7 +388,7 @@ class DestinationWorker:
             self._timer = clock.callLater(delay, self.wake)
 
 
-def _claim_with_payloads(conn, store, destination: str, now: float, node: str, lease_until: float) -> list:
-    deliveries = queue.claim_batch(conn, destination, now, node, lease_until=lease_until)
+def _claim_with_payloads(conn, store, destination: str, now: float, node: str, lease_until: float, dialect) -> list:
+    deliveries = queue.claim_batch(conn, destination, now, node, lease_until=lease_until, dialect=dialect)
     raws = store.messages_raw(conn, [d.message_uid for d in deliveries if d.payload is None])
     return [(d, d.payload if d.payload is not None else raws[d.message_uid]) for d in deliveries]
