@@ -28,6 +28,7 @@ var/pki/client-second.pem: | $(STAMP)
 # The shipped configuration (route tests, pfi check) names the simulators' test PKIs.
 test: $(STAMP) var/mss-sim-pki/ca.pem var/pki/client-second.pem
 	$(BIN)/ruff check engine bench tests
+	$(BIN)/mypy engine/connectors engine/config
 	$(BIN)/python -m pytest -q tests
 
 # Conformance on the reference corpus: ANS example messages -> document requests, and every

@@ -122,7 +122,9 @@ def part1(workdir: Path, count: int, postgres_url: str | None) -> dict:
         api.append(time.perf_counter() - t0)
     incremental = counters_of(conn)
     t0 = time.perf_counter()
-    done = journal_stats.rebuild(conn)
+    from engine.journal.dialect import POSTGRES, SQLITE
+
+    done = journal_stats.rebuild(conn, POSTGRES if postgres else SQLITE)
     rebuilt = time.perf_counter() - t0
     equal = counters_of(conn) == incremental
     conn.close()

@@ -44,24 +44,12 @@ def _report(problems: list[str]) -> int:
 def material_problems(config, now: dt.datetime) -> list[str]:
     """Problems of the files the channels read: certificates, keys, CA bundles (the engine reads
     TLS paths relative to its working directory, so they are checked from there too)."""
-    from engine.dmp.config import check_settings
-    from engine.tls import tls_settings_problems
-
     from engine.cda.checker import kit_problems, needs_kit
     from engine.config.statistics import statistics_problems
-    from engine.connectors_mss import mss_channel_problems
+    from engine.connectors.catalogue import reference_problems
 
     problems: list[str] = kit_problems(config.engine.cda_kit, config.root) if needs_kit(config) else []
-    problems += mss_channel_problems(config)
-    problems += statistics_problems(config.root)
-    for channel in config.channels.values():
-        tls = getattr(channel, "tls", None)
-        if tls is not None:
-            problems += tls_settings_problems(channel.name, tls)
-        if channel.type == "dmp":
-            problems += [f"channel {channel.name}: {p}"
-                         for p in check_settings(channel.client_settings(config.root), now)]
-    return problems
+    return problems + reference_problems(config, now) + statistics_problems(config.root)
 
 
 def undeferred_dmp_warnings(config) -> list[str]:
@@ -105,7 +93,7 @@ def order_check_warnings(config) -> list[str]:
     """Routes forwarding orders (ORM, OMI) from a listener that does not check them against the
     teleradiology profile before its ACK (`tlr_orders`): a platform would refuse them later."""
     from engine.config.routes import as_list
-    from engine.intake import TLR_ORDER_CODES
+    from engine.mllp.intake import TLR_ORDER_CODES
 
     listeners = {c.name: c for c in config.channels_of_type("mllp-in")}
     warnings = []

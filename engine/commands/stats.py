@@ -78,7 +78,7 @@ def run(args) -> int:
         return 0
     try:
         if args.action == "rebuild":
-            return _rebuild(conn)
+            return _rebuild(conn, config)
         return _show(conn, args, first, last, settings)
     finally:
         conn.close()
@@ -115,11 +115,13 @@ def _show(conn, args, first: str, last: str, settings) -> int:
     return 0
 
 
-def _rebuild(conn) -> int:
+def _rebuild(conn, config) -> int:
+    from engine.journal.dialect import POSTGRES, SQLITE
+    from engine.journal.postgres import is_postgres_url
     from engine.journal.stats import rebuild
 
     started = time.monotonic()
-    done = rebuild(conn)
+    done = rebuild(conn, POSTGRES if is_postgres_url(config.engine.journal) else SQLITE)
     kept = f"; months up to {done.kept_through} kept as they were (retention removed their events)" \
         if done.kept_through else ""
     print(f"statistics rebuilt from {done.messages} message(s) and {done.events} outcome event(s): "

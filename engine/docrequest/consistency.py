@@ -72,6 +72,13 @@ def read_cda_header(content: bytes) -> CdaHeader:
     )
 
 
+def entity_id(ei: str | None) -> str:
+    """EI-1 of TXA-12/13, the document's identity: the ANS examples put a namespace name in EI-2
+    (`<oid>^Organisation-Y`), which is not part of it (nor of the DMP uniqueId). The one place
+    this is decided: cancelling by document, the DMP mapping and the supersede checks use it."""
+    return (ei or "").split("^", 1)[0].strip()
+
+
 def parse_ei(text: str) -> InstanceId:
     """TXA-12/13 EI → CDA II: `ext^ns^root^ISO` → (root, ext); otherwise the OID in EI-1."""
     parts = [p.strip() for p in text.split("^")]

@@ -178,6 +178,22 @@ class Flags(BaseModel):
         """Flag value by MetaDMPMSS code."""
         return getattr(self, code.lower())
 
+    # The one mapping of these rows onto each connector's flags (an absent row is N).
+    def to_dmp(self):
+        from engine.dmp.model import DmpFlags
+
+        return DmpFlags(masque_ps=bool(self.masque_ps), invisible_patient=bool(self.invisible_patient),
+                        invisible_rep_legaux=bool(self.invisible_rep_legaux),
+                        connexion_secrete=bool(self.connexion_secrete), modif_conf_code=bool(self.modif_conf_code))
+
+    def to_mss(self):
+        from engine.mss.models import MssFlags
+
+        return MssFlags(**self.to_dmp().model_dump(), dest_dmp=bool(self.destdmp),
+                        dest_mssante_ps=bool(self.destmssanteps), dest_mssante_pat=bool(self.destmssantepat),
+                        ack_reception=bool(self.ack_reception), ack_lecture=bool(self.ack_lecture_mss),
+                        patient_no_reply=self.patient_may_not_reply)
+
 
 class CodedType(BaseModel):
     """A CE/CWE document type (J07 code, label, coding system)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
+
+from engine.journal.dialect import Dialect
 
 # Message states written at intake; later stages add their own (routed, sent, acked, failed...).
 RECEIVED = "received"
@@ -71,7 +73,22 @@ class StoredMessage:
 
 
 class Journal(Protocol):
-    """What the engine needs from storage. Methods returning Deferreds are safe on the reactor."""
+    """What the engine needs from storage. Methods returning Deferreds are safe on the reactor.
+    Both implementations (SQLiteJournal, PostgresJournal) provide all of it; the contract tests
+    (tests/journal/test_contract.py) run the same checks on both."""
+
+    dialect: Dialect  # what differs in their SQL (engine/journal/dialect.py)
+    durability: str  # what an AA guarantees, said in the engine.started log line
+    node: str
+    #: this node dispatches (always on SQLite; the elected leader of a shared journal)
+    is_leader: bool
+    #: set by the engine: called when another node received a message / queued work for a destination
+    on_received: Callable[[], None]
+    on_queued: Callable[[str], None]
+
+    def notify_queued(self, conn, destinations) -> None:
+        """Inside a `submit` operation: wake the other nodes' workers of these destinations when
+        the transaction commits (nothing to do on a journal of one node)."""
 
     def start(self) -> None: ...
 

@@ -10,7 +10,7 @@ cancelled (operator, or a newer version / delete of the same document inside the
 The SQL runs on SQLite and on PostgreSQL (through engine/journal/postgres.py's connection, which
 takes the same `?` placeholders). State changes that may race with another node are conditional
 UPDATEs (`... AND state='pending' RETURNING`), and a claim locks its rows (`FOR UPDATE SKIP
-LOCKED` on PostgreSQL, where `conn.lock_rows` says so), so one delivery is sent by one node.
+LOCKED` on PostgreSQL, where the journal's `dialect` says so), so one delivery is sent by one node.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ import bisect
 import time
 from dataclasses import dataclass
 
-from typing import TYPE_CHECKING
-
 from engine.journal import events as journal_events
-
-if TYPE_CHECKING:  # the routing plans this module writes; only their attributes are read here
-    from engine.routing.plan import NewDelivery, Plan
+from engine.journal.dialect import SQLITE, Dialect
+from engine.journal.plans import NewDelivery, Plan
 
 PENDING, SENDING, DONE, DEAD, CANCELLED = "pending", "sending", "done", "dead", "cancelled"
 #: put aside by an operator (`pfi hold`): never sent until `pfi release`; it holds its key back
@@ -204,7 +201,7 @@ def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) 
 
 
 def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
-                lease_until: float | None = None) -> list[Delivery]:
+                lease_until: float | None = None, dialect: Dialect = SQLITE) -> list[Delivery]:
     """Up to `limit` due deliveries in send order. A delivery enters the batch only if every older
     pending or sending delivery of its key is already in the batch: rows skipped by the candidate
     query (not yet due, in flight, or locked by another node's claim) hold their key back."""
@@ -214,7 +211,7 @@ def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
         f"SELECT {_COLUMNS} FROM deliveries d WHERE destination=? AND state=? AND next_attempt<=?"
         " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination=d.destination AND o.fifo_key=d.fifo_key"
         " AND o.id<d.id AND (o.state IN (?, ?) OR (o.state=? AND o.next_attempt>?)))"
-        f" ORDER BY id LIMIT ?{getattr(conn, 'lock_rows', '')}",
+        f" ORDER BY id LIMIT ?{dialect.lock_rows}",
         (destination, PENDING, now, SENDING, HELD, PENDING, now, limit * 4)).fetchall()]
     if not rows:
         return []
@@ -543,3 +540,14 @@ def _fmt(ts: float | None) -> str:
     if ts is None:
         return "-"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def open_work(conn) -> int:
+    """Messages still to route plus deliveries still to send (`pfi test` waits for zero)."""
+    return conn.execute("SELECT (SELECT count(*) FROM messages WHERE state='received')"
+                        " + (SELECT count(*) FROM deliveries WHERE state IN ('pending','sending'))").fetchone()[0]
+
+
+def event_counts(conn) -> dict[str, int]:
+    """How many events of each state the journal holds (the demo's summary)."""
+    return dict(conn.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall())

@@ -37,6 +37,10 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._turn: list = []  # inbound records of the current reactor turn
+        # Set by the engine; a shared journal calls them when another node received a message or
+        # queued work (engine/journal/postgres.py), a local one never needs to.
+        self.on_received: Callable[[], None] = lambda: None
+        self.on_queued: Callable[[str], None] = lambda destination: None
 
     # -- to implement ----------------------------------------------------------------------
     def _commit(self, batch: list) -> None:

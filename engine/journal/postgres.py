@@ -31,6 +31,7 @@ from twisted.internet import defer, task, threads
 from engine.errors import JournalError
 from engine.journal import events, pgschema, stats
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
+from engine.journal.dialect import POSTGRES
 from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 
 log = structlog.get_logger(__name__)
@@ -55,8 +56,6 @@ def is_postgres_url(value: str) -> bool:
 class PgConnection:
     """A psycopg connection that takes the engine's portable SQL (`?` placeholders, as SQLite)."""
 
-    lock_rows = " FOR UPDATE SKIP LOCKED"
-
     def __init__(self, raw: psycopg.Connection):
         self.raw = raw
 
@@ -69,11 +68,6 @@ class PgConnection:
         cur = self.raw.cursor()
         cur.executemany(_pg_sql(sql), list(rows))
         return cur
-
-    def notify_queued(self, destinations) -> None:
-        """Wake every node's worker of these destinations when the transaction commits."""
-        for name in set(destinations):
-            self.raw.execute("SELECT pg_notify(%s, %s)", (_NOTIFY_QUEUED, name))
 
     def close(self) -> None:
         self.raw.close()
@@ -110,6 +104,7 @@ class PgPayloads:
 
 class PostgresJournal(GroupCommitWriter):
     durability = DURABILITY
+    dialect = POSTGRES
 
     def __init__(self, url: str, reactor=None, node: str = "", lease: float = 15.0):
         from twisted.internet import reactor as default_reactor
@@ -119,8 +114,6 @@ class PostgresJournal(GroupCommitWriter):
         self.lease = lease
         self.store = PgPayloads()
         self.is_leader = False
-        self.on_received = lambda: None           # set by the engine: wake the dispatcher
-        self.on_queued = lambda destination: None  # set by the engine: wake a destination worker
         self._conn: PgConnection | None = None
         self._session: PgConnection | None = None
         self._pool: ConnectionPool | None = None
@@ -131,6 +124,11 @@ class PostgresJournal(GroupCommitWriter):
         self._heartbeat.clock = self.reactor
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def notify_queued(self, conn, destinations) -> None:
+        """Wake every node's worker of these destinations when the transaction on `conn` commits."""
+        for name in set(destinations):
+            conn.raw.execute("SELECT pg_notify(%s, %s)", (_NOTIFY_QUEUED, name))
     def start(self) -> None:
         self._connect_all()
         self._heartbeat.start(TICK, now=False)
@@ -213,7 +211,7 @@ class PostgresJournal(GroupCommitWriter):
             conn.raw.execute("COMMIT")
         except Exception as exc:  # server gone, disk full: every caller must hear it
             _rollback(conn)
-            log.error("journal.commit_failed", error=str(exc), batch=len(batch))
+            log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             results = [JournalError(f"journal write failed: {exc}")] * len(batch)
         self._answer(batch, results)
 

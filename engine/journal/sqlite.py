@@ -22,6 +22,7 @@ import structlog
 from engine.errors import JournalError
 from engine.journal import events, schema, stats
 from engine.journal.base import DUPLICATE, InboundRecord, JournalEvent, StoredMessage
+from engine.journal.dialect import SQLITE
 from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 from engine.journal.payloads import PayloadStore
 
@@ -54,6 +55,8 @@ class SQLiteJournal(GroupCommitWriter):
     """Journal on local files under `data_dir`: journal.sqlite and payloads/."""
 
     durability = DURABILITY
+    dialect = SQLITE
+    is_leader = True  # one process owns the files: it is always the dispatcher
     lease = 300.0  # one process owns the file: a lease only matters after its own restart
 
     def __init__(self, data_dir: Path, reactor=None, node: str = "local"):
@@ -68,6 +71,9 @@ class SQLiteJournal(GroupCommitWriter):
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
 
+
+    def notify_queued(self, conn, destinations) -> None:
+        """Nothing to do: the only node's workers are woken in-process."""
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._writer = connect(self.db_path)
@@ -195,7 +201,7 @@ class SQLiteJournal(GroupCommitWriter):
             conn.execute("COMMIT")
         except Exception as exc:  # disk full, read-only, I/O error: every caller must hear it
             self._abort(conn, store, position)
-            log.error("journal.commit_failed", error=str(exc), batch=len(batch))
+            log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             failure = JournalError(f"journal write failed: {exc}")
             results = [failure] * len(batch)
         self._answer(batch, results)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from engine.journal.dialect import SQLITE, Dialect
 from engine.stats.facts import REPORT, MessageFacts
 from engine.stats.months import month_of, month_start, next_month
 from engine.stats.outcomes import OUTCOME_STATES, event_measures, identity_change, message_measures
@@ -209,16 +210,15 @@ class Rebuilt:
     counters: int
 
 
-def rebuild(conn) -> Rebuilt:
+def rebuild(conn, dialect: Dialect = SQLITE) -> Rebuilt:
     """Recompute the counters from the journal (facts and events) with the same rules as the
     incremental counting, in one transaction. Months whose events retention removed (up to
     `purged_through`) are kept as they are."""
-    postgres = hasattr(conn, "notify_queued")
     conn.execute("BEGIN IMMEDIATE")  # PgConnection runs it as BEGIN
     try:
-        if postgres:  # nodes counting meanwhile wait for the rebuild, then add to its result
+        if dialect.shared:  # nodes counting meanwhile wait for the rebuild, then add to its result
             conn.execute("LOCK TABLE stats_counters, stats_identities IN EXCLUSIVE MODE")
-        result = _rebuild(conn)
+        result = _rebuild(conn, dialect)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -226,7 +226,7 @@ def rebuild(conn) -> Rebuilt:
     return result
 
 
-def _rebuild(conn) -> Rebuilt:
+def _rebuild(conn, dialect: Dialect) -> Rebuilt:
     horizon = purged_through(lambda sql, args=(): conn.execute(sql, args).fetchall())
     kept = month_of(horizon) if horizon is not None else None
     first = next_month(kept) if kept else None
@@ -234,16 +234,17 @@ def _rebuild(conn) -> Rebuilt:
     conn.execute(f"DELETE FROM stats_counters {where}", args)
     conn.execute(f"DELETE FROM stats_identities {where}", args)
     deltas: Counter = Counter()
-    messages = _rebuild_messages(conn, where, args, deltas)
-    events = _rebuild_events(conn, month_start(first) if first else None, deltas)
+    messages = _rebuild_messages(conn, dialect, where, args, deltas)
+    events = _rebuild_events(conn, dialect, month_start(first) if first else None, deltas)
     add_counters(conn, deltas)
     return Rebuilt(first, kept, messages, events, sum(1 for n in deltas.values() if n))
 
 
-def _rebuild_messages(conn, where: str, args: list, deltas: Counter) -> int:
+def _rebuild_messages(conn, dialect: Dialect, where: str, args: list, deltas: Counter) -> int:
     """Facts month by month (identity cells never span two months: one month's keys in memory)."""
     count, month, identities = 0, None, {}
-    for row in _stream(conn, f"SELECT {', '.join(_FACT_COLUMNS)} FROM stats_messages {where} ORDER BY month, id", args):
+    for row in _stream(conn, dialect, f"SELECT {', '.join(_FACT_COLUMNS)} FROM stats_messages {where} ORDER BY month, id",
+                       args):
         fact = MessageFacts(*row)
         if fact.month != month:
             _upsert_identities(conn, identities)
@@ -261,7 +262,7 @@ def _rebuild_messages(conn, where: str, args: list, deltas: Counter) -> int:
     return count
 
 
-def _rebuild_events(conn, since: float | None, deltas: Counter) -> int:
+def _rebuild_events(conn, dialect: Dialect, since: float | None, deltas: Counter) -> int:
     kinds = dict(conn.execute("SELECT name, kind FROM stats_channels").fetchall())
     states = sorted(OUTCOME_STATES)
     sql = (f"SELECT e.at, e.state, e.channel, e.detail, {', '.join('f.' + c for c in _FACT_COLUMNS)} FROM events e"
@@ -270,7 +271,7 @@ def _rebuild_events(conn, since: float | None, deltas: Counter) -> int:
     if since is not None:
         sql, args = sql + " AND e.at >= ?", args + [since]
     count = 0
-    for at, state, channel, detail, *fact_row in _stream(conn, sql + " ORDER BY e.id", args):
+    for at, state, channel, detail, *fact_row in _stream(conn, dialect, sql + " ORDER BY e.id", args):
         fact = MessageFacts(*fact_row)
         for measure in event_measures(state, detail or "", kinds.get(channel, ""), fact):
             deltas[(month_of(at), fact.site, fact.doc_type, measure)] += 1
@@ -278,10 +279,10 @@ def _rebuild_events(conn, since: float | None, deltas: Counter) -> int:
     return count
 
 
-def _stream(conn, sql: str, args: list):
+def _stream(conn, dialect: Dialect, sql: str, args: list):
     """Rows of a large query without holding them all: SQLite steps its cursor; PostgreSQL needs a
     server-side cursor (a client cursor would fetch every row first)."""
-    if hasattr(conn, "notify_queued"):
+    if dialect.shared:
         from engine.journal.postgres import _pg_sql
 
         cursor = conn.raw.cursor(name="stats_rebuild")

@@ -21,7 +21,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 
-from engine.intake import Intake, IntakePolicy, quarantine, reject_oversized
+from engine.mllp.intake import Intake, IntakePolicy, quarantine, reject_oversized
 from engine.log import EveryFewSeconds
 from engine.mllp.budget import BufferBudget
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, Oversized, frame

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from engine.docrequest.consistency import entity_id
 from engine.hl7.scan import Header, scan
 
 
@@ -47,7 +48,7 @@ class MessageContext:
         if request is None:
             return "", "", ""
         doc_id = request.document_id or _cda_id(request)
-        return request.action.value, _norm(doc_id), _norm(request.replaced_document_id)
+        return request.action.value, entity_id(doc_id), entity_id(request.replaced_document_id)
 
 
 def _cda_id(request) -> str:
@@ -62,7 +63,3 @@ def _cda_id(request) -> str:
     return f"{header.id.root}.{header.id.extension}" if header.id.extension else header.id.root
 
 
-def _norm(doc_id: str) -> str:
-    """The entity identifier (EI-1) of TXA-12/13: EI-2 carries a namespace name in the ANS
-    examples, which is not part of the document's identity."""
-    return doc_id.split("^", 1)[0].strip()

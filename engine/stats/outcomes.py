@@ -99,7 +99,7 @@ def _integration(state: str, detail: str) -> list[str]:
 
 def outcome_code(detail: str) -> str:
     """The code of a dead-letter detail: `delivery 12: [gave up after 3 attempts: ][PFI:]CODE: label`
-    (engine/connectors.py failure_reason) -> CODE."""
+    (engine/connectors/base.py Outcome.reason) -> CODE."""
     text = _GAVE_UP.sub("", _DELIVERY_PREFIX.sub("", detail or ""))
     if text.startswith("PFI:"):
         text = text[4:]
@@ -108,7 +108,7 @@ def outcome_code(detail: str) -> str:
 
 def audience_summary(detail: str) -> dict[str, str]:
     """{'professionals' | 'patient': 'sent' | 'failed' | 'not_sent'} from the MSSanté connector's
-    outcome (engine/connectors_mss.py audience_summary): a mail accepted by the server for one
+    outcome (engine/connectors/mssante.py audience_summary): a mail accepted by the server for one
     recipient at least is sent; refused by the server, failed; never submitted (a PFI rule), not sent."""
     verdicts = {}
     for name, accepted, refused, not_sent in _AUDIENCE.findall(detail or ""):

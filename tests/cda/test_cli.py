@@ -36,7 +36,7 @@ def test_valid_file_exits_zero_and_warnings_are_optional(capsys, kit3, schematro
 
 
 def test_hl7_message_is_validated_through_its_request(capsys, kit3, cda_kit, schematron_cache):
-    # Was "not yet supported"; the document-request wiring (tests/docwire) now validates the CDA inside.
+    # Was "not yet supported"; the document-request wiring (tests/docrequest) now validates the CDA inside.
     message = next(cda_kit.glob("hl7V2-exemples/**/message_MDM_CR_Radio_INIT_N1_Base64.er7"))
     code, lines = run(capsys, message, "--kit", kit3, "--cache-dir", schematron_cache)
     assert code == 1 and lines[-1] == f"{message}: INVALID (request 0 errors; 1 document, 0 valid)"

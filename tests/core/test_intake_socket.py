@@ -215,7 +215,7 @@ async def test_msh_without_field_separator_is_answered_and_the_pipeline_survives
 
 @pytest_twisted.ensureDeferred
 async def test_an_internal_fault_is_ar_207_journaled_and_the_connection_survives(engine, monkeypatch):
-    import engine.intake as intake_module
+    import engine.mllp.intake as intake_module
 
     real_judge = intake_module.judge
 

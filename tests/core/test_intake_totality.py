@@ -91,7 +91,7 @@ async def test_malformed_msh_is_ae_with_an_err_and_kept_raw(engine, name):
 @pytest_twisted.ensureDeferred
 async def test_an_unexpected_fault_is_ar_207_journaled_and_logged_once(engine, monkeypatch):
     """A defect anywhere in the per-frame path (here: the MSH scan) is an AR, not a dropped link."""
-    import engine.intake as intake_module
+    import engine.mllp.intake as intake_module
 
     real_scan = intake_module.scan
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from engine.docrequest import Action, Volet, check_consistency, parse_document_request
 from engine.hl7 import Message
-from engine.zam import wants_zam
+from engine.docrequest.zam import wants_zam
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 

@@ -8,7 +8,7 @@ import pytest
 
 from engine.docrequest import parse_document_request
 from engine.hl7 import Message
-from engine.zam import ZamKind, build_zam, wants_zam
+from engine.docrequest.zam import ZamKind, build_zam, wants_zam
 
 V21 = "hl7V2-exemples/Volets/TRANS_DOC_CDA_HL7V2/V2.1/ORU/Transmission initiale ORU"
 

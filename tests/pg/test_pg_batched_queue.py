@@ -7,6 +7,7 @@ import time
 
 import psycopg
 
+from engine.journal.dialect import POSTGRES
 from engine.journal.postgres import PgConnection, PgPayloads
 from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery, Plan
@@ -28,7 +29,7 @@ def test_a_batch_of_plans_is_queued_claimed_and_finished_with_its_own_ids_and_pa
         queued = conn.execute("SELECT message_uid, detail FROM events WHERE state='queued'").fetchall()
         assert len(queued) == 300 and all(detail.startswith(f"delivery {ids[uid]} (") for uid, detail in queued)
         with raw.transaction():
-            claimed = queue.claim_batch(conn, "d", time.time(), "n", limit=64)
+            claimed = queue.claim_batch(conn, "d", time.time(), "n", limit=64, dialect=POSTGRES)
             raws = PgPayloads.messages_raw(conn, [d.message_uid for d in claimed])
             follows = queue.finish_all(conn, [(d, "AA") for d in claimed], "done", "n", time.time())
         assert [d.message_uid for d in claimed] == uids[:64]

@@ -10,6 +10,7 @@ import psycopg
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from engine.journal.dialect import POSTGRES
 from engine.journal.postgres import PgConnection, PostgresJournal
 from engine.journal.reader import PgJournalReader
 from engine.journal import deliveries as queue
@@ -156,7 +157,7 @@ def test_concurrent_claims_are_exclusive_and_keep_fifo_per_key(pg_url):
             conn = PgConnection(raw)
             while True:
                 conn.execute("BEGIN")
-                batch = queue.claim_batch(conn, "dest", time.time(), node, limit=8)
+                batch = queue.claim_batch(conn, "dest", time.time(), node, limit=8, dialect=POSTGRES)
                 conn.execute("COMMIT")
                 if not batch:
                     with lock:

@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 
 from engine.journal.reader import JournalReader
-from tests.docwire.corpus import GOOD, INS_MISMATCH, V20_MDM, V20_ORU, with_control_id
+from tests.docrequest.corpus import GOOD, INS_MISMATCH, V20_MDM, V20_ORU, with_control_id
 from tests.support import intake_events, client_for, exchange, inbound, sample_adt, start_engine, write_config
 
 

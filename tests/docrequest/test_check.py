@@ -15,7 +15,7 @@ from engine.docrequest.errors import HL7Error, app_error
 from engine.errors import ConfigurationError
 from engine.hl7.scan import scan
 from engine.service import policy_for
-from tests.docwire.corpus import GOOD, INS_MISMATCH, V20_ORU
+from tests.docrequest.corpus import GOOD, INS_MISMATCH, V20_ORU
 from tests.support import inbound, sample_adt, write_config
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.docwire.corpus import GOOD, INS_MISMATCH, V20_MDM
+from tests.docrequest.corpus import GOOD, INS_MISMATCH, V20_MDM
 from tests.support import ROOT
 
 KIT = ROOT.parent / "shared" / "corpus" / "cda" / "TestContenuCDA-3-0"

@@ -24,7 +24,7 @@ from engine.ids import new_id
 from engine.journal.base import DUPLICATE, RECEIVED, REJECTED, InboundRecord
 from engine.log import EveryFewSeconds
 
-log = structlog.get_logger("engine.intake")
+log = structlog.get_logger("engine.intake")  # the name operators filter on
 
 DEFAULT_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8")
 PROCESSING_IDS = ("P", "T", "D")
@@ -370,12 +370,17 @@ def _reject(code: int, location: str, reason: str) -> Verdict:
     return Verdict("AE", (AckError(code, location, reason),), reason)
 
 
-def _index(record: InboundRecord, h: Header, policy: IntakePolicy, accepted: bool) -> None:
+def index_header(record: InboundRecord, h: Header) -> None:
+    """The journal's index fields of a record, from its scanned MSH/PID (every intake path)."""
     record.sender, record.facility = h.sending_app, h.sending_facility
     record.receiver, record.receiver_facility = h.receiving_app, h.receiving_facility
     record.control_id, record.msg_type = h.control_id, h.message_type
     record.version, record.profile = h.version, h.profile
     record.patient_ids, record.charset = h.patient_ids, h.charset
+
+
+def _index(record: InboundRecord, h: Header, policy: IntakePolicy, accepted: bool) -> None:
+    index_header(record, h)
     # Only accepted messages count for duplicates: a rejected one may be fixed and sent again.
     if accepted and policy.duplicate_window > 0:
         record.dup_key = "\x1f".join((policy.channel, h.sending_app, h.sending_facility, h.control_id))

@@ -1,0 +1,21 @@
+"""What differs between the two journals' SQL, said once and explicitly (instead of probing the
+connection): the journal modules write portable statements (`?` placeholders, as SQLite), the
+PostgreSQL connection converts placeholders once per statement (engine/journal/postgres.py,
+cached), and whatever else differs is an attribute here that the caller passes down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    #: appended to a claim's SELECT: rows another node is claiming are skipped, not waited for
+    lock_rows: str
+    #: several engine nodes share this journal (leases, leadership and notifications matter)
+    shared: bool
+
+
+SQLITE = Dialect("sqlite", lock_rows="", shared=False)
+POSTGRES = Dialect("postgresql", lock_rows=" FOR UPDATE SKIP LOCKED", shared=True)
