@@ -22,6 +22,7 @@ PgConnection), or a `read(sql, args) -> rows` function for the queries.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -152,8 +153,6 @@ _kinds_cache: dict = {"at": float("-inf"), "kinds": {}}
 
 
 def _channel_kinds(conn, names: set[str]) -> dict[str, str]:
-    import time
-
     names = {n for n in names if n}
     cache = _kinds_cache
     if names - cache["kinds"].keys() or time.monotonic() - cache["at"] > KINDS_TTL:
