@@ -149,7 +149,9 @@ class Engine(Sequence):
         self.data_dir = Path(data_dir)
         self.node = config.engine.node or socket.gethostname()
         self.metrics = EngineMetrics(node=self.node)
+        self.metrics.channels = frozenset(config.channels)
         self.journal = open_journal(config.engine, self.data_dir, reactor, self.node)
+        self.journal.event_listeners.append(self.metrics.observe_events)
         self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
         self.dispatcher.metrics = self.metrics
