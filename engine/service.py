@@ -220,7 +220,8 @@ class Engine(Sequence):
         from engine.cda.checker import routes_validate_cda
 
         env = Environment(self.config.channels, self.config.root, patients=self.patients,
-                          cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None)
+                          cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None,
+                          now=self.clock.seconds)
         self.build_context = BuildContext(self.config, self.reactor, self.clock, consent=self.patients,
                                           enqueue=self._enqueue, journal=self.journal)
         if connectors is None:
