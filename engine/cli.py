@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.mss",
     "engine.commands.patient",
     "engine.commands.db",
+    "engine.console.cli",
 )
 
 

@@ -244,6 +244,8 @@ class Engine(service.MultiService):
         await self.journal.open()
         await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
         await self.dispatcher.start()
+        for name, listener in self.listeners.items():
+            self.metrics.listening.labels(name).set(1 if listener.port is not None else 0)
         self._size_loop.start(10.0, now=True)
         self._summary_loop.start(10.0, now=False)
         self._certificate_loop.start(CERTIFICATE_CHECK_EVERY, now=True)
