@@ -114,6 +114,7 @@ class ConsoleResource(resource.Resource):
         return self._page(request, "error.html", session, status=404, message="No such page.")
 
     def _post_allowed(self, request, session) -> bool:
+        # Referrer-Policy same-origin (not no-referrer): Chromium then sends our Origin, not "null".
         origin = request.getHeader("origin")
         if origin and origin != self._origin(request):
             return False
@@ -385,7 +386,7 @@ def _routes(app: ConsoleResource) -> list:
 
 def _headers(request, secure: bool) -> None:
     for name, value in (("content-security-policy", CSP), ("x-frame-options", "DENY"),
-                        ("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer"),
+                        ("x-content-type-options", "nosniff"), ("referrer-policy", "same-origin"),
                         ("cache-control", "no-store"), ("cross-origin-opener-policy", "same-origin"),
                         ("cross-origin-resource-policy", "same-origin"),
                         ("permissions-policy", "camera=(), microphone=(), geolocation=()")):
