@@ -29,6 +29,7 @@ var/pki/client-second.pem: | $(STAMP)
 # The shipped configuration (route tests, pfi check) names the simulators' test PKIs.
 test: $(STAMP) var/mss-sim-pki/ca.pem var/pki/client-second.pem chromium
 	$(BIN)/ruff check engine bench tests
+	$(BIN)/mypy engine/connectors engine/config
 	$(BIN)/python -m pytest -q tests
 
 # The console's browser tests drive Debian's Chromium (never a downloaded browser): installed here

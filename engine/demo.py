@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 
 from engine.hl7.scan import scan
-from engine.mllp.framing import Frame, MLLPDecoder, frame
+from engine.sim.mllp import MllpPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 ANS = ROOT.parent / "shared" / "corpus" / "ans"
@@ -32,42 +32,6 @@ PORTS = {"PFI_RIS_PORT": 32575, "PFI_TLR_A_PORT": 32580, "PFI_TLR_B_PORT": 32582
          "PFI_DRIMBOX_PORT": 32590}
 DELAY = 2.0
 MSS_MAILBOX, MSS_PASSWORD = "pfi@localhost.mssante.fr", "pfi"
-
-
-class Peer(protocol.ServerFactory):
-    """An MLLP system that records what it receives (and when) and answers AA."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.received: list[tuple[float, bytes]] = []
-
-    def buildProtocol(self, addr):
-        p = _PeerProtocol()
-        p.factory = self
-        return p
-
-    def summary(self) -> list[str]:
-        out = []
-        for _, raw in self.received:
-            h = scan(raw)
-            out.append(f"{h.message_type} {h.control_id}")
-        return out
-
-    def control_ids(self) -> list[str]:
-        return [scan(raw).control_id for _, raw in self.received]
-
-
-class _PeerProtocol(protocol.Protocol):
-    def connectionMade(self):
-        self.decoder = MLLPDecoder()
-
-    def dataReceived(self, data):
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                self.factory.received.append((time.time(), event.payload))
-                ctrl = scan(event.payload).control_id
-                ack = f"MSH|^~\\&|{self.factory.name}|X|PFI|Y|20261122||ACK|A{ctrl}|P|2.5\rMSA|AA|{ctrl}\r"
-                self.transport.write(frame(ack.encode()))
 
 
 def as_message(path: Path, control_id: str, edits: dict[bytes, bytes] | None = None) -> bytes:
@@ -189,7 +153,7 @@ def fictional_delete(control_id: str) -> bytes:
 
 @dataclass
 class DemoResult:
-    peers: dict[str, Peer]
+    peers: dict[str, MllpPeer]
     dmp_documents: list = field(default_factory=list)
     journal_states: dict[str, int] = field(default_factory=dict)
     sent_at: dict[str, float] = field(default_factory=dict)
@@ -206,7 +170,7 @@ async def run_demo(workdir: Path, restart_midway: bool = False, say=print) -> De
     sim.start()
     _environment(pki, sim.base_url)
     mail_operator, mail_ports = _start_mss_simulator(workdir)
-    peers = {name: Peer(name) for name in ("RIS", "TLR-A", "DRIMBOX")}
+    peers = {name: MllpPeer(name) for name in ("RIS", "TLR-A", "DRIMBOX")}
     listening = [reactor.listenTCP(PORTS[var], peers[name], interface="127.0.0.1")
                  for name, var in (("RIS", "PFI_RIS_OUT_PORT"), ("TLR-A", "PFI_TLR_A_OUT_PORT"),
                                    ("DRIMBOX", "PFI_DRIMBOX_PORT"))]
@@ -305,15 +269,15 @@ async def _script(engine, sim, result: DemoResult, workdir: Path, restart_midway
     await _send(result, "PFI_ADT_PORT", as_message(CONSENT / "NonConsentementConsultation_OppositionAlimentation.er7",
                                                   "ADT-1", {b"279035121518989": FICTIONAL_INS}), say)
     await _send(result, "PFI_RIS_PORT", demo_reports()["REP-3"], say)
-    await _until(lambda: any(b"REP-3" in raw and b"ZAM^Z01" in raw for _, raw in peers["RIS"].received), timeout=30)
+    await _until(lambda: any(b"REP-3" in raw and b"ZAM^Z01" in raw for raw in peers["RIS"].received), timeout=30)
     await _sleep(1.0)
     return engine
 
 
 async def _journal_summary(engine) -> dict[str, int]:
-    rows = await engine.journal.submit(
-        lambda c, s: c.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall(), logged=True)
-    return dict(rows)
+    from engine.journal.deliveries import event_counts
+
+    return await engine.journal.submit(lambda c, s: event_counts(c), logged=True)
 
 
 async def _sleep(seconds: float) -> None:

@@ -1,16 +1,21 @@
-"""The engine's service tree, built by one function in a fixed order:
-journal -> intake -> listeners -> metrics endpoint. Stopping runs it backwards: listeners stop
-accepting first, in-flight commits finish, then the journal closes."""
+"""The engine's service tree, started in a fixed order, each part after the previous one is up:
+
+    CDA checkers warmed up -> patient registry -> journal -> dispatcher (in-flight sends reset,
+    one service per destination worker, the planner) -> channel services (mail pollers) ->
+    intake summary -> listeners -> metrics endpoint -> periodic tasks
+
+Stopping runs it backwards, each part after the next one is down: listeners stop accepting
+first, the planning cycle and the sends in flight finish and are recorded, then the journal
+closes, then the registry."""
 
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import structlog
-from twisted.application import service
-from twisted.internet import defer, task, threads
+from twisted.application import internet, service
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
 from engine.config.channels import MllpInSettings
@@ -27,6 +32,60 @@ from engine.routing.plan import Environment
 log = structlog.get_logger("engine.service")
 RETENTION_EVERY = 60.0  # seconds between retention runs (each bounded, in short transactions)
 CERTIFICATE_CHECK_EVERY = 6 * 3600.0  # seconds between looks at certificate expiry
+
+
+class Sequence(service.MultiService):
+    """A MultiService whose children start one after the other (each waits for the Deferred of the
+    previous one's startService) and stop in reverse order the same way. Twisted's MultiService
+    starts without waiting and stops its children concurrently: a listener could then still
+    be accepting while the journal closes."""
+
+    def startService(self):
+        service.Service.startService(self)
+        return defer.ensureDeferred(self._start_children())
+
+    async def _start_children(self) -> None:
+        for child in list(self):
+            await defer.maybeDeferred(child.startService)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            if child.running:
+                await defer.maybeDeferred(child.stopService)
+
+
+class Step(service.Service):
+    """A part of the tree given as two callables (each may return a Deferred or a coroutine)."""
+
+    def __init__(self, name: str, start=None, stop=None):
+        self.setName(name)
+        self._start, self._stop = start, stop
+
+    def startService(self):
+        super().startService()
+        return _call(self._start)
+
+    def stopService(self):
+        super().stopService()
+        return _call(self._stop)
+
+
+def _call(fn):
+    if fn is None:
+        return None
+    result = fn()
+    return defer.ensureDeferred(result) if hasattr(result, "__await__") and not isinstance(result, defer.Deferred) else result
+
+
+def periodic(name: str, seconds: float, fn, clock) -> internet.TimerService:
+    timer = internet.TimerService(seconds, fn)
+    timer.clock = clock
+    timer.setName(name)
+    return timer
 
 
 class ListenerService(service.Service):
@@ -80,7 +139,7 @@ def _document_gate(settings: MllpInSettings, cda_checker=None):
     return DocumentRequestGate(charset=normalize_codec(settings.charset), cda_check=check)
 
 
-class Engine(service.MultiService):
+class Engine(Sequence):
     def __init__(self, config: Config, data_dir: Path, reactor, with_metrics: bool = True, clock=None,
                  connectors: dict | None = None):
         super().__init__()
@@ -97,26 +156,50 @@ class Engine(service.MultiService):
         # A shared journal tells this node about work other nodes queued (no-op on SQLite).
         self.journal.on_received = self.dispatcher.kick
         self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
-        self._add_mail_pollers()
         self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=self.dispatcher.kick)
         self.listeners: dict[str, ListenerService] = {}
         self.buffer_budget = BufferBudget(config.engine.max_buffered_bytes)
-        for settings in config.channels_of_type("mllp-in"):
+        self._build_tree(with_metrics)
+
+    def _build_tree(self, with_metrics: bool) -> None:
+        Step("cda-warm-up", start=self._warm_up_checkers).setServiceParent(self)
+        Step("patients", stop=self.patients.close).setServiceParent(self)
+        Step("journal", start=self.journal.open, stop=self.journal.stop).setServiceParent(self)
+        self._dispatcher_services().setServiceParent(self)
+        self._add_channel_services()
+        Step("intake-summary", stop=self.intake.flush_summary).setServiceParent(self)
+        for settings in self.config.channels_of_type("mllp-in"):
             self._add_listener(settings)
-        if with_metrics and config.engine.metrics.enabled:
+        if with_metrics and self.config.engine.metrics.enabled:
             self._add_metrics_endpoint()
-        self._size_loop = task.LoopingCall(self._measure_journal)
-        self._size_loop.clock = reactor
-        self._summary_loop = task.LoopingCall(self.intake.flush_summary)  # intake counts, every 10 s
-        self._summary_loop.clock = reactor
-        self._retention_loop = task.LoopingCall(lambda: defer.ensureDeferred(self._purge_expired()))
-        self._retention_loop.clock = reactor
-        self._certificate_loop = task.LoopingCall(self._watch_certificates)
-        self._certificate_loop.clock = reactor
+        self._add_periodic_tasks()
+
+    def _dispatcher_services(self) -> Sequence:
+        """Sends a previous run left `sending` go back to the queue before any worker claims,
+        then one service per destination worker, then the planner (stopped first)."""
+        tree = Sequence()
+        tree.setName("dispatcher")
+        Step("reset-in-flight", start=self.dispatcher.reset_in_flight).setServiceParent(tree)
+        for name, worker in self.dispatcher.workers.items():
+            Step(f"worker-{name}", start=worker.wake, stop=worker.stop).setServiceParent(tree)
+        Step("planner", start=self.dispatcher.start_planning, stop=self.dispatcher.stop_planning).setServiceParent(tree)
+        return tree
+
+    def _add_periodic_tasks(self) -> None:
+        periodic("journal-size", 10.0, self._measure_journal, self.reactor).setServiceParent(self)
+        periodic("intake-summary-every-10s", 10.0, self.intake.flush_summary, self.reactor).setServiceParent(self)
+        periodic("certificates", CERTIFICATE_CHECK_EVERY, self._watch_certificates, self.reactor).setServiceParent(self)
+        if self.config.engine.retention_days:
+            periodic("retention", RETENTION_EVERY, lambda: defer.ensureDeferred(self._purge_expired()),
+                     self.reactor).setServiceParent(self)
+
+    async def _warm_up_checkers(self) -> None:
+        # Compile the Schematrons before the first document pays for it (seconds), off the reactor.
+        for checker in self._cda_checkers.values():
+            await threads.deferToThread(checker.warm_up)
 
     def _build_dispatcher(self, connectors: dict | None) -> Dispatcher:
-        from engine.connectors import build_connectors, retry_settings
-
+        from engine.connectors.catalogue import BuildContext, build_connectors, retry_settings
         from engine.patients import PatientRegistry
 
         from engine.journal.postgres import is_postgres_url
@@ -127,21 +210,21 @@ class Engine(service.MultiService):
 
         env = Environment(self.config.channels, self.config.root, patients=self.patients,
                           cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None)
+        self.build_context = BuildContext(self.config, self.reactor, self.clock, consent=self.patients,
+                                          enqueue=self._enqueue, journal=self.journal)
         if connectors is None:
-            connectors = build_connectors(self.config, self.reactor, consent=self.patients)
+            connectors = build_connectors(self.build_context)
         return Dispatcher(self.journal, self.config.routes, env, self.clock, connectors,
                           retry_settings(self.config), self.node)
 
-    def _add_mail_pollers(self) -> None:
-        """MSSanté channels: their send connectors (ZAM^Z02 queued through `_enqueue`) and, when
-        IMAP and `deliver_to` are configured, the mailbox poller service feeding the RIS."""
-        from engine.connectors_mss import build_mail_pollers, build_mss_connectors
+    def _add_channel_services(self) -> None:
+        """The channels' own services (the MSSanté mailbox pollers feeding the RIS), when their
+        connectors are the real ones (`pfi test` replaces connectors with recorders)."""
+        from engine.connectors.catalogue import build_services
 
-        connectors = build_mss_connectors(self.config, self.reactor, self._enqueue, self.clock)
-        for name, connector in connectors.items():
-            self.dispatcher.add_destination(name, connector, self.config.channels[name].retry)
-        for poller in build_mail_pollers(self.config, self.reactor, connectors, self.clock, self.journal):
-            poller.setServiceParent(self)
+        if self.build_context.connectors:
+            for part in build_services(self.build_context):
+                part.setServiceParent(self)
 
     async def _enqueue(self, channel: str, payload: bytes, delivery) -> None:
         """Queue a connector-made message (a ZAM) for `channel`, under the original message."""
@@ -213,7 +296,7 @@ class Engine(service.MultiService):
 
     async def _purge_expired(self) -> None:
         """Retention (engine.retention_days): finished messages older than that are purged."""
-        before = time.time() - self.config.engine.retention_days * 86400
+        before = self.clock.seconds() - self.config.engine.retention_days * 86400
         try:
             purged = await self.journal.purge_before(before)
         except Exception as exc:  # a retention failure must not stop the engine
@@ -237,37 +320,12 @@ class Engine(service.MultiService):
                                                        self.data_dir / "cache" / "schematron", stages)
         return checkers[level]
 
-    async def _start(self):
-        # Compile the Schematrons before the first document pays for it (seconds), off the reactor.
-        for checker in self._cda_checkers.values():
-            await threads.deferToThread(checker.warm_up)
-        await self.journal.open()
-        await defer.DeferredList([defer.maybeDeferred(s.startService) for s in self], fireOnOneErrback=True, consumeErrors=True)
-        await self.dispatcher.start()
-        for name, listener in self.listeners.items():
+    async def _start_children(self) -> None:
+        await super()._start_children()
+        for name, listener in self.listeners.items():  # the console shows which channels listen
             self.metrics.listening.labels(name).set(1 if listener.port is not None else 0)
-        self._size_loop.start(10.0, now=True)
-        self._summary_loop.start(10.0, now=False)
-        self._certificate_loop.start(CERTIFICATE_CHECK_EVERY, now=True)
-        if self.config.engine.retention_days:
-            self._retention_loop.start(RETENTION_EVERY, now=True)
         log.info("engine.started", node=self.node, durability=self.journal.durability)
 
-    def startService(self):
-        service.Service.startService(self)
-        return defer.Deferred.fromCoroutine(self._start())
-
-    async def _stop(self):
-        for loop in (self._size_loop, self._retention_loop, self._certificate_loop, self._summary_loop):
-            if loop.running:
-                loop.stop()
-        await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(list(self))])
-        self.intake.flush_summary()
-        await self.dispatcher.stop()
-        await self.journal.stop()
-        self.patients.close()
+    async def _stop_children(self) -> None:
+        await super()._stop_children()
         log.info("engine.stopped", node=self.node)
-
-    def stopService(self):
-        service.Service.stopService(self)
-        return defer.Deferred.fromCoroutine(self._stop())

@@ -31,7 +31,7 @@ async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
     # Every report from the platform reached the RIS byte for byte (the CDA is never modified).
     sent = {c: raw for c, raw in _sent_reports().items()}
     for control, raw in sent.items():
-        [got] = [r for _, r in ris.received if _ctrl(r) == control]
+        [got] = [r for r in ris.received if _ctrl(r) == control]
         assert got == raw, control
     # DMP: the initial and its replacement, and the report sent during the outage; never the
     # report withdrawn in the delay window, never the opposed patient's.
@@ -43,12 +43,12 @@ async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
     assert len(result.dmp_documents) == 3
     # DRIMbox: only after the DMP accepted, and after the withdrawal delay.
     assert drimbox.control_ids() == ["REP-1", "REP-2", "OUT-1"]
-    for at, raw in drimbox.received:
+    for at, raw in zip(drimbox.times, drimbox.received):
         assert at - result.sent_at[_ctrl(raw)] >= DELAY
     # Business acks: success for the platform's reports, failure (opposed) for the RIS's report.
-    zams = [raw for _, raw in platform.received if b"ZAM^Z01" in raw]
+    zams = [raw for raw in platform.received if b"ZAM^Z01" in raw]
     assert any(b"|REP-1|" in z and b"ACK_RECEPTION_DMP" in z and b"|Y^^" in z for z in zams)
-    ris_zams = [raw for _, raw in ris.received if b"ZAM^Z01" in raw]
+    ris_zams = [raw for raw in ris.received if b"ZAM^Z01" in raw]
     # The RIS, master of its reports, also learns the DMP outcome of the platform's reports.
     assert any(b"|REP-1|" in z and b"|Y^^" in z for z in ris_zams)
     [refusal] = [z for z in ris_zams if b"|REP-3|" in z]

@@ -44,22 +44,11 @@ def _report(problems: list[str]) -> int:
 def material_problems(config, now: dt.datetime) -> list[str]:
     """Problems of the files the channels read: certificates, keys, CA bundles (the engine reads
     TLS paths relative to its working directory, so they are checked from there too)."""
-    from engine.dmp.config import check_settings
-    from engine.tls import tls_settings_problems
-
     from engine.cda.checker import kit_problems, needs_kit
-    from engine.connectors_mss import mss_channel_problems
+    from engine.connectors.catalogue import reference_problems
 
     problems: list[str] = kit_problems(config.engine.cda_kit, config.root) if needs_kit(config) else []
-    problems += mss_channel_problems(config)
-    for channel in config.channels.values():
-        tls = getattr(channel, "tls", None)
-        if tls is not None:
-            problems += tls_settings_problems(channel.name, tls)
-        if channel.type == "dmp":
-            problems += [f"channel {channel.name}: {p}"
-                         for p in check_settings(channel.client_settings(config.root), now)]
-    return problems
+    return problems + reference_problems(config, now)
 
 
 def undeferred_dmp_warnings(config) -> list[str]:

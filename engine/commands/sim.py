@@ -1,4 +1,5 @@
-"""`pfi sim dmp`: run the DMP simulator locally (HTTPS, client certificates of the test PKI)."""
+"""`pfi sim dmp`: the DMP simulator (HTTPS, client certificates of the test PKI); `pfi sim mllp`:
+an MLLP system (RIS, platform, DRIMbox stand-in) that records and ACKs what it receives."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ def register(subparsers) -> None:
     dmp.add_argument("--require-signature", action="store_true",
                      help="refuse submissions without the XAdES submission-set signature")
     dmp.set_defaults(handler=run_dmp)
+    mllp = services.add_parser("mllp", help="an MLLP destination (RIS, DRIMbox...) that answers every message")
+    mllp.add_argument("--port", type=int, default=2575)
+    mllp.add_argument("--host", default="127.0.0.1")
+    mllp.add_argument("--name", default="PEER", help="its MSH-3 in the ACKs")
+    mllp.add_argument("--answer", default="AA", choices=("AA", "AE", "AR", "none"),
+                      help="MSA-1 of every ACK (none: never answers, like the reference DRIMbox)")
+    mllp.set_defaults(handler=run_mllp)
 
 
 def run_dmp(args: argparse.Namespace) -> int:
@@ -45,5 +53,26 @@ def run_dmp(args: argparse.Namespace) -> int:
     sim.start()
     print(f"DMP simulator on {sim.base_url} (/repository: ITI-41, /registry: ITI-18, ITI-57)")
     print(f"client certificate: {pki.client.cert} key: {pki.client.key} CA: {pki.ca.cert}")
+    reactor.run()
+    return 0
+
+
+def run_mllp(args: argparse.Namespace) -> int:
+    """Listen, print one line per message (type and MSH-10 only: no patient data), until interrupted."""
+    from twisted.internet import reactor
+
+    from engine.hl7.scan import scan
+    from engine.sim.mllp import MllpPeer
+
+    code = None if args.answer == "none" else args.answer
+
+    def answer(raw: bytes, count: int):
+        header = scan(raw)  # stdout escapes control characters (engine/cli.py)
+        print(f"{count + 1} {header.message_type} {header.control_id} -> {code or 'no answer'}", flush=True)
+        return code
+
+    peer = MllpPeer(args.name, answer)
+    port = peer.listen(reactor, args.port, args.host)
+    print(f"MLLP peer {args.name} on {args.host}:{port}, answering {args.answer}", flush=True)
     reactor.run()
     return 0

@@ -21,13 +21,13 @@ def register(sub) -> None:
 
 
 def tail(args) -> int:
-    from engine.commands.common import load_with_overrides
+    from engine.commands.common import data_dir_for, load_with_overrides
     from engine.journal.reader import open_reader
 
     config = load_with_overrides(args)
     if config is None:
         return 2
-    reader = open_reader(args, config)
+    reader = open_reader(config.engine.journal, data_dir_for(args, config))
     if not reader.exists():
         print("journal is empty (no message received yet)")
         return 0

@@ -1,4 +1,4 @@
-"""Channel types: each declares its settings as a pydantic model, registered by short name.
+"""The MLLP channel types' settings and what every channel type shares (engine/config/kinds.py lists them all).
 
 The model is the documentation: field descriptions and defaults feed `pfi check` errors and the
 generated reference in docs/channels.md.
@@ -6,27 +6,16 @@ generated reference in docs/channels.md.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.config.types import Duration, Size
 from engine.hl7.charset import normalize_codec
 
-CHANNEL_TYPES: dict[str, type["ChannelSettings"]] = {}
-
-
-def channel_type(name: str):
-    """Class decorator registering a settings model under its `type:` name."""
-
-    def register(cls):
-        CHANNEL_TYPES[name] = cls
-        return cls
-
-    return register
-
-
 class ChannelSettings(BaseModel):
+    #: "in": a source of messages for the routes; "out": a `deliver` destination; "both"
+    direction: ClassVar[str] = "out"
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="Unique channel name; defaults to the file name")
     type: str = Field(description="Channel type")
@@ -88,9 +77,10 @@ class CharsetMixin(BaseModel):
         return value
 
 
-@channel_type("mllp-in")
 class MllpInSettings(ChannelSettings, CharsetMixin):
     """An MLLP listener: a RIS, a teleradiology platform or a hospital system sends to us."""
+
+    direction: ClassVar[str] = "in"
 
     type: Literal["mllp-in"]
     host: str = Field(default="127.0.0.1", description="Address to listen on")
@@ -169,7 +159,6 @@ class ReplyPolicy(BaseModel):
     garbage: ReplyAction = "retry"
 
 
-@channel_type("mllp-out")
 class MllpOutSettings(ChannelSettings, CharsetMixin):
     """An MLLP destination: we send and wait for its ACK."""
 

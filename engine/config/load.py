@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pydantic import ValidationError as PydanticError
 
-from engine.config.channels import CHANNEL_TYPES, ChannelSettings
+from engine.config.channels import ChannelSettings
+from engine.config.kinds import SETTINGS_MODELS
 from engine.config.engine import EngineSettings
 from engine.config.problems import Problems
 from engine.config.yamlfile import MissingVariable, YamlSyntaxError, expand_env, load_yaml, locate, position
@@ -31,8 +32,6 @@ class Config:
 def load_config(root: Path, environ=None) -> Config:
     """Read `root`/pfi.yaml, channels/*.yaml and routes.yaml; raise ConfigurationError listing
     every problem found."""
-    import engine.connectors  # noqa: F401  (registers the destination channel types)
-
     root = Path(root)
     problems = Problems()
     engine = _load_engine(root / "pfi.yaml", problems, environ)
@@ -72,7 +71,7 @@ def validate_model(model, data, path: Path, tree, problems: Problems, environ=No
         return None
 
 
-def _message(err: dict) -> str:
+def _message(err) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown setting"
     if err["type"] == "missing":
@@ -119,10 +118,10 @@ def _load_channel(path: Path, problems: Problems, environ) -> ChannelSettings | 
     if not isinstance(tree, dict):
         problems.add(path, (1, 1), "a channel file must be a mapping of settings")
         return None
-    kind = tree.get("type")
-    model = CHANNEL_TYPES.get(kind)
+    kind = str(tree.get("type"))
+    model = SETTINGS_MODELS.get(kind)
     if model is None:
-        known = ", ".join(sorted(CHANNEL_TYPES))
+        known = ", ".join(sorted(SETTINGS_MODELS))
         problems.add(path, position(tree, "type"), f"type: unknown channel type {kind!r} (known: {known})")
         return None
     data = dict(tree)

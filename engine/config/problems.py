@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from dataclasses import dataclass, field
 
 
@@ -20,7 +21,7 @@ class Problem:
 class Problems:
     items: list[Problem] = field(default_factory=list)
 
-    def add(self, file: str, position: tuple[int, int], message: str) -> None:
+    def add(self, file: str | Path, position: tuple[int, int], message: str) -> None:
         self.items.append(Problem(str(file), position[0], position[1], message))
 
     def __bool__(self) -> bool:

@@ -34,7 +34,6 @@ from engine.config.types import Duration
 from engine.config.yamlfile import YamlSyntaxError, load_yaml, position
 
 StrList = Union[str, list[str]]
-DESTINATION_TYPES = ("mllp-out", "dmp", "mssante", "file-out")
 ACTIONS = ("validate", "transform", "gate", "deliver", "stop", "patients", "zam")
 
 
@@ -210,7 +209,7 @@ def _check_match(route: Route, tree, channels: dict, path: Path, problems: Probl
     match_tree = tree.get("match") or tree
     for name in as_list(route.match.channel):
         channel = channels.get(name)
-        if channel is None or channel.type not in ("mllp-in", "mssante"):
+        if channel is None or channel.direction == "out":
             problems.add(path, position(match_tree, "channel"),
                          f"route {route.name!r}: match.channel {name!r} is not a configured inbound channel")
     for hl7_path in route.match.fields:
@@ -252,7 +251,7 @@ def _check_step(route, step: Step, tree, channels, root: Path, path, problems) -
             channel = channels.get(name)
             if channel is None:
                 problems.add(path, position(tree.get("deliver"), "to"), f"route {route.name!r}: unknown channel {name!r}")
-            elif channel.type not in DESTINATION_TYPES:
+            elif channel.direction == "in":
                 problems.add(path, position(tree.get("deliver"), "to"),
                              f"route {route.name!r}: channel {name!r} ({channel.type}) cannot be a destination")
         if step.deliver.key:

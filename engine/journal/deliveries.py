@@ -19,10 +19,7 @@ import bisect
 import time
 from dataclasses import dataclass
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the routing plans this module writes; only their attributes are read here
-    from engine.routing.plan import NewDelivery, Plan
+from engine.journal.plans import NewDelivery, Plan
 
 PENDING, SENDING, DONE, DEAD, CANCELLED = "pending", "sending", "done", "dead", "cancelled"
 #: put aside by an operator (`pfi hold`): never sent until `pfi release`; it holds its key back
@@ -545,3 +542,14 @@ def _fmt(ts: float | None) -> str:
     if ts is None:
         return "-"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def open_work(conn) -> int:
+    """Messages still to route plus deliveries still to send (`pfi test` waits for zero)."""
+    return conn.execute("SELECT (SELECT count(*) FROM messages WHERE state='received')"
+                        " + (SELECT count(*) FROM deliveries WHERE state IN ('pending','sending'))").fetchone()[0]
+
+
+def event_counts(conn) -> dict[str, int]:
+    """How many events of each state the journal holds (the demo's summary)."""
+    return dict(conn.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall())

@@ -88,11 +88,10 @@ class PgJournalReader(_PatientLabels):
         return load(self._read, uid)
 
 
-def open_reader(args, config):
-    """The reader of the configured journal (SQLite directory or PostgreSQL URL)."""
-    from engine.commands.common import data_dir_for
+def open_reader(journal: str, data_dir: Path):
+    """The reader of the configured journal (a PostgreSQL URL, or SQLite in `data_dir`/journal)."""
     from engine.journal.postgres import is_postgres_url
 
-    if is_postgres_url(config.engine.journal):
-        return PgJournalReader(config.engine.journal)
-    return JournalReader(data_dir_for(args, config) / "journal")
+    if is_postgres_url(journal):
+        return PgJournalReader(journal)
+    return JournalReader(data_dir / "journal")

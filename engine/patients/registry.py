@@ -30,6 +30,7 @@ from typing import Callable
 from twisted.internet import threads
 
 from engine.errors import JournalError
+from engine.journal import patients as tables
 from engine.patients.model import (
     AdtUpdate, ConsentValue, HistoryEntry, InsId, MergeRecord, PatientId, PatientRecord,
 )
@@ -42,29 +43,6 @@ try:
     _DB_ERRORS = (sqlite3.Error, psycopg.Error)
 except ImportError:  # pragma: no cover - psycopg is a dependency; keep the SQLite path importable
     pass
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS patients (
-    id INTEGER PRIMARY KEY,
-    ipp TEXT NOT NULL, ipp_domain TEXT NOT NULL, ipp_authority TEXT NOT NULL, ipp_oid TEXT NOT NULL,
-    ins TEXT, ins_json TEXT, identity_status TEXT NOT NULL DEFAULT '', identity_attributes TEXT NOT NULL DEFAULT '[]',
-    dmp_status TEXT NOT NULL DEFAULT '', dmp_status_date TEXT,
-    feeding_json TEXT, consultation_json TEXT,
-    merged_into INTEGER REFERENCES patients(id),
-    created_at REAL NOT NULL, updated_at REAL NOT NULL,
-    withdrawn_ins TEXT,
-    UNIQUE (ipp, ipp_domain)
-);
-CREATE INDEX IF NOT EXISTS patients_ins ON patients (ins);
-CREATE TABLE IF NOT EXISTS merges (
-    survivor_id INTEGER NOT NULL REFERENCES patients(id), old_id INTEGER NOT NULL REFERENCES patients(id),
-    at REAL NOT NULL, control_id TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY, patient_id INTEGER NOT NULL REFERENCES patients(id),
-    at REAL NOT NULL, control_id TEXT NOT NULL, event TEXT NOT NULL, changes TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_patient ON history (patient_id);
-"""
 _CONSENT_FIELDS = ("feeding", "consultation")
 #: identity_status answers besides PID-32 values: an A47 withdrew the INS; the IPP's patient has another INS
 WITHDRAWN, OTHER_INS = "WITHDRAWN", "OTHER_INS"
@@ -95,13 +73,7 @@ class PatientRegistry:
             from engine.journal.postgres import connect
 
             return connect(self.url)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        _add_withdrawn_ins(db)
-        return db
+        return tables.open_sqlite(self.path)
 
     def close(self) -> None:
         """Close the database (further calls fail)."""
@@ -150,18 +122,15 @@ class PatientRegistry:
         changes.update(self._apply_consent(patient_id, update.feeding, update.consultation))
         if update.merged_ipp is not None:
             changes.update(self._merge(patient_id, update, now))
-        self._db.execute("UPDATE patients SET updated_at=? WHERE id=?", (now, patient_id))
+        tables.update_patient(self._db, patient_id, {"updated_at": now})
         self._history(patient_id, update, changes, now)
         return patient_id
 
     def _upsert_ipp(self, ipp: PatientId, now: float) -> tuple[int, bool]:
-        found = self._live_id_by_ipp(ipp)
+        found = tables.by_ipp(self._db, ipp.value, ipp.domain)
         if found is not None:
             return found, False
-        rows = self._db.execute(
-            "INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?) RETURNING id", (ipp.value, ipp.domain, ipp.authority, ipp.oid, now, now)).fetchall()
-        return rows[0][0], True
+        return tables.insert_patient(self._db, ipp.value, ipp.domain, ipp.authority, ipp.oid, now), True
 
     def _apply_identity(self, patient_id: int, update: AdtUpdate) -> dict[str, str | None]:
         """Identity fields follow the latest message: INS, PID-32 status and attributes, ZFA-1."""
@@ -183,9 +152,7 @@ class PatientRegistry:
         elif update.ins is not None and row["withdrawn_ins"] == update.ins.value:
             new["withdrawn_ins"] = None  # the same INS qualified again
         changed = {k: v for k, v in new.items() if row[k] != v}
-        if changed:
-            assignments = ", ".join(f"{k}=?" for k in changed)
-            self._db.execute(f"UPDATE patients SET {assignments} WHERE id=?", (*changed.values(), patient_id))
+        tables.update_patient(self._db, patient_id, changed)
         return {k: v for k, v in changed.items() if k != "ins_json"}
 
     def _apply_consent(self, patient_id: int, feeding: ConsentValue | None,
@@ -195,8 +162,7 @@ class PatientRegistry:
         for name, incoming in zip(_CONSENT_FIELDS, (feeding, consultation)):
             current = _consent(row[f"{name}_json"])
             if incoming is not None and _wins(incoming, current):
-                self._db.execute(f"UPDATE patients SET {name}_json=? WHERE id=?",
-                                 (incoming.model_dump_json(), patient_id))
+                tables.update_patient(self._db, patient_id, {f"{name}_json": incoming.model_dump_json()})
                 changes[name] = _describe(incoming)
             elif incoming is not None:
                 changes[f"{name}_ignored"] = f"{_describe(incoming)}: {_describe(current)} stands"
@@ -204,7 +170,7 @@ class PatientRegistry:
 
     def _merge(self, survivor: int, update: AdtUpdate, now: float) -> dict[str, str | None]:
         """A40: the MRG-1 patient's INS (if the survivor has none) and consent move over."""
-        old = self._live_id_by_ipp(update.merged_ipp)
+        old = tables.by_ipp(self._db, update.merged_ipp.value, update.merged_ipp.domain)
         if old is None:
             # Unknown old IPP: keep an empty, merged record so that the old IPP still resolves.
             old, _ = self._upsert_ipp(update.merged_ipp, now)
@@ -212,24 +178,20 @@ class PatientRegistry:
             return {}
         row, survivor_row = self._row(old), self._row(survivor)
         if row["ins"] and not survivor_row["ins"]:
-            self._db.execute("UPDATE patients SET ins=?, ins_json=? WHERE id=?",
-                             (row["ins"], row["ins_json"], survivor))
+            tables.update_patient(self._db, survivor, {"ins": row["ins"], "ins_json": row["ins_json"]})
         if row["dmp_status"] and not survivor_row["dmp_status"]:
-            self._db.execute("UPDATE patients SET dmp_status=?, dmp_status_date=? WHERE id=?",
-                             (row["dmp_status"], row["dmp_status_date"], survivor))
+            tables.update_patient(self._db, survivor, {"dmp_status": row["dmp_status"],
+                                                       "dmp_status_date": row["dmp_status_date"]})
         moved = self._apply_consent(survivor, _consent(row["feeding_json"]),
                                     _consent(row["consultation_json"]))
-        self._db.execute("UPDATE patients SET merged_into=?, updated_at=? WHERE id=?", (survivor, now, old))
-        self._db.execute("UPDATE patients SET merged_into=? WHERE merged_into=?", (survivor, old))
-        self._db.execute("INSERT INTO merges VALUES (?,?,?,?)", (survivor, old, now, update.control_id))
+        tables.move_merged(self._db, old, survivor, now, update.control_id)
         self._history(old, update, {"merged_into": f"patient {survivor}"}, now)
         return {"merged": f"IPP {update.merged_ipp.value}",
                 **{f"merged_{k}": v for k, v in moved.items() if not k.endswith("_ignored")}}
 
     def _history(self, patient_id: int, update: AdtUpdate, changes: dict, now: float) -> None:
-        self._db.execute("INSERT INTO history (patient_id, at, control_id, event, changes) "
-                         "VALUES (?,?,?,?,?)", (patient_id, now, update.control_id, update.event,
-                                                json.dumps(changes, sort_keys=True)))
+        tables.add_history(self._db, patient_id, now, update.control_id, update.event,
+                           json.dumps(changes, sort_keys=True))
 
     # -- reads ----------------------------------------------------------------------------
     def find(self, identifier: str, domain: str | None = None) -> PatientRecord | None:
@@ -242,10 +204,8 @@ class PatientRegistry:
         """ConsentRegistry: True when a patient with this INS is informed and opposed (ZFA-9 IO)."""
         with self._read_lock:
             # A merged record's INS counts for its survivor, which holds the merged consent.
-            rows = self._reader.execute(
-                "SELECT s.feeding_json FROM patients p JOIN patients s "
-                "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=?", (ins.strip(),)).fetchall()
-        return any((c := _consent(r[0])) is not None and c.code == "IO" for r in rows)
+            consents = tables.feeding_consents(self._reader, ins.strip())
+        return any((c := _consent(text)) is not None and c.code == "IO" for text in consents)
 
     def identity_status(self, ins: str, ipp: str = "", ipp_domain: str = "") -> str | None:
         """What the PAM.fr feed says of the identity of the patient a report names: its PID-32
@@ -257,18 +217,15 @@ class PatientRegistry:
         ins = ins.strip()
         with self._read_lock:
             if ipp.strip():
-                patient_id = self._resolve_ipp(self._reader, ipp.strip(), ipp_domain.strip() or None)
+                patient_id = tables.by_ipp(self._reader, ipp.strip(), ipp_domain.strip() or None)
                 if patient_id is not None:
                     status = _status_for(self._row(patient_id, self._reader), ins)
                     if status:
                         return status
-            row = self._reader.execute(
-                "SELECT s.identity_status FROM patients p JOIN patients s "
-                "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=? ORDER BY s.updated_at DESC LIMIT 1",
-                (ins,)).fetchone()
-            if row is not None:
-                return row[0] or None
-            withdrawn = self._reader.execute("SELECT 1 FROM patients WHERE withdrawn_ins=? LIMIT 1", (ins,)).fetchone()
+            status = tables.status_by_ins(self._reader, ins)
+            if status is not None:
+                return status or None
+            withdrawn = tables.is_withdrawn(self._reader, ins)
         return WITHDRAWN if withdrawn else None
 
     def history(self, identifier: str, domain: str | None = None) -> list[HistoryEntry]:
@@ -277,60 +234,24 @@ class PatientRegistry:
             patient_id = self._resolve(self._reader, identifier, domain)
             if patient_id is None:
                 return []
-            ids = [patient_id] + [r[0] for r in self._reader.execute(
-                "SELECT id FROM patients WHERE merged_into=?", (patient_id,))]
-            marks = ",".join("?" * len(ids))
-            rows = self._reader.execute(f"SELECT at, control_id, event, changes FROM history WHERE "
-                                    f"patient_id IN ({marks}) ORDER BY at, id", ids).fetchall()
+            rows = tables.history_rows(self._reader, [patient_id] + tables.merged_ids(self._reader, patient_id))
         return [HistoryEntry(at=r[0], control_id=r[1], event=r[2], changes=json.loads(r[3]))
                 for r in rows]
 
     # -- internals ------------------------------------------------------------------------
-    def _live_id_by_ipp(self, ipp: PatientId) -> int | None:
-        row = self._db.execute("SELECT id, merged_into FROM patients WHERE ipp=? AND ipp_domain=?",
-                               (ipp.value, ipp.domain)).fetchone()
-        if row is None:
-            return None
-        return row[1] if row[1] is not None else row[0]
-
     @staticmethod
-    def _resolve_ipp(db, value: str, domain: str | None) -> int | None:
-        """The surviving patient of this IPP (of `domain`, or of any authority); None if unknown."""
-        query, params = "SELECT id, merged_into FROM patients WHERE ipp=?", (value,)
-        if domain is not None:
-            query, params = query + " AND ipp_domain=?", (value, domain)
-        row = db.execute(query + " ORDER BY id LIMIT 1", params).fetchone()
-        if row is None:
-            return None
-        return row[1] if row[1] is not None else row[0]
-
-    @staticmethod
-    def _resolve(db: sqlite3.Connection, identifier: str, domain: str | None) -> int | None:
+    def _resolve(db, identifier: str, domain: str | None) -> int | None:
         value = identifier.strip()
-        query = "SELECT id, merged_into FROM patients WHERE ipp=?"
-        params: tuple = (value,)
-        if domain is not None:
-            query, params = query + " AND ipp_domain=?", (value, domain)
-        row = db.execute(query + " ORDER BY id LIMIT 1", params).fetchone()
-        if row is None:
-            row = db.execute("SELECT id, merged_into FROM patients WHERE ins=? "
-                                   "ORDER BY merged_into IS NOT NULL, updated_at DESC LIMIT 1",
-                                   (value,)).fetchone()
-        if row is None:
-            return None
-        return row[1] if row[1] is not None else row[0]
+        found = tables.by_ipp(db, value, domain)
+        return found if found is not None else tables.by_ins(db, value)
 
-    def _row(self, patient_id: int, db: sqlite3.Connection | None = None) -> dict:
-        cursor = (db or self._db).execute("SELECT * FROM patients WHERE id=?", (patient_id,))
-        names = [d[0] for d in cursor.description]
-        return dict(zip(names, cursor.fetchone()))
+    def _row(self, patient_id: int, db=None) -> dict:
+        return tables.row(db or self._db, patient_id)
 
     def _record(self, db: sqlite3.Connection, patient_id: int) -> PatientRecord:
         row = self._row(patient_id, db)
         merges = [MergeRecord(old_ipp=PatientId(value=m[0], authority=m[1], oid=m[2]), at=m[3],
-                              control_id=m[4]) for m in db.execute(
-            "SELECT p.ipp, p.ipp_authority, p.ipp_oid, m.at, m.control_id FROM merges m "
-            "JOIN patients p ON p.id = m.old_id WHERE m.survivor_id=? ORDER BY m.at", (patient_id,))]
+                              control_id=m[4]) for m in tables.merges_into(db, patient_id)]
         return PatientRecord(
             id=row["id"], ipp=PatientId(value=row["ipp"], authority=row["ipp_authority"],
                                         oid=row["ipp_oid"]),
@@ -350,14 +271,6 @@ def _status_for(row: dict, ins: str) -> str | None:
     if row["ins"] and ins and row["ins"] != ins:
         return OTHER_INS
     return row["identity_status"] or None
-
-
-def _add_withdrawn_ins(db: sqlite3.Connection) -> None:
-    """Files written before the A47 withdrawal was remembered get its column (and its index)."""
-    if "withdrawn_ins" not in {row[1] for row in db.execute("PRAGMA table_info(patients)")}:
-        db.execute("ALTER TABLE patients ADD COLUMN withdrawn_ins TEXT")
-    db.execute("CREATE INDEX IF NOT EXISTS patients_withdrawn_ins ON patients (withdrawn_ins)"
-               " WHERE withdrawn_ins IS NOT NULL")
 
 
 def _consent(text: str | None) -> ConsentValue | None:

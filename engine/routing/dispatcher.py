@@ -10,6 +10,7 @@ import time
 import structlog
 from twisted.internet import defer, threads
 
+from engine.connectors.base import Action, Outcome, lane_of
 from engine.journal import deliveries as queue
 from engine.routing.context import MessageContext
 from engine.routing.plan import Environment, NewDelivery, Plan, plan_message, run_steps
@@ -38,31 +39,38 @@ class Dispatcher:
         self.metrics = None  # EngineMetrics when the engine sets it: delivery outcomes counted
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._running = True
+    # The engine's service tree calls these in order (engine/service.py); `start` and `stop` do
+    # all of it for a dispatcher used alone (tests, benchmarks).
+    async def reset_in_flight(self) -> None:
+        """Sends this node left `sending` (a crash) go back to the queue before any claim."""
         await self.journal.submit(lambda conn, store: queue.reset_in_flight(conn, self.node))
-        self.kick()
-        for worker in self.workers.values():
-            worker.wake()
 
-    async def stop(self) -> None:
+    def start_planning(self) -> None:
+        self._running = True
+        self.kick()
+
+    async def stop_planning(self) -> None:
+        """No new planning cycle; the one in progress writes its result first."""
         self._running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        if self._busy:  # let the planning cycle in progress write its result
-            finished = defer.Deferred()
+        if self._busy:
+            finished: defer.Deferred = defer.Deferred()
             self._cycle_waiters.append(finished)
             await finished
+
+    async def start(self) -> None:
+        await self.reset_in_flight()
+        for worker in self.workers.values():
+            worker.wake()
+        self.start_planning()
+
+    async def stop(self) -> None:
+        await self.stop_planning()
         for worker in self.workers.values():
             await worker.stop()
 
     # -- dispatching -------------------------------------------------------------------------
-    def add_destination(self, name: str, connector, retry) -> None:
-        """A destination whose connector is built after the dispatcher (MSSanté: it queues ZAMs
-        through the engine); nothing happens if the name already has a worker."""
-        if name not in self.workers:
-            self.workers[name] = DestinationWorker(self, name, connector, retry, random.Random())
-
     def kick(self, *_) -> None:
         """New messages may be waiting: dispatch soon (coalesced)."""
         if not self._running:
@@ -128,15 +136,15 @@ class Dispatcher:
                 self.workers[name].wake()
 
     # -- follow-ups ------------------------------------------------------------------------
-    async def follow_up(self, delivery: queue.Delivery, kind: str, detail: str) -> None:
+    async def follow_up(self, delivery: queue.Delivery, kind: str, outcome: Outcome) -> None:
         """Run a delivery's on_success/on_failure steps (planned in a thread: they may validate)."""
         self.follow_ups_in_flight += 1
         try:
-            await self._follow_up(delivery, kind, detail)
+            await self._follow_up(delivery, kind, outcome)
         finally:
             self.follow_ups_in_flight -= 1
 
-    async def _follow_up(self, delivery: queue.Delivery, kind: str, detail: str) -> None:
+    async def _follow_up(self, delivery: queue.Delivery, kind: str, outcome: Outcome) -> None:
         route = next((r for r in self.routes if r.name == delivery.route), None)
         step = route.find_step(delivery.step) if route else None
         steps = (step.on_success if kind == "on_success" else step.on_failure) if step else []
@@ -159,15 +167,17 @@ class Dispatcher:
         # A follow-up never moves the message's state (a failing validate or a gate in on_success
         # would otherwise drop the whole plan: its events and ZAMs); what happened is in the events.
         plan.state = None
-        plan.deliveries += [self._zam(kind, detail, ctx, z) for z in plan.zams if self._zam(kind, detail, ctx, z)]
+        zams = [self._zam(kind, outcome, ctx, z) for z in plan.zams]
+        plan.deliveries += [z for z in zams if z is not None]
         busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
         touched = await self.journal.submit(lambda conn, store: _apply_all(conn, [plan], self.node, busy, now, names))
         self.wake(touched)
 
-    def _zam(self, kind: str, detail: str, ctx: MessageContext, zam) -> NewDelivery | None:
+    def _zam(self, kind: str, outcome: Outcome, ctx: MessageContext, zam) -> NewDelivery | None:
         from engine.routing.zamstep import build_zam_delivery
 
-        return build_zam_delivery(zam, kind == "on_success", detail, ctx, self.clock.seconds())
+        error = None if kind == "on_success" else outcome.error()
+        return build_zam_delivery(zam, error, ctx, self.clock.seconds())
 
 
 def routed_channels(routes) -> frozenset | None:
@@ -282,47 +292,47 @@ class DestinationWorker:
             if self._stopped or self.paused or delivery.fifo_key in failed_keys:
                 skipped.append(delivery)
                 continue
-            action, reason, retry_at = await self._send(delivery, payload)
-            if action == "done":
-                succeeded.append((delivery, reason))
+            outcome, retry_at = await self._send(delivery, payload)
+            if outcome.action is Action.DONE:
+                succeeded.append((delivery, outcome))
                 continue
             await self._record(succeeded)
             succeeded = []
-            if action == "pause":
-                await self._pause(delivery, reason)
+            if outcome.action is Action.PAUSE:
+                await self._pause(delivery, outcome.reason)
                 continue
-            if action == "wait-identity":
-                await self._hold_for_identity(delivery, payload, reason)
+            if outcome.action is Action.WAIT_IDENTITY:
+                await self._hold_for_identity(delivery, payload, outcome.reason)
                 continue
-            await self._record([(delivery, reason)], action, retry_at)
-            if action == "retry":
+            await self._record([(delivery, outcome)], outcome.action, retry_at)
+            if outcome.action is Action.RETRY:
                 failed_keys.add(delivery.fifo_key)
         await self._record(succeeded)
         if skipped:
             now = self.dispatcher.clock.seconds()
             await self.dispatcher.journal.submit(lambda c, s: queue.release(c, skipped, now, self.dispatcher.node), logged=True)
 
-    async def _send(self, delivery: queue.Delivery, payload: bytes) -> tuple[str, str, float | None]:
+    async def _send(self, delivery: queue.Delivery, payload: bytes) -> tuple[Outcome, float | None]:
         from engine.retry import attempts_exhausted, backoff_delay
 
         d = self.dispatcher
         try:
             outcome = await self.connector.deliver(payload, delivery)
-            action, reason = outcome.action, outcome.reason
         except Exception as exc:  # a connector bug must not kill the queue
-            action, reason = "retry", f"connector error: {exc}"
+            log.exception("delivery.connector_failed", destination=self.name, delivery=delivery.id)
+            outcome = Outcome(Action.RETRY, f"connector error: {exc}")
         retry_at = None
-        if action == "retry":
+        if outcome.action is Action.RETRY:
             if self.retry is not None and attempts_exhausted(delivery.attempts + 1, self.retry):
-                action, reason = "dead", f"gave up after {delivery.attempts + 1} attempts: {reason}"
+                outcome = outcome.gave_up(delivery.attempts + 1)
             else:
                 delay = backoff_delay(delivery.attempts + 1, self.retry, self.rng) if self.retry else 1.0
                 retry_at = d.clock.seconds() + delay
         log.info("delivery.attempt", message_id=delivery.message_uid, destination=self.name,
-                 delivery=delivery.id, outcome=action, reason=reason)
+                 delivery=delivery.id, outcome=str(outcome.action), reason=outcome.reason)
         if d.metrics is not None:
-            d.metrics.deliveries.labels(self.name, action).inc()
-        return action, reason, retry_at
+            d.metrics.deliveries.labels(self.name, str(outcome.action)).inc()
+        return outcome, retry_at
 
     async def _hold_for_identity(self, delivery: queue.Delivery, payload: bytes, reason: str) -> None:
         """Hold the send until a PAM.fr update qualifies its patient. The update may have landed
@@ -351,19 +361,21 @@ class DestinationWorker:
         log.error("delivery.destination_paused", destination=self.name, reason=reason,
                   resume=f"pfi resume {self.name}")
 
-    async def _record(self, results: list, action: str = "done", retry_at: float | None = None) -> None:
+    async def _record(self, results: list[tuple[queue.Delivery, Outcome]], action: Action = Action.DONE,
+                      retry_at: float | None = None) -> None:
         if not results:
             return
         d = self.dispatcher
         now = d.clock.seconds()
+        texts = [(delivery, outcome.reason) for delivery, outcome in results]
         # No fsync for successes: after a crash an unrecorded success is sent again with the
         # same MSH-10 (at-least-once; the destination can detect it). Failures are fsync'ed.
         follows = await d.journal.submit(
-            lambda c, s: queue.finish_all(c, results, action, d.node, now, retry_at),
-            logged=action == "done")
-        for (delivery, reason), follow in zip(results, follows):
+            lambda c, s: queue.finish_all(c, texts, str(action), d.node, now, retry_at),
+            logged=action is Action.DONE)
+        for (delivery, outcome), follow in zip(results, follows):
             if follow:
-                await d.follow_up(delivery, follow, reason)
+                await d.follow_up(delivery, follow, outcome)
 
     async def _sleep_until_due(self) -> None:
         due = await self.dispatcher.journal.submit(lambda c, s: queue.next_due(c, self.name), logged=True)
@@ -374,13 +386,6 @@ class DestinationWorker:
         delay = 1.0 if due is None or self.paused else min(max(due - clock.seconds(), RECHECK_SECONDS), 1.0)
         if not self._stopped and not self._running:
             self._timer = clock.callLater(delay, self.wake)
-
-
-def lane_of(key: str, lanes: int) -> int:
-    """The lane (connection) a FIFO key always uses."""
-    import zlib
-
-    return zlib.crc32(key.encode("utf-8", "replace")) % lanes
 
 
 def _claim_with_payloads(conn, store, destination: str, now: float, node: str, lease_until: float) -> list:

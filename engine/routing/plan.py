@@ -6,40 +6,15 @@ then written to the journal in one transaction (engine.journal.deliveries.apply_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config.routes import Route, Step, as_list
 from engine.errors import EngineError, ValidationError
 from engine.routing.context import MessageContext
+from engine.journal.plans import NewDelivery, Plan
 from engine.routing.match import field_matches, matches
 from engine.routing import transform
-
-
-@dataclass
-class NewDelivery:
-    route: str
-    step: str
-    destination: str
-    fifo_key: str
-    not_before: float
-    payload: bytes | None  # None: the message as received
-    doc_id: str = ""
-    action: str = ""
-    replaced_id: str = ""
-
-
-@dataclass
-class Plan:
-    message_uid: str
-    state: str = "routed"  # routed | unrouted | filtered | held | invalid
-    events: list[tuple[str, str]] = field(default_factory=list)  # (state, detail)
-    deliveries: list[NewDelivery] = field(default_factory=list)
-    patient_updates: list[bytes] = field(default_factory=list)
-    zams: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, channel, route)
-    #: a PAM.fr update qualified this patient: its INS and IPP values (its identity holds retry)
-    qualified_identity: tuple[str, ...] = ()
-    qualified_by: str = ""  # the update, as the release event names it (type and MSH-10, no patient data)
 
 
 @dataclass
@@ -124,8 +99,8 @@ def _run_on_failure(route: Route, step: Step, ctx: MessageContext, env: Environm
 
     follow = Plan(plan.message_uid, state=None)
     run_steps(route, step.on_failure, ctx, ctx.raw, env, follow)
-    detail = f"{getattr(error, 'app_code', None) or 'DOCUMENT_REFUSED'}: {error}"
-    zams = [build_zam_delivery(z, False, detail, ctx, time.time()) for z in follow.zams]
+    refusal = (getattr(error, "app_code", None) or "DOCUMENT_REFUSED", str(error), False)
+    zams = [build_zam_delivery(z, refusal, ctx, time.time()) for z in follow.zams]
     plan.deliveries += follow.deliveries + [z for z in zams if z is not None]
     plan.events += follow.events
 

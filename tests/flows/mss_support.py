@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.internet import protocol, reactor
+from twisted.internet import reactor
 
 from engine.hl7.scan import scan
-from engine.mllp.framing import Frame, MLLPDecoder, frame
+from engine.sim.mllp import MllpPeer
 from engine.sim.mss import MailOperator, imap_factory, smtp_factory
 from engine.mss.tls import server_tls
 from tests.mss.mss_helpers import dsn_for  # noqa: F401  (re-exported for the flow tests)
@@ -92,37 +92,15 @@ def obx5_document(er7: bytes) -> bytes:
     raise AssertionError("no OBX 1")
 
 
-class AckPeer(protocol.ServerFactory):
-    """An MLLP peer (creator or RIS) that records each frame and answers `ack(control_id)`."""
+class AckPeer(MllpPeer):
+    """The shared MLLP peer (engine/sim/mllp.py) as a creator or a RIS answering `ack(control_id)`."""
 
     def __init__(self, ack=None):
-        self.received: list[bytes] = []
-        self.ack = ack or (lambda ctrl: f"MSH|^~\\&|PEER|X|PFI|Y|20260101||ACK|{ctrl}A|P|2.6\rMSA|AA|{ctrl}\r")
-        self.port = None
-
-    def buildProtocol(self, addr):
-        peer = _AckProtocol()
-        peer.factory = self
-        return peer
+        write = (lambda raw, code: ack(scan(raw).control_id).encode()) if ack else None
+        super().__init__("PEER", ack=write)
 
     def listen(self) -> int:
-        self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
-        return self.port.getHost().port
-
-    def close(self):
-        return self.port.stopListening()
-
-
-class _AckProtocol(protocol.Protocol):
-    def connectionMade(self):
-        self.decoder = MLLPDecoder()
-
-    def dataReceived(self, data):
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                self.factory.received.append(event.payload)
-                ctrl = scan(event.payload).control_id
-                self.transport.write(frame(self.factory.ack(ctrl).encode()))
+        return super().listen(reactor)
 
 
 def ack_902(ctrl: str) -> str:

@@ -182,7 +182,7 @@ def _request(ans_corpus, name: str):
 
 
 def test_mapping_of_replace_and_delete_uses_the_entity_id_of_txa13(ans_corpus):
-    from engine.connectors import publish_request
+    from engine.connectors.dmp import publish_request
 
     replace = publish_request(_request(ans_corpus, REPLACE), "replace")
     assert (replace.action, replace.replaced_document_id) == ("replace", V1_ID)  # not `…^Organisation-Y`
@@ -192,7 +192,7 @@ def test_mapping_of_replace_and_delete_uses_the_entity_id_of_txa13(ans_corpus):
 
 
 def test_mapping_of_the_sender_person_roles_and_organisation(ans_corpus):
-    from engine.connectors import publish_request
+    from engine.connectors.dmp import publish_request
 
     roles = (("10", "1.2.250.1.71.1.2.7"), ("SM44", "1.2.250.1.71.4.2.5"))
     publish = publish_request(_request(ans_corpus, INITIAL), "initial", roles)
@@ -205,7 +205,7 @@ def test_mapping_of_the_sender_person_roles_and_organisation(ans_corpus):
 def test_organisation_ids_already_national_are_kept():
     from types import SimpleNamespace
 
-    from engine.connectors import organisation
+    from engine.connectors.dmp import organisation
 
     idnst = organisation(SimpleNamespace(name="Org", id="3300017985", id_type="IDNST"))
     assert (idnst.id, idnst.id_type) == ("3300017985", "IDNST")
@@ -216,7 +216,7 @@ def test_organisation_ids_already_national_are_kept():
 def test_sender_roles_setting_is_checked(pki, simulator):
     import pydantic
 
-    from engine.connectors import DmpChannel
+    from engine.config.dmp import DmpChannel
     from tests.flows.dmp_support import dmp_channel
 
     channel = DmpChannel.model_validate({"name": "dmp", **dmp_channel(simulator, pki)})
@@ -240,12 +240,3 @@ async def test_retries_exhausted_while_the_dmp_is_down_give_a_zam_with_the_last_
     finally:
         simulator.come_back()
         await flow.close()
-
-
-def test_split_error_keeps_the_remote_code():
-    from engine.routing.zamstep import split_error
-
-    assert split_error("DMPClosed: DMP fermé") == ("DMPClosed", "DMP fermé")
-    assert split_error("PFI:INS_NOT_QUALIFIED: INS not qualified") == ("PFI:INS_NOT_QUALIFIED", "INS not qualified")
-    assert split_error("gave up after 12 attempts: TIMEOUT: no answer") == ("TIMEOUT", "no answer (gave up after 12 attempts)")
-    assert split_error("connection lost to peer") == ("DELIVERY_FAILED", "connection lost to peer")

@@ -147,7 +147,8 @@ async def test_550_for_every_recipient_is_a_dead_letter_with_failed_z02(tmp_path
 
 def _mail_for_the_mailbox(ans_corpus, pki, operator, tmp_path) -> tuple[bytes, bytes]:
     """A mail from a correspondent's PFI, its XDM made by the same code path as our sending."""
-    from engine.connectors_mss import MssanteChannel, XdmMetadata, mss_request
+    from engine.config.mssante import MssanteChannel
+    from engine.connectors.mssante import XdmMetadata, mss_request
     from engine.docrequest import parse_document_request
     from engine.hl7.message import Message
     from engine.mss.xdm import build_xdm

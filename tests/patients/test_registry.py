@@ -244,10 +244,10 @@ def test_the_identity_status_comes_from_the_ipp_when_the_gam_sends_no_ins(regist
 
 
 def test_a_registry_file_of_an_earlier_version_gains_the_withdrawn_ins_column(tmp_path):
-    from engine.patients.registry import _SCHEMA
+    from engine.journal.patients import PATIENT_MIGRATIONS
 
-    old = sqlite3.connect(tmp_path / "patients.sqlite")
-    old.executescript(_SCHEMA.replace("    withdrawn_ins TEXT,\n", ""))
+    old = sqlite3.connect(tmp_path / "patients.sqlite")  # unnumbered, without the A47 column
+    old.executescript(PATIENT_MIGRATIONS[0][1])
     old.execute("INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, ins, identity_status, created_at,"
                 " updated_at) VALUES ('900001', '000897406', 'CHU-X', '000897406', ?, 'VALI', 1, 1)", (TEST_INS,))
     old.commit()
@@ -261,3 +261,18 @@ def test_a_registry_file_of_an_earlier_version_gains_the_withdrawn_ins_column(tm
         assert registry.identity_status(TEST_INS) == "WITHDRAWN"
     finally:
         registry.close()
+
+
+def test_an_unnumbered_registry_file_that_has_every_column_opens_and_is_numbered(tmp_path):
+    from engine.journal.patients import PATIENT_MIGRATIONS, open_sqlite
+
+    first = open_sqlite(tmp_path / "patients.sqlite")
+    first.execute("DROP TABLE schema_version")  # as the engine wrote it before numbering the schema
+    first.close()
+    again = open_sqlite(tmp_path / "patients.sqlite")
+    try:
+        versions = [r[0] for r in again.execute("SELECT version FROM schema_version ORDER BY version")]
+        assert versions == [n for n, _ in PATIENT_MIGRATIONS]
+        assert "withdrawn_ins" in {r[1] for r in again.execute("PRAGMA table_info(patients)")}
+    finally:
+        again.close()

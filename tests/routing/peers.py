@@ -7,55 +7,25 @@ import time
 from twisted.internet import defer, protocol, reactor
 
 from engine.hl7.scan import scan
-from engine.mllp.framing import Frame, MLLPDecoder, frame
+from engine.mllp.framing import Frame, MLLPDecoder
+from engine.sim.mllp import MllpPeer
 
 
-class RecordingPeer(protocol.ServerFactory):
+class RecordingPeer(MllpPeer):
+    """The shared MLLP peer (engine/sim/mllp.py), keeping the messages it accepted (AA)."""
+
     def __init__(self, answer=lambda raw, n: "AA"):
-        self.received: list[bytes] = []
-        self.answer = answer
-        self.port = None
-
-    def buildProtocol(self, addr):
-        self.connections = getattr(self, "connections", 0) + 1
-        p = _PeerProtocol()
-        p.factory = self
-        return p
+        super().__init__("PEER", answer, keep=lambda code: code == "AA")
 
     async def listen(self) -> int:
-        self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
-        return self.port.getHost().port
+        return super().listen(reactor)
 
     async def close(self):
-        await self.port.stopListening()
-
-    def send_ack(self, transport, ack: bytes) -> None:
-        transport.write(ack)
-
-    def control_ids(self) -> list[str]:
-        return [scan(m).control_id for m in self.received]
+        await super().close()
 
 
-class HoldingPeer(RecordingPeer):
-    """A RecordingPeer whose ACKs can be held back (`hold`) and let go (`release`)."""
-
-    def __init__(self, answer=lambda raw, n: "AA"):
-        super().__init__(answer)
-        self.held: list | None = None
-
-    def hold(self) -> None:
-        self.held = []
-
-    def release(self) -> None:
-        held, self.held = self.held or [], None
-        for transport, ack in held:
-            transport.write(ack)  # a no-op on a connection closed meanwhile
-
-    def send_ack(self, transport, ack: bytes) -> None:
-        if self.held is None:
-            transport.write(ack)
-        else:
-            self.held.append((transport, ack))
+#: ACKs held back (`hold`) and let go (`release`): the shared peer does both
+HoldingPeer = RecordingPeer
 
 
 class SilentPeer(protocol.ServerFactory):
@@ -84,26 +54,6 @@ class SilentPeer(protocol.ServerFactory):
 
     def control_ids(self) -> list[str]:
         return [scan(m).control_id for m in self.received]
-
-
-class _PeerProtocol(protocol.Protocol):
-    def connectionMade(self):
-        self.decoder = MLLPDecoder()
-
-    def dataReceived(self, data):
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                self._answer(event.payload)
-
-    def _answer(self, raw: bytes):
-        f = self.factory
-        code = f.answer(raw, len(f.received))
-        if code in ("AA",):
-            f.received.append(raw)
-        if code is None:
-            return  # never answers
-        ctrl = scan(raw).control_id
-        f.send_ack(self.transport, frame(f"MSH|^~\\&|PEER|X|PFI|Y|20260101||ACK|{ctrl}A|P|2.5\rMSA|{code}|{ctrl}\r".encode()))
 
 
 async def until(condition, timeout: float = 10.0, what: str = "condition"):

@@ -102,14 +102,15 @@ async def test_after_a_superseded_initial_the_next_destination_gets_the_first_ve
 
 
 def test_the_drimbox_channel_refuses_a_report_without_ipp_or_not_a_document_with_a_coded_reason():
-    from engine.connectors import drimbox_refusal
+    from engine.connectors.mllp import drimbox_refusal
 
     report = (ROOT / "samples" / "mdm_t02_fictional.hl7").read_bytes()
-    assert drimbox_refusal(report, need_ipp=True) == ""
+    assert drimbox_refusal(report, need_ipp=True) is None
     no_ipp = report.replace(b"~IPP-FICT-0001^^^CABINET-FICT&1.2.250.1.999.7.9&ISO^PI", b"")
-    assert drimbox_refusal(no_ipp, need_ipp=False) == ""  # PID-3 left as received: no IPP needed
-    assert drimbox_refusal(no_ipp, need_ipp=True) == ("DRIMBOX_DATA_MISSING: not sendable to a DRIMbox, missing: "
-                                                      "IPP (PID-3 identifier of type PI)")
-    assert drimbox_refusal(sample_adt("A-1").encode(), need_ipp=True).startswith("DOCUMENT_REQUEST_INVALID: ")
-    assert drimbox_refusal(b"MSH|^~\\&|garbage", need_ipp=True).split(":")[0] in ("DOCUMENT_REQUEST_INVALID",
-                                                                                 "DRIMBOX_DATA_MISSING")
+    assert drimbox_refusal(no_ipp, need_ipp=False) is None  # PID-3 left as received: no IPP needed
+    missing = drimbox_refusal(no_ipp, need_ipp=True)
+    assert (missing.action, missing.code, missing.local) == ("dead", "DRIMBOX_DATA_MISSING", False)
+    assert missing.reason == "DRIMBOX_DATA_MISSING: not sendable to a DRIMbox, missing: IPP (PID-3 identifier of type PI)"
+    assert drimbox_refusal(sample_adt("A-1").encode(), need_ipp=True).code == "DOCUMENT_REQUEST_INVALID"
+    assert drimbox_refusal(b"MSH|^~\\&|garbage", need_ipp=True).code in ("DOCUMENT_REQUEST_INVALID",
+                                                                        "DRIMBOX_DATA_MISSING")

@@ -1,4 +1,4 @@
-"""The `mssante` channel type: send document requests by MSSanté, integrate received mails.
+"""The `mssante` connector: send document requests by MSSanté, integrate received mails.
 
 Sending: a route's `deliver: {to: <mssante channel>}` hands the creator's HL7 document request
 to `MssDeliveryConnector.deliver`, which maps it onto `MssDocumentRequest`, builds the XDM
@@ -14,65 +14,24 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, Literal
+from typing import Any, Callable, Coroutine
 
 import structlog
 from lxml import etree
-from pydantic import Field
 from twisted.application import service
 from twisted.internet import defer, threads
 
-from engine.config.channels import ChannelSettings, RetrySettings, channel_type
-from engine.errors import ConfigurationError, EngineError, TransientDeliveryError
+from engine.config.mssante import MssanteChannel
+from engine.connectors.base import Action, Outcome, done, refused
+from engine.errors import EngineError, TransientDeliveryError
 from engine.mss.models import MssDocumentRequest, MssFlags, PatientIdentity, Recipient, RecipientResult
-from engine.mss.settings import MssChannelSettings
-
-if TYPE_CHECKING:  # engine.connectors imports this module: the name is for readers and checkers
-    from engine.connectors import Outcome
 
 log = structlog.get_logger(__name__)
 
 #: async (channel, payload, delivery) -> None: queue `payload` to `channel` for the creator
-Enqueue = Callable[[str, bytes, object], Awaitable[None]]
+Enqueue = Callable[[str, bytes, object], Coroutine[Any, Any, None]]
 CONTENT_TYPES = {"I": "03", "O": "07", "R": "19", "N": "97", "E": "07"}  # PV1-2 → J01 (as the DMP)
 CONTENT_TYPE_SCHEME = "1.2.250.1.213.2.2"
-
-
-@channel_type("mssante")
-class MssanteChannel(ChannelSettings, MssChannelSettings):
-    """An MSSanté application mailbox: SMTP submission, optional IMAP polling."""
-
-    type: Literal["mssante"]
-    retry: RetrySettings = RetrySettings()
-    zam_channel: str | None = Field(None, description="mllp-out channel to the creator for ZAM^Z02")
-    acceptance_is_receipt: bool = Field(
-        False, description="SMTP 250 counts as the Z02 receipt (operators that send no DSN)")
-    deliver_to: str | None = Field(None, description="mllp-out channel (RIS) receiving the LPS MDMs")
-    source_oid: str = Field("1.2.250.1.213.1.1.1", description="XDS sourceId of the XDM submission set")
-    content_type_code: str = Field("19", description="J01 content type when PV1-2 gives none")
-    dmp_invisible_notice: str = Field(
-        "Information : ce document a été déposé dans le DMP du patient sans être visible par lui ; il ne doit "
-        "pas lui être communiqué avant une consultation d'annonce.",
-        description="Added to the professional mail of a report the DMP accepted invisibly to the patient")
-    wait_for_dmp_when_invisible: bool = Field(
-        False, description="Reports for the DMP and invisible to the patient are mailed only by the "
-        "`deliver: {to: <this channel>}` in the DMP delivery's on_success (with the notice above); "
-        "the shipped routes have that step")
-
-    def mss_settings(self, root: Path) -> MssChannelSettings:
-        """The connector's own settings; relative file paths are relative to the config root."""
-        data = self.model_dump(include=set(MssChannelSettings.model_fields))
-        data["state_file"] = _resolve(root, self.state_file)
-        for part in ("smtp", "imap"):
-            tls = (data.get(part) or {}).get("tls")
-            for key in ("ca_bundle", "client_certificate"):
-                if tls and tls.get(key):
-                    tls[key] = _resolve(root, tls[key])
-        return MssChannelSettings.model_validate(data)
-
-
-def _resolve(root: Path, path) -> Path:
-    return (Path(root) / Path(path)).resolve()
 
 
 # --------------------------------------------------------------------------- request mapping
@@ -178,27 +137,25 @@ class MssDeliveryConnector:
         self.metadata = XdmMetadata(channel, self.clock)
         self.enqueue = enqueue
 
-    async def deliver(self, payload: bytes, delivery) -> "Outcome":
-        from engine.connectors import Outcome
-
+    async def deliver(self, payload: bytes, delivery) -> Outcome:
         try:
             # parsing a large ORU/MDM and the XSLT extraction stay off the reactor thread
             request, mss, metadata = await threads.deferToThread(self._prepare, payload, delivery)
         except (EngineError, ValueError) as exc:
-            return Outcome("dead", f"PFI:NOT_SENDABLE: {exc}")
+            return refused("NOT_SENDABLE", str(exc))
         waits_for_dmp = self.channel.wait_for_dmp_when_invisible and mss.flags.dest_dmp and mss.flags.invisible_patient
         after_dmp = "/ok/" in (getattr(delivery, "step", "") or "")  # a follow-up of an accepted delivery
         if waits_for_dmp and not after_dmp:
-            return Outcome("done", "MSSanté: deferred until the DMP accepts the document invisibly to the patient")
+            return done("MSSanté: deferred until the DMP accepts the document invisibly to the patient")
         if after_dmp and not waits_for_dmp:
-            return Outcome("done", "MSSanté: already mailed with the report (not invisible in the DMP)")
+            return done("MSSanté: already mailed with the report (not invisible in the DMP)")
         if after_dmp:
             mss.dmp_notice = self.channel.dmp_invisible_notice
         self._remember_zam_target(request, mss, delivery)
         try:
             results = await self._send(mss, metadata)
         except TransientDeliveryError as exc:
-            return Outcome("retry", str(exc))
+            return Outcome(Action.RETRY, str(exc))
         await self._z02(request, mss, results, delivery)
         return outcome_of(mss, results)
 
@@ -238,8 +195,8 @@ class MssDeliveryConnector:
             log.warning("mss.outcome_unrouted", kind=outcome.kind)
             return
         payload = zam_bytes(Header.model_validate(target["header"]), outcome, self.clock)
-        d = defer.Deferred.fromCoroutine(self.enqueue(self.channel.zam_channel, payload,
-                                                      SimpleNamespace(**target["delivery"])))
+        d: defer.Deferred[None] = defer.ensureDeferred(self.enqueue(self.channel.zam_channel, payload,
+                                              SimpleNamespace(**target["delivery"])))
         d.addErrback(lambda f: log.error("mss.zam_enqueue_failed", error=f.getErrorMessage()))
 
     async def _z02(self, request, mss: MssDocumentRequest, results, delivery) -> None:
@@ -271,22 +228,20 @@ def zam_bytes(header, outcome, clock) -> bytes:
 def outcome_of(mss: MssDocumentRequest, results: list[RecipientResult]):
     """done when any mail was accepted; retry on 4xx only refusals; dead when every submitted
     recipient got a 5xx (reason `CODE: label`) or nobody could be mailed at all."""
-    from engine.connectors import Outcome
-
     submitted = [r for r in results if r.smtp_code is not None]
     accepted = [r for r in submitted if r.accepted]
     if accepted:
-        return Outcome("done", f"MSSanté: {len(accepted)} recipient(s) accepted, "
+        return done(f"MSSanté: {len(accepted)} recipient(s) accepted, "
                                f"{len(results) - len(accepted)} refused")
-    if any(400 <= r.smtp_code < 500 for r in submitted):
-        first = next(r for r in submitted if 400 <= r.smtp_code < 500)
-        return Outcome("retry", f"{first.smtp_code}: {first.reason}")
+    if any(400 <= (r.smtp_code or 0) < 500 for r in submitted):
+        first = next(r for r in submitted if 400 <= (r.smtp_code or 0) < 500)
+        return Outcome(Action.RETRY, first.reason, str(first.smtp_code))
     if submitted:
-        return Outcome("dead", f"{submitted[0].smtp_code}: {submitted[0].reason}")
+        return refused(str(submitted[0].smtp_code), submitted[0].reason, local=False)
     if not (mss.flags.dest_mssante_ps or mss.flags.dest_mssante_pat):
-        return Outcome("done", "MSSanté: not requested (DESTMSSANTEPS=N, DESTMSSANTEPAT=N)")
+        return done("MSSanté: not requested (DESTMSSANTEPS=N, DESTMSSANTEPAT=N)")
     reasons = "; ".join(sorted({r.reason for r in results})) or "no PRT RCT address"
-    return Outcome("dead", f"PFI:NO_RECIPIENT: {reasons}")
+    return refused("NO_RECIPIENT", reasons)
 
 
 # --------------------------------------------------------------------------- receiving
@@ -350,16 +305,7 @@ class MailPoller(service.Service):
         return defer.Deferred.fromCoroutine(self.ris.close())
 
 
-def build_mss_connectors(config, reactor, enqueue: Enqueue | None = None, clock=None) -> dict:
-    """One connector per `mssante` channel, after checking the channels they name."""
-    channels = [c for c in config.channels.values() if c.type == "mssante"]
-    problems = [p for c in channels for p in _channel_problems(config, c)]
-    if problems:
-        raise ConfigurationError(problems)
-    return {c.name: MssDeliveryConnector(reactor, c, config.root, enqueue, clock) for c in channels}
-
-
-def _channel_problems(config, channel) -> list[str]:
+def channel_problems(config, channel) -> list[str]:
     problems = _dmp_wait_problems(config, channel)
     if channel.imap is not None and not channel.deliver_to:
         problems.append(f"channel {channel.name!r}: IMAP needs deliver_to = an mllp-out channel")
@@ -393,17 +339,6 @@ def _dmp_wait_problems(config, channel) -> list[str]:
         return []
     return [f"channel {channel.name!r}: wait_for_dmp_when_invisible needs a `deliver: {{to: {channel.name}}}` "
             "step in the on_success of a DMP delivery, or reports invisible to the patient are never mailed"]
-
-
-def mss_channel_problems(config) -> list[str]:
-    """What `pfi check` and the engine's start refuse in the mssante channels."""
-    return [p for c in config.channels.values() if c.type == "mssante" for p in _channel_problems(config, c)]
-
-
-def build_mail_pollers(config, reactor, connectors: dict, clock=None, journal=None) -> list[MailPoller]:
-    """A poller for each `mssante` channel with IMAP settings (checked by build_mss_connectors)."""
-    return [MailPoller(reactor, c, config.root, config.channels[c.deliver_to], connectors[c.name], clock, journal)
-            for c in config.channels.values() if c.type == "mssante" and c.imap is not None]
 
 
 #: journal state of an LPS MDM the mailbox poller delivered itself (`pfi replay` routes it again)
