@@ -253,13 +253,15 @@ def store_keys(conn, keys: list[tuple[str, str, str]], last_id: int) -> None:
 
 
 def prune_keys(conn, oldest_uid: str) -> int:
-    """SQLite key file: drop the keys of messages older than the journal's oldest (retention
-    purged them; message ids are ULIDs, so they sort by time)."""
+    """SQLite key file: drop the keys of messages whose id sorts before every journaled one
+    (retention purged them; message ids are ULIDs, which sort by time)."""
     return conn.execute("DELETE FROM search_keys WHERE message_uid<?", (oldest_uid,)).rowcount
 
 
 def oldest_uid(read) -> str | None:
-    rows = read("SELECT uid FROM messages ORDER BY id LIMIT 1")
+    """The smallest message id still journaled (through the uid index; not the first row: ids made
+    in the same millisecond do not sort in arrival order)."""
+    rows = read("SELECT min(uid) FROM messages")
     return rows[0][0] if rows else None
 
 
