@@ -89,10 +89,13 @@ def search_messages(read, filters: SearchFilters, before_id: int | None = None, 
     for kind, value in filters.keys():
         sql += " AND m.uid IN (SELECT message_uid FROM search_keys WHERE kind=? AND value=?)"
         args += [kind, value]
+    # With an identifier key, the key's few messages must drive the query: `|| ''` keeps the
+    # planner from walking a column index instead (an IPP + channel search took 300 ms that way).
+    plain = " || ''" if filters.keys() else ""
     for column, value in (("control_id", filters.control_id), ("channel", filters.channel),
                           ("msg_type", filters.msg_type)):
         if value.strip():
-            sql += f" AND m.{column}=?"
+            sql += f" AND m.{column}{plain}=?"
             args.append(value.strip())
     if filters.state == "dead":
         sql += " AND m.uid IN (SELECT message_uid FROM deliveries WHERE state='dead')"

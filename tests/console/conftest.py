@@ -68,9 +68,10 @@ def running(tmp_path_factory):
         engine.proc.wait(timeout=20)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    """Debian's Chromium driven by Playwright (never a downloaded browser). Module-scoped: the
+    sync API's event loop must be gone before the next modules' Twisted tests run."""
     if os.environ.get("PFI_SKIP_BROWSER") == "1":
         pytest.skip("PFI_SKIP_BROWSER=1: browser tests skipped")
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None and CHROMIUM == "/usr/bin/chromium":
