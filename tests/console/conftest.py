@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -68,21 +67,71 @@ def running(tmp_path_factory):
         engine.proc.wait(timeout=20)
 
 
+class BrowserThread:
+    """Playwright's sync API on a thread of its own: its greenlet must never meet pytest-twisted's
+    (which runs the reactor for the other test modules in the main thread)."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        self.jobs: queue.Queue = queue.Queue()
+        self.ready = threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="playwright")
+        self.thread.start()
+        self.ready.wait(60)
+        if self.failure is not None:
+            raise self.failure
+
+    def _serve(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+                self.ready.set()
+                while (job := self.jobs.get()) is not None:
+                    body, done = job
+                    try:
+                        done["result"] = body(browser)
+                    except BaseException as exc:  # re-raised in the test's thread
+                        done["error"] = exc
+                    done["event"].set()
+                browser.close()
+        except BaseException as exc:
+            self.failure = exc
+            self.ready.set()
+
+    def run(self, body):
+        import threading
+
+        done = {"event": threading.Event()}
+        self.jobs.put((body, done))
+        done["event"].wait()
+        if "error" in done:
+            raise done["error"]
+        return done.get("result")
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(30)
+
+
 @pytest.fixture(scope="module")
 def chromium():
-    """Debian's Chromium driven by Playwright (never a downloaded browser). Module-scoped: the
-    sync API's event loop must be gone before the next modules' Twisted tests run."""
+    """Debian's Chromium driven by Playwright (never a downloaded browser), on its own thread:
+    `chromium.run(body)` calls body(browser) there."""
     if os.environ.get("PFI_SKIP_BROWSER") == "1":
         pytest.skip("PFI_SKIP_BROWSER=1: browser tests skipped")
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None and CHROMIUM == "/usr/bin/chromium":
+    if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: `make test` installs it as root on Debian "
                     "(apt-get install chromium), or set PFI_SKIP_BROWSER=1 to skip the browser tests")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         pytest.fail("playwright is not installed (pip install -e '.[test]'), or set PFI_SKIP_BROWSER=1")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield browser
-        browser.close()
+    browser = BrowserThread()
+    yield browser
+    browser.close()

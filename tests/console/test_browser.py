@@ -84,121 +84,142 @@ def shot(page, name: str) -> None:
 
 
 def test_unauthenticated_requests_get_the_login_page_never_data(chromium, running, dead_messages):
-    base = running[1]
-    page = chromium.new_context().new_page()
-    for path in ("/", "/messages?ipp=" + IPP, f"/messages/{dead_messages[0].uid}", "/messages.csv", "/dead"):
-        response = page.goto(base + path)
-        assert response.status == 401
-        assert page.locator("#login-form").count() == 1
-        assert "CTRL-DEAD" not in page.content() and IPP not in page.content()
-    shot(page, "login")
+    def body(browser):
+        base = running[1]
+        page = browser.new_context().new_page()
+        for path in ("/", "/messages?ipp=" + IPP, f"/messages/{dead_messages[0].uid}", "/messages.csv", "/dead"):
+            response = page.goto(base + path)
+            assert response.status == 401
+            assert page.locator("#login-form").count() == 1
+            assert "CTRL-DEAD" not in page.content() and IPP not in page.content()
+        shot(page, "login")
+
+    chromium.run(body)
 
 
 def test_operator_finds_a_message_by_ipp_reads_its_timeline_and_replays_it(chromium, running, journal,
                                                                          dead_messages):
-    base = running[1]
-    context, page = sign_in(chromium, base, "olivia")
-    assert page.locator("h2", has_text="Destinations").count() == 1
-    assert page.locator("td", has_text="out").count() >= 1
-    shot(page, "dashboard")
+    def body(browser):
+        base = running[1]
+        context, page = sign_in(browser, base, "olivia")
+        assert page.locator("h2", has_text="Destinations").count() == 1
+        assert page.locator("td", has_text="out").count() >= 1
+        shot(page, "dashboard")
 
-    page.click("text=Messages")
-    page.fill("input[name=ipp]", IPP)
-    page.click("form#search button[type=submit]")
-    results = page.locator("#results tbody tr")
-    assert results.count() == 2
-    assert IPP not in page.locator("#results").inner_text()  # identities masked in the list
-    shot(page, "messages")
+        page.click("text=Messages")
+        page.fill("input[name=ipp]", IPP)
+        page.click("form#search button[type=submit]")
+        results = page.locator("#results tbody tr")
+        assert results.count() == 2
+        assert IPP not in page.locator("#results").inner_text()  # identities masked in the list
+        shot(page, "messages")
 
-    page.click(f"a[href='/messages/{dead_messages[0].uid}']")
-    timeline = page.locator("#timeline").inner_text()
-    for state in ("received", "queued", "dead-letter"):
-        assert state in timeline
-    assert IPP not in page.locator("#raw").inner_text()  # PID-3 masked by default
-    shot(page, "message")
+        page.click(f"a[href='/messages/{dead_messages[0].uid}']")
+        timeline = page.locator("#timeline").inner_text()
+        for state in ("received", "queued", "dead-letter"):
+            assert state in timeline
+        assert IPP not in page.locator("#raw").inner_text()  # PID-3 masked by default
+        shot(page, "message")
 
-    page.click("#replay")
-    shot(page, "confirm-replay")
-    page.click("#confirm")
-    assert "re-queued" in page.locator(".flash").inner_text()
-    assert "replayed" in page.locator("#timeline").inner_text()
-    events = message_detail(journal.read, dead_messages[0].uid).events
-    assert any(e[2] == "replayed" and "olivia (console)" in e[4] for e in events)
+        page.click("#replay")
+        shot(page, "confirm-replay")
+        page.click("#confirm")
+        assert "re-queued" in page.locator(".flash").inner_text()
+        assert "replayed" in page.locator("#timeline").inner_text()
+        events = message_detail(journal.read, dead_messages[0].uid).events
+        assert any(e[2] == "replayed" and "olivia (console)" in e[4] for e in events)
 
-    page.click("#reveal")
-    page.click("#confirm")
-    assert IPP in page.locator("#raw").inner_text()
-    events = message_detail(journal.read, dead_messages[0].uid).events
-    assert any(e[2] == "identities-shown" and "olivia (console)" in e[4] for e in events)
-    context.close()
+        page.click("#reveal")
+        page.click("#confirm")
+        assert IPP in page.locator("#raw").inner_text()
+        events = message_detail(journal.read, dead_messages[0].uid).events
+        assert any(e[2] == "identities-shown" and "olivia (console)" in e[4] for e in events)
+        context.close()
+
+    chromium.run(body)
 
 
 def test_bulk_replay_of_dead_letters_shows_its_progress(chromium, running, journal, dead_messages):
-    base = running[1]
-    wait_for(lambda: dead_lettered(journal, "CTRL-DEAD-2"), "CTRL-DEAD-2 still dead")
-    context, page = sign_in(chromium, base, "olivia")
-    page.goto(base + "/dead")
-    count = int(page.locator("#dead-count").inner_text())
-    assert count >= 1
-    shot(page, "dead-letters")
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#bulk-replay button")
-    page.wait_for_function("document.getElementById('finished').textContent === 'Finished.'")
-    assert page.locator("#progress").get_attribute("max") == str(count)
-    assert int(page.locator("#replayed").inner_text()) == count
-    shot(page, "bulk-replay")
-    events = message_detail(journal.read, dead_messages[1].uid).events
-    assert any(e[2] == "replayed" and "olivia (console)" in e[4] for e in events)
-    context.close()
+    def body(browser):
+        base = running[1]
+        wait_for(lambda: dead_lettered(journal, "CTRL-DEAD-2"), "CTRL-DEAD-2 still dead")
+        context, page = sign_in(browser, base, "olivia")
+        page.goto(base + "/dead")
+        count = int(page.locator("#dead-count").inner_text())
+        assert count >= 1
+        shot(page, "dead-letters")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#bulk-replay button")
+        page.wait_for_function("document.getElementById('finished').textContent === 'Finished.'")
+        assert page.locator("#progress").get_attribute("max") == str(count)
+        assert int(page.locator("#replayed").inner_text()) == count
+        shot(page, "bulk-replay")
+        events = message_detail(journal.read, dead_messages[1].uid).events
+        assert any(e[2] == "replayed" and "olivia (console)" in e[4] for e in events)
+        context.close()
+
+    chromium.run(body)
 
 
 def test_csv_download_and_statistics_page(chromium, running, dead_messages):
-    base = running[1]
-    context, page = sign_in(chromium, base, "olivia")
-    page.goto(base + "/messages?ipp=" + IPP)
-    with page.expect_download() as download:
-        page.click("#csv")
-    text = open(download.value.path(), encoding="utf-8").read()
-    assert text.splitlines()[0].startswith("id,received,channel")
-    assert "CTRL-DEAD-1" in text and "CTRL-DEAD-2" in text and IPP not in text
-    page.goto(base + "/statistics")
-    assert page.locator("#status-page").get_attribute("href").startswith("https://")
-    shot(page, "statistics")
-    context.close()
+    def body(browser):
+        base = running[1]
+        context, page = sign_in(browser, base, "olivia")
+        page.goto(base + "/messages?ipp=" + IPP)
+        with page.expect_download() as download:
+            page.click("#csv")
+        text = open(download.value.path(), encoding="utf-8").read()
+        assert text.splitlines()[0].startswith("id,received,channel")
+        assert "CTRL-DEAD-1" in text and "CTRL-DEAD-2" in text and IPP not in text
+        page.goto(base + "/statistics")
+        assert page.locator("#status-page").get_attribute("href").startswith("https://")
+        shot(page, "statistics")
+        context.close()
+
+    chromium.run(body)
 
 
 def test_viewer_gets_403_on_replay(chromium, running, journal, dead_messages):
-    base = running[1]
-    context, page = sign_in(chromium, base, "victor")
-    page.goto(base + f"/messages/{dead_messages[0].uid}")
-    assert page.locator("#replay").count() == 0
-    token = page.locator("form.logout input[name=csrf]").get_attribute("value")
-    before = len(message_detail(journal.read, dead_messages[0].uid).events)
-    response = page.request.post(base + f"/messages/{dead_messages[0].uid}/replay", form={"csrf": token})
-    assert response.status == 403
-    assert len(message_detail(journal.read, dead_messages[0].uid).events) == before
-    assert page.goto(base + "/configuration").status == 403
-    shot(page, "viewer-forbidden")
-    context.close()
+    def body(browser):
+        base = running[1]
+        context, page = sign_in(browser, base, "victor")
+        page.goto(base + f"/messages/{dead_messages[0].uid}")
+        assert page.locator("#replay").count() == 0
+        token = page.locator("form.logout input[name=csrf]").get_attribute("value")
+        before = len(message_detail(journal.read, dead_messages[0].uid).events)
+        response = page.request.post(base + f"/messages/{dead_messages[0].uid}/replay", form={"csrf": token})
+        assert response.status == 403
+        assert len(message_detail(journal.read, dead_messages[0].uid).events) == before
+        assert page.goto(base + "/configuration").status == 403
+        shot(page, "viewer-forbidden")
+        context.close()
+
+    chromium.run(body)
 
 
 def test_post_without_csrf_token_is_refused(chromium, running, journal, dead_messages):
-    base = running[1]
-    context, page = sign_in(chromium, base, "olivia")
-    before = len(message_detail(journal.read, dead_messages[1].uid).events)
-    response = page.request.post(base + f"/messages/{dead_messages[1].uid}/replay", form={"back": "/"})
-    assert response.status == 403
-    wrong = page.request.post(base + f"/messages/{dead_messages[1].uid}/replay", form={"csrf": "forged"})
-    assert wrong.status == 403
-    assert len(message_detail(journal.read, dead_messages[1].uid).events) == before
-    context.close()
+    def body(browser):
+        base = running[1]
+        context, page = sign_in(browser, base, "olivia")
+        before = len(message_detail(journal.read, dead_messages[1].uid).events)
+        response = page.request.post(base + f"/messages/{dead_messages[1].uid}/replay", form={"back": "/"})
+        assert response.status == 403
+        wrong = page.request.post(base + f"/messages/{dead_messages[1].uid}/replay", form={"csrf": "forged"})
+        assert wrong.status == 403
+        assert len(message_detail(journal.read, dead_messages[1].uid).events) == before
+        context.close()
+
+    chromium.run(body)
 
 
 def test_admin_sees_configuration_with_check_findings(chromium, running):
-    base = running[1]
-    context, page = sign_in(chromium, base, "ada")
-    page.goto(base + "/configuration")
-    assert page.locator("#findings").count() == 1
-    assert page.locator("summary", has_text="ris (mllp-in)").count() == 1
-    shot(page, "configuration")
-    context.close()
+    def body(browser):
+        base = running[1]
+        context, page = sign_in(browser, base, "ada")
+        page.goto(base + "/configuration")
+        assert page.locator("#findings").count() == 1
+        assert page.locator("summary", has_text="ris (mllp-in)").count() == 1
+        shot(page, "configuration")
+        context.close()
+
+    chromium.run(body)
