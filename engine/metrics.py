@@ -42,6 +42,7 @@ class EngineMetrics:
             "pfi_ack_latency_seconds", "Frame complete to ACK written", ["channel"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.listening = Gauge("pfi_listening", "1 while the channel's listener is bound", ["channel"], registry=r)
         self.connections = Gauge("pfi_open_connections", "Open inbound connections", ["channel"], registry=r)
         self.connections_refused = Counter("pfi_connections_refused", "Inbound connections refused at "
                                            "the channel's max_connections", ["channel"], registry=r)

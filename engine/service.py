@@ -334,6 +334,8 @@ class Engine(Sequence):
 
     async def _start_children(self) -> None:
         await super()._start_children()
+        for name, listener in self.listeners.items():  # the console shows which channels listen
+            self.metrics.listening.labels(name).set(1 if listener.port is not None else 0)
         log.info("engine.started", node=self.node, durability=self.journal.durability)
 
     async def _stop_children(self) -> None:

@@ -196,6 +196,8 @@ class PostgresJournal(GroupCommitWriter):
                                      (_LOCK_SPACE_NODE, self.node)).fetchone()[0]:
             raise ConfigurationError([f"another running node is already named {self.node!r} on this journal; "
                                       "give each node its own `node:` name (pfi.yaml or --node)"])
+        # The console names the dispatch leader from the session holding the dispatch lock.
+        self._session.execute("SELECT set_config('application_name', ?, false)", (f"pfi:{self.node}"[:63],))
         now = time.time()
         self._session.execute(
             "INSERT INTO nodes (name, host, pid, started_at, heartbeat_at) VALUES (?,?,?,?,?)"
@@ -360,7 +362,7 @@ class PostgresJournal(GroupCommitWriter):
                     uids = [r[0] for r in raw.execute(_PURGE_SELECT, (before, PURGE_BATCH)).fetchall()]
                     stats.forget_messages(PgConnection(raw), uids)  # counters stay, facts go
                     for table, column in (("events", "message_uid"), ("deliveries", "message_uid"),
-                                          ("payloads", "uid"), ("messages", "uid")):
+                                          ("search_keys", "message_uid"), ("payloads", "uid"), ("messages", "uid")):
                         raw.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (uids,))
                 total += len(uids)
                 if len(uids) < PURGE_BATCH:
