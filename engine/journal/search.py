@@ -273,5 +273,6 @@ def oldest_uid(read) -> str | None:
 def record_operator_event(conn, uid: str, state: str, detail: str, now: float, node: str = "console") -> None:
     """An operator's look or action on a message, in its journal (visible in `pfi tail` and in
     the message's timeline): who, when, which message."""
-    conn.execute("INSERT INTO events (message_uid, at, state, channel, detail, node) VALUES (?,?,?,?,?,?)",
-                 (uid, now, state, "", detail, node))
+    from engine.journal import events
+
+    events.write_one(conn, uid, now, state, "", detail, node)
