@@ -31,7 +31,7 @@ test: $(STAMP) var/mss-sim-pki/ca.pem var/pki/client-second.pem chromium
 	$(BIN)/ruff check engine bench tests
 	$(BIN)/mypy engine/connectors engine/config engine/journal/base.py engine/journal/dialect.py engine/journal/plans.py \
 		engine/journal/deliveries.py engine/journal/events.py engine/journal/patients.py engine/journal/stats.py \
-		engine/journal/postgres.py engine/journal/reader.py
+		engine/journal/postgres.py engine/journal/reader.py engine/journal/operator.py
 	$(BIN)/python -m pytest -q tests
 
 # The console's browser tests drive Debian's Chromium (never a downloaded browser): installed here

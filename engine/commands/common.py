@@ -44,24 +44,11 @@ def load_with_overrides(args):
 
 
 def open_journal_connection(args, config):
-    """A write connection to the journal for operator commands (SQLite file or PostgreSQL);
-    None, with the reason printed, when there is no journal yet."""
-    from engine.journal.postgres import is_postgres_url
+    """The journal for operator commands (engine.journal.operator.OperatorJournal); None, with the
+    reason printed, when there is no journal yet."""
+    from engine.journal.operator import open_operator_journal
 
-    if is_postgres_url(config.engine.journal):
-        from engine.journal import pgschema
-        from engine.journal.postgres import connect
-
-        conn = connect(config.engine.journal)
-        pgschema.check(conn.raw)
-        return conn
-    from engine.journal import schema
-    from engine.journal.sqlite import connect
-
-    path = data_dir_for(args, config) / "journal" / "journal.sqlite"
-    if not path.exists():
+    journal = open_operator_journal(config.engine.journal, data_dir_for(args, config))
+    if journal is None:
         print("journal is empty (no message received yet)")
-        return None
-    conn = connect(path)
-    schema.upgrade(conn)
-    return conn
+    return journal

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import time
 
+from engine.journal.dialect import SQLITE, Dialect
+from engine.journal.operator import in_transaction
+
 
 def register(sub) -> None:
     q = sub.add_parser("queue", help="per-destination depth, oldest age, next retry, dead letters")
@@ -80,7 +83,7 @@ def show_queues(args) -> int:
     if conn is None:
         return 0
     now = time.time()
-    read = lambda s, a=(): conn.execute(s, a).fetchall()  # noqa: E731
+    read = conn.read
     print(f"{'destination':<24} {'pending':>7} {'oldest':>9} {'next try':>9} {'sending':>7} {'dead':>5} {'held':>5}")
     for dest, pending, oldest, next_try, sending, dead, held in queue_summary(read):
         age = f"{now - oldest:.0f}s" if oldest else "-"
@@ -103,7 +106,7 @@ def _show_paused(conn) -> None:
     """Paused destinations send nothing until `pfi resume`; say since when and why."""
     from engine.journal.deliveries import paused_destinations
 
-    paused = paused_destinations(lambda s, a=(): conn.execute(s, a).fetchall())
+    paused = paused_destinations(conn.read)
     for dest, (reason, since) in sorted(paused.items()):
         when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(since))
         print(f"PAUSED {dest} since {when}: {reason}  (after fixing it: pfi resume {dest})")
@@ -115,9 +118,7 @@ def resume_destination(args) -> int:
     conn = _journal_conn(args)
     if conn is None:
         return 1
-    conn.execute("BEGIN IMMEDIATE")
-    resumed = resume(conn, args.destination, _who(args), "operator", time.time())
-    conn.execute("COMMIT")
+    resumed = conn.transaction(lambda c: resume(c, args.destination, _who(args), "operator", time.time()))
     print(f"{args.destination} resumed" if resumed else f"{args.destination} is not paused")
     return 0 if resumed else 1
 
@@ -126,36 +127,27 @@ def cancel(args) -> int:
     conn = _journal_conn(args)
     if conn is None:
         return 1
-    count = cancel_deliveries(conn, args.ident, args.reason, _who(args))
+    count = cancel_deliveries(conn.conn, args.ident, args.reason, _who(args), dialect=conn.dialect)
     print(f"{count} pending or held deliver{'y' if count == 1 else 'ies'} cancelled")
     return 0 if count else 1
 
 
 # -- the operations themselves, shared with the operator console (engine/console/) ----------------
 
-def cancel_deliveries(conn, ident: str, reason: str, operator: str, node: str = "operator") -> int:
+def cancel_deliveries(conn, ident: str, reason: str, operator: str, node: str = "operator",
+                      dialect: Dialect = SQLITE) -> int:
     """Cancel the pending or held deliveries of a delivery id or message id, in one transaction."""
     from engine.journal.deliveries import cancel as cancel_in_journal
 
-    return _in_transaction(conn, lambda: cancel_in_journal(conn, ident, reason, node, time.time(), operator))
+    return in_transaction(conn, dialect, lambda: cancel_in_journal(conn, ident, reason, node, time.time(), operator))
 
 
-def replay_messages(conn, uids: list[str], operator: str, node: str = "operator") -> int:
+def replay_messages(conn, uids: list[str], operator: str, node: str = "operator", dialect: Dialect = SQLITE) -> int:
     """Send these messages through the current routes again, in one transaction; how many were."""
     from engine.journal.deliveries import requeue_message
 
-    return _in_transaction(conn, lambda: sum(requeue_message(conn, uid, node, time.time(), operator) for uid in uids))
-
-
-def _in_transaction(conn, operation):
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = operation()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
+    return in_transaction(conn, dialect,
+                          lambda: sum(requeue_message(conn, uid, node, time.time(), operator) for uid in uids))
 
 
 def hold(args) -> int:
@@ -174,9 +166,7 @@ def _move(args, operation, done: str) -> int:
     conn = _journal_conn(args)
     if conn is None:
         return 1
-    conn.execute("BEGIN IMMEDIATE")
-    count = operation(conn, args.ident, args.reason, "operator", time.time(), _who(args))
-    conn.execute("COMMIT")
+    count = conn.transaction(lambda c: operation(c, args.ident, args.reason, "operator", time.time(), _who(args)))
     print(f"{count} deliver{'y' if count == 1 else 'ies'} {done}")
     return 0 if count else 1
 
@@ -189,7 +179,7 @@ def replay(args) -> int:
     if uids is None:
         print("give a message id, --state or --dead")
         return 2
-    count = replay_messages(conn, uids, _who(args))
+    count = replay_messages(conn.conn, uids, _who(args), dialect=conn.dialect)
     print(f"{count} message(s) re-queued through the current routes")
     if count < len(uids):
         print(f"{len(uids) - count} not re-queued: unknown, or a rejected frame kept only in part "
@@ -204,4 +194,4 @@ def _select(conn, args) -> list[str] | None:
         return [args.ident]
     if not (args.state or args.dead):
         return None
-    return messages_to_replay(conn, state=args.state, dead=args.dead, channel=args.channel)
+    return messages_to_replay(conn.conn, state=args.state, dead=args.dead, channel=args.channel)

@@ -102,7 +102,7 @@ def _settings(args):
 def _show(conn, args, first: str, last: str, settings) -> int:
     from engine.journal.stats import statistics
 
-    table = statistics(lambda sql, a=(): conn.execute(sql, a).fetchall(), first, last, args.site, settings)
+    table = statistics(conn.read, first, last, args.site, settings)
     text = {"csv": table.as_csv, "json": table.as_json}.get(args.format, table.as_text)()
     if args.output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -116,12 +116,10 @@ def _show(conn, args, first: str, last: str, settings) -> int:
 
 
 def _rebuild(conn, config) -> int:
-    from engine.journal.dialect import POSTGRES, SQLITE
-    from engine.journal.postgres import is_postgres_url
     from engine.journal.stats import rebuild
 
     started = time.monotonic()
-    done = rebuild(conn, POSTGRES if is_postgres_url(config.engine.journal) else SQLITE)
+    done = rebuild(conn.conn, conn.dialect)
     kept = f"; months up to {done.kept_through} kept as they were (retention removed their events)" \
         if done.kept_through else ""
     print(f"statistics rebuilt from {done.messages} message(s) and {done.events} outcome event(s): "

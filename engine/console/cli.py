@@ -76,11 +76,11 @@ def user(args) -> int:
         return 2
     conn = _users_connection(args, config)
     if args.action == "list":
-        for u in users.list_users(lambda s, a=(): conn.execute(s, a).fetchall()):
+        for u in users.list_users(conn.read):
             print(f"{u.name}\t{u.role}")
         return 0
     if args.action == "remove":
-        done = _commit(conn, lambda: users.remove_user(conn, args.name))
+        done = conn.transaction(lambda c: users.remove_user(c, args.name))
         print(f"user {args.name} removed" if done else f"no user {args.name}")
         return 0 if done else 1
     if args.action == "add" and not args.role:
@@ -94,10 +94,10 @@ def user(args) -> int:
         return 2
     hashed, now = hash_password(password), time.time()
     if args.action == "add":
-        done = _commit(conn, lambda: users.add_user(conn, args.name, hashed, args.role, now))
+        done = conn.transaction(lambda c: users.add_user(c, args.name, hashed, args.role, now))
         print(f"user {args.name} added ({args.role})" if done else f"user {args.name} exists (pfi user passwd)")
     else:
-        done = _commit(conn, lambda: users.set_password(conn, args.name, hashed, now, args.role))
+        done = conn.transaction(lambda c: users.set_password(c, args.name, hashed, now, args.role))
         print(f"password of {args.name} changed" if done else f"no user {args.name}")
     return 0 if done else 1
 
@@ -116,34 +116,9 @@ def _new_password(name: str) -> str:
 
 
 def _users_connection(args, config):
-    """The journal's write connection; an SQLite journal is created (and upgraded) if the engine
+    """The journal for operator tools; an SQLite journal is created (and upgraded) if the engine
     never ran, so that the first administrator exists before the first start."""
     from engine.commands.common import data_dir_for
-    from engine.journal.postgres import is_postgres_url
+    from engine.journal.operator import open_operator_journal
 
-    if is_postgres_url(config.engine.journal):
-        from engine.journal import pgschema
-        from engine.journal.postgres import connect
-
-        conn = connect(config.engine.journal)
-        pgschema.check(conn.raw)
-        return conn
-    from engine.journal import schema
-    from engine.journal.sqlite import connect
-
-    directory = Path(data_dir_for(args, config)) / "journal"
-    directory.mkdir(parents=True, exist_ok=True)
-    conn = connect(directory / "journal.sqlite")
-    schema.upgrade(conn)
-    return conn
-
-
-def _commit(conn, operation):
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = operation()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
+    return open_operator_journal(config.engine.journal, Path(data_dir_for(args, config)), create=True)

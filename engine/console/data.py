@@ -79,13 +79,14 @@ class ConsoleData:
         from engine.commands.queue import replay_messages
 
         with self.access.writer() as conn:
-            return replay_messages(conn, uids, operator_name(user), CONSOLE_NODE)
+            return replay_messages(conn, uids, operator_name(user), CONSOLE_NODE, _dialect(self.access))
 
     def cancel(self, ident: str, user: str) -> int:
         from engine.commands.queue import cancel_deliveries
 
         with self.access.writer() as conn:
-            return cancel_deliveries(conn, ident, "cancelled in the console", operator_name(user), CONSOLE_NODE)
+            return cancel_deliveries(conn, ident, "cancelled in the console", operator_name(user), CONSOLE_NODE,
+                                     _dialect(self.access))
 
     # -- configuration -----------------------------------------------------------------------
     def findings(self) -> list[tuple[str, str]]:
@@ -119,6 +120,12 @@ def _without_secrets(value):
     if isinstance(value, list):
         return [_without_secrets(v) for v in value]
     return value
+
+
+def _dialect(access):
+    from engine.journal.dialect import POSTGRES, SQLITE
+
+    return POSTGRES if access.dialect == "postgresql" else SQLITE
 
 
 def month_bounds(now: float) -> tuple[str, str]:
