@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.commands.patient",
     "engine.commands.db",
     "engine.commands.stats",
+    "engine.console.cli",
 )
 
 

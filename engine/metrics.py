@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+#: journal event states counted by name; any other state is counted as "other" (closed label set)
+EVENT_STATES = frozenset({
+    "received", "rejected", "duplicate", "mail-integration", "damaged", "routed", "unrouted", "filtered",
+    "invalid", "held", "queued", "sent", "retry", "dead-letter", "cancelled", "released", "replayed",
+    "paused", "resumed", "identity-held", "identity-released", "superseded",
+})
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -35,6 +42,7 @@ class EngineMetrics:
             "pfi_ack_latency_seconds", "Frame complete to ACK written", ["channel"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.listening = Gauge("pfi_listening", "1 while the channel's listener is bound", ["channel"], registry=r)
         self.connections = Gauge("pfi_open_connections", "Open inbound connections", ["channel"], registry=r)
         self.connections_refused = Counter("pfi_connections_refused", "Inbound connections refused at "
                                            "the channel's max_connections", ["channel"], registry=r)
@@ -60,4 +68,15 @@ class EngineMetrics:
                                     "sending, held, dead)", ["destination", "state"], registry=r)
         self.queue_oldest_seconds = Gauge("pfi_queue_oldest_seconds", "Age of the oldest pending delivery",
                                           ["destination"], registry=r)
+        self.journal_events = Counter(
+            "pfi_journal_events", "Journal events by state, counted as they commit (one observer of every "
+            "state change: intake, routing, deliveries, operator actions)", ["state", "channel"], registry=r)
+        self.channels: frozenset[str] = frozenset()  # set by the engine: the configured channel names
         self.quarantined = Counter("pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r)
+
+    def observe_events(self, rows: list) -> None:
+        """The journal's event listener: rows (message_uid, at, state, channel, detail, node) of a
+        committed transaction. Labels stay in closed sets: known states, configured channels."""
+        for _, _, state, channel, _, _ in rows:
+            self.journal_events.labels(state if state in EVENT_STATES else "other",
+                                       channel if channel in self.channels else "").inc()

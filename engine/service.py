@@ -149,7 +149,9 @@ class Engine(Sequence):
         self.data_dir = Path(data_dir)
         self.node = config.engine.node or socket.gethostname()
         self.metrics = EngineMetrics(node=self.node)
+        self.metrics.channels = frozenset(config.channels)
         self.journal = open_journal(config.engine, self.data_dir, reactor, self.node)
+        self.journal.event_listeners.append(self.metrics.observe_events)
         self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
         self.dispatcher.metrics = self.metrics
@@ -218,7 +220,8 @@ class Engine(Sequence):
         from engine.cda.checker import routes_validate_cda
 
         env = Environment(self.config.channels, self.config.root, patients=self.patients,
-                          cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None)
+                          cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None,
+                          now=self.clock.seconds)
         self.build_context = BuildContext(self.config, self.reactor, self.clock, consent=self.patients,
                                           enqueue=self._enqueue, journal=self.journal)
         if connectors is None:
@@ -331,6 +334,8 @@ class Engine(Sequence):
 
     async def _start_children(self) -> None:
         await super()._start_children()
+        for name, listener in self.listeners.items():  # the console shows which channels listen
+            self.metrics.listening.labels(name).set(1 if listener.port is not None else 0)
         log.info("engine.started", node=self.node, durability=self.journal.durability)
 
     async def _stop_children(self) -> None:

@@ -123,16 +123,39 @@ def resume_destination(args) -> int:
 
 
 def cancel(args) -> int:
-    from engine.journal.deliveries import cancel as cancel_deliveries
-
     conn = _journal_conn(args)
     if conn is None:
         return 1
-    conn.execute("BEGIN IMMEDIATE")
-    count = cancel_deliveries(conn, args.ident, args.reason, "operator", time.time(), _who(args))
-    conn.execute("COMMIT")
+    count = cancel_deliveries(conn, args.ident, args.reason, _who(args))
     print(f"{count} pending or held deliver{'y' if count == 1 else 'ies'} cancelled")
     return 0 if count else 1
+
+
+# -- the operations themselves, shared with the operator console (engine/console/) ----------------
+
+def cancel_deliveries(conn, ident: str, reason: str, operator: str, node: str = "operator") -> int:
+    """Cancel the pending or held deliveries of a delivery id or message id, in one transaction."""
+    from engine.journal.deliveries import cancel as cancel_in_journal
+
+    return _in_transaction(conn, lambda: cancel_in_journal(conn, ident, reason, node, time.time(), operator))
+
+
+def replay_messages(conn, uids: list[str], operator: str, node: str = "operator") -> int:
+    """Send these messages through the current routes again, in one transaction; how many were."""
+    from engine.journal.deliveries import requeue_message
+
+    return _in_transaction(conn, lambda: sum(requeue_message(conn, uid, node, time.time(), operator) for uid in uids))
+
+
+def _in_transaction(conn, operation):
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = operation()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
 
 
 def hold(args) -> int:
@@ -159,8 +182,6 @@ def _move(args, operation, done: str) -> int:
 
 
 def replay(args) -> int:
-    from engine.journal.deliveries import requeue_message
-
     conn = _journal_conn(args)
     if conn is None:
         return 1
@@ -168,9 +189,7 @@ def replay(args) -> int:
     if uids is None:
         print("give a message id, --state or --dead")
         return 2
-    conn.execute("BEGIN IMMEDIATE")
-    count = sum(requeue_message(conn, uid, "operator", time.time(), _who(args)) for uid in uids)
-    conn.execute("COMMIT")
+    count = replay_messages(conn, uids, _who(args))
     print(f"{count} message(s) re-queued through the current routes")
     if count < len(uids):
         print(f"{len(uids) - count} not re-queued: unknown, or a rejected frame kept only in part "

@@ -14,6 +14,8 @@ def register(sub) -> None:
     p.add_argument("--data", type=Path, default=None, help="data directory (journal, caches)")
     p.add_argument("--journal", default=None, help="`sqlite` or a postgresql:// URL (overrides pfi.yaml)")
     p.add_argument("--node", default=None, help="this node's name in a shared journal (default: hostname)")
+    p.add_argument("--console", action="store_true",
+                   help="also start the operator console (as a `console:` section in pfi.yaml does)")
     p.set_defaults(handler=run)
 
 
@@ -51,5 +53,12 @@ def run(args) -> int:
     reactor.callWhenRunning(start)
     # Twisted turns SIGTERM/SIGINT into reactor.stop(); stop the tree before the reactor goes.
     reactor.addSystemEventTrigger("before", "shutdown", lambda: engine.stopService() if engine.running else None)
+    console = config.engine.console
+    if args.console or (console is not None and console.enabled):
+        from engine.commands.console_child import ConsoleChild
+
+        child = ConsoleChild(reactor, args)
+        reactor.callWhenRunning(child.start)
+        reactor.addSystemEventTrigger("before", "shutdown", child.stop)
     reactor.run()
     return 1 if failed else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.config.channels import TlsSettings
 from engine.config.types import Size
 
 
@@ -12,6 +13,22 @@ class MetricsSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
     enabled: bool = True
+
+
+class ConsoleSettings(BaseModel):
+    """The operator web console (docs/console.md): a separate process `pfi run` starts beside the
+    engine when pfi.yaml has a `console:` section (or `pfi run --console`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="Listen address; anything but loopback needs `tls`")
+    port: int = Field(default=8080, ge=0, le=65535)
+    tls: TlsSettings | None = Field(default=None, description="certificate and key of the console (HTTPS)")
+    session_minutes: float = Field(default=30.0, gt=0, description="Idle time after which a session ends")
+    session_max_hours: float = Field(default=12.0, gt=0, description="Age at which a session ends anyway")
+    status_page_url: str = Field(default="https://esante.gouv.fr/",
+                                 description="ANS services status page linked from the Statistics page (SC.STATPP.01)")
+    metrics_url: str = Field(default="", description="The engine's /metrics for live figures (default: from `metrics:`)")
 
 
 class EngineSettings(BaseModel):
@@ -30,3 +47,4 @@ class EngineSettings(BaseModel):
                          "and document channels (default: $PFI_CDA_KIT, else ../shared/corpus/cda/TestContenuCDA-3-0)")
     log_level: str = "info"
     metrics: MetricsSettings = MetricsSettings()
+    console: ConsoleSettings | None = None

@@ -216,7 +216,8 @@ def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
     if not rows:
         return []
     open_ids = _open_ids_by_key(conn, destination, {d.fifo_key for d in rows}, rows[-1].id)
-    batch, taken = [], {}
+    batch: list[Delivery] = []
+    taken: dict[str, int] = {}
     for delivery in rows:
         key = delivery.fifo_key
         # Taken rows are the key's oldest open ones, in order: any other older open row blocks.
@@ -236,9 +237,9 @@ def _open_ids_by_key(conn, destination: str, keys: set[str], up_to: int) -> dict
     """Ids of the pending or sending deliveries of `keys` up to id `up_to`, sorted, per key: one
     query for the whole batch."""
     found: dict[str, list[int]] = {}
-    keys = sorted(keys)
-    for i in range(0, len(keys), 400):  # SQLite's bound-parameter limit
-        chunk = keys[i:i + 400]
+    ordered = sorted(keys)
+    for i in range(0, len(ordered), 400):  # SQLite's bound-parameter limit
+        chunk = ordered[i:i + 400]
         for key, delivery_id in conn.execute(
                 f"SELECT fifo_key, id FROM deliveries WHERE destination=? AND fifo_key IN ({','.join('?' * len(chunk))})"
                 " AND state IN (?, ?, ?) AND id<=? ORDER BY id",
@@ -247,7 +248,7 @@ def _open_ids_by_key(conn, destination: str, keys: set[str], up_to: int) -> dict
     return found
 
 
-def _marks(values: list) -> str:
+def _marks(values) -> str:
     return ",".join("?" * len(values))
 
 

@@ -14,6 +14,7 @@ quick for the rows it does not care about (intake writes one `received` row per 
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Callable, Iterable
 
@@ -32,11 +33,24 @@ ROWS_PER_INSERT = 256
 OBSERVERS: list[Observer] = [count_event_outcomes]
 
 
+#: the writer thread's list of the rows written in its current transaction (see `collect_into`)
+_collected = threading.local()
+
+
+def collect_into(rows: list | None) -> None:
+    """From now on, in this thread, every row written is also appended to `rows`: the journal's
+    writer hands them to its listeners (metrics) once the transaction has committed."""
+    _collected.rows = rows
+
+
 def write(conn, rows: Iterable[EventRow]) -> None:
     """Insert `rows` into events (multi-row statements), then run the observers on them."""
     rows = rows if isinstance(rows, list) else list(rows)
     if not rows:
         return
+    collected = getattr(_collected, "rows", None)
+    if collected is not None:
+        collected.extend(rows)
     for start in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[start:start + ROWS_PER_INSERT]
         conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])

@@ -17,11 +17,14 @@ import threading
 import time
 from typing import Callable
 
+import structlog
 from twisted.internet import defer, threads
 from twisted.python import threadable
 
 from engine.journal import events
 from engine.journal.base import DUPLICATE, InboundRecord
+
+log = structlog.get_logger("engine.journal")
 
 MAX_BATCH = 1024
 # How long the writer waits for the callers it just answered before committing a smaller batch.
@@ -41,6 +44,10 @@ class GroupCommitWriter:
         # queued work (engine/journal/postgres.py), a local one never needs to.
         self.on_received: Callable[[], None] = lambda: None
         self.on_queued: Callable[[str], None] = lambda destination: None
+        #: called in the writer thread with the event rows of each committed transaction (the
+        #: engine's metrics count them: one observer of every state change, nothing counted twice)
+        self.event_listeners: list[Callable[[list], None]] = []
+        self._written: list = []  # event rows of the transaction in progress
 
     # -- to implement ----------------------------------------------------------------------
     def _commit(self, batch: list) -> None:
@@ -146,6 +153,7 @@ class GroupCommitWriter:
         return batch
 
     def _run(self) -> None:
+        events.collect_into(self._written)
         expected = 1
         while True:
             batch = self._next_batch(expected)
@@ -170,6 +178,17 @@ class GroupCommitWriter:
         if run:
             results += self._store_inbound_run(conn, store, run)
         return results
+
+    def _events_committed(self) -> None:
+        rows, self._written[:] = list(self._written), []
+        for listener in self.event_listeners:
+            try:
+                listener(rows)
+            except Exception:  # noqa: BLE001 - a metrics fault must never touch the journal
+                log.exception("journal.event_listener_failed")
+
+    def _events_rolled_back(self, mark: int = 0) -> None:
+        del self._written[mark:]
 
     def _answer(self, batch: list, results: list) -> None:
         self.reactor.callFromThread(_resolve, [d for _, d, _ in batch], results)

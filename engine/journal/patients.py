@@ -123,9 +123,9 @@ def live_id(found) -> int | None:
 
 def by_ipp(db, value: str, domain: str | None) -> int | None:
     """The surviving patient of this IPP (of `domain`, or of any authority, oldest first)."""
-    query, params = "SELECT id, merged_into FROM patients WHERE ipp=?", (value,)
+    query, params = "SELECT id, merged_into FROM patients WHERE ipp=?", [value]
     if domain is not None:
-        query, params = query + " AND ipp_domain=?", (value, domain)
+        query, params = query + " AND ipp_domain=?", [value, domain]
     return live_id(db.execute(query + " ORDER BY id LIMIT 1", params).fetchone())
 
 

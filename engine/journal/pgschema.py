@@ -161,6 +161,38 @@ MIGRATIONS.append((
     """,
 ))
 
+MIGRATIONS.append((
+    6,
+    """
+    -- The operator console (docs/console.md): its local users, shared by the nodes; the identifier
+    -- keys of the message browser (IPP, INS, accession number, document id, control id), written
+    -- by the console's indexer after the fact (never on the intake path); the browser's indexes.
+    CREATE TABLE console_users (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE search_keys (
+        message_uid TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL
+    );
+    CREATE INDEX search_keys_value ON search_keys(kind, value);
+    CREATE INDEX search_keys_message ON search_keys(message_uid);
+    CREATE TABLE search_cursor (
+        name TEXT PRIMARY KEY,
+        last_id BIGINT NOT NULL
+    );
+    CREATE INDEX messages_control ON messages(control_id);
+    CREATE INDEX messages_channel ON messages(channel, id);
+    CREATE INDEX messages_type ON messages(msg_type, id);
+    CREATE INDEX messages_attention ON messages(state, id) WHERE state NOT IN ('received', 'routed');
+    CREATE INDEX deliveries_dead ON deliveries(destination, message_uid) WHERE state = 'dead';
+    """,
+))
+
 LATEST = MIGRATIONS[-1][0]
 # pg_advisory_xact_lock key taken by `upgrade`, so that two nodes upgrading at once take turns.
 _UPGRADE_LOCK = 7310

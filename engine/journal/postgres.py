@@ -114,9 +114,10 @@ class PostgresJournal(GroupCommitWriter):
         self.lease = lease
         self.store = PgPayloads()
         self.is_leader = False
-        self._conn: PgConnection | None = None
-        self._session: PgConnection | None = None
-        self._pool: ConnectionPool | None = None
+        # Opened by start() before any use (the journal is a service started before its users).
+        self._conn: PgConnection = None  # type: ignore[assignment]
+        self._session: PgConnection = None  # type: ignore[assignment]
+        self._pool: ConnectionPool = None  # type: ignore[assignment]
         self._listening = False
         self._listener: threading.Thread | None = None
         self._beating: defer.Deferred | None = None
@@ -156,8 +157,13 @@ class PostgresJournal(GroupCommitWriter):
         if self._heartbeat.running:
             self._heartbeat.stop()
         if self._beating is not None:  # the session connection is in use until it fires
-            finished = defer.Deferred()
-            self._beating.addBoth(lambda result: (finished.callback(None), result)[1])
+            finished: defer.Deferred[None] = defer.Deferred()
+
+            def release(result):
+                finished.callback(None)
+                return result
+
+            self._beating.addBoth(release)
             await finished
         self._listening = False
         await super().stop()
@@ -190,6 +196,8 @@ class PostgresJournal(GroupCommitWriter):
                                      (_LOCK_SPACE_NODE, self.node)).fetchone()[0]:
             raise ConfigurationError([f"another running node is already named {self.node!r} on this journal; "
                                       "give each node its own `node:` name (pfi.yaml or --node)"])
+        # The console names the dispatch leader from the session holding the dispatch lock.
+        self._session.execute("SELECT set_config('application_name', ?, false)", (f"pfi:{self.node}"[:63],))
         now = time.time()
         self._session.execute(
             "INSERT INTO nodes (name, host, pid, started_at, heartbeat_at) VALUES (?,?,?,?,?)"
@@ -209,7 +217,9 @@ class PostgresJournal(GroupCommitWriter):
                 conn.raw.execute("SET LOCAL synchronous_commit = off")
             results = self._run_batch(conn, self.store, batch)
             conn.raw.execute("COMMIT")
+            self._events_committed()
         except Exception as exc:  # server gone, disk full: every caller must hear it
+            self._events_rolled_back()
             _rollback(conn)
             log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             results = [JournalError(f"journal write failed: {exc}")] * len(batch)
@@ -217,6 +227,7 @@ class PostgresJournal(GroupCommitWriter):
 
     def _run_one(self, conn, store, operation):
         conn.raw.execute("SAVEPOINT op")
+        mark = len(self._written)
         try:
             result = operation(conn, store)
         except (psycopg.Error, ValueError) as exc:
@@ -225,6 +236,7 @@ class PostgresJournal(GroupCommitWriter):
             if conn.raw.broken:
                 raise
             conn.raw.execute("ROLLBACK TO SAVEPOINT op")
+            self._events_rolled_back(mark)
             result = JournalError(str(exc))
         conn.raw.execute("RELEASE SAVEPOINT op")
         return result
@@ -350,7 +362,7 @@ class PostgresJournal(GroupCommitWriter):
                     uids = [r[0] for r in raw.execute(_PURGE_SELECT, (before, PURGE_BATCH)).fetchall()]
                     stats.forget_messages(PgConnection(raw), uids)  # counters stay, facts go
                     for table, column in (("events", "message_uid"), ("deliveries", "message_uid"),
-                                          ("payloads", "uid"), ("messages", "uid")):
+                                          ("search_keys", "message_uid"), ("payloads", "uid"), ("messages", "uid")):
                         raw.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (uids,))
                 total += len(uids)
                 if len(uids) < PURGE_BATCH:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Callable
 
 from engine.hl7.scan import scan
 from engine.journal.payloads import PayloadStore
@@ -10,6 +12,8 @@ from engine.journal.sqlite import connect, events_after, load_message
 
 
 class _PatientLabels:
+    load_message: Callable
+
     def patient_label(self, uid: str) -> str:
         """First PID-3 identifier and PID-5 name, read from the stored message (operator asked)."""
         message = self.load_message(uid)
@@ -23,6 +27,8 @@ class _PatientLabels:
 
 
 class _Statistics:
+    _read: Callable[..., list]
+
     def statistics(self, first: str, last: str, site: str | None = None, settings=None):
         """The programme's monthly indicators (engine.journal.stats.statistics): the query API of
         `pfi stats` and of the operator console."""
@@ -34,8 +40,8 @@ class _Statistics:
 class JournalReader(_PatientLabels, _Statistics):
     def __init__(self, journal_dir: Path):
         self.dir = Path(journal_dir)
-        self._conn = None
-        self._payloads = None
+        self._conn: sqlite3.Connection | None = None
+        self._payloads: PayloadStore | None = None
 
     def exists(self) -> bool:
         return (self.dir / "journal.sqlite").exists()

@@ -98,6 +98,30 @@ MIGRATIONS.append((
     """,
 ))
 
+MIGRATIONS.append((
+    6,
+    """
+    -- The operator console (docs/console.md): its local users, and the indexes of the message
+    -- browser. The identifier keys it searches (IPP, INS, accession, document id) are kept by the
+    -- console's indexer in its own file beside this one (search.sqlite, engine/journal/search.py),
+    -- so that its writes never take this file's write lock from the engine.
+    CREATE TABLE IF NOT EXISTS console_users (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS messages_control ON messages(control_id);
+    CREATE INDEX IF NOT EXISTS messages_channel ON messages(channel, id);
+    CREATE INDEX IF NOT EXISTS messages_type ON messages(msg_type, id);
+    -- States an operator looks for; 'received' and 'routed' (nearly every row) stay out.
+    CREATE INDEX IF NOT EXISTS messages_attention ON messages(state, id)
+        WHERE state NOT IN ('received', 'routed');
+    CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(destination, message_uid) WHERE state = 'dead';
+    """,
+))
+
 LATEST = max(number for number, _ in MIGRATIONS)
 
 

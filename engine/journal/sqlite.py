@@ -201,21 +201,24 @@ class SQLiteJournal(GroupCommitWriter):
             results = self._run_batch(conn, store, batch)
             store.sync()  # the log first: the index of a synced batch can be rebuilt from it
             conn.execute("COMMIT")
+            self._events_committed()
         except Exception as exc:  # disk full, read-only, I/O error: every caller must hear it
+            self._events_rolled_back()
             self._abort(conn, store, position)
             log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             failure = JournalError(f"journal write failed: {exc}")
             results = [failure] * len(batch)
         self._answer(batch, results)
 
-    @staticmethod
-    def _run_one(conn, store, operation):
+    def _run_one(self, conn, store, operation):
         conn.execute("SAVEPOINT op")
+        mark = len(self._written)
         try:
             result = operation(conn, store)
         except (sqlite3.IntegrityError, ValueError) as exc:
             # One bad operation must not sink the others committed with it.
             conn.execute("ROLLBACK TO op")
+            self._events_rolled_back(mark)
             result = JournalError(str(exc))
         conn.execute("RELEASE op")
         return result

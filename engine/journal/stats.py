@@ -241,7 +241,8 @@ def _rebuild(conn, dialect: Dialect) -> Rebuilt:
 
 def _rebuild_messages(conn, dialect: Dialect, where: str, args: list, deltas: Counter) -> int:
     """Facts month by month (identity cells never span two months: one month's keys in memory)."""
-    count, month, identities = 0, None, {}
+    count, month = 0, None
+    identities: dict = {}
     for row in _stream(conn, dialect, f"SELECT {', '.join(_FACT_COLUMNS)} FROM stats_messages {where} ORDER BY month, id",
                        args):
         fact = MessageFacts(*row)
@@ -266,7 +267,7 @@ def _rebuild_events(conn, dialect: Dialect, since: float | None, deltas: Counter
     states = sorted(OUTCOME_STATES)
     sql = (f"SELECT e.at, e.state, e.channel, e.detail, {', '.join('f.' + c for c in _FACT_COLUMNS)} FROM events e"
            f" JOIN stats_messages f ON f.uid = e.message_uid WHERE e.state IN ({_in(states)})")
-    args = list(states)
+    args: list = list(states)
     if since is not None:
         sql, args = sql + " AND e.at >= ?", args + [since]
     count = 0

@@ -6,8 +6,10 @@ then written to the journal in one transaction (engine.journal.deliveries.apply_
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from engine.config.routes import Route, Step, as_list
 from engine.errors import EngineError, ValidationError
@@ -25,6 +27,8 @@ class Environment:
     root: Path
     cda_validator: object | None = None  # callable(bytes) -> list[str] of errors
     patients: object | None = None  # engine.patients.PatientRegistry
+    #: the engine's clock (seconds): a ZAM's timestamp follows it, like every other time in routing
+    now: Callable[[], float] = time.time
 
 
 def plan_message(routes: list[Route], ctx: MessageContext, env: Environment) -> Plan:
@@ -93,14 +97,12 @@ def _run_on_failure(route: Route, step: Step, ctx: MessageContext, env: Environm
                     error: EngineError) -> None:
     """A refused document still gets its answer: the step's on_failure steps (a ZAM failure to the
     creator, an alert delivery) run with the refusal as the reason."""
-    import time
-
     from engine.routing.zamstep import build_zam_delivery
 
     follow = Plan(plan.message_uid, state=None)
     run_steps(route, step.on_failure, ctx, ctx.raw, env, follow)
     refusal = (getattr(error, "app_code", None) or "DOCUMENT_REFUSED", str(error), False)
-    zams = [build_zam_delivery(z, refusal, ctx, time.time()) for z in follow.zams]
+    zams = [build_zam_delivery(z, refusal, ctx, env.now()) for z in follow.zams]
     plan.deliveries += follow.deliveries + [z for z in zams if z is not None]
     plan.events += follow.events
 

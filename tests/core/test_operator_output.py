@@ -7,10 +7,17 @@ import subprocess
 import sys
 
 import pytest_twisted
-from twisted.internet import protocol, reactor, utils
+from twisted.internet import protocol, reactor, threads
 
 from engine.mllp.framing import Frame, MLLPDecoder, frame
 from tests.support import ROOT, client_for, exchange, inbound, sample_adt, start_engine, write_config
+
+
+def pfi_in_thread(*args: str):
+    """`pfi ARGS` in a thread (subprocess.run reaps the child itself: Twisted's spawnProcess relies
+    on SIGCHLD, which the test reactor does not handle, and hung now and then waiting for it)."""
+    return threads.deferToThread(subprocess.run, [sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
+                                 capture_output=True, timeout=120)
 
 CLEAR_SCREEN = "\x1b[2J"
 SET_TITLE = "\x1b]0;owned\x07"
@@ -51,11 +58,9 @@ async def test_tail_prints_escape_sequences_from_msh9_and_msh10_escaped(tmp_path
         client.close()
     finally:
         await engine.stopService()
-    out = await utils.getProcessOutputAndValue(
-        sys.executable, ["-m", "engine.cli", "tail", "--config", str(cfg), "--data", str(tmp_path / "data")],
-        path=str(ROOT), env=None)
-    stdout = out[0].decode("utf-8")
-    assert out[2] == 0, out
+    out = await pfi_in_thread("tail", "--config", str(cfg), "--data", str(tmp_path / "data"))
+    stdout = out.stdout.decode("utf-8")
+    assert out.returncode == 0, out
     assert_clean(stdout)
     assert "ctrl=C\\x1b]0;owned\\x071" in stdout and "ADT^A01\\x1b[2J" in stdout
     assert "R\\u202e2\\x9b" in stdout
@@ -83,13 +88,11 @@ async def test_send_prints_a_hostile_ack_escaped(tmp_path):
     message = tmp_path / "m.hl7"
     message.write_text(sample_adt("S-1"))
     try:
-        out, err, code = await utils.getProcessOutputAndValue(
-            sys.executable, ["-m", "engine.cli", "send", str(message), "--to",
-                             f"127.0.0.1:{port.getHost().port}"], path=str(ROOT), env=None)
+        out = await pfi_in_thread("send", str(message), "--to", f"127.0.0.1:{port.getHost().port}")
     finally:
         await port.stopListening()
-    text = out.decode("utf-8")
-    assert code == 1 and "NACK MSA-1=AE" in text
+    text = out.stdout.decode("utf-8")
+    assert out.returncode == 1 and "NACK MSA-1=AE" in text
     assert_clean(text)
     assert "\\x1b[2J\\x1b]0;owned\\x07gotcha" in text
 
