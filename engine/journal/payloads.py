@@ -194,7 +194,7 @@ class PayloadStore:
             while position < size:
                 try:
                     meta, raw, length = self._read_at(number, position)
-                except (CorruptRecord, ValueError, EOFError, TypeError):
+                except (CorruptRecord, ValueError):
                     resume = self.next_valid(number, position + 1, size)
                     yield number, position, None, resume
                     if resume is None:
@@ -216,7 +216,7 @@ class PayloadStore:
                 try:
                     self._read_at(segment, position + found)
                     return position + found
-                except (CorruptRecord, ValueError, EOFError, TypeError):
+                except (CorruptRecord, ValueError):
                     found = chunk.find(_MAGIC_PREFIX, found + 1)
             position += max(1, len(chunk) - len(MAGIC) + 1)
         return None
@@ -263,7 +263,10 @@ def decode_meta(magic: bytes, data: bytes) -> dict:
     The bytes passed the record's crc32: marshal only reads what this store wrote."""
     if magic == MAGIC_JSON:
         return json.loads(data)
-    values = marshal.loads(data)
+    try:
+        values = marshal.loads(data)
+    except (EOFError, ValueError, TypeError) as exc:  # callers expect a CorruptRecord (OSError)
+        raise CorruptRecord(f"unreadable record meta: {exc}") from None
     if not isinstance(values, tuple) or len(values) != len(META_FIELDS):
         raise CorruptRecord("record meta of an unknown shape")
     meta = dict(zip(META_FIELDS, values))

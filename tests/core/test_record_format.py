@@ -93,3 +93,8 @@ def test_a_meta_of_unknown_shape_is_a_damaged_record():
     bad = payloads.encode_meta(("only", "three", "values"))
     with pytest.raises(payloads.CorruptRecord):
         payloads.decode_meta(MAGIC, bad)
+
+
+def test_meta_bytes_marshal_cannot_read_are_a_damaged_record():
+    with pytest.raises(payloads.CorruptRecord):
+        payloads.decode_meta(MAGIC, b"\xff\x00garbage")
