@@ -6,13 +6,11 @@ intake path (engine.hl7.message).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from engine.errors import ParseError
 from engine.hl7.charset import codec_for
 
-_SEGMENT_END = re.compile(rb"\r\n|\r|\n")
 # A real-world defect: MSH-2 written with U+02DC (small tilde) instead of "~" (UTF-8 bytes).
 _SMALL_TILDE = b"\xcb\x9c"
 
@@ -54,8 +52,12 @@ class Header:
 
 
 def _segment_at(raw: bytes, start: int) -> bytes:
-    match = _SEGMENT_END.search(raw, start)
-    return raw[start : match.start() if match else len(raw)]
+    """The segment starting at `start`, up to the first CR or LF (two finds: no regex per call)."""
+    end = raw.find(b"\r", start)
+    if end < 0:
+        end = len(raw)
+    newline = raw.find(b"\n", start, end)
+    return raw[start : newline if newline >= 0 else end]
 
 
 def _find_segment(raw: bytes, name: bytes, sep: bytes) -> bytes | None:
@@ -104,7 +106,17 @@ def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
     return header
 
 
+# MSH-2 values already found valid (a handful per site): the common case skips the checks.
+_VALID_ENCODING_CHARS: dict[bytes, str] = {}
+_KNOWN_ENCODING_CHARS_MAX = 64
+
+
 def _read_encoding_chars(header: Header, enc: bytes) -> None:
+    known = _VALID_ENCODING_CHARS.get(enc)
+    if known is not None and header.field_sep not in known:
+        header.encoding_chars = known
+        return
+    original = enc
     if _SMALL_TILDE in enc:
         enc = enc.replace(_SMALL_TILDE, b"~")
         header.warnings.append("MSH-2 uses U+02DC instead of '~'; read as '~'")
@@ -113,27 +125,28 @@ def _read_encoding_chars(header: Header, enc: bytes) -> None:
             or any(c.isalnum() or not "!" <= c <= "~" for c in text)):
         raise HeaderError(f"MSH-2 encoding characters are invalid: {text[:8]!r}", 102, "MSH^1^2")
     header.encoding_chars = text
+    if original is enc and len(_VALID_ENCODING_CHARS) < _KNOWN_ENCODING_CHARS_MAX:
+        _VALID_ENCODING_CHARS[original] = text  # never one needing a warning (U+02DC)
+
+
+# MSH-n is fields[n - 1] (fields[0] is "MSH", fields[1] is MSH-2): MSH-3..7, 9..12, 17, 21.
+_MSH_TEXT_FIELDS = (2, 3, 4, 5, 6, 8, 9, 10, 11, 16, 20)
+_MSH_FIELDS = 21
 
 
 def _read_msh(header: Header, fields: list[bytes], fallback_codec: str) -> None:
-    def get(n: int) -> bytes:
-        # fields[0] is "MSH" and fields[1] is MSH-2, so MSH-n is fields[n - 1].
-        return fields[n - 1] if len(fields) > n - 1 else b""
-
-    header.charset = get(18).decode("latin-1").split(header.encoding_chars[1])[0]
-    header.codec = codec_for(header.charset, fallback_codec)
-    text = lambda n: get(n).decode(header.codec, errors="replace")  # noqa: E731
+    if len(fields) < _MSH_FIELDS:
+        fields = fields + [b""] * (_MSH_FIELDS - len(fields))
+    header.charset = fields[17].decode("latin-1").split(header.encoding_chars[1])[0]
+    header.codec = codec = codec_for(header.charset, fallback_codec)
     comp = header.encoding_chars[0]
-    header.sending_app, header.sending_facility = text(3), text(4)
-    header.receiving_app, header.receiving_facility = text(5), text(6)
-    header.timestamp = text(7)
-    parts = text(9).split(comp) + ["", "", ""]
+    (header.sending_app, header.sending_facility, header.receiving_app, header.receiving_facility,
+     header.timestamp, message_type, header.control_id, processing_id, header.version_field,
+     header.country, profile) = [fields[n].decode(codec, "replace") for n in _MSH_TEXT_FIELDS]
+    parts = message_type.split(comp) + ["", "", ""]
     header.message_code, header.trigger, header.structure = parts[0], parts[1], parts[2]
-    header.control_id = text(10)
-    header.processing_id = _first_component(text(11), comp)
-    header.version_field = text(12)
-    header.country = text(17)
-    header.profile = text(21).split(header.encoding_chars[1])[0]
+    header.processing_id = _first_component(processing_id, comp)
+    header.profile = profile.split(header.encoding_chars[1])[0]
 
 
 def _read_pid(header: Header, fields: list[bytes]) -> None:

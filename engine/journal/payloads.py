@@ -5,13 +5,17 @@ then the SQLite index is updated without its own fsync (synchronous=NORMAL). Aft
 index is completed from the log (`recover`). Writing each payload once, sequentially, avoids the
 WAL double write and checkpoint stalls that 40 KB BLOBs cause. Old segments are deleted whole.
 
-Record layout: MAGIC | meta length (u32) | raw length (u32) | crc32 of meta+raw (u32) | meta | raw
-where meta is the JSON of the index fields.
+Record layout: MAGIC | meta length (u32) | raw length (u32) | crc32 of meta+raw (u32) | meta | raw.
+MAGIC `PFI2`: meta is the `marshal` of a tuple of the index fields in META_FIELDS order (the ack as
+bytes), ~10x cheaper to encode than JSON on the writer thread. MAGIC `PFI1` (logs written before):
+meta is the JSON object of the same fields (the ack as a latin-1 string); both are read, only
+`PFI2` is written. Readers get the same dict from both.
 """
 
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import struct
 import zlib
@@ -19,9 +23,16 @@ from pathlib import Path
 from typing import Iterator
 
 SEGMENT_BYTES = 256 * 1024 * 1024
-MAGIC = b"PFI1"
+MAGIC = b"PFI2"  # compact (marshal) meta; written
+MAGIC_JSON = b"PFI1"  # JSON meta; read only (logs written before PFI2)
+_MAGIC_PREFIX = b"PFI"  # what both magics start with (resynchronising after damaged bytes)
+#: the order of the values of a PFI2 meta tuple
+META_FIELDS = ("uid", "received_at", "channel", "state", "sender", "facility", "receiver",
+               "receiver_facility", "control_id", "msg_type", "version", "profile", "patient_ids",
+               "charset", "ack_code", "ack", "reason", "dup_key", "duplicate_of")
+_ACK = META_FIELDS.index("ack")
+_MARSHAL_VERSION = 4  # fixed, so that a newer Python writes what an older one reads
 _HEADER = struct.Struct(">4sIII")
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
 _IOV_MAX = 1020  # below the usual IOV_MAX of 1024
 
 
@@ -57,18 +68,19 @@ class PayloadStore:
         self._size = os.fstat(self._fd).st_size
         _fsync_dir(self.directory)
 
-    def append(self, meta: dict, raw: bytes) -> tuple[int, int, int]:
+    def append(self, meta: dict | tuple, raw: bytes) -> tuple[int, int, int]:
         """Write one record (not yet durable: call sync()); returns (segment, offset, crc)."""
         return self.append_many([(meta, raw)])[0]
 
-    def append_many(self, items: list[tuple[dict, bytes]]) -> list[tuple[int, int, int]]:
+    def append_many(self, items: list[tuple[dict | tuple, bytes]]) -> list[tuple[int, int, int]]:
         """Write records with one writev per segment (not yet durable: call sync()); returns
-        (segment, offset, crc) per record. A batch costs one system call, not one per record."""
+        (segment, offset, crc) per record. A batch costs one system call, not one per record.
+        A meta is a tuple in META_FIELDS order (the writer's path) or a dict of those fields."""
         self._check_end()
         positions, chunks = [], []
         end = self._size
         for meta, raw in items:
-            meta_bytes = _ENCODER.encode(meta).encode()
+            meta_bytes = encode_meta(meta)
             crc = zlib.crc32(raw, zlib.crc32(meta_bytes))
             length = _HEADER.size + len(meta_bytes) + len(raw)
             if end + length > self.segment_bytes and end > 0:
@@ -161,14 +173,14 @@ class PayloadStore:
         if len(head) < _HEADER.size:
             raise CorruptRecord(f"truncated record header in segment {segment} at {offset}")
         magic, meta_len, raw_len, crc = _HEADER.unpack(head)
-        if magic != MAGIC or (meta_len + raw_len > 1 << 24
+        if magic not in (MAGIC, MAGIC_JSON) or (meta_len + raw_len > 1 << 24
                               and offset + _HEADER.size + meta_len + raw_len > os.fstat(fd).st_size):
             # Damaged lengths must not make us allocate gigabytes to find out.
             raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
         body = os.pread(fd, meta_len + raw_len, offset + _HEADER.size)
-        if magic != MAGIC or len(body) != meta_len + raw_len or zlib.crc32(body) != crc:
+        if len(body) != meta_len + raw_len or zlib.crc32(body) != crc:
             raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
-        return json.loads(body[:meta_len]), body[meta_len:], _HEADER.size + meta_len + raw_len
+        return decode_meta(magic, body[:meta_len]), body[meta_len:], _HEADER.size + meta_len + raw_len
 
     def scan_from(self, segment: int, offset: int) -> Iterator[tuple[int, int, dict | None, object]]:
         """Records from (segment, offset) to the end of the log, as (segment, offset, meta, raw).
@@ -199,13 +211,13 @@ class PayloadStore:
         position = start
         while position < end:
             chunk = os.pread(fd, min(1 << 20, end - position) + len(MAGIC) - 1, position)
-            found = chunk.find(MAGIC)
+            found = chunk.find(_MAGIC_PREFIX)
             while found >= 0:
                 try:
                     self._read_at(segment, position + found)
                     return position + found
                 except (CorruptRecord, ValueError):
-                    found = chunk.find(MAGIC, found + 1)
+                    found = chunk.find(_MAGIC_PREFIX, found + 1)
             position += max(1, len(chunk) - len(MAGIC) + 1)
         return None
 
@@ -234,6 +246,32 @@ class PayloadStore:
                 os.close(fd)
         self._fd = None
         self._readers.clear()
+
+
+def encode_meta(meta: dict | tuple) -> bytes:
+    """The PFI2 meta of a record: its index fields as a tuple in META_FIELDS order."""
+    if isinstance(meta, dict):
+        values = [meta.get(name) for name in META_FIELDS]
+        if isinstance(values[_ACK], str):
+            values[_ACK] = values[_ACK].encode("latin-1")
+        meta = tuple(values)
+    return marshal.dumps(meta, _MARSHAL_VERSION)
+
+
+def decode_meta(magic: bytes, data: bytes) -> dict:
+    """The index fields of a record as a dict (the ack as a latin-1 string), whatever its format.
+    The bytes passed the record's crc32: marshal only reads what this store wrote."""
+    if magic == MAGIC_JSON:
+        return json.loads(data)
+    try:
+        values = marshal.loads(data)
+    except (EOFError, ValueError, TypeError) as exc:  # callers expect a CorruptRecord (OSError)
+        raise CorruptRecord(f"unreadable record meta: {exc}") from None
+    if not isinstance(values, tuple) or len(values) != len(META_FIELDS):
+        raise CorruptRecord("record meta of an unknown shape")
+    meta = dict(zip(META_FIELDS, values))
+    meta["ack"] = (meta["ack"] or b"").decode("latin-1")
+    return meta
 
 
 def _fsync_dir(directory: Path) -> None:

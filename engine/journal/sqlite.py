@@ -150,15 +150,17 @@ class SQLiteJournal(GroupCommitWriter):
 
     def _log_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> tuple[list, list]:
         """Mark duplicates and append a run of inbound records to the segment log (not synced);
-        returns their messages rows and events rows."""
+        returns their messages rows and events rows, built from the records themselves."""
         mark_duplicates(records, lambda keys: _earlier(conn, keys))
-        metas = [_meta(r) for r in records]
-        positions = store.append_many([(meta, r.raw) for meta, r in zip(metas, records)])
-        messages, event_rows = [], []
+        metas = [_meta_values(r) for r in records]
+        positions = store.append_many(list(zip(metas, [r.raw for r in records])))
+        node, messages, event_rows = self.node, [], []
         for r, meta, (segment, offset, crc) in zip(records, metas, positions):
-            message, event = self._index_rows(meta, len(r.raw), segment, offset, crc, r.ack)
-            messages.append(message)
-            event_rows.append(event)
+            messages.append(meta[:_INDEXED] + (
+                len(r.raw), segment, offset, crc, r.dup_key if r.state != DUPLICATE else None,
+                r.duplicate_of, r.ack_code, r.ack, r.reason, node))
+            detail = f"duplicate of {r.duplicate_of}" if r.duplicate_of else r.reason
+            event_rows.append((r.uid, r.received_at, r.state, r.channel, detail, node))
         return messages, event_rows
 
     def _index_inbound_run(self, conn, store, records: list[InboundRecord], messages: list, event_rows: list) -> list:
@@ -348,6 +350,18 @@ def _insert_rows(message: tuple, event: tuple) -> Callable:
         conn.execute(_INSERT_MESSAGE, message)
         events.write(conn, [event])
     return insert
+
+
+_INDEXED = len(_META_FIELDS)
+# The log's tuple starts with the messages row's first columns (tests/core/test_record_format.py).
+_RECORD_FIELDS = _META_FIELDS + ("ack_code", "ack", "reason", "dup_key", "duplicate_of")
+
+
+def _meta_values(r: InboundRecord) -> tuple:
+    """The record's PFI2 meta (engine/journal/payloads.py META_FIELDS order)."""
+    return (r.uid, r.received_at, r.channel, r.state, r.sender, r.facility, r.receiver,
+            r.receiver_facility, r.control_id, r.msg_type, r.version, r.profile, r.patient_ids,
+            r.charset, r.ack_code, r.ack, r.reason, r.dup_key, r.duplicate_of)
 
 
 def _meta(r: InboundRecord) -> dict:

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from engine.mllp.intake import Intake, IntakePolicy, quarantine, reject_oversized
 from engine.log import EveryFewSeconds
 from engine.mllp.budget import BufferBudget
+from engine.mllp.directwrite import write_now
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, Oversized, frame
 
 log = structlog.get_logger("engine.mllp")
@@ -213,8 +214,11 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         d.addCallbacks(ready, failed)
 
     def _flush(self) -> None:
+        ready = []
         while self._pending and self._pending[0][0] is not None:
-            self.transport.write(frame(self._pending.popleft()[0]))
+            ready.append(frame(self._pending.popleft()[0]))
+        if ready:  # one send for the ACKs ready now, without a reactor turn when possible
+            write_now(self.transport, b"".join(ready))
         if self._closing and not self._pending:
             self.transport.loseConnection()
         self._throttle()
