@@ -27,7 +27,12 @@ def write_now(transport, data: bytes) -> None:
 
 
 def _idle_plain_tcp(transport) -> bool:
-    """A connected plain TCP transport with nothing buffered, not closing."""
-    return (isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected
-            and not transport.disconnecting and not transport._writeDisconnected
-            and not transport._tempDataLen and transport.offset == len(transport.dataBuffer))
+    """A connected plain TCP transport with nothing buffered, not closing. The buffer's fields are
+    Twisted's own (abstract.FileDescriptor): should a Twisted release rename them, every ACK simply
+    takes `transport.write` again."""
+    try:
+        return (isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected
+                and not transport.disconnecting and not transport._writeDisconnected
+                and not transport._tempDataLen and transport.offset == len(transport.dataBuffer))
+    except AttributeError:
+        return False
