@@ -15,9 +15,15 @@ The SQL is portable (`?` placeholders; engine/journal/postgres.py's connection c
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.journal.payloads import PayloadStore
+    from engine.journal.postgres import PgConnection
 
 KEYS_FILE = "search.sqlite"
 _KEYS_SCHEMA = """
@@ -40,10 +46,10 @@ class SqliteAccess:
         self.db = self.dir / "journal.sqlite"
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._writer = None
-        self._keys = None
+        self._writer: sqlite3.Connection | None = None
+        self._keys: sqlite3.Connection | None = None
         self._keys_lock = threading.Lock()
-        self._payloads = None
+        self._payloads: PayloadStore | None = None
 
     def ready(self) -> bool:
         """The journal exists and has the console's schema (the engine upgrades it when it starts)."""
@@ -131,7 +137,7 @@ class SqliteAccess:
 
         if self._payloads is None:
             self._payloads = PayloadStore(self.dir / "payloads")
-        found = []
+        found: list[tuple[str, bytes | None]] = []
         for uid, segment, offset in rows:
             try:
                 found.append((uid, self._payloads.read(segment, offset)[1]))
@@ -154,7 +160,7 @@ class PgAccess:
         self.url = url
         self._pool = ConnectionPool(url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True)
         self._write_lock = threading.Lock()
-        self._writer = None
+        self._writer: PgConnection | None = None
 
     def ready(self) -> bool:
         from engine.journal import pgschema

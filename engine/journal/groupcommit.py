@@ -60,6 +60,10 @@ class GroupCommitWriter:
     def _run_one(self, conn, store, operation):
         raise NotImplementedError
 
+    def start(self) -> None:
+        """Open files and connections, upgrade the schema, recover, start the writer (blocking)."""
+        raise NotImplementedError
+
     def _close_resources(self) -> None:
         """Called in the writer thread after the last batch."""
 
@@ -94,7 +98,7 @@ class GroupCommitWriter:
         """Run `operation(conn, store)` in the writer thread, inside the next group commit; fires
         once durable. `logged` operations may be lost in a crash without harm (the state they
         write is recomputed or the work redone), so they need no sync of their own."""
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
         self._flush_turn()  # keep the order of the calls
         self._queue.put((operation, d, logged))
         return d
@@ -102,7 +106,7 @@ class GroupCommitWriter:
     def append_inbound(self, record: InboundRecord) -> defer.Deferred:
         # The record itself is queued (not a closure): the writer stores runs of inbound records
         # with one duplicate query and one multi-row insert per table instead of per-message ones.
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
         item = (record, d, True)
         if self.reactor.running and threadable.isInIOThread():
             # Records of one reactor turn reach the writer together: it wakes once for them.
@@ -206,17 +210,17 @@ def mark_duplicates(records: list[InboundRecord], earlier: Callable[[list[str]],
     """Mark the records whose dup_key is already journaled within its window, with one lookup
     (`earlier(keys)` -> rows of (dup_key, received_at, uid, ack_code, ack) in journal order) for
     the whole run, plus the duplicates inside the run itself (they point to its first record)."""
-    keyed = [r for r in records if r.dup_key and r.dup_window > 0]
+    keyed = [(r, r.dup_key) for r in records if r.dup_key and r.dup_window > 0]
     if not keyed:
         return
     journaled: dict[str, list] = {}
-    for key, received_at, uid, ack_code, ack in earlier(list({r.dup_key for r in keyed})):
+    for key, received_at, uid, ack_code, ack in earlier(list({k for _, k in keyed})):
         journaled.setdefault(key, []).append((received_at, uid, ack_code, bytes(ack or b"")))
-    for r in keyed:
+    for r, dup_key in keyed:
         oldest = r.received_at - r.dup_window
-        original = next((o for o in journaled.get(r.dup_key, ()) if o[0] >= oldest), None)
+        original = next((o for o in journaled.get(dup_key, ()) if o[0] >= oldest), None)
         if original is not None:
             _, r.duplicate_of, r.ack_code, r.ack = original
             r.state = DUPLICATE
         else:  # later records of this run with the same key are its duplicates
-            journaled.setdefault(r.dup_key, []).append((r.received_at, r.uid, r.ack_code, r.ack))
+            journaled.setdefault(dup_key, []).append((r.received_at, r.uid, r.ack_code, r.ack))

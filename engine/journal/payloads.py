@@ -44,7 +44,7 @@ class PayloadStore:
     def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES):
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
-        self._fd: int | None = None
+        self._fd: int = -1  # the open segment (-1: none yet)
         self._segment = 0
         self._size = 0
         self._dirty = False
@@ -61,7 +61,7 @@ class PayloadStore:
         return self.directory / f"seg-{segment:08d}.dat"
 
     def _open_segment(self, segment: int) -> None:
-        if self._fd is not None:
+        if self._fd >= 0:
             os.close(self._fd)
         self._fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._segment = segment
@@ -77,7 +77,8 @@ class PayloadStore:
         (segment, offset, crc) per record. A batch costs one system call, not one per record.
         A meta is a tuple in META_FIELDS order (the writer's path) or a dict of those fields."""
         self._check_end()
-        positions, chunks = [], []
+        positions: list[tuple[int, int, int]] = []
+        chunks: list[bytes] = []
         end = self._size
         for meta, raw in items:
             meta_bytes = encode_meta(meta)
@@ -242,9 +243,9 @@ class PayloadStore:
 
     def close(self) -> None:
         for fd in [self._fd, *self._readers.values()]:
-            if fd is not None:
+            if fd >= 0:
                 os.close(fd)
-        self._fd = None
+        self._fd = -1
         self._readers.clear()
 
 
@@ -252,8 +253,9 @@ def encode_meta(meta: dict | tuple) -> bytes:
     """The PFI2 meta of a record: its index fields as a tuple in META_FIELDS order."""
     if isinstance(meta, dict):
         values = [meta.get(name) for name in META_FIELDS]
-        if isinstance(values[_ACK], str):
-            values[_ACK] = values[_ACK].encode("latin-1")
+        ack = values[_ACK]
+        if isinstance(ack, str):
+            values[_ACK] = ack.encode("latin-1")
         meta = tuple(values)
     return marshal.dumps(meta, _MARSHAL_VERSION)
 

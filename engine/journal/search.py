@@ -85,7 +85,8 @@ class MessageDetail:
 
 def search_messages(read, filters: SearchFilters, before_id: int | None = None, limit: int = PAGE) -> list[MessageRow]:
     """Messages matching every filter, newest first, `limit` of them older than `before_id`."""
-    sql, args = f"SELECT {_LIST_COLUMNS} FROM messages m WHERE 1=1", []
+    sql = f"SELECT {_LIST_COLUMNS} FROM messages m WHERE 1=1"
+    args: list = []
     for kind, value in filters.keys():
         sql += " AND m.uid IN (SELECT message_uid FROM search_keys WHERE kind=? AND value=?)"
         args += [kind, value]

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 import structlog
 
@@ -66,8 +66,9 @@ class SQLiteJournal(GroupCommitWriter):
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / "journal.sqlite"
         self.payloads = PayloadStore(self.data_dir / "payloads")
-        self._writer: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
+        # Opened by start() before any use (the journal is a service started before its users).
+        self._writer: sqlite3.Connection = None  # type: ignore[assignment]
+        self._reader: sqlite3.Connection = None  # type: ignore[assignment]
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
 
@@ -109,9 +110,10 @@ class SQLiteJournal(GroupCommitWriter):
         recovered = 0
         conn.execute("BEGIN IMMEDIATE")
         for segment, offset, meta, raw in store.scan_from(*self._recovery_start(conn, store)):
-            if meta is None:
+            if meta is None:  # damaged bytes: `raw` is where to resume
                 self._damaged_bytes(store, segment, offset, raw)
                 continue
+            raw = cast(bytes, raw)
             if conn.execute("SELECT 1 FROM messages WHERE uid=?", (meta["uid"],)).fetchone():
                 continue
             crc = store.read_crc(segment, offset)
@@ -316,7 +318,7 @@ def _earlier(conn, keys: list[str]) -> list[tuple]:
 def _received(conn, store: PayloadStore, limit: int, channels: frozenset | None = None) -> list[tuple]:
     rows = conn.execute("SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received'"
                         " ORDER BY id LIMIT ?", (limit,)).fetchall()
-    claimed = []
+    claimed: list[tuple] = []
     for uid, channel, at, segment, offset in rows:
         if channels is not None and channel not in channels:
             claimed.append((uid, channel, at, None))  # unroutable: not worth two preads and a JSON parse
