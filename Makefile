@@ -29,6 +29,7 @@ var/pki/client-second.pem: | $(STAMP)
 # The shipped configuration (route tests, pfi check) names the simulators' test PKIs.
 test: $(STAMP) var/mss-sim-pki/ca.pem var/pki/client-second.pem chromium
 	$(BIN)/ruff check engine bench tests
+	$(BIN)/ruff format --check engine bench tests
 	$(BIN)/mypy engine/connectors engine/config engine/journal
 	$(BIN)/python -m pytest -q tests
 

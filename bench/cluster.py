@@ -30,8 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 from twisted.internet import defer, reactor, task  # noqa: E402
 
-from bench.common import (ROOT, Sink, adt_message, free_port, oru_message, percentile, run_load,  # noqa: E402
-                          sleep, start_engine_process, stop_process)
+from bench.common import (
+    ROOT,
+    Sink,
+    adt_message,
+    free_port,
+    oru_message,
+    percentile,
+    run_load,  # noqa: E402
+    sleep,
+    start_engine_process,
+    stop_process,
+)
 from engine.journal import postgres, sqlite  # noqa: E402
 
 ADMIN_URL = os.environ.get("PFI_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -41,6 +51,7 @@ DRAIN_LIMIT = 40.0  # seconds to wait for the routing backlog after the load sto
 
 
 # -- engine nodes ----------------------------------------------------------------------------
+
 
 @dataclass
 class Node:
@@ -56,9 +67,11 @@ def write_node_config(directory: Path, node: str, port: int, sink_port: int, jou
     (cfg / "channels").mkdir(parents=True)
     (cfg / "channels" / "in.yaml").write_text(f"type: mllp-in\nport: {port}\nmax_message_bytes: 64MiB\n")
     (cfg / "channels" / "dest0.yaml").write_text(
-        f"type: mllp-out\nhost: 127.0.0.1\nport: {sink_port}\nqueue_key: PID-3.1\nparallel_keys: 4\n")
+        f"type: mllp-out\nhost: 127.0.0.1\nport: {sink_port}\nqueue_key: PID-3.1\nparallel_keys: 4\n"
+    )
     (cfg / "routes.yaml").write_text(
-        "routes:\n  - name: bench\n    match: {channel: in}\n    steps:\n      - deliver: {to: [dest0]}\n")
+        "routes:\n  - name: bench\n    match: {channel: in}\n    steps:\n      - deliver: {to: [dest0]}\n"
+    )
     settings = f"log_level: info\nmetrics:\n  enabled: false\nnode: {node}\n"
     if journal != "sqlite":
         settings += f"journal: {journal}\n"
@@ -72,8 +85,9 @@ def start_nodes(workdir: Path, journal: str, count: int, sink_port: int, started
         directory = workdir / f"{'pg' if journal != 'sqlite' else 'sqlite'}{count}-n{i}"
         node = Node(f"n{i}", free_port(), directory / "engine.log")
         cfg = write_node_config(directory, node.name, node.port, sink_port, journal)
-        node.proc = start_engine_process(["run", "--config", str(cfg), "--data", str(directory / "data")],
-                                         node.log_path, started=started)
+        node.proc = start_engine_process(
+            ["run", "--config", str(cfg), "--data", str(directory / "data")], node.log_path, started=started
+        )
         if "engine.started" not in node.log_path.read_text():
             raise RuntimeError(f"node {node.name} did not start:\n{node.log_path.read_text()[-2000:]}")
         nodes.append(node)
@@ -89,11 +103,16 @@ def logged_durability(node: Node) -> str:
 
 
 def logged_errors(nodes: list[Node]) -> list[str]:
-    return [f"{n.name}: {line[:300]}" for n in nodes for line in n.log_path.read_text().splitlines()
-            if '"level": "error"' in line or "Traceback" in line]
+    return [
+        f"{n.name}: {line[:300]}"
+        for n in nodes
+        for line in n.log_path.read_text().splitlines()
+        if '"level": "error"' in line or "Traceback" in line
+    ]
 
 
 # -- the database ----------------------------------------------------------------------------
+
 
 def url_for(database: str) -> str:
     return f"{ADMIN_URL.rpartition('/')[0]}/{database}"
@@ -106,8 +125,13 @@ def upgrade(workdir: Path, url: str) -> None:
     cfg = workdir / "db-cfg"
     (cfg / "channels").mkdir(parents=True, exist_ok=True)
     (cfg / "routes.yaml").write_text("routes: []\n")
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "db", "upgrade", "--config", str(cfg),
-                          "--journal", url], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "db", "upgrade", "--config", str(cfg), "--journal", url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"pfi db upgrade failed: {out.stdout}{out.stderr}")
 
@@ -119,6 +143,7 @@ def empty_journal(url: str) -> None:
 
 
 # -- CPU and server counters -----------------------------------------------------------------
+
 
 def proc_cpu(path: str) -> float | None:
     """utime + stime in seconds from a /proc/<pid>[/task/<tid>]/stat file; None when gone."""
@@ -144,7 +169,7 @@ class Snapshot:
     machine: tuple[float, float]
     bench: float
     nodes: dict[int, tuple[float, float]]  # pid -> (whole process, reactor thread)
-    pg: dict[int, tuple[str, float]]       # pid -> (group, cpu)
+    pg: dict[int, tuple[str, float]]  # pid -> (group, cpu)
     commits: int
     wal_syncs: int
 
@@ -164,7 +189,8 @@ class Probe:
             nodes[pid] = (proc_cpu(f"/proc/{pid}/stat") or 0.0, proc_cpu(f"/proc/{pid}/task/{pid}/stat") or 0.0)
         pg = {}
         for pid, datname, backend_type in self.admin.execute(
-                "SELECT pid, datname, backend_type FROM pg_stat_activity").fetchall():
+            "SELECT pid, datname, backend_type FROM pg_stat_activity"
+        ).fetchall():
             if pid == self.own_backend:
                 continue
             cpu = proc_cpu(f"/proc/{pid}/stat")
@@ -172,8 +198,9 @@ class Probe:
                 pg[pid] = (self._group(datname, backend_type), cpu)
         commits = 0
         if self.database:
-            commits = self.admin.execute("SELECT xact_commit FROM pg_stat_database WHERE datname=%s",
-                                         (self.database,)).fetchone()[0]
+            commits = self.admin.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname=%s", (self.database,)
+            ).fetchone()[0]
         wal_syncs = self.admin.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()[0]
         usage = os.times()
         return Snapshot(time.perf_counter(), machine_cpu(), usage.user + usage.system, nodes, pg, commits, wal_syncs)
@@ -183,7 +210,7 @@ class Probe:
             return "pg_backends"
         if datname is None and backend_type != "client backend":
             return "pg_server"  # wal writer, checkpointer, background writer...
-        return "pg_other"       # other databases: neighbours on this shared server
+        return "pg_other"  # other databases: neighbours on this shared server
 
 
 @dataclass
@@ -217,6 +244,7 @@ def usage_between(a: Snapshot, b: Snapshot) -> Usage:
 
 # -- one case ---------------------------------------------------------------------------------
 
+
 @dataclass
 class CaseResult:
     journal: str
@@ -231,8 +259,9 @@ class CaseResult:
     durability: str = ""
 
 
-async def run_case(nodes: list[Node], sink: Sink, probe: Probe, template: bytes, connections: int,
-                   seconds: float, tag: str) -> tuple[dict, float, list[float], int, Usage]:
+async def run_case(
+    nodes: list[Node], sink: Sink, probe: Probe, template: bytes, connections: int, seconds: float, tag: str
+) -> tuple[dict, float, list[float], int, Usage]:
     record: dict[str, tuple[float, float]] = {}
     sink.arrived.clear()
     before = probe.snapshot()
@@ -248,8 +277,17 @@ async def run_case(nodes: list[Node], sink: Sink, probe: Probe, template: bytes,
     return ack, routed_rate, latencies, len(arrived), usage_between(before, after)
 
 
-async def run_configuration(workdir: Path, journal: str, count: int, sink: Sink, sink_port: int,
-                            admin: psycopg.Connection, database: str | None, args, started: list) -> list[CaseResult]:
+async def run_configuration(
+    workdir: Path,
+    journal: str,
+    count: int,
+    sink: Sink,
+    sink_port: int,
+    admin: psycopg.Connection,
+    database: str | None,
+    args,
+    started: list,
+) -> list[CaseResult]:
     nodes = start_nodes(workdir, journal, count, sink_port, started)
     probe = Probe(admin, database, nodes)
     label = "sqlite" if journal == "sqlite" else "postgresql"
@@ -258,9 +296,21 @@ async def run_configuration(workdir: Path, journal: str, count: int, sink: Sink,
         await run_case(nodes, sink, probe, adt_message(), args.connections, args.warmup, f"W{label}{count}-")
         for name, make in MESSAGES:
             ack, rate, latencies, delivered, usage = await run_case(
-                nodes, sink, probe, make(), args.connections, args.seconds, f"{label[0]}{count}{name[:3]}-")
-            results.append(CaseResult(label, count, name, ack, rate, percentile(latencies, 50) * 1000,
-                                      percentile(latencies, 99) * 1000, delivered, usage))
+                nodes, sink, probe, make(), args.connections, args.seconds, f"{label[0]}{count}{name[:3]}-"
+            )
+            results.append(
+                CaseResult(
+                    label,
+                    count,
+                    name,
+                    ack,
+                    rate,
+                    percentile(latencies, 50) * 1000,
+                    percentile(latencies, 99) * 1000,
+                    delivered,
+                    usage,
+                )
+            )
     finally:
         for node in nodes:
             stop_process(node.proc)
@@ -274,33 +324,49 @@ async def run_configuration(workdir: Path, journal: str, count: int, sink: Sink,
 
 # -- report -----------------------------------------------------------------------------------
 
+
 def print_tables(results: list[CaseResult], connections: int, seconds: float) -> None:
-    print(f"\nCluster benchmark - {connections} connections in total, closed loop, {seconds:g} s per case, "
-          f"1 route -> 1 MLLP sink; {os.cpu_count()} CPUs")
-    print(f"{'message':<10} {'journal':<10} {'nodes':>5} | {'ACK msg/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'err':>4} | {'routed msg/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'delivered':>13}")
+    print(
+        f"\nCluster benchmark - {connections} connections in total, closed loop, {seconds:g} s per case, "
+        f"1 route -> 1 MLLP sink; {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'message':<10} {'journal':<10} {'nodes':>5} | {'ACK msg/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'err':>4} | {'routed msg/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'delivered':>13}"
+    )
     for name, _ in MESSAGES:
         for r in (r for r in results if r.message == name):
             a = r.ack
-            print(f"{name:<10} {r.journal:<10} {r.nodes:>5} | {a['rate']:>9.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} "
-                  f"{a['errors']:>4} | {r.routed_rate:>12.0f} {r.routed_p50:>7.1f} {r.routed_p99:>7.1f} "
-                  f"{r.delivered:>6}/{a['count']:<6}")
+            print(
+                f"{name:<10} {r.journal:<10} {r.nodes:>5} | {a['rate']:>9.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} "
+                f"{a['errors']:>4} | {r.routed_rate:>12.0f} {r.routed_p50:>7.1f} {r.routed_p99:>7.1f} "
+                f"{r.delivered:>6}/{a['count']:<6}"
+            )
     print("\nCPU during each case (cores = CPU seconds / wall seconds; load + routing drain) and per message")
-    print(f"{'message':<10} {'journal':<10} {'nodes':>5} | {'nodes':>5} {'(reactor)':>9} {'pg back':>7} "
-          f"{'pg srv':>6} {'bench':>5} {'rest':>5} {'idle':>5} | {'node us/msg':>11} {'pg us/msg':>9} "
-          f"{'commits/msg':>11} {'WAL syncs/msg':>13}")
+    print(
+        f"{'message':<10} {'journal':<10} {'nodes':>5} | {'nodes':>5} {'(reactor)':>9} {'pg back':>7} "
+        f"{'pg srv':>6} {'bench':>5} {'rest':>5} {'idle':>5} | {'node us/msg':>11} {'pg us/msg':>9} "
+        f"{'commits/msg':>11} {'WAL syncs/msg':>13}"
+    )
     for name, _ in MESSAGES:
         for r in (r for r in results if r.message == name):
             c, n = r.usage.cores, max(r.ack["count"], 1)
             per = r.usage.wall / n * 1e6
-            pg_cols = (f"{c['pg_backends'] * per:>9.0f} {r.usage.commits / n:>11.2f} {r.usage.wal_syncs / n:>13.2f}"
-                       if r.journal == "postgresql" else f"{'-':>9} {'-':>11} {'-':>13}")
-            print(f"{name:<10} {r.journal:<10} {r.nodes:>5} | {c['nodes']:>5.2f} {r.usage.reactor_max:>9.2f} "
-                  f"{c['pg_backends']:>7.2f} {c['pg_server']:>6.2f} {c['bench']:>5.2f} {c['rest'] + c['pg_other']:>5.2f} "
-                  f"{c['idle']:>5.2f} | {c['nodes'] * per:>11.0f} {pg_cols}")
-    print("  (reactor) = the busiest node's main thread; pg back = backends of the bench database; pg srv = "
-          "WAL writer, checkpointer...;\n  bench = this load generator + sink; rest = everything else on the machine "
-          "(other users' jobs); node/pg us/msg = CPU per ACKed message")
+            pg_cols = (
+                f"{c['pg_backends'] * per:>9.0f} {r.usage.commits / n:>11.2f} {r.usage.wal_syncs / n:>13.2f}"
+                if r.journal == "postgresql"
+                else f"{'-':>9} {'-':>11} {'-':>13}"
+            )
+            print(
+                f"{name:<10} {r.journal:<10} {r.nodes:>5} | {c['nodes']:>5.2f} {r.usage.reactor_max:>9.2f} "
+                f"{c['pg_backends']:>7.2f} {c['pg_server']:>6.2f} {c['bench']:>5.2f} {c['rest'] + c['pg_other']:>5.2f} "
+                f"{c['idle']:>5.2f} | {c['nodes'] * per:>11.0f} {pg_cols}"
+            )
+    print(
+        "  (reactor) = the busiest node's main thread; pg back = backends of the bench database; pg srv = "
+        "WAL writer, checkpointer...;\n  bench = this load generator + sink; rest = everything else on the machine "
+        "(other users' jobs); node/pg us/msg = CPU per ACKed message"
+    )
 
 
 def print_summary(results: list[CaseResult]) -> None:
@@ -308,14 +374,20 @@ def print_summary(results: list[CaseResult]) -> None:
     for r in results:
         if r.message == MESSAGES[0][0]:
             print(f"  {r.journal:<10} x{r.nodes}: {r.durability}")
-    print(f"  constants: sqlite.DURABILITY = {sqlite.DURABILITY!r}\n             postgres.DURABILITY = {postgres.DURABILITY!r}")
+    print(
+        f"  constants: sqlite.DURABILITY = {sqlite.DURABILITY!r}\n             postgres.DURABILITY = {postgres.DURABILITY!r}"
+    )
     print("\nScaling, PostgreSQL 2 nodes / 1 node (and 3 / 1):")
     for name, _ in MESSAGES:
         by_nodes = {r.nodes: r for r in results if r.message == name and r.journal == "postgresql"}
         if 1 in by_nodes and 2 in by_nodes:
             one = by_nodes[1]
-            parts = [f"ACK x{by_nodes[k].ack['rate'] / one.ack['rate']:.2f} routed "
-                     f"x{by_nodes[k].routed_rate / max(one.routed_rate, 1e-9):.2f} ({k}/1)" for k in (2, 3) if k in by_nodes]
+            parts = [
+                f"ACK x{by_nodes[k].ack['rate'] / one.ack['rate']:.2f} routed "
+                f"x{by_nodes[k].routed_rate / max(one.routed_rate, 1e-9):.2f} ({k}/1)"
+                for k in (2, 3)
+                if k in by_nodes
+            ]
             print(f"  {name:<10} " + "; ".join(parts))
     print("\nDiagnosis:")
     for r in results:
@@ -326,16 +398,22 @@ def diagnose(r: CaseResult) -> str:
     c = r.usage.cores
     total = sum(v for k, v in c.items() if k != "idle") + c["idle"]
     busy = total - c["idle"]
-    parties = {"engine nodes": c["nodes"], "PostgreSQL backends": c["pg_backends"],
-               "PostgreSQL server processes": c["pg_server"], "load generator": c["bench"],
-               "other jobs on the machine": c["rest"] + c["pg_other"]}
+    parties = {
+        "engine nodes": c["nodes"],
+        "PostgreSQL backends": c["pg_backends"],
+        "PostgreSQL server processes": c["pg_server"],
+        "load generator": c["bench"],
+        "other jobs on the machine": c["rest"] + c["pg_other"],
+    }
     top = sorted(parties.items(), key=lambda kv: -kv[1])[:3]
     shares = ", ".join(f"{k} {v / max(busy, 1e-9):.0%}" for k, v in top)
     if busy >= 0.85 * total:
         verdict = f"CPU-bound ({busy:.2f} of {total:.1f} cores busy): {shares}"
     else:
-        verdict = (f"not CPU-bound ({busy:.2f} of {total:.1f} cores busy): the closed loop waits on round trips "
-                   f"(commit / WAL flush, planning, delivery); {shares}")
+        verdict = (
+            f"not CPU-bound ({busy:.2f} of {total:.1f} cores busy): the closed loop waits on round trips "
+            f"(commit / WAL flush, planning, delivery); {shares}"
+        )
     if r.usage.reactor_max >= 0.8:
         verdict += f"; a node's reactor thread is near one full core ({r.usage.reactor_max:.2f})"
     if r.routed_rate < 0.8 * r.ack["rate"]:
@@ -344,6 +422,7 @@ def diagnose(r: CaseResult) -> str:
 
 
 # -- main -------------------------------------------------------------------------------------
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

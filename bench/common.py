@@ -61,8 +61,7 @@ def oru_message(target: int = 40_000) -> bytes:
 class LoadClient(protocol.Protocol):
     """Closed loop: one message in flight per connection, the next sent when its ACK arrives."""
 
-    def __init__(self, template: bytes, prefix: str, deadline: float, latencies: list,
-                 record: dict | None = None):
+    def __init__(self, template: bytes, prefix: str, deadline: float, latencies: list, record: dict | None = None):
         self.template, self.prefix, self.deadline = template, prefix, deadline
         self.latencies = latencies
         self.record = record  # when given: control id -> (sent at, ACKed at), for end-to-end timings
@@ -99,8 +98,9 @@ class LoadClient(protocol.Protocol):
             self.done.callback(None)
 
 
-async def run_load(port: int | list[int], template: bytes, connections: int, seconds: float, tag: str,
-                   record: dict | None = None) -> dict:
+async def run_load(
+    port: int | list[int], template: bytes, connections: int, seconds: float, tag: str, record: dict | None = None
+) -> dict:
     """Closed loop on `connections` connections, spread round robin over `port` (one or several
     listeners), for `seconds`. `record` (optional) gets control id -> (sent at, ACKed at)."""
     ports = [port] if isinstance(port, int) else list(port)
@@ -152,19 +152,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_engine_process(args: list[str], log_path: Path, timeout: float = 30.0,
-                         started: list | None = None) -> subprocess.Popen:
+def start_engine_process(
+    args: list[str], log_path: Path, timeout: float = 30.0, started: list | None = None
+) -> subprocess.Popen:
     """`pfi <args>` in a subprocess logging to `log_path`; returns once it logged engine.started
     (or exited, or `timeout` passed: the caller sees it in the log). The process is appended to
     `started` at once, so that a caller interrupted while it starts can still stop it."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
     if started is not None:
         started.append(proc)
     deadline = time.monotonic() + timeout
-    while ("engine.started" not in log_path.read_text() and proc.poll() is None
-           and time.monotonic() < deadline):
+    while "engine.started" not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return proc
 

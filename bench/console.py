@@ -44,8 +44,10 @@ def write_config(cfg: Path, port: int, metrics_port: int, console_port: int) -> 
     (cfg / "channels").mkdir(parents=True)
     (cfg / "channels" / "bench.yaml").write_text(f"type: mllp-in\nport: {port}\n", encoding="utf-8")
     (cfg / "routes.yaml").write_text("routes: []\n", encoding="utf-8")
-    (cfg / "pfi.yaml").write_text(f"log_level: warning\nmetrics:\n  port: {metrics_port}\n"
-                                  f"console:\n  enabled: false\n  port: {console_port}\n", encoding="utf-8")
+    (cfg / "pfi.yaml").write_text(
+        f"log_level: warning\nmetrics:\n  port: {metrics_port}\nconsole:\n  enabled: false\n  port: {console_port}\n",
+        encoding="utf-8",
+    )
 
 
 def start(argv: list[str], log: Path, ready: str, timeout: float = 30.0) -> subprocess.Popen:
@@ -80,7 +82,9 @@ class Poller(threading.Thread):
     def _request(self, path: str, data: bytes | None = None) -> str:
         """The session cookie is Secure: urllib's jar keeps it off plain http, a browser on
         127.0.0.1 does not; so it is carried by hand."""
-        request = urllib.request.Request(self.base + path, data=data, headers={"Origin": self.base, "Cookie": self.cookie})
+        request = urllib.request.Request(
+            self.base + path, data=data, headers={"Origin": self.base, "Cookie": self.cookie}
+        )
         opener = urllib.request.build_opener(_NoRedirect)
         try:
             response = opener.open(request, timeout=10)
@@ -118,20 +122,52 @@ def run_intake(args) -> None:
             port, metrics_port, console_port = free_port(), free_port(), free_port()
             cfg, data = work / "cfg", work / "data"
             write_config(cfg, port, metrics_port, console_port)
-            subprocess.run([sys.executable, "-m", "engine.cli", "user", "add", "bench", "--role", "viewer",
-                            "--config", str(cfg), "--data", str(data)], cwd=ROOT, check=True, capture_output=True,
-                           env={**os.environ, "PFI_CONSOLE_PASSWORD": PASSWORD})
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "user",
+                    "add",
+                    "bench",
+                    "--role",
+                    "viewer",
+                    "--config",
+                    str(cfg),
+                    "--data",
+                    str(data),
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                env={**os.environ, "PFI_CONSOLE_PASSWORD": PASSWORD},
+            )
             procs = []
             try:
                 if mode == "console in-process":
-                    procs.append(start([str(ROOT / "bench" / "console_inprocess.py"), str(cfg), str(data)],
-                                       work / "engine.log", "console.started"))
+                    procs.append(
+                        start(
+                            [str(ROOT / "bench" / "console_inprocess.py"), str(cfg), str(data)],
+                            work / "engine.log",
+                            "console.started",
+                        )
+                    )
                 else:
-                    procs.append(start(["-m", "engine.cli", "run", "--config", str(cfg), "--data", str(data)],
-                                       work / "engine.log", "engine.started"))
+                    procs.append(
+                        start(
+                            ["-m", "engine.cli", "run", "--config", str(cfg), "--data", str(data)],
+                            work / "engine.log",
+                            "engine.started",
+                        )
+                    )
                 if mode == "console process":
-                    procs.append(start(["-m", "engine.cli", "console", "--config", str(cfg), "--data", str(data)],
-                                       work / "console.log", "console.started"))
+                    procs.append(
+                        start(
+                            ["-m", "engine.cli", "console", "--config", str(cfg), "--data", str(data)],
+                            work / "console.log",
+                            "console.started",
+                        )
+                    )
                 poller = None
                 if mode != "alone":
                     poller = Poller(f"http://127.0.0.1:{console_port}")
@@ -151,8 +187,12 @@ def run_intake(args) -> None:
     print("\nIntake, ADT, 8 connections, closed loop; medians of", args.rounds, "interleaved rounds")
     for mode, values in rates.items():
         med = statistics.median(values)
-        poll = f"dashboard poll p50 {percentile(polls[mode], 50) * 1000:.0f} ms p95 " \
-               f"{percentile(polls[mode], 95) * 1000:.0f} ms" if polls[mode] else ""
+        poll = (
+            f"dashboard poll p50 {percentile(polls[mode], 50) * 1000:.0f} ms p95 "
+            f"{percentile(polls[mode], 95) * 1000:.0f} ms"
+            if polls[mode]
+            else ""
+        )
         print(f"  {mode:<20} {med:8.0f} msg/s  ({(med / alone - 1) * 100:+.1f} % vs alone)  {poll}")
 
 
@@ -184,6 +224,7 @@ def _react(coroutine):
 
 # -- search over a large journal -------------------------------------------------------------------
 
+
 async def fill(journal_dir: Path, count: int) -> float:
     from engine.ids import new_id
     from engine.journal.base import InboundRecord
@@ -203,11 +244,22 @@ async def fill(journal_dir: Path, count: int) -> float:
             raw = raw.replace(ctrl.encode() + b"^^^CHU-BENCH", ipp.encode() + b"^^^CHU-BENCH", 1)
             raw = raw.replace(b"248067512345678", f"2{i % 200_000:014d}".encode())  # one INS per patient
             state = "rejected" if i % 97 == 0 else "received"
-            records.append(InboundRecord(
-                uid=new_id(), channel=("ris", "tlr-a", "identity")[i % 3], received_at=started + i * 0.01, raw=raw,
-                state=state, sender="GAM", facility="CHU-BENCH", control_id=ctrl,
-                msg_type=("ADT^A01", "ORU^R01", "ORM^O01")[i % 3], version="2.5", patient_ids=f"{ipp}^^^CHU-BENCH^PI",
-                ack_code="AE" if state == "rejected" else "AA"))
+            records.append(
+                InboundRecord(
+                    uid=new_id(),
+                    channel=("ris", "tlr-a", "identity")[i % 3],
+                    received_at=started + i * 0.01,
+                    raw=raw,
+                    state=state,
+                    sender="GAM",
+                    facility="CHU-BENCH",
+                    control_id=ctrl,
+                    msg_type=("ADT^A01", "ORU^R01", "ORM^O01")[i % 3],
+                    version="2.5",
+                    patient_ids=f"{ipp}^^^CHU-BENCH^PI",
+                    ack_code="AE" if state == "rejected" else "AA",
+                )
+            )
         await defer.gatherResults([journal.append_inbound(r) for r in records])
         if base % 100_000 == 0:
             print(f"  {base:,} messages journaled", flush=True)
@@ -264,9 +316,13 @@ def run_search(args) -> None:
                     search_messages(access.read, filters, before_id=rows[-1].id)
                 times.append(time.perf_counter() - t)
             every += times
-            print(f"  {name:<18} p50 {percentile(times, 50) * 1000:7.1f} ms   p95 {percentile(times, 95) * 1000:7.1f} ms")
-        print(f"  {'all queries':<18} p50 {percentile(every, 50) * 1000:7.1f} ms   p95 "
-              f"{percentile(every, 95) * 1000:7.1f} ms  (target p95 < 200 ms)")
+            print(
+                f"  {name:<18} p50 {percentile(times, 50) * 1000:7.1f} ms   p95 {percentile(times, 95) * 1000:7.1f} ms"
+            )
+        print(
+            f"  {'all queries':<18} p50 {percentile(every, 50) * 1000:7.1f} ms   p95 "
+            f"{percentile(every, 95) * 1000:7.1f} ms  (target p95 < 200 ms)"
+        )
         access.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)

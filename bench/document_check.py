@@ -54,8 +54,10 @@ def main() -> None:
         raw = path.read_bytes()
         scan_p50, _ = timings(scan, raw, args.rounds)
         p50, p99 = timings(check_document_message, raw, args.rounds)
-        print(f"{path.name:58} {len(raw) / 1024:6.0f} {scan_p50:9.3f} {p50:10.2f} {p99:7.2f}  "
-              f"{ack_code_for(check_document_message(raw))}")
+        print(
+            f"{path.name:58} {len(raw) / 1024:6.0f} {scan_p50:9.3f} {p50:10.2f} {p99:7.2f}  "
+            f"{ack_code_for(check_document_message(raw))}"
+        )
     kit_latency(max(10, args.rounds // 5))
 
 
@@ -67,10 +69,16 @@ def kit_latency(rounds: int) -> None:
     root = Path(__file__).resolve().parent.parent
     raw = (root / "samples" / "mdm_t02_fictional.hl7").read_bytes()
     print(f"\n{'check before the ACK (samples/mdm_t02_fictional.hl7)':58} {'p50 ms':>9} {'p99 ms':>10}  ACK")
-    for level, stages in (("request only (receipt of errors)", None), ("check_cda: structure (platforms)", ()),
-                          ("check_cda: full (RIS)", ("conformance", "dmp"))):
-        checker = None if stages is None else CdaChecker.from_settings("", root, root / "var" / "cache" / "schematron",
-                                                                           stages)
+    for level, stages in (
+        ("request only (receipt of errors)", None),
+        ("check_cda: structure (platforms)", ()),
+        ("check_cda: full (RIS)", ("conformance", "dmp")),
+    ):
+        checker = (
+            None
+            if stages is None
+            else CdaChecker.from_settings("", root, root / "var" / "cache" / "schematron", stages)
+        )
         p50, p99 = timings(lambda r: check_document_message(r, None, checker), raw, rounds)
         print(f"{level:58} {p50:9.2f} {p99:10.2f}  {ack_code_for(check_document_message(raw, None, checker))}")
 

@@ -42,8 +42,10 @@ async def run(seconds: float, connections: int) -> None:
     _environment(pki, sim.base_url)
     os.environ["PFI_DMP_DELAY"] = "0s"
     peers = {n: Peer(n) for n in ("RIS", "TLR-A", "DRIMBOX")}
-    ports = [reactor.listenTCP(PORTS[v], peers[n], interface="127.0.0.1")
-             for n, v in (("RIS", "PFI_RIS_OUT_PORT"), ("TLR-A", "PFI_TLR_A_OUT_PORT"), ("DRIMBOX", "PFI_DRIMBOX_PORT"))]
+    ports = [
+        reactor.listenTCP(PORTS[v], peers[n], interface="127.0.0.1")
+        for n, v in (("RIS", "PFI_RIS_OUT_PORT"), ("TLR-A", "PFI_TLR_A_OUT_PORT"), ("DRIMBOX", "PFI_DRIMBOX_PORT"))
+    ]
     engine = await _start_engine(work)
     acked: dict[str, float] = {}
     start = time.time()
@@ -73,11 +75,15 @@ async def run(seconds: float, connections: int) -> None:
         await p.stopListening()
     await sim.stop()
     print(f"\nTeleradiology flow benchmark - {connections} platform connections, zero delay, journal: {DURABILITY}")
-    print(f"reports ACKed: {len(acked)}  reached RIS: {len(set(acked) & set(peers['RIS'].control_ids()))}  "
-          f"published+DRIMbox: {len(latencies)}  ZAMs to platform: {len(peers['TLR-A'].received)}")
+    print(
+        f"reports ACKed: {len(acked)}  reached RIS: {len(set(acked) & set(peers['RIS'].control_ids()))}  "
+        f"published+DRIMbox: {len(latencies)}  ZAMs to platform: {len(peers['TLR-A'].received)}"
+    )
     print(f"reports/s end to end: {len(latencies) / max(end - start, 1e-6):.1f}")
-    print(f"platform ACK -> DRIMbox receipt: p50 {percentile(latencies, 50) * 1000:.0f} ms, "
-          f"p99 {percentile(latencies, 99) * 1000:.0f} ms")
+    print(
+        f"platform ACK -> DRIMbox receipt: p50 {percentile(latencies, 50) * 1000:.0f} ms, "
+        f"p99 {percentile(latencies, 99) * 1000:.0f} ms"
+    )
     print("routing-only figure for comparison: bench/route.py")
 
 

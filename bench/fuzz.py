@@ -67,10 +67,24 @@ def with_control_id(message: bytes, ctrl: bytes) -> bytes:
 class Mutator:
     def __init__(self, rng: random.Random):
         self.rng = rng
-        self.ops = [self.clean, self.bit_flips, self.truncate, self.inject_delimiters, self.damage_msh,
-                    self.lf_separators, self.invalid_encoding, self.huge_field, self.drop_segment,
-                    self.duplicate_segment, self.msh_only, self.empty, self.noise_before,
-                    self.double_start, self.missing_end, self.stray_end]
+        self.ops = [
+            self.clean,
+            self.bit_flips,
+            self.truncate,
+            self.inject_delimiters,
+            self.damage_msh,
+            self.lf_separators,
+            self.invalid_encoding,
+            self.huge_field,
+            self.drop_segment,
+            self.duplicate_segment,
+            self.msh_only,
+            self.empty,
+            self.noise_before,
+            self.double_start,
+            self.missing_end,
+            self.stray_end,
+        ]
 
     def __call__(self, message: bytes) -> tuple[str, bytes]:
         """(mutation name, bytes to write on the wire: one or more frames, maybe with noise)."""
@@ -98,8 +112,15 @@ class Mutator:
         return frame(bytes(data))
 
     def damage_msh(self, m):
-        variants = [b"MSH\r" + m[4:], b"MSH" + m[8:], b"MSH|" + m[8:], b"MSH|\xe9\xe8\\&" + m[8:],
-                    b"MSH" + bytes([self.rng.randrange(256)]) + m[4:], b"msh" + m[3:], m[:9] + m[9:].replace(b"|", b"", 3)]
+        variants = [
+            b"MSH\r" + m[4:],
+            b"MSH" + m[8:],
+            b"MSH|" + m[8:],
+            b"MSH|\xe9\xe8\\&" + m[8:],
+            b"MSH" + bytes([self.rng.randrange(256)]) + m[4:],
+            b"msh" + m[3:],
+            m[:9] + m[9:].replace(b"|", b"", 3),
+        ]
         return frame(self.rng.choice(variants))
 
     def lf_separators(self, m):
@@ -231,8 +252,13 @@ class Connection:
 
 def write_config(directory: Path, port: int, metrics_port: int, document_check: bool = False) -> Path:
     (directory / "channels").mkdir(parents=True)
-    channel = {"type": "mllp-in", "host": "127.0.0.1", "port": port, "max_message_bytes": MAX_MESSAGE,
-               "idle_timeout": 600}
+    channel = {
+        "type": "mllp-in",
+        "host": "127.0.0.1",
+        "port": port,
+        "max_message_bytes": MAX_MESSAGE,
+        "idle_timeout": 600,
+    }
     if document_check:  # the shipped RIS channel: request and CDA checked before the ACK
         channel.update(ack_mode="document-request", check_cda="full")
     (directory / "channels" / "fuzz.yaml").write_text(yaml.safe_dump(channel))
@@ -256,8 +282,14 @@ def unhandled_errors(log_text: str) -> list[str]:
     return bad
 
 
-def run(frames: int = 2000, connections: int = 4, seconds: float = 120.0, seed: int = 1,
-        workdir: Path | None = None, document_check: bool = False) -> dict:
+def run(
+    frames: int = 2000,
+    connections: int = 4,
+    seconds: float = 120.0,
+    seed: int = 1,
+    workdir: Path | None = None,
+    document_check: bool = False,
+) -> dict:
     rng = random.Random(seed)
     mutate = Mutator(rng)
     pool = seeds()
@@ -321,16 +353,22 @@ def run(frames: int = 2000, connections: int = 4, seconds: float = 120.0, seed: 
         stop_process(proc)
     journal = journal_check(base / "data", aa_ids, expected_rows, expected_noise)
     return {
-        "frames": sent, "connections": connections, "seed": seed,
+        "frames": sent,
+        "connections": connections,
+        "seed": seed,
         "answers": {k[5:]: v for k, v in sorted(stats.items()) if k.startswith("code.")},
-        "expected_answers": stats["frames.expected_answers"], "unanswered": stats["answers.missing"],
+        "expected_answers": stats["frames.expected_answers"],
+        "unanswered": stats["answers.missing"],
         "extra_answers": stats["answers.extra"],
         "closed_after_oversize": stats["connections.closed_after_oversize"],
         "closed_unexpectedly": stats["connections.closed_unexpectedly"],
         "unhandled_errors": unhandled_errors(log_path.read_text()),
-        "rss_kib_before": rss_before, "rss_kib_after": rss_after,
-        "metrics_series": series, "metrics_bytes": metrics_bytes,
-        "journal": journal, "workdir": str(base),
+        "rss_kib_before": rss_before,
+        "rss_kib_after": rss_after,
+        "metrics_series": series,
+        "metrics_bytes": metrics_bytes,
+        "journal": journal,
+        "workdir": str(base),
         "mutations": {k[9:]: v for k, v in sorted(stats.items()) if k.startswith("mutation.")},
     }
 
@@ -350,8 +388,9 @@ def journal_check(data_dir: Path, aa_ids: set[str], expected_rows: int, expected
     reader = JournalReader(data_dir / "journal" if (data_dir / "journal").exists() else data_dir)
     events = [e for e in reader.events_after(0, limit=10_000_000) if e.state in ("received", "rejected", "duplicate")]
     # ACKs echo MSH-10 bounded and without control characters (engine.hl7.ack): compare alike
-    stored_ids = {re.sub(r"[\x00-\x1f\x7f]", "", (e.control_id or "")[:ECHO_LIMIT])
-                  for e in events if e.state == "received"}
+    stored_ids = {
+        re.sub(r"[\x00-\x1f\x7f]", "", (e.control_id or "")[:ECHO_LIMIT]) for e in events if e.state == "received"
+    }
     missing = sorted(aa_ids - stored_ids)
     unreadable = noise_bytes = noise_rows = 0
     for e in events:
@@ -363,10 +402,17 @@ def journal_check(data_dir: Path, aa_ids: set[str], expected_rows: int, expected
         if (e.detail or "").startswith(NOISE_REASON):
             noise_rows += 1
             noise_bytes += significant(raw)
-    return {"intake_rows": len(events) - noise_rows, "expected_rows": expected_rows,
-            "noise_rows": noise_rows, "noise_bytes": noise_bytes, "expected_noise_bytes": expected_noise,
-            "aa_ids": len(aa_ids), "aa_missing": len(missing), "aa_missing_sample": missing[:5],
-            "unreadable": unreadable}
+    return {
+        "intake_rows": len(events) - noise_rows,
+        "expected_rows": expected_rows,
+        "noise_rows": noise_rows,
+        "noise_bytes": noise_bytes,
+        "expected_noise_bytes": expected_noise,
+        "aa_ids": len(aa_ids),
+        "aa_missing": len(missing),
+        "aa_missing_sample": missing[:5],
+        "unreadable": unreadable,
+    }
 
 
 def defects(result: dict) -> list[str]:
@@ -397,8 +443,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=1800.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--document-check", action="store_true",
-                        help="the channel checks document requests and their CDA before the ACK (shipped RIS)")
+    parser.add_argument(
+        "--document-check",
+        action="store_true",
+        help="the channel checks document requests and their CDA before the ACK (shipped RIS)",
+    )
     args = parser.parse_args()
     result = run(args.frames, args.connections, args.seconds, args.seed, document_check=args.document_check)
     print(json.dumps({k: v for k, v in result.items() if k != "unhandled_errors"}, indent=2))

@@ -33,8 +33,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def start_reference(script: str, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *args],
-                            stdout=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *args], stdout=subprocess.PIPE, cwd=ROOT)
     proc.stdout.readline()
     return proc
 
@@ -66,11 +65,11 @@ def start_engine(workdir: Path, log_level: str) -> subprocess.Popen:
     cfg = workdir / "cfg"
     (cfg / "channels").mkdir(parents=True)
     (cfg / "channels" / "bench.yaml").write_text(
-        f"type: mllp-in\nport: {ENGINE_PORT}\nmax_message_bytes: 64MiB\n", encoding="utf-8")
+        f"type: mllp-in\nport: {ENGINE_PORT}\nmax_message_bytes: 64MiB\n", encoding="utf-8"
+    )
     (cfg / "routes.yaml").write_text("routes: []\n", encoding="utf-8")
     (cfg / "pfi.yaml").write_text(f"log_level: {log_level}\nmetrics:\n  enabled: false\n", encoding="utf-8")
-    return start_engine_process(["run", "--config", str(cfg), "--data", str(workdir / "data")],
-                                workdir / "engine.log")
+    return start_engine_process(["run", "--config", str(cfg), "--data", str(workdir / "data")], workdir / "engine.log")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -93,17 +92,22 @@ async def measure(port: int, pid: int, connections: list[int], seconds: float, t
 
 
 def print_table(bare: dict, durable: dict, engine: dict, log_level: str) -> None:
-    print(f"\nIntake benchmark - journal: {DURABILITY}; engine log level: {log_level}; "
-          "routes configured: 0")
-    print(f"{'message':<10} {'conns':>5} | {'bare':>7} | {'durable':>7} {'µs/msg':>6} | {'engine':>7} "
-          f"{'µs/msg':>6} {'main':>5} {'writer':>6} {'p50 ms':>6} {'p99 ms':>6} {'errs':>4} | {'/durable':>8} {'/bare':>5}")
+    print(f"\nIntake benchmark - journal: {DURABILITY}; engine log level: {log_level}; routes configured: 0")
+    print(
+        f"{'message':<10} {'conns':>5} | {'bare':>7} | {'durable':>7} {'µs/msg':>6} | {'engine':>7} "
+        f"{'µs/msg':>6} {'main':>5} {'writer':>6} {'p50 ms':>6} {'p99 ms':>6} {'errs':>4} | {'/durable':>8} {'/bare':>5}"
+    )
     for key in engine:
         b, d, e = bare[key], durable[key], engine[key]
-        print(f"{key[0]:<10} {key[1]:>5} | {b['rate']:>7.0f} | {d['rate']:>7.0f} {d['cpu_us']:>6.0f} | "
-              f"{e['rate']:>7.0f} {e['cpu_us']:>6.0f} {e['main_us']:>5.0f} {e['other_us']:>6.0f} {e['p50']:>6.2f} {e['p99']:>6.2f} "
-              f"{e['errors']:>4} | {e['rate'] / d['rate']:>8.0%} {e['rate'] / b['rate']:>5.0%}")
-    print("msg/s: ACKed messages per second (closed loop); µs/msg: server CPU (all threads) per message; "
-          "main: the engine's reactor thread alone; writer: its busiest other thread (the journal writer).")
+        print(
+            f"{key[0]:<10} {key[1]:>5} | {b['rate']:>7.0f} | {d['rate']:>7.0f} {d['cpu_us']:>6.0f} | "
+            f"{e['rate']:>7.0f} {e['cpu_us']:>6.0f} {e['main_us']:>5.0f} {e['other_us']:>6.0f} {e['p50']:>6.2f} {e['p99']:>6.2f} "
+            f"{e['errors']:>4} | {e['rate'] / d['rate']:>8.0%} {e['rate'] / b['rate']:>5.0%}"
+        )
+    print(
+        "msg/s: ACKed messages per second (closed loop); µs/msg: server CPU (all threads) per message; "
+        "main: the engine's reactor thread alone; writer: its busiest other thread (the journal writer)."
+    )
 
 
 def main() -> None:

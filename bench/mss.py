@@ -48,7 +48,9 @@ def report_cda(size: int = 40_000) -> bytes:
 
 def request(cda: bytes) -> MssDocumentRequest:
     return MssDocumentRequest(
-        control_id="1", document_title="CR d'imagerie médicale", cda=cda,
+        control_id="1",
+        document_title="CR d'imagerie médicale",
+        cda=cda,
         patient=PatientIdentity(family="BENCH", given="PATIENT", birth_date="19790328"),
         flags=MssFlags(dest_mssante_ps=True, invisible_patient=True),
         recipients=[Recipient(address=APP_MAILBOX)],
@@ -94,7 +96,9 @@ async def main(reactor, mails: int, concurrency: int):
             integrate_rate = await bench_integrate(reactor, settings, mails)
         finally:
             running.stop()
-    print(f"mss send      : {sent_rate:8.1f} mails/s  ({mails} mails, 40 KB CDA, {concurrency} in flight, STARTTLS+AUTH)")
+    print(
+        f"mss send      : {sent_rate:8.1f} mails/s  ({mails} mails, 40 KB CDA, {concurrency} in flight, STARTTLS+AUTH)"
+    )
     print(f"mss integrate : {integrate_rate:8.1f} mails/s  ({mails} mails, IMAP TLS -> LPS MDM -> AA -> STORE)")
 
 

@@ -32,17 +32,26 @@ def write_config(workdir: Path, destinations: int) -> Path:
     for i in range(destinations):
         names.append(f"dest{i}")
         (cfg / "channels" / f"dest{i}.yaml").write_text(
-            f"type: mllp-out\nhost: 127.0.0.1\nport: {SINK_PORTS[i]}\nqueue_key: PID-3.1\nparallel_keys: 4\n")
-    routes = (f"routes:\n  - name: bench\n    match: {{channel: in}}\n    steps:\n"
-              f"      - deliver: {{to: [{', '.join(names)}]}}\n") if destinations else "routes: []\n"
+            f"type: mllp-out\nhost: 127.0.0.1\nport: {SINK_PORTS[i]}\nqueue_key: PID-3.1\nparallel_keys: 4\n"
+        )
+    routes = (
+        (
+            f"routes:\n  - name: bench\n    match: {{channel: in}}\n    steps:\n"
+            f"      - deliver: {{to: [{', '.join(names)}]}}\n"
+        )
+        if destinations
+        else "routes: []\n"
+    )
     (cfg / "routes.yaml").write_text(routes)
     (cfg / "pfi.yaml").write_text("log_level: info\nmetrics:\n  enabled: false\n")
     return cfg
 
 
 def start_engine(workdir: Path, cfg: Path):
-    return start_engine_process(["run", "--config", str(cfg), "--data", str(workdir / f"data-{time.time_ns()}")],
-                                workdir / f"engine-{time.time_ns()}.log")
+    return start_engine_process(
+        ["run", "--config", str(cfg), "--data", str(workdir / f"data-{time.time_ns()}")],
+        workdir / f"engine-{time.time_ns()}.log",
+    )
 
 
 async def scenario(workdir: Path, destinations: int, connections: int, seconds: float) -> dict:
@@ -54,11 +63,15 @@ async def scenario(workdir: Path, destinations: int, connections: int, seconds: 
         load = await run_load(ENGINE_PORT, adt_message(), connections, seconds, f"R{destinations}-", record)
         started = load["started"]
         drain_deadline = time.perf_counter() + 120
-        while destinations and time.perf_counter() < drain_deadline and not all(
-                set(record) <= set(s.arrived) for s in sinks):
+        while (
+            destinations
+            and time.perf_counter() < drain_deadline
+            and not all(set(record) <= set(s.arrived) for s in sinks)
+        ):
             await sleep(0.05)
-        elapsed = (max(max(s.arrived.values(), default=started) for s in sinks) - started if destinations
-                   else load["elapsed"])
+        elapsed = (
+            max(max(s.arrived.values(), default=started) for s in sinks) - started if destinations else load["elapsed"]
+        )
     finally:
         stop_process(proc)
         for p in ports:
@@ -67,9 +80,13 @@ async def scenario(workdir: Path, destinations: int, connections: int, seconds: 
     latencies = [s.arrived[c] - t for s in sinks for c, t in acked.items() if c in s.arrived]
     delivered = sum(len(set(acked) & set(s.arrived)) for s in sinks)
     elapsed = max(elapsed, 1e-6)
-    return {"acked": len(acked), "rate": len(acked) / elapsed, "delivered": delivered,
-            "p50": percentile(latencies, 50) * 1000 if latencies else float("nan"),
-            "p99": percentile(latencies, 99) * 1000 if latencies else float("nan")}
+    return {
+        "acked": len(acked),
+        "rate": len(acked) / elapsed,
+        "delivered": delivered,
+        "p50": percentile(latencies, 50) * 1000 if latencies else float("nan"),
+        "p99": percentile(latencies, 99) * 1000 if latencies else float("nan"),
+    }
 
 
 def main() -> None:
@@ -85,11 +102,15 @@ def main() -> None:
         one = await scenario(workdir, 1, args.connections, args.seconds)
         three = await scenario(workdir, 3, args.connections, args.seconds)
         print(f"\nRouting benchmark - ADT ~1KB, {args.connections} connections, journal: {DURABILITY}")
-        print(f"{'scenario':<28} {'msg/s':>8} {'ACK->dest p50 ms':>17} {'p99 ms':>8} {'delivered':>10} {'vs intake':>9}")
+        print(
+            f"{'scenario':<28} {'msg/s':>8} {'ACK->dest p50 ms':>17} {'p99 ms':>8} {'delivered':>10} {'vs intake':>9}"
+        )
         print(f"{'intake only (no route)':<28} {intake['rate']:>8.0f} {'-':>17} {'-':>8} {'-':>10} {'100%':>9}")
         for name, r, n in (("1 route -> 1 destination", one, 1), ("1 route -> 3 destinations", three, 3)):
-            print(f"{name:<28} {r['rate']:>8.0f} {r['p50']:>17.1f} {r['p99']:>8.1f} "
-                  f"{r['delivered']:>5}/{r['acked'] * n:<5} {r['rate'] / intake['rate']:>8.0%}")
+            print(
+                f"{name:<28} {r['rate']:>8.0f} {r['p50']:>17.1f} {r['p99']:>8.1f} "
+                f"{r['delivered']:>5}/{r['acked'] * n:<5} {r['rate'] / intake['rate']:>8.0%}"
+            )
 
     try:
         task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))

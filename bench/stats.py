@@ -47,11 +47,14 @@ TICK = os.sysconf("SC_CLK_TCK")
 YEAR_START = 1767222000.0  # 2026-01-01 00:00 Paris
 YEAR = 365 * 86400
 ADMIN_URL = os.environ.get("PFI_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-MDM = (SHARED / "corpus/ans/hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/MDM/"
-       "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7")
+MDM = (
+    SHARED / "corpus/ans/hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/MDM/"
+    "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
+)
 
 
 # -- part 1: a year over a million reports ---------------------------------------------------------
+
 
 def generated(count: int, rng: random.Random):
     """(facts, event rows) per batch of 1,000 reports spread over 2026: 5 sites, three document
@@ -62,15 +65,31 @@ def generated(count: int, rng: random.Random):
         for n in range(start, min(start + 1000, count)):
             at = YEAR_START + YEAR * n / count
             uid = f"B{n:08d}"
-            flags = DEST_DMP | (DEST_PS if n % 2 else 0) | (DEST_PATIENT if n % 7 == 0 else 0) | \
-                (INVISIBLE_PATIENT if n % 10 == 0 else 0)
+            flags = (
+                DEST_DMP
+                | (DEST_PS if n % 2 else 0)
+                | (DEST_PATIENT if n % 7 == 0 else 0)
+                | (INVISIBLE_PATIENT if n % 10 == 0 else 0)
+            )
             identity = rng.choices(("qualified", "validated", "provisional", "recovered"), (80, 10, 8, 2))[0]
-            facts.append(MessageFacts(uid, REPORT, month_of(at), sites[n % 5],
-                                      rng.choices(("CR-IMG", "DEMANDE-IMG", "AUTRE"), (80, 15, 5))[0], identity,
-                                      f"p{rng.randrange(300_000)}", rng.choice(("IC", "INC", "")),
-                                      rng.choice(("INO", "IO", "")), flags))
-            rows += [(uid, at, "received", "creator", "", "bench"),
-                     (uid, at + 0.1, "queued", "dmp", f"delivery {n} (initial)", "bench")]
+            facts.append(
+                MessageFacts(
+                    uid,
+                    REPORT,
+                    month_of(at),
+                    sites[n % 5],
+                    rng.choices(("CR-IMG", "DEMANDE-IMG", "AUTRE"), (80, 15, 5))[0],
+                    identity,
+                    f"p{rng.randrange(300_000)}",
+                    rng.choice(("IC", "INC", "")),
+                    rng.choice(("INO", "IO", "")),
+                    flags,
+                )
+            )
+            rows += [
+                (uid, at, "received", "creator", "", "bench"),
+                (uid, at + 0.1, "queued", "dmp", f"delivery {n} (initial)", "bench"),
+            ]
             roll = n % 20
             if roll < 17:
                 rows.append((uid, at + 300, "sent", "dmp", f"delivery {n}: DMP accepted (success)", "bench"))
@@ -80,8 +99,17 @@ def generated(count: int, rng: random.Random):
             else:
                 rows.append((uid, at + 60, "cancelled", "dmp", f"delivery {n} cancelled: superseded", "bench"))
             if flags & DEST_PS:
-                rows.append((uid, at + 1, "sent", "mss", f"delivery {n}: MSSanté: 1 recipient(s) accepted, 0 refused "
-                                                         "(professionals: 1 accepted, 0 refused, 0 not sent)", "bench"))
+                rows.append(
+                    (
+                        uid,
+                        at + 1,
+                        "sent",
+                        "mss",
+                        f"delivery {n}: MSSanté: 1 recipient(s) accepted, 0 refused "
+                        "(professionals: 1 accepted, 0 refused, 0 not sent)",
+                        "bench",
+                    )
+                )
         yield facts, rows
 
 
@@ -99,8 +127,11 @@ def fill(conn, count: int, postgres: bool) -> float:
 
 
 def counters_of(conn) -> dict:
-    return {tuple(r[:4]): r[4] for r in journal_stats.counters(lambda s, a=(): conn.execute(s, a).fetchall(),
-                                                               "2026-01", "2026-12") if r[4]}
+    return {
+        tuple(r[:4]): r[4]
+        for r in journal_stats.counters(lambda s, a=(): conn.execute(s, a).fetchall(), "2026-01", "2026-12")
+        if r[4]
+    }
 
 
 def part1(workdir: Path, count: int, postgres_url: str | None) -> dict:
@@ -129,16 +160,45 @@ def part1(workdir: Path, count: int, postgres_url: str | None) -> dict:
     equal = counters_of(conn) == incremental
     conn.close()
     cli = cli_time(workdir, postgres_url)
-    return {"filled": filled, "api_ms": stat.median(api) * 1000, "rows": len(table.rows), "cli_s": cli,
-            "rebuild_s": rebuilt, "rebuild_equal": equal, "events": done.events, "counters": len(incremental)}
+    return {
+        "filled": filled,
+        "api_ms": stat.median(api) * 1000,
+        "rows": len(table.rows),
+        "cli_s": cli,
+        "rebuild_s": rebuilt,
+        "rebuild_equal": equal,
+        "events": done.events,
+        "counters": len(incremental),
+    }
 
 
 def cli_time(workdir: Path, postgres_url: str | None) -> float:
     journal = ["--journal", postgres_url] if postgres_url else []
     t0 = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "stats", "--from", "2026-01", "--to", "2026-12",
-                             "--format", "csv", "-o", str(workdir / "year.csv"), "--config", str(workdir / "cfg"),
-                             "--data", str(workdir / "data"), *journal], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "stats",
+            "--from",
+            "2026-01",
+            "--to",
+            "2026-12",
+            "--format",
+            "csv",
+            "-o",
+            str(workdir / "year.csv"),
+            "--config",
+            str(workdir / "cfg"),
+            "--data",
+            str(workdir / "data"),
+            *journal,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - t0
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
@@ -146,6 +206,7 @@ def cli_time(workdir: Path, postgres_url: str | None) -> float:
 
 
 # -- part 2: intake with counting on and off ------------------------------------------------------
+
 
 def report_message(pdf_chars: int = 30_000) -> bytes:
     """The ANS MDM^T02 (CR d'imagerie, CDA N1) with {CTRL} in MSH-10 and as a new patient's IPP,
@@ -166,8 +227,11 @@ def report_message(pdf_chars: int = 30_000) -> bytes:
         elif seg.startswith("OBX|1|ED|"):
             parts = fields[5].split("^")
             cda = base64.b64decode(parts[4] + "=" * (-len(parts[4]) % 4)).decode("utf-8")
-            cda = re.sub(r"(<text[^>]*>)\s*([A-Za-z0-9+/=\s]+?)\s*(</text>)",
-                         lambda m: m.group(1) + re.sub(r"\s", "", m.group(2))[:pdf_chars] + m.group(3), cda)
+            cda = re.sub(
+                r"(<text[^>]*>)\s*([A-Za-z0-9+/=\s]+?)\s*(</text>)",
+                lambda m: m.group(1) + re.sub(r"\s", "", m.group(2))[:pdf_chars] + m.group(3),
+                cda,
+            )
             parts[4] = base64.b64encode(cda.encode("utf-8")).decode()
             fields[5] = "^".join(parts)
         out.append("|".join(fields))
@@ -178,8 +242,9 @@ def engine_config(workdir: Path, routed: bool) -> Path:
     cfg = workdir / f"cfg-{'routed' if routed else 'intake'}"
     (cfg / "channels").mkdir(parents=True, exist_ok=True)
     (cfg / "channels" / "in.yaml").write_text(f"type: mllp-in\nport: {ENGINE_PORT}\nmax_message_bytes: 64MiB\n")
-    (cfg / "channels" / "sink.yaml").write_text(f"type: mllp-out\nhost: 127.0.0.1\nport: {SINK_PORT}\n"
-                                                "queue_key: PID-3.1\nparallel_keys: 4\n")
+    (cfg / "channels" / "sink.yaml").write_text(
+        f"type: mllp-out\nhost: 127.0.0.1\nport: {SINK_PORT}\nqueue_key: PID-3.1\nparallel_keys: 4\n"
+    )
     routes = "routes:\n  - name: reports\n    match: {channel: in}\n    steps:\n      - deliver: {to: sink}\n"
     (cfg / "routes.yaml").write_text(routes if routed else "routes: []\n")
     (cfg / "pfi.yaml").write_text("log_level: info\nmetrics:\n  enabled: false\n")
@@ -193,17 +258,31 @@ def cpu_seconds(pid: int) -> float:
 
 def start_engine(cfg: Path, data: Path, counting: bool, log: Path, timing: Path) -> subprocess.Popen:
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "stats_engine.py"), "on" if counting else "off",
-                                 str(timing), "run", "--config", str(cfg), "--data", str(data)], cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "stats_engine.py"),
+                "on" if counting else "off",
+                str(timing),
+                "run",
+                "--config",
+                str(cfg),
+                "--data",
+                str(data),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 30
     while "engine.started" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return proc
 
 
-async def one_run(workdir: Path, routed: bool, counting: bool, template: bytes, connections: int,
-                  seconds: float, tag: str) -> dict:
+async def one_run(
+    workdir: Path, routed: bool, counting: bool, template: bytes, connections: int, seconds: float, tag: str
+) -> dict:
     data, timing = workdir / f"data-{tag}", workdir / f"timing-{tag}.json"
     proc = start_engine(engine_config(workdir, routed), data, counting, workdir / f"engine-{tag}.log", timing)
     sink = Sink()
@@ -211,8 +290,10 @@ async def one_run(workdir: Path, routed: bool, counting: bool, template: bytes, 
     try:
         if routed:  # the statistics take the sink for a DMP: each outcome is counted
             conn = sqlite3.connect(data / "journal" / "journal.sqlite", isolation_level=None, timeout=30)
-            conn.execute("INSERT INTO stats_channels (name, kind) VALUES ('sink', 'dmp') ON CONFLICT (name)"
-                         " DO UPDATE SET kind = excluded.kind")
+            conn.execute(
+                "INSERT INTO stats_channels (name, kind) VALUES ('sink', 'dmp') ON CONFLICT (name)"
+                " DO UPDATE SET kind = excluded.kind"
+            )
             conn.close()
         await run_load(ENGINE_PORT, template, 2, 0.5, f"W{tag}")  # warm-up: imports, first connections
         await drain(sink, routed, 0)
@@ -223,8 +304,14 @@ async def one_run(workdir: Path, routed: bool, counting: bool, template: bytes, 
         cpu = cpu_seconds(proc.pid) - cpu0
         total_cpu = cpu_seconds(proc.pid)
         elapsed = (delivered_at - load["started"]) if routed else load["elapsed"]
-        result = {"acked": load["rate"], "through": load["count"] / elapsed, "cpu_us": cpu / max(load["count"], 1) * 1e6,
-                  "errors": load["errors"], "messages": warm + load["count"], "total_cpu": total_cpu}
+        result = {
+            "acked": load["rate"],
+            "through": load["count"] / elapsed,
+            "cpu_us": cpu / max(load["count"], 1) * 1e6,
+            "errors": load["errors"],
+            "messages": warm + load["count"],
+            "total_cpu": total_cpu,
+        }
     finally:  # in a thread: the sink (this reactor) must answer the engine's last sends while it stops
         await threads.deferToThread(stop_process, proc)
         await port.stopListening()
@@ -244,11 +331,13 @@ async def drain(sink: Sink, routed: bool, expected: int) -> float:
 
 async def part2(workdir: Path, rounds: int, seconds: float, connections: int) -> dict:
     results: dict = {}
-    cases = (("intake alone: ADT, no route", False, adt_message()),
-             ("reports routed, outcome counted", True, report_message()))
+    cases = (
+        ("intake alone: ADT, no route", False, adt_message()),
+        ("reports routed, outcome counted", True, report_message()),
+    )
     for number in range(rounds):
         for name, routed, template in cases:
-            for counting in ((True, False) if number % 2 == 0 else (False, True)):
+            for counting in (True, False) if number % 2 == 0 else (False, True):
                 tag = f"{'r' if routed else 'i'}{'on' if counting else 'off'}{number}"
                 result = await one_run(workdir, routed, counting, template, connections, seconds, tag)
                 results.setdefault((name, counting), []).append(result)
@@ -256,8 +345,10 @@ async def part2(workdir: Path, rounds: int, seconds: float, connections: int) ->
 
 
 def report_part2(results: dict, connections: int, seconds: float, rounds: int) -> None:
-    print(f"\n2. Intake with counting on and off - {connections} connections, {seconds:g} s per run, {rounds} rounds "
-          "interleaved (medians)")
+    print(
+        f"\n2. Intake with counting on and off - {connections} connections, {seconds:g} s per run, {rounds} rounds "
+        "interleaved (medians)"
+    )
     print(f"{'case':<34} {'counting':>8} {'ACKed msg/s':>11} {'through msg/s':>13} {'CPU µs/msg':>10}")
     for name in dict.fromkeys(n for n, _ in results):
         medians = {}
@@ -265,20 +356,29 @@ def report_part2(results: dict, connections: int, seconds: float, rounds: int) -
             runs = results[(name, counting)]
             medians[counting] = {k: stat.median(r[k] for r in runs) for k in ("acked", "through", "cpu_us")}
             m = medians[counting]
-            print(f"{name:<34} {'on' if counting else 'off':>8} {m['acked']:>11.0f} {m['through']:>13.0f} "
-                  f"{m['cpu_us']:>10.0f}")
+            print(
+                f"{name:<34} {'on' if counting else 'off':>8} {m['acked']:>11.0f} {m['through']:>13.0f} "
+                f"{m['cpu_us']:>10.0f}"
+            )
         on, off = medians[True], medians[False]
-        print(f"{'':<34} {'on/off':>8} {on['acked'] / off['acked'] - 1:>+11.1%} {on['through'] / off['through'] - 1:>+13.1%}"
-              f" {on['cpu_us'] / off['cpu_us'] - 1:>+10.1%}")
+        print(
+            f"{'':<34} {'on/off':>8} {on['acked'] / off['acked'] - 1:>+11.1%} {on['through'] / off['through'] - 1:>+13.1%}"
+            f" {on['cpu_us'] / off['cpu_us'] - 1:>+10.1%}"
+        )
         counted = results[(name, True)]
         parts = {k: stat.median(r["counting_us"][k] for r in counted) for k in counted[0]["counting_us"]}
         # the registry look-up happens inside `classify`: not added twice
-        per_message = [sum(v for k, v in r["counting_us"].items() if k != "registry")
-                       / (r["total_cpu"] * 1e6 / r["messages"]) for r in counted]
-        print(f"{'':<34} counting CPU per message (measured in the engine): "
-              + ", ".join(f"{k} {v:.1f} µs" if k != "registry" else f"(of which registry {v:.1f} µs)"
-                          for k, v in parts.items())
-              + f"; share of the engine's CPU per message: {stat.median(per_message):.2%}")
+        per_message = [
+            sum(v for k, v in r["counting_us"].items() if k != "registry") / (r["total_cpu"] * 1e6 / r["messages"])
+            for r in counted
+        ]
+        print(
+            f"{'':<34} counting CPU per message (measured in the engine): "
+            + ", ".join(
+                f"{k} {v:.1f} µs" if k != "registry" else f"(of which registry {v:.1f} µs)" for k, v in parts.items()
+            )
+            + f"; share of the engine's CPU per message: {stat.median(per_message):.2%}"
+        )
     errors = sum(r["errors"] for runs in results.values() for r in runs)
     if errors:
         print(f"NACKs during the runs: {errors}")
@@ -305,11 +405,13 @@ def main() -> None:
                 result = with_database(lambda url: part1(workdir, args.messages, url))
             else:
                 result = part1(workdir, args.messages, None)
-            print(f"   {name}: filled through the counting code in {result['filled']:.0f} s "
-                  f"({args.messages / result['filled']:,.0f} reports/s, {result['counters']:,} counters); "
-                  f"the year's table ({result['rows']} rows): API {result['api_ms']:.1f} ms, "
-                  f"`pfi stats` process {result['cli_s']:.2f} s; rebuild {result['rebuild_s']:.1f} s "
-                  f"({result['events']:,} outcome events), equal to incremental: {result['rebuild_equal']}")
+            print(
+                f"   {name}: filled through the counting code in {result['filled']:.0f} s "
+                f"({args.messages / result['filled']:,.0f} reports/s, {result['counters']:,} counters); "
+                f"the year's table ({result['rows']} rows): API {result['api_ms']:.1f} ms, "
+                f"`pfi stats` process {result['cli_s']:.2f} s; rebuild {result['rebuild_s']:.1f} s "
+                f"({result['events']:,} outcome events), equal to incremental: {result['rebuild_equal']}"
+            )
         if args.skip_intake:
             return
 

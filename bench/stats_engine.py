@@ -33,6 +33,7 @@ def timed(name: str, function):
         finally:
             TOTALS[name][0] += time.thread_time_ns() - started
             TOTALS[name][1] += 1
+
     return wrapper
 
 
@@ -43,10 +44,12 @@ if __name__ == "__main__":
         dispatcher.statistics_facts = lambda contexts, env: []
     else:
         events.OBSERVERS[events.OBSERVERS.index(stats.count_event_outcomes)] = timed(
-            "count_event_outcomes", stats.count_event_outcomes)
+            "count_event_outcomes", stats.count_event_outcomes
+        )
         dispatcher.statistics_facts = timed("classify", dispatcher.statistics_facts)
         stats.record_messages = timed("record_messages", stats.record_messages)
         from engine.patients.registry import PatientRegistry
+
         PatientRegistry.statistics_views = timed("registry", PatientRegistry.statistics_views)
         atexit.register(lambda: Path(timing_file).write_text(json.dumps(TOTALS)))
     sys.exit(main(argv))

@@ -23,13 +23,23 @@ from engine.sim.mllp import MllpPeer
 ROOT = Path(__file__).resolve().parent.parent
 ANS = ROOT.parent / "shared" / "corpus" / "ans"
 MDM = ANS / "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/MDM"
-ORU_INIT = (ANS / "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/ORU"
-            / "Transmission initiale ORU/message_ORU_CR_Bio_INIT_N3_SEGUR.hl7")
+ORU_INIT = (
+    ANS
+    / "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/ORU"
+    / "Transmission initiale ORU/message_ORU_CR_Bio_INIT_N3_SEGUR.hl7"
+)
 TLR = ANS / "interop-ig-hl7v2-teleradiologie/_extracted_from_pages/exemples"
 CONSENT = ANS / "hl7V2-exemples/Vague 2/Consentement_DMP_PAMFR"
-PORTS = {"PFI_RIS_PORT": 32575, "PFI_TLR_A_PORT": 32580, "PFI_TLR_B_PORT": 32582, "PFI_ADT_PORT": 32577,
-         "PFI_RIS_OUT_PORT": 32576, "PFI_TLR_A_OUT_PORT": 32581, "PFI_TLR_B_OUT_PORT": 32583,
-         "PFI_DRIMBOX_PORT": 32590}
+PORTS = {
+    "PFI_RIS_PORT": 32575,
+    "PFI_TLR_A_PORT": 32580,
+    "PFI_TLR_B_PORT": 32582,
+    "PFI_ADT_PORT": 32577,
+    "PFI_RIS_OUT_PORT": 32576,
+    "PFI_TLR_A_OUT_PORT": 32581,
+    "PFI_TLR_B_OUT_PORT": 32583,
+    "PFI_DRIMBOX_PORT": 32590,
+}
 DELAY = 2.0
 MSS_MAILBOX, MSS_PASSWORD = "pfi@localhost.mssante.fr", "pfi"
 
@@ -49,8 +59,10 @@ def as_message(path: Path, control_id: str, edits: dict[bytes, bytes] | None = N
 # The ACK_RECEPTION flag set, and the sender organisation in the IDNST form of the ANS examples'
 # May 2026 branch (`IDNST^^^3300017985` for `FINEG^^^300017985`): the demo's organisation
 # certificate is that structure's (the VIHF structure must be the certificate's, docs/dmp.md).
-ASK_RECEIPT = {b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||N": b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||Y",
-               b"^FINEG^^^300017985": b"^IDNST^^^3300017985"}
+ASK_RECEIPT = {
+    b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||N": b"ACK_RECEPTION^Accus\xc3\xa9 de r\xc3\xa9ception^MetaDMPMSS||Y",
+    b"^FINEG^^^300017985": b"^IDNST^^^3300017985",
+}
 
 
 def new_version_of(path: Path, control_id: str, old: bytes, new: bytes) -> bytes:
@@ -79,9 +91,15 @@ FICTIONAL_INS = b"292089900100290"
 
 def demo_reports() -> dict[str, bytes]:
     """The reports of the imaging day: the fictional kit-valid CR as several documents."""
-    return {"REP-1": fictional_report("REP-1", 11), "REP-2": fictional_replacement("REP-2", 11, 12),
-            "FIC-1": as_message(SAMPLE, "FIC-1"), "OUT-1": fictional_report("OUT-1", 13),
-            "REP-3": fictional_report("REP-3", 14)}
+    return {
+        "REP-1": fictional_report("REP-1", 11),
+        "REP-2": fictional_replacement("REP-2", 11, 12),
+        "FIC-1": as_message(SAMPLE, "FIC-1"),
+        "OUT-1": fictional_report("OUT-1", 13),
+        "REP-3": fictional_report("REP-3", 14),
+    }
+
+
 SAMPLE_DOC, SAMPLE_SET = b"1.2.250.1.999.7.1.2026.1", b"1.2.250.1.999.7.2.2026.1"
 # The fictional report's sender organisation, as the structure of the demo's DMP certificate.
 FICTIONAL_SENDER = {b"^IDNST^^^3999999999": b"^IDNST^^^3300017985"}
@@ -125,8 +143,11 @@ def fictional_replacement(control_id: str, parent: int, n: int) -> bytes:
     def cda(data: bytes) -> bytes:
         data = data.replace(SAMPLE_DOC, doc).replace(SAMPLE_SET, set_id)
         data = data.replace(b'<versionNumber value="1"/>', b'<versionNumber value="2"/>')
-        related = (b'  <relatedDocument typeCode="RPLC"><parentDocument><id root="' + parent_doc
-                   + b'"/></parentDocument></relatedDocument>\n  <componentOf>')
+        related = (
+            b'  <relatedDocument typeCode="RPLC"><parentDocument><id root="'
+            + parent_doc
+            + b'"/></parentDocument></relatedDocument>\n  <componentOf>'
+        )
         return data.replace(b"  <componentOf>", related, 1)
 
     def segment(fields):
@@ -171,9 +192,10 @@ async def run_demo(workdir: Path, restart_midway: bool = False, say=print) -> De
     _environment(pki, sim.base_url)
     mail_operator, mail_ports = _start_mss_simulator(workdir)
     peers = {name: MllpPeer(name) for name in ("RIS", "TLR-A", "DRIMBOX")}
-    listening = [reactor.listenTCP(PORTS[var], peers[name], interface="127.0.0.1")
-                 for name, var in (("RIS", "PFI_RIS_OUT_PORT"), ("TLR-A", "PFI_TLR_A_OUT_PORT"),
-                                   ("DRIMBOX", "PFI_DRIMBOX_PORT"))]
+    listening = [
+        reactor.listenTCP(PORTS[var], peers[name], interface="127.0.0.1")
+        for name, var in (("RIS", "PFI_RIS_OUT_PORT"), ("TLR-A", "PFI_TLR_A_OUT_PORT"), ("DRIMBOX", "PFI_DRIMBOX_PORT"))
+    ]
     result = DemoResult(peers)
     engine = await _start_engine(workdir)
     try:
@@ -200,15 +222,25 @@ def _start_mss_simulator(workdir: Path):
     tls = server_tls(pki.server_pem, pki.ca_cert)
     smtp = reactor.listenTCP(0, smtp_factory(operator, tls, implicit=False), interface="127.0.0.1")
     imap = reactor.listenTCP(0, imap_factory(operator, tls), interface="127.0.0.1")
-    os.environ.update(PFI_MSS_SMTP_PORT=str(smtp.getHost().port), PFI_MSS_IMAP_PORT=str(imap.getHost().port),
-                      PFI_MSS_CA=str(pki.ca_cert), PFI_MSS_USER=MSS_MAILBOX, PFI_MSS_PASSWORD=MSS_PASSWORD)
+    os.environ.update(
+        PFI_MSS_SMTP_PORT=str(smtp.getHost().port),
+        PFI_MSS_IMAP_PORT=str(imap.getHost().port),
+        PFI_MSS_CA=str(pki.ca_cert),
+        PFI_MSS_USER=MSS_MAILBOX,
+        PFI_MSS_PASSWORD=MSS_PASSWORD,
+    )
     return operator, [smtp, imap]
 
 
 def _environment(pki, dmp_url: str) -> None:
     os.environ.update({k: str(v) for k, v in PORTS.items()})
-    os.environ.update(PFI_DMP_URL=dmp_url.rstrip("/"), PFI_DMP_CERT=str(pki.client.cert),
-                      PFI_DMP_KEY=str(pki.client.key), PFI_DMP_CA=str(pki.ca.cert), PFI_DMP_DELAY=f"{DELAY}s")
+    os.environ.update(
+        PFI_DMP_URL=dmp_url.rstrip("/"),
+        PFI_DMP_CERT=str(pki.client.cert),
+        PFI_DMP_KEY=str(pki.client.key),
+        PFI_DMP_CA=str(pki.ca.cert),
+        PFI_DMP_DELAY=f"{DELAY}s",
+    )
 
 
 async def _start_engine(workdir: Path):
@@ -266,8 +298,16 @@ async def _script(engine, sim, result: DemoResult, workdir: Path, restart_midway
     await _until(lambda: "OUT-1" in peers["DRIMBOX"].control_ids(), timeout=60)
 
     say("The patient opposes DMP feeding (PAM.fr ZFA-9 IO), then the RIS sends a new report")
-    await _send(result, "PFI_ADT_PORT", as_message(CONSENT / "NonConsentementConsultation_OppositionAlimentation.er7",
-                                                  "ADT-1", {b"279035121518989": FICTIONAL_INS}), say)
+    await _send(
+        result,
+        "PFI_ADT_PORT",
+        as_message(
+            CONSENT / "NonConsentementConsultation_OppositionAlimentation.er7",
+            "ADT-1",
+            {b"279035121518989": FICTIONAL_INS},
+        ),
+        say,
+    )
     await _send(result, "PFI_RIS_PORT", demo_reports()["REP-3"], say)
     await _until(lambda: any(b"REP-3" in raw and b"ZAM^Z01" in raw for raw in peers["RIS"].received), timeout=30)
     await _sleep(1.0)
@@ -298,9 +338,12 @@ def print_result(result: DemoResult, say=print) -> None:
     say("\nWhat each system received:")
     for name, peer in result.peers.items():
         say(f"  {name}: {', '.join(peer.summary()) or 'nothing'}")
-    say(f"  DMP simulator: {len(result.dmp_documents)} document version(s): "
-        + ", ".join(f"{d.unique_id} [{d.status.rsplit(':', 1)[-1]}]" for d in result.dmp_documents))
-    say(f"  MSSanté simulator: {len(result.mails)} mail(s) to "
-        + ", ".join(sorted({recipient for recipient, _ in result.mails})))
-    say("Journal summary (events by state): "
-        + ", ".join(f"{k}={v}" for k, v in sorted(result.journal_states.items())))
+    say(
+        f"  DMP simulator: {len(result.dmp_documents)} document version(s): "
+        + ", ".join(f"{d.unique_id} [{d.status.rsplit(':', 1)[-1]}]" for d in result.dmp_documents)
+    )
+    say(
+        f"  MSSanté simulator: {len(result.mails)} mail(s) to "
+        + ", ".join(sorted({recipient for recipient, _ in result.mails}))
+    )
+    say("Journal summary (events by state): " + ", ".join(f"{k}={v}" for k, v in sorted(result.journal_states.items())))

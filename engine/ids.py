@@ -26,7 +26,7 @@ class _RandomPool:
                 self._pool, self._position = os.urandom(_RANDOM_CHUNK), 0
             start = self._position
             self._position = start + 10
-            return int.from_bytes(self._pool[start:start + 10], "big")
+            return int.from_bytes(self._pool[start : start + 10], "big")
 
 
 _random = _RandomPool()
@@ -46,5 +46,14 @@ def new_id(now: float | None = None) -> str:
         text = "".join([_PAIRS[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)])
         _time_prefix = (ms, text)
     r, p = _random.take10(), _PAIRS
-    return (text + p[r >> 70] + p[(r >> 60) & 1023] + p[(r >> 50) & 1023] + p[(r >> 40) & 1023]
-            + p[(r >> 30) & 1023] + p[(r >> 20) & 1023] + p[(r >> 10) & 1023] + p[r & 1023])
+    return (
+        text
+        + p[r >> 70]
+        + p[(r >> 60) & 1023]
+        + p[(r >> 50) & 1023]
+        + p[(r >> 40) & 1023]
+        + p[(r >> 30) & 1023]
+        + p[(r >> 20) & 1023]
+        + p[(r >> 10) & 1023]
+        + p[r & 1023]
+    )

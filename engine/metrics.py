@@ -5,11 +5,32 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: journal event states counted by name; any other state is counted as "other" (closed label set)
-EVENT_STATES = frozenset({
-    "received", "rejected", "duplicate", "mail-integration", "damaged", "routed", "unrouted", "filtered",
-    "invalid", "held", "queued", "sent", "retry", "dead-letter", "cancelled", "released", "replayed",
-    "paused", "resumed", "identity-held", "identity-released", "superseded",
-})
+EVENT_STATES = frozenset(
+    {
+        "received",
+        "rejected",
+        "duplicate",
+        "mail-integration",
+        "damaged",
+        "routed",
+        "unrouted",
+        "filtered",
+        "invalid",
+        "held",
+        "queued",
+        "sent",
+        "retry",
+        "dead-letter",
+        "cancelled",
+        "released",
+        "replayed",
+        "paused",
+        "resumed",
+        "identity-held",
+        "identity-released",
+        "superseded",
+    }
+)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -39,44 +60,88 @@ class EngineMetrics:
         )
         self.duplicates = Counter("pfi_messages_duplicate", "Duplicates answered again", ["channel"], registry=r)
         self.ack_latency = Histogram(
-            "pfi_ack_latency_seconds", "Frame complete to ACK written", ["channel"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "pfi_ack_latency_seconds",
+            "Frame complete to ACK written",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.listening = Gauge("pfi_listening", "1 while the channel's listener is bound", ["channel"], registry=r)
         self.connections = Gauge("pfi_open_connections", "Open inbound connections", ["channel"], registry=r)
-        self.connections_refused = Counter("pfi_connections_refused", "Inbound connections refused at "
-                                           "the channel's max_connections", ["channel"], registry=r)
-        self.connections_closed = Counter("pfi_connections_closed", "Inbound connections closed by the "
-                                          "engine (idle_timeout, frame_timeout)", ["channel", "reason"], registry=r)
-        self.buffered_bytes = Gauge("pfi_inbound_buffered_bytes", "Bytes of unfinished frames held by all "
-                                    "inbound connections (engine budget: max_buffered_bytes)", registry=r)
-        self.reads_paused = Gauge("pfi_inbound_reads_paused", "Inbound connections not read because the "
-                                  "engine budget for unfinished frames is spent", registry=r)
+        self.connections_refused = Counter(
+            "pfi_connections_refused",
+            "Inbound connections refused at the channel's max_connections",
+            ["channel"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "pfi_connections_closed",
+            "Inbound connections closed by the engine (idle_timeout, frame_timeout)",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.buffered_bytes = Gauge(
+            "pfi_inbound_buffered_bytes",
+            "Bytes of unfinished frames held by all inbound connections (engine budget: max_buffered_bytes)",
+            registry=r,
+        )
+        self.reads_paused = Gauge(
+            "pfi_inbound_reads_paused",
+            "Inbound connections not read because the engine budget for unfinished frames is spent",
+            registry=r,
+        )
         self.journal_bytes = Gauge("pfi_journal_bytes", "Size of the journal on disk", registry=r)
-        self.dispatch_leader = Gauge("pfi_dispatch_leader", "1 when this node routes the shared journal's "
-                                     "messages (always 1 on SQLite)", registry=r)
+        self.dispatch_leader = Gauge(
+            "pfi_dispatch_leader",
+            "1 when this node routes the shared journal's messages (always 1 on SQLite)",
+            registry=r,
+        )
         self.certificate_days_left = Gauge(
-            "pfi_certificate_days_left", "Days before a DMP organisation certificate expires",
-            ["channel", "structure"], registry=r)
-        self.rejected_bytes = Counter("pfi_rejected_bytes", "Bytes of rejected frames received (before any "
-                                      "truncation)", ["channel"], registry=r)
-        self.rejected_truncated = Counter("pfi_rejected_truncated", "Rejected frames kept as head + size + "
-                                          "SHA-256 (channel over its rejected_quota)", ["channel"], registry=r)
-        self.deliveries = Counter("pfi_deliveries", "Delivery attempts by outcome (done, retry, dead, pause, "
-                                  "wait-identity)", ["destination", "outcome"], registry=r)
-        self.queue_messages = Gauge("pfi_queue_messages", "Deliveries waiting or dead, by state (pending, "
-                                    "sending, held, dead)", ["destination", "state"], registry=r)
-        self.queue_oldest_seconds = Gauge("pfi_queue_oldest_seconds", "Age of the oldest pending delivery",
-                                          ["destination"], registry=r)
+            "pfi_certificate_days_left",
+            "Days before a DMP organisation certificate expires",
+            ["channel", "structure"],
+            registry=r,
+        )
+        self.rejected_bytes = Counter(
+            "pfi_rejected_bytes", "Bytes of rejected frames received (before any truncation)", ["channel"], registry=r
+        )
+        self.rejected_truncated = Counter(
+            "pfi_rejected_truncated",
+            "Rejected frames kept as head + size + SHA-256 (channel over its rejected_quota)",
+            ["channel"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "pfi_deliveries",
+            "Delivery attempts by outcome (done, retry, dead, pause, wait-identity)",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.queue_messages = Gauge(
+            "pfi_queue_messages",
+            "Deliveries waiting or dead, by state (pending, sending, held, dead)",
+            ["destination", "state"],
+            registry=r,
+        )
+        self.queue_oldest_seconds = Gauge(
+            "pfi_queue_oldest_seconds", "Age of the oldest pending delivery", ["destination"], registry=r
+        )
         self.journal_events = Counter(
-            "pfi_journal_events", "Journal events by state, counted as they commit (one observer of every "
-            "state change: intake, routing, deliveries, operator actions)", ["state", "channel"], registry=r)
+            "pfi_journal_events",
+            "Journal events by state, counted as they commit (one observer of every "
+            "state change: intake, routing, deliveries, operator actions)",
+            ["state", "channel"],
+            registry=r,
+        )
         self.channels: frozenset[str] = frozenset()  # set by the engine: the configured channel names
-        self.quarantined = Counter("pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r)
+        self.quarantined = Counter(
+            "pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r
+        )
 
     def observe_events(self, rows: list) -> None:
         """The journal's event listener: rows (message_uid, at, state, channel, detail, node) of a
         committed transaction. Labels stay in closed sets: known states, configured channels."""
         for _, _, state, channel, _, _ in rows:
-            self.journal_events.labels(state if state in EVENT_STATES else "other",
-                                       channel if channel in self.channels else "").inc()
+            self.journal_events.labels(
+                state if state in EVENT_STATES else "other", channel if channel in self.channels else ""
+            ).inc()

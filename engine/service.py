@@ -78,7 +78,11 @@ def _call(fn):
     if fn is None:
         return None
     result = fn()
-    return defer.ensureDeferred(result) if hasattr(result, "__await__") and not isinstance(result, defer.Deferred) else result
+    return (
+        defer.ensureDeferred(result)
+        if hasattr(result, "__await__") and not isinstance(result, defer.Deferred)
+        else result
+    )
 
 
 def periodic(name: str, seconds: float, fn, clock) -> internet.TimerService:
@@ -140,8 +144,15 @@ def _document_gate(settings: MllpInSettings, cda_checker=None):
 
 
 class Engine(Sequence):
-    def __init__(self, config: Config, data_dir: Path, reactor, with_metrics: bool = True, clock=None,
-                 connectors: dict | None = None):
+    def __init__(
+        self,
+        config: Config,
+        data_dir: Path,
+        reactor,
+        with_metrics: bool = True,
+        clock=None,
+        connectors: dict | None = None,
+    ):
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -201,8 +212,9 @@ class Engine(Sequence):
         periodic("intake-summary-every-10s", 10.0, self.intake.flush_summary, self.reactor).setServiceParent(self)
         periodic("certificates", CERTIFICATE_CHECK_EVERY, self._watch_certificates, self.reactor).setServiceParent(self)
         if self.config.engine.retention_days:
-            periodic("retention", RETENTION_EVERY, lambda: defer.ensureDeferred(self._purge_expired()),
-                     self.reactor).setServiceParent(self)
+            periodic(
+                "retention", RETENTION_EVERY, lambda: defer.ensureDeferred(self._purge_expired()), self.reactor
+            ).setServiceParent(self)
 
     async def _warm_up_checkers(self) -> None:
         # Compile the Schematrons before the first document pays for it (seconds), off the reactor.
@@ -219,15 +231,21 @@ class Engine(Sequence):
         self.patients = PatientRegistry(self.data_dir, reactor=self.reactor, url=shared)
         from engine.cda.checker import routes_validate_cda
 
-        env = Environment(self.config.channels, self.config.root, patients=self.patients,
-                          cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None,
-                          now=self.clock.seconds)
-        self.build_context = BuildContext(self.config, self.reactor, self.clock, consent=self.patients,
-                                          enqueue=self._enqueue, journal=self.journal)
+        env = Environment(
+            self.config.channels,
+            self.config.root,
+            patients=self.patients,
+            cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None,
+            now=self.clock.seconds,
+        )
+        self.build_context = BuildContext(
+            self.config, self.reactor, self.clock, consent=self.patients, enqueue=self._enqueue, journal=self.journal
+        )
         if connectors is None:
             connectors = build_connectors(self.build_context)
-        return Dispatcher(self.journal, self.config.routes, env, self.clock, connectors,
-                          retry_settings(self.config), self.node)
+        return Dispatcher(
+            self.journal, self.config.routes, env, self.clock, connectors, retry_settings(self.config), self.node
+        )
 
     def _add_channel_services(self) -> None:
         """The channels' own services (the MSSanté mailbox pollers feeding the RIS), when their
@@ -244,8 +262,14 @@ class Engine(Sequence):
         from engine.routing.plan import NewDelivery
 
         now = self.clock.seconds()
-        new = NewDelivery(route=delivery.route, step=f"{delivery.step}/zam", destination=channel,
-                          fifo_key=delivery.fifo_key, not_before=now, payload=payload)
+        new = NewDelivery(
+            route=delivery.route,
+            step=f"{delivery.step}/zam",
+            destination=channel,
+            fifo_key=delivery.fifo_key,
+            not_before=now,
+            payload=payload,
+        )
         await self.journal.submit(lambda conn, store: queue.enqueue(conn, delivery.message_uid, new, self.node, now))
         self.dispatcher.wake([channel])
 
@@ -253,11 +277,20 @@ class Engine(Sequence):
         from engine.tls import server_endpoint
 
         subjects = tuple(settings.tls.allowed_subjects) if settings.tls else ()
-        limits = ListenerLimits(max_connections=settings.max_connections,
-                                frame_timeout=settings.frame_timeout or None,
-                                budget=self.buffer_budget, clock=self.clock)
-        factory = MLLPServerFactory(self.intake, policy_for(settings, self.cda_checker), settings.max_message_bytes,
-                                    settings.idle_timeout or None, subjects, limits)
+        limits = ListenerLimits(
+            max_connections=settings.max_connections,
+            frame_timeout=settings.frame_timeout or None,
+            budget=self.buffer_budget,
+            clock=self.clock,
+        )
+        factory = MLLPServerFactory(
+            self.intake,
+            policy_for(settings, self.cda_checker),
+            settings.max_message_bytes,
+            settings.idle_timeout or None,
+            subjects,
+            limits,
+        )
         endpoint = server_endpoint(self.reactor, settings)
         listener = ListenerService(settings.name, endpoint, factory)
         listener.setServiceParent(self)
@@ -328,8 +361,9 @@ class Engine(Sequence):
         checkers = self._cda_checkers
         if level not in checkers:
             stages = ("conformance", "dmp") if level == "full" else ()
-            checkers[level] = CdaChecker.from_settings(self.config.engine.cda_kit, self.config.root,
-                                                       self.data_dir / "cache" / "schematron", stages)
+            checkers[level] = CdaChecker.from_settings(
+                self.config.engine.cda_kit, self.config.root, self.data_dir / "cache" / "schematron", stages
+            )
         return checkers[level]
 
     async def _start_children(self) -> None:

@@ -22,8 +22,10 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNU
 
 def policy() -> dict:
     """CertificateOptions keywords of the policy (minimum version, cipher list)."""
-    return {"raiseMinimumTo": MINIMUM_VERSION,
-            "acceptableCiphers": ssl.AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS)}
+    return {
+        "raiseMinimumTo": MINIMUM_VERSION,
+        "acceptableCiphers": ssl.AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
+    }
 
 
 def _read(path) -> bytes:
@@ -38,29 +40,31 @@ def server_options(cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None) -> ssl
     if ca_pem:
         authorities = [ssl.Certificate.loadPEM(block).original for block in pem_blocks(ca_pem)]
         authority = {"verify": True, "caCerts": authorities, "requireCertificate": True}
-    return ssl.CertificateOptions(privateKey=cert.privateKey.original, certificate=cert.original,
-                                  **authority, **policy())
+    return ssl.CertificateOptions(
+        privateKey=cert.privateKey.original, certificate=cert.original, **authority, **policy()
+    )
 
 
 def server_context(tls) -> ssl.CertificateOptions:
     """Options of an MLLP listener's `tls:` settings."""
-    return server_options(_read(tls.certificate), _read(tls.key),
-                          _read(tls.ca) if tls.ca else None)
+    return server_options(_read(tls.certificate), _read(tls.key), _read(tls.ca) if tls.ca else None)
 
 
 def client_options(host: str, trust=None, client_certificate: ssl.PrivateCertificate | None = None):
     """Client side: verify the server name against `trust` (system roots when None) and present
     `client_certificate`."""
-    return ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=client_certificate,
-                                   extraCertificateOptions=policy())
+    return ssl.optionsForClientTLS(
+        host, trustRoot=trust, clientCertificate=client_certificate, extraCertificateOptions=policy()
+    )
 
 
 def server_endpoint(reactor, settings):
     backlog = getattr(settings, "listen_backlog", 50)
     if settings.tls is None:
         return TCP4ServerEndpoint(reactor, settings.port, backlog=backlog, interface=settings.host)
-    return SSL4ServerEndpoint(reactor, settings.port, server_context(settings.tls), backlog=backlog,
-                              interface=settings.host)
+    return SSL4ServerEndpoint(
+        reactor, settings.port, server_context(settings.tls), backlog=backlog, interface=settings.host
+    )
 
 
 def pem_blocks(bundle: bytes) -> list[bytes]:
@@ -71,10 +75,10 @@ def pem_blocks(bundle: bytes) -> list[bytes]:
 
 # -- checks (`pfi check`, start-up) -------------------------------------------------------------
 
+
 def key_pair_problems(label: str, cert_path: Path, key_path: Path) -> list[str]:
     """Both files readable, PEM, and the key is the certificate's."""
-    missing = [f"{label}: {path} is not a readable file" for path in (cert_path, key_path)
-               if not Path(path).is_file()]
+    missing = [f"{label}: {path} is not a readable file" for path in (cert_path, key_path) if not Path(path).is_file()]
     if missing:
         return missing
     try:

@@ -49,10 +49,16 @@ def parse_untrusted(data: bytes, max_bytes: int = MAX_XML_BYTES) -> etree._Eleme
 def _refuse_dtd(tree: etree._ElementTree) -> None:
     """Refuse a tree whose prolog declared a DTD (the bytes may not have shown it: UTF-16...)."""
     info = tree.docinfo
-    if info.internalDTD is not None or info.externalDTD is not None or info.doctype \
-            or info.public_id or info.system_url:
-        raise ValidationError(f"XML document declares a DTD or entities ({info.encoding or 'unknown'} "
-                              "encoding), which are refused")
+    if (
+        info.internalDTD is not None
+        or info.externalDTD is not None
+        or info.doctype
+        or info.public_id
+        or info.system_url
+    ):
+        raise ValidationError(
+            f"XML document declares a DTD or entities ({info.encoding or 'unknown'} encoding), which are refused"
+        )
 
 
 def _check_depth(root) -> None:

@@ -20,8 +20,9 @@ from engine.service import Engine
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_config(directory: Path, channels: dict[str, dict], routes: list | None = None,
-                 engine: dict | None = None) -> Path:
+def write_config(
+    directory: Path, channels: dict[str, dict], routes: list | None = None, engine: dict | None = None
+) -> Path:
     (directory / "channels").mkdir(parents=True, exist_ok=True)
     for name, settings in channels.items():
         (directory / "channels" / f"{name}.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
@@ -53,8 +54,14 @@ async def exchange(client: MLLPClientProtocol, message: bytes, timeout: float = 
     return read_ack(await d)
 
 
-def sample_adt(control_id: str = "1001", version: str = "2.5", charset: str = "UNICODE UTF-8",
-               name: str = "MARTIN^Léa", sep: str = "\r", msg_type: str = "ADT^A01^ADT_A01") -> str:
+def sample_adt(
+    control_id: str = "1001",
+    version: str = "2.5",
+    charset: str = "UNICODE UTF-8",
+    name: str = "MARTIN^Léa",
+    sep: str = "\r",
+    msg_type: str = "ADT^A01^ADT_A01",
+) -> str:
     segments = [
         f"MSH|^~\\&|GAM|CHU-X|PFI|CHU-X|20261122101010||{msg_type}|{control_id}|P|{version}|||||FRA|{charset}",
         "EVN||20261122101010",
@@ -86,9 +93,20 @@ class EngineProcess:
         # under load cannot make it overwrite the beginning of its own log.
         with open(path, "a") as child_log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config_dir),
-                 "--data", str(self.data_dir), *self.args],
-                stdout=child_log, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "run",
+                    "--config",
+                    str(self.config_dir),
+                    "--data",
+                    str(self.data_dir),
+                    *self.args,
+                ],
+                stdout=child_log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         self.log = open(path)
 

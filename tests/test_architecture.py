@@ -7,7 +7,9 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
-SQL = re.compile(r"\b(SELECT\s+.+\s+FROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX))\b", re.I)
+SQL = re.compile(
+    r"\b(SELECT\s+.+\s+FROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX))\b", re.I
+)
 
 
 def unit(module: str) -> str:
@@ -52,7 +54,11 @@ def test_no_sql_outside_the_journal():
         rel = path.relative_to(ENGINE).as_posix()
         return rel.startswith("journal/") or any(rel.startswith(own) for own in OWN_DATABASES)
 
-    hits = [f"{path.relative_to(ENGINE.parent)}:{number}"
-            for path in ENGINE.rglob("*.py") if not journal_or_own(path)
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if SQL.search(line)]
+    hits = [
+        f"{path.relative_to(ENGINE.parent)}:{number}"
+        for path in ENGINE.rglob("*.py")
+        if not journal_or_own(path)
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if SQL.search(line)
+    ]
     assert hits == []

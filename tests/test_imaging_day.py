@@ -12,8 +12,18 @@ from engine.demo import DELAY, run_demo
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_imaging_day_end_to_end(tmp_path, monkeypatch):
-    for var in ("PFI_DMP_URL", "PFI_DMP_CERT", "PFI_DMP_KEY", "PFI_DMP_CA", "PFI_DMP_DELAY", "PFI_MSS_SMTP_PORT",
-                "PFI_MSS_IMAP_PORT", "PFI_MSS_CA", "PFI_MSS_USER", "PFI_MSS_PASSWORD"):
+    for var in (
+        "PFI_DMP_URL",
+        "PFI_DMP_CERT",
+        "PFI_DMP_KEY",
+        "PFI_DMP_CA",
+        "PFI_DMP_DELAY",
+        "PFI_MSS_SMTP_PORT",
+        "PFI_MSS_IMAP_PORT",
+        "PFI_MSS_CA",
+        "PFI_MSS_USER",
+        "PFI_MSS_PASSWORD",
+    ):
         monkeypatch.delenv(var, raising=False)
     import os
 

@@ -12,6 +12,12 @@ from engine.cda.models import Issue, ProfileResult, Severity, ValidationReport
 from engine.cda.validate import validate_cda
 
 __all__ = [
-    "Issue", "Profile", "ProfileResult", "Severity", "ValidationKit", "ValidationReport",
-    "load_profile_table", "validate_cda",
+    "Issue",
+    "Profile",
+    "ProfileResult",
+    "Severity",
+    "ValidationKit",
+    "ValidationReport",
+    "load_profile_table",
+    "validate_cda",
 ]

@@ -31,13 +31,16 @@ def kit_directory(setting: str, config_root: Path) -> Path:
 def kit_problems(setting: str, config_root: Path) -> list[str]:
     directory = kit_directory(setting, config_root)
     if not (directory / "infrastructure" / "cda" / "CDA_extended.xsd").is_file():
-        return [f"a route or channel validates CDA documents but the CDA kit is not at {directory} "
-                f"(set cda_kit in pfi.yaml or ${KIT_ENV} to the ANS TestContenuCDA 3.0 directory)"]
+        return [
+            f"a route or channel validates CDA documents but the CDA kit is not at {directory} "
+            f"(set cda_kit in pfi.yaml or ${KIT_ENV} to the ANS TestContenuCDA 3.0 directory)"
+        ]
     return []
 
 
 def routes_validate_cda(routes) -> bool:
     """Does any step of any route (follow-ups included) say `validate: cda`?"""
+
     def uses(steps) -> bool:
         return any(s.validate_ == "cda" or uses(s.on_success) or uses(s.on_failure) for s in steps)
 
@@ -57,8 +60,9 @@ class CdaChecker:
         self.kit = kit
 
     @classmethod
-    def from_settings(cls, setting: str, config_root: Path, cache_dir: Path,
-                      stages: tuple[str, ...] = ("conformance", "dmp")) -> "CdaChecker":
+    def from_settings(
+        cls, setting: str, config_root: Path, cache_dir: Path, stages: tuple[str, ...] = ("conformance", "dmp")
+    ) -> "CdaChecker":
         """The checker of a kit, shared by every engine of the process (route tests start many):
         its compiled Schematrons are loaded once. Raises ConfigurationError without a kit."""
         problems = kit_problems(setting, config_root)
@@ -96,6 +100,7 @@ def _shared(directory: Path, cache_dir: Path, stages: tuple[str, ...]) -> CdaChe
         if key not in _checkers:
             derived = directory.parent / "derived" / "structMin-missing-voc"
             value_sets = (derived,) if derived.is_dir() else ()
-            _checkers[key] = CdaChecker(ValidationKit(directory, cache_dir=cache_dir, value_set_dirs=value_sets,
-                                                      stages=stages))
+            _checkers[key] = CdaChecker(
+                ValidationKit(directory, cache_dir=cache_dir, value_set_dirs=value_sets, stages=stages)
+            )
         return _checkers[key]

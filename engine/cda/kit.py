@@ -65,9 +65,15 @@ class ValidationKit:
     `cache_dir` holds generated XSLT across restarts; `stages` selects which profile stages run.
     """
 
-    def __init__(self, kit_dir: Path, *, cache_dir: Path = DEFAULT_CACHE_DIR,
-                 value_set_dirs: tuple[Path, ...] = (), profiles: tuple[Profile, ...] | None = None,
-                 stages: tuple[str, ...] = ("conformance", "dmp")):
+    def __init__(
+        self,
+        kit_dir: Path,
+        *,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
+        value_set_dirs: tuple[Path, ...] = (),
+        profiles: tuple[Profile, ...] | None = None,
+        stages: tuple[str, ...] = ("conformance", "dmp"),
+    ):
         self.kit_dir = Path(kit_dir)
         if not self.kit_dir.is_dir():
             raise ConfigurationError([f"CDA validation kit directory not found: {self.kit_dir}"])

@@ -77,8 +77,16 @@ def run_profile(loaded: LoadedSchematron, document, schematron: str) -> tuple[Pr
     try:
         issues = parse_svrl(loaded.run(document), loaded.name)
     except PySaxonApiError as exc:
-        issues = [Issue(source=loaded.name, rule_id="execution-error", location="/", kind="execution-error",
-                        message=f"schematron could not run: {' '.join(str(exc).split())}", severity=Severity.ERROR)]
+        issues = [
+            Issue(
+                source=loaded.name,
+                rule_id="execution-error",
+                location="/",
+                kind="execution-error",
+                message=f"schematron could not run: {' '.join(str(exc).split())}",
+                severity=Severity.ERROR,
+            )
+        ]
     return _summary(loaded.name, schematron, issues, started), issues
 
 
@@ -101,15 +109,17 @@ def parse_svrl(svrl: str, source: str) -> list[Issue]:
     for index, node in enumerate(root.xpath("svrl:failed-assert|svrl:successful-report", namespaces=SVRL_NS)):
         kind = etree.QName(node).localname
         text = " ".join("".join(node.xpath("svrl:text//text()", namespaces=SVRL_NS)).split())
-        issues.append(Issue(
-            source=source,
-            rule_id=node.get("id") or _short_id(text, index),
-            location=node.get("location") or "/",
-            message=text,
-            severity=severity_from_role(node.get("role") or node.get("flag")),
-            kind=kind,
-            test=node.get("test"),
-        ))
+        issues.append(
+            Issue(
+                source=source,
+                rule_id=node.get("id") or _short_id(text, index),
+                location=node.get("location") or "/",
+                message=text,
+                severity=severity_from_role(node.get("role") or node.get("flag")),
+                kind=kind,
+                test=node.get("test"),
+            )
+        )
     return issues
 
 
@@ -117,5 +127,5 @@ def _short_id(text: str, index: int) -> str:
     """Kit asserts carry no @id; use their message tag ('[dansJeuDeValeurs]', '(SMDS_…)') if any."""
     for opening, closing in (("[", "]"), ("(", ")")):
         if text.startswith(opening) and closing in text:
-            return text[1:text.index(closing)].strip() or f"assert-{index + 1}"
+            return text[1 : text.index(closing)].strip() or f"assert-{index + 1}"
     return f"assert-{index + 1}"

@@ -114,8 +114,9 @@ def preprocess(sch_path: Path) -> tuple[etree._ElementTree, list[Path]]:
     source = find_file(sch_path)
     if source is None:
         raise ConfigurationError([f"schematron not found: {sch_path}"])
-    document = etree.ElementTree(etree.fromstring(encode_include_hrefs(source.read_bytes()), parser,
-                                                  base_url=source.resolve().as_uri()))
+    document = etree.ElementTree(
+        etree.fromstring(encode_include_hrefs(source.read_bytes()), parser, base_url=source.resolve().as_uri())
+    )
     included = _run(_iso_transform(INCLUDE_XSL, parser), document, "include")
     expanded = _run(_iso_transform(EXPAND_XSL, parser), included, "abstract expansion")
     return expanded, [source] + resolver.files_read

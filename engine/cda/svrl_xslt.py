@@ -212,8 +212,10 @@ class _Generator:
                 if expression and _free_variables(expression) - declared:
                     return False
         nested = [e.get("rule") for e in rule.iter(_sch("extends"))]
-        return all(r in self.abstract_rules and r not in seen
-                   and self._self_contained(self.abstract_rules[r], seen | {r}) for r in nested)
+        return all(
+            r in self.abstract_rules and r not in seen and self._self_contained(self.abstract_rules[r], seen | {r})
+            for r in nested
+        )
 
     # -- assertions and messages ------------------------------------------------------------
     def _check(self, parent: etree._Element, check: etree._Element, rule: etree._Element) -> None:
@@ -268,8 +270,9 @@ class _Generator:
         """Rewrite literal doc()/document() hrefs (value-set overlay); leave the rest untouched."""
         if not expression:
             return expression or ""
-        return _DOC_CALL.sub(lambda m: f"{m.group(1)}({m.group(2)}{self.rewrite_href(m.group(3))}{m.group(2)})",
-                             expression)
+        return _DOC_CALL.sub(
+            lambda m: f"{m.group(1)}({m.group(2)}{self.rewrite_href(m.group(3))}{m.group(2)})", expression
+        )
 
 
 def _free_variables(expression: str) -> set[str]:

@@ -59,8 +59,10 @@ def _clinical_document(tree: etree._ElementTree) -> tuple[etree._ElementTree, bo
         return tree, False
     embedded = root.xpath("//hl7:ClinicalDocument", namespaces=_NS)
     if len(embedded) != 1:
-        raise ValidationError(f"CDA-NOT-CLINICALDOCUMENT: root element is {root.tag} and it carries "
-                              f"{len(embedded)} hl7:ClinicalDocument elements (expected a CDA document)")
+        raise ValidationError(
+            f"CDA-NOT-CLINICALDOCUMENT: root element is {root.tag} and it carries "
+            f"{len(embedded)} hl7:ClinicalDocument elements (expected a CDA document)"
+        )
     return etree.ElementTree(copy.deepcopy(embedded[0])), True
 
 
@@ -88,17 +90,26 @@ def _run_xsd(tree: etree._ElementTree, kit: ValidationKit, report: ValidationRep
     started = time.perf_counter()
     schema = kit.xsd()
     schema.validate(tree)
-    issues = [Issue(source="xsd", rule_id=entry.type_name, location=entry.path or f"line {entry.line}",
-                    message=entry.message, severity=Severity.ERROR, kind="xsd")
-              for entry in schema.error_log]
+    issues = [
+        Issue(
+            source="xsd",
+            rule_id=entry.type_name,
+            location=entry.path or f"line {entry.line}",
+            message=entry.message,
+            severity=Severity.ERROR,
+            kind="xsd",
+        )
+        for entry in schema.error_log
+    ]
     elapsed = _ms_since(started)
     report.issues += issues
     report.profiles.append(ProfileResult(source="xsd", errors=len(issues), elapsed_ms=elapsed))
     report.timings["xsd"] = elapsed
 
 
-def _run_schematrons(root: etree._Element, kit: ValidationKit, report: ValidationReport,
-                     names: Sequence[str] | None) -> None:
+def _run_schematrons(
+    root: etree._Element, kit: ValidationKit, report: ValidationReport, names: Sequence[str] | None
+) -> None:
     selected = _select(kit, report, names)
     if not selected:
         return

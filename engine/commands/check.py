@@ -64,8 +64,10 @@ def undeferred_dmp_warnings(config) -> list[str]:
     def walk(route, steps) -> None:
         for step in steps:
             if step.deliver is not None and dmp & set(as_list(step.deliver.to)) and not step.deliver.delay:
-                warnings.append(f"route {route.name} step {step.label}: DMP sends are not deferred (delay 0); "
-                                "SC.DMP/ALI/PROG.02-03 ask for a deferred, cancellable send (e.g. PFI_DMP_DELAY=5m)")
+                warnings.append(
+                    f"route {route.name} step {step.label}: DMP sends are not deferred (delay 0); "
+                    "SC.DMP/ALI/PROG.02-03 ask for a deferred, cancellable send (e.g. PFI_DMP_DELAY=5m)"
+                )
             walk(route, step.on_success)
             walk(route, step.on_failure)
 
@@ -82,10 +84,12 @@ def expiry_warnings(config, now: dt.datetime) -> list[str]:
     warnings = []
     for channel in config.channels_of_type("dmp"):
         structures, _ = resolve_certificates(channel.client_settings(config.root))
-        for structure, not_after in (structures.not_after.items() if structures else ()):
+        for structure, not_after in structures.not_after.items() if structures else ():
             if days_left(not_after, now) <= WARN_DAYS:
-                warnings.append(f"channel {channel.name}: the certificate of structure {structure} "
-                                f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})")
+                warnings.append(
+                    f"channel {channel.name}: the certificate of structure {structure} "
+                    f"expires in {days_left(not_after, now):.0f} days ({not_after:%Y-%m-%d})"
+                )
     return warnings
 
 
@@ -103,6 +107,8 @@ def order_check_warnings(config) -> list[str]:
             continue
         for name in as_list(route.match.channel) or sorted(listeners):
             if name in listeners and not listeners[name].tlr_orders:
-                warnings.append(f"route {route.name}: orders from channel {name} are forwarded without the "
-                                "teleradiology profile check (tlr_orders: true on the channel: AE + ERR before the ACK)")
+                warnings.append(
+                    f"route {route.name}: orders from channel {name} are forwarded without the "
+                    "teleradiology profile check (tlr_orders: true on the channel: AE + ERR before the ACK)"
+                )
     return warnings

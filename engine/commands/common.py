@@ -28,8 +28,11 @@ def add_journal_options(p) -> None:
     """--config, --data and --journal, shared by the commands that read or change the journal."""
     p.add_argument("--config", type=Path, default=Path("."), help="configuration directory")
     p.add_argument("--data", type=Path, default=None, help="data directory (journal, caches)")
-    p.add_argument("--journal", default=None,
-                   help="journal to use instead of the configuration's (`sqlite` or a postgresql:// URL)")
+    p.add_argument(
+        "--journal",
+        default=None,
+        help="journal to use instead of the configuration's (`sqlite` or a postgresql:// URL)",
+    )
 
 
 def load_with_overrides(args):

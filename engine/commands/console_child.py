@@ -37,8 +37,9 @@ class ConsoleChild:
     def start(self) -> None:
         self.watch = _Watch(self)
         # stdout/stderr shared with the engine: one log stream for the operator
-        self.reactor.spawnProcess(self.watch, sys.executable, self.argv, env=os.environ.copy(),
-                                  childFDs={0: "w", 1: 1, 2: 2})
+        self.reactor.spawnProcess(
+            self.watch, sys.executable, self.argv, env=os.environ.copy(), childFDs={0: "w", 1: 1, 2: 2}
+        )
 
     def ended(self, code) -> None:
         if self.stopping:

@@ -15,10 +15,20 @@ def register(subparsers) -> None:
     sim.add_argument("--smtps-port", type=int, default=2465, help="SMTP submission, implicit TLS")
     sim.add_argument("--imap-port", type=int, default=2993, help="IMAP4rev1, implicit TLS")
     sim.add_argument("--pki-dir", default="var/mss-sim-pki", help="test CA and certificates (created)")
-    sim.add_argument("--user", action="append", default=[], metavar="ADDRESS:PASSWORD",
-                     help="a mailbox login (repeatable); default pfi@localhost.mssante.fr:pfi")
-    sim.add_argument("--reject", action="append", default=[], metavar="ADDRESS",
-                     help="recipient refused with 550 (to exercise ZAM^Z02 errors)")
+    sim.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="ADDRESS:PASSWORD",
+        help="a mailbox login (repeatable); default pfi@localhost.mssante.fr:pfi",
+    )
+    sim.add_argument(
+        "--reject",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="recipient refused with 550 (to exercise ZAM^Z02 errors)",
+    )
     sim.add_argument("--require-client-cert", action="store_true")
     sim.set_defaults(handler=run_sim)
 
@@ -49,8 +59,10 @@ def run_sim(args: argparse.Namespace) -> int:
     reactor.listenTCP(args.smtp_port, smtp_factory(operator, tls, implicit=False), interface=args.host)
     reactor.listenTCP(args.smtps_port, smtp_factory(operator, tls, implicit=True), interface=args.host)
     reactor.listenTCP(args.imap_port, imap_factory(operator, tls), interface=args.host)
-    print(f"MSSanté simulator on {args.host}: SMTP STARTTLS {args.smtp_port}, SMTP TLS "
-          f"{args.smtps_port}, IMAP TLS {args.imap_port}")
+    print(
+        f"MSSanté simulator on {args.host}: SMTP STARTTLS {args.smtp_port}, SMTP TLS "
+        f"{args.smtps_port}, IMAP TLS {args.imap_port}"
+    )
     print(f"CA: {pki.ca_cert}  client certificate: {pki.client_pem}  (server name: localhost)")
     print("Mailboxes: " + ", ".join(operator.users) + " (any recipient gets a mailbox on delivery)")
     reactor.run()

@@ -72,12 +72,13 @@ def format_record(record, history, show_phi: bool) -> str:
     """Readable lines: identifiers, INS status, consent with dates, merges, history."""
     ident = (lambda v: v) if show_phi else (lambda v: MASK)  # noqa: E731
     ipp = record.ipp
-    lines = [f"patient #{record.id}",
-             f"  IPP          {ident(ipp.value)} (authority {ipp.authority or '-'} {ipp.oid or ''})".rstrip()]
+    lines = [
+        f"patient #{record.id}",
+        f"  IPP          {ident(ipp.value)} (authority {ipp.authority or '-'} {ipp.oid or ''})".rstrip(),
+    ]
     if record.ins:
         quality = "qualified" if record.ins_qualified else "NOT qualified"
-        lines.append(f"  INS          {ident(record.ins.value)} ({record.ins.kind}, OID {record.ins.oid}, "
-                     f"{quality})")
+        lines.append(f"  INS          {ident(record.ins.value)} ({record.ins.kind}, OID {record.ins.oid}, {quality})")
     else:
         lines.append("  INS          none")
     if record.withdrawn_ins:
@@ -88,16 +89,21 @@ def format_record(record, history, show_phi: bool) -> str:
     lines.append(f"  feeding      {_consent(record.feeding, FEEDING)}")
     lines.append(f"  consultation {_consent(record.consultation, CONSULTATION)}")
     for merge in record.merges:
-        lines.append(f"  merged       IPP {ident(merge.old_ipp.value)} at {_stamp(merge.at)} "
-                     f"(message {merge.control_id or '-'})")
+        lines.append(
+            f"  merged       IPP {ident(merge.old_ipp.value)} at {_stamp(merge.at)} (message {merge.control_id or '-'})"
+        )
     lines.append("  history")
-    lines.extend(f"    {_stamp(h.at)}  {h.event:<4} ctrl={h.control_id or '-'}  "
-                 f"{_changes(h.changes, show_phi)}" for h in history)
+    lines.extend(
+        f"    {_stamp(h.at)}  {h.event:<4} ctrl={h.control_id or '-'}  {_changes(h.changes, show_phi)}" for h in history
+    )
     return "\n".join(lines)
 
 
-FEEDING = {"INO": "informed, not opposed", "IO": "informed and OPPOSED (no DMP feeding)",
-           "NA": "not collected (feeding allowed)"}
+FEEDING = {
+    "INO": "informed, not opposed",
+    "IO": "informed and OPPOSED (no DMP feeding)",
+    "NA": "not collected (feeding allowed)",
+}
 CONSULTATION = {"IC": "informed, consents", "INC": "informed, refuses", "NA": "not collected"}
 
 

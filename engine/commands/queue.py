@@ -17,9 +17,10 @@ def register(sub) -> None:
     _common(q)
     q.set_defaults(handler=show_queues)
     for name, handler, what in (
-            ("cancel", cancel, "cancel pending or held deliveries"),
-            ("hold", hold, "hold pending deliveries (e.g. a deferred DMP send): never sent until released"),
-            ("release", release, "release held deliveries back to their queue")):
+        ("cancel", cancel, "cancel pending or held deliveries"),
+        ("hold", hold, "hold pending deliveries (e.g. a deferred DMP send): never sent until released"),
+        ("release", release, "release held deliveries back to their queue"),
+    ):
         _delivery_command(sub, name, handler, what)
     r = sub.add_parser("replay", help="send journaled messages through the current routes again")
     _common(r)
@@ -134,8 +135,10 @@ def cancel(args) -> int:
 
 # -- the operations themselves, shared with the operator console (engine/console/) ----------------
 
-def cancel_deliveries(conn, ident: str, reason: str, operator: str, node: str = "operator",
-                      dialect: Dialect = SQLITE) -> int:
+
+def cancel_deliveries(
+    conn, ident: str, reason: str, operator: str, node: str = "operator", dialect: Dialect = SQLITE
+) -> int:
     """Cancel the pending or held deliveries of a delivery id or message id, in one transaction."""
     from engine.journal.deliveries import cancel as cancel_in_journal
 
@@ -146,8 +149,9 @@ def replay_messages(conn, uids: list[str], operator: str, node: str = "operator"
     """Send these messages through the current routes again, in one transaction; how many were."""
     from engine.journal.deliveries import requeue_message
 
-    return in_transaction(conn, dialect,
-                          lambda: sum(requeue_message(conn, uid, node, time.time(), operator) for uid in uids))
+    return in_transaction(
+        conn, dialect, lambda: sum(requeue_message(conn, uid, node, time.time(), operator) for uid in uids)
+    )
 
 
 def hold(args) -> int:
@@ -182,8 +186,10 @@ def replay(args) -> int:
     count = replay_messages(conn.conn, uids, _who(args), dialect=conn.dialect)
     print(f"{count} message(s) re-queued through the current routes")
     if count < len(uids):
-        print(f"{len(uids) - count} not re-queued: unknown, or a rejected frame kept only in part "
-              "(its reason starts with [truncated: ... sha256 ...]; ask the sender for the message)")
+        print(
+            f"{len(uids) - count} not re-queued: unknown, or a rejected frame kept only in part "
+            "(its reason starts with [truncated: ... sha256 ...]; ask the sender for the message)"
+        )
     return 0 if count else 1
 
 

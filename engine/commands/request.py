@@ -7,8 +7,7 @@ import argparse
 
 def register(subparsers) -> None:
     """Add the `request` sub-command."""
-    parser = subparsers.add_parser("request", help="parse an ORU/MDM document request and check it "
-                                                   "against its CDA")
+    parser = subparsers.add_parser("request", help="parse an ORU/MDM document request and check it against its CDA")
     parser.add_argument("file", help="HL7 v2 message file (ER7, CR or LF separators)")
     parser.add_argument("--json", action="store_true", help="print the typed request as JSON")
     parser.set_defaults(handler=run)
@@ -32,8 +31,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"NACK AE  {exc.error.err_segment()}")
         return 1
     problems = check_consistency(request)
-    print(request.model_dump_json(indent=2, exclude={"documents": {"__all__": {"content"}}})
-          if args.json else _summary(request))
+    print(
+        request.model_dump_json(indent=2, exclude={"documents": {"__all__": {"content"}}})
+        if args.json
+        else _summary(request)
+    )
     for problem in list(request.warnings) + problems:
         print(f"{problem.severity}  {problem}")
     return 1 if any(p.severity == "E" for p in problems) else 0

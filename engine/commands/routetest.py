@@ -87,8 +87,7 @@ async def run_test(config, test: RouteTest, base: Path) -> Result:
 
     result = Result(test.name)
     config = _with_free_ports(config)
-    recorders = {c.name: Recorder() for c in config.channels.values()
-                 if c.direction != "in"}
+    recorders = {c.name: Recorder() for c in config.channels.values() if c.direction != "in"}
     clock = task.Clock()
     clock.advance(reactor.seconds())
     with tempfile.TemporaryDirectory(prefix="pfi-test-") as data:
@@ -134,8 +133,10 @@ def _compare(test: RouteTest, recorders: dict, states: set, result: Result, Mess
 
 
 def _with_free_ports(config):
-    channels = {n: c.model_copy(update={"port": 0, "host": "127.0.0.1"}) if c.type == "mllp-in" else c
-                for n, c in config.channels.items()}
+    channels = {
+        n: c.model_copy(update={"port": 0, "host": "127.0.0.1"}) if c.type == "mllp-in" else c
+        for n, c in config.channels.items()
+    }
     return type(config)(root=config.root, engine=config.engine, channels=channels, routes=config.routes)
 
 
@@ -157,6 +158,7 @@ async def _settle(engine, clock, recorders, rounds: int = 200) -> None:
 
 
 # -- the command ---------------------------------------------------------------------------
+
 
 def register(sub) -> None:
     p = sub.add_parser("test", help="run route tests written in YAML")

@@ -14,8 +14,11 @@ def register(sub) -> None:
     p.add_argument("--data", type=Path, default=None, help="data directory (journal, caches)")
     p.add_argument("--journal", default=None, help="`sqlite` or a postgresql:// URL (overrides pfi.yaml)")
     p.add_argument("--node", default=None, help="this node's name in a shared journal (default: hostname)")
-    p.add_argument("--console", action="store_true",
-                   help="also start the operator console (as a `console:` section in pfi.yaml does)")
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="also start the operator console (as a `console:` section in pfi.yaml does)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -48,7 +51,9 @@ def run(args) -> int:
 
     def start():
         d = engine.startService()
-        d.addErrback(lambda f: (failed.append(f), log.error("engine.start_failed", error=f.getErrorMessage()), reactor.stop()))
+        d.addErrback(
+            lambda f: (failed.append(f), log.error("engine.start_failed", error=f.getErrorMessage()), reactor.stop())
+        )
 
     reactor.callWhenRunning(start)
     # Twisted turns SIGTERM/SIGINT into reactor.stop(); stop the tree before the reactor goes.

@@ -22,8 +22,11 @@ def send(args) -> int:
     if messages is None:
         return 2
     # react() runs the reactor and exits the process with the SystemExit code send_all raises.
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(
-        send_all(reactor, host or "127.0.0.1", int(port), messages, args.timeout)))
+    task.react(
+        lambda reactor: defer.Deferred.fromCoroutine(
+            send_all(reactor, host or "127.0.0.1", int(port), messages, args.timeout)
+        )
+    )
 
 
 def _read_messages(files: list[Path]) -> list[tuple[str, bytes]] | None:

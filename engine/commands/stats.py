@@ -18,17 +18,25 @@ def register(sub) -> None:
 
     p = sub.add_parser("stats", help="programme statistics (SC.STAT): monthly indicators per site and document type")
     add_journal_options(p)
-    p.add_argument("action", nargs="?", choices=("show", "rebuild"), default="show",
-                   help="show (default) or rebuild: recompute the counters from the journal")
-    p.add_argument("--from", dest="first", metavar="YYYY-MM",
-                   help="first month (default: January of last year)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("show", "rebuild"),
+        default="show",
+        help="show (default) or rebuild: recompute the counters from the journal",
+    )
+    p.add_argument("--from", dest="first", metavar="YYYY-MM", help="first month (default: January of last year)")
     p.add_argument("--to", dest="last", metavar="YYYY-MM", help="last month (default: this month)")
     p.add_argument("--site", help="one site: FINESS:300017985, or the number alone")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("-o", "--output", type=Path, help="write to this file instead of the terminal")
-    p.add_argument("--mapping", type=Path, default=None,
-                   help="column names and order, site aliases, RIS figures (default: statistics.yaml "
-                        "in the configuration directory, when present)")
+    p.add_argument(
+        "--mapping",
+        type=Path,
+        default=None,
+        help="column names and order, site aliases, RIS figures (default: statistics.yaml "
+        "in the configuration directory, when present)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -120,8 +128,13 @@ def _rebuild(conn, config) -> int:
 
     started = time.monotonic()
     done = rebuild(conn.conn, conn.dialect)
-    kept = f"; months up to {done.kept_through} kept as they were (retention removed their events)" \
-        if done.kept_through else ""
-    print(f"statistics rebuilt from {done.messages} message(s) and {done.events} outcome event(s): "
-          f"{done.counters} counter(s) in {time.monotonic() - started:.1f} s{kept}")
+    kept = (
+        f"; months up to {done.kept_through} kept as they were (retention removed their events)"
+        if done.kept_through
+        else ""
+    )
+    print(
+        f"statistics rebuilt from {done.messages} message(s) and {done.events} outcome event(s): "
+        f"{done.counters} counter(s) in {time.monotonic() - started:.1f} s{kept}"
+    )
     return 0

@@ -53,7 +53,15 @@ def format_event(event, phi_reader=None) -> str:
     patient = "patient=***" if event.patient_ids else ""
     if phi_reader is not None and event.patient_ids:
         patient = f"patient={phi_reader.patient_label(event.message_uid)}"
-    parts = [stamp, event.message_uid, event.channel or "-", event.msg_type or "-",
-             f"ctrl={event.control_id or '-'}", event.state, patient,
-             f"@{event.node}" if event.node else "", event.detail or ""]
+    parts = [
+        stamp,
+        event.message_uid,
+        event.channel or "-",
+        event.msg_type or "-",
+        f"ctrl={event.control_id or '-'}",
+        event.state,
+        patient,
+        f"@{event.node}" if event.node else "",
+        event.detail or "",
+    ]
     return printable("  ".join(p for p in parts if p))

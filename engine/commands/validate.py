@@ -21,18 +21,40 @@ EXIT_VALID, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 def register(subparsers) -> None:
     """Add the `validate` sub-command."""
-    parser = subparsers.add_parser("validate", help="validate CDA R2 documents (XSD + Schematron)",
-                                   description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", metavar="FILE", help="CDA XML file, or HL7 v2 ORU/MDM message carrying CDA(s)")
-    parser.add_argument("--kit", type=Path, default=None,
-                        help=f"ANS TestContenuCDA 3.0 directory (default: ${KIT_ENV} or {DEFAULT_KIT})")
-    parser.add_argument("--value-sets", type=Path, action="append", default=None, metavar="DIR",
-                        help=f"extra value-set directory, repeatable (default: ${VALUE_SETS_ENV} or "
-                             "<kit>/../derived/structMin-missing-voc when present)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("var/cache/schematron"),
-                        help="where generated XSLT is cached (default: var/cache/schematron)")
-    parser.add_argument("--profile", action="append", default=None, metavar="NAME",
-                        help="run these profiles instead of the templateId selection (repeatable)")
+    parser = subparsers.add_parser(
+        "validate", help="validate CDA R2 documents (XSD + Schematron)", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="CDA XML file, or HL7 v2 ORU/MDM message carrying CDA(s)"
+    )
+    parser.add_argument(
+        "--kit",
+        type=Path,
+        default=None,
+        help=f"ANS TestContenuCDA 3.0 directory (default: ${KIT_ENV} or {DEFAULT_KIT})",
+    )
+    parser.add_argument(
+        "--value-sets",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="DIR",
+        help=f"extra value-set directory, repeatable (default: ${VALUE_SETS_ENV} or "
+        "<kit>/../derived/structMin-missing-voc when present)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("var/cache/schematron"),
+        help="where generated XSLT is cached (default: var/cache/schematron)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run these profiles instead of the templateId selection (repeatable)",
+    )
     parser.add_argument("--no-prechecks", action="store_true", help="skip the engine's DMP pre-send checks")
     parser.add_argument("--warnings", action="store_true", help="also print warning-level issues")
     parser.set_defaults(handler=run)
@@ -123,8 +145,10 @@ def validate_message(path: Path, data: bytes, kit, args) -> int:
     codes = [validate_document(f"{path} {d.location}", d.content, kit, args) for d in request.documents]
     code = max(codes + [EXIT_INVALID if errors else EXIT_VALID])
     verdict = {EXIT_VALID: "VALID", EXIT_INVALID: "INVALID"}.get(code, "NOT CHECKED")
-    print(f"{path}: {verdict} (request {len(errors)} error{'s' * (len(errors) != 1)}; "
-          f"{len(codes)} document{'s' * (len(codes) != 1)}, {codes.count(EXIT_VALID)} valid)")
+    print(
+        f"{path}: {verdict} (request {len(errors)} error{'s' * (len(errors) != 1)}; "
+        f"{len(codes)} document{'s' * (len(codes) != 1)}, {codes.count(EXIT_VALID)} valid)"
+    )
     return code
 
 
@@ -157,8 +181,10 @@ def patient_line(patient) -> str:
     parts = []
     if patient.ins is not None:
         key = "key ok" if patient.ins.key_valid else "KEY WRONG"
-        parts.append(f"INS {patient.ins.kind.value} {mask(patient.ins.value)} ({key}, "
-                     f"{'qualified' if patient.ins_qualified else 'not qualified'})")
+        parts.append(
+            f"INS {patient.ins.kind.value} {mask(patient.ins.value)} ({key}, "
+            f"{'qualified' if patient.ins_qualified else 'not qualified'})"
+        )
     if patient.ipp is not None:
         parts.append(f"IPP {mask(patient.ipp.value)}")
     parts.append(f"identity status {patient.identity_status or '-'}")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from engine.config.types import Duration, Size
 from engine.hl7.charset import normalize_codec
 
+
 class ChannelSettings(BaseModel):
     #: "in": a source of messages for the routes; "out": a `deliver` destination; "both"
     direction: ClassVar[str] = "out"
@@ -39,28 +40,39 @@ class TlsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     certificate: str = Field(description="PEM file with this side's certificate")
     key: str = Field(description="PEM file with the private key")
-    ca: str | None = Field(default=None, description="PEM bundle of CAs trusted for the peer; on a "
-                           "listener it also makes the client certificate mandatory")
+    ca: str | None = Field(
+        default=None,
+        description="PEM bundle of CAs trusted for the peer; on a "
+        "listener it also makes the client certificate mandatory",
+    )
     require_client_certificate: bool | None = Field(
-        default=None, description="Listener: follows `ca` (a CA means mutual TLS); `false` with a "
-        "`ca` and `true` without one are refused")
+        default=None,
+        description="Listener: follows `ca` (a CA means mutual TLS); `false` with a "
+        "`ca` and `true` without one are refused",
+    )
     allowed_subjects: list[str] = Field(default=[], description="Accepted peer certificate CNs")
 
     def server_problems(self) -> list[str]:
         """Half configurations of a listener: each would silently accept more than it says."""
         if self.ca and self.require_client_certificate is False:
-            return ["tls: `ca` with `require_client_certificate: false` would accept clients "
-                    "without a certificate; remove one of them"]
+            return [
+                "tls: `ca` with `require_client_certificate: false` would accept clients "
+                "without a certificate; remove one of them"
+            ]
         if not self.ca and (self.require_client_certificate or self.allowed_subjects):
-            return ["tls: `require_client_certificate` / `allowed_subjects` need `ca` (the CA "
-                    "that signs the client certificates)"]
+            return [
+                "tls: `require_client_certificate` / `allowed_subjects` need `ca` (the CA "
+                "that signs the client certificates)"
+            ]
         return []
 
     def client_problems(self) -> list[str]:
         """A sender never checks client certificates: these settings would be ignored."""
         if self.require_client_certificate is not None or self.allowed_subjects:
-            return ["tls: `require_client_certificate` / `allowed_subjects` are listener "
-                    "settings; a sender does not use them"]
+            return [
+                "tls: `require_client_certificate` / `allowed_subjects` are listener "
+                "settings; a sender does not use them"
+            ]
         return []
 
 
@@ -88,15 +100,25 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
     max_message_bytes: Size = Field(default=64 * 1024 * 1024, gt=0, description="Larger frames get AE")
     idle_timeout: Duration = Field(default=600.0, description="Close connections silent this long")
     frame_timeout: Duration = Field(
-        default=120.0, description="A frame must end this long after its start block, or its first "
-        "bytes are journaled as rejected and the connection closed (0: no deadline)")
+        default=120.0,
+        description="A frame must end this long after its start block, or its first "
+        "bytes are journaled as rejected and the connection closed (0: no deadline)",
+    )
     max_connections: int = Field(default=64, ge=1, description="Connections beyond this are closed at once")
-    rejected_quota: Size = Field(default=64 * 1024 * 1024, ge=0, description="Rejected frames are kept "
-                                 "whole while this channel's rejected bytes of the last hour stay under this")
-    rejected_head: Size = Field(default=64 * 1024, gt=0, description="Beyond the quota, the bytes kept of "
-                                "each rejected frame (plus its size and SHA-256)")
-    listen_backlog: int = Field(default=1024, ge=1, description="Pending connections the OS queues "
-                                "(a reconnect storm after a network cut)")
+    rejected_quota: Size = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Rejected frames are kept "
+        "whole while this channel's rejected bytes of the last hour stay under this",
+    )
+    rejected_head: Size = Field(
+        default=64 * 1024,
+        gt=0,
+        description="Beyond the quota, the bytes kept of each rejected frame (plus its size and SHA-256)",
+    )
+    listen_backlog: int = Field(
+        default=1024, ge=1, description="Pending connections the OS queues (a reconnect storm after a network cut)"
+    )
     duplicate_window: Duration = Field(
         default=7 * 86400.0, description="Same sender + MSH-10 within this window is a duplicate"
     )
@@ -109,9 +131,12 @@ class MllpInSettings(ChannelSettings, CharsetMixin):
         "`document-request`: CI-SIS ORU/MDM (MSH-21 CISIS_CDA_HL7_V*) are parsed and checked "
         "against their CDA before the ACK (AE + ERR when they fail; costs ms per message)",
     )
-    tlr_orders: bool = Field(default=False, description="Check teleradiology orders (ORM^O01, OMI^O23) against "
-                             "their profile before the ACK: HL7 2.5.1, MSH-21 1.0^CISIS_TLR_HL7_V2, INS in "
-                             "PID-3, PID-32 filled (AE + ERR naming the field otherwise)")
+    tlr_orders: bool = Field(
+        default=False,
+        description="Check teleradiology orders (ORM^O01, OMI^O23) against "
+        "their profile before the ACK: HL7 2.5.1, MSH-21 1.0^CISIS_TLR_HL7_V2, INS in "
+        "PID-3, PID-32 filled (AE + ERR naming the field otherwise)",
+    )
     check_cda: Literal["none", "structure", "full"] = Field(
         default="none",
         description="With ack_mode document-request, also validate each CDA before the ACK: "
@@ -168,15 +193,25 @@ class MllpOutSettings(ChannelSettings, CharsetMixin):
     connect_timeout: Duration = 10.0
     ack_timeout: Duration = Field(default=30.0, description="Wait this long for the ACK")
     reply_policy: ReplyPolicy = ReplyPolicy()
-    expect_ack: bool = Field(default=True, description="false for a destination that sends no ACK (the reference "
-                             "DRIMbox): sent = written, flushed and closed, one connection per message")
-    ipp_repetition: int = Field(default=0, ge=0, le=9, description="Put the patient's IPP (PID-3 repetition of "
-                                "type PI) at this repetition of PID-3 (the reference DRIMbox reads repetition 2); "
-                                "0: leave PID-3 as received")
+    expect_ack: bool = Field(
+        default=True,
+        description="false for a destination that sends no ACK (the reference "
+        "DRIMbox): sent = written, flushed and closed, one connection per message",
+    )
+    ipp_repetition: int = Field(
+        default=0,
+        ge=0,
+        le=9,
+        description="Put the patient's IPP (PID-3 repetition of "
+        "type PI) at this repetition of PID-3 (the reference DRIMbox reads repetition 2); "
+        "0: leave PID-3 as received",
+    )
     content_check: Literal["none", "drimbox"] = Field(
-        default="none", description="`drimbox`: before sending, check the report carries what a DRIMbox needs "
+        default="none",
+        description="`drimbox`: before sending, check the report carries what a DRIMbox needs "
         "(Study Instance UID, accession number, modality; the IPP with ipp_repetition); otherwise the send is "
-        "dead-lettered with the reason (DRIMBOX_DATA_MISSING) and logged, never sent")
+        "dead-lettered with the reason (DRIMBOX_DATA_MISSING) and logged, never sent",
+    )
     retry: RetrySettings = RetrySettings()
     queue_key: str = Field(default="PID-3.1", description="HL7 path of the FIFO key (order kept per key)")
     parallel_keys: int = Field(default=1, ge=1, le=64, description="Keys delivered concurrently")

@@ -17,8 +17,10 @@ class CertificateSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cert: str
     key: str
-    structure_id: str | None = Field(default=None, description="Default: read from the certificate "
-                                     "(subject OU); refused when it contradicts the certificate")
+    structure_id: str | None = Field(
+        default=None,
+        description="Default: read from the certificate (subject OU); refused when it contradicts the certificate",
+    )
 
 
 class DmpChannel(ChannelSettings):
@@ -29,11 +31,13 @@ class DmpChannel(ChannelSettings):
     client_cert: str | None = Field(default=None, description="Single-structure form: the ORG certificate")
     client_key: str | None = None
     certificates: list[CertificateSettings] = Field(
-        default_factory=list, description="One ORG certificate per structure, chosen by the request's "
-        "PRT-8 organisation (docs/dmp.md)")
+        default_factory=list,
+        description="One ORG certificate per structure, chosen by the request's PRT-8 organisation (docs/dmp.md)",
+    )
     ca_bundle: str
-    structure_id: str | None = Field(default=None, description="Structure of requests without PRT-8; "
-                                     "default: the first certificate's")
+    structure_id: str | None = Field(
+        default=None, description="Structure of requests without PRT-8; default: the first certificate's"
+    )
     source_oid: str
     lps: LpsIdentity
     activity_sector: str = "SA07^1.2.250.1.71.4.2.4"
@@ -50,8 +54,7 @@ class DmpChannel(ChannelSettings):
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("client_cert and client_key go together")
         if self.client_cert is None and not self.certificates:
-            raise ValueError("an organisation certificate is required: client_cert/client_key or "
-                             "certificates")
+            raise ValueError("an organisation certificate is required: client_cert/client_key or certificates")
         return self
 
     @field_validator("sender_roles")
@@ -71,10 +74,17 @@ class DmpChannel(ChannelSettings):
         resolve = lambda p: (root / p).resolve()  # noqa: E731
         optional = lambda p: resolve(p) if p is not None else None  # noqa: E731
         return DmpChannelSettings(
-            endpoints=DmpEndpoints.from_base(self.endpoint), client_cert=optional(self.client_cert),
-            client_key=optional(self.client_key), ca_bundle=resolve(self.ca_bundle),
-            certificates=tuple(OrgCertificate(cert=resolve(c.cert), key=resolve(c.key),
-                                              structure_id=c.structure_id)
-                               for c in self.certificates),
-            structure_id=self.structure_id, source_oid=self.source_oid, lps=self.lps,
-            activity_sector=self.activity_sector, response_timeout=self.response_timeout)
+            endpoints=DmpEndpoints.from_base(self.endpoint),
+            client_cert=optional(self.client_cert),
+            client_key=optional(self.client_key),
+            ca_bundle=resolve(self.ca_bundle),
+            certificates=tuple(
+                OrgCertificate(cert=resolve(c.cert), key=resolve(c.key), structure_id=c.structure_id)
+                for c in self.certificates
+            ),
+            structure_id=self.structure_id,
+            source_oid=self.source_oid,
+            lps=self.lps,
+            activity_sector=self.activity_sector,
+            response_timeout=self.response_timeout,
+        )

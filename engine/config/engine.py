@@ -26,9 +26,13 @@ class ConsoleSettings(BaseModel):
     tls: TlsSettings | None = Field(default=None, description="certificate and key of the console (HTTPS)")
     session_minutes: float = Field(default=30.0, gt=0, description="Idle time after which a session ends")
     session_max_hours: float = Field(default=12.0, gt=0, description="Age at which a session ends anyway")
-    status_page_url: str = Field(default="https://esante.gouv.fr/",
-                                 description="ANS services status page linked from the Statistics page (SC.STATPP.01)")
-    metrics_url: str = Field(default="", description="The engine's /metrics for live figures (default: from `metrics:`)")
+    status_page_url: str = Field(
+        default="https://esante.gouv.fr/",
+        description="ANS services status page linked from the Statistics page (SC.STATPP.01)",
+    )
+    metrics_url: str = Field(
+        default="", description="The engine's /metrics for live figures (default: from `metrics:`)"
+    )
 
 
 class EngineSettings(BaseModel):
@@ -36,15 +40,27 @@ class EngineSettings(BaseModel):
     data_dir: str = Field(default="var", description="Journal and caches, relative to the config dir")
     journal: str = Field(default="sqlite", description="`sqlite` or a postgresql:// URL")
     node: str = Field(default="", description="Node name in the journal and metrics (default: hostname)")
-    lease_seconds: float = Field(default=15.0, gt=0, description="How long a node's sends in flight stay "
-                                 "its own without a heartbeat (PostgreSQL journal) before another node takes them")
-    retention_days: float = Field(default=0.0, ge=0, description="Purge finished messages older than this "
-                                  "(0: keep everything)")
-    max_buffered_bytes: Size = Field(default=256 * 1024 * 1024, gt=0, description="Bytes of unfinished "
-                                     "inbound frames held across all connections; beyond, growing "
-                                     "connections are not read until frames complete")
-    cda_kit: str = Field(default="", description="ANS TestContenuCDA 3.0 kit directory for `validate: cda` "
-                         "and document channels (default: $PFI_CDA_KIT, else ../shared/corpus/cda/TestContenuCDA-3-0)")
+    lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a node's sends in flight stay "
+        "its own without a heartbeat (PostgreSQL journal) before another node takes them",
+    )
+    retention_days: float = Field(
+        default=0.0, ge=0, description="Purge finished messages older than this (0: keep everything)"
+    )
+    max_buffered_bytes: Size = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="Bytes of unfinished "
+        "inbound frames held across all connections; beyond, growing "
+        "connections are not read until frames complete",
+    )
+    cda_kit: str = Field(
+        default="",
+        description="ANS TestContenuCDA 3.0 kit directory for `validate: cda` "
+        "and document channels (default: $PFI_CDA_KIT, else ../shared/corpus/cda/TestContenuCDA-3-0)",
+    )
     log_level: str = "info"
     metrics: MetricsSettings = MetricsSettings()
     console: ConsoleSettings | None = None

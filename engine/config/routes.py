@@ -139,6 +139,7 @@ def _find(steps: list[Step], label: str) -> Step | None:
 
 def label_steps(route: Route) -> None:
     """Give unlabelled steps a stable label (`deliver-2`) so that queued work can find them."""
+
     def walk(steps, prefix):
         for i, step in enumerate(steps, 1):
             step.label = step.label or f"{prefix}{step.action}-{i}"
@@ -187,8 +188,11 @@ def _load_route(item, path: Path, problems: Problems):
     if route is None:
         return None
     if not isinstance(step_trees, list) or not step_trees:
-        problems.add(path, position(item, "steps") if "steps" in item else position(item),
-                     f"route {route.name!r}: `steps` must be a non-empty list")
+        problems.add(
+            path,
+            position(item, "steps") if "steps" in item else position(item),
+            f"route {route.name!r}: `steps` must be a non-empty list",
+        )
         return None
     route.steps = [validate_model(Step, t, path, t, problems) if isinstance(t, dict) else None for t in step_trees]
     return route, item
@@ -210,8 +214,11 @@ def _check_match(route: Route, tree, channels: dict, path: Path, problems: Probl
     for name in as_list(route.match.channel):
         channel = channels.get(name)
         if channel is None or channel.direction == "out":
-            problems.add(path, position(match_tree, "channel"),
-                         f"route {route.name!r}: match.channel {name!r} is not a configured inbound channel")
+            problems.add(
+                path,
+                position(match_tree, "channel"),
+                f"route {route.name!r}: match.channel {name!r} is not a configured inbound channel",
+            )
     for hl7_path in route.match.fields:
         _check_path(hl7_path, route, match_tree.get("fields") or match_tree, path, problems)
 
@@ -222,8 +229,11 @@ def _check_path(hl7_path: str, route: Route, tree, path: Path, problems: Problem
     try:
         compile_path(hl7_path)
     except ValueError as exc:
-        problems.add(path, position(tree, hl7_path) if hasattr(tree, "lc") else (1, 1),
-                     f"route {route.name!r}: bad HL7 path {hl7_path!r}: {exc}")
+        problems.add(
+            path,
+            position(tree, hl7_path) if hasattr(tree, "lc") else (1, 1),
+            f"route {route.name!r}: bad HL7 path {hl7_path!r}: {exc}",
+        )
 
 
 def _check_steps(route, steps, trees, channels, root, path, problems, labels: set) -> None:
@@ -237,7 +247,9 @@ def _check_steps(route, steps, trees, channels, root, path, problems, labels: se
             problems.add(path, where, f"route {route.name!r}: step unreachable after a `stop` step")
         if step.label:
             if step.label in labels:
-                problems.add(path, position(tree, "label"), f"route {route.name!r}: duplicate step label {step.label!r}")
+                problems.add(
+                    path, position(tree, "label"), f"route {route.name!r}: duplicate step label {step.label!r}"
+                )
             labels.add(step.label)
         _check_step(route, step, tree, channels, root, path, problems)
         _check_steps(route, step.on_success, tree.get("on_success"), channels, root, path, problems, labels)
@@ -250,10 +262,15 @@ def _check_step(route, step: Step, tree, channels, root: Path, path, problems) -
         for name in as_list(step.deliver.to):
             channel = channels.get(name)
             if channel is None:
-                problems.add(path, position(tree.get("deliver"), "to"), f"route {route.name!r}: unknown channel {name!r}")
+                problems.add(
+                    path, position(tree.get("deliver"), "to"), f"route {route.name!r}: unknown channel {name!r}"
+                )
             elif channel.direction == "in":
-                problems.add(path, position(tree.get("deliver"), "to"),
-                             f"route {route.name!r}: channel {name!r} ({channel.type}) cannot be a destination")
+                problems.add(
+                    path,
+                    position(tree.get("deliver"), "to"),
+                    f"route {route.name!r}: channel {name!r} ({channel.type}) cannot be a destination",
+                )
         if step.deliver.key:
             _check_path(step.deliver.key, route, tree.get("deliver"), path, problems)
     if step.zam and step.zam.to not in channels:
@@ -262,8 +279,11 @@ def _check_step(route, step: Step, tree, channels, root: Path, path, problems) -
         for hl7_path in step.gate.when:
             _check_path(hl7_path, route, tree.get("gate").get("when"), path, problems)
     if step.transform and step.transform.xslt and not (root / step.transform.xslt).is_file():
-        problems.add(path, position(tree.get("transform"), "xslt"),
-                     f"route {route.name!r}: mapping file {step.transform.xslt!r} not found")
+        problems.add(
+            path,
+            position(tree.get("transform"), "xslt"),
+            f"route {route.name!r}: mapping file {step.transform.xslt!r} not found",
+        )
     if step.transform and step.transform.map:
         for hl7_path in step.transform.map:
             _check_path(hl7_path, route, tree.get("transform").get("map"), path, problems)

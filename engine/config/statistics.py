@@ -75,8 +75,13 @@ def _read_columns(node, where, problems: list[str]) -> list[tuple[str, str]]:
         return []
     columns = []
     for index, item in enumerate(node):
-        column_id, name = (next(iter(item.items())) if isinstance(item, dict) and len(item) == 1
-                           else (item, item) if isinstance(item, str) else (None, None))
+        column_id, name = (
+            next(iter(item.items()))
+            if isinstance(item, dict) and len(item) == 1
+            else (item, item)
+            if isinstance(item, str)
+            else (None, None)
+        )
         if column_id not in COLUMNS:
             problems.append(f"{where(node, index)}: unknown column {column_id!r} (known: {', '.join(COLUMNS)})")
             continue

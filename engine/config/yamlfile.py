@@ -33,7 +33,9 @@ def position(node, key=None) -> tuple[int, int]:
     """Where `node[key]` (or `node` itself) is written; (1, 1) when unknown."""
     try:
         if key is not None and isinstance(node, CommentedMap) and key in node:
-            line, col = node.lc.value(key) if not isinstance(node[key], (CommentedMap, CommentedSeq)) else node.lc.key(key)
+            line, col = (
+                node.lc.value(key) if not isinstance(node[key], (CommentedMap, CommentedSeq)) else node.lc.key(key)
+            )
             return line + 1, col + 1
         if key is not None and isinstance(node, CommentedSeq) and isinstance(key, int) and key < len(node):
             line, col = node.lc.item(key)
@@ -64,6 +66,7 @@ def expand_env(value, environ=None):
     """Replace ${VAR} and ${VAR:-default} in strings, recursively; unknown variables raise."""
     environ = os.environ if environ is None else environ
     if isinstance(value, str):
+
         def sub(match):
             name, default = match.group(1), match.group(2)
             if name in environ:

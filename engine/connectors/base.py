@@ -56,7 +56,9 @@ class Outcome:
     def error(self) -> tuple[str, str, bool]:
         """(code, label, local) for a failure ZAM: a failure without a code is the PFI's own
         DELIVERY_FAILED with the detail as label."""
-        code, label, local = (self.code, self.detail, self.local) if self.code else (DELIVERY_FAILED, self.detail[:200], True)
+        code, label, local = (
+            (self.code, self.detail, self.local) if self.code else (DELIVERY_FAILED, self.detail[:200], True)
+        )
         if self.attempts:
             label = f"{label} (gave up after {self.attempts} attempts)"
         return code, label, local

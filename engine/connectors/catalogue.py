@@ -65,6 +65,7 @@ class ChannelKind:
 
 # -- the kinds -------------------------------------------------------------------------------
 
+
 def _mllp_out(settings, ctx: BuildContext) -> Connector:
     from engine.connectors.mllp import MllpDestination
 
@@ -134,8 +135,9 @@ def reference_problems(config, now: dt.datetime | None) -> list[str]:
 def build_connectors(ctx: BuildContext) -> dict[str, Connector]:
     """One connector per destination channel. The channels' references are checked first (the
     same checks as `pfi check`, except certificate expiry, which must not stop the engine)."""
-    problems = [p for c in ctx.config.channels.values() if kind_of(c).connector
-                for p in kind_of(c).checks(ctx.config, c, None)]
+    problems = [
+        p for c in ctx.config.channels.values() if kind_of(c).connector for p in kind_of(c).checks(ctx.config, c, None)
+    ]
     if problems:
         raise ConfigurationError(problems)
     for channel in ctx.config.channels.values():

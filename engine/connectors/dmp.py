@@ -105,16 +105,28 @@ def publish_request(request, action: str, sender_roles: tuple = ()):
     person = sender.person if sender else None
     org = sender.organisation if sender else None
     return PublishRequest(
-        action=action, cda=request.document.content, ins=ins.value, ins_oid=ins.oid,
+        action=action,
+        cda=request.document.content,
+        ins=ins.value,
+        ins_oid=ins.oid,
         ins_qualified=request.patient.identity_status == "VALI",
-        ipp=ipp.value if ipp else "", ipp_domain=(ipp.oid or ipp.authority) if ipp else "",
+        ipp=ipp.value if ipp else "",
+        ipp_domain=(ipp.oid or ipp.authority) if ipp else "",
         flags=request.flags.to_dmp(),
         replaced_document_id=entity_id(request.replaced_document_id) or None,
-        sender=Person(id=person.id, family=person.family_name, given=person.given_name,
-                      id_type=person.id_type or "IDNPS", roles=sender_roles)
-        if person and person.id else None,
+        sender=Person(
+            id=person.id,
+            family=person.family_name,
+            given=person.given_name,
+            id_type=person.id_type or "IDNPS",
+            roles=sender_roles,
+        )
+        if person and person.id
+        else None,
         sender_organisation=organisation(org) if org and org.id else None,
-        patient_class=request.patient_class or None, message_control_id=request.header.control_id)
+        patient_class=request.patient_class or None,
+        message_control_id=request.header.control_id,
+    )
 
 
 #: PRT-8.7 id type -> prefix of the national structure id (IDNST = type digit + number, e.g.

@@ -32,8 +32,12 @@ class MllpDestination:
             refusal = await threads.deferToThread(drimbox_refusal, payload, bool(self.ipp_repetition))
             if refusal:
                 # pfi check cannot know what a report will lack: say it here, without patient data
-                log.warning("delivery.content_refused", message_id=delivery.message_uid, destination=self.name,
-                            reason=refusal.reason)
+                log.warning(
+                    "delivery.content_refused",
+                    message_id=delivery.message_uid,
+                    destination=self.name,
+                    reason=refusal.reason,
+                )
                 return refusal
         if self.ipp_repetition:
             payload = place_ipp(payload, self.ipp_repetition)
@@ -56,8 +60,11 @@ def drimbox_refusal(payload: bytes, need_ipp: bool) -> Outcome | None:
     try:
         missing = missing_for_drimbox(Message.parse(payload), need_ipp)
     except RequestError as exc:
-        return refused("DOCUMENT_REQUEST_INVALID", "not a document request a DRIMbox can read "
-                       f"({exc.error.app_code or exc.error.code})", local=False)
+        return refused(
+            "DOCUMENT_REQUEST_INVALID",
+            f"not a document request a DRIMbox can read ({exc.error.app_code or exc.error.code})",
+            local=False,
+        )
     except Exception as exc:  # an unreadable message or CDA: refused with its kind, never a crash
         return refused("DRIMBOX_DATA_MISSING", f"report unreadable ({type(exc).__name__})", local=False)
     if missing:

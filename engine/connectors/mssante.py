@@ -41,17 +41,24 @@ def mss_request(request, action: str) -> MssDocumentRequest:
     """Map the typed HL7 document request (engine.docrequest) onto the connector's input."""
     f, p = request.flags, request.patient
     return MssDocumentRequest(
-        control_id=request.header.control_id, action=action,
+        control_id=request.header.control_id,
+        action=action,
         document_title=request.document_type.label or request.document_type.code or "Document",
         cda=request.document.content,
         patient=PatientIdentity(
-            family=p.family_name, given=p.given_names.split("^")[0], birth_date=p.birth_date[:8],
-            ins=p.ins.value if p.ins else None, ins_oid=p.ins.oid if p.ins else None,
-            identity_qualified=p.ins_qualified),
+            family=p.family_name,
+            given=p.given_names.split("^")[0],
+            birth_date=p.birth_date[:8],
+            ins=p.ins.value if p.ins else None,
+            ins_oid=p.ins.oid if p.ins else None,
+            identity_qualified=p.ins_qualified,
+        ),
         flags=f.to_mss(),
         recipients=[_recipient(r) for r in request.recipients if r.address],
         reply_to=[r.address for r in request.reply_to if r.address],
-        body_ps=f.corpsmail_ps, body_patient=f.corpsmail_patient)
+        body_ps=f.corpsmail_ps,
+        body_patient=f.corpsmail_patient,
+    )
 
 
 def _recipient(participant) -> Recipient:
@@ -85,22 +92,28 @@ class XdmMetadata:
         from engine.dmp.model import DmpFlags
 
         f = request.flags
-        meta = self.extractor.extract(request.cda, DmpFlags(
-            masque_ps=f.masque_ps, invisible_patient=f.invisible_patient,
-            invisible_rep_legaux=f.invisible_rep_legaux))
+        meta = self.extractor.extract(
+            request.cda,
+            DmpFlags(
+                masque_ps=f.masque_ps,
+                invisible_patient=f.invisible_patient,
+                invisible_rep_legaux=f.invisible_rep_legaux,
+            ),
+        )
         content = CONTENT_TYPES.get(patient_class, self.channel.content_type_code)
         now = dt.datetime.fromtimestamp(self.clock.seconds(), dt.timezone.utc)
         info = ebrim.SubmissionSetInfo(
-            patient_id=meta.patient_id, source_oid=self.channel.source_oid,
+            patient_id=meta.patient_id,
+            source_oid=self.channel.source_oid,
             content_type=Code(code=content, scheme=CONTENT_TYPE_SCHEME, display=content),
             submission_time=now.strftime("%Y%m%d%H%M%S"),
-            author_person=sender_xcn or (meta.authors[0].person if meta.authors else None))
+            author_person=sender_xcn or (meta.authors[0].person if meta.authors else None),
+        )
         root = etree.Element(ebrim.q(ebrim.LCM, "SubmitObjectsRequest"), nsmap=ebrim.NSMAP)
         objects = etree.SubElement(root, ebrim.q(ebrim.RIM, "RegistryObjectList"))
         ebrim.document_entry(objects, meta, "Document01")
         ebrim.submission_set(objects, info)
-        ebrim.association(objects, ebrim.HAS_MEMBER, info.entry_id, "Document01",
-                          {"SubmissionSetStatus": ["Original"]})
+        ebrim.association(objects, ebrim.HAS_MEMBER, info.entry_id, "Document01", {"SubmissionSetStatus": ["Original"]})
         return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
@@ -108,8 +121,7 @@ def _sender_xcn(request) -> str | None:
     person = request.sender.person if request.sender else None
     if person is None or not person.id:
         return None
-    return (f"{person.id}^{person.family_name}^{person.given_name}^^^^^^&{person.authority_oid}&ISO^D"
-            f"^^^{person.id_type}")
+    return f"{person.id}^{person.family_name}^{person.given_name}^^^^^^&{person.authority_oid}&ISO^D^^^{person.id_type}"
 
 
 # --------------------------------------------------------------------------- the connector
@@ -118,8 +130,9 @@ def _sender_xcn(request) -> str | None:
 class MssDeliveryConnector:
     """HL7 document request → MSSanté mails; Z02 to `zam_channel` through `enqueue`."""
 
-    def __init__(self, reactor, channel: MssanteChannel, root: Path, enqueue: Enqueue | None = None,
-                 clock=None, store=None):
+    def __init__(
+        self, reactor, channel: MssanteChannel, root: Path, enqueue: Enqueue | None = None, clock=None, store=None
+    ):
         from engine.mss.outbound import MssSender
         from engine.mss.store import MssStore
 
@@ -168,15 +181,20 @@ class MssDeliveryConnector:
     async def _send(self, mss: MssDocumentRequest, metadata: bytes) -> list[RecipientResult]:
         from engine.mss.outbound import send_document
 
-        return await send_document(mss, self.settings, lambda _: metadata, self.sender, self.store,
-                                   now=self.clock.seconds())
+        return await send_document(
+            mss, self.settings, lambda _: metadata, self.sender, self.store, now=self.clock.seconds()
+        )
 
     def _remember_zam_target(self, request, mss: MssDocumentRequest, delivery) -> None:
         """DSNs and MDNs arrive later through the poller: keep what their ZAM will need."""
         if (mss.flags.ack_reception or mss.flags.ack_lecture) and self.channel.zam_channel:
-            self.store.record_zam_target(mss.control_id, {
-                "header": request.header.model_dump(),
-                "delivery": {k: getattr(delivery, k, "") for k in ("message_uid", "route", "step", "fifo_key")}})
+            self.store.record_zam_target(
+                mss.control_id,
+                {
+                    "header": request.header.model_dump(),
+                    "delivery": {k: getattr(delivery, k, "") for k in ("message_uid", "route", "step", "fifo_key")},
+                },
+            )
 
     def on_outcome(self, outcome) -> None:
         """A DSN/MDN matched by the poller → ZAM^Z02/Z03 queued to the creator."""
@@ -189,8 +207,9 @@ class MssDeliveryConnector:
             log.warning("mss.outcome_unrouted", kind=outcome.kind)
             return
         payload = zam_bytes(Header.model_validate(target["header"]), outcome, self.clock)
-        d: defer.Deferred[None] = defer.ensureDeferred(self.enqueue(self.channel.zam_channel, payload,
-                                              SimpleNamespace(**target["delivery"])))
+        d: defer.Deferred[None] = defer.ensureDeferred(
+            self.enqueue(self.channel.zam_channel, payload, SimpleNamespace(**target["delivery"]))
+        )
         d.addErrback(lambda f: log.error("mss.zam_enqueue_failed", error=f.getErrorMessage()))
 
     async def _z02(self, request, mss: MssDocumentRequest, results, delivery) -> None:
@@ -199,8 +218,9 @@ class MssDeliveryConnector:
 
         if not (mss.flags.ack_reception and self.channel.zam_channel and self.enqueue):
             return
-        outcomes = submission_outcomes(results, mss.control_id,
-                                       acceptance_is_receipt=self.channel.acceptance_is_receipt)
+        outcomes = submission_outcomes(
+            results, mss.control_id, acceptance_is_receipt=self.channel.acceptance_is_receipt
+        )
         for outcome in outcomes:
             await self.enqueue(self.channel.zam_channel, zam_bytes(request.header, outcome, self.clock), delivery)
 
@@ -214,9 +234,16 @@ def zam_bytes(header, outcome, clock) -> bytes:
     from engine.docrequest.zam import build_zam
 
     now = dt.datetime.fromtimestamp(clock.seconds())
-    return build_zam(outcome.kind, header, outcome.success, control_id=new_id(clock.seconds())[-20:], now=now,
-                     error_code=outcome.error_code or (None if outcome.success else "REFUSED"),
-                     error_label=outcome.error_label, address=outcome.address)
+    return build_zam(
+        outcome.kind,
+        header,
+        outcome.success,
+        control_id=new_id(clock.seconds())[-20:],
+        now=now,
+        error_code=outcome.error_code or (None if outcome.success else "REFUSED"),
+        error_label=outcome.error_label,
+        address=outcome.address,
+    )
 
 
 def outcome_of(mss: MssDocumentRequest, results: list[RecipientResult]):
@@ -227,8 +254,7 @@ def outcome_of(mss: MssDocumentRequest, results: list[RecipientResult]):
     accepted = [r for r in submitted if r.accepted]
     summary = audience_summary(results)
     if accepted:
-        return done(f"MSSanté: {len(accepted)} recipient(s) accepted, "
-                    f"{len(results) - len(accepted)} refused{summary}")
+        return done(f"MSSanté: {len(accepted)} recipient(s) accepted, {len(results) - len(accepted)} refused{summary}")
     if any(400 <= (r.smtp_code or 0) < 500 for r in submitted):
         first = next(r for r in submitted if 400 <= (r.smtp_code or 0) < 500)
         return Outcome(Action.RETRY, first.reason, str(first.smtp_code))
@@ -260,16 +286,31 @@ def audience_summary(results: list[RecipientResult]) -> str:
 class MailPoller(service.Service):
     """Engine service: polls the application mailbox, each LPS MDM goes to the RIS over MLLP."""
 
-    def __init__(self, reactor, channel: MssanteChannel, root: Path, ris, connector: MssDeliveryConnector,
-                 clock=None, journal=None):
+    def __init__(
+        self,
+        reactor,
+        channel: MssanteChannel,
+        root: Path,
+        ris,
+        connector: MssDeliveryConnector,
+        clock=None,
+        journal=None,
+    ):
         from engine.mllp.sender import MLLPSender
         from engine.mss.inbound import MailboxPoller
 
         self.setName(f"{channel.name}-poller")
         self.channel_name, self.journal, self.clock = channel.name, journal, clock or reactor
         self.ris = MLLPSender(reactor, ris)
-        self.poller = MailboxPoller(connector.settings, reactor, self.deliver, connector.sender,
-                                    connector.store, on_outcome=connector.on_outcome, clock=clock)
+        self.poller = MailboxPoller(
+            connector.settings,
+            reactor,
+            self.deliver,
+            connector.sender,
+            connector.store,
+            on_outcome=connector.on_outcome,
+            clock=clock,
+        )
 
     async def deliver(self, mdm: bytes) -> bytes:
         """The RIS's ACK bytes; no ACK (down, timeout) → the mail waits for the next poll.
@@ -284,8 +325,9 @@ class MailPoller(service.Service):
         outcome = await self.ris.send(mdm)
         if uid is not None:
             state = "sent" if outcome.ack is not None else "retry"
-            d = self.journal.record_event(uid, state, self.ris.settings.name,
-                                          f"to the RIS by the mailbox poller: {outcome.reason}")
+            d = self.journal.record_event(
+                uid, state, self.ris.settings.name, f"to the RIS by the mailbox poller: {outcome.reason}"
+            )
             d.addErrback(lambda f: log.error("mss.journal_event_failed", error=f.getErrorMessage()))
         if outcome.ack is None:
             raise TransientDeliveryError(f"RIS: {outcome.reason}")
@@ -300,8 +342,14 @@ class MailPoller(service.Service):
         if self.journal is None:
             return None
         now = self.clock.seconds()
-        record = InboundRecord(uid=new_id(now), channel=self.channel_name, received_at=now, raw=mdm,
-                               state=MAIL_INTEGRATION, reason="LPS MDM built from a mail of the application mailbox")
+        record = InboundRecord(
+            uid=new_id(now),
+            channel=self.channel_name,
+            received_at=now,
+            raw=mdm,
+            state=MAIL_INTEGRATION,
+            reason="LPS MDM built from a mail of the application mailbox",
+        )
         index_header(record, scan(mdm))
         stored = await self.journal.append_inbound(record)
         return stored.uid
@@ -351,8 +399,11 @@ def _dmp_wait_problems(config, channel) -> list[str]:
         # The connector mails deferred reports from any follow-up of an accepted delivery (the
         # shipped routes: the DMP's); what must exist is such a step naming this channel.
         for step in steps:
-            targets = [] if step.deliver is None else (
-                [step.deliver.to] if isinstance(step.deliver.to, str) else list(step.deliver.to))
+            targets = (
+                []
+                if step.deliver is None
+                else ([step.deliver.to] if isinstance(step.deliver.to, str) else list(step.deliver.to))
+            )
             if in_success and channel.name in targets:
                 return True
             if after_dmp(step.on_success, True) or after_dmp(step.on_failure, False):
@@ -361,8 +412,10 @@ def _dmp_wait_problems(config, channel) -> list[str]:
 
     if any(after_dmp(route.steps, False) for route in config.routes):
         return []
-    return [f"channel {channel.name!r}: wait_for_dmp_when_invisible needs a `deliver: {{to: {channel.name}}}` "
-            "step in the on_success of a DMP delivery, or reports invisible to the patient are never mailed"]
+    return [
+        f"channel {channel.name!r}: wait_for_dmp_when_invisible needs a `deliver: {{to: {channel.name}}}` "
+        "step in the on_success of a DMP delivery, or reports invisible to the patient are never mailed"
+    ]
 
 
 #: journal state of an LPS MDM the mailbox poller delivered itself (`pfi replay` routes it again)

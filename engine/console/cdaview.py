@@ -11,8 +11,21 @@ from html import escape
 NS = {"h": "urn:hl7-org:v3"}
 _H = "{urn:hl7-org:v3}"
 # narrative element -> HTML tag (anything else keeps only its text)
-_TAGS = {"paragraph": "p", "item": "li", "table": "table", "thead": "thead", "tbody": "tbody", "tfoot": "tfoot",
-         "tr": "tr", "th": "th", "td": "td", "caption": "caption", "sub": "sub", "sup": "sup", "content": "span"}
+_TAGS = {
+    "paragraph": "p",
+    "item": "li",
+    "table": "table",
+    "thead": "thead",
+    "tbody": "tbody",
+    "tfoot": "tfoot",
+    "tr": "tr",
+    "th": "th",
+    "td": "td",
+    "caption": "caption",
+    "sub": "sub",
+    "sup": "sup",
+    "content": "span",
+}
 
 
 @dataclass
@@ -80,15 +93,15 @@ def cda_view(content: bytes, reveal: bool) -> CdaView:
         _add_section(view, section, 0)
     media = root.xpath("h:component/h:nonXMLBody/h:text", namespaces=NS)
     if media:
-        view.non_xml_body = f"non-XML body ({media[0].get('mediaType', 'unknown type')}, " \
-                            f"{len(media[0].text or '')} characters)"
+        view.non_xml_body = (
+            f"non-XML body ({media[0].get('mediaType', 'unknown type')}, {len(media[0].text or '')} characters)"
+        )
     return view
 
 
 def _person(assigned) -> str:
     name = " ".join(" ".join(assigned.xpath("h:assignedPerson/h:name//text()", namespaces=NS)).split())
-    organization = " ".join(" ".join(assigned.xpath("h:representedOrganization/h:name//text()",
-                                                    namespaces=NS)).split())
+    organization = " ".join(" ".join(assigned.xpath("h:representedOrganization/h:name//text()", namespaces=NS)).split())
     return ", ".join(filter(None, [name, organization])) or "-"
 
 
@@ -103,8 +116,12 @@ def _patient(root, reveal: bool) -> list[tuple[str, str]]:
     names = [" ".join(" ".join(n.xpath(".//text()")).split()) for n in role.xpath("h:patient/h:name", namespaces=NS)]
     birth = role.xpath("h:patient/h:birthTime/@value", namespaces=NS)
     gender = role.xpath("h:patient/h:administrativeGenderCode/@code", namespaces=NS)
-    return [("identifiers", "; ".join(ids)), ("name", "; ".join(names)),
-            ("birth", _ts(birth[0]) if birth else "-"), ("sex", gender[0] if gender else "-")]
+    return [
+        ("identifiers", "; ".join(ids)),
+        ("name", "; ".join(names)),
+        ("birth", _ts(birth[0]) if birth else "-"),
+        ("sex", gender[0] if gender else "-"),
+    ]
 
 
 def _add_section(view: CdaView, section, depth: int) -> None:

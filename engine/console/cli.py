@@ -54,8 +54,9 @@ def serve(args) -> int:
 
     def start():
         d = defer.ensureDeferred(server.start())
-        d.addErrback(lambda f: (failed.append(f), print(f"console: {f.getErrorMessage()}", file=sys.stderr),
-                                reactor.stop()))
+        d.addErrback(
+            lambda f: (failed.append(f), print(f"console: {f.getErrorMessage()}", file=sys.stderr), reactor.stop())
+        )
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(server.stop()))

@@ -21,7 +21,7 @@ def operator_name(user: str) -> str:
 
 @dataclass
 class Dashboard:
-    inbound: list = field(default_factory=list)       # (name, settings, last at, rejected last hour)
+    inbound: list = field(default_factory=list)  # (name, settings, last at, rejected last hour)
     destinations: list = field(default_factory=list)  # (settings, DestinationState, paused reason or None)
     nodes: list = field(default_factory=list)
     journal: str = ""
@@ -72,8 +72,9 @@ class ConsoleData:
     # -- actions (journaled with the console user's name) ----------------------------------------
     def reveal(self, uid: str, user: str, now: float) -> None:
         with self.access.writing() as conn:
-            search.record_operator_event(conn, uid, "identities-shown",
-                                         f"patient identity shown in the console to {operator_name(user)}", now)
+            search.record_operator_event(
+                conn, uid, "identities-shown", f"patient identity shown in the console to {operator_name(user)}", now
+            )
 
     def replay(self, uids: list[str], user: str) -> int:
         from engine.commands.queue import replay_messages
@@ -85,8 +86,9 @@ class ConsoleData:
         from engine.commands.queue import cancel_deliveries
 
         with self.access.writer() as conn:
-            return cancel_deliveries(conn, ident, "cancelled in the console", operator_name(user), CONSOLE_NODE,
-                                     _dialect(self.access))
+            return cancel_deliveries(
+                conn, ident, "cancelled in the console", operator_name(user), CONSOLE_NODE, _dialect(self.access)
+            )
 
     # -- configuration -----------------------------------------------------------------------
     def findings(self) -> list[tuple[str, str]]:
@@ -95,8 +97,11 @@ class ConsoleData:
 
         now = dt.datetime.now(dt.timezone.utc)
         found = [("error", p) for p in check.material_problems(self.config, now)]
-        warnings = (lambda: check.expiry_warnings(self.config, now), lambda: check.order_check_warnings(self.config),
-                    lambda: check.undeferred_dmp_warnings(self.config))
+        warnings = (
+            lambda: check.expiry_warnings(self.config, now),
+            lambda: check.order_check_warnings(self.config),
+            lambda: check.undeferred_dmp_warnings(self.config),
+        )
         for warn in warnings:
             try:
                 found += [("warning", w) for w in warn()]
@@ -105,18 +110,25 @@ class ConsoleData:
         return found
 
     def channel_settings(self) -> list[tuple[str, str, dict]]:
-        return [(c.name, c.type, _without_secrets(c.model_dump(mode="json", exclude_none=True)))
-                for c in sorted(self.config.channels.values(), key=lambda c: c.name)]
+        return [
+            (c.name, c.type, _without_secrets(c.model_dump(mode="json", exclude_none=True)))
+            for c in sorted(self.config.channels.values(), key=lambda c: c.name)
+        ]
 
     def route_settings(self) -> list[tuple[str, dict]]:
-        return [(r.name, r.model_dump(mode="json", exclude_none=True, exclude_defaults=True))
-                for r in self.config.routes]
+        return [
+            (r.name, r.model_dump(mode="json", exclude_none=True, exclude_defaults=True)) for r in self.config.routes
+        ]
 
 
 def _without_secrets(value):
     if isinstance(value, dict):
-        return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) and isinstance(v, str) and v
-                    else _without_secrets(v)) for k, v in value.items()}
+        return {
+            k: (
+                "***" if any(w in k.lower() for w in SECRET_WORDS) and isinstance(v, str) and v else _without_secrets(v)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_without_secrets(v) for v in value]
     return value

@@ -52,8 +52,12 @@ def _identifier_kind(cx: str, enc) -> str:
 
 
 def _order_keys(message) -> set[tuple[str, str]]:
-    return {("accession", value.strip()) for path in ("OBR-18.1", "IPC-1.1")
-            for value in message.get_all(path) if value.strip()}
+    return {
+        ("accession", value.strip())
+        for path in ("OBR-18.1", "IPC-1.1")
+        for value in message.get_all(path)
+        if value.strip()
+    }
 
 
 def _document_keys(message) -> set[tuple[str, str]]:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import os
 
-N, R, P = 2 ** 15, 8, 1
+N, R, P = 2**15, 8, 1
 MAX_MEMORY = 64 * 1024 * 1024
 MIN_LENGTH = 12
 
@@ -42,8 +42,15 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                                maxmem=MAX_MEMORY, dklen=len(expected))
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=MAX_MEMORY,
+            dklen=len(expected),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)

@@ -51,8 +51,9 @@ class ConsoleServer:
         self.access = open_access(config.engine.journal, data_dir)
         self.indexer = KeyIndexer(self.access)
         self.metrics = MetricsFeed(reactor, metrics_url(config))
-        self.resource = ConsoleResource(ConsoleData(config, self.access), self.settings, reactor,
-                                        metrics=self.metrics, indexer=self.indexer)
+        self.resource = ConsoleResource(
+            ConsoleData(config, self.access), self.settings, reactor, metrics=self.metrics, indexer=self.indexer
+        )
         self.port = None
         self._indexing = task.LoopingCall(self._index)
         self._indexing.clock = reactor

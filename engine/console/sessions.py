@@ -77,8 +77,7 @@ class Sessions:
 
     def _expire(self) -> None:
         now = self.clock()
-        for sid in [s.id for s in self._by_id.values()
-                    if now - s.seen > self.idle or now - s.created > self.max_age]:
+        for sid in [s.id for s in self._by_id.values() if now - s.seen > self.idle or now - s.created > self.max_age]:
             self._by_id.pop(sid, None)
 
 

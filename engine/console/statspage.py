@@ -29,8 +29,9 @@ def statistics_table(access, first_month: str, last_month: str, config_root: Pat
         return None
     table = statistics(access.read, first_month, last_month, None, settings)
     ids = [i for i, _ in table.columns]
-    return StatsTable([name for _, name in table.columns], [[row.get(i) for i in ids] for row in table.rows],
-                      table.as_csv())
+    return StatsTable(
+        [name for _, name in table.columns], [[row.get(i) for i in ids] for row in table.rows], table.as_csv()
+    )
 
 
 def _settings(config_root: Path | None):
@@ -70,8 +71,12 @@ def bar_charts(table: StatsTable, width: int = 640, height: int = 160) -> list[t
         bars = "".join(
             f'<rect x="{i * bar + 2:.1f}" y="{height - 20 - (v / top) * (height - 30):.1f}" width="{max(bar - 4, 1):.1f}"'
             f' height="{(v / top) * (height - 30):.1f}" class="bar"><title>{escape(str(r[0]))} {escape(str(r[1]))}:'
-            f' {v}</title></rect>' for i, (v, r) in enumerate(zip(values, table.rows)))
-        svg = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="chart" role="img"'
-               f' aria-label="{escape(column)}">{bars}<text x="0" y="{height - 4}" class="axis">max {top}</text></svg>')
+            f" {v}</title></rect>"
+            for i, (v, r) in enumerate(zip(values, table.rows))
+        )
+        svg = (
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="chart" role="img"'
+            f' aria-label="{escape(column)}">{bars}<text x="0" y="{height - 4}" class="axis">max {top}</text></svg>'
+        )
         charts.append((column, svg))
     return charts

@@ -55,6 +55,12 @@ def _documents(report: Report, request, config) -> None:
             report.problems.append(("error", document.location, "not-a-cda", str(exc)))
             continue
         for issue in result.issues:
-            report.problems.append((issue.severity.value, f"{document.location} {issue.source}", issue.rule_id,
-                                    f"{issue.location}: {issue.message.strip()[:400]}"))
+            report.problems.append(
+                (
+                    issue.severity.value,
+                    f"{document.location} {issue.source}",
+                    issue.rule_id,
+                    f"{issue.location}: {issue.message.strip()[:400]}",
+                )
+            )
         report.verdicts.append(f"{document.location}: {'VALID' if result.valid else 'INVALID'}")

@@ -29,8 +29,10 @@ from engine.console.sessions import LoginLimiter, Sessions
 from engine.journal.search import SearchFilters
 
 log = structlog.get_logger(__name__)
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 UID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -40,8 +42,12 @@ class Forbidden(Exception):
 
 
 def _templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(str(resources.files("engine.console") / "templates")),
-                      autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(str(resources.files("engine.console") / "templates")),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["when"] = _when
     env.filters["age"] = _age
     return env
@@ -87,7 +93,7 @@ class ConsoleResource(resource.Resource):
         _headers(request, self.secure)
         path = request.path.decode("utf-8", "replace")
         if path.startswith("/static/"):
-            return self._static(request, path[len("/static/"):])
+            return self._static(request, path[len("/static/") :])
         d = defer.ensureDeferred(self._handle(request, path))
         d.addErrback(self._failed, request)
         d.addCallback(self._finish, request)
@@ -97,9 +103,14 @@ class ConsoleResource(resource.Resource):
         method = request.method.decode()
         session = self.sessions.get(_cookie(request, self.cookie))
         if method == "POST" and not self._post_allowed(request, session):
-            return self._page(request, "error.html", session, status=403,
-                              message="Refused: this form is missing its security token (CSRF) or comes from "
-                                      "another site. Reload the page and try again.")
+            return self._page(
+                request,
+                "error.html",
+                session,
+                status=403,
+                message="Refused: this form is missing its security token (CSRF) or comes from "
+                "another site. Reload the page and try again.",
+            )
         if path in ("/login", "/logout"):
             return await (self._login(request, session) if path == "/login" else self._logout(request, session))
         if session is None or not session.signed_in:
@@ -108,8 +119,13 @@ class ConsoleResource(resource.Resource):
             match = pattern.fullmatch(path)
             if match and method in methods:
                 if not session.may(role):
-                    return self._page(request, "error.html", session, status=403,
-                                      message=f"Your role ({session.role}) does not allow this; it needs {role}.")
+                    return self._page(
+                        request,
+                        "error.html",
+                        session,
+                        status=403,
+                        message=f"Your role ({session.role}) does not allow this; it needs {role}.",
+                    )
                 return await handler(request, session, *match.groups())
         return self._page(request, "error.html", session, status=404, message="No such page.")
 
@@ -132,8 +148,12 @@ class ConsoleResource(resource.Resource):
             request.finish()
 
     def _failed(self, failure, request):
-        log.error("console.request_failed", path=request.path.decode("utf-8", "replace"),
-                  error=failure.getErrorMessage(), kind=failure.type.__name__)
+        log.error(
+            "console.request_failed",
+            path=request.path.decode("utf-8", "replace"),
+            error=failure.getErrorMessage(),
+            kind=failure.type.__name__,
+        )
         if not request.finished:
             request.setResponseCode(500)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -151,8 +171,11 @@ class ConsoleResource(resource.Resource):
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         flash = session.__dict__.pop("flash", None) if session is not None else None
-        return self.templates.get_template(template).render(
-            session=session, flash=flash, settings=self.settings, **context).encode("utf-8")
+        return (
+            self.templates.get_template(template)
+            .render(session=session, flash=flash, settings=self.settings, **context)
+            .encode("utf-8")
+        )
 
     def _redirect(self, request, location: str, session=None, flash: str = "") -> bytes:
         if session is not None and flash:
@@ -182,8 +205,9 @@ class ConsoleResource(resource.Resource):
         if wait > 0:
             request.setHeader(b"retry-after", str(int(wait) + 1).encode())
             log.warning("console.login_throttled", user=user[:64], address=address)
-            return self._login_page(request, session, status=429,
-                                    error=f"Too many failed sign-ins: try again in {int(wait) + 1} s.")
+            return self._login_page(
+                request, session, status=429, error=f"Too many failed sign-ins: try again in {int(wait) + 1} s."
+            )
         found = await threads.deferToThread(self.data.find_user, user)
         ok = await threads.deferToThread(verify_password, password, found.password_hash if found else DUMMY_HASH)
         if not (ok and found):
@@ -199,8 +223,7 @@ class ConsoleResource(resource.Resource):
     async def _logout(self, request, session):
         if request.method == b"POST" and session is not None:
             self.sessions.sign_out(session)
-            request.addCookie(self.cookie, b"", path=b"/", secure=True, httpOnly=True, sameSite="strict",
-                              max_age=0)
+            request.addCookie(self.cookie, b"", path=b"/", secure=True, httpOnly=True, sameSite="strict", max_age=0)
         return self._redirect(request, "/login")
 
     # -- pages -----------------------------------------------------------------------------
@@ -216,18 +239,27 @@ class ConsoleResource(resource.Resource):
         if self.metrics is not None:
             await self.metrics.refresh()
         board = await threads.deferToThread(self.data.dashboard, time.time())
-        return {"board": board, "metrics": self.metrics,
-                "indexing": bool(self.indexer and self.indexer.behind)}
+        return {"board": board, "metrics": self.metrics, "indexing": bool(self.indexer and self.indexer.behind)}
 
     async def messages(self, request, session):
         filters, before = _filters(request), _int(_arg(request, "before"))
         rows = await threads.deferToThread(self.data.search, filters, before)
         query = {k: v for k, v in _query(request).items() if k != "before"}
         older = urllib.parse.urlencode({**query, "before": rows[-1].id}) if len(rows) == 50 else ""
-        return self._page(request, "messages.html", session, rows=rows, f=filters, query=query,
-                          older=older, csv_query=urllib.parse.urlencode(query), channels=sorted(self.data.config.channels),
-                          since=_arg(request, "since") or "", until=_arg(request, "until") or "",
-                          indexing=bool(self.indexer and self.indexer.behind))
+        return self._page(
+            request,
+            "messages.html",
+            session,
+            rows=rows,
+            f=filters,
+            query=query,
+            older=older,
+            csv_query=urllib.parse.urlencode(query),
+            channels=sorted(self.data.config.channels),
+            since=_arg(request, "since") or "",
+            until=_arg(request, "until") or "",
+            indexing=bool(self.indexer and self.indexer.behind),
+        )
 
     async def messages_csv(self, request, session):
         """The search's results as CSV (up to 10,000 rows), without patient identifiers."""
@@ -236,8 +268,19 @@ class ConsoleResource(resource.Resource):
         writer = csv.writer(out)
         writer.writerow(["id", "received", "channel", "type", "control_id", "state", "ack", "sender", "reason"])
         for r in rows:
-            writer.writerow([r.uid, _when(r.received_at), r.channel, r.msg_type, r.control_id, r.state, r.ack_code,
-                             r.sender, r.reason])
+            writer.writerow(
+                [
+                    r.uid,
+                    _when(r.received_at),
+                    r.channel,
+                    r.msg_type,
+                    r.control_id,
+                    r.state,
+                    r.ack_code,
+                    r.sender,
+                    r.reason,
+                ]
+            )
         request.setHeader(b"content-type", b"text/csv; charset=utf-8")
         request.setHeader(b"content-disposition", b'attachment; filename="messages.csv"')
         return out.getvalue().encode("utf-8")
@@ -253,15 +296,29 @@ class ConsoleResource(resource.Resource):
         ack_segments, ack_text = hl7view.segment_view(detail.ack, True) if detail.ack else ([], "")
         documents = [(loc, cda_view(content, reveal)) for loc, content in embedded_documents(raw or b"")]
         validation = [e for e in detail.events if e[2] in ("invalid", "rejected") or "CDA" in (e[4] or "")]
-        return self._page(request, "message.html", session, m=detail, segments=segments, text=text,
-                          ack_text=ack_text, documents=documents, reveal=reveal, validation=validation,
-                          report=report, has_raw=raw is not None)
+        return self._page(
+            request,
+            "message.html",
+            session,
+            m=detail,
+            segments=segments,
+            text=text,
+            ack_text=ack_text,
+            documents=documents,
+            reveal=reveal,
+            validation=validation,
+            report=report,
+            has_raw=raw is not None,
+        )
 
     async def confirm(self, request, session, uid: str, action: str):
-        what = {"replay": "Send this message through the current routes again?",
-                "reveal": "Show this patient's identity? The journal records that you asked."}[action]
-        return self._page(request, "confirm.html", session, action=f"/messages/{uid}/{action}", question=what,
-                          back=f"/messages/{uid}")
+        what = {
+            "replay": "Send this message through the current routes again?",
+            "reveal": "Show this patient's identity? The journal records that you asked.",
+        }[action]
+        return self._page(
+            request, "confirm.html", session, action=f"/messages/{uid}/{action}", question=what, back=f"/messages/{uid}"
+        )
 
     async def reveal(self, request, session, uid: str):
         await threads.deferToThread(self.data.reveal, uid, session.user, time.time())
@@ -272,8 +329,11 @@ class ConsoleResource(resource.Resource):
 
     async def replay(self, request, session, uid: str):
         count = await threads.deferToThread(self.data.replay, [uid], session.user)
-        flash = "Message re-queued through the current routes." if count else \
-            "Not re-queued: unknown, or a rejected frame kept only in part (ask the sender for the message)."
+        flash = (
+            "Message re-queued through the current routes."
+            if count
+            else "Not re-queued: unknown, or a rejected frame kept only in part (ask the sender for the message)."
+        )
         return self._redirect(request, f"/messages/{uid}", session, flash)
 
     async def validate(self, request, session, uid: str):
@@ -284,9 +344,14 @@ class ConsoleResource(resource.Resource):
         return await self.message(request, session, uid, report=report)
 
     async def cancel_confirm(self, request, session, delivery: str):
-        return self._page(request, "confirm.html", session, action=f"/deliveries/{delivery}/cancel",
-                          question=f"Cancel delivery {delivery}? It will not be sent.",
-                          back=_safe_back(_arg(request, "back")))
+        return self._page(
+            request,
+            "confirm.html",
+            session,
+            action=f"/deliveries/{delivery}/cancel",
+            question=f"Cancel delivery {delivery}? It will not be sent.",
+            back=_safe_back(_arg(request, "back")),
+        )
 
     async def cancel(self, request, session, delivery: str):
         count = await threads.deferToThread(self.data.cancel, delivery, session.user)
@@ -295,23 +360,35 @@ class ConsoleResource(resource.Resource):
 
     async def dead(self, request, session):
         uids = await threads.deferToThread(self.data.dead_letters, _arg(request, "channel") or None)
-        return self._page(request, "dead.html", session, count=len(uids), channel=_arg(request, "channel") or "",
-                          jobs=sorted(self.jobs.items(), reverse=True)[:5])
+        return self._page(
+            request,
+            "dead.html",
+            session,
+            count=len(uids),
+            channel=_arg(request, "channel") or "",
+            jobs=sorted(self.jobs.items(), reverse=True)[:5],
+        )
 
     async def dead_replay(self, request, session):
         """Bulk replay in chunks (one transaction each, the CLI's code), its progress on /jobs/ID."""
         channel = _arg(request, "channel") or None
         uids = await threads.deferToThread(self.data.dead_letters, channel)
         job_id = f"{int(time.time() * 1000):x}"
-        job = self.jobs[job_id] = {"total": len(uids), "done": 0, "replayed": 0, "finished": False,
-                                   "user": session.user}
+        job = self.jobs[job_id] = {
+            "total": len(uids),
+            "done": 0,
+            "replayed": 0,
+            "finished": False,
+            "user": session.user,
+        }
         defer.ensureDeferred(self._run_job(job, uids)).addErrback(
-            lambda f: (job.update(finished=True, error=f.getErrorMessage()), None))
+            lambda f: (job.update(finished=True, error=f.getErrorMessage()), None)
+        )
         return self._redirect(request, f"/jobs/{job_id}", session)
 
     async def _run_job(self, job: dict, uids: list[str], chunk: int = 50) -> None:
         for start in range(0, len(uids), chunk):
-            part = uids[start:start + chunk]
+            part = uids[start : start + chunk]
             job["replayed"] += await threads.deferToThread(self.data.replay, part, job["user"])
             job["done"] += len(part)
         job["finished"] = True
@@ -330,17 +407,30 @@ class ConsoleResource(resource.Resource):
     async def statistics(self, request, session):
         first, last = month_bounds(time.time())
         first, last = _arg(request, "from") or first, _arg(request, "to") or last
-        table = await threads.deferToThread(statspage.statistics_table, self.data.access, first, last,
-                                            self.data.config.root)
+        table = await threads.deferToThread(
+            statspage.statistics_table, self.data.access, first, last, self.data.config.root
+        )
         charts = statspage.bar_charts(table) if table else []
-        return self._page(request, "statistics.html", session, table=table, charts=charts, first=first, last=last,
-                          not_available=statspage.NOT_AVAILABLE)
+        return self._page(
+            request,
+            "statistics.html",
+            session,
+            table=table,
+            charts=charts,
+            first=first,
+            last=last,
+            not_available=statspage.NOT_AVAILABLE,
+        )
 
     async def statistics_csv(self, request, session):
         first, last = month_bounds(time.time())
-        table = await threads.deferToThread(statspage.statistics_table, self.data.access,
-                                            _arg(request, "from") or first, _arg(request, "to") or last,
-                                            self.data.config.root)
+        table = await threads.deferToThread(
+            statspage.statistics_table,
+            self.data.access,
+            _arg(request, "from") or first,
+            _arg(request, "to") or last,
+            self.data.config.root,
+        )
         if table is None:
             request.setResponseCode(503)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -351,9 +441,15 @@ class ConsoleResource(resource.Resource):
 
     async def configuration(self, request, session):
         findings = await threads.deferToThread(self.data.findings)
-        return self._page(request, "configuration.html", session, findings=findings,
-                          channels=self.data.channel_settings(), routes=self.data.route_settings(),
-                          dumps=lambda v: json.dumps(v, indent=1, ensure_ascii=False))
+        return self._page(
+            request,
+            "configuration.html",
+            session,
+            findings=findings,
+            channels=self.data.channel_settings(),
+            routes=self.data.route_settings(),
+            dumps=lambda v: json.dumps(v, indent=1, ensure_ascii=False),
+        )
 
     async def users_page(self, request, session):
         found = await threads.deferToThread(self.data.list_users)
@@ -387,11 +483,16 @@ def _routes(app: ConsoleResource) -> list:
 
 
 def _headers(request, secure: bool) -> None:
-    for name, value in (("content-security-policy", CSP), ("x-frame-options", "DENY"),
-                        ("x-content-type-options", "nosniff"), ("referrer-policy", "same-origin"),
-                        ("cache-control", "no-store"), ("cross-origin-opener-policy", "same-origin"),
-                        ("cross-origin-resource-policy", "same-origin"),
-                        ("permissions-policy", "camera=(), microphone=(), geolocation=()")):
+    for name, value in (
+        ("content-security-policy", CSP),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+        ("cache-control", "no-store"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-resource-policy", "same-origin"),
+        ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
+    ):
         request.setHeader(name.encode(), value.encode())
     if secure:
         request.setHeader(b"strict-transport-security", b"max-age=31536000")
@@ -416,8 +517,10 @@ def _int(value) -> int | None:
 
 
 def _filters(request) -> SearchFilters:
-    text = {name: (_arg(request, name) or "").strip()[:200] for name in (
-        "control_id", "ipp", "ins", "accession", "document", "channel", "msg_type", "state")}
+    text = {
+        name: (_arg(request, name) or "").strip()[:200]
+        for name in ("control_id", "ipp", "ins", "accession", "document", "channel", "msg_type", "state")
+    }
     return SearchFilters(**text, since=_local_time(_arg(request, "since")), until=_local_time(_arg(request, "until")))
 
 

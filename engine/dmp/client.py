@@ -17,8 +17,7 @@ from engine.dmp.config import DmpChannelSettings, OrgCertificate, resolve_certif
 from engine.dmp.metadata import Code, DocumentMetadata, MetadataError, MetadataExtractor
 from engine.dmp.model import DmpFlags, DmpResult, PublishRequest, permanent, success, transient
 from engine.dmp.transport import DmpPermanentError, DmpTransientError, HttpsPoster
-from engine.dmp.vihf import (VihfContext, VihfIdentity, VihfSigner, VihfSubject,
-                             roles_from_code)
+from engine.dmp.vihf import VihfContext, VihfIdentity, VihfSigner, VihfSubject, roles_from_code
 from engine.errors import ConfigurationError, ValidationError
 from engine.xmlsafe import parse_untrusted
 
@@ -54,31 +53,43 @@ class RegistryFailure(Exception):
 class DmpClient:
     """Talks to one DMP channel. `publish` never raises: every outcome is a DmpResult."""
 
-    def __init__(self, reactor, settings: DmpChannelSettings,
-                 extractor: MetadataExtractor | None = None, poster: HttpsPoster | None = None):
+    def __init__(
+        self,
+        reactor,
+        settings: DmpChannelSettings,
+        extractor: MetadataExtractor | None = None,
+        poster: HttpsPoster | None = None,
+    ):
         self._reactor = reactor
         self._settings = settings
-        self._extractor = extractor or MetadataExtractor(
-            unique_id_with_extension=settings.unique_id_with_extension)
+        self._extractor = extractor or MetadataExtractor(unique_id_with_extension=settings.unique_id_with_extension)
         structures, problems = resolve_certificates(settings)
         if problems:
             raise ConfigurationError(problems)
         self._default = structures.default
         #: {structure: not-after} of the certificates (expiry watch, docs/dmp.md)
         self.certificate_expiry = dict(structures.not_after)
-        self._identities = {structure: self._identity(structure, entry, poster)
-                            for structure, entry in structures.by_structure.items()}
+        self._identities = {
+            structure: self._identity(structure, entry, poster) for structure, entry in structures.by_structure.items()
+        }
         self.timings = Timings()
 
     def _identity(self, structure: str, entry: OrgCertificate, poster) -> StructureIdentity:
         cert, key = _key_pair(entry)
         lps, settings = self._settings.lps, self._settings
-        signer = VihfSigner(cert, key, VihfIdentity(
-            settings.vihf_version, settings.auth_mode, lps.name, lps.version,
-            lps.homologation_id, lps.lps_id))
+        signer = VihfSigner(
+            cert,
+            key,
+            VihfIdentity(
+                settings.vihf_version, settings.auth_mode, lps.name, lps.version, lps.homologation_id, lps.lps_id
+            ),
+        )
         return StructureIdentity(
-            structure, signer, poster or HttpsPoster(self._reactor, settings, entry),
-            xades.SubmissionSigner(cert, key) if settings.submission_signature else None)
+            structure,
+            signer,
+            poster or HttpsPoster(self._reactor, settings, entry),
+            xades.SubmissionSigner(cert, key) if settings.submission_signature else None,
+        )
 
     # the default structure's signers (tests swap them to play a misbehaving client)
     @property
@@ -105,10 +116,14 @@ class DmpClient:
         structure = self._structure_of(request)
         identity = self._identities.get(structure)
         if identity is None:
-            raise RegistryFailure(permanent(
-                "STRUCTURE_NOT_CONFIGURED", "no certificate for the sending structure",
-                f"the request's structure {structure} has no organisation certificate on this "
-                f"DMP channel (configured: {', '.join(self._identities)})"))
+            raise RegistryFailure(
+                permanent(
+                    "STRUCTURE_NOT_CONFIGURED",
+                    "no certificate for the sending structure",
+                    f"the request's structure {structure} has no organisation certificate on this "
+                    f"DMP channel (configured: {', '.join(self._identities)})",
+                )
+            )
         return identity
 
     # -- public operations ---------------------------------------------------------------
@@ -147,17 +162,14 @@ class DmpClient:
             return permanent("INVALID_INPUT", "invalid document or answer", str(exc))
         except RegistryFailure as exc:
             if exc.result.certificate_refused:
-                return exc.result.model_copy(update={"detail": self._naming_structure(
-                    exc.result.detail, request)})
+                return exc.result.model_copy(update={"detail": self._naming_structure(exc.result.detail, request)})
             return exc.result
         except DmpTransientError as exc:
             return transient(exc.code, "DMP unreachable", str(exc))
         except DmpPermanentError as exc:
-            return permanent(exc.code, "DMP refused the connection",
-                             self._naming_structure(str(exc), request))
+            return permanent(exc.code, "DMP refused the connection", self._naming_structure(str(exc), request))
         except Exception as exc:  # a bug must not crash the route: coded, logged, dead-lettered
-            log.error("dmp.internal_error", msg_id=request.message_control_id,
-                      error=type(exc).__name__)
+            log.error("dmp.internal_error", msg_id=request.message_control_id, error=type(exc).__name__)
             return permanent("INTERNAL_ERROR", "connector error", type(exc).__name__)
 
     def _structure_of(self, request: PublishRequest) -> str:
@@ -180,12 +192,11 @@ class DmpClient:
             raise ValidationError("the CDA recordTarget INS differs from the INS of the request")
         return meta
 
-    async def _provide(self, request: PublishRequest, meta: DocumentMetadata,
-                       replaces: str | None) -> DmpResult:
+    async def _provide(self, request: PublishRequest, meta: DocumentMetadata, replaces: str | None) -> DmpResult:
         env, attachments = self.iti41_envelope(request, meta, replaces)
-        content_type, payload = soap.mtom_pack(etree.tostring(env, xml_declaration=True,
-                                                              encoding="UTF-8"),
-                                               attachments, soap.ACTION_ITI41)
+        content_type, payload = soap.mtom_pack(
+            etree.tostring(env, xml_declaration=True, encoding="UTF-8"), attachments, soap.ACTION_ITI41
+        )
         url = self._settings.endpoints.provide_and_register
         try:
             outcome = await self._exchange(url, content_type, payload, "ITI-41", request)
@@ -194,21 +205,23 @@ class DmpClient:
                 raise
             return await self._already_registered(request, meta, failure)
         entry = (outcome.slots.get("entryUUID") or [None])[0]
-        log.info("dmp.published", action=request.action, msg_id=request.message_control_id,
-                 status=outcome.status)
+        log.info("dmp.published", action=request.action, msg_id=request.message_control_id, status=outcome.status)
         return _result(outcome, entry)
 
     async def _already_registered(self, request, meta, failure: RegistryFailure) -> DmpResult:
         """A retry after a lost answer: the same bytes already approved count as published."""
-        same = [e for e in await self._entries(request, meta, meta.unique_id)
-                if e.get("status") == ebrim.APPROVED
-                and ebrim.slot_values(e, "hash") == [meta.hash]]
+        same = [
+            e
+            for e in await self._entries(request, meta, meta.unique_id)
+            if e.get("status") == ebrim.APPROVED and ebrim.slot_values(e, "hash") == [meta.hash]
+        ]
         if not same:
             raise failure
         return success(same[0].get("id"), "already registered (earlier attempt succeeded)")
 
-    def iti41_envelope(self, request: PublishRequest, meta: DocumentMetadata,
-                       replaces: str | None = None) -> tuple[etree._Element, dict[str, bytes]]:
+    def iti41_envelope(
+        self, request: PublishRequest, meta: DocumentMetadata, replaces: str | None = None
+    ) -> tuple[etree._Element, dict[str, bytes]]:
         """The signed ITI-41 SOAP envelope and its MTOM attachments by Content-ID."""
         cid = f"doc.{uuid.uuid4().hex}@pfi"
         ss = self._submission_set(request, meta)
@@ -237,8 +250,11 @@ class DmpClient:
     async def _replace(self, request: PublishRequest, meta: DocumentMetadata) -> DmpResult:
         previous_id = request.replaced_document_id or meta.replaced_document_id
         if not previous_id:
-            return permanent("REPLACED_ID_MISSING", "replaced document unknown",
-                             "replace without TXA-13 nor CDA relatedDocument RPLC")
+            return permanent(
+                "REPLACED_ID_MISSING",
+                "replaced document unknown",
+                "replace without TXA-13 nor CDA relatedDocument RPLC",
+            )
         previous = await self._find_entry(request, meta, previous_id)
         return await self._provide(request, meta, previous.get("id"))
 
@@ -248,9 +264,12 @@ class DmpClient:
         if deleted and not _approved(entries):  # a retry after a lost answer
             return success(deleted[0].get("id"), "already deleted (earlier attempt succeeded)")
         entry = _first_approved(entries)
-        body = ebrim.update_availability(self._submission_set(request, meta), entry.get("id"),
-                                         entry.get("status") or ebrim.APPROVED,
-                                         ebrim.DMP_DELETED)
+        body = ebrim.update_availability(
+            self._submission_set(request, meta),
+            entry.get("id"),
+            entry.get("status") or ebrim.APPROVED,
+            ebrim.DMP_DELETED,
+        )
         url = self._settings.endpoints.update_document_set
         env = self._envelope(soap.ACTION_ITI57, url, body, request, meta)
         outcome = await self._soap_exchange(url, soap.ACTION_ITI57, env, "ITI-57", request)
@@ -266,11 +285,9 @@ class DmpClient:
                 new_entry.remove(node)
         for code in meta.confidentiality_codes:
             if code.scheme == "1.2.250.1.213.1.1.4.13":
-                ebrim.classification(new_entry, ebrim.DE["confidentialityCode"], "Document01",
-                                     code)
+                ebrim.classification(new_entry, ebrim.DE["confidentialityCode"], "Document01", code)
         _strip_registry_attributes(new_entry)
-        body = ebrim.update_metadata(self._submission_set(request, meta), new_entry,
-                                     previous_version)
+        body = ebrim.update_metadata(self._submission_set(request, meta), new_entry, previous_version)
         url = self._settings.endpoints.update_document_set
         env = self._envelope(soap.ACTION_ITI57, url, body, request, meta)
         outcome = await self._soap_exchange(url, soap.ACTION_ITI57, env, "ITI-57", request)
@@ -282,8 +299,7 @@ class DmpClient:
 
     async def _entries(self, request, meta, unique_id: str) -> list[etree._Element]:
         """ITI-18 GetDocuments (LeafClass) by uniqueId: every registered version."""
-        body = ebrim.stored_query(ebrim.GET_DOCUMENTS, {
-            "$XDSDocumentEntryUniqueId": [ebrim.query_list([unique_id])]})
+        body = ebrim.stored_query(ebrim.GET_DOCUMENTS, {"$XDSDocumentEntryUniqueId": [ebrim.query_list([unique_id])]})
         url = self._settings.endpoints.registry_stored_query
         env = self._envelope(soap.ACTION_ITI18, url, body, request, meta)
         outcome = await self._soap_exchange(url, soap.ACTION_ITI18, env, "ITI-18", request)
@@ -295,16 +311,15 @@ class DmpClient:
         person, org = request.sender, request.sender_organisation
         content = CONTENT_TYPES.get(request.patient_class or "", self._settings.content_type_code)
         return ebrim.SubmissionSetInfo(
-            patient_id=meta.patient_id, source_oid=self._settings.source_oid,
+            patient_id=meta.patient_id,
+            source_oid=self._settings.source_oid,
             content_type=Code(code=content, scheme=CONTENT_TYPE_SCHEME, display=content),
             submission_time=_now(self._reactor).strftime("%Y%m%d%H%M%S"),
-            author_person=_xcn(person) if person else (meta.authors[0].person
-                                                       if meta.authors else None),
-            author_institution=(f"{org.name}^^^^^&1.2.250.1.71.4.2.2&ISO^{org.id_type}^^^"
-                                f"{org.id}") if org else None)
+            author_person=_xcn(person) if person else (meta.authors[0].person if meta.authors else None),
+            author_institution=(f"{org.name}^^^^^&1.2.250.1.71.4.2.2&ISO^{org.id_type}^^^{org.id}") if org else None,
+        )
 
-    def _envelope(self, action: str, url: str, body, request: PublishRequest,
-                  meta: DocumentMetadata) -> etree._Element:
+    def _envelope(self, action: str, url: str, body, request: PublishRequest, meta: DocumentMetadata) -> etree._Element:
         started = time.perf_counter()
         signer = self.identity_for(request).signer
         assertion = signer.assertion(self._vihf_context(request, meta), _now(self._reactor))
@@ -314,19 +329,21 @@ class DmpClient:
     def _vihf_context(self, request: PublishRequest, meta: DocumentMetadata) -> VihfContext:
         settings = self._settings
         structure = self.identity_for(request).structure
-        return VihfContext(structure_id=structure, activity_sector=settings.activity_sector,
-                           subject=_subject(request, meta), resource_id=meta.patient_id,
-                           secret_connection=request.flags.connexion_secrete)
+        return VihfContext(
+            structure_id=structure,
+            activity_sector=settings.activity_sector,
+            subject=_subject(request, meta),
+            resource_id=meta.patient_id,
+            secret_connection=request.flags.connexion_secrete,
+        )
 
-    async def _soap_exchange(self, url: str, action: str, env, label: str,
-                             request: PublishRequest):
+    async def _soap_exchange(self, url: str, action: str, env, label: str, request: PublishRequest):
         content_type = f'application/soap+xml; charset=UTF-8; action="{action}"'
-        return await self._exchange(url, content_type,
-                                    etree.tostring(env, xml_declaration=True, encoding="UTF-8"),
-                                    label, request)
+        return await self._exchange(
+            url, content_type, etree.tostring(env, xml_declaration=True, encoding="UTF-8"), label, request
+        )
 
-    async def _exchange(self, url: str, content_type: str, payload: bytes, label: str,
-                        request: PublishRequest):
+    async def _exchange(self, url: str, content_type: str, payload: bytes, label: str, request: PublishRequest):
         started = time.perf_counter()
         try:
             response = await self.identity_for(request).poster.post(url, content_type, payload)
@@ -363,9 +380,13 @@ def _approved(entries: list[etree._Element]) -> list[etree._Element]:
 def _first_approved(entries: list[etree._Element]) -> etree._Element:
     approved = _approved(entries)
     if not approved:
-        raise RegistryFailure(permanent(
-            "UNKNOWN_DOCUMENT", "document unknown to the DMP",
-            "no approved DMP entry with the uniqueId of the document to replace or delete"))
+        raise RegistryFailure(
+            permanent(
+                "UNKNOWN_DOCUMENT",
+                "document unknown to the DMP",
+                "no approved DMP entry with the uniqueId of the document to replace or delete",
+            )
+        )
     return approved[0]
 
 
@@ -374,8 +395,7 @@ def _read_answer(response, label: str) -> ebrim.RegistryOutcome:
     if root is None:
         if response.code >= 500:
             raise DmpTransientError(f"HTTP_{response.code}", f"{label}: HTTP {response.code}")
-        raise DmpPermanentError(f"HTTP_{response.code}", f"{label}: HTTP {response.code} "
-                                "without a SOAP answer")
+        raise DmpPermanentError(f"HTTP_{response.code}", f"{label}: HTTP {response.code} without a SOAP answer")
     fault = soap.parse_fault(root)
     if fault is not None:
         result = (permanent if fault.sender_side else transient)(
@@ -407,8 +427,13 @@ def _soap_root(response) -> etree._Element | None:
 
 
 #: registry error codes that are worth retrying (the registry says it is busy / broken)
-TRANSIENT_CODES = {"XDSRegistryBusy", "XDSRepositoryBusy", "XDSRegistryOutOfResources",
-                   "XDSRepositoryOutOfResources", "XDSRegistryNotAvailable"}
+TRANSIENT_CODES = {
+    "XDSRegistryBusy",
+    "XDSRepositoryBusy",
+    "XDSRegistryOutOfResources",
+    "XDSRepositoryOutOfResources",
+    "XDSRegistryNotAvailable",
+}
 
 
 def _failure(outcome: ebrim.RegistryOutcome, label: str) -> DmpResult:
@@ -423,9 +448,14 @@ def _result(outcome: ebrim.RegistryOutcome, entry_uuid: str | None) -> DmpResult
     if outcome.status == ebrim.PARTIAL:
         detail = " | ".join(f"{e.code}: {e.context}" for e in outcome.errors)
         first = outcome.errors[0] if outcome.errors else None
-        return DmpResult(status="partial", entry_uuid=entry_uuid, detail=detail, from_dmp=True,
-                         error_code=first.code if first else None,
-                         error_label=first.context if first else None)
+        return DmpResult(
+            status="partial",
+            entry_uuid=entry_uuid,
+            detail=detail,
+            from_dmp=True,
+            error_code=first.code if first else None,
+            error_label=first.context if first else None,
+        )
     return success(entry_uuid)
 
 
@@ -442,8 +472,7 @@ def _subject(request: PublishRequest, meta: DocumentMetadata) -> VihfSubject:
 
 
 def _xcn(person) -> str:
-    return (f"{person.national_id}^{person.family}^{person.given}^^^^^^&{person.id_oid}&ISO^D^^^"
-            "IDNPS")
+    return f"{person.national_id}^{person.family}^{person.given}^^^^^^&{person.id_oid}&ISO^D^^^IDNPS"
 
 
 def _version(entry: etree._Element) -> str:
@@ -457,8 +486,7 @@ def _strip_registry_attributes(entry: etree._Element) -> None:
     info = entry.find(ebrim.q(ebrim.RIM, "VersionInfo"))
     if info is not None:
         entry.remove(info)
-    for node in entry.iter(ebrim.q(ebrim.RIM, "Classification"),
-                           ebrim.q(ebrim.RIM, "ExternalIdentifier")):
+    for node in entry.iter(ebrim.q(ebrim.RIM, "Classification"), ebrim.q(ebrim.RIM, "ExternalIdentifier")):
         node.set("id", ebrim.new_uuid())
         for attr in ("classifiedObject", "registryObject"):
             if node.get(attr):

@@ -26,9 +26,11 @@ class DmpEndpoints(BaseModel):
     def from_base(cls, base: str) -> "DmpEndpoints":
         """The DMP layout: `<base>/repository` for ITI-41 and `<base>/registry` for the others."""
         base = base.rstrip("/")
-        return cls(provide_and_register=f"{base}/repository",
-                   registry_stored_query=f"{base}/registry",
-                   update_document_set=f"{base}/registry")
+        return cls(
+            provide_and_register=f"{base}/repository",
+            registry_stored_query=f"{base}/registry",
+            update_document_set=f"{base}/registry",
+        )
 
 
 class LpsIdentity(BaseModel):
@@ -84,12 +86,13 @@ class DmpChannelSettings(BaseModel):
     #: add the XAdES submission-set signature document (IHE DSG), see docs/dmp.md
     submission_signature: bool = False
 
-
     def organisation_certificates(self) -> list[OrgCertificate]:
         """Every configured certificate, the single-structure form first."""
-        single = ([OrgCertificate(cert=self.client_cert, key=self.client_key,
-                                  structure_id=self.structure_id)]
-                  if self.client_cert is not None and self.client_key is not None else [])
+        single = (
+            [OrgCertificate(cert=self.client_cert, key=self.client_key, structure_id=self.structure_id)]
+            if self.client_cert is not None and self.client_key is not None
+            else []
+        )
         return single + list(self.certificates)
 
 
@@ -114,8 +117,7 @@ def resolve_certificates(settings: DmpChannelSettings) -> tuple[StructureCertifi
     """Read every certificate, work out its structure; problems when one cannot be used."""
     entries = settings.organisation_certificates()
     if not entries:
-        return None, ["DMP channel: no organisation certificate (client_cert/client_key or "
-                      "certificates)"]
+        return None, ["DMP channel: no organisation certificate (client_cert/client_key or certificates)"]
     problems, found, not_after = [], {}, {}
     for entry in entries:
         structure, cert, entry_problems = _one_certificate(entry)
@@ -127,8 +129,7 @@ def resolve_certificates(settings: DmpChannelSettings) -> tuple[StructureCertifi
         found[structure], not_after[structure] = entry, cert.not_valid_after_utc
     default = settings.structure_id or (next(iter(found)) if found else "")
     if found and default not in found:
-        problems.append(f"DMP channel: structure_id {default} has no certificate (configured: "
-                        f"{', '.join(found)})")
+        problems.append(f"DMP channel: structure_id {default} has no certificate (configured: {', '.join(found)})")
     if problems:
         return None, problems
     return StructureCertificates(by_structure=found, default=default, not_after=not_after), []
@@ -141,12 +142,24 @@ def _one_certificate(entry: OrgCertificate):
     cert = x509.load_pem_x509_certificate(entry.cert.read_bytes())
     carried = certificate_structure(cert)
     if entry.structure_id and carried and carried != entry.structure_id:
-        return None, cert, [f"DMP channel: certificate {entry.cert} is the certificate of "
-                            f"structure {carried} (subject OU), not of {entry.structure_id}"]
+        return (
+            None,
+            cert,
+            [
+                f"DMP channel: certificate {entry.cert} is the certificate of "
+                f"structure {carried} (subject OU), not of {entry.structure_id}"
+            ],
+        )
     structure = entry.structure_id or carried
     if not structure:
-        return None, cert, [f"DMP channel: certificate {entry.cert} carries no structure "
-                            "identifier (no subject OU): give its structure_id"]
+        return (
+            None,
+            cert,
+            [
+                f"DMP channel: certificate {entry.cert} carries no structure "
+                "identifier (no subject OU): give its structure_id"
+            ],
+        )
     return structure, cert, []
 
 
@@ -160,9 +173,11 @@ def check_settings(settings: DmpChannelSettings, now: dt.datetime | None) -> lis
     for entry in settings.organisation_certificates() if resolved and now else []:
         cert = x509.load_pem_x509_certificate(entry.cert.read_bytes())
         if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
-            problems.append(f"DMP channel: organisation certificate {entry.cert} not valid now "
-                            f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to "
-                            f"{cert.not_valid_after_utc:%Y-%m-%d})")
+            problems.append(
+                f"DMP channel: organisation certificate {entry.cert} not valid now "
+                f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d})"
+            )
     for name, url in settings.endpoints.model_dump().items():
         if not url.startswith("https://"):
             problems.append(f"DMP channel: endpoint {name} must be https://")

@@ -13,8 +13,13 @@ from engine.dmp.model import DmpResult, PublishRequest
 class DmpDestination:
     """One configured DMP channel."""
 
-    def __init__(self, reactor, settings: DmpChannelSettings,
-                 consent: ConsentRegistry | None = None, client: DmpClient | None = None):
+    def __init__(
+        self,
+        reactor,
+        settings: DmpChannelSettings,
+        consent: ConsentRegistry | None = None,
+        client: DmpClient | None = None,
+    ):
         self._client = client or DmpClient(reactor, settings)
         self._consent = consent or NotOpposedRegistry()
 

@@ -79,6 +79,7 @@ def oid_from_uuid() -> str:
 
 # -- building blocks -------------------------------------------------------------------------
 
+
 def slot(parent, name: str, values) -> etree._Element:
     """Append `<rim:Slot name><rim:ValueList><rim:Value>…`."""
     node = etree.SubElement(parent, q(RIM, "Slot"), name=name)
@@ -94,13 +95,19 @@ def localized(parent, tag: str, text: str) -> None:
     etree.SubElement(holder, q(RIM, "LocalizedString"), value=text)
 
 
-def classification(parent, scheme: str, object_id: str, code: Code | None = None,
-                   slots: dict[str, list[str]] | None = None) -> etree._Element:
+def classification(
+    parent, scheme: str, object_id: str, code: Code | None = None, slots: dict[str, list[str]] | None = None
+) -> etree._Element:
     """Append a Classification (coded value, or author with its slots)."""
-    node = etree.SubElement(parent, q(RIM, "Classification"), id=new_uuid(),
-                            objectType=CLASSIFICATION, classificationScheme=scheme,
-                            classifiedObject=object_id,
-                            nodeRepresentation=code.code if code else "")
+    node = etree.SubElement(
+        parent,
+        q(RIM, "Classification"),
+        id=new_uuid(),
+        objectType=CLASSIFICATION,
+        classificationScheme=scheme,
+        classifiedObject=object_id,
+        nodeRepresentation=code.code if code else "",
+    )
     if code:
         slot(node, "codingScheme", [code.scheme])
         localized(node, "Name", code.display or code.code)
@@ -112,24 +119,38 @@ def classification(parent, scheme: str, object_id: str, code: Code | None = None
 
 def external_id(parent, scheme: str, object_id: str, value: str, name: str) -> None:
     """Append an ExternalIdentifier (patientId, uniqueId, sourceId)."""
-    node = etree.SubElement(parent, q(RIM, "ExternalIdentifier"), id=new_uuid(),
-                            objectType=EXTERNAL_ID, identificationScheme=scheme,
-                            registryObject=object_id, value=value)
+    node = etree.SubElement(
+        parent,
+        q(RIM, "ExternalIdentifier"),
+        id=new_uuid(),
+        objectType=EXTERNAL_ID,
+        identificationScheme=scheme,
+        registryObject=object_id,
+        value=value,
+    )
     localized(node, "Name", name)
 
 
-def association(parent, kind: str, source: str, target: str,
-                slots: dict[str, list[str]] | None = None) -> etree._Element:
+def association(
+    parent, kind: str, source: str, target: str, slots: dict[str, list[str]] | None = None
+) -> etree._Element:
     """Append an Association between two objects."""
-    node = etree.SubElement(parent, q(RIM, "Association"), id=new_uuid(),
-                            objectType=ASSOCIATION, associationType=kind,
-                            sourceObject=source, targetObject=target)
+    node = etree.SubElement(
+        parent,
+        q(RIM, "Association"),
+        id=new_uuid(),
+        objectType=ASSOCIATION,
+        associationType=kind,
+        sourceObject=source,
+        targetObject=target,
+    )
     for name, values in (slots or {}).items():
         slot(node, name, values)
     return node
 
 
 # -- submission set and document entry -----------------------------------------------------
+
 
 @dataclass
 class SubmissionSetInfo:
@@ -148,27 +169,37 @@ class SubmissionSetInfo:
 
 def submission_set(parent, info: SubmissionSetInfo) -> etree._Element:
     """Append the RegistryPackage flagged as a submission set."""
-    pkg = etree.SubElement(parent, q(RIM, "RegistryPackage"), id=info.entry_id,
-                           objectType=REGISTRY_PACKAGE)
+    pkg = etree.SubElement(parent, q(RIM, "RegistryPackage"), id=info.entry_id, objectType=REGISTRY_PACKAGE)
     slot(pkg, "submissionTime", [info.submission_time])
     if info.author_person or info.author_institution:
-        classification(pkg, SS["author"], info.entry_id, slots={
-            "authorPerson": [info.author_person] if info.author_person else [],
-            "authorInstitution": [info.author_institution] if info.author_institution else [],
-            "authorRole": info.author_roles})
+        classification(
+            pkg,
+            SS["author"],
+            info.entry_id,
+            slots={
+                "authorPerson": [info.author_person] if info.author_person else [],
+                "authorInstitution": [info.author_institution] if info.author_institution else [],
+                "authorRole": info.author_roles,
+            },
+        )
     classification(pkg, SS["contentTypeCode"], info.entry_id, info.content_type)
-    external_id(pkg, SS["uniqueId"], info.entry_id, info.unique_id,
-                "XDSSubmissionSet.uniqueId")
+    external_id(pkg, SS["uniqueId"], info.entry_id, info.unique_id, "XDSSubmissionSet.uniqueId")
     external_id(pkg, SS["sourceId"], info.entry_id, info.source_oid, "XDSSubmissionSet.sourceId")
-    external_id(pkg, SS["patientId"], info.entry_id, info.patient_id,
-                "XDSSubmissionSet.patientId")
-    etree.SubElement(parent, q(RIM, "Classification"), id=new_uuid(), objectType=CLASSIFICATION,
-                     classifiedObject=info.entry_id, classificationNode=SS_NODE)
+    external_id(pkg, SS["patientId"], info.entry_id, info.patient_id, "XDSSubmissionSet.patientId")
+    etree.SubElement(
+        parent,
+        q(RIM, "Classification"),
+        id=new_uuid(),
+        objectType=CLASSIFICATION,
+        classifiedObject=info.entry_id,
+        classificationNode=SS_NODE,
+    )
     return pkg
 
 
-def document_entry(parent, meta: DocumentMetadata, entry_id: str,
-                   logical_id: str | None = None, version: str | None = None) -> etree._Element:
+def document_entry(
+    parent, meta: DocumentMetadata, entry_id: str, logical_id: str | None = None, version: str | None = None
+) -> etree._Element:
     """Append the ExtrinsicObject of one CDA document."""
     attrs = {"id": entry_id, "mimeType": meta.mime_type, "objectType": STABLE_DE}
     if logical_id:
@@ -202,26 +233,34 @@ def _entry_slots(obj, meta: DocumentMetadata) -> None:
 
 def _entry_classifications(obj, meta: DocumentMetadata, entry_id: str) -> None:
     for author in meta.authors:
-        classification(obj, DE["author"], entry_id, slots={
-            "authorPerson": [author.person] if author.person else [],
-            "authorInstitution": author.institutions, "authorRole": author.roles,
-            "authorSpecialty": author.specialties})
+        classification(
+            obj,
+            DE["author"],
+            entry_id,
+            slots={
+                "authorPerson": [author.person] if author.person else [],
+                "authorInstitution": author.institutions,
+                "authorRole": author.roles,
+                "authorSpecialty": author.specialties,
+            },
+        )
     classification(obj, DE["classCode"], entry_id, meta.class_code)
     for code in meta.confidentiality_codes:
         classification(obj, DE["confidentialityCode"], entry_id, code)
     for code in meta.event_codes:
         classification(obj, DE["eventCodeList"], entry_id, code)
     classification(obj, DE["formatCode"], entry_id, meta.format_code)
-    classification(obj, DE["healthcareFacilityTypeCode"], entry_id,
-                   meta.healthcare_facility_type_code)
+    classification(obj, DE["healthcareFacilityTypeCode"], entry_id, meta.healthcare_facility_type_code)
     classification(obj, DE["practiceSettingCode"], entry_id, meta.practice_setting_code)
     classification(obj, DE["typeCode"], entry_id, meta.type_code)
 
 
 # -- transactions ------------------------------------------------------------------------------
 
-def provide_and_register(meta: DocumentMetadata, ss: SubmissionSetInfo, document_cid: str,
-                         replaces_entry_uuid: str | None = None) -> etree._Element:
+
+def provide_and_register(
+    meta: DocumentMetadata, ss: SubmissionSetInfo, document_cid: str, replaces_entry_uuid: str | None = None
+) -> etree._Element:
     """ITI-41 body: submission set + document entry + HasMember (+ RPLC) + xop:Include."""
     root = etree.Element(q(XDSB, "ProvideAndRegisterDocumentSetRequest"), nsmap=NSMAP)
     request = etree.SubElement(root, q(LCM, "SubmitObjectsRequest"))
@@ -229,8 +268,7 @@ def provide_and_register(meta: DocumentMetadata, ss: SubmissionSetInfo, document
     entry_id = "Document01"
     document_entry(objects, meta, entry_id)
     submission_set(objects, ss)
-    association(objects, HAS_MEMBER, ss.entry_id, entry_id,
-                {"SubmissionSetStatus": ["Original"]})
+    association(objects, HAS_MEMBER, ss.entry_id, entry_id, {"SubmissionSetStatus": ["Original"]})
     if replaces_entry_uuid:
         association(objects, RPLC, entry_id, replaces_entry_uuid)
     add_document(root, entry_id, document_cid)
@@ -243,8 +281,9 @@ def add_document(root: etree._Element, entry_id: str, cid: str) -> None:
     etree.SubElement(document, q(XOP, "Include"), href=f"cid:{cid}")
 
 
-def add_signature_entry(root: etree._Element, meta: DocumentMetadata, ss: "SubmissionSetInfo",
-                        cid: str, entry_id: str = "Signature01") -> None:
+def add_signature_entry(
+    root: etree._Element, meta: DocumentMetadata, ss: "SubmissionSetInfo", cid: str, entry_id: str = "Signature01"
+) -> None:
     """Register the submission-set signature document: entry, HasMember, `signs` association."""
     objects = root.find(f"{q(LCM, 'SubmitObjectsRequest')}/{q(RIM, 'RegistryObjectList')}")
     document_entry(objects, meta, entry_id)
@@ -253,35 +292,35 @@ def add_signature_entry(root: etree._Element, meta: DocumentMetadata, ss: "Submi
     add_document(root, entry_id, cid)
 
 
-def update_availability(ss: SubmissionSetInfo, entry_uuid: str, original: str,
-                        new: str) -> etree._Element:
+def update_availability(ss: SubmissionSetInfo, entry_uuid: str, original: str, new: str) -> etree._Element:
     """ITI-57 body changing one entry's availabilityStatus (delete = DMP Deleted status)."""
     request = etree.Element(q(LCM, "SubmitObjectsRequest"), nsmap=NSMAP)
     objects = etree.SubElement(request, q(RIM, "RegistryObjectList"))
     submission_set(objects, ss)
-    association(objects, UPDATE_STATUS, ss.entry_id, entry_uuid,
-                {"OriginalStatus": [original], "NewStatus": [new]})
+    association(objects, UPDATE_STATUS, ss.entry_id, entry_uuid, {"OriginalStatus": [original], "NewStatus": [new]})
     return request
 
 
-def update_metadata(ss: SubmissionSetInfo, entry: etree._Element,
-                    previous_version: str) -> etree._Element:
+def update_metadata(ss: SubmissionSetInfo, entry: etree._Element, previous_version: str) -> etree._Element:
     """ITI-57 body carrying a new version of an existing DocumentEntry (same lid)."""
     request = etree.Element(q(LCM, "SubmitObjectsRequest"), nsmap=NSMAP)
     objects = etree.SubElement(request, q(RIM, "RegistryObjectList"))
     submission_set(objects, ss)
     objects.append(entry)
-    association(objects, HAS_MEMBER, ss.entry_id, entry.get("id"),
-                {"SubmissionSetStatus": ["Original"], "PreviousVersion": [previous_version]})
+    association(
+        objects,
+        HAS_MEMBER,
+        ss.entry_id,
+        entry.get("id"),
+        {"SubmissionSetStatus": ["Original"], "PreviousVersion": [previous_version]},
+    )
     return request
 
 
-def stored_query(query_id: str, params: dict[str, list[str]],
-                 return_type: str = "LeafClass") -> etree._Element:
+def stored_query(query_id: str, params: dict[str, list[str]], return_type: str = "LeafClass") -> etree._Element:
     """ITI-18 AdhocQueryRequest."""
     root = etree.Element(q(QUERY, "AdhocQueryRequest"), nsmap=NSMAP)
-    etree.SubElement(root, q(QUERY, "ResponseOption"), returnComposedObjects="true",
-                     returnType=return_type)
+    etree.SubElement(root, q(QUERY, "ResponseOption"), returnComposedObjects="true", returnType=return_type)
     query = etree.SubElement(root, q(RIM, "AdhocQuery"), id=query_id)
     for name, values in params.items():
         slot(query, name, values)
@@ -294,6 +333,7 @@ def query_list(values: list[str]) -> str:
 
 
 # -- responses ---------------------------------------------------------------------------------
+
 
 @dataclass
 class RegistryError:
@@ -315,9 +355,13 @@ class RegistryOutcome:
     slots: dict[str, list[str]] = field(default_factory=dict)
 
 
-def registry_response(status: str, errors: list[RegistryError] = (),
-                      slots: dict[str, list[str]] | None = None,
-                      tag: str = "RegistryResponse", ns: str = RS) -> etree._Element:
+def registry_response(
+    status: str,
+    errors: list[RegistryError] = (),
+    slots: dict[str, list[str]] | None = None,
+    tag: str = "RegistryResponse",
+    ns: str = RS,
+) -> etree._Element:
     """Build a RegistryResponse (or AdhocQueryResponse with tag/ns)."""
     root = etree.Element(q(ns, tag), nsmap=NSMAP, status=status)
     if slots:
@@ -327,20 +371,31 @@ def registry_response(status: str, errors: list[RegistryError] = (),
     if errors:
         error_list = etree.SubElement(root, q(RS, "RegistryErrorList"))
         for err in errors:
-            etree.SubElement(error_list, q(RS, "RegistryError"), errorCode=err.code,
-                             codeContext=err.context, severity=err.severity,
-                             location=err.location)
+            etree.SubElement(
+                error_list,
+                q(RS, "RegistryError"),
+                errorCode=err.code,
+                codeContext=err.context,
+                severity=err.severity,
+                location=err.location,
+            )
     return root
 
 
 def parse_response(node: etree._Element) -> RegistryOutcome:
     """Read status, errors, returned objects and response slots."""
-    errors = [RegistryError(e.get("errorCode", ""), e.get("codeContext", ""),
-                            e.get("severity", SEVERITY_ERROR), e.get("location", ""))
-              for e in node.iter(q(RS, "RegistryError"))]
+    errors = [
+        RegistryError(
+            e.get("errorCode", ""), e.get("codeContext", ""), e.get("severity", SEVERITY_ERROR), e.get("location", "")
+        )
+        for e in node.iter(q(RS, "RegistryError"))
+    ]
     objects = [o for o in node.iter(q(RIM, "ExtrinsicObject"), q(RIM, "ObjectRef"))]
-    slots = {s.get("name"): [v.text or "" for v in s.iter(q(RIM, "Value"))]
-             for holder in node.iter(q(RS, "ResponseSlotList")) for s in holder}
+    slots = {
+        s.get("name"): [v.text or "" for v in s.iter(q(RIM, "Value"))]
+        for holder in node.iter(q(RS, "ResponseSlotList"))
+        for s in holder
+    }
     return RegistryOutcome(node.get("status", ""), errors, objects, slots)
 
 
@@ -362,5 +417,4 @@ def external_value(obj: etree._Element, scheme: str) -> str | None:
 
 def classifications(obj: etree._Element, scheme: str) -> list[etree._Element]:
     """Classifications of `obj` in `scheme`."""
-    return [c for c in obj.findall(q(RIM, "Classification"))
-            if c.get("classificationScheme") == scheme]
+    return [c for c in obj.findall(q(RIM, "Classification")) if c.get("classificationScheme") == scheme]

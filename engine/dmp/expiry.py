@@ -25,8 +25,7 @@ def watch(channel: str, expiry: dict[str, dt.datetime], now: dt.datetime, gauge)
         gauge.labels(channel, structure).set(left)
         if left > WARN_DAYS:
             continue
-        fields = dict(channel=channel, structure=structure, days_left=left,
-                      not_after=not_after.strftime("%Y-%m-%d"))
+        fields = dict(channel=channel, structure=structure, days_left=left, not_after=not_after.strftime("%Y-%m-%d"))
         if left < 0:
             log.error("dmp.certificate_expired", **fields)
         elif left <= URGENT_DAYS:

@@ -25,8 +25,11 @@ DMP_CONF_SCHEME = "1.2.250.1.213.1.1.4.13"
 FLAG_CODES = (
     ("masque_ps", "MASQUE_PS", "Document masqué aux professionnels de santé"),
     ("invisible_patient", "INVISIBLE_PATIENT", "Document non visible par le patient"),
-    ("invisible_rep_legaux", "INVISIBLE_REPRESENTANTS_LEGAUX",
-     "Document non visible par les représentants légaux du patient"),
+    (
+        "invisible_rep_legaux",
+        "INVISIBLE_REPRESENTANTS_LEGAUX",
+        "Document non visible par les représentants légaux du patient",
+    ),
 )
 
 
@@ -123,16 +126,14 @@ class MetadataExtractor:
             return ""
         root, ext = node.get("root", ""), node.get("extension", "")
         if ext and not self._caret:
-            missing.append("ClinicalDocument/id without @extension (the DMP refuses "
-                           "root^extension document ids)")
+            missing.append("ClinicalDocument/id without @extension (the DMP refuses root^extension document ids)")
         return f"{root}^{ext}" if ext else root
 
 
 def _code(node) -> Code | None:
     if node is None:
         return None
-    return Code(code=node.get("code", ""), scheme=node.get("scheme", ""),
-                display=node.get("display", ""))
+    return Code(code=node.get("code", ""), scheme=node.get("scheme", ""), display=node.get("display", ""))
 
 
 def _texts(out, tag: str) -> list[str]:
@@ -158,7 +159,8 @@ def _build(out, unique_id: str, flags: DmpFlags, cda: bytes) -> DocumentMetadata
         confidentiality_codes=confidentiality(out, flags),
         healthcare_facility_type_code=_code(out.find(f"{M}healthcareFacilityTypeCode")),
         practice_setting_code=_code(out.find(f"{M}practiceSettingCode")),
-        patient_ins=patient.get("extension"), patient_ins_oid=patient.get("root"),
+        patient_ins=patient.get("extension"),
+        patient_ins_oid=patient.get("root"),
         source_patient_id=out.findtext(f"{M}sourcePatientId", ""),
         source_patient_info=_texts(out, "sourcePatientInfo"),
         authors=[_author(a) for a in out.iter(f"{M}author")],
@@ -167,7 +169,9 @@ def _build(out, unique_id: str, flags: DmpFlags, cda: bytes) -> DocumentMetadata
         event_codes=_unique_codes(out.iter(f"{M}eventCode")),
         reference_ids=list(dict.fromkeys(_texts(out, "referenceId"))),
         replaced_document_id=_replaced_id(replaced),
-        hash=hashlib.sha1(cda).hexdigest(), size=len(cda))
+        hash=hashlib.sha1(cda).hexdigest(),
+        size=len(cda),
+    )
 
 
 def _attr(node, name: str) -> str | None:
@@ -175,8 +179,12 @@ def _attr(node, name: str) -> str | None:
 
 
 def _author(node) -> Author:
-    return Author(person=node.findtext(f"{M}person"), institutions=_texts(node, "institution"),
-                  roles=_texts(node, "role"), specialties=_texts(node, "specialty"))
+    return Author(
+        person=node.findtext(f"{M}person"),
+        institutions=_texts(node, "institution"),
+        roles=_texts(node, "role"),
+        specialties=_texts(node, "specialty"),
+    )
 
 
 def _unique_codes(nodes) -> list[Code]:
@@ -224,4 +232,4 @@ def to_utc(ts: str) -> str:
         local = dt.datetime.strptime(padded + zone, "%Y%m%d%H%M%S%z")
     except ValueError as exc:
         raise MetadataError([f"time value {ts!r} is not a valid HL7 TS"]) from exc
-    return local.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%S")[:len(body)]
+    return local.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%S")[: len(body)]

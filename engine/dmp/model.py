@@ -121,11 +121,9 @@ def success(entry_uuid: str | None, detail: str = "") -> DmpResult:
 
 def permanent(code: str, label: str, detail: str = "") -> DmpResult:
     """A failure that retrying cannot fix (dead letter with the DMP's code)."""
-    return DmpResult(status="error", transient=False, error_code=code, error_label=label,
-                     detail=detail)
+    return DmpResult(status="error", transient=False, error_code=code, error_label=label, detail=detail)
 
 
 def transient(code: str, label: str, detail: str = "") -> DmpResult:
     """A failure worth retrying with the destination's policy."""
-    return DmpResult(status="error", transient=True, error_code=code, error_label=label,
-                     detail=detail)
+    return DmpResult(status="error", transient=True, error_code=code, error_label=label, detail=detail)

@@ -21,13 +21,16 @@ ACTION_ITI18 = "urn:ihe:iti:2007:RegistryStoredQuery"
 ACTION_ITI18_RESPONSE = "urn:ihe:iti:2007:RegistryStoredQueryResponse"
 ACTION_ITI57 = "urn:ihe:iti:2010:UpdateDocumentSet"
 ACTION_ITI57_RESPONSE = "urn:ihe:iti:2010:UpdateDocumentSetResponse"
-RESPONSE_ACTIONS = {ACTION_ITI41: ACTION_ITI41_RESPONSE, ACTION_ITI18: ACTION_ITI18_RESPONSE,
-                    ACTION_ITI57: ACTION_ITI57_RESPONSE}
+RESPONSE_ACTIONS = {
+    ACTION_ITI41: ACTION_ITI41_RESPONSE,
+    ACTION_ITI18: ACTION_ITI18_RESPONSE,
+    ACTION_ITI57: ACTION_ITI57_RESPONSE,
+}
 
 
-def envelope(action: str, to: str, body: etree._Element,
-             security: etree._Element | None = None,
-             relates_to: str | None = None) -> etree._Element:
+def envelope(
+    action: str, to: str, body: etree._Element, security: etree._Element | None = None, relates_to: str | None = None
+) -> etree._Element:
     """A SOAP 1.2 envelope: WS-Addressing header (+ wsse:Security) and one body element."""
     env = etree.Element(f"{{{SOAP}}}Envelope", nsmap=NSMAP)
     header = etree.SubElement(env, f"{{{SOAP}}}Header")
@@ -98,6 +101,7 @@ def body_child(env: etree._Element) -> etree._Element | None:
 
 # -- MTOM / XOP -------------------------------------------------------------------------------
 
+
 @dataclass
 class MtomMessage:
     """A multipart/related XOP package: the root SOAP part and attachments by Content-ID."""
@@ -111,20 +115,25 @@ def mtom_pack(soap: bytes, attachments: dict[str, bytes], action: str) -> tuple[
     """Serialise an MTOM message; returns (HTTP Content-Type, body)."""
     boundary = f"MIMEBoundary_{uuid.uuid4().hex}"
     root_cid = f"root.{uuid.uuid4().hex}@pfi"
-    chunks = [_part(root_cid, 'application/xop+xml; charset=UTF-8; type="application/soap+xml"',
-                    soap, boundary, "8bit")]
+    chunks = [
+        _part(root_cid, 'application/xop+xml; charset=UTF-8; type="application/soap+xml"', soap, boundary, "8bit")
+    ]
     for cid, data in attachments.items():
         chunks.append(_part(cid, "application/octet-stream", data, boundary, "binary"))
     body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
-    content_type = (f'multipart/related; boundary="{boundary}"; type="application/xop+xml"; '
-                    f'start="<{root_cid}>"; start-info="application/soap+xml"; '
-                    f'action="{action}"')
+    content_type = (
+        f'multipart/related; boundary="{boundary}"; type="application/xop+xml"; '
+        f'start="<{root_cid}>"; start-info="application/soap+xml"; '
+        f'action="{action}"'
+    )
     return content_type, body
 
 
 def _part(cid: str, content_type: str, data: bytes, boundary: str, encoding: str) -> bytes:
-    head = (f"--{boundary}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Transfer-Encoding: {encoding}\r\nContent-ID: <{cid}>\r\n\r\n")
+    head = (
+        f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Transfer-Encoding: {encoding}\r\nContent-ID: <{cid}>\r\n\r\n"
+    )
     return head.encode() + data + b"\r\n"
 
 
@@ -133,8 +142,7 @@ def content_type_params(value: str) -> tuple[str, dict[str, str]]:
     media, _, rest = value.partition(";")
     params = {}
     for match in re.finditer(r'\s*([\w.-]+)\s*=\s*("([^"]*)"|[^;]*)\s*;?', rest):
-        params[match.group(1).lower()] = (match.group(3) if match.group(3) is not None
-                                          else match.group(2).strip())
+        params[match.group(1).lower()] = match.group(3) if match.group(3) is not None else match.group(2).strip()
     return media.strip().lower(), params
 
 

@@ -20,9 +20,17 @@ from engine.tls import client_options, pem_blocks
 #: installs a valid organisation certificate, so the DMP queue pauses (see docs/dmp.md).
 #: "decrypt error": the server could not verify our certificate's signature (a certificate from
 #: a CA that has the trusted CA's name but not its key) or our CertificateVerify.
-CERT_REFUSED_MARKERS = ("certificate expired", "unknown ca", "bad certificate",
-                        "certificate required", "certificate unknown", "certificate revoked",
-                        "handshake failure", "unsupported certificate", "decrypt error")
+CERT_REFUSED_MARKERS = (
+    "certificate expired",
+    "unknown ca",
+    "bad certificate",
+    "certificate required",
+    "certificate unknown",
+    "certificate revoked",
+    "handshake failure",
+    "unsupported certificate",
+    "decrypt error",
+)
 
 
 class DmpTransientError(TransientDeliveryError):
@@ -54,8 +62,7 @@ class ClientCertificatePolicy:
         return client_options(hostname.decode("ascii"), self._trust, self._client)
 
 
-def load_policy(settings: DmpChannelSettings,
-                certificate: OrgCertificate | None = None) -> ClientCertificatePolicy:
+def load_policy(settings: DmpChannelSettings, certificate: OrgCertificate | None = None) -> ClientCertificatePolicy:
     """Read the CA bundle and the client key pair (`certificate`, default: the channel's first);
     ConfigurationError if unreadable."""
     certificate = certificate or settings.organisation_certificates()[0]
@@ -83,23 +90,26 @@ class HttpResponse:
 class HttpsPoster:
     """POSTs bodies over mutual TLS with connect and response timeouts."""
 
-    def __init__(self, reactor, settings: DmpChannelSettings,
-                 certificate: OrgCertificate | None = None):
+    def __init__(self, reactor, settings: DmpChannelSettings, certificate: OrgCertificate | None = None):
         self._reactor = reactor
         self._timeout = settings.response_timeout
         pool = web_client.HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 4
         self._pool = pool
-        self._agent = web_client.Agent(reactor, contextFactory=load_policy(settings, certificate),
-                                       connectTimeout=settings.connect_timeout, pool=pool)
+        self._agent = web_client.Agent(
+            reactor,
+            contextFactory=load_policy(settings, certificate),
+            connectTimeout=settings.connect_timeout,
+            pool=pool,
+        )
 
     async def post(self, url: str, content_type: str, body: bytes) -> HttpResponse:
         """POST and read the whole answer; raise DmpTransientError / DmpPermanentError."""
-        headers = Headers({b"Content-Type": [content_type.encode()],
-                           b"User-Agent": [b"PFI-engine DMP connector"]})
+        headers = Headers({b"Content-Type": [content_type.encode()], b"User-Agent": [b"PFI-engine DMP connector"]})
         try:
-            response = await self._timed(self._agent.request(
-                b"POST", url.encode(), headers, web_client.FileBodyProducer(_bytes_io(body))))
+            response = await self._timed(
+                self._agent.request(b"POST", url.encode(), headers, web_client.FileBodyProducer(_bytes_io(body)))
+            )
             data = await self._timed(web_client.readBody(response))
         except Exception as exc:  # every network failure is classified, never re-raised raw
             raise classify(exc) from exc
@@ -123,11 +133,9 @@ def classify(exc: BaseException) -> Exception:
     tls = _tls_error_text(exc)
     if tls is not None:
         if "certificate verify failed" in tls:
-            return DmpPermanentError("TLS_SERVER_UNTRUSTED",
-                                     f"DMP server certificate not trusted: {tls}")
+            return DmpPermanentError("TLS_SERVER_UNTRUSTED", f"DMP server certificate not trusted: {tls}")
         if any(marker in tls for marker in CERT_REFUSED_MARKERS):
-            return DmpPermanentError("TLS_CLIENT_CERT_REFUSED",
-                                     f"the DMP refused the organisation certificate: {tls}")
+            return DmpPermanentError("TLS_CLIENT_CERT_REFUSED", f"the DMP refused the organisation certificate: {tls}")
         return DmpTransientError("TLS_ERROR", tls)
     timeouts = (defer.TimeoutError, defer.CancelledError, net_error.TimeoutError)
     if isinstance(exc, timeouts) or any(isinstance(r, timeouts) for r in _nested(exc)):

@@ -38,8 +38,20 @@ A_LPS_NAME = "LPS_Nom"
 A_LPS_VERSION = "LPS_Version"
 A_LPS_HOMOLOGATION = "LPS_ID_HOMOLOGATION_DMP"
 A_LPS_ID = "LPS_ID"
-REQUIRED_ATTRIBUTES = (A_VERSION, A_MODE, A_STRUCTURE, A_SECTOR, A_SUBJECT, A_ROLE, A_RESOURCE,
-                       A_RESOURCE_URN, A_PURPOSE, A_LPS_NAME, A_LPS_VERSION, A_LPS_HOMOLOGATION)
+REQUIRED_ATTRIBUTES = (
+    A_VERSION,
+    A_MODE,
+    A_STRUCTURE,
+    A_SECTOR,
+    A_SUBJECT,
+    A_ROLE,
+    A_RESOURCE,
+    A_RESOURCE_URN,
+    A_PURPOSE,
+    A_LPS_NAME,
+    A_LPS_VERSION,
+    A_LPS_HOMOLOGATION,
+)
 PROFESSION_OID = "1.2.250.1.71.1.2.7"
 SPECIALTY_OID = "1.2.250.1.71.4.2.5"
 
@@ -106,27 +118,34 @@ class VihfSigner:
         self._key = serialization.load_pem_private_key(key_pem, password=None)
         self._issuer = self._cert.subject.rfc4514_string()
         self._identity = identity
-        self._signer = XMLSigner(signature_algorithm="rsa-sha256", digest_algorithm="sha256",
-                                 c14n_algorithm=EXC_C14N)
+        self._signer = XMLSigner(signature_algorithm="rsa-sha256", digest_algorithm="sha256", c14n_algorithm=EXC_C14N)
 
     def assertion(self, context: VihfContext, now: dt.datetime) -> etree._Element:
         """A signed VIHF assertion for `context`."""
         unsigned = self.unsigned(context, now)
-        return self._signer.sign(unsigned, key=self._key, cert=[self._cert],
-                                 reference_uri="#" + unsigned.get("ID"), id_attribute="ID")
+        return self._signer.sign(
+            unsigned, key=self._key, cert=[self._cert], reference_uri="#" + unsigned.get("ID"), id_attribute="ID"
+        )
 
     def unsigned(self, context: VihfContext, now: dt.datetime) -> etree._Element:
         """The assertion before signing (a ds:Signature placeholder right after Issuer)."""
         instant = now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        root = etree.Element(f"{{{SAML}}}Assertion", nsmap={"saml2": SAML},
-                             ID=f"_{uuid.uuid4().hex}", IssueInstant=instant, Version="2.0")
-        issuer = etree.SubElement(root, f"{{{SAML}}}Issuer",
-                                  Format="urn:oasis:names:tc:SAML:1.1:nameid-format:X509SubjectName")
+        root = etree.Element(
+            f"{{{SAML}}}Assertion",
+            nsmap={"saml2": SAML},
+            ID=f"_{uuid.uuid4().hex}",
+            IssueInstant=instant,
+            Version="2.0",
+        )
+        issuer = etree.SubElement(
+            root, f"{{{SAML}}}Issuer", Format="urn:oasis:names:tc:SAML:1.1:nameid-format:X509SubjectName"
+        )
         issuer.text = self._issuer
         etree.SubElement(root, f"{{{DS}}}Signature", nsmap={"ds": DS}, Id="placeholder")
         subject = etree.SubElement(root, f"{{{SAML}}}Subject")
-        name_id = etree.SubElement(subject, f"{{{SAML}}}NameID",
-                                   Format="urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified")
+        name_id = etree.SubElement(
+            subject, f"{{{SAML}}}NameID", Format="urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
+        )
         name_id.text = context.subject.name_id
         _authn(root, instant)
         self._attributes(etree.SubElement(root, f"{{{SAML}}}AttributeStatement"), context)
@@ -134,9 +153,13 @@ class VihfSigner:
 
     def _attributes(self, statement, context: VihfContext) -> None:
         ident = self._identity
-        for name, value in ((A_VERSION, ident.version), (A_MODE, ident.auth_mode),
-                            (A_STRUCTURE, context.structure_id), (A_SECTOR, context.activity_sector),
-                            (A_SUBJECT, context.subject.name)):
+        for name, value in (
+            (A_VERSION, ident.version),
+            (A_MODE, ident.auth_mode),
+            (A_STRUCTURE, context.structure_id),
+            (A_SECTOR, context.activity_sector),
+            (A_SUBJECT, context.subject.name),
+        ):
             _text_attribute(statement, name, value)
         role = _attribute(statement, A_ROLE)
         for code, system in context.subject.roles:
@@ -146,8 +169,7 @@ class VihfSigner:
         purpose = etree.SubElement(_attribute(statement, A_PURPOSE), f"{{{SAML}}}AttributeValue")
         _ce(purpose, "PurposeOfUse", "normal", "1.2.250.1.213.1.1.4.248")
         if context.secret_connection:
-            value = etree.SubElement(_attribute(statement, A_CONFIDENTIALITY),
-                                     f"{{{SAML}}}AttributeValue")
+            value = etree.SubElement(_attribute(statement, A_CONFIDENTIALITY), f"{{{SAML}}}AttributeValue")
             _ce(value, "ConfidentialityCode", "R", "2.16.840.1.113883.5.25")
         if ident.lps_id:
             _text_attribute(statement, A_LPS_ID, ident.lps_id)
@@ -159,8 +181,7 @@ class VihfSigner:
 def _authn(root, instant: str) -> None:
     authn = etree.SubElement(root, f"{{{SAML}}}AuthnStatement", AuthnInstant=instant)
     ctx = etree.SubElement(authn, f"{{{SAML}}}AuthnContext")
-    etree.SubElement(ctx, f"{{{SAML}}}AuthnContextClassRef").text = (
-        "urn:oasis:names:tc:SAML:2.0:ac:classes:TLSClient")
+    etree.SubElement(ctx, f"{{{SAML}}}AuthnContextClassRef").text = "urn:oasis:names:tc:SAML:2.0:ac:classes:TLSClient"
 
 
 def _attribute(statement, name: str) -> etree._Element:
@@ -172,12 +193,12 @@ def _text_attribute(statement, name: str, value: str) -> None:
 
 
 def _ce(parent, tag: str, code: str, system: str) -> None:
-    node = etree.SubElement(parent, f"{{{HL7}}}{tag}", nsmap={None: HL7, "xsi": XSI},
-                            code=code, codeSystem=system)
+    node = etree.SubElement(parent, f"{{{HL7}}}{tag}", nsmap={None: HL7, "xsi": XSI}, code=code, codeSystem=system)
     node.set(f"{{{XSI}}}type", "CE")
 
 
 # -- verification (simulator side) -----------------------------------------------------------
+
 
 @dataclass
 class VerifiedVihf:
@@ -221,8 +242,7 @@ def _read_attributes(signed: etree._Element) -> VerifiedVihf:
         attributes[attr.get("Name")] = values
     missing = [name for name in REQUIRED_ATTRIBUTES if not any(attributes.get(name, []))]
     if missing:
-        raise VihfError("wsse:InvalidSecurityToken",
-                        "VIHF attributes missing: " + ", ".join(missing))
+        raise VihfError("wsse:InvalidSecurityToken", "VIHF attributes missing: " + ", ".join(missing))
     name_id = signed.findtext(f"{{{SAML}}}Subject/{{{SAML}}}NameID") or ""
     if not name_id.strip():
         raise VihfError("wsse:InvalidSecurityToken", "VIHF Subject/NameID missing")

@@ -78,8 +78,16 @@ def _cda_errors(request, cda_check, component: str) -> list[AckError]:
         problems = cda_check(document.content)
         if problems:
             app = component.join(("CDA_INVALID", "document CDA non conforme", "99PFI"))
-            found.append(RequestAckError(207, f"OBX^{index}^5", "CDA invalid: " + "; ".join(problems),
-                                         app_code=app, severity="E", ack_code="AE"))
+            found.append(
+                RequestAckError(
+                    207,
+                    f"OBX^{index}^5",
+                    "CDA invalid: " + "; ".join(problems),
+                    app_code=app,
+                    severity="E",
+                    ack_code="AE",
+                )
+            )
     return found
 
 
@@ -90,8 +98,14 @@ def to_ack_error(error: HL7Error, component: str = "^") -> RequestAckError:
         enc = component + "~\\&"
         label = escape(error.app_label or "", enc)
         app_code = component.join((escape(error.app_code, enc), label, error.app_system))
-    return RequestAckError(code=error.code, location=error.location or "", message=error.message,
-                           app_code=app_code, severity=error.severity, ack_code=error.ack_code)
+    return RequestAckError(
+        code=error.code,
+        location=error.location or "",
+        message=error.message,
+        app_code=app_code,
+        severity=error.severity,
+        ack_code=error.ack_code,
+    )
 
 
 def blocking(errors: list[AckError]) -> list[AckError]:
@@ -111,7 +125,7 @@ def describe(errors: list[AckError]) -> str:
     """Journal reason of a refused request (no patient data: HL7Error messages carry none)."""
     parts = []
     for e in errors:
-        app = re.match(r"[A-Za-z0-9_]*", e.app_code).group()   # ERR-5.1, whatever the separator
+        app = re.match(r"[A-Za-z0-9_]*", e.app_code).group()  # ERR-5.1, whatever the separator
         parts.append(f"{e.code}{' ' + app if app else ''} at {e.location or '-'}: {e.message}")
     return "document request: " + "; ".join(parts)
 
@@ -120,8 +134,14 @@ def _unexpected(failure) -> list[AckError]:
     """A defect of the checker must still give a coded NACK, never a dropped connection: AR 207,
     since the message may well be fine (sent again once the defect is fixed, it passes)."""
     log.error("docrequest.check_failed", error=failure.getErrorMessage(), type=failure.type.__name__)
-    return [RequestAckError(207, "", f"document request could not be checked "
-                                     f"({failure.type.__name__}): send it again later", ack_code="AR")]
+    return [
+        RequestAckError(
+            207,
+            "",
+            f"document request could not be checked ({failure.type.__name__}): send it again later",
+            ack_code="AR",
+        )
+    ]
 
 
 @dataclass(eq=False)

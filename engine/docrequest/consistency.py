@@ -38,7 +38,7 @@ class CdaHeader(BaseModel):
     code: str = ""
     code_system: str = ""
     record_target_ids: list[InstanceId] = Field(default_factory=list)
-    replaced_ids: list[InstanceId] = Field(default_factory=list)   # relatedDocument RPLC
+    replaced_ids: list[InstanceId] = Field(default_factory=list)  # relatedDocument RPLC
 
     @property
     def ins_ids(self) -> list[InstanceId]:
@@ -49,8 +49,7 @@ class CdaHeader(BaseModel):
 def _ii(element) -> InstanceId | None:
     if element is None:
         return None
-    return InstanceId(root=(element.get("root") or "").strip(),
-                      extension=(element.get("extension") or "").strip())
+    return InstanceId(root=(element.get("root") or "").strip(), extension=(element.get("extension") or "").strip())
 
 
 def read_cda_header(content: bytes) -> CdaHeader:
@@ -62,13 +61,15 @@ def read_cda_header(content: bytes) -> CdaHeader:
     code = first("h:code")
     version = first("h:versionNumber")
     return CdaHeader(
-        id=_ii(first("h:id")), set_id=_ii(first("h:setId")),
+        id=_ii(first("h:id")),
+        set_id=_ii(first("h:setId")),
         version=(version.get("value") or "").strip() if version is not None else "",
         code=(code.get("code") or "").strip() if code is not None else "",
         code_system=(code.get("codeSystem") or "").strip() if code is not None else "",
         record_target_ids=[_ii(e) for e in root.xpath("h:recordTarget/h:patientRole/h:id", namespaces=NS)],
-        replaced_ids=[_ii(e) for e in root.xpath(
-            "h:relatedDocument[@typeCode='RPLC']/h:parentDocument/h:id", namespaces=NS)],
+        replaced_ids=[
+            _ii(e) for e in root.xpath("h:relatedDocument[@typeCode='RPLC']/h:parentDocument/h:id", namespaces=NS)
+        ],
     )
 
 
@@ -111,11 +112,9 @@ def _ids(request, document, header: CdaHeader) -> list[HL7Error]:
     if header.id is None or not header.id.root:
         problems.append(app_error("CDA_ID_MISSING", "ClinicalDocument/id is missing", where))
     if header.set_id is None or not header.set_id.root:
-        problems.append(app_error("CDA_SETID_MISSING", "ClinicalDocument/setId is missing",
-                                  where, severity="W"))
+        problems.append(app_error("CDA_SETID_MISSING", "ClinicalDocument/setId is missing", where, severity="W"))
     if not header.version:
-        problems.append(app_error("CDA_VERSION_MISSING", "ClinicalDocument/versionNumber is "
-                                  "missing", where))
+        problems.append(app_error("CDA_VERSION_MISSING", "ClinicalDocument/versionNumber is missing", where))
     return problems
 
 
@@ -125,11 +124,18 @@ def _ins(request: DocumentRequest, document, header: CdaHeader) -> list[HL7Error
         return []
     cda = header.ins_ids
     if not cda:
-        return [app_error("INS_ABSENT_IN_CDA", "PID-3 carries an INS but the CDA recordTarget "
-                          "has no INS id", "PID^1^3")]
+        return [
+            app_error("INS_ABSENT_IN_CDA", "PID-3 carries an INS but the CDA recordTarget has no INS id", "PID^1^3")
+        ]
     if not any(i.root == ins.oid and i.extension == ins.value for i in cda):
-        return [app_error("INS_MISMATCH", f"INS in PID-3 (register {ins.oid}) differs from the "
-                          f"INS of the CDA recordTarget of {document.location}", "PID^1^3")]
+        return [
+            app_error(
+                "INS_MISMATCH",
+                f"INS in PID-3 (register {ins.oid}) differs from the "
+                f"INS of the CDA recordTarget of {document.location}",
+                "PID^1^3",
+            )
+        ]
     return []
 
 
@@ -137,8 +143,13 @@ def _doc_id(request: DocumentRequest, document, header: CdaHeader) -> list[HL7Er
     if not request.document_id or header.id is None or len(request.documents) != 1:
         return []
     if parse_ei(request.document_id) != header.id:
-        return [app_error("DOC_ID_MISMATCH", f"TXA-12 {parse_ei(request.document_id)} differs "
-                          f"from the CDA id {header.id}", "TXA^1^12")]
+        return [
+            app_error(
+                "DOC_ID_MISMATCH",
+                f"TXA-12 {parse_ei(request.document_id)} differs from the CDA id {header.id}",
+                "TXA^1^12",
+            )
+        ]
     return []
 
 
@@ -146,18 +157,33 @@ def _replacement(request: DocumentRequest, document, header: CdaHeader) -> list[
     if request.action is not Action.REPLACE:
         return []
     if not header.replaced_ids:
-        return [app_error("RPLC_MISSING", "a replacement CDA must carry relatedDocument "
-                          "typeCode=RPLC/parentDocument/id", f"{document.location}^5")]
+        return [
+            app_error(
+                "RPLC_MISSING",
+                "a replacement CDA must carry relatedDocument typeCode=RPLC/parentDocument/id",
+                f"{document.location}^5",
+            )
+        ]
     if request.replaced_document_id:
         expected = parse_ei(request.replaced_document_id)
         if expected not in header.replaced_ids:
-            return [app_error("RPLC_MISMATCH", f"TXA-13 {expected} differs from the CDA "
-                              f"parentDocument id {header.replaced_ids[0]}", "TXA^1^13")]
+            return [
+                app_error(
+                    "RPLC_MISMATCH",
+                    f"TXA-13 {expected} differs from the CDA parentDocument id {header.replaced_ids[0]}",
+                    "TXA^1^13",
+                )
+            ]
     return []
 
 
 def _doc_type(request: DocumentRequest, document: Document, header: CdaHeader) -> list[HL7Error]:
     if header.code and document.type.code and header.code != document.type.code:
-        return [app_error("DOCTYPE_MISMATCH", f"OBX-3 {document.type.code} differs from the CDA "
-                          f"code {header.code}", f"{document.location}^3")]
+        return [
+            app_error(
+                "DOCTYPE_MISMATCH",
+                f"OBX-3 {document.type.code} differs from the CDA code {header.code}",
+                f"{document.location}^3",
+            )
+        ]
     return []

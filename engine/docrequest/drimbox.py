@@ -8,10 +8,8 @@ from __future__ import annotations
 #: what a DRIMbox needs from the CDA, by XPath (HL7 v3 namespace as `h`)
 CDA_NEEDS = {
     "Study Instance UID (documentationOf/serviceEvent/id/@root)": "h:documentationOf/h:serviceEvent/h:id/@root",
-    "accession number (inFulfillmentOf/order/accessionNumber)":
-        "h:inFulfillmentOf/h:order/*[local-name()='accessionNumber']/@extension",
-    "modality (serviceEvent/code/translation, DCM)":
-        "h:documentationOf/h:serviceEvent/h:code/h:translation[@codeSystem='1.2.840.10008.2.16.4']/@code",
+    "accession number (inFulfillmentOf/order/accessionNumber)": "h:inFulfillmentOf/h:order/*[local-name()='accessionNumber']/@extension",
+    "modality (serviceEvent/code/translation, DCM)": "h:documentationOf/h:serviceEvent/h:code/h:translation[@codeSystem='1.2.840.10008.2.16.4']/@code",
 }
 IPP = "IPP (PID-3 identifier of type PI)"
 NS = {"h": "urn:hl7-org:v3"}

@@ -80,8 +80,7 @@ class HL7Error(BaseModel):
         err5 = ""
         if self.app_code:
             err5 = f"{escape(self.app_code)}^{escape(self.app_label or '')}^{self.app_system}"
-        fields = ["ERR", "", self.location or "", err3, self.severity, err5, "", "",
-                  escape(self.message)]
+        fields = ["ERR", "", self.location or "", err3, self.severity, err5, "", "", escape(self.message)]
         return field_sep.join(fields)
 
     def __str__(self) -> str:
@@ -90,11 +89,16 @@ class HL7Error(BaseModel):
         return f"{self.code} {self.code_label}{app}{where}: {self.message}"
 
 
-def app_error(app_code: str, message: str, location: str | None = None,
-              severity: Literal["E", "W"] = "E") -> HL7Error:
+def app_error(app_code: str, message: str, location: str | None = None, severity: Literal["E", "W"] = "E") -> HL7Error:
     """A 207 application error with a local ERR-5 code."""
-    return HL7Error(code=207, message=message, location=location, severity=severity,
-                    app_code=app_code, app_label=APP_ERRORS[app_code])
+    return HL7Error(
+        code=207,
+        message=message,
+        location=location,
+        severity=severity,
+        app_code=app_code,
+        app_label=APP_ERRORS[app_code],
+    )
 
 
 class RequestError(ValidationError):

@@ -12,8 +12,15 @@ PROFILE_TRANSMISSION = "2.1^CISIS_CDA_HL7_V2"
 PROFILE_LPS = "1.1^CISIS_CDA_HL7_LPS"
 
 FLAG_CODES: tuple[str, ...] = (
-    "MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REP_LEGAUX", "CONNEXION_SECRETE",
-    "MODIF_CONF_CODE", "DESTDMP", "DESTMSSANTEPS", "DESTMSSANTEPAT", "ACK_RECEPTION",
+    "MASQUE_PS",
+    "INVISIBLE_PATIENT",
+    "INVISIBLE_REP_LEGAUX",
+    "CONNEXION_SECRETE",
+    "MODIF_CONF_CODE",
+    "DESTDMP",
+    "DESTMSSANTEPS",
+    "DESTMSSANTEPAT",
+    "ACK_RECEPTION",
     "ACK_LECTURE_MSS",
 )
 BODY_CODES: tuple[str, ...] = ("CORPSMAIL_PS", "CORPSMAIL_PATIENT")
@@ -32,7 +39,7 @@ class Volet(str, Enum):
     """Which CI-SIS volet the message follows."""
 
     TRANSMISSION = "transmission"  # creator → PFI, 2.1^CISIS_CDA_HL7_V2
-    LPS = "lps"                    # PFI → consumer, 1.1^CISIS_CDA_HL7_LPS
+    LPS = "lps"  # PFI → consumer, 1.1^CISIS_CDA_HL7_LPS
 
 
 class Header(BaseModel):
@@ -65,9 +72,9 @@ class Identifier(BaseModel):
     """One PID-3 repetition (CX)."""
 
     value: str
-    authority: str = ""      # CX-4.1 namespace
-    oid: str = ""            # CX-4.2 universal id
-    id_type: str = ""        # CX-5 (INS, PI, NH, AN...)
+    authority: str = ""  # CX-4.1 namespace
+    oid: str = ""  # CX-4.2 universal id
+    id_type: str = ""  # CX-5 (INS, PI, NH, AN...)
 
 
 class Ins(BaseModel):
@@ -85,13 +92,13 @@ class Patient(BaseModel):
     identifiers: list[Identifier] = Field(default_factory=list)
     ipp: Identifier | None = None
     ins: Ins | None = None
-    identity_status: str = ""                  # PID-32 first value: VIDE / PROV / VALI ...
+    identity_status: str = ""  # PID-32 first value: VIDE / PROV / VALI ...
     identity_attributes: list[str] = Field(default_factory=list)
     family_name: str = ""
     given_names: str = ""
     birth_date: str = ""
     sex: str = ""
-    account_number: str = ""                   # PID-18.1
+    account_number: str = ""  # PID-18.1
 
     @property
     def ins_qualified(self) -> bool:
@@ -125,15 +132,16 @@ class Participant(BaseModel):
     person: Person | None = None
     organisation: Organisation | None = None
     device_id: str = ""
-    address: str = ""                 # PRT-15.4 (MSSanté address when PRT-15.3 = X.400)
-    address_type: str = ""            # PRT-15.3
-    location: str = ""                # ERR-2 style location of the PRT segment
+    address: str = ""  # PRT-15.4 (MSSanté address when PRT-15.3 = X.400)
+    address_type: str = ""  # PRT-15.3
+    location: str = ""  # ERR-2 style location of the PRT segment
 
     @property
     def is_patient(self) -> bool:
         """True for a patient recipient (PRT-5.13 = INS or a patient.mssante.fr address)."""
-        return (self.person is not None and self.person.id_type == "INS") or \
-            self.address.lower().endswith("@patient.mssante.fr")
+        return (self.person is not None and self.person.id_type == "INS") or self.address.lower().endswith(
+            "@patient.mssante.fr"
+        )
 
     @property
     def identifier(self) -> str:
@@ -182,17 +190,26 @@ class Flags(BaseModel):
     def to_dmp(self):
         from engine.dmp.model import DmpFlags
 
-        return DmpFlags(masque_ps=bool(self.masque_ps), invisible_patient=bool(self.invisible_patient),
-                        invisible_rep_legaux=bool(self.invisible_rep_legaux),
-                        connexion_secrete=bool(self.connexion_secrete), modif_conf_code=bool(self.modif_conf_code))
+        return DmpFlags(
+            masque_ps=bool(self.masque_ps),
+            invisible_patient=bool(self.invisible_patient),
+            invisible_rep_legaux=bool(self.invisible_rep_legaux),
+            connexion_secrete=bool(self.connexion_secrete),
+            modif_conf_code=bool(self.modif_conf_code),
+        )
 
     def to_mss(self):
         from engine.mss.models import MssFlags
 
-        return MssFlags(**self.to_dmp().model_dump(), dest_dmp=bool(self.destdmp),
-                        dest_mssante_ps=bool(self.destmssanteps), dest_mssante_pat=bool(self.destmssantepat),
-                        ack_reception=bool(self.ack_reception), ack_lecture=bool(self.ack_lecture_mss),
-                        patient_no_reply=self.patient_may_not_reply)
+        return MssFlags(
+            **self.to_dmp().model_dump(),
+            dest_dmp=bool(self.destdmp),
+            dest_mssante_ps=bool(self.destmssanteps),
+            dest_mssante_pat=bool(self.destmssantepat),
+            ack_reception=bool(self.ack_reception),
+            ack_lecture=bool(self.ack_lecture_mss),
+            patient_no_reply=self.patient_may_not_reply,
+        )
 
 
 class CodedType(BaseModel):
@@ -206,13 +223,13 @@ class CodedType(BaseModel):
 class Document(BaseModel):
     """One document OBX (ED) and its decoded payload."""
 
-    set_id: str = ""                  # OBX-1
-    location: str = ""                # e.g. OBX^1
+    set_id: str = ""  # OBX-1
+    location: str = ""  # e.g. OBX^1
     type: CodedType = Field(default_factory=CodedType)
-    result_status: str = ""           # OBX-11 F / C / D
-    content_type: str = ""            # OBX-5.2 (TEXT / text)
-    subtype: str = ""                 # OBX-5.3 (XML)
-    encoding: str = ""                # OBX-5.4 (Base64 or empty)
+    result_status: str = ""  # OBX-11 F / C / D
+    content_type: str = ""  # OBX-5.2 (TEXT / text)
+    subtype: str = ""  # OBX-5.3 (XML)
+    encoding: str = ""  # OBX-5.4 (Base64 or empty)
     content: bytes = b""
 
     @property
@@ -235,14 +252,14 @@ class DocumentRequest(BaseModel):
     volet: Volet
     header: Header
     action: Action
-    order_control: str = ""                      # ORC-1
+    order_control: str = ""  # ORC-1
     patient: Patient
-    patient_class: str = ""                      # PV1-2
-    visit_number: str = ""                       # PV1-19.1
+    patient_class: str = ""  # PV1-2
+    visit_number: str = ""  # PV1-19.1
     document_type: CodedType
     documents: list[Document]
-    document_id: str = ""                        # TXA-12 (raw EI, escapes decoded)
-    replaced_document_id: str = ""               # TXA-13
+    document_id: str = ""  # TXA-12 (raw EI, escapes decoded)
+    replaced_document_id: str = ""  # TXA-13
     sender: Participant | None = None
     recipients: list[Participant] = Field(default_factory=list)
     reply_to: list[Participant] = Field(default_factory=list)

@@ -28,10 +28,16 @@ class ZamKind(str, Enum):
 # kind → (status row code^label, info row code^label, ERR-5 coding system)
 _ROWS = {
     ZamKind.Z01: ("ACK_RECEPTION_DMP^Accusé de réception DMP", None, "DMPERRORCODE"),
-    ZamKind.Z02: ("ACK_RECEPTION_MSS^Accusé de réception MSSanté",
-                  "DESTINATAIRE_MSS^Destinataire MSSanté", "SMTPERRORCODE"),
-    ZamKind.Z03: ("ACK_LECTURE_MSS^Accusé de lecture",
-                  "LECTEUR_MSS^Lecteur du courriel MSSanté", "applicationErrorCondition"),
+    ZamKind.Z02: (
+        "ACK_RECEPTION_MSS^Accusé de réception MSSanté",
+        "DESTINATAIRE_MSS^Destinataire MSSanté",
+        "SMTPERRORCODE",
+    ),
+    ZamKind.Z03: (
+        "ACK_LECTURE_MSS^Accusé de lecture",
+        "LECTEUR_MSS^Lecteur du courriel MSSanté",
+        "applicationErrorCondition",
+    ),
 }
 HL7_TS = "%Y%m%d%H%M%S"
 #: ERR-5 coding system of a refusal by the PFI's own checks (HL7 "99zzz" local table): the
@@ -47,10 +53,21 @@ def wants_zam(request: DocumentRequest, kind: ZamKind | str) -> bool:
     return bool(request.flags.ack_reception)
 
 
-def build_zam(kind: ZamKind | str, request_header: Header, success: bool, *, control_id: str,
-              now: datetime, event_time: datetime | None = None, error_code: str | None = None,
-              error_label: str | None = None, address: str | None = None,
-              address_owner_id: str | None = None, severity: str = "E", local_error: bool = False) -> bytes:
+def build_zam(
+    kind: ZamKind | str,
+    request_header: Header,
+    success: bool,
+    *,
+    control_id: str,
+    now: datetime,
+    event_time: datetime | None = None,
+    error_code: str | None = None,
+    error_label: str | None = None,
+    address: str | None = None,
+    address_owner_id: str | None = None,
+    severity: str = "E",
+    local_error: bool = False,
+) -> bytes:
     """ER7 bytes (UTF-8, CR-terminated segments) of one ZAM.
 
     `event_time` is the time of the acknowledged event (DMP answer, DSN, MDN; default `now`).
@@ -68,8 +85,7 @@ def build_zam(kind: ZamKind | str, request_header: Header, success: bool, *, con
     segments = [
         _msh(kind, request_header, control_id, now),
         f"EVN||{(event_time or now).strftime(HL7_TS)}",
-        _obx(1, "CWE", status_row, request_header.control_id,
-             f"{'Y' if success else 'N'}^^expandedYes-NoIndicator"),
+        _obx(1, "CWE", status_row, request_header.control_id, f"{'Y' if success else 'N'}^^expandedYes-NoIndicator"),
     ]
     if info_row:
         segments.append(_obx(2, "XTN", info_row, address_owner_id or "", f"^^X.400^{escape(address)}"))
@@ -80,19 +96,60 @@ def build_zam(kind: ZamKind | str, request_header: Header, success: bool, *, con
 
 
 def _msh(kind: ZamKind, req: Header, control_id: str, now: datetime) -> str:
-    fields = ["MSH", "^~\\&", escape(req.receiving_application), escape(req.receiving_facility),
-              escape(req.sending_application), escape(req.sending_facility),
-              now.strftime(HL7_TS), "", f"ZAM^{kind.value}^ZAM_Z01", escape(control_id),
-              req.processing_id or "P", "2.6", "", "", "", "", "FRA", "UNICODE UTF-8", "", "",
-              PROFILE_TRANSMISSION]
+    fields = [
+        "MSH",
+        "^~\\&",
+        escape(req.receiving_application),
+        escape(req.receiving_facility),
+        escape(req.sending_application),
+        escape(req.sending_facility),
+        now.strftime(HL7_TS),
+        "",
+        f"ZAM^{kind.value}^ZAM_Z01",
+        escape(control_id),
+        req.processing_id or "P",
+        "2.6",
+        "",
+        "",
+        "",
+        "",
+        "FRA",
+        "UNICODE UTF-8",
+        "",
+        "",
+        PROFILE_TRANSMISSION,
+    ]
     return "|".join(fields)
 
 
 def _obx(set_id: int, value_type: str, code_label: str, sub_id: str, value: str) -> str:
-    return "|".join(["OBX", str(set_id), value_type, f"{code_label}^AckMetierZAM",
-                     escape(sub_id), value, "", "", "", "", "", "F", ""])
+    return "|".join(
+        [
+            "OBX",
+            str(set_id),
+            value_type,
+            f"{code_label}^AckMetierZAM",
+            escape(sub_id),
+            value,
+            "",
+            "",
+            "",
+            "",
+            "",
+            "F",
+            "",
+        ]
+    )
 
 
 def _err(code: str, label: str, system: str, severity: str) -> str:
-    return "|".join(["ERR", "", "", "207^Application internal error^messageErrorCondition",
-                     severity, f"{escape(code)}^{escape(label)}^{system}"])
+    return "|".join(
+        [
+            "ERR",
+            "",
+            "",
+            "207^Application internal error^messageErrorCondition",
+            severity,
+            f"{escape(code)}^{escape(label)}^{system}",
+        ]
+    )

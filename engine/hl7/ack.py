@@ -55,8 +55,17 @@ class AckError:
         comp = enc[0]
         err3 = f"{self.code}{comp}{ERROR_TEXT.get(self.code, 'Error')}{comp}HL70357"
         loc = self.location.replace("^", comp)
-        fields = ["ERR", "", loc, err3, self.severity, self.app_code, "", "",
-                  escape(self.message[:TEXT_LIMIT], enc, fs)]
+        fields = [
+            "ERR",
+            "",
+            loc,
+            err3,
+            self.severity,
+            self.app_code,
+            "",
+            "",
+            escape(self.message[:TEXT_LIMIT], enc, fs),
+        ]
         return fs.join(fields).rstrip(fs)
 
 
@@ -64,8 +73,9 @@ def delimiters(enc: str, fs: str = "|") -> encode.Delimiters:
     """The sender's delimiters as engine.hl7.encode takes them (missing ones: the standard)."""
     std = encode.STANDARD
     pick = lambda i, default: enc[i] if len(enc) > i else default  # noqa: E731
-    return encode.Delimiters(fs, pick(0, std.component), pick(1, std.repetition), pick(2, std.escape),
-                             pick(3, std.subcomponent))
+    return encode.Delimiters(
+        fs, pick(0, std.component), pick(1, std.repetition), pick(2, std.escape), pick(3, std.subcomponent)
+    )
 
 
 def escape(text: str, enc: str, fs: str = "|") -> str:
@@ -100,9 +110,24 @@ def build_ack(
     trigger = h.trigger if h.trigger and h.message_code != "ACK" else ""
     msg_type = f"ACK{enc[0]}{trigger}{enc[0]}ACK" if trigger else "ACK"
     msh = [
-        "MSH", enc, _echo(h.receiving_app) or local_app, _echo(h.receiving_facility), _echo(h.sending_app),
-        _echo(h.sending_facility), timestamp, "", _echo(msg_type), ack_control_id, _echo(h.processing_id) or "P",
-        _echo(h.version_field) or "2.5", "", "", "", "", _echo(h.country), _echo(h.charset),
+        "MSH",
+        enc,
+        _echo(h.receiving_app) or local_app,
+        _echo(h.receiving_facility),
+        _echo(h.sending_app),
+        _echo(h.sending_facility),
+        timestamp,
+        "",
+        _echo(msg_type),
+        ack_control_id,
+        _echo(h.processing_id) or "P",
+        _echo(h.version_field) or "2.5",
+        "",
+        "",
+        "",
+        "",
+        _echo(h.country),
+        _echo(h.charset),
     ]
     segments = [fs.join(msh).rstrip(fs), fs.join(["MSA", code, _echo(h.control_id)])]
     segments += [e.segment(enc, fs) for e in errors]

@@ -58,8 +58,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def escape(value: str, d: Delimiters = STANDARD) -> str:
     """`value` as the content of one HL7 component: delimiters and controls escaped."""
     e = d.escape
-    table = {e: f"{e}E{e}", d.field: f"{e}F{e}", d.component: f"{e}S{e}",
-             d.repetition: f"{e}R{e}", d.subcomponent: f"{e}T{e}"}
+    table = {
+        e: f"{e}E{e}",
+        d.field: f"{e}F{e}",
+        d.component: f"{e}S{e}",
+        d.repetition: f"{e}R{e}",
+        d.subcomponent: f"{e}T{e}",
+    }
     out = "".join(table.get(c, c) for c in value)
     return _CONTROL.sub(lambda m: f"{e}X{ord(m.group()):02X}{e}", out)
 
@@ -98,8 +103,9 @@ def _component(value, d: Delimiters) -> str:
     if isinstance(value, Raw):
         return str(value)
     if isinstance(value, tuple):
-        return d.subcomponent.join(escape(str(v), d) if not isinstance(v, Raw) else str(v)
-                                   for v in value).rstrip(d.subcomponent)
+        return d.subcomponent.join(escape(str(v), d) if not isinstance(v, Raw) else str(v) for v in value).rstrip(
+            d.subcomponent
+        )
     return escape(str(value), d)
 
 

@@ -75,8 +75,15 @@ def unescape(text: str, enc: Encoding, charset: str = DEFAULT_CHARSET) -> str:
     esc = enc.escape
     if not esc or esc not in text:
         return text
-    simple = {"F": enc.field, "S": enc.component, "T": enc.subcomponent or "",
-              "R": enc.repetition or "", "E": esc, "H": "", "N": ""}
+    simple = {
+        "F": enc.field,
+        "S": enc.component,
+        "T": enc.subcomponent or "",
+        "R": enc.repetition or "",
+        "E": esc,
+        "H": "",
+        "N": "",
+    }
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -86,13 +93,13 @@ def unescape(text: str, enc: Encoding, charset: str = DEFAULT_CHARSET) -> str:
             out.append(text[i:])
             break
         out.append(text[i:start])
-        code = text[start + 1:end]
+        code = text[start + 1 : end]
         if code in simple:
             out.append(simple[code])
         elif code[:1] == "X" and len(code) > 1:
             out.append(_decode_hex(code[1:], charset))
         else:
-            out.append(text[start:end + 1])
+            out.append(text[start : end + 1])
         i = end + 1
     return "".join(out)
 
@@ -258,7 +265,7 @@ def _msh18_from_bytes(raw: bytes) -> str:
     start = raw.find(b"MSH")
     if start < 0 or len(raw) < start + 4:
         return ""
-    sep = raw[start + 3:start + 4]
+    sep = raw[start + 3 : start + 4]
     line = re.split(rb"[\r\n]", raw[start:], maxsplit=1)[0]
     parts = line.split(sep)
     if len(parts) < 18:
@@ -291,8 +298,10 @@ def _encoding_from_msh2(sep: str, msh2: str) -> Encoding:
         raise ParseError(f"MSH-2 encoding characters {msh2!r} must be 1 to 5 characters")
     bad = [c for c in msh2 if c.isalnum() or c.isspace() or c == sep]
     if bad or len(set(msh2)) != len(msh2):
-        raise ParseError(f"MSH-2 encoding characters {msh2!r} are invalid (alphanumeric, "
-                         "blank, repeated or equal to the field separator)")
+        raise ParseError(
+            f"MSH-2 encoding characters {msh2!r} are invalid (alphanumeric, "
+            "blank, repeated or equal to the field separator)"
+        )
     chars = list(msh2[:4]) + [None] * (4 - len(msh2[:4]))
     return Encoding(sep, chars[0], chars[1], chars[2], chars[3])
 

@@ -89,7 +89,7 @@ class HL7Path:
         segments = msg.segments(self.segment)
         for selector in self.selectors:
             if isinstance(selector, int):
-                segments = segments[selector - 1:selector]
+                segments = segments[selector - 1 : selector]
             else:
                 segments = [s for s in segments if _segment_matches(s, selector, msg)]
         return segments
@@ -97,7 +97,7 @@ class HL7Path:
     def _repetitions(self, seg: Segment, msg: Message, first_only: bool) -> list[str]:
         reps = seg.repetitions(self.field)
         if self.repetition is not None:
-            return reps[self.repetition - 1:self.repetition]
+            return reps[self.repetition - 1 : self.repetition]
         if self.rep_condition is not None:
             reps = [r for r in reps if _rep_matches(r, self.rep_condition, msg, self._atomic)]
         return reps[:1] if first_only else reps
@@ -123,9 +123,15 @@ def _leaf(rep: str, comp: int | None, sub: int | None, msg: Message, atomic: boo
         value = _split(value, enc.subcomponent, sub)
     if not value:
         return None
-    lower = [c for c in (enc.component if comp is None else None,
-                         enc.subcomponent if sub is None else None,
-                         enc.repetition if comp is None else None) if c]
+    lower = [
+        c
+        for c in (
+            enc.component if comp is None else None,
+            enc.subcomponent if sub is None else None,
+            enc.repetition if comp is None else None,
+        )
+        if c
+    ]
     if any(c in value for c in lower):
         return value
     return msg.unescape(value)
@@ -158,7 +164,7 @@ class _Parser:
         return ValueError(f"invalid HL7 path {self.text!r}: {reason} (at column {self.pos + 1})")
 
     def peek(self) -> str:
-        return self.text[self.pos:self.pos + 1]
+        return self.text[self.pos : self.pos + 1]
 
     def expect(self, char: str, what: str) -> None:
         if self.peek() != char:
@@ -188,7 +194,7 @@ class _Parser:
         end = self.text.find("]", self.pos)
         if end < 0:
             raise self.fail("selector has no closing ']'")
-        body = self.text[self.pos:end]
+        body = self.text[self.pos : end]
         self.pos = end + 1
         return body
 
@@ -214,8 +220,7 @@ class _Parser:
         if on_segment and left.strip() == "code":
             if segment != "OBX":
                 self.pos = column
-                raise self.fail("selector [code=...] is only defined for OBX (OBX-3.1); "
-                                "use [FIELD.COMP=value]")
+                raise self.fail("selector [code=...] is only defined for OBX (OBX-3.1); use [FIELD.COMP=value]")
             return Condition(Locator(3, 1), value)
         return Condition(self.locator_text(left, on_segment, column), value)
 
@@ -257,9 +262,8 @@ class _Parser:
                 self.pos += 1
                 subcomponent = self.number("subcomponent")
         if self.pos != len(self.text):
-            raise self.fail(f"unexpected {self.text[self.pos:]!r}")
-        return HL7Path(self.text, segment, selectors, field, repetition, rep_condition,
-                       component, subcomponent)
+            raise self.fail(f"unexpected {self.text[self.pos :]!r}")
+        return HL7Path(self.text, segment, selectors, field, repetition, rep_condition, component, subcomponent)
 
 
 @lru_cache(maxsize=1024)

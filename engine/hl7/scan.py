@@ -92,7 +92,7 @@ def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
     sep = msh[3:4]
     if len(sep) != 1:  # `MSH<CR>`: nothing to split the fields with
         raise HeaderError("MSH-1 field separator is missing", 101, "MSH^1^1")
-    if sep.isalnum() or sep in (b" ", b"\r", b"\n") or sep[0] < 0x20 or sep[0] > 0x7e:
+    if sep.isalnum() or sep in (b" ", b"\r", b"\n") or sep[0] < 0x20 or sep[0] > 0x7E:
         raise HeaderError("MSH-1 field separator is not a printable ASCII separator", 102, "MSH^1^1")
     fields = msh.split(sep)
     if len(fields) < 2 or not fields[1]:
@@ -121,8 +121,12 @@ def _read_encoding_chars(header: Header, enc: bytes) -> None:
         enc = enc.replace(_SMALL_TILDE, b"~")
         header.warnings.append("MSH-2 uses U+02DC instead of '~'; read as '~'")
     text = enc.decode("latin-1")
-    if (not 2 <= len(text) <= 5 or len(set(text)) != len(text) or header.field_sep in text
-            or any(c.isalnum() or not "!" <= c <= "~" for c in text)):
+    if (
+        not 2 <= len(text) <= 5
+        or len(set(text)) != len(text)
+        or header.field_sep in text
+        or any(c.isalnum() or not "!" <= c <= "~" for c in text)
+    ):
         raise HeaderError(f"MSH-2 encoding characters are invalid: {text[:8]!r}", 102, "MSH^1^2")
     header.encoding_chars = text
     if original is enc and len(_VALID_ENCODING_CHARS) < _KNOWN_ENCODING_CHARS_MAX:
@@ -140,9 +144,19 @@ def _read_msh(header: Header, fields: list[bytes], fallback_codec: str) -> None:
     header.charset = fields[17].decode("latin-1").split(header.encoding_chars[1])[0]
     header.codec = codec = codec_for(header.charset, fallback_codec)
     comp = header.encoding_chars[0]
-    (header.sending_app, header.sending_facility, header.receiving_app, header.receiving_facility,
-     header.timestamp, message_type, header.control_id, processing_id, header.version_field,
-     header.country, profile) = [fields[n].decode(codec, "replace") for n in _MSH_TEXT_FIELDS]
+    (
+        header.sending_app,
+        header.sending_facility,
+        header.receiving_app,
+        header.receiving_facility,
+        header.timestamp,
+        message_type,
+        header.control_id,
+        processing_id,
+        header.version_field,
+        header.country,
+        profile,
+    ) = [fields[n].decode(codec, "replace") for n in _MSH_TEXT_FIELDS]
     parts = message_type.split(comp) + ["", "", ""]
     header.message_code, header.trigger, header.structure = parts[0], parts[1], parts[2]
     header.processing_id = _first_component(processing_id, comp)

@@ -107,8 +107,9 @@ class Journal(Protocol):
     def queue_depths(self) -> list[tuple]:
         """(destination, state, count, oldest created_at) of waiting or dead deliveries."""
 
-    def events_after(self, last_id: int, limit: int = 500, channel: str | None = None,
-                     msg_type: str | None = None) -> list[JournalEvent]: ...
+    def events_after(
+        self, last_id: int, limit: int = 500, channel: str | None = None, msg_type: str | None = None
+    ) -> list[JournalEvent]: ...
 
     def load_message(self, uid: str) -> StoredMessage | None: ...
 

@@ -55,8 +55,9 @@ def apply_plan(conn, plan: Plan, node: str, now: float | None = None) -> list[st
     now = time.time() if now is None else now
     if plan.state is not None:  # follow-up plans leave the message state alone
         # Only from `received`: a plan computed twice (a replaced dispatcher) is written once.
-        if not conn.execute("UPDATE messages SET state=? WHERE uid=? AND state='received'",
-                            (plan.state, plan.message_uid)).rowcount:
+        if not conn.execute(
+            "UPDATE messages SET state=? WHERE uid=? AND state='received'", (plan.state, plan.message_uid)
+        ).rowcount:
             return []
     for state, detail in plan.events:
         _event(conn, plan.message_uid, state, "", detail, node, now)
@@ -94,17 +95,22 @@ def _apply_run(conn, plans: list[Plan], node: str, now: float) -> list[str]:
     for state in {p.state for p in plans if p.state is not None}:
         uids = [p.message_uid for p in plans if p.state == state]
         # Only from `received`: a plan computed twice (a replaced dispatcher) is written once.
-        moved.update(uid for (uid,) in conn.execute(
-            f"UPDATE messages SET state=? WHERE state='received' AND uid IN ({_marks(uids)}) RETURNING uid",
-            (state, *uids)).fetchall())
+        moved.update(
+            uid
+            for (uid,) in conn.execute(
+                f"UPDATE messages SET state=? WHERE state='received' AND uid IN ({_marks(uids)}) RETURNING uid",
+                (state, *uids),
+            ).fetchall()
+        )
     kept = [p for p in plans if p.state is None or p.message_uid in moved]
     events = [(p.message_uid, now, state, "", detail, node) for p in kept for state, detail in p.events]
     news = [(p.message_uid, new) for p in kept for new in p.deliveries]
     ids = _insert_deliveries(conn, news, node, now)
     for (uid, new), delivery_id in zip(news, ids):
         when = f" not before {_fmt(new.not_before)}" if new.not_before > now else ""
-        events.append((uid, now, "queued", new.destination, f"delivery {delivery_id} ({new.action or 'message'}){when}",
-                       node))
+        events.append(
+            (uid, now, "queued", new.destination, f"delivery {delivery_id} ({new.action or 'message'}){when}", node)
+        )
     journal_events.write(conn, events)
     return [new.destination for _, new in news]
 
@@ -117,14 +123,34 @@ def _insert_deliveries(conn, news: list[tuple[str, NewDelivery]], node: str, now
     multi-row VALUES insert follows the VALUES order on SQLite and PostgreSQL, as ORMs rely on)."""
     ids: list[int] = []
     for start in range(0, len(news), _INSERT_ROWS):
-        chunk = news[start:start + _INSERT_ROWS]
-        params = [v for uid, new in chunk for v in (
-            uid, new.route, new.step, new.destination, new.fifo_key, new.doc_id, new.action, PENDING, new.payload,
-            now, new.not_before, new.not_before, now, node)]
+        chunk = news[start : start + _INSERT_ROWS]
+        params = [
+            v
+            for uid, new in chunk
+            for v in (
+                uid,
+                new.route,
+                new.step,
+                new.destination,
+                new.fifo_key,
+                new.doc_id,
+                new.action,
+                PENDING,
+                new.payload,
+                now,
+                new.not_before,
+                new.not_before,
+                now,
+                node,
+            )
+        ]
         rows = conn.execute(
             "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
             " payload, created_at, not_before, next_attempt, updated_at, node) VALUES "
-            + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)) + " RETURNING id", params).fetchall()
+            + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+            + " RETURNING id",
+            params,
+        ).fetchall()
         ids += [row[0] for row in rows]
     return ids
 
@@ -148,16 +174,34 @@ def _queue(conn, uid: str, new: NewDelivery, node: str, now: float) -> None:
         for old_id, old_uid, old_state, old_reason in cancelled:
             if old_state == HELD and not old_reason.startswith(IDENTITY_WAIT):
                 state, reason = HELD, old_reason
-                detail = (f"held: carried over from delivery {old_id}, superseded by this version"
-                          f" ({last_event(_reader(conn), old_uid, HELD) or old_reason})")
+                detail = (
+                    f"held: carried over from delivery {old_id}, superseded by this version"
+                    f" ({last_event(_reader(conn), old_uid, HELD) or old_reason})"
+                )
     if cancelled and action == "delete":
         state, detail = CANCELLED, "nothing to delete: the initial send was cancelled before it left"
     delivery_id = conn.execute(
         "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
         " payload, created_at, not_before, next_attempt, updated_at, node, last_error)"
         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
-        (uid, new.route, new.step, new.destination, new.fifo_key, new.doc_id, action, state, new.payload,
-         now, new.not_before, new.not_before, now, node, reason)).fetchall()[0][0]
+        (
+            uid,
+            new.route,
+            new.step,
+            new.destination,
+            new.fifo_key,
+            new.doc_id,
+            action,
+            state,
+            new.payload,
+            now,
+            new.not_before,
+            new.not_before,
+            now,
+            node,
+            reason,
+        ),
+    ).fetchall()[0][0]
     when = f" not before {_fmt(new.not_before)}" if new.not_before > now else ""
     queued = f"delivery {delivery_id} ({action or 'message'}){when}"
     if state == HELD:
@@ -184,35 +228,54 @@ def _cancel_superseded(conn, uid: str, new: NewDelivery, node: str, now: float) 
     found = conn.execute(
         "SELECT id, message_uid, state, last_error FROM deliveries WHERE destination=? AND doc_id=?"
         " AND state IN (?, ?) AND attempts=0 AND action='initial'",
-        (new.destination, target, PENDING, HELD)).fetchall()
+        (new.destination, target, PENDING, HELD),
+    ).fetchall()
     if not found:
         return []
     rows = conn.execute(
         f"UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE id IN ({_marks(found)})"
         " AND state IN (?, ?) RETURNING id",
-        (CANCELLED, f"superseded by {new.action} in message {uid}", now, *(r[0] for r in found),
-         PENDING, HELD)).fetchall()
+        (CANCELLED, f"superseded by {new.action} in message {uid}", now, *(r[0] for r in found), PENDING, HELD),
+    ).fetchall()
     done = {r[0] for r in rows}
     cancelled = [tuple(r) for r in found if r[0] in done]
     for delivery_id, old_uid, _, _ in cancelled:
-        _event(conn, old_uid, "cancelled", new.destination,
-               f"delivery {delivery_id} cancelled: superseded by {new.action} in message {uid}", node, now)
+        _event(
+            conn,
+            old_uid,
+            "cancelled",
+            new.destination,
+            f"delivery {delivery_id} cancelled: superseded by {new.action} in message {uid}",
+            node,
+            now,
+        )
     return cancelled
 
 
-def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
-                lease_until: float | None = None, dialect: Dialect = SQLITE) -> list[Delivery]:
+def claim_batch(
+    conn,
+    destination: str,
+    now: float,
+    node: str,
+    limit: int = 64,
+    lease_until: float | None = None,
+    dialect: Dialect = SQLITE,
+) -> list[Delivery]:
     """Up to `limit` due deliveries in send order. A delivery enters the batch only if every older
     pending or sending delivery of its key is already in the batch: rows skipped by the candidate
     query (not yet due, in flight, or locked by another node's claim) hold their key back."""
     # Rows queued behind a send in flight or a retry backing off are not even candidates: a long
     # queue of one blocked key must not fill the window and starve the other keys.
-    rows = [Delivery(*row) for row in conn.execute(
-        f"SELECT {_COLUMNS} FROM deliveries d WHERE destination=? AND state=? AND next_attempt<=?"
-        " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination=d.destination AND o.fifo_key=d.fifo_key"
-        " AND o.id<d.id AND (o.state IN (?, ?) OR (o.state=? AND o.next_attempt>?)))"
-        f" ORDER BY id LIMIT ?{dialect.lock_rows}",
-        (destination, PENDING, now, SENDING, HELD, PENDING, now, limit * 4)).fetchall()]
+    rows = [
+        Delivery(*row)
+        for row in conn.execute(
+            f"SELECT {_COLUMNS} FROM deliveries d WHERE destination=? AND state=? AND next_attempt<=?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination=d.destination AND o.fifo_key=d.fifo_key"
+            " AND o.id<d.id AND (o.state IN (?, ?) OR (o.state=? AND o.next_attempt>?)))"
+            f" ORDER BY id LIMIT ?{dialect.lock_rows}",
+            (destination, PENDING, now, SENDING, HELD, PENDING, now, limit * 4),
+        ).fetchall()
+    ]
     if not rows:
         return []
     open_ids = _open_ids_by_key(conn, destination, {d.fifo_key for d in rows}, rows[-1].id)
@@ -228,8 +291,10 @@ def claim_batch(conn, destination: str, now: float, node: str, limit: int = 64,
         if len(batch) >= limit:
             break
     lease_until = now + 300.0 if lease_until is None else lease_until
-    conn.executemany("UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id=?",
-                     [(SENDING, node, lease_until, now, d.id) for d in batch])
+    conn.executemany(
+        "UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id=?",
+        [(SENDING, node, lease_until, now, d.id) for d in batch],
+    )
     return batch
 
 
@@ -239,11 +304,12 @@ def _open_ids_by_key(conn, destination: str, keys: set[str], up_to: int) -> dict
     found: dict[str, list[int]] = {}
     ordered = sorted(keys)
     for i in range(0, len(ordered), 400):  # SQLite's bound-parameter limit
-        chunk = ordered[i:i + 400]
+        chunk = ordered[i : i + 400]
         for key, delivery_id in conn.execute(
-                f"SELECT fifo_key, id FROM deliveries WHERE destination=? AND fifo_key IN ({','.join('?' * len(chunk))})"
-                " AND state IN (?, ?, ?) AND id<=? ORDER BY id",
-                (destination, *chunk, PENDING, SENDING, HELD, up_to)).fetchall():
+            f"SELECT fifo_key, id FROM deliveries WHERE destination=? AND fifo_key IN ({','.join('?' * len(chunk))})"
+            " AND state IN (?, ?, ?) AND id<=? ORDER BY id",
+            (destination, *chunk, PENDING, SENDING, HELD, up_to),
+        ).fetchall():
             found.setdefault(key, []).append(delivery_id)
     return found
 
@@ -255,8 +321,9 @@ def _marks(values) -> str:
 def release(conn, deliveries: list[Delivery], now: float, node: str) -> None:
     """Give back claimed deliveries that were not attempted (an earlier one of their key failed),
     if they are still this node's."""
-    conn.executemany("UPDATE deliveries SET state=?, updated_at=?" + _STILL_MINE,
-                     [(PENDING, now, d.id, node) for d in deliveries])
+    conn.executemany(
+        "UPDATE deliveries SET state=?, updated_at=?" + _STILL_MINE, [(PENDING, now, d.id, node) for d in deliveries]
+    )
 
 
 def next_due(conn, destination: str) -> float | None:
@@ -267,52 +334,91 @@ def next_due(conn, destination: str) -> float | None:
     row = conn.execute(
         "SELECT min(next_attempt) FROM deliveries WHERE state=? AND id IN (SELECT min(id) FROM deliveries"
         " WHERE destination=? AND state IN (?, ?, ?) GROUP BY fifo_key)",
-        (PENDING, destination, PENDING, SENDING, HELD)).fetchone()
+        (PENDING, destination, PENDING, SENDING, HELD),
+    ).fetchone()
     return row[0]
 
 
 _STILL_MINE = " WHERE id=? AND state='sending' AND node=?"
 
 
-def finish(conn, delivery: Delivery, outcome: str, detail: str, node: str, now: float,
-           retry_at: float | None = None) -> str | None:
+def finish(
+    conn, delivery: Delivery, outcome: str, detail: str, node: str, now: float, retry_at: float | None = None
+) -> str | None:
     """Record an attempt. Returns 'on_success' / 'on_failure' when the step's follow-ups are due.
     Only while the send is still this node's: a node that missed its lease (another node took the
     send over) must not overwrite the new owner's state."""
     attempts = delivery.attempts + 1
     if outcome == "retry":
-        if _taken_over(conn.execute(
+        if _taken_over(
+            conn.execute(
                 "UPDATE deliveries SET state=?, attempts=?, next_attempt=?, last_error=?, updated_at=?" + _STILL_MINE,
-                (PENDING, attempts, retry_at, detail, now, delivery.id, node)), conn, delivery, node, now):
+                (PENDING, attempts, retry_at, detail, now, delivery.id, node),
+            ),
+            conn,
+            delivery,
+            node,
+            now,
+        ):
             return None
-        _event(conn, delivery.message_uid, "retry", delivery.destination,
-               f"delivery {delivery.id} attempt {attempts}: {detail}; next at {_fmt(retry_at)}", node, now)
+        _event(
+            conn,
+            delivery.message_uid,
+            "retry",
+            delivery.destination,
+            f"delivery {delivery.id} attempt {attempts}: {detail}; next at {_fmt(retry_at)}",
+            node,
+            now,
+        )
         return None
     state = DONE if outcome == "done" else DEAD
-    if _taken_over(conn.execute("UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=?" + _STILL_MINE,
-                                (state, attempts, "" if state == DONE else detail, now, delivery.id, node)),
-                   conn, delivery, node, now):
+    if _taken_over(
+        conn.execute(
+            "UPDATE deliveries SET state=?, attempts=?, last_error=?, updated_at=?" + _STILL_MINE,
+            (state, attempts, "" if state == DONE else detail, now, delivery.id, node),
+        ),
+        conn,
+        delivery,
+        node,
+        now,
+    ):
         return None
-    _event(conn, delivery.message_uid, "sent" if state == DONE else "dead-letter", delivery.destination,
-           f"delivery {delivery.id}: {detail}", node, now)
+    _event(
+        conn,
+        delivery.message_uid,
+        "sent" if state == DONE else "dead-letter",
+        delivery.destination,
+        f"delivery {delivery.id}: {detail}",
+        node,
+        now,
+    )
     if state == DEAD:
         return "on_failure"
-    left = conn.execute("SELECT count(*) FROM deliveries WHERE message_uid=? AND route=? AND step=? AND state"
-                        " IN (?, ?, ?)", (delivery.message_uid, delivery.route, delivery.step, PENDING, SENDING,
-                                          HELD)).fetchone()[0]
+    left = conn.execute(
+        "SELECT count(*) FROM deliveries WHERE message_uid=? AND route=? AND step=? AND state IN (?, ?, ?)",
+        (delivery.message_uid, delivery.route, delivery.step, PENDING, SENDING, HELD),
+    ).fetchone()[0]
     return "on_success" if left == 0 else None
 
 
 def _taken_over(cursor, conn, delivery: Delivery, node: str, now: float) -> bool:
     if cursor.rowcount:
         return False
-    _event(conn, delivery.message_uid, "lease-lost", delivery.destination,
-           f"delivery {delivery.id}: outcome of node {node} not recorded, the send was no longer its own", node, now)
+    _event(
+        conn,
+        delivery.message_uid,
+        "lease-lost",
+        delivery.destination,
+        f"delivery {delivery.id}: outcome of node {node} not recorded, the send was no longer its own",
+        node,
+        now,
+    )
     return True
 
 
-def finish_all(conn, results: list, outcome: str, node: str, now: float,
-               retry_at: float | None = None) -> list[str | None]:
+def finish_all(
+    conn, results: list, outcome: str, node: str, now: float, retry_at: float | None = None
+) -> list[str | None]:
     """`finish` for each (delivery, detail) of `results`, in order; successes (the common case) in
     a few statements for the whole list instead of three per delivery."""
     if outcome != "done":
@@ -320,9 +426,14 @@ def finish_all(conn, results: list, outcome: str, node: str, now: float,
     if not results:
         return []
     ids = [d.id for d, _ in results]
-    mine = {row[0] for row in conn.execute(
-        f"UPDATE deliveries SET state=?, attempts=attempts+1, last_error='', updated_at=? WHERE id IN ({_marks(ids)})"
-        " AND state='sending' AND node=? RETURNING id", (DONE, now, *ids, node)).fetchall()}
+    mine = {
+        row[0]
+        for row in conn.execute(
+            f"UPDATE deliveries SET state=?, attempts=attempts+1, last_error='', updated_at=? WHERE id IN ({_marks(ids)})"
+            " AND state='sending' AND node=? RETURNING id",
+            (DONE, now, *ids, node),
+        ).fetchall()
+    }
     if len(mine) < len(results):
         for d, _ in results:
             if d.id not in mine:
@@ -330,17 +441,26 @@ def finish_all(conn, results: list, outcome: str, node: str, now: float,
         results = [(d, detail) for d, detail in results if d.id in mine]
         if not results:
             return [None] * len(ids)
-    journal_events.write(conn, [(d.message_uid, now, "sent", d.destination, f"delivery {d.id}: {detail}", node)
-                                for d, detail in results])
+    journal_events.write(
+        conn, [(d.message_uid, now, "sent", d.destination, f"delivery {d.id}: {detail}", node) for d, detail in results]
+    )
     uids = sorted({d.message_uid for d, _ in results})
-    still_open = {tuple(row) for row in conn.execute(
-        f"SELECT DISTINCT message_uid, route, step FROM deliveries WHERE message_uid IN ({_marks(uids)})"
-        " AND state IN (?, ?)", (*uids, PENDING, SENDING)).fetchall()}
+    still_open = {
+        tuple(row)
+        for row in conn.execute(
+            f"SELECT DISTINCT message_uid, route, step FROM deliveries WHERE message_uid IN ({_marks(uids)})"
+            " AND state IN (?, ?)",
+            (*uids, PENDING, SENDING),
+        ).fetchall()
+    }
     # A step's follow-ups are due once, with the last of its deliveries to finish.
     last_of_step = {(d.message_uid, d.route, d.step): i for i, (d, _) in enumerate(results)}
-    follow = {d.id: "on_success" if last_of_step[(d.message_uid, d.route, d.step)] == i
-              and (d.message_uid, d.route, d.step) not in still_open else None
-              for i, (d, _) in enumerate(results)}
+    follow = {
+        d.id: "on_success"
+        if last_of_step[(d.message_uid, d.route, d.step)] == i and (d.message_uid, d.route, d.step) not in still_open
+        else None
+        for i, (d, _) in enumerate(results)
+    }
     return [follow.get(i) for i in ids]
 
 
@@ -350,8 +470,10 @@ class _NoRows:
 
 def reset_in_flight(conn, node: str) -> int:
     """After a restart, sends that were in flight are attempted again (at-least-once)."""
-    return conn.execute("UPDATE deliveries SET state=? WHERE state=? AND (node=? OR lease_until<?)",
-                        (PENDING, SENDING, node, time.time())).rowcount
+    return conn.execute(
+        "UPDATE deliveries SET state=? WHERE state=? AND (node=? OR lease_until<?)",
+        (PENDING, SENDING, node, time.time()),
+    ).rowcount
 
 
 def cancel(conn, ident: str, reason: str, node: str, now: float, operator: str = "") -> int:
@@ -369,14 +491,17 @@ def release_held(conn, ident: str, reason: str, node: str, now: float, operator:
     return _operator_move(conn, ident, (HELD,), PENDING, "released", reason, node, now, operator)
 
 
-def _operator_move(conn, ident: str, sources: tuple, target: str, event: str, reason: str, node: str,
-                   now: float, operator: str) -> int:
+def _operator_move(
+    conn, ident: str, sources: tuple, target: str, event: str, reason: str, node: str, now: float, operator: str
+) -> int:
     """Move deliveries (by delivery id or message id) from `sources` to `target`, one journal
     event each naming the operator who did it."""
     column, key = ("id", int(ident)) if ident.isdigit() else ("message_uid", ident)
     rows = conn.execute(
         f"UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE {column}=? AND state IN ({_marks(sources)})"
-        " RETURNING id, message_uid, destination", (target, reason, now, key, *sources)).fetchall()
+        " RETURNING id, message_uid, destination",
+        (target, reason, now, key, *sources),
+    ).fetchall()
     who = f" by {operator}" if operator else ""
     for delivery_id, uid, destination in rows:
         _event(conn, uid, event, destination, f"delivery {delivery_id} {event}{who}: {reason}", node, now)
@@ -386,8 +511,9 @@ def _operator_move(conn, ident: str, sources: tuple, target: str, event: str, re
 def requeue_message(conn, uid: str, node: str, now: float, operator: str = "") -> bool:
     """Send a journaled message through the current routes again (`pfi replay`). A rejected frame
     kept only in part (over its channel's rejected_quota) is never replayed: it is not the message."""
-    cur = conn.execute("UPDATE messages SET state='received' WHERE uid=? AND COALESCE(reason, '') NOT LIKE ?",
-                       (uid, "[truncated:%"))
+    cur = conn.execute(
+        "UPDATE messages SET state='received' WHERE uid=? AND COALESCE(reason, '') NOT LIKE ?", (uid, "[truncated:%")
+    )
     if cur.rowcount:
         who = f" by {operator}" if operator else ""
         _event(conn, uid, "replayed", "", f"re-queued through the current routes{who}", node, now)
@@ -412,8 +538,10 @@ def messages_to_replay(conn, state: str | None = None, dead: bool = False, chann
 def queue_depths(read) -> list[tuple]:
     """(destination, state, count, oldest created_at) of the deliveries still waiting or dead: what
     the queue gauges show (done rows are not scanned)."""
-    return read("SELECT destination, state, count(*), min(created_at) FROM deliveries"
-                " WHERE state IN ('pending', 'sending', 'held', 'dead') GROUP BY destination, state")
+    return read(
+        "SELECT destination, state, count(*), min(created_at) FROM deliveries"
+        " WHERE state IN ('pending', 'sending', 'held', 'dead') GROUP BY destination, state"
+    )
 
 
 def queue_summary(read) -> list[tuple]:
@@ -423,7 +551,8 @@ def queue_summary(read) -> list[tuple]:
         " min(CASE WHEN state='pending' THEN created_at END), min(CASE WHEN state='pending' THEN next_attempt END),"
         " sum(CASE WHEN state='sending' THEN 1 ELSE 0 END), sum(CASE WHEN state='dead' THEN 1 ELSE 0 END),"
         " sum(CASE WHEN state='held' THEN 1 ELSE 0 END)"
-        " FROM deliveries GROUP BY destination ORDER BY destination")
+        " FROM deliveries GROUP BY destination ORDER BY destination"
+    )
 
 
 def last_event(read, uid: str, state: str) -> str | None:
@@ -455,16 +584,32 @@ def hold_for_identity(conn, delivery: Delivery, reason: str, node: str, now: flo
     released by `release_identity_holds` when a PAM.fr update qualifies its patient. Not an
     attempt: the destination was never called (a newer version may still supersede it).
     False when the send was no longer this node's."""
-    if _taken_over(conn.execute("UPDATE deliveries SET state=?, last_error=?, updated_at=?" + _STILL_MINE,
-                                (HELD, reason, now, delivery.id, node)), conn, delivery, node, now):
+    if _taken_over(
+        conn.execute(
+            "UPDATE deliveries SET state=?, last_error=?, updated_at=?" + _STILL_MINE,
+            (HELD, reason, now, delivery.id, node),
+        ),
+        conn,
+        delivery,
+        node,
+        now,
+    ):
         return False
-    _event(conn, delivery.message_uid, "held", delivery.destination,
-           f"delivery {delivery.id}: {reason}; waits for a PAM.fr update qualifying the identity", node, now)
+    _event(
+        conn,
+        delivery.message_uid,
+        "held",
+        delivery.destination,
+        f"delivery {delivery.id}: {reason}; waits for a PAM.fr update qualifying the identity",
+        node,
+        now,
+    )
     return True
 
 
-def release_identity_holds(conn, keys, destinations, node: str, now: float, ids=None,
-                           cause: str = "a PAM.fr update") -> list[str]:
+def release_identity_holds(
+    conn, keys, destinations, node: str, now: float, ids=None, cause: str = "a PAM.fr update"
+) -> list[str]:
     """Give the sends held for the identity of the patient a PAM.fr update just qualified another
     try (each goes through the gate again; one still unqualified is held again); the held sends
     of other patients stay. `keys`: the patient's INS and IPP values, matched against the PID-3
@@ -478,17 +623,28 @@ def release_identity_holds(conn, keys, destinations, node: str, now: float, ids=
     candidates = conn.execute(
         "SELECT d.id, m.patient_ids FROM deliveries d JOIN messages m ON m.uid=d.message_uid"
         f" WHERE d.destination IN ({_marks(destinations)}) AND d.state=? AND d.last_error LIKE ?",
-        (*destinations, HELD, IDENTITY_WAIT + "%")).fetchall()
-    chosen = [i for i, patient_ids in candidates
-              if keys & _identifier_values(patient_ids or "") and (ids is None or i in ids)]
+        (*destinations, HELD, IDENTITY_WAIT + "%"),
+    ).fetchall()
+    chosen = [
+        i for i, patient_ids in candidates if keys & _identifier_values(patient_ids or "") and (ids is None or i in ids)
+    ]
     if not chosen:
         return []
     rows = conn.execute(
         f"UPDATE deliveries SET state=?, next_attempt=?, updated_at=? WHERE id IN ({_marks(chosen)}) AND state=?"
-        " RETURNING id, message_uid, destination", (PENDING, now, now, *chosen, HELD)).fetchall()
+        " RETURNING id, message_uid, destination",
+        (PENDING, now, now, *chosen, HELD),
+    ).fetchall()
     for delivery_id, uid, destination in rows:
-        _event(conn, uid, "released", destination,
-               f"delivery {delivery_id}: the patient's identity was qualified by {cause}; checked again", node, now)
+        _event(
+            conn,
+            uid,
+            "released",
+            destination,
+            f"delivery {delivery_id}: the patient's identity was qualified by {cause}; checked again",
+            node,
+            now,
+        )
     return sorted({destination for _, _, destination in rows})
 
 
@@ -503,12 +659,26 @@ def _identifier_values(patient_ids: str) -> set[str]:
 def pause(conn, delivery: Delivery, reason: str, node: str, now: float) -> None:
     """Put the refused delivery back in its queue and pause its destination."""
     attempts = delivery.attempts + 1
-    if _taken_over(conn.execute(
+    if _taken_over(
+        conn.execute(
             "UPDATE deliveries SET state=?, attempts=?, next_attempt=?, last_error=?, updated_at=?" + _STILL_MINE,
-            (PENDING, attempts, now, reason, now, delivery.id, node)), conn, delivery, node, now):
+            (PENDING, attempts, now, reason, now, delivery.id, node),
+        ),
+        conn,
+        delivery,
+        node,
+        now,
+    ):
         return
-    _event(conn, delivery.message_uid, "paused", delivery.destination,
-           f"delivery {delivery.id} attempt {attempts}: {reason}; destination paused", node, now)
+    _event(
+        conn,
+        delivery.message_uid,
+        "paused",
+        delivery.destination,
+        f"delivery {delivery.id} attempt {attempts}: {reason}; destination paused",
+        node,
+        now,
+    )
     if pause_state(conn, delivery.destination) is None:
         _event(conn, "", PAUSED, delivery.destination, reason, node, now)
 
@@ -517,14 +687,18 @@ def pause_state(conn, destination: str) -> tuple[str, float] | None:
     """(reason, since) when `destination` is paused, else None."""
     row = conn.execute(
         "SELECT state, detail, at FROM events WHERE message_uid='' AND channel=? AND state IN (?, ?)"
-        " ORDER BY id DESC LIMIT 1", (destination, PAUSED, RESUMED)).fetchall()
+        " ORDER BY id DESC LIMIT 1",
+        (destination, PAUSED, RESUMED),
+    ).fetchall()
     return (row[0][1], row[0][2]) if row and row[0][0] == PAUSED else None
 
 
 def paused_destinations(read) -> dict[str, tuple[str, float]]:
     """Every paused destination: {name: (reason, since)} (`read(sql, args)` returns rows)."""
-    rows = read("SELECT channel, state, detail, at FROM events WHERE message_uid='' AND state IN (?, ?)"
-                " ORDER BY id", (PAUSED, RESUMED))
+    rows = read(
+        "SELECT channel, state, detail, at FROM events WHERE message_uid='' AND state IN (?, ?) ORDER BY id",
+        (PAUSED, RESUMED),
+    )
     latest = {channel: (state, detail, at) for channel, state, detail, at in rows}
     return {c: (detail, at) for c, (state, detail, at) in latest.items() if state == PAUSED}
 
@@ -545,8 +719,10 @@ def _fmt(ts: float | None) -> str:
 
 def open_work(conn) -> int:
     """Messages still to route plus deliveries still to send (`pfi test` waits for zero)."""
-    return conn.execute("SELECT (SELECT count(*) FROM messages WHERE state='received')"
-                        " + (SELECT count(*) FROM deliveries WHERE state IN ('pending','sending'))").fetchone()[0]
+    return conn.execute(
+        "SELECT (SELECT count(*) FROM messages WHERE state='received')"
+        " + (SELECT count(*) FROM deliveries WHERE state IN ('pending','sending'))"
+    ).fetchone()[0]
 
 
 def event_counts(conn) -> dict[str, int]:

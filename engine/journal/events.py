@@ -52,7 +52,7 @@ def write(conn, rows: Iterable[EventRow]) -> None:
     if collected is not None:
         collected.extend(rows)
     for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start:start + ROWS_PER_INSERT]
+        chunk = rows[start : start + ROWS_PER_INSERT]
         conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
     for observer in OBSERVERS:
         observer(conn, rows)

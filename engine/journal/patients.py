@@ -14,7 +14,9 @@ from pathlib import Path
 #: (number, statements) for the SQLite patients file. Files written before the numbering hold the
 #: tables of 1 and possibly the column of 2: both steps are written to be re-runnable.
 PATIENT_MIGRATIONS: list[tuple[int, str]] = [
-    (1, """
+    (
+        1,
+        """
 CREATE TABLE IF NOT EXISTS patients (
     id INTEGER PRIMARY KEY,
     ipp TEXT NOT NULL, ipp_domain TEXT NOT NULL, ipp_authority TEXT NOT NULL, ipp_oid TEXT NOT NULL,
@@ -35,7 +37,8 @@ CREATE TABLE IF NOT EXISTS history (
     at REAL NOT NULL, control_id TEXT NOT NULL, event TEXT NOT NULL, changes TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_patient ON history (patient_id);
-"""),
+""",
+    ),
     # The INS an A47 withdrew from a downgraded identity: a report still carrying it must wait.
     (2, "withdrawn_ins"),
 ]
@@ -66,22 +69,39 @@ def _run_script(db: sqlite3.Connection, sql: str) -> None:
 def _add_withdrawn_ins(db: sqlite3.Connection) -> None:
     if "withdrawn_ins" not in {row[1] for row in db.execute("PRAGMA table_info(patients)")}:
         db.execute("ALTER TABLE patients ADD COLUMN withdrawn_ins TEXT")
-    db.execute("CREATE INDEX IF NOT EXISTS patients_withdrawn_ins ON patients (withdrawn_ins)"
-               " WHERE withdrawn_ins IS NOT NULL")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS patients_withdrawn_ins ON patients (withdrawn_ins) WHERE withdrawn_ins IS NOT NULL"
+    )
 
 
 # -- writes --------------------------------------------------------------------------------
 
+
 def insert_patient(db, value: str, domain: str, authority: str, oid: str, now: float) -> int:
-    rows = db.execute("INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, created_at, updated_at)"
-                      " VALUES (?,?,?,?,?,?) RETURNING id", (value, domain, authority, oid, now, now)).fetchall()
+    rows = db.execute(
+        "INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, created_at, updated_at)"
+        " VALUES (?,?,?,?,?,?) RETURNING id",
+        (value, domain, authority, oid, now, now),
+    ).fetchall()
     return rows[0][0]
 
 
 #: the columns `update_patient` may set (names are never taken from input)
-UPDATABLE = frozenset({"ins", "ins_json", "identity_status", "identity_attributes", "dmp_status",
-                       "dmp_status_date", "feeding_json", "consultation_json", "withdrawn_ins",
-                       "merged_into", "updated_at"})
+UPDATABLE = frozenset(
+    {
+        "ins",
+        "ins_json",
+        "identity_status",
+        "identity_attributes",
+        "dmp_status",
+        "dmp_status_date",
+        "feeding_json",
+        "consultation_json",
+        "withdrawn_ins",
+        "merged_into",
+        "updated_at",
+    }
+)
 
 
 def update_patient(db, patient_id: int, changes: dict) -> None:
@@ -102,11 +122,14 @@ def move_merged(db, old: int, survivor: int, now: float, control_id: str) -> Non
 
 
 def add_history(db, patient_id: int, now: float, control_id: str, event: str, changes_json: str) -> None:
-    db.execute("INSERT INTO history (patient_id, at, control_id, event, changes) VALUES (?,?,?,?,?)",
-               (patient_id, now, control_id, event, changes_json))
+    db.execute(
+        "INSERT INTO history (patient_id, at, control_id, event, changes) VALUES (?,?,?,?,?)",
+        (patient_id, now, control_id, event, changes_json),
+    )
 
 
 # -- reads ---------------------------------------------------------------------------------
+
 
 def row(db, patient_id: int) -> dict:
     cursor = db.execute("SELECT * FROM patients WHERE id=?", (patient_id,))
@@ -131,21 +154,34 @@ def by_ipp(db, value: str, domain: str | None) -> int | None:
 
 def by_ins(db, ins: str) -> int | None:
     """The surviving patient with this INS (unmerged and most recently updated first)."""
-    return live_id(db.execute("SELECT id, merged_into FROM patients WHERE ins=? "
-                              "ORDER BY merged_into IS NOT NULL, updated_at DESC LIMIT 1", (ins,)).fetchone())
+    return live_id(
+        db.execute(
+            "SELECT id, merged_into FROM patients WHERE ins=? "
+            "ORDER BY merged_into IS NOT NULL, updated_at DESC LIMIT 1",
+            (ins,),
+        ).fetchone()
+    )
 
 
 def feeding_consents(db, ins: str) -> list[str | None]:
     """The feeding consent (JSON) of the survivors of every patient with this INS."""
-    return [r[0] for r in db.execute("SELECT s.feeding_json FROM patients p JOIN patients s "
-                                     "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=?", (ins,)).fetchall()]
+    return [
+        r[0]
+        for r in db.execute(
+            "SELECT s.feeding_json FROM patients p JOIN patients s "
+            "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=?",
+            (ins,),
+        ).fetchall()
+    ]
 
 
 def status_by_ins(db, ins: str) -> str | None:
     """The PID-32 status of the latest survivor of a patient with this INS; None if none."""
-    found = db.execute("SELECT s.identity_status FROM patients p JOIN patients s "
-                       "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=? ORDER BY s.updated_at DESC LIMIT 1",
-                       (ins,)).fetchone()
+    found = db.execute(
+        "SELECT s.identity_status FROM patients p JOIN patients s "
+        "ON s.id = COALESCE(p.merged_into, p.id) WHERE p.ins=? ORDER BY s.updated_at DESC LIMIT 1",
+        (ins,),
+    ).fetchone()
     return None if found is None else found[0]
 
 
@@ -159,14 +195,18 @@ def merged_ids(db, patient_id: int) -> list[int]:
 
 def history_rows(db, ids: list[int]) -> list[tuple]:
     marks = ",".join("?" * len(ids))
-    return db.execute(f"SELECT at, control_id, event, changes FROM history WHERE "
-                      f"patient_id IN ({marks}) ORDER BY at, id", ids).fetchall()
+    return db.execute(
+        f"SELECT at, control_id, event, changes FROM history WHERE patient_id IN ({marks}) ORDER BY at, id", ids
+    ).fetchall()
 
 
 def merges_into(db, survivor: int) -> list[tuple]:
     """(old ipp, authority, oid, at, control_id) of the patients merged into `survivor`."""
-    return db.execute("SELECT p.ipp, p.ipp_authority, p.ipp_oid, m.at, m.control_id FROM merges m "
-                      "JOIN patients p ON p.id = m.old_id WHERE m.survivor_id=? ORDER BY m.at", (survivor,)).fetchall()
+    return db.execute(
+        "SELECT p.ipp, p.ipp_authority, p.ipp_oid, m.at, m.control_id FROM merges m "
+        "JOIN patients p ON p.id = m.old_id WHERE m.survivor_id=? ORDER BY m.at",
+        (survivor,),
+    ).fetchall()
 
 
 def statistics_rows(db, ipps: list[str], inss: list[str]) -> list[tuple]:
@@ -180,4 +220,5 @@ def statistics_rows(db, ipps: list[str], inss: list[str]) -> list[tuple]:
         " s.identity_status, s.ins_json, s.consultation_json, s.feeding_json FROM patients p"
         " JOIN patients s ON s.id = COALESCE(p.merged_into, p.id)"
         f" WHERE p.ipp IN ({','.join('?' * len(ipps))}) OR p.ins IN ({','.join('?' * len(inss))})",
-        (*ipps, *inss)).fetchall()
+        (*ipps, *inss),
+    ).fetchall()

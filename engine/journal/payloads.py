@@ -27,9 +27,27 @@ MAGIC = b"PFI2"  # compact (marshal) meta; written
 MAGIC_JSON = b"PFI1"  # JSON meta; read only (logs written before PFI2)
 _MAGIC_PREFIX = b"PFI"  # what both magics start with (resynchronising after damaged bytes)
 #: the order of the values of a PFI2 meta tuple
-META_FIELDS = ("uid", "received_at", "channel", "state", "sender", "facility", "receiver",
-               "receiver_facility", "control_id", "msg_type", "version", "profile", "patient_ids",
-               "charset", "ack_code", "ack", "reason", "dup_key", "duplicate_of")
+META_FIELDS = (
+    "uid",
+    "received_at",
+    "channel",
+    "state",
+    "sender",
+    "facility",
+    "receiver",
+    "receiver_facility",
+    "control_id",
+    "msg_type",
+    "version",
+    "profile",
+    "patient_ids",
+    "charset",
+    "ack_code",
+    "ack",
+    "reason",
+    "dup_key",
+    "duplicate_of",
+)
 _ACK = META_FIELDS.index("ack")
 _MARSHAL_VERSION = 4  # fixed, so that a newer Python writes what an older one reads
 _HEADER = struct.Struct(">4sIII")
@@ -98,13 +116,13 @@ class PayloadStore:
 
     def _write_all(self, chunks: list[bytes]) -> None:
         for start in range(0, len(chunks), _IOV_MAX):
-            group = chunks[start:start + _IOV_MAX]
+            group = chunks[start : start + _IOV_MAX]
             total = sum(map(len, group))
             written = os.writev(self._fd, group) if group else 0
             if written < total:  # a short write: finish it by hand
                 rest = memoryview(b"".join(group))[written:]
                 while rest:
-                    rest = rest[os.write(self._fd, rest):]
+                    rest = rest[os.write(self._fd, rest) :]
             self._size += total
             self._dirty = self._dirty or total > 0
 
@@ -174,8 +192,9 @@ class PayloadStore:
         if len(head) < _HEADER.size:
             raise CorruptRecord(f"truncated record header in segment {segment} at {offset}")
         magic, meta_len, raw_len, crc = _HEADER.unpack(head)
-        if magic not in (MAGIC, MAGIC_JSON) or (meta_len + raw_len > 1 << 24
-                              and offset + _HEADER.size + meta_len + raw_len > os.fstat(fd).st_size):
+        if magic not in (MAGIC, MAGIC_JSON) or (
+            meta_len + raw_len > 1 << 24 and offset + _HEADER.size + meta_len + raw_len > os.fstat(fd).st_size
+        ):
             # Damaged lengths must not make us allocate gigabytes to find out.
             raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
         body = os.pread(fd, meta_len + raw_len, offset + _HEADER.size)

@@ -86,9 +86,10 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-MIGRATIONS.append((
-    3,
-    """
+MIGRATIONS.append(
+    (
+        3,
+        """
     -- The PAM.fr patient registry (engine/patients/registry.py), shared by the nodes: the DMP gate of
     -- any node must see the consent recorded by the node that routed the ADT.
     CREATE TABLE patients (
@@ -113,11 +114,13 @@ MIGRATIONS.append((
     );
     CREATE INDEX history_patient ON history (patient_id);
     """,
-))
+    )
+)
 
-MIGRATIONS.append((
-    4,
-    """
+MIGRATIONS.append(
+    (
+        4,
+        """
     -- A held send (`pfi hold`, or a DMP send waiting for its patient's identity) holds its FIFO key
     -- back: the claim's look-up of older open rows of a key, and the release of identity holds,
     -- find held rows through the open-work indexes instead of scanning every finished delivery.
@@ -130,11 +133,13 @@ MIGRATIONS.append((
     ALTER TABLE patients ADD COLUMN withdrawn_ins TEXT;
     CREATE INDEX patients_withdrawn_ins ON patients (withdrawn_ins) WHERE withdrawn_ins IS NOT NULL;
     """,
-))
+    )
+)
 
-MIGRATIONS.append((
-    5,
-    """
+MIGRATIONS.append(
+    (
+        5,
+        """
     -- Programme statistics (engine/journal/stats.py, docs/statistics.md): the counters are shared
     -- by the nodes (upserts), never purged; the facts of each counted message go with it.
     CREATE TABLE stats_messages (
@@ -159,11 +164,13 @@ MIGRATIONS.append((
     CREATE TABLE stats_channels (name TEXT PRIMARY KEY, kind TEXT NOT NULL);
     CREATE TABLE stats_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
-))
+    )
+)
 
-MIGRATIONS.append((
-    6,
-    """
+MIGRATIONS.append(
+    (
+        6,
+        """
     -- The operator console (docs/console.md): its local users, shared by the nodes; the identifier
     -- keys of the message browser (IPP, INS, accession number, document id, control id), written
     -- by the console's indexer after the fact (never on the intake path); the browser's indexes.
@@ -191,7 +198,8 @@ MIGRATIONS.append((
     CREATE INDEX messages_attention ON messages(state, id) WHERE state NOT IN ('received', 'routed');
     CREATE INDEX deliveries_dead ON deliveries(destination, message_uid) WHERE state = 'dead';
     """,
-))
+    )
+)
 
 LATEST = MIGRATIONS[-1][0]
 # pg_advisory_xact_lock key taken by `upgrade`, so that two nodes upgrading at once take turns.
@@ -212,11 +220,15 @@ def check(conn) -> int:
 
     version = current_version(conn)
     if version > LATEST:
-        raise UnknownSchema(f"PostgreSQL journal schema is version {version}, newer than this engine knows "
-                            f"({LATEST}): upgrade the engine on this node")
+        raise UnknownSchema(
+            f"PostgreSQL journal schema is version {version}, newer than this engine knows "
+            f"({LATEST}): upgrade the engine on this node"
+        )
     if version < LATEST:
-        raise UnknownSchema(f"PostgreSQL journal schema is version {version}, this engine needs {LATEST}: "
-                            "run `pfi db upgrade` once (it is safe while older nodes are stopped)")
+        raise UnknownSchema(
+            f"PostgreSQL journal schema is version {version}, this engine needs {LATEST}: "
+            "run `pfi db upgrade` once (it is safe while older nodes are stopped)"
+        )
     return version
 
 
@@ -227,12 +239,15 @@ def upgrade(conn, target: int = LATEST) -> list[int]:
     applied = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_UPGRADE_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
-                     " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
         version = current_version(conn)
         if version > LATEST:
-            raise UnknownSchema(f"PostgreSQL journal schema is version {version}, newer than this engine "
-                                f"knows ({LATEST})")
+            raise UnknownSchema(
+                f"PostgreSQL journal schema is version {version}, newer than this engine knows ({LATEST})"
+            )
         for number, sql in MIGRATIONS:
             if version < number <= target:
                 with conn.transaction():

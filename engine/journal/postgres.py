@@ -36,11 +36,13 @@ from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 
 log = structlog.get_logger(__name__)
 
-DURABILITY = ("PostgreSQL: inbound batch committed with synchronous_commit=on (WAL flushed) before ACK; "
-              "claims and successes synchronous_commit=off")
+DURABILITY = (
+    "PostgreSQL: inbound batch committed with synchronous_commit=on (WAL flushed) before ACK; "
+    "claims and successes synchronous_commit=off"
+)
 _LOCK_SPACE_NODE, _LOCK_SPACE_DUP, _LOCK_DISPATCH = 7311, 7312, (7313, 0)
-TICK = 1.0            # heartbeat: leases, leadership, node liveness
-PURGE_BATCH = 500     # rows per retention transaction: short, never blocks intake for long
+TICK = 1.0  # heartbeat: leases, leadership, node liveness
+PURGE_BATCH = 500  # rows per retention transaction: short, never blocks intake for long
 _NOTIFY_RECEIVED, _NOTIFY_QUEUED = "pfi_received", "pfi_queued"
 
 _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sender, facility, receiver,
@@ -130,6 +132,7 @@ class PostgresJournal(GroupCommitWriter):
         """Wake every node's worker of these destinations when the transaction on `conn` commits."""
         for name in set(destinations):
             conn.raw.execute("SELECT pg_notify(%s, %s)", (_NOTIFY_QUEUED, name))
+
     def start(self) -> None:
         self._connect_all()
         self._heartbeat.start(TICK, now=False)
@@ -192,10 +195,15 @@ class PostgresJournal(GroupCommitWriter):
     def _claim_node_name(self) -> None:
         from engine.errors import ConfigurationError
 
-        if not self._session.execute("SELECT pg_try_advisory_lock(?, hashtext(?))",
-                                     (_LOCK_SPACE_NODE, self.node)).fetchone()[0]:
-            raise ConfigurationError([f"another running node is already named {self.node!r} on this journal; "
-                                      "give each node its own `node:` name (pfi.yaml or --node)"])
+        if not self._session.execute(
+            "SELECT pg_try_advisory_lock(?, hashtext(?))", (_LOCK_SPACE_NODE, self.node)
+        ).fetchone()[0]:
+            raise ConfigurationError(
+                [
+                    f"another running node is already named {self.node!r} on this journal; "
+                    "give each node its own `node:` name (pfi.yaml or --node)"
+                ]
+            )
         # The console names the dispatch leader from the session holding the dispatch lock.
         self._session.execute("SELECT set_config('application_name', ?, false)", (f"pfi:{self.node}"[:63],))
         now = time.time()
@@ -203,7 +211,8 @@ class PostgresJournal(GroupCommitWriter):
             "INSERT INTO nodes (name, host, pid, started_at, heartbeat_at) VALUES (?,?,?,?,?)"
             " ON CONFLICT (name) DO UPDATE SET host=excluded.host, pid=excluded.pid,"
             " started_at=excluded.started_at, heartbeat_at=excluded.heartbeat_at",
-            (self.node, socket.gethostname(), os.getpid(), now, now))
+            (self.node, socket.gethostname(), os.getpid(), now, now),
+        )
 
     # -- the writer ------------------------------------------------------------------------
     def _commit(self, batch: list) -> None:
@@ -249,8 +258,10 @@ class PostgresJournal(GroupCommitWriter):
         if keys:
             with conn.raw.pipeline():
                 self._lock_dup_keys(conn, keys)
-                earlier = conn.raw.execute("SELECT dup_key, received_at, uid, ack_code, ack FROM messages"
-                                           " WHERE dup_key = ANY(%s) ORDER BY id", (keys,))
+                earlier = conn.raw.execute(
+                    "SELECT dup_key, received_at, uid, ack_code, ack FROM messages WHERE dup_key = ANY(%s) ORDER BY id",
+                    (keys,),
+                )
             journaled = earlier.fetchall()
             mark_duplicates(records, lambda _keys: journaled)
         rows = [_rows(r, self.node) for r in records]
@@ -258,7 +269,7 @@ class PostgresJournal(GroupCommitWriter):
             with conn.raw.pipeline():  # one round trip on the common path
                 conn.raw.execute("SAVEPOINT run")
                 for start in range(0, len(rows), _INSERT_ROWS):
-                    conn.raw.execute(*_insert_all(rows[start:start + _INSERT_ROWS]))
+                    conn.raw.execute(*_insert_all(rows[start : start + _INSERT_ROWS]))
                 events.write(conn, [event for _, _, event in rows])
                 _end_run(conn, records)
             return records
@@ -274,8 +285,11 @@ class PostgresJournal(GroupCommitWriter):
         """Duplicates are global: the same key arriving at two nodes at once is checked in turn
         (an advisory lock per key until commit; taken in one order, so no deadlock). The lookup
         that follows is another statement, so its snapshot sees what the lock waited for."""
-        conn.raw.execute("SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(k) AS h"
-                         " FROM unnest(%s::text[]) AS k ORDER BY 1) AS s", (_LOCK_SPACE_DUP, keys))
+        conn.raw.execute(
+            "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(k) AS h"
+            " FROM unnest(%s::text[]) AS k ORDER BY 1) AS s",
+            (_LOCK_SPACE_DUP, keys),
+        )
 
     # -- routing ---------------------------------------------------------------------------
     def claim_received(self, limit: int, channels: frozenset | None = None):
@@ -283,9 +297,14 @@ class PostgresJournal(GroupCommitWriter):
         (`channels` is accepted for the API and ignored: the payload comes in the same query)."""
         if not self.is_leader:
             return defer.succeed([])
-        return self.submit(lambda conn, store: conn.execute(
-            "SELECT m.uid, m.channel, m.received_at, p.raw FROM messages m JOIN payloads p ON p.uid = m.uid"
-            " WHERE m.state='received' ORDER BY m.id LIMIT ?", (limit,)).fetchall(), logged=True)
+        return self.submit(
+            lambda conn, store: conn.execute(
+                "SELECT m.uid, m.channel, m.received_at, p.raw FROM messages m JOIN payloads p ON p.uid = m.uid"
+                " WHERE m.state='received' ORDER BY m.id LIMIT ?",
+                (limit,),
+            ).fetchall(),
+            logged=True,
+        )
 
     # -- heartbeat: leadership, leases, retention ----------------------------------------------
     def _beat(self):
@@ -308,9 +327,11 @@ class PostgresJournal(GroupCommitWriter):
         # Rows the writer is finishing right now are locked by its transaction: skip them (they
         # need no lease any more) instead of waiting. Waiting deadlocked with the writer's
         # updates taken in another order: a 1 s stall, and sometimes its whole batch rolled back.
-        conn.execute("UPDATE deliveries SET lease_until=? WHERE id IN (SELECT id FROM deliveries"
-                     " WHERE node=? AND state='sending' ORDER BY id FOR UPDATE SKIP LOCKED)",
-                     (now + self.lease, self.node))
+        conn.execute(
+            "UPDATE deliveries SET lease_until=? WHERE id IN (SELECT id FROM deliveries"
+            " WHERE node=? AND state='sending' ORDER BY id FOR UPDATE SKIP LOCKED)",
+            (now + self.lease, self.node),
+        )
         self._reap_expired(conn, now)
         self._try_lead()
 
@@ -336,10 +357,23 @@ class PostgresJournal(GroupCommitWriter):
             rows = conn.execute(
                 "UPDATE deliveries SET state='pending', updated_at=? WHERE id IN (SELECT id FROM deliveries"
                 " WHERE state='sending' AND lease_until<? ORDER BY id FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, message_uid, destination, node", (now, now)).fetchall()
-            events.write(conn, [(uid, now, "lease-expired", destination,
-                                 f"delivery {delivery_id}: node {node} stopped renewing its lease; queued again",
-                                 self.node) for delivery_id, uid, destination, node in rows])
+                " RETURNING id, message_uid, destination, node",
+                (now, now),
+            ).fetchall()
+            events.write(
+                conn,
+                [
+                    (
+                        uid,
+                        now,
+                        "lease-expired",
+                        destination,
+                        f"delivery {delivery_id}: node {node} stopped renewing its lease; queued again",
+                        self.node,
+                    )
+                    for delivery_id, uid, destination, node in rows
+                ],
+            )
         if rows:
             log.warning("delivery.leases_expired", count=len(rows), node=self.node)
             for destination in {r[2] for r in rows}:
@@ -361,8 +395,13 @@ class PostgresJournal(GroupCommitWriter):
                     raw.execute("SET LOCAL synchronous_commit = off")
                     uids = [r[0] for r in raw.execute(_PURGE_SELECT, (before, PURGE_BATCH)).fetchall()]
                     stats.forget_messages(PgConnection(raw), uids)  # counters stay, facts go
-                    for table, column in (("events", "message_uid"), ("deliveries", "message_uid"),
-                                          ("search_keys", "message_uid"), ("payloads", "uid"), ("messages", "uid")):
+                    for table, column in (
+                        ("events", "message_uid"),
+                        ("deliveries", "message_uid"),
+                        ("search_keys", "message_uid"),
+                        ("payloads", "uid"),
+                        ("messages", "uid"),
+                    ):
                         raw.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (uids,))
                 total += len(uids)
                 if len(uids) < PURGE_BATCH:
@@ -421,8 +460,11 @@ _PURGE_SELECT = """SELECT m.uid FROM messages m WHERE m.received_at < %s AND m.s
 
 
 def load_message(read, uid: str) -> StoredMessage | None:
-    rows = read("SELECT m.uid, m.channel, m.received_at, m.state, m.msg_type, m.control_id, p.raw, m.ack_code,"
-                " m.reason FROM messages m JOIN payloads p ON p.uid = m.uid WHERE m.uid = ?", (uid,))
+    rows = read(
+        "SELECT m.uid, m.channel, m.received_at, m.state, m.msg_type, m.control_id, p.raw, m.ack_code,"
+        " m.reason FROM messages m JOIN payloads p ON p.uid = m.uid WHERE m.uid = ?",
+        (uid,),
+    )
     if not rows:
         return None
     uid, channel, at, state, mtype, ctrl, raw, ack_code, reason = rows[0]
@@ -432,9 +474,29 @@ def load_message(read, uid: str) -> StoredMessage | None:
 def _rows(r: InboundRecord, node: str) -> tuple[tuple, tuple, tuple]:
     """The messages, payloads and events rows of one inbound record."""
     dup_key = r.dup_key if r.state != DUPLICATE else None
-    message = (r.uid, r.received_at, r.channel, r.state, r.sender, r.facility, r.receiver, r.receiver_facility,
-               r.control_id, r.msg_type, r.version, r.profile, r.patient_ids, r.charset, len(r.raw), dup_key,
-               r.duplicate_of, r.ack_code, r.ack, r.reason, node)
+    message = (
+        r.uid,
+        r.received_at,
+        r.channel,
+        r.state,
+        r.sender,
+        r.facility,
+        r.receiver,
+        r.receiver_facility,
+        r.control_id,
+        r.msg_type,
+        r.version,
+        r.profile,
+        r.patient_ids,
+        r.charset,
+        len(r.raw),
+        dup_key,
+        r.duplicate_of,
+        r.ack_code,
+        r.ack,
+        r.reason,
+        node,
+    )
     detail = f"duplicate of {r.duplicate_of}" if r.duplicate_of else r.reason
     return message, (r.uid, r.raw), (r.uid, r.received_at, r.state, r.channel, detail, node)
 
@@ -445,6 +507,7 @@ _INSERT_ROWS = 500  # records per statement: 29 parameters each, within PostgreS
 def _insert_all(rows: list[tuple[tuple, tuple, tuple]]) -> tuple[str, list]:
     """One statement inserting the messages and payloads rows of these records (their events
     rows go through engine/journal/events.py)."""
+
     def values(width: int) -> str:
         return ",".join(["(" + ",".join(["%s"] * width) + ")"] * len(rows))
 
@@ -466,6 +529,7 @@ def _insert_rows(message: tuple, payload: tuple, event: tuple):
         conn.raw.execute(_INSERT_MESSAGE, message)
         conn.raw.execute(_INSERT_PAYLOAD, payload)
         events.write(conn, [event])
+
     return insert
 
 

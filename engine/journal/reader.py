@@ -90,8 +90,11 @@ class PgJournalReader(_PatientLabels, _Statistics):
 
     def events_after(self, last_id: int, limit: int = 500, channel=None, msg_type=None):
         floor = max(last_id - self.LOOKBACK, 0) if self._seen else last_id
-        fresh = [e for e in events_after(self._read, floor, limit + len(self._seen), channel, msg_type)
-                 if e.id > last_id or (e.id > floor and e.id not in self._seen)]
+        fresh = [
+            e
+            for e in events_after(self._read, floor, limit + len(self._seen), channel, msg_type)
+            if e.id > last_id or (e.id > floor and e.id not in self._seen)
+        ]
         self._seen.update(e.id for e in fresh)
         newest = max(self._seen, default=0)
         self._seen = {i for i in self._seen if i > newest - self.LOOKBACK}

@@ -71,9 +71,10 @@ MIGRATIONS: list[tuple[int, str]] = [
 
 # Programme statistics (engine/journal/stats.py, docs/statistics.md). Numbered 5 on both journals:
 # 3 and 4 are the PostgreSQL patient registry, which SQLite keeps in its own file.
-MIGRATIONS.append((
-    5,
-    """
+MIGRATIONS.append(
+    (
+        5,
+        """
     CREATE TABLE stats_messages (
         id INTEGER PRIMARY KEY,
         uid TEXT NOT NULL UNIQUE,
@@ -96,11 +97,13 @@ MIGRATIONS.append((
     CREATE TABLE stats_channels (name TEXT PRIMARY KEY, kind TEXT NOT NULL);
     CREATE TABLE stats_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
-))
+    )
+)
 
-MIGRATIONS.append((
-    6,
-    """
+MIGRATIONS.append(
+    (
+        6,
+        """
     -- The operator console (docs/console.md): its local users, and the indexes of the message
     -- browser. The identifier keys it searches (IPP, INS, accession, document id) are kept by the
     -- console's indexer in its own file beside this one (search.sqlite, engine/journal/search.py),
@@ -120,7 +123,8 @@ MIGRATIONS.append((
         WHERE state NOT IN ('received', 'routed');
     CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(destination, message_uid) WHERE state = 'dead';
     """,
-))
+    )
+)
 
 LATEST = max(number for number, _ in MIGRATIONS)
 

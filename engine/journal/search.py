@@ -21,8 +21,10 @@ KEY_KINDS = ("ipp", "ins", "accession", "document")
 RANGE_SLACK = 60.0  # seconds: how far an id may be out of arrival order (group commits, nodes)
 PAGE = 50
 
-_LIST_COLUMNS = ("m.id, m.uid, m.received_at, m.channel, m.state, m.msg_type, m.control_id, m.sender,"
-                 " m.facility, m.ack_code, m.reason, m.patient_ids")
+_LIST_COLUMNS = (
+    "m.id, m.uid, m.received_at, m.channel, m.state, m.msg_type, m.control_id, m.sender,"
+    " m.facility, m.ack_code, m.reason, m.patient_ids"
+)
 
 
 @dataclass
@@ -93,8 +95,11 @@ def search_messages(read, filters: SearchFilters, before_id: int | None = None, 
     # With an identifier key, the key's few messages must drive the query: `|| ''` keeps the
     # planner from walking a column index instead (an IPP + channel search took 300 ms that way).
     plain = " || ''" if filters.keys() else ""
-    for column, value in (("control_id", filters.control_id), ("channel", filters.channel),
-                          ("msg_type", filters.msg_type)):
+    for column, value in (
+        ("control_id", filters.control_id),
+        ("channel", filters.channel),
+        ("msg_type", filters.msg_type),
+    ):
         if value.strip():
             sql += f" AND m.{column}{plain}=?"
             args.append(value.strip())
@@ -122,12 +127,12 @@ def _id_range(read, since: float | None, until: float | None) -> tuple[int, int]
     """Ids bounding the messages received in [since, until), with RANGE_SLACK of margin."""
     low = high = 0
     if since is not None:
-        rows = read("SELECT id FROM messages WHERE received_at>=? ORDER BY received_at LIMIT 1",
-                    (since - RANGE_SLACK,))
+        rows = read("SELECT id FROM messages WHERE received_at>=? ORDER BY received_at LIMIT 1", (since - RANGE_SLACK,))
         low = rows[0][0] if rows else 1 << 62
     if until is not None:
-        rows = read("SELECT id FROM messages WHERE received_at<? ORDER BY received_at DESC LIMIT 1",
-                    (until + RANGE_SLACK,))
+        rows = read(
+            "SELECT id FROM messages WHERE received_at<? ORDER BY received_at DESC LIMIT 1", (until + RANGE_SLACK,)
+        )
         high = rows[0][0] if rows else 0
     return low, high
 
@@ -138,30 +143,39 @@ def _text_row(row) -> tuple:
 
 def message_detail(read, uid: str) -> MessageDetail | None:
     """One message's indexed fields, its journal events in order and its deliveries."""
-    rows = read("SELECT uid, channel, received_at, state, sender, facility, receiver, receiver_facility, control_id,"
-                " msg_type, version, profile, patient_ids, charset, ack_code, ack, reason, node, duplicate_of"
-                " FROM messages WHERE uid=?", (uid,))
+    rows = read(
+        "SELECT uid, channel, received_at, state, sender, facility, receiver, receiver_facility, control_id,"
+        " msg_type, version, profile, patient_ids, charset, ack_code, ack, reason, node, duplicate_of"
+        " FROM messages WHERE uid=?",
+        (uid,),
+    )
     if not rows:
         return None
     values = list(_text_row(rows[0]))
     values[15] = bytes(values[15] or b"")
     detail = MessageDetail(*values)
-    detail.events = read("SELECT id, at, state, channel, detail, node FROM events WHERE message_uid=? ORDER BY id",
-                         (uid,))
+    detail.events = read(
+        "SELECT id, at, state, channel, detail, node FROM events WHERE message_uid=? ORDER BY id", (uid,)
+    )
     detail.deliveries = read(
         "SELECT id, destination, state, attempts, last_error, created_at, next_attempt, updated_at, action, doc_id"
-        " FROM deliveries WHERE message_uid=? ORDER BY id", (uid,))
+        " FROM deliveries WHERE message_uid=? ORDER BY id",
+        (uid,),
+    )
     return detail
 
 
 # -- dashboard -------------------------------------------------------------------------------
 
+
 def channel_activity(read, channel: str, since: float) -> tuple[float | None, int]:
     """(time of the channel's last message, its rejected messages received since `since`)."""
     last = read("SELECT received_at FROM messages WHERE id=(SELECT max(id) FROM messages WHERE channel=?)", (channel,))
     low, _ = _id_range(read, since, None)
-    rejected = read("SELECT count(*) FROM messages WHERE state='rejected' AND id>=? AND channel=? AND received_at>=?",
-                    (low, channel, since))
+    rejected = read(
+        "SELECT count(*) FROM messages WHERE state='rejected' AND id>=? AND channel=? AND received_at>=?",
+        (low, channel, since),
+    )
     return (last[0][0] if last else None), rejected[0][0]
 
 
@@ -184,13 +198,17 @@ def destination_state(read, destination: str) -> DestinationState:
     for state in ("pending", "sending", "held"):
         count, oldest, next_attempt = read(
             "SELECT count(*), min(created_at), min(next_attempt) FROM deliveries WHERE destination=? AND state=?",
-            (destination, state))[0]
+            (destination, state),
+        )[0]
         setattr(found, state, count)
         if state == "pending":
             found.oldest, found.next_attempt = oldest, next_attempt
     found.dead = read("SELECT count(*) FROM deliveries WHERE state='dead' AND destination=?", (destination,))[0][0]
-    error = read("SELECT last_error, updated_at FROM deliveries WHERE destination=? AND state IN ('pending', 'dead')"
-                 " AND last_error<>'' ORDER BY updated_at DESC LIMIT 1", (destination,))
+    error = read(
+        "SELECT last_error, updated_at FROM deliveries WHERE destination=? AND state IN ('pending', 'dead')"
+        " AND last_error<>'' ORDER BY updated_at DESC LIMIT 1",
+        (destination,),
+    )
     if error:
         found.last_error, found.last_error_at = error[0]
     return found
@@ -199,11 +217,15 @@ def destination_state(read, destination: str) -> DestinationState:
 def cluster_nodes(read) -> list[tuple]:
     """(name, host, pid, started_at, heartbeat_at, is_leader) of the nodes of a PostgreSQL journal.
     The dispatch leader holds advisory lock (7313, 0) on its session, named `pfi:<node>`."""
-    leader = read("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                  " WHERE l.locktype='advisory' AND l.classid=7313 AND l.objid=0 AND l.granted")
+    leader = read(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype='advisory' AND l.classid=7313 AND l.objid=0 AND l.granted"
+    )
     leaders = {row[0].removeprefix("pfi:") for row in leader if row[0]}
-    return [(*row, row[0] in leaders) for row in
-            read("SELECT name, host, pid, started_at, heartbeat_at FROM nodes ORDER BY name")]
+    return [
+        (*row, row[0] in leaders)
+        for row in read("SELECT name, host, pid, started_at, heartbeat_at FROM nodes ORDER BY name")
+    ]
 
 
 def dead_letter_uids(read, channel: str | None = None) -> list[str]:
@@ -224,18 +246,24 @@ LOOKBACK = 2000  # PostgreSQL: ids committed out of order by other nodes are loo
 def sqlite_messages_to_index(read, after_id: int, limit: int) -> list[tuple]:
     """(id, uid, control id, segment, offset) of messages after `after_id` (SQLite ids become
     visible in order: one writer)."""
-    return read("SELECT id, uid, COALESCE(control_id, ''), segment, offset FROM messages WHERE id>? ORDER BY id LIMIT ?",
-                (after_id, limit))
+    return read(
+        "SELECT id, uid, COALESCE(control_id, ''), segment, offset FROM messages WHERE id>? ORDER BY id LIMIT ?",
+        (after_id, limit),
+    )
 
 
 def pg_messages_to_index(read, after_id: int, limit: int) -> list[tuple]:
     """(id, uid, control id, raw) of messages without keys from LOOKBACK ids before `after_id` on:
     another node may commit an id lower than one already seen."""
-    return [(i, uid, ctrl, bytes(raw)) for i, uid, ctrl, raw in read(
-        "SELECT m.id, m.uid, COALESCE(m.control_id, ''), p.raw FROM messages m JOIN payloads p ON p.uid = m.uid"
-        " WHERE m.id>?"
-        " AND NOT EXISTS (SELECT 1 FROM search_keys k WHERE k.message_uid = m.uid) ORDER BY m.id LIMIT ?",
-        (max(after_id - LOOKBACK, 0), limit))]
+    return [
+        (i, uid, ctrl, bytes(raw))
+        for i, uid, ctrl, raw in read(
+            "SELECT m.id, m.uid, COALESCE(m.control_id, ''), p.raw FROM messages m JOIN payloads p ON p.uid = m.uid"
+            " WHERE m.id>?"
+            " AND NOT EXISTS (SELECT 1 FROM search_keys k WHERE k.message_uid = m.uid) ORDER BY m.id LIMIT ?",
+            (max(after_id - LOOKBACK, 0), limit),
+        )
+    ]
 
 
 def index_cursor(read) -> int:
@@ -247,11 +275,14 @@ def store_keys(conn, keys: list[tuple[str, str, str]], last_id: int) -> None:
     """Add (message uid, kind, value) rows and move the cursor; every indexed message has at least
     one row (its control id, possibly empty), which is how PostgreSQL's look-back knows it."""
     for start in range(0, len(keys), 300):
-        chunk = keys[start:start + 300]
-        conn.execute("INSERT INTO search_keys (message_uid, kind, value) VALUES "
-                     + ",".join(["(?,?,?)"] * len(chunk)), [v for row in chunk for v in row])
-    if not conn.execute("UPDATE search_cursor SET last_id=? WHERE name='keys' AND last_id<?",
-                        (last_id, last_id)).rowcount:
+        chunk = keys[start : start + 300]
+        conn.execute(
+            "INSERT INTO search_keys (message_uid, kind, value) VALUES " + ",".join(["(?,?,?)"] * len(chunk)),
+            [v for row in chunk for v in row],
+        )
+    if not conn.execute(
+        "UPDATE search_cursor SET last_id=? WHERE name='keys' AND last_id<?", (last_id, last_id)
+    ).rowcount:
         if not conn.execute("SELECT 1 FROM search_cursor WHERE name='keys'").fetchall():
             conn.execute("INSERT INTO search_cursor (name, last_id) VALUES ('keys', ?)", (last_id,))
 
@@ -270,6 +301,7 @@ def oldest_uid(read) -> str | None:
 
 
 # -- audit -----------------------------------------------------------------------------------
+
 
 def record_operator_event(conn, uid: str, state: str, detail: str, now: float, node: str = "console") -> None:
     """An operator's look or action on a message, in its journal (visible in `pfi tail` and in

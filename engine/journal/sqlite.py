@@ -29,8 +29,10 @@ from engine.journal.payloads import PayloadStore
 log = structlog.get_logger(__name__)
 
 ROWS_PER_INSERT = 256  # 24 parameters a row, far below SQLite's limit of bound parameters
-DURABILITY = ("segment log fdatasync before ACK (group commit), SQLite WAL index synchronous=NORMAL "
-              "rebuilt from the log after a crash; other state changes synchronous=FULL")
+DURABILITY = (
+    "segment log fdatasync before ACK (group commit), SQLite WAL index synchronous=NORMAL "
+    "rebuilt from the log after a crash; other state changes synchronous=FULL"
+)
 
 _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sender, facility,
     receiver, receiver_facility, control_id, msg_type, version, profile, patient_ids, charset,
@@ -72,9 +74,9 @@ class SQLiteJournal(GroupCommitWriter):
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
 
-
     def notify_queued(self, conn, destinations) -> None:
         """Nothing to do: the only node's workers are woken in-process."""
+
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._writer = connect(self.db_path)
@@ -92,16 +94,25 @@ class SQLiteJournal(GroupCommitWriter):
             if conn is not None:
                 conn.close()
 
-    def _index_rows(self, meta: dict, size: int, segment: int, offset: int, crc: int, ack: bytes,
-                    detail_prefix: str = "") -> tuple[tuple, tuple]:
+    def _index_rows(
+        self, meta: dict, size: int, segment: int, offset: int, crc: int, ack: bytes, detail_prefix: str = ""
+    ) -> tuple[tuple, tuple]:
         """The messages row and the events row of one logged record."""
         row = tuple(meta.get(k, "") for k in _META_FIELDS)
-        message = row + (size, segment, offset, crc,
-                         meta.get("dup_key") if meta["state"] != DUPLICATE else None, meta.get("duplicate_of"),
-                         meta.get("ack_code", ""), ack, meta.get("reason", ""), self.node)
+        message = row + (
+            size,
+            segment,
+            offset,
+            crc,
+            meta.get("dup_key") if meta["state"] != DUPLICATE else None,
+            meta.get("duplicate_of"),
+            meta.get("ack_code", ""),
+            ack,
+            meta.get("reason", ""),
+            self.node,
+        )
         detail = f"duplicate of {meta['duplicate_of']}" if meta.get("duplicate_of") else meta.get("reason", "")
-        event = (meta["uid"], meta["received_at"], meta["state"], meta["channel"], detail_prefix + detail,
-                 self.node)
+        event = (meta["uid"], meta["received_at"], meta["state"], meta["channel"], detail_prefix + detail, self.node)
         return message, event
 
     def recover(self) -> int:
@@ -117,9 +128,15 @@ class SQLiteJournal(GroupCommitWriter):
             if conn.execute("SELECT 1 FROM messages WHERE uid=?", (meta["uid"],)).fetchone():
                 continue
             crc = store.read_crc(segment, offset)
-            message, event = self._index_rows(meta, len(raw), segment, offset, crc,
-                                              meta.get("ack", "").encode("latin-1"),
-                                              "recovered from the segment log; ")
+            message, event = self._index_rows(
+                meta,
+                len(raw),
+                segment,
+                offset,
+                crc,
+                meta.get("ack", "").encode("latin-1"),
+                "recovered from the segment log; ",
+            )
             conn.execute(_INSERT_MESSAGE, message)
             events.write(conn, [event])
             recovered += 1
@@ -135,8 +152,12 @@ class SQLiteJournal(GroupCommitWriter):
         try:
             return last[0], last[1] + store.record_length(*last)
         except (OSError, ValueError):
-            log.error("journal.damaged_record", segment=last[0], offset=last[1],
-                      detail="the last indexed record is unreadable; its message is marked damaged when routed")
+            log.error(
+                "journal.damaged_record",
+                segment=last[0],
+                offset=last[1],
+                detail="the last indexed record is unreadable; its message is marked damaged when routed",
+            )
             resume = store.next_valid(last[0], last[1] + 1)
             return last[0], resume if resume is not None else os.path.getsize(store._path(last[0]))
 
@@ -158,9 +179,21 @@ class SQLiteJournal(GroupCommitWriter):
         positions = store.append_many(list(zip(metas, [r.raw for r in records])))
         node, messages, event_rows = self.node, [], []
         for r, meta, (segment, offset, crc) in zip(records, metas, positions):
-            messages.append(meta[:_INDEXED] + (
-                len(r.raw), segment, offset, crc, r.dup_key if r.state != DUPLICATE else None,
-                r.duplicate_of, r.ack_code, r.ack, r.reason, node))
+            messages.append(
+                meta[:_INDEXED]
+                + (
+                    len(r.raw),
+                    segment,
+                    offset,
+                    crc,
+                    r.dup_key if r.state != DUPLICATE else None,
+                    r.duplicate_of,
+                    r.ack_code,
+                    r.ack,
+                    r.reason,
+                    node,
+                )
+            )
             detail = f"duplicate of {r.duplicate_of}" if r.duplicate_of else r.reason
             event_rows.append((r.uid, r.received_at, r.state, r.channel, detail, node))
         return messages, event_rows
@@ -173,14 +206,15 @@ class SQLiteJournal(GroupCommitWriter):
         conn.execute("SAVEPOINT run")
         try:
             for start in range(0, len(messages), ROWS_PER_INSERT):
-                _insert_many(conn, _INSERT_MESSAGE, messages[start:start + ROWS_PER_INSERT])
+                _insert_many(conn, _INSERT_MESSAGE, messages[start : start + ROWS_PER_INSERT])
             events.write(conn, event_rows)
         except (sqlite3.IntegrityError, ValueError):
             # Rare (a uid collision): redo row by row so that only the bad record fails.
             conn.execute("ROLLBACK TO run")
             conn.execute("RELEASE run")
-            return [self._run_one(conn, store, _insert_rows(m, e)) or r
-                    for r, m, e in zip(records, messages, event_rows)]
+            return [
+                self._run_one(conn, store, _insert_rows(m, e)) or r for r, m, e in zip(records, messages, event_rows)
+            ]
         conn.execute("RELEASE run")
         return records
 
@@ -247,8 +281,8 @@ class SQLiteJournal(GroupCommitWriter):
         short transactions of PURGE_BATCH, then the file. Oldest first and never the segment being
         written, so `recover()` never meets a record whose index row was purged."""
         total = 0
-        while (segment := await self.submit(lambda c, s: _purgeable_segment(c, s, before), logged=True)):
-            while (count := await self.submit(lambda c, s: _delete_segment_rows(c, segment), logged=True)):
+        while segment := await self.submit(lambda c, s: _purgeable_segment(c, s, before), logged=True):
+            while count := await self.submit(lambda c, s: _delete_segment_rows(c, segment), logged=True):
                 total += count
             await self.submit(lambda c, s: s.remove(segment), logged=True)
             log.info("journal.segment_purged", segment=segment)
@@ -275,9 +309,22 @@ class SQLiteJournal(GroupCommitWriter):
         return load_message(self._read, self.payloads, uid)
 
 
-_META_FIELDS = ("uid", "received_at", "channel", "state", "sender", "facility", "receiver",
-                "receiver_facility", "control_id", "msg_type", "version", "profile", "patient_ids",
-                "charset")
+_META_FIELDS = (
+    "uid",
+    "received_at",
+    "channel",
+    "state",
+    "sender",
+    "facility",
+    "receiver",
+    "receiver_facility",
+    "control_id",
+    "msg_type",
+    "version",
+    "profile",
+    "patient_ids",
+    "charset",
+)
 
 
 PURGE_BATCH = 2000
@@ -290,14 +337,15 @@ def _purgeable_segment(conn, store: PayloadStore, before: float) -> int | None:
     unfinished = conn.execute(
         "SELECT 1 FROM messages m WHERE m.segment=? AND (m.received_at>=? OR m.state='received' OR EXISTS"
         " (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state IN ('pending', 'sending', 'held'))) LIMIT 1",
-        (older[0], before)).fetchall()
+        (older[0], before),
+    ).fetchall()
     return None if unfinished else older[0]
 
 
 def _delete_segment_rows(conn, segment: int) -> int:
     uids = [r[0] for r in conn.execute("SELECT uid FROM messages WHERE segment=? LIMIT ?", (segment, PURGE_BATCH))]
     for i in range(0, len(uids), 500):  # SQLite's bound-parameter limit
-        chunk = uids[i:i + 500]
+        chunk = uids[i : i + 500]
         stats.forget_messages(conn, chunk)  # the counters stay; the facts go with the messages
         marks = ",".join("?" * len(chunk))
         for table, column in (("events", "message_uid"), ("deliveries", "message_uid"), ("messages", "uid")):
@@ -309,15 +357,20 @@ def _earlier(conn, keys: list[str]) -> list[tuple]:
     """(dup_key, received_at, uid, ack_code, ack) of journaled messages with one of `keys`."""
     rows = []
     for i in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
-        chunk = keys[i:i + 500]
-        rows += conn.execute(f"SELECT dup_key, received_at, uid, ack_code, ack FROM messages "
-                             f"WHERE dup_key IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk).fetchall()
+        chunk = keys[i : i + 500]
+        rows += conn.execute(
+            f"SELECT dup_key, received_at, uid, ack_code, ack FROM messages "
+            f"WHERE dup_key IN ({','.join('?' * len(chunk))}) ORDER BY id",
+            chunk,
+        ).fetchall()
     return rows
 
 
 def _received(conn, store: PayloadStore, limit: int, channels: frozenset | None = None) -> list[tuple]:
-    rows = conn.execute("SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received'"
-                        " ORDER BY id LIMIT ?", (limit,)).fetchall()
+    rows = conn.execute(
+        "SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received' ORDER BY id LIMIT ?",
+        (limit,),
+    ).fetchall()
     claimed: list[tuple] = []
     for uid, channel, at, segment, offset in rows:
         if channels is not None and channel not in channels:
@@ -343,14 +396,14 @@ def _mark_damaged(conn, uid: str, channel: str, error: Exception) -> None:
 def _insert_many(conn, insert: str, rows: list[tuple]) -> None:
     """`insert` (INSERT ... VALUES (?,...)) for all `rows` in one statement."""
     head, values = insert.split("VALUES")
-    conn.execute(head + "VALUES" + ",".join([values.strip()] * len(rows)),
-                 [value for row in rows for value in row])
+    conn.execute(head + "VALUES" + ",".join([values.strip()] * len(rows)), [value for row in rows for value in row])
 
 
 def _insert_rows(message: tuple, event: tuple) -> Callable:
     def insert(conn, store) -> None:
         conn.execute(_INSERT_MESSAGE, message)
         events.write(conn, [event])
+
     return insert
 
 
@@ -361,16 +414,40 @@ _RECORD_FIELDS = _META_FIELDS + ("ack_code", "ack", "reason", "dup_key", "duplic
 
 def _meta_values(r: InboundRecord) -> tuple:
     """The record's PFI2 meta (engine/journal/payloads.py META_FIELDS order)."""
-    return (r.uid, r.received_at, r.channel, r.state, r.sender, r.facility, r.receiver,
-            r.receiver_facility, r.control_id, r.msg_type, r.version, r.profile, r.patient_ids,
-            r.charset, r.ack_code, r.ack, r.reason, r.dup_key, r.duplicate_of)
+    return (
+        r.uid,
+        r.received_at,
+        r.channel,
+        r.state,
+        r.sender,
+        r.facility,
+        r.receiver,
+        r.receiver_facility,
+        r.control_id,
+        r.msg_type,
+        r.version,
+        r.profile,
+        r.patient_ids,
+        r.charset,
+        r.ack_code,
+        r.ack,
+        r.reason,
+        r.dup_key,
+        r.duplicate_of,
+    )
 
 
 def _meta(r: InboundRecord) -> dict:
     """What the segment log keeps beside the raw bytes: enough to rebuild the index row."""
     meta = {k: getattr(r, k) for k in _META_FIELDS}
-    meta.update(state=r.state, ack_code=r.ack_code, ack=r.ack.decode("latin-1"), reason=r.reason,
-                dup_key=r.dup_key, duplicate_of=r.duplicate_of)
+    meta.update(
+        state=r.state,
+        ack_code=r.ack_code,
+        ack=r.ack.decode("latin-1"),
+        reason=r.reason,
+        dup_key=r.dup_key,
+        duplicate_of=r.duplicate_of,
+    )
     return meta
 
 

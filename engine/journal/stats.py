@@ -31,8 +31,18 @@ from engine.stats.facts import REPORT, MessageFacts
 from engine.stats.months import month_of, month_start, next_month
 from engine.stats.outcomes import OUTCOME_STATES, event_measures, identity_change, message_measures
 
-_FACT_COLUMNS = ("uid", "kind", "month", "site", "doc_type", "identity", "patient_key", "consultation",
-                 "feeding", "flags")
+_FACT_COLUMNS = (
+    "uid",
+    "kind",
+    "month",
+    "site",
+    "doc_type",
+    "identity",
+    "patient_key",
+    "consultation",
+    "feeding",
+    "flags",
+)
 _ROWS = 100  # rows per multi-row statement: 10 parameters at most each
 PURGED_THROUGH = "purged_through"
 
@@ -47,10 +57,11 @@ def _in(values) -> str:
 
 def _chunks(values: list, size: int = _ROWS):
     for start in range(0, len(values), size):
-        yield values[start:start + size]
+        yield values[start : start + size]
 
 
 # -- counting (inside the writer's transaction) -------------------------------------------------
+
 
 def count_event_outcomes(conn, rows: list) -> None:
     """The events observer (engine/journal/events.py): outcome events of counted messages add to
@@ -76,10 +87,14 @@ def record_messages(conn, facts: list[MessageFacts]) -> int:
     month of receipt (replays and plans written twice count nothing). Returns how many were new."""
     new_uids: set[str] = set()
     for chunk in _chunks([f for f in facts if f is not None]):
-        new_uids.update(row[0] for row in conn.execute(
-            f"INSERT INTO stats_messages ({', '.join(_FACT_COLUMNS)}) VALUES {_marks(len(chunk), len(_FACT_COLUMNS))}"
-            " ON CONFLICT (uid) DO NOTHING RETURNING uid",
-            [getattr(f, column) for f in chunk for column in _FACT_COLUMNS]).fetchall())
+        new_uids.update(
+            row[0]
+            for row in conn.execute(
+                f"INSERT INTO stats_messages ({', '.join(_FACT_COLUMNS)}) VALUES {_marks(len(chunk), len(_FACT_COLUMNS))}"
+                " ON CONFLICT (uid) DO NOTHING RETURNING uid",
+                [getattr(f, column) for f in chunk for column in _FACT_COLUMNS],
+            ).fetchall()
+        )
     new = [f for f in facts if f is not None and f.uid in new_uids]
     if not new:
         return 0
@@ -101,8 +116,10 @@ def _count_identities(conn, facts: list[MessageFacts], deltas: Counter) -> None:
     known: dict[tuple, tuple] = {}
     for chunk in _chunks(keys, 500):
         for month, site, doc_type, key, identity, consultation, feeding in conn.execute(
-                "SELECT month, site, doc_type, patient_key, identity, consultation, feeding FROM stats_identities"
-                f" WHERE patient_key IN ({_in(chunk)})", chunk).fetchall():
+            "SELECT month, site, doc_type, patient_key, identity, consultation, feeding FROM stats_identities"
+            f" WHERE patient_key IN ({_in(chunk)})",
+            chunk,
+        ).fetchall():
             known[(month, site, doc_type, key)] = (identity, consultation, feeding)
     changed: dict[tuple, tuple] = {}
     for fact in facts:
@@ -124,7 +141,8 @@ def _upsert_identities(conn, cells: dict[tuple, tuple]) -> None:
             "INSERT INTO stats_identities (month, site, doc_type, patient_key, identity, consultation, feeding)"
             f" VALUES {_marks(len(chunk), 7)} ON CONFLICT (month, site, doc_type, patient_key) DO UPDATE SET"
             " identity = excluded.identity, consultation = excluded.consultation, feeding = excluded.feeding",
-            [value for row in chunk for value in row])
+            [value for row in chunk for value in row],
+        )
 
 
 def add_counters(conn, deltas: dict) -> None:
@@ -134,14 +152,16 @@ def add_counters(conn, deltas: dict) -> None:
         conn.execute(
             f"INSERT INTO stats_counters (month, site, doc_type, measure, value) VALUES {_marks(len(chunk), 5)}"
             " ON CONFLICT (month, site, doc_type, measure) DO UPDATE SET value = stats_counters.value + excluded.value",
-            [value for row in chunk for value in row])
+            [value for row in chunk for value in row],
+        )
 
 
 def _facts_by_uid(conn, uids: set[str]) -> dict[str, MessageFacts]:
     found = {}
     for chunk in _chunks(sorted(uids), 500):
-        for row in conn.execute(f"SELECT {', '.join(_FACT_COLUMNS)} FROM stats_messages WHERE uid IN ({_in(chunk)})",
-                                chunk).fetchall():
+        for row in conn.execute(
+            f"SELECT {', '.join(_FACT_COLUMNS)} FROM stats_messages WHERE uid IN ({_in(chunk)})", chunk
+        ).fetchall():
             found[row[0]] = MessageFacts(*row)
     return found
 
@@ -166,11 +186,15 @@ def register_channels(conn, kinds: dict[str, str]) -> None:
     _kinds_cache["at"] = float("-inf")
     rows = sorted(kinds.items())
     for chunk in _chunks(rows):
-        conn.execute(f"INSERT INTO stats_channels (name, kind) VALUES {_marks(len(chunk), 2)}"
-                     " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind", [v for row in chunk for v in row])
+        conn.execute(
+            f"INSERT INTO stats_channels (name, kind) VALUES {_marks(len(chunk), 2)}"
+            " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind",
+            [v for row in chunk for v in row],
+        )
 
 
 # -- retention -------------------------------------------------------------------------------
+
 
 def forget_messages(conn, uids: list[str]) -> None:
     """Retention is about to delete these messages and their events: their facts go with them,
@@ -188,8 +212,10 @@ def forget_messages(conn, uids: list[str]) -> None:
         return
     previous = purged_through(lambda sql, args=(): conn.execute(sql, args).fetchall())
     if previous is None or latest > previous:
-        conn.execute("INSERT INTO stats_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET"
-                     " value = excluded.value", (PURGED_THROUGH, repr(latest)))
+        conn.execute(
+            "INSERT INTO stats_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (PURGED_THROUGH, repr(latest)),
+        )
     conn.execute("DELETE FROM stats_identities WHERE month < ?", (month_of(latest),))
 
 
@@ -199,6 +225,7 @@ def purged_through(read) -> float | None:
 
 
 # -- rebuild -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Rebuilt:
@@ -243,8 +270,9 @@ def _rebuild_messages(conn, dialect: Dialect, where: str, args: list, deltas: Co
     """Facts month by month (identity cells never span two months: one month's keys in memory)."""
     count, month = 0, None
     identities: dict = {}
-    for row in _stream(conn, dialect, f"SELECT {', '.join(_FACT_COLUMNS)} FROM stats_messages {where} ORDER BY month, id",
-                       args):
+    for row in _stream(
+        conn, dialect, f"SELECT {', '.join(_FACT_COLUMNS)} FROM stats_messages {where} ORDER BY month, id", args
+    ):
         fact = MessageFacts(*row)
         if fact.month != month:
             _upsert_identities(conn, identities)
@@ -265,8 +293,10 @@ def _rebuild_messages(conn, dialect: Dialect, where: str, args: list, deltas: Co
 def _rebuild_events(conn, dialect: Dialect, since: float | None, deltas: Counter) -> int:
     kinds = dict(conn.execute("SELECT name, kind FROM stats_channels").fetchall())
     states = sorted(OUTCOME_STATES)
-    sql = (f"SELECT e.at, e.state, e.channel, e.detail, {', '.join('f.' + c for c in _FACT_COLUMNS)} FROM events e"
-           f" JOIN stats_messages f ON f.uid = e.message_uid WHERE e.state IN ({_in(states)})")
+    sql = (
+        f"SELECT e.at, e.state, e.channel, e.detail, {', '.join('f.' + c for c in _FACT_COLUMNS)} FROM events e"
+        f" JOIN stats_messages f ON f.uid = e.message_uid WHERE e.state IN ({_in(states)})"
+    )
     args: list = list(states)
     if since is not None:
         sql, args = sql + " AND e.at >= ?", args + [since]
@@ -298,11 +328,17 @@ def _stream(conn, dialect: Dialect, sql: str, args: list):
 
 # -- queries -----------------------------------------------------------------------------------
 
+
 def counters(read, first: str, last: str) -> list[tuple]:
     """(month, site, doc_type, measure, value) of the months `first` to `last` (YYYY-MM)."""
-    return [tuple(row) for row in read(
-        "SELECT month, site, doc_type, measure, value FROM stats_counters WHERE month >= ? AND month <= ?"
-        " ORDER BY month, site, doc_type, measure", (first, last))]
+    return [
+        tuple(row)
+        for row in read(
+            "SELECT month, site, doc_type, measure, value FROM stats_counters WHERE month >= ? AND month <= ?"
+            " ORDER BY month, site, doc_type, measure",
+            (first, last),
+        )
+    ]
 
 
 def statistics(read, first: str, last: str, site: str | None = None, settings=None):

@@ -31,8 +31,10 @@ def add_user(conn, name: str, password_hash: str, role: str, now: float) -> bool
     _check_role(role)
     if find_user(_reader(conn), name) is not None:
         return False
-    conn.execute("INSERT INTO console_users (name, password_hash, role, created_at, updated_at) VALUES (?,?,?,?,?)",
-                 (name, password_hash, role, now, now))
+    conn.execute(
+        "INSERT INTO console_users (name, password_hash, role, created_at, updated_at) VALUES (?,?,?,?,?)",
+        (name, password_hash, role, now, now),
+    )
     return True
 
 
@@ -40,11 +42,14 @@ def set_password(conn, name: str, password_hash: str, now: float, role: str | No
     """New hash (and role, when given); False for an unknown user."""
     if role is not None:
         _check_role(role)
-        cur = conn.execute("UPDATE console_users SET password_hash=?, role=?, updated_at=? WHERE name=?",
-                           (password_hash, role, now, name))
+        cur = conn.execute(
+            "UPDATE console_users SET password_hash=?, role=?, updated_at=? WHERE name=?",
+            (password_hash, role, now, name),
+        )
     else:
-        cur = conn.execute("UPDATE console_users SET password_hash=?, updated_at=? WHERE name=?",
-                           (password_hash, now, name))
+        cur = conn.execute(
+            "UPDATE console_users SET password_hash=?, updated_at=? WHERE name=?", (password_hash, now, name)
+        )
     return bool(cur.rowcount)
 
 
@@ -58,8 +63,10 @@ def find_user(read, name: str) -> User | None:
 
 
 def list_users(read) -> list[User]:
-    return [User(*row) for row in read(
-        "SELECT name, password_hash, role, created_at, updated_at FROM console_users ORDER BY name")]
+    return [
+        User(*row)
+        for row in read("SELECT name, password_hash, role, created_at, updated_at FROM console_users ORDER BY name")
+    ]
 
 
 def _reader(conn):

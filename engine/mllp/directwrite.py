@@ -31,8 +31,14 @@ def _idle_plain_tcp(transport) -> bool:
     Twisted's own (abstract.FileDescriptor): should a Twisted release rename them, every ACK simply
     takes `transport.write` again."""
     try:
-        return (isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected
-                and not transport.disconnecting and not transport._writeDisconnected
-                and not transport._tempDataLen and transport.offset == len(transport.dataBuffer))
+        return (
+            isinstance(transport, tcp.Connection)
+            and not transport.TLS
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+        )
     except AttributeError:
         return False

@@ -94,12 +94,18 @@ class Intake:
             return
         digest = hashlib.sha256(record.raw).hexdigest()
         record.raw = record.raw[: policy.rejected_head]
-        record.reason = (f"{TRUNCATED_MARK} first {policy.rejected_head} of {size} bytes kept, "
-                         f"sha256 {digest}] {record.reason}")
+        record.reason = (
+            f"{TRUNCATED_MARK} first {policy.rejected_head} of {size} bytes kept, sha256 {digest}] {record.reason}"
+        )
         self.metrics.rejected_truncated.labels(policy.channel).inc()
-        budget.warn(lambda suppressed: log.warning(
-            "intake.rejected_quota_exceeded", channel=policy.channel, quota_bytes=policy.rejected_quota,
-            suppressed_since_last=suppressed))
+        budget.warn(
+            lambda suppressed: log.warning(
+                "intake.rejected_quota_exceeded",
+                channel=policy.channel,
+                quota_bytes=policy.rejected_quota,
+                suppressed_since_last=suppressed,
+            )
+        )
 
     def receive(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
         """Journal `raw` and fire with the ACK bytes to send back. Total: whatever the bytes do to
@@ -131,8 +137,12 @@ class Intake:
         self._answer(record, header, verdict, now, policy)
         d = self._append(record, policy)
         # One callback pair per message: log, count and hand back the ACK.
-        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
-                       errbackArgs=(record, header, policy, now, started))
+        d.addCallbacks(
+            self._stored,
+            self._not_stored,
+            callbackArgs=(policy, started),
+            errbackArgs=(record, header, policy, now, started),
+        )
         return d
 
     def _internal_fault(self, policy: IntakePolicy, raw: bytes, failure=None) -> defer.Deferred:
@@ -141,17 +151,31 @@ class Intake:
         failure = failure or Failure()
         error = failure.value
         # The stack, not the exception's text: it may quote the frame (patient data).
-        log.error("intake.internal_error", channel=policy.channel, error_type=type(error).__name__,
-                  stack="".join(traceback.format_tb(failure.getTracebackObject())))
+        log.error(
+            "intake.internal_error",
+            channel=policy.channel,
+            error_type=type(error).__name__,
+            stack="".join(traceback.format_tb(failure.getTracebackObject())),
+        )
         now = self.clock.seconds()
         reason = f"internal error while reading the message ({type(error).__name__}): send it again later"
-        record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
-                               state=REJECTED, reason=reason, ack_code="AR")
+        record = InboundRecord(
+            uid=new_id(now),
+            channel=policy.channel,
+            received_at=now,
+            raw=raw,
+            state=REJECTED,
+            reason=reason,
+            ack_code="AR",
+        )
         record.ack = self._ack(None, Verdict("AR", (AckError(207, "", reason),), reason), now, policy)
         self.metrics.nacked.labels(policy.channel, "AR", "207").inc()
         d = self._append(record, policy)
-        d.addErrback(lambda f: log.error("intake.internal_error_not_journaled", channel=policy.channel,
-                                         error=f.getErrorMessage()))
+        d.addErrback(
+            lambda f: log.error(
+                "intake.internal_error_not_journaled", channel=policy.channel, error=f.getErrorMessage()
+            )
+        )
         d.addBoth(lambda _: record.ack)
         return d
 
@@ -179,23 +203,34 @@ class Intake:
                 stored = self.receive(plain, raw)
             else:
                 refused = gate.blocking(errors)
-                stored = self._reject_document(plain, raw, header, code, refused, gate.describe(refused),
-                                               started)
+                stored = self._reject_document(plain, raw, header, code, refused, gate.describe(refused), started)
         finally:
             lock.release()
         return await stored
 
-    def _reject_document(self, policy: IntakePolicy, raw: bytes, header, code: str, errors,
-                         reason: str, started: float):
+    def _reject_document(
+        self, policy: IntakePolicy, raw: bytes, header, code: str, errors, reason: str, started: float
+    ):
         """Journal a message whose document request failed its checks (state rejected) and NACK."""
         now = self.clock.seconds()
-        record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw,
-                               state=REJECTED, reason=reason, ack_code=code)
+        record = InboundRecord(
+            uid=new_id(now),
+            channel=policy.channel,
+            received_at=now,
+            raw=raw,
+            state=REJECTED,
+            reason=reason,
+            ack_code=code,
+        )
         _index(record, header, policy, accepted=False)
         self._answer(record, header, Verdict(code, tuple(errors), reason), now, policy)
         d = self._append(record, policy)
-        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(policy, started),
-                       errbackArgs=(record, header, policy, now, started))
+        d.addCallbacks(
+            self._stored,
+            self._not_stored,
+            callbackArgs=(policy, started),
+            errbackArgs=(record, header, policy, now, started),
+        )
         return d
 
     def _answer(self, record: InboundRecord, header, verdict: Verdict, now: float, policy: IntakePolicy) -> None:
@@ -204,8 +239,9 @@ class Intake:
 
     def _ack(self, header, verdict: Verdict, now: float, policy: IntakePolicy) -> bytes:
         control = f"{int(now * 1000)}{next(self._counter) % 10000:04d}"
-        return build_ack(header, verdict.code, control, self._timestamp(now), verdict.errors,
-                         policy.local_app, policy.codec)
+        return build_ack(
+            header, verdict.code, control, self._timestamp(now), verdict.errors, policy.local_app, policy.codec
+        )
 
     def _timestamp(self, now: float) -> str:
         second = int(now)
@@ -219,8 +255,12 @@ class Intake:
         try:
             self._after_store(record, policy, started)
         except Exception as exc:  # noqa: BLE001
-            log.error("intake.bookkeeping_failed", message_id=record.uid, channel=record.channel,
-                      error_type=type(exc).__name__)
+            log.error(
+                "intake.bookkeeping_failed",
+                message_id=record.uid,
+                channel=record.channel,
+                error_type=type(exc).__name__,
+            )
         return record.ack
 
     def _after_store(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
@@ -236,9 +276,16 @@ class Intake:
 
     def _log_rejection(self, record: InboundRecord) -> None:
         limiter = self._rejection_logs.setdefault(record.channel, EveryFewSeconds(1.0))
-        limiter(lambda suppressed: log.warning(
-            "message.rejected", message_id=record.uid, channel=record.channel, control_id=record.control_id,
-            reason=record.reason[:300], suppressed_since_last=suppressed))
+        limiter(
+            lambda suppressed: log.warning(
+                "message.rejected",
+                message_id=record.uid,
+                channel=record.channel,
+                control_id=record.control_id,
+                reason=record.reason[:300],
+                suppressed_since_last=suppressed,
+            )
+        )
 
     def flush_summary(self) -> None:
         """One line per channel with what intake stored since the last call (received, rejected,
@@ -253,8 +300,7 @@ class Intake:
         # AR: refused for a circumstantial reason (disk full, journal down); the same message
         # sent again later will be accepted.
         reason = "journal unavailable, message not stored: send it again later"
-        log.error("message.not_stored", message_id=record.uid, channel=record.channel,
-                  error=failure.getErrorMessage())
+        log.error("message.not_stored", message_id=record.uid, channel=record.channel, error=failure.getErrorMessage())
         record.state, record.ack_code, record.reason = "not-stored", "AR", reason
         ack = self._ack(header, Verdict("AR", (AckError(207, "", reason),)), now, policy)
         self._observe(record, policy, started)
@@ -390,14 +436,15 @@ def _index(record: InboundRecord, h: Header, policy: IntakePolicy, accepted: boo
 def quarantine(intake: Intake, policy: IntakePolicy, data: bytes, reason: str) -> defer.Deferred:
     """Journal bytes that are not a message (noise between frames) so that nothing disappears."""
     now = intake.clock.seconds()
-    record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=data,
-                           state=REJECTED, reason=reason)
+    record = InboundRecord(
+        uid=new_id(now), channel=policy.channel, received_at=now, raw=data, state=REJECTED, reason=reason
+    )
     intake.metrics.quarantined.labels(policy.channel, reason.split(":")[0]).inc()
     d = intake._append(record, policy)
-    d.addCallback(lambda r: log.warning("input.quarantined", message_id=r.uid, channel=r.channel,
-                                        reason=reason, size=len(data)))
-    d.addErrback(lambda f: log.error("input.quarantine_failed", channel=policy.channel,
-                                     error=f.getErrorMessage()))
+    d.addCallback(
+        lambda r: log.warning("input.quarantined", message_id=r.uid, channel=r.channel, reason=reason, size=len(data))
+    )
+    d.addErrback(lambda f: log.error("input.quarantine_failed", channel=policy.channel, error=f.getErrorMessage()))
     return d
 
 
@@ -410,8 +457,9 @@ def reject_oversized(intake: Intake, policy: IntakePolicy, head: bytes, size: in
         header = scan(head, policy.codec)
     except ParseError:
         header = None
-    record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=head,
-                           state=REJECTED, reason=reason, ack_code="AE")
+    record = InboundRecord(
+        uid=new_id(now), channel=policy.channel, received_at=now, raw=head, state=REJECTED, reason=reason, ack_code="AE"
+    )
     if header is not None:
         _index(record, header, policy, accepted=False)
     intake._answer(record, header, Verdict("AE", (AckError(199, "", reason),), reason), now, policy)

@@ -184,8 +184,9 @@ class MLLPSender:
             return self._by_policy("timeout", f"not flushed within {self.settings.ack_timeout:g} s")
         reason = getattr(proto, "lost_reason", None)
         if reason is not None and not reason.check(ConnectionDone):
-            return SendOutcome(self._action("lost"), f"connection lost while writing: {_describe(reason.value)}",
-                               kind="lost")
+            return SendOutcome(
+                self._action("lost"), f"connection lost while writing: {_describe(reason.value)}", kind="lost"
+            )
         return SendOutcome("done", "written and flushed (this destination sends no ACK)", kind="written")
 
     async def _exchange(self, proto: _SenderProtocol, message: bytes, control_id: str) -> SendOutcome:
@@ -197,8 +198,7 @@ class MLLPSender:
             proto.drop()  # a late ACK must die with this connection
             return self._by_policy("timeout", f"no ACK within {self.settings.ack_timeout:g} s")
         except Exception as exc:
-            return SendOutcome(self._action("lost"), f"connection lost before the ACK: {_describe(exc)}",
-                               kind="lost")
+            return SendOutcome(self._action("lost"), f"connection lost before the ACK: {_describe(exc)}", kind="lost")
         outcome = self._judge(event, control_id)
         if outcome.kind in ("mismatch", "garbage"):
             proto.drop()  # out of step with the peer: start afresh
@@ -212,11 +212,11 @@ class MLLPSender:
             return self._by_policy("garbage", "answer is not an HL7 ACK: no MSH segment", event.payload)
         info = read_ack(event.payload)
         if info.code not in ACK_CODES:
-            return self._by_policy("garbage", f"answer is not an HL7 ACK: MSA-1 {info.code[:8]!r}",
-                                   event.payload)
+            return self._by_policy("garbage", f"answer is not an HL7 ACK: MSA-1 {info.code[:8]!r}", event.payload)
         if info.control_id.strip() != control_id:
-            return self._by_policy("mismatch", f"ACK for MSH-10 {info.control_id[:64]!r}, "
-                                   f"sent {control_id!r}", event.payload, info.code)
+            return self._by_policy(
+                "mismatch", f"ACK for MSH-10 {info.control_id[:64]!r}, sent {control_id!r}", event.payload, info.code
+            )
         return self._by_ack(info)
 
     def _by_ack(self, info: AckInfo) -> SendOutcome:
@@ -225,8 +225,7 @@ class MLLPSender:
         reason = f"{info.code} from destination" + (f": {detail}" if detail else "")
         return SendOutcome(action, reason, info.code, info.raw, kind=info.code)
 
-    def _by_policy(self, kind: str, reason: str, ack: bytes | None = None,
-                   code: str | None = None) -> SendOutcome:
+    def _by_policy(self, kind: str, reason: str, ack: bytes | None = None, code: str | None = None) -> SendOutcome:
         return SendOutcome(self._action(kind), f"{kind}: {reason}", code, ack, kind=kind)
 
     def _action(self, kind: str) -> Action:
@@ -256,8 +255,7 @@ class MLLPSender:
             proto.drop()
             raise HandshakeError(_describe(exc)) from exc
         self.connections_made += 1
-        self._log.info("mllp.out.connected", host=self.settings.host, port=self.settings.port,
-                       tls=proto.tls)
+        self._log.info("mllp.out.connected", host=self.settings.host, port=self.settings.port, tls=proto.tls)
         return proto
 
     def _endpoint(self):
@@ -269,8 +267,7 @@ class MLLPSender:
 
     def _log_outcome(self, message: bytes, outcome: SendOutcome) -> None:
         # MSH-10 and codes only: ERR text in the reason may quote patient data.
-        fields = dict(control_id=control_id_of(message)[:64], action=outcome.action,
-                      kind=outcome.kind)
+        fields = dict(control_id=control_id_of(message)[:64], action=outcome.action, kind=outcome.kind)
         if outcome.kind not in ACK_CODES:
             fields["reason"] = outcome.reason
         (self._log.info if outcome.action == "done" else self._log.warning)("mllp.out.sent", **fields)
@@ -279,8 +276,7 @@ class MLLPSender:
 def client_tls_options(host: str, tls: TlsSettings):
     """Client TLS: verify the destination against `tls.ca` (system roots when unset) and present
     our certificate, so that links to teleradiology platforms can be mutual TLS."""
-    ours = ssl.PrivateCertificate.loadPEM(
-        Path(tls.certificate).read_bytes() + b"\n" + Path(tls.key).read_bytes())
+    ours = ssl.PrivateCertificate.loadPEM(Path(tls.certificate).read_bytes() + b"\n" + Path(tls.key).read_bytes())
     trust = ssl.Certificate.loadPEM(Path(tls.ca).read_bytes()) if tls.ca else None
     return client_options(host, trust, ours)
 

@@ -35,6 +35,7 @@ def _tls_error_text(error) -> str:
     reasons = [part[2] for part in getattr(error, "args", [[]])[0] if isinstance(part, tuple) and len(part) > 2]
     return "; ".join(reasons)[:200] or type(error).__name__
 
+
 MAX_IN_FLIGHT = 64
 
 
@@ -57,8 +58,14 @@ class ListenerLimits:
 class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
     allowed_subjects: tuple[str, ...] = ()
 
-    def __init__(self, intake: Intake, policy: IntakePolicy, max_size: int, idle_timeout: float | None,
-                 limits: ListenerLimits | None = None):
+    def __init__(
+        self,
+        intake: Intake,
+        policy: IntakePolicy,
+        max_size: int,
+        idle_timeout: float | None,
+        limits: ListenerLimits | None = None,
+    ):
         self.intake = intake
         self.policy = policy
         self.decoder = MLLPDecoder(max_size)
@@ -88,8 +95,9 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         if getattr(self, "factory", None) is not None:
             self.factory.open_connections -= 1
         if self.decoder.pending:
-            log.warning("mllp.connection_lost_mid_frame", channel=self.policy.channel,
-                        bytes_lost_unacked=self.decoder.pending)
+            log.warning(
+                "mllp.connection_lost_mid_frame", channel=self.policy.channel, bytes_lost_unacked=self.decoder.pending
+            )
         if reason.check(SSL.Error) and not self._handshake_done:
             self._refused("tls_handshake_failed", error=_tls_error_text(reason.value))
 
@@ -101,8 +109,11 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         host = getattr(peer, "host", "?")
         limiter = self.factory.refusal_log if getattr(self, "factory", None) is not None else EveryFewSeconds()
-        limiter(lambda suppressed: log.warning(f"mllp.{event}", channel=channel, peer_host=host,
-                                               suppressed_since_last=suppressed, **fields))
+        limiter(
+            lambda suppressed: log.warning(
+                f"mllp.{event}", channel=channel, peer_host=host, suppressed_since_last=suppressed, **fields
+            )
+        )
 
     def handshakeCompleted(self):
         """TLS channels: the peer certificate's CN must be one the channel allows."""
@@ -247,9 +258,15 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
 
 
 class MLLPServerFactory(protocol.ServerFactory):
-    def __init__(self, intake: Intake, policy: IntakePolicy, max_size: int = 64 * 1024 * 1024,
-                 idle_timeout: float | None = 600.0, allowed_subjects: tuple[str, ...] = (),
-                 limits: ListenerLimits | None = None):
+    def __init__(
+        self,
+        intake: Intake,
+        policy: IntakePolicy,
+        max_size: int = 64 * 1024 * 1024,
+        idle_timeout: float | None = 600.0,
+        allowed_subjects: tuple[str, ...] = (),
+        limits: ListenerLimits | None = None,
+    ):
         self.allowed_subjects = tuple(allowed_subjects)
         self.intake = intake
         self.policy = policy
@@ -275,7 +292,13 @@ class MLLPServerFactory(protocol.ServerFactory):
             return True
         channel = self.policy.channel
         self.intake.metrics.connections_refused.labels(channel).inc()
-        self._refusal_log(lambda suppressed: log.warning(
-            "mllp.connection_refused", channel=channel, reason="max_connections",
-            limit=self.limits.max_connections, suppressed_since_last=suppressed))
+        self._refusal_log(
+            lambda suppressed: log.warning(
+                "mllp.connection_refused",
+                channel=channel,
+                reason="max_connections",
+                limit=self.limits.max_connections,
+                suppressed_since_last=suppressed,
+            )
+        )
         return False

@@ -142,8 +142,13 @@ def _xdm_attachment(message: Message) -> tuple[bytes | None, bool]:
 class MailIntake:
     """Pure, synchronous analysis of one raw mail (no network)."""
 
-    def __init__(self, settings: MssChannelSettings, store: MssStore,
-                 control_ids: Callable[[], str], now: Callable[[], dt.datetime]):
+    def __init__(
+        self,
+        settings: MssChannelSettings,
+        store: MssStore,
+        control_ids: Callable[[], str],
+        now: Callable[[], dt.datetime],
+    ):
         self.settings, self.store = settings, store
         self.control_ids, self.now = control_ids, now
 
@@ -156,8 +161,9 @@ class MailIntake:
             return self._analyse(raw, size)
         except Exception as exc:  # a bug or an input nobody foresaw must not stop the poller
             log.error("mss.analysis_failed", error=type(exc).__name__)
-            return Analysis(mail_key(raw, None), _headers(raw), quarantine="unexpected-input",
-                            detail=type(exc).__name__)
+            return Analysis(
+                mail_key(raw, None), _headers(raw), quarantine="unexpected-input", detail=type(exc).__name__
+            )
 
     def _analyse(self, raw: bytes, size: int | None) -> Analysis:
         size = max(size or 0, len(raw))
@@ -175,10 +181,11 @@ class MailIntake:
         return self._documents(key, message)
 
     def _too_large(self, raw: bytes, size: int) -> Analysis:
-        head = re.split(rb"\r?\n\r?\n", raw[:256 * 1024], maxsplit=1)[0] + b"\r\n\r\n"
+        head = re.split(rb"\r?\n\r?\n", raw[: 256 * 1024], maxsplit=1)[0] + b"\r\n\r\n"
         message = email.message_from_bytes(head, policy=policy.compat32)
-        return Analysis(mail_key(head, message), message, quarantine="mail-too-large",
-                        detail=f"{size} bytes", mdn_raw=head)
+        return Analysis(
+            mail_key(head, message), message, quarantine="mail-too-large", detail=f"{size} bytes", mdn_raw=head
+        )
 
     def _documents(self, key: str, message: Message) -> Analysis:
         zip_bytes, has_attachment = _xdm_attachment(message)
@@ -188,8 +195,10 @@ class MailIntake:
         try:
             package = read_xdm(zip_bytes, self.settings.limits)
             mail = received_mail(message)
-            mdms = [build_lps_mdm(mail, package, doc, self.settings.lps, self.control_ids(), self.now())
-                    for doc in package.documents]
+            mdms = [
+                build_lps_mdm(mail, package, doc, self.settings.lps, self.control_ids(), self.now())
+                for doc in package.documents
+            ]
         except XdmError as exc:
             return Analysis(key, message, quarantine=exc.reason, detail=str(exc))
         except EngineError as exc:
@@ -227,18 +236,27 @@ class PollStats:
 class MailboxPoller:
     """Polls the application mailbox over IMAP4rev1/TLS and integrates the mails."""
 
-    def __init__(self, settings: MssChannelSettings, reactor, deliver: Deliver, sender: MssSender,
-                 store: MssStore, on_outcome: Callable[[MailOutcome], None] | None = None,
-                 control_ids: Callable[[], str] | None = None,
-                 now: Callable[[], dt.datetime] | None = None, clock=None):
+    def __init__(
+        self,
+        settings: MssChannelSettings,
+        reactor,
+        deliver: Deliver,
+        sender: MssSender,
+        store: MssStore,
+        on_outcome: Callable[[MailOutcome], None] | None = None,
+        control_ids: Callable[[], str] | None = None,
+        now: Callable[[], dt.datetime] | None = None,
+        clock=None,
+    ):
         if settings.imap is None:
             raise EngineError("MSSanté channel without IMAP settings cannot receive")
         self.settings, self.imap, self.reactor = settings, settings.imap, reactor
         self.deliver, self.sender, self.store = deliver, sender, store
         self.on_outcome = on_outcome or (lambda outcome: None)
         counter = itertools.count(1)
-        self.intake = MailIntake(settings, store, control_ids or (lambda: f"MSS{next(counter):06d}"),
-                                 now or (lambda: dt.datetime.now()))
+        self.intake = MailIntake(
+            settings, store, control_ids or (lambda: f"MSS{next(counter):06d}"), now or (lambda: dt.datetime.now())
+        )
         self._tls = client_tls(self.imap.tls, self.imap.host)
         self.clock = clock or reactor
         self._loop: task.LoopingCall | None = None
@@ -263,8 +281,9 @@ class MailboxPoller:
     # -- one poll
     async def _connect(self) -> _Client:
         endpoint = endpoints.wrapClientTLS(
-            self._tls, endpoints.TCP4ClientEndpoint(self.reactor, self.imap.host, self.imap.port,
-                                                    timeout=self.imap.timeout_s))
+            self._tls,
+            endpoints.TCP4ClientEndpoint(self.reactor, self.imap.host, self.imap.port, timeout=self.imap.timeout_s),
+        )
         client = await endpoints.connectProtocol(endpoint, _Client())
         set_no_delay(client.transport)
         await client.greeted
@@ -322,8 +341,12 @@ class MailboxPoller:
     async def _quarantine(self, client, uid, analysis: Analysis, raw: bytes, stats, mdn: bool = True):
         log.warning("mss.quarantined", reason=analysis.quarantine, uid=uid)
         if mdn and analysis.message is not None:
-            await self._send_mdn(analysis.mdn_raw or raw, analysis.message, QUARANTINE_CODE,
-                                 f"{QUARANTINE_LABEL} : {analysis.quarantine}")
+            await self._send_mdn(
+                analysis.mdn_raw or raw,
+                analysis.message,
+                QUARANTINE_CODE,
+                f"{QUARANTINE_LABEL} : {analysis.quarantine}",
+            )
         stats.quarantined += 1
         await self._finish(client, uid, analysis.mail_key, "quarantined", analysis.quarantine or "")
 
@@ -362,8 +385,11 @@ class MailboxPoller:
     async def _mark(self, client: _Client, uid: int, quarantine: bool = False) -> None:
         """Keyword (+\\Seen), then move when configured (COPY + \\Deleted + EXPUNGE)."""
         await client.addFlags(str(uid), [self.imap.processed_keyword, "\\Seen"], uid=True)
-        folder = self.imap.quarantine_folder if quarantine else (
-            self.imap.processed_folder if self.imap.processed == "move" else None)
+        folder = (
+            self.imap.quarantine_folder
+            if quarantine
+            else (self.imap.processed_folder if self.imap.processed == "move" else None)
+        )
         if folder is None:
             return
         try:
@@ -379,8 +405,14 @@ class MailboxPoller:
         target = mdn_recipient(message)
         if target is None or message.get("Auto-Submitted", "no").strip().lower() != "no":
             return
-        mdn = build_mdn(raw, from_address=self.settings.mailbox_address, to_address=target,
-                        error_code=code, error_label=label, message_id_domain=self.settings.id_domain)
+        mdn = build_mdn(
+            raw,
+            from_address=self.settings.mailbox_address,
+            to_address=target,
+            error_code=code,
+            error_label=label,
+            message_id_domain=self.settings.id_domain,
+        )
         mail = OutgoingMail("mdn", [target], mdn, str(mdn["Message-ID"]))
         try:
             await self.sender.send(mail, request_dsn=False)

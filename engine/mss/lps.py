@@ -14,8 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from engine.errors import ParseError
-from engine.hl7.encode import (Raw, checked_gender, checked_identifier, checked_root, checked_ts, message,
-                               msh, segment)
+from engine.hl7.encode import Raw, checked_gender, checked_identifier, checked_root, checked_ts, message, msh, segment
 from engine.mss.settings import LpsSettings
 from engine.mss.xdm import XdmDocument, XdmPackage
 from engine.xmlsafe import parse_untrusted
@@ -32,8 +31,11 @@ TRIGGERS = {"initial": ("T02", "NW", "F"), "replace": ("T10", "RO", "C"), "delet
 FLAG_ROWS = (
     ("MASQUE_PS", "Masqué aux professionnels de Santé", ("MASQUE_PS",)),
     ("INVISIBLE_PATIENT", "Document Non Visible par le patient", ("INVISIBLE_PATIENT",)),
-    ("INVISIBLE_REP_LEGAUX", "Non visible par les représentants Légaux du patient",
-     ("INVISIBLE_REPRESENTANTS_LEGAUX", "INVISIBLE_REP_LEGAUX")),
+    (
+        "INVISIBLE_REP_LEGAUX",
+        "Non visible par les représentants Légaux du patient",
+        ("INVISIBLE_REPRESENTANTS_LEGAUX", "INVISIBLE_REP_LEGAUX"),
+    ),
 )
 
 
@@ -143,8 +145,9 @@ def pid_segment(cda_root) -> str:
     if patient is not None:
         fields[4] = _pid5(patient)
         fields[6] = checked_ts(_attr(patient, "v3:birthTime", "value"), "PID-7 (birthTime)")
-        fields[7] = checked_gender(_attr(patient, "v3:administrativeGenderCode", "code"),
-                                   "PID-8 (administrativeGenderCode)")
+        fields[7] = checked_gender(
+            _attr(patient, "v3:administrativeGenderCode", "code"), "PID-8 (administrativeGenderCode)"
+        )
         fields[10] = _pid11(role, patient)
     fields[30] = "N"  # PID-31 identity unknown indicator
     fields[31] = "VALI" if any(i[-1] == "INS" for i in pid3) else ""
@@ -220,12 +223,30 @@ def _flag_rows(document: XdmDocument, start: int) -> list[str]:
 
 
 def _obx_flag(seq: int, code: str, label: str, value: str) -> str:
-    return segment("OBX", str(seq), "CWE", (code, label, "MetaDMPMSS"), "",
-                   (value, "", "expandedYes-NoIndicator"), "", "", "", "", "", "F")
+    return segment(
+        "OBX",
+        str(seq),
+        "CWE",
+        (code, label, "MetaDMPMSS"),
+        "",
+        (value, "", "expandedYes-NoIndicator"),
+        "",
+        "",
+        "",
+        "",
+        "",
+        "F",
+    )
 
 
-def build_lps_mdm(mail: ReceivedMail, package: XdmPackage, document: XdmDocument,
-                  settings: LpsSettings, control_id: str, now: dt.datetime) -> bytes:
+def build_lps_mdm(
+    mail: ReceivedMail,
+    package: XdmPackage,
+    document: XdmDocument,
+    settings: LpsSettings,
+    control_id: str,
+    now: dt.datetime,
+) -> bytes:
     """One MDM^T02/T10/T04 per document, segments separated by CR, UTF-8. Every value from the
     CDA, the XDM metadata or the mail goes through engine.hl7.encode (no forged segment); a
     value that cannot be valid for its field raises InvalidValue (the mail is refused)."""
@@ -239,26 +260,66 @@ def build_lps_mdm(mail: ReceivedMail, package: XdmPackage, document: XdmDocument
     txa[11] = _document_id(_first(cda, "v3:id"), "TXA-12 (document id)")
     txa[12] = _document_id(parent, "TXA-13 (parent document id)") if document.action == "replace" else ""
     txa[16] = "AU"
-    txa[21] = checked_identifier(_attr(cda, "v3:legalAuthenticator/v3:assignedEntity/v3:id", "extension"),
-                                 "TXA-22 (legalAuthenticator id)")
+    txa[21] = checked_identifier(
+        _attr(cda, "v3:legalAuthenticator/v3:assignedEntity/v3:id", "extension"), "TXA-22 (legalAuthenticator id)"
+    )
     segments = [
-        msh(settings.sending_application, settings.sending_facility, settings.receiving_application,
-            settings.receiving_facility, _ts(now), "", ("MDM", trigger, "MDM_T02"), control_id,
-            settings.processing_id, "2.6", "", "", "", "", "FRA", "UNICODE UTF-8", "", "",
-            ("1.1", "CISIS_CDA_HL7_LPS")),
+        msh(
+            settings.sending_application,
+            settings.sending_facility,
+            settings.receiving_application,
+            settings.receiving_facility,
+            _ts(now),
+            "",
+            ("MDM", trigger, "MDM_T02"),
+            control_id,
+            settings.processing_id,
+            "2.6",
+            "",
+            "",
+            "",
+            "",
+            "FRA",
+            "UNICODE UTF-8",
+            "",
+            "",
+            ("1.1", "CISIS_CDA_HL7_LPS"),
+        ),
         segment("EVN", "", _ts(now), "", "", Raw(settings.evn_operator), _ts(now)),
         pid_segment(cda),
         "PV1|1|N",
         segment("ORC", order_control),
         segment("OBR", "1", "", "", type_code),
         segment("TXA", *txa),
-        segment("OBX", "1", "ED", type_code, "",
-                ("", "text", "XML", "Base64", base64.b64encode(document.content).decode()),
-                "", "", "", "", "", status),
+        segment(
+            "OBX",
+            "1",
+            "ED",
+            type_code,
+            "",
+            ("", "text", "XML", "Base64", base64.b64encode(document.content).decode()),
+            "",
+            "",
+            "",
+            "",
+            "",
+            status,
+        ),
         *prt_segments(mail, package, settings),
-        segment("OBX", "2", "ED", (mail.message_id, mail.subject), "",
-                ("", "text", "", "Base64", base64.b64encode(mail.body.encode("utf-8")).decode()),
-                "", "", "", "", "", "F"),
+        segment(
+            "OBX",
+            "2",
+            "ED",
+            (mail.message_id, mail.subject),
+            "",
+            ("", "text", "", "Base64", base64.b64encode(mail.body.encode("utf-8")).decode()),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "F",
+        ),
         *_flag_rows(document, 3),
     ]
     return message(segments)

@@ -61,8 +61,9 @@ class MssDocumentRequest(BaseModel):
 
     control_id: str = Field(description="MSH-10 of the request, quoted back in ZAMs")
     action: Action = "initial"
-    dmp_notice: str | None = Field(None, description="added to the professional mail once the DMP "
-                                   "accepted the document invisibly to the patient")
+    dmp_notice: str | None = Field(
+        None, description="added to the professional mail once the DMP accepted the document invisibly to the patient"
+    )
     document_title: str = Field(description="label used in the subject, e.g. CR d'imagerie")
     cda: bytes
     cda_file_name: str = "DOC0001.XML"

@@ -78,9 +78,15 @@ def _attachments(original: Message) -> list[Message]:
     return parts
 
 
-def build_mdn(original_raw: bytes, *, from_address: str, to_address: str,
-              error_code: str | None = None, error_label: str | None = None,
-              message_id_domain: str = "localhost") -> MIMEMultipart:
+def build_mdn(
+    original_raw: bytes,
+    *,
+    from_address: str,
+    to_address: str,
+    error_code: str | None = None,
+    error_label: str | None = None,
+    message_id_domain: str = "localhost",
+) -> MIMEMultipart:
     """The RFC 8098 processing MDN for `original_raw` (success when error_code is None)."""
     original = email.message_from_bytes(original_raw, policy=policy.compat32)
     report = MIMEMultipart("report", report_type="disposition-notification")
@@ -177,11 +183,16 @@ def _dsn_outcomes(message: Message, part: Message) -> list[MailOutcome]:
         success = action != "failed"
         diagnostic = str(block.get("Diagnostic-Code", ""))
         code = _SMTP_CODE.search(diagnostic)
-        outcomes.append(MailOutcome(
-            kind="Z02", success=success, address=address, original_message_id=original_id or "",
-            error_code=None if success else (code.group(1) if code else str(block.get("Status", "")).strip()),
-            error_label=None if success else (diagnostic.partition(";")[2].strip() or action),
-        ))
+        outcomes.append(
+            MailOutcome(
+                kind="Z02",
+                success=success,
+                address=address,
+                original_message_id=original_id or "",
+                error_code=None if success else (code.group(1) if code else str(block.get("Status", "")).strip()),
+                error_label=None if success else (diagnostic.partition(";")[2].strip() or action),
+            )
+        )
     return outcomes
 
 
@@ -193,13 +204,16 @@ def _mdn_outcomes(part: Message) -> list[MailOutcome]:
     disposition = str(fields.get("Disposition", ""))
     error = _DISPOSITION_ERROR.search(disposition)
     failed = error is not None or "deleted" in disposition.lower() or "/failed" in disposition.lower()
-    return [MailOutcome(
-        kind="Z03", success=not failed,
-        address=_address(fields.get("Final-Recipient")) or _address(fields.get("Original-Recipient")),
-        original_message_id=str(fields.get("Original-Message-ID", "")).strip(),
-        error_code=error.group(1) if error else None,
-        error_label=(error.group(2) or "").strip() if error else None,
-    )]
+    return [
+        MailOutcome(
+            kind="Z03",
+            success=not failed,
+            address=_address(fields.get("Final-Recipient")) or _address(fields.get("Original-Recipient")),
+            original_message_id=str(fields.get("Original-Message-ID", "")).strip(),
+            error_code=error.group(1) if error else None,
+            error_label=(error.group(2) or "").strip() if error else None,
+        )
+    ]
 
 
 def parse_report(raw: bytes) -> list[MailOutcome] | None:

@@ -42,8 +42,7 @@ DMP_INVISIBLE_NOTICE = (
 )
 DEFAULT_BODIES = {
     "initial": "Veuillez trouver ci-joint le document {title}.",
-    "replace": "Le document {title} joint remplace la version précédemment transmise, "
-    "qui ne doit plus être utilisée.",
+    "replace": "Le document {title} joint remplace la version précédemment transmise, qui ne doit plus être utilisée.",
     "delete": "Le document {title} joint a été supprimé par son auteur : merci de ne plus "
     "l'utiliser et de le retirer de vos dossiers.",
 }
@@ -77,9 +76,7 @@ class MailPlan:
 
 def is_patient(recipient: Recipient, settings: MssChannelSettings) -> bool:
     """A PRT RCT row for the patient (INS id type or patient.mssante.fr domain)."""
-    return recipient.kind == "patient" or recipient.address.lower().endswith(
-        "@" + settings.patient_domain
-    )
+    return recipient.kind == "patient" or recipient.address.lower().endswith("@" + settings.patient_domain)
 
 
 def check_flag_matrix(request: MssDocumentRequest) -> None:
@@ -87,12 +84,27 @@ def check_flag_matrix(request: MssDocumentRequest) -> None:
     f = request.flags
     if not (f.dest_mssante_ps or f.dest_mssante_pat):
         return
-    ps_and_patient = (not f.masque_ps and not f.invisible_patient and not f.invisible_rep_legaux
-                      and f.dest_mssante_ps and f.dest_mssante_pat)
-    ps_only = (not f.masque_ps and f.invisible_patient and not f.invisible_rep_legaux
-               and f.dest_mssante_ps and not f.dest_mssante_pat)
-    patient_only = (not f.invisible_patient and not f.connexion_secrete and not f.dest_dmp
-                    and not f.dest_mssante_ps and f.dest_mssante_pat)
+    ps_and_patient = (
+        not f.masque_ps
+        and not f.invisible_patient
+        and not f.invisible_rep_legaux
+        and f.dest_mssante_ps
+        and f.dest_mssante_pat
+    )
+    ps_only = (
+        not f.masque_ps
+        and f.invisible_patient
+        and not f.invisible_rep_legaux
+        and f.dest_mssante_ps
+        and not f.dest_mssante_pat
+    )
+    patient_only = (
+        not f.invisible_patient
+        and not f.connexion_secrete
+        and not f.dest_dmp
+        and not f.dest_mssante_ps
+        and f.dest_mssante_pat
+    )
     if not (ps_and_patient or ps_only or patient_only):
         raise ValidationError("MetaDMPMSS flag combination not allowed for an MSSanté exchange")
 
@@ -141,8 +153,11 @@ def _patient_recipient(request, settings, plan: MailPlan) -> str | None:
 def confidentiality_codes(request: MssDocumentRequest) -> list[str]:
     """MetaDMPMSS flags as DMP confidentiality codes (JDV_J08 names) for the XDM metadata."""
     f = request.flags
-    pairs = (("MASQUE_PS", f.masque_ps), ("INVISIBLE_PATIENT", f.invisible_patient),
-             ("INVISIBLE_REPRESENTANTS_LEGAUX", f.invisible_rep_legaux))
+    pairs = (
+        ("MASQUE_PS", f.masque_ps),
+        ("INVISIBLE_PATIENT", f.invisible_patient),
+        ("INVISIBLE_REPRESENTANTS_LEGAUX", f.invisible_rep_legaux),
+    )
     return [code for code, on in pairs if on]
 
 
@@ -193,8 +208,9 @@ def build_mail(request, settings, audience, recipients, xdm_zip: bytes, now: flo
     return OutgoingMail(audience, recipients, msg, message_id)
 
 
-def plan_mails(request: MssDocumentRequest, settings: MssChannelSettings,
-               metadata: MetadataProvider, now: float | None = None) -> MailPlan:
+def plan_mails(
+    request: MssDocumentRequest, settings: MssChannelSettings, metadata: MetadataProvider, now: float | None = None
+) -> MailPlan:
     """Decide recipients and build the mails (one for professionals, one for the patient)."""
     if settings.enforce_flag_matrix:
         check_flag_matrix(request)
@@ -204,8 +220,12 @@ def plan_mails(request: MssDocumentRequest, settings: MssChannelSettings,
     if not professionals and patient is None:
         return plan
     xdm_zip = build_xdm(
-        request.cda, metadata(request), sender=settings.mailbox_address,
-        title=request.document_title, action=request.action, file_name=request.cda_file_name,
+        request.cda,
+        metadata(request),
+        sender=settings.mailbox_address,
+        title=request.document_title,
+        action=request.action,
+        file_name=request.cda_file_name,
         confidentiality=confidentiality_codes(request),
     )
     if professionals:
@@ -226,9 +246,7 @@ class _Sender(smtp.ESMTPSender):
         super().connectionMade()
 
     def esmtpState_serverConfig(self, code, resp):
-        self.factory.server_dsn = any(
-            line.split(None, 1)[:1] == [b"DSN"] for line in resp.splitlines()
-        )
+        self.factory.server_dsn = any(line.split(None, 1)[:1] == [b"DSN"] for line in resp.splitlines())
         return super().esmtpState_serverConfig(code, resp)
 
     def sendLine(self, line):
@@ -265,8 +283,9 @@ def _results(replies, recipients: list[str]) -> list[RecipientResult]:
         by_address[address.lower()] = RecipientResult(
             address=address, accepted=200 <= code < 300, smtp_code=code, reason=text
         )
-    return [by_address.get(a.lower(), RecipientResult(address=a, accepted=False, reason="no reply"))
-            for a in recipients]
+    return [
+        by_address.get(a.lower(), RecipientResult(address=a, accepted=False, reason="no reply")) for a in recipients
+    ]
 
 
 class MssSender:
@@ -284,17 +303,23 @@ class MssSender:
         user = smtp_settings.username.encode() if smtp_settings.username else None
         secret = smtp_settings.password.encode() if smtp_settings.password else None
         factory = _SenderFactory(
-            user, secret, self.settings.mailbox_address, mail.recipients,
+            user,
+            secret,
+            self.settings.mailbox_address,
+            mail.recipients,
             # Twisted's client turns every LF into CRLF itself: hand it LF line ends.
-            io.BytesIO(mail.as_bytes().replace(b"\r\n", b"\n")), done, retries=0, timeout=smtp_settings.timeout_s,
-            contextFactory=self._tls, requireAuthentication=user is not None,
+            io.BytesIO(mail.as_bytes().replace(b"\r\n", b"\n")),
+            done,
+            retries=0,
+            timeout=smtp_settings.timeout_s,
+            contextFactory=self._tls,
+            requireAuthentication=user is not None,
             requireTransportSecurity=True,
         )
         factory.dsn_envid = _xtext(mail.message_id) if request_dsn else b""
         if smtp_settings.security == "implicit":
             factory = _wrap_tls(self._tls, factory)
-        self.reactor.connectTCP(smtp_settings.host, smtp_settings.port, factory,
-                                timeout=smtp_settings.timeout_s)
+        self.reactor.connectTCP(smtp_settings.host, smtp_settings.port, factory, timeout=smtp_settings.timeout_s)
         return await self._outcome(done, _inner(factory), mail.recipients)
 
     async def _outcome(self, done, factory, recipients) -> list[RecipientResult]:
@@ -305,13 +330,18 @@ class MssSender:
                 return _results(factory.recipient_replies, recipients)
             if 400 <= (exc.code or 0) < 500:
                 raise TransientDeliveryError(f"SMTP temporary failure {exc.code}") from exc
-            return [RecipientResult(address=a, accepted=False, smtp_code=exc.code,
-                                    reason=_text(exc.resp)) for a in recipients]
-        except (smtp.SMTPClientError, net_error.ConnectError, net_error.ConnectionLost,
-                net_error.TimeoutError) as exc:
+            return [
+                RecipientResult(address=a, accepted=False, smtp_code=exc.code, reason=_text(exc.resp))
+                for a in recipients
+            ]
+        except (smtp.SMTPClientError, net_error.ConnectError, net_error.ConnectionLost, net_error.TimeoutError) as exc:
             raise TransientDeliveryError(f"SMTP submission failed: {type(exc).__name__}: {exc}") from exc
         results = _results(factory.recipient_replies, recipients)
-        log.info("mss.sent", accepted=sum(r.accepted for r in results), refused=len(results) - sum(r.accepted for r in results))
+        log.info(
+            "mss.sent",
+            accepted=sum(r.accepted for r in results),
+            refused=len(results) - sum(r.accepted for r in results),
+        )
         return results
 
 
@@ -330,23 +360,34 @@ def _inner(factory):
     return getattr(factory, "inner_sender_factory", factory)
 
 
-async def send_document(request: MssDocumentRequest, settings: MssChannelSettings,
-                        metadata: MetadataProvider, sender: MssSender, store=None,
-                        now: float | None = None) -> list[RecipientResult]:
+async def send_document(
+    request: MssDocumentRequest,
+    settings: MssChannelSettings,
+    metadata: MetadataProvider,
+    sender: MssSender,
+    store=None,
+    now: float | None = None,
+) -> list[RecipientResult]:
     """Plan, send and remember: the results cover refused and submitted recipients."""
     plan = plan_mails(request, settings, metadata, now)
     results = list(plan.refused)
     for mail in plan.mails:
         # Recorded before submission: a DSN may come back before this coroutine resumes.
         if store is not None:
-            store.record_sent(mail.message_id, request.control_id, mail.recipients,
-                              request.flags.ack_reception, request.flags.ack_lecture)
+            store.record_sent(
+                mail.message_id,
+                request.control_id,
+                mail.recipients,
+                request.flags.ack_reception,
+                request.flags.ack_lecture,
+            )
         results += await sender.send(mail, request_dsn=request.flags.ack_reception)
     return results
 
 
-def submission_outcomes(results: list[RecipientResult], control_id: str, message_id: str = "",
-                        acceptance_is_receipt: bool = False) -> list[MailOutcome]:
+def submission_outcomes(
+    results: list[RecipientResult], control_id: str, message_id: str = "", acceptance_is_receipt: bool = False
+) -> list[MailOutcome]:
     """ZAM^Z02 material from the SMTP submission itself.
 
     A recipient refused by the server (or by the PFI's own rules) is a Z02 failure now; an
@@ -357,10 +398,15 @@ def submission_outcomes(results: list[RecipientResult], control_id: str, message
     for result in results:
         if result.accepted and not acceptance_is_receipt:
             continue
-        outcomes.append(MailOutcome(
-            kind="Z02", success=result.accepted, address=result.address,
-            error_code=None if result.accepted else (str(result.smtp_code) if result.smtp_code else None),
-            error_label=None if result.accepted else result.reason,
-            original_message_id=message_id, request_control_id=control_id,
-        ))
+        outcomes.append(
+            MailOutcome(
+                kind="Z02",
+                success=result.accepted,
+                address=result.address,
+                error_code=None if result.accepted else (str(result.smtp_code) if result.smtp_code else None),
+                error_label=None if result.accepted else result.reason,
+                original_message_id=message_id,
+                request_control_id=control_id,
+            )
+        )
     return outcomes

@@ -87,7 +87,7 @@ class LpsSettings(BaseModel):
     mailbox_organisations: dict[str, str] = Field(
         default_factory=dict,
         description="receiving mailbox address → PRT-8 XON of the RCT row, e.g. "
-        "\"Service d'urologie^^^^^120456789^UF^^^3435\"",
+        '"Service d\'urologie^^^^^120456789^UF^^^3435"',
     )
 
 

@@ -48,13 +48,13 @@ class MssStore:
         self._db.close()
 
     # -- sent mails
-    def record_sent(self, message_id: str, control_id: str, recipients: list[str],
-                    want_z02: bool, want_z03: bool) -> None:
+    def record_sent(
+        self, message_id: str, control_id: str, recipients: list[str], want_z02: bool, want_z03: bool
+    ) -> None:
         """Remember a sent mail so that its DSN/MDN can be matched later."""
         self._db.execute(
             "INSERT OR REPLACE INTO sent VALUES (?,?,?,?,?,?)",
-            (message_id, control_id, json.dumps(recipients), int(want_z02), int(want_z03),
-             time.time()),
+            (message_id, control_id, json.dumps(recipients), int(want_z02), int(want_z03), time.time()),
         )
 
     def sent(self, message_id: str) -> dict | None:
@@ -65,13 +65,18 @@ class MssStore:
         ).fetchone()
         if row is None:
             return None
-        return {"control_id": row[0], "recipients": json.loads(row[1]),
-                "want_z02": bool(row[2]), "want_z03": bool(row[3])}
+        return {
+            "control_id": row[0],
+            "recipients": json.loads(row[1]),
+            "want_z02": bool(row[2]),
+            "want_z03": bool(row[3]),
+        }
 
     def record_zam_target(self, control_id: str, target: dict) -> None:
         """What a later ZAM for request `control_id` needs (its MSH, the queue row to attach to)."""
-        self._db.execute("INSERT OR REPLACE INTO zam_targets VALUES (?,?,?)",
-                         (control_id, json.dumps(target), time.time()))
+        self._db.execute(
+            "INSERT OR REPLACE INTO zam_targets VALUES (?,?,?)", (control_id, json.dumps(target), time.time())
+        )
 
     def zam_target(self, control_id: str) -> dict | None:
         """The target recorded for request `control_id`, or None."""
@@ -87,9 +92,7 @@ class MssStore:
     def finish_inbound(self, mail_key: str, state: str, reason: str = "") -> None:
         """Record the final state of a received mail (integrated / rejected / quarantined)."""
         assert state in FINAL_STATES
-        self._db.execute(
-            "INSERT OR REPLACE INTO inbound VALUES (?,?,?,?)", (mail_key, state, reason, time.time())
-        )
+        self._db.execute("INSERT OR REPLACE INTO inbound VALUES (?,?,?,?)", (mail_key, state, reason, time.time()))
 
     def document_delivered(self, mail_key: str, doc_index: int) -> bool:
         """True if the RIS already accepted document `doc_index` of that mail."""

@@ -80,9 +80,7 @@ def generate_test_pki(directory: Path, server_name: str = "localhost") -> TestPk
     ca = (
         _builder("PFI test CA", "PFI test CA", ca_key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
         .sign(ca_key, hashes.SHA256())
     )
     sans = [x509.DNSName(server_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]

@@ -50,9 +50,7 @@ def server_tls(server_pem: Path, ca_cert: Path | None = None, require_client: bo
             caCerts=[c.original for c in load_certificates(ca_cert)],
             requireCertificate=require_client,
         )
-    return ssl.CertificateOptions(
-        privateKey=private.privateKey.original, certificate=private.original, **kwargs
-    )
+    return ssl.CertificateOptions(privateKey=private.privateKey.original, certificate=private.original, **kwargs)
 
 
 def set_no_delay(transport) -> None:

@@ -83,8 +83,10 @@ def _ensure_confidentiality(entry, codes: list[str]) -> None:
         if code in present:
             continue
         classification = etree.Element(
-            f"{{{RIM}}}Classification", id=f"urn:uuid:{uuid.uuid4()}",
-            classificationScheme=CONFIDENTIALITY_SCHEME, classifiedObject=entry.get("id", ""),
+            f"{{{RIM}}}Classification",
+            id=f"urn:uuid:{uuid.uuid4()}",
+            classificationScheme=CONFIDENTIALITY_SCHEME,
+            classifiedObject=entry.get("id", ""),
             nodeRepresentation=code,
         )
         # ebRIM order: Slot*, Name, Description, Classification*, ExternalIdentifier*.
@@ -94,12 +96,12 @@ def _ensure_confidentiality(entry, codes: list[str]) -> None:
         else:
             entry.append(classification)
         _slot(classification, "codingScheme", [DMP_CONFIDENTIALITY_SYSTEM])
-        etree.SubElement(etree.SubElement(classification, f"{{{RIM}}}Name"),
-                         f"{{{RIM}}}LocalizedString", value=code)
+        etree.SubElement(etree.SubElement(classification, f"{{{RIM}}}Name"), f"{{{RIM}}}LocalizedString", value=code)
 
 
-def stamp_document_entry(metadata_xml: bytes, uri: str, content: bytes, action: str,
-                         confidentiality: list[str] | None = None) -> bytes:
+def stamp_document_entry(
+    metadata_xml: bytes, uri: str, content: bytes, action: str, confidentiality: list[str] | None = None
+) -> bytes:
     """Set URI, hash, size (and the `action` extra-metadata) on the single DocumentEntry."""
     tree = parse_untrusted(metadata_xml)
     entries = tree.getroot().findall(".//rim:ExtrinsicObject", NS)
@@ -117,10 +119,10 @@ def stamp_document_entry(metadata_xml: bytes, uri: str, content: bytes, action: 
 
 def _index_htm(sender: str, title: str, file_name: str) -> str:
     return (
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>IHE XDM</title></head><body>"
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>IHE XDM</title></head><body>'
         f"<h1>{_html(title)}</h1><p>Envoyé par : {_html(sender)}</p>"
-        f"<ul><li><a href=\"{SUBSET}/METADATA.XML\">METADATA.XML</a></li>"
-        f"<li><a href=\"{SUBSET}/{file_name}\">{file_name}</a></li></ul>"
+        f'<ul><li><a href="{SUBSET}/METADATA.XML">METADATA.XML</a></li>'
+        f'<li><a href="{SUBSET}/{file_name}">{file_name}</a></li></ul>'
         "<p>Contenu conforme au profil IHE XDM (ITI-32).</p></body></html>\r\n"
     )
 

@@ -18,7 +18,13 @@ from engine.docrequest.model import InsKind
 from engine.errors import ValidationError
 from engine.hl7.message import Message, Segment
 from engine.patients.model import (
-    AdtUpdate, ConsentValue, Consultation, DmpStatus, Feeding, InsId, PatientId,
+    AdtUpdate,
+    ConsentValue,
+    Consultation,
+    DmpStatus,
+    Feeding,
+    InsId,
+    PatientId,
 )
 
 # A14 (pending admission) and Z99 (update of a movement) carry PID and ZFA like A01/A05 (PAM.fr §f).
@@ -32,17 +38,57 @@ IDENTIFIER_CHANGE_EVENTS = frozenset({"A47"})
 # pending events, movement updates) carry the patient's current identity in PID but no ZFA
 # (PAM.fr §f): the registry takes the identity (PID-3, PID-32: an identity qualified during the
 # stay releases the DMP sends waiting for it) and leaves the consent alone.
-MOVEMENT_EVENTS = frozenset({"A02", "A03", "A06", "A07", "A11", "A12", "A13", "A16", "A21", "A22", "A25",
-                             "A26", "A27", "A32", "A33", "A38", "A52", "A53", "A54", "A55"})
+MOVEMENT_EVENTS = frozenset(
+    {
+        "A02",
+        "A03",
+        "A06",
+        "A07",
+        "A11",
+        "A12",
+        "A13",
+        "A16",
+        "A21",
+        "A22",
+        "A25",
+        "A26",
+        "A27",
+        "A32",
+        "A33",
+        "A38",
+        "A52",
+        "A53",
+        "A54",
+        "A55",
+    }
+)
 SUPPORTED_EVENTS = UPDATE_EVENTS | MERGE_EVENTS | IDENTIFIER_CHANGE_EVENTS | MOVEMENT_EVENTS
 # PID-32 first repetition (French table 0445). VIDE/PROV/VALI are PAM.fr 2.11's statuses; RECUP and
 # QUAL are the other two statuses of the national identity referential, accepted from GAMs that
 # send them, and treated like any status other than VALI (the INS is not qualified).
 IDENTITY_STATUSES = frozenset({"VIDE", "PROV", "VALI", "RECUP", "QUAL"})
-IDENTITY_ATTRIBUTES = frozenset({
-    "DOUB", "DESA", "DPOT", "DOUA", "COLP", "COLV", "FILI", "CACH", "ANOM", "IDVER", "RECD",
-    "IDRA", "USUR", "HOMD", "HOMA", "INVA", "FICT", "DOUT",
-})
+IDENTITY_ATTRIBUTES = frozenset(
+    {
+        "DOUB",
+        "DESA",
+        "DPOT",
+        "DOUA",
+        "COLP",
+        "COLV",
+        "FILI",
+        "CACH",
+        "ANOM",
+        "IDVER",
+        "RECD",
+        "IDRA",
+        "USUR",
+        "HOMD",
+        "HOMA",
+        "INVA",
+        "FICT",
+        "DOUT",
+    }
+)
 ADT_ERROR_LABELS = {
     "INS_KEY_INVALID": "INS control key is wrong",
     "IPP_MISSING": "No PI identifier (IPP) in the identifier list",
@@ -66,8 +112,11 @@ class AdtError(ValidationError):
     @classmethod
     def app(cls, app_code: str, message: str, location: str | None = None) -> "AdtError":
         """A 207 application error with a local ERR-5 code (system 99PFI)."""
-        return cls(HL7Error(code=207, message=message, location=location, app_code=app_code,
-                            app_label=ADT_ERROR_LABELS[app_code]))
+        return cls(
+            HL7Error(
+                code=207, message=message, location=location, app_code=app_code, app_label=ADT_ERROR_LABELS[app_code]
+            )
+        )
 
 
 def read_adt(msg: Message) -> AdtUpdate:
@@ -142,9 +191,13 @@ class _AdtReader:
         identifiers = self.identifiers(pid, "PID^1^3")
         status, attributes = self.identity_status(pid)
         update = AdtUpdate(
-            event=event, control_id=self.value(msh, 10), sending_application=self.value(msh, 3),
-            sending_facility=self.value(msh, 4), message_time=self.timestamp(msh, 7),
-            ipp=self.ipp(identifiers, "PID^1^3"), identity_status=status,
+            event=event,
+            control_id=self.value(msh, 10),
+            sending_application=self.value(msh, 3),
+            sending_facility=self.value(msh, 4),
+            message_time=self.timestamp(msh, 7),
+            ipp=self.ipp(identifiers, "PID^1^3"),
+            identity_status=status,
             identity_attributes=attributes,
         )
         update.ins = self.ins(pid, status)
@@ -154,8 +207,12 @@ class _AdtReader:
             self.identifier_change(update)
         if event in MOVEMENT_EVENTS:
             if self.one("ZFA", required=False) is not None:
-                self.warn(207, f"ZFA in ADT^{event} ignored: PAM.fr carries the DMP consent in A01, A04, "
-                               "A05, A14, A28, A31 and Z99 only", "ZFA^1")
+                self.warn(
+                    207,
+                    f"ZFA in ADT^{event} ignored: PAM.fr carries the DMP consent in A01, A04, "
+                    "A05, A14, A28, A31 and Z99 only",
+                    "ZFA^1",
+                )
         else:
             self.consent(update)
         update.warnings = self.warnings
@@ -166,9 +223,13 @@ class _AdtReader:
         if code != "ADT":
             raise AdtError.of(200, f"message type {code or '(empty)'} is not ADT", "MSH^1^9")
         if trigger not in SUPPORTED_EVENTS:
-            raise AdtError.of(201, f"event ADT^{trigger or '(empty)'} is not supported by the "
-                                   "patient registry (A01, A04, A05, A08, A14, A28, A31, Z99, A40, A47, "
-                                   "and the movements A02, A03...)", "MSH^1^9")
+            raise AdtError.of(
+                201,
+                f"event ADT^{trigger or '(empty)'} is not supported by the "
+                "patient registry (A01, A04, A05, A08, A14, A28, A31, Z99, A40, A47, "
+                "and the movements A02, A03...)",
+                "MSH^1^9",
+            )
         return trigger
 
     # -- identity -------------------------------------------------------------------------
@@ -197,8 +258,9 @@ class _AdtReader:
             self.warn(101, "PID-32 identity status is empty (mandatory since the INS)", "PID^1^32")
             return "", []
         if values[0] not in IDENTITY_STATUSES:
-            raise AdtError.of(103, f"PID-32 identity status {values[0]!r} is not in table 0445 "
-                                   "(VIDE, PROV, VALI...)", "PID^1^32")
+            raise AdtError.of(
+                103, f"PID-32 identity status {values[0]!r} is not in table 0445 (VIDE, PROV, VALI...)", "PID^1^32"
+            )
         for attribute in values[1:]:
             if attribute not in IDENTITY_ATTRIBUTES:
                 self.warn(103, f"PID-32 identity attribute {attribute!r} unknown: kept", "PID^1^32")
@@ -211,22 +273,25 @@ class _AdtReader:
             if ident.oid in INS_OIDS:
                 candidates.append(ident)
             elif id_type == "INS" or ident.oid in LEGACY_INSC_OIDS:
-                self.warn(103, "INS-typed identifier with an OID that is not an INS register: "
-                               "ignored", "PID^1^3")
+                self.warn(103, "INS-typed identifier with an OID that is not an INS register: ignored", "PID^1^3")
         if not candidates:
             return None
         chosen = min(candidates, key=lambda i: INS_OIDS[i.oid] is InsKind.NIA)
-        ins = InsId(**chosen.model_dump(), kind=INS_OIDS[chosen.oid].value,
-                    key_valid=nir_key_valid(chosen.value))
+        ins = InsId(**chosen.model_dump(), kind=INS_OIDS[chosen.oid].value, key_valid=nir_key_valid(chosen.value))
         if not ins.key_valid:
             if status == "VALI":
-                raise AdtError.app("INS_KEY_INVALID", "the INS matricule in PID-3 has a wrong "
-                                   "control key or format", "PID^1^3")
+                raise AdtError.app(
+                    "INS_KEY_INVALID", "the INS matricule in PID-3 has a wrong control key or format", "PID^1^3"
+                )
             self.warn(207, "INS with a wrong key in an unqualified identity: ignored", "PID^1^3")
             return None
         if status != "VALI":
-            self.warn(207, f"identity status {status or '(empty)'} is not VALI: the INS is kept "
-                           "for consent lookup only, marked not qualified", "PID^1^32")
+            self.warn(
+                207,
+                f"identity status {status or '(empty)'} is not VALI: the INS is kept "
+                "for consent lookup only, marked not qualified",
+                "PID^1^32",
+            )
         return ins
 
     def merged_ipp(self, surviving: PatientId) -> PatientId:
@@ -257,8 +322,7 @@ class _AdtReader:
         update.dmp_status = DmpStatus(status) if status else None
         update.dmp_status_date = self.timestamp(zfa, 2)
         update.feeding = self.consent_value(zfa, 9, Feeding, "INO, IO or NA", update.message_time)
-        update.consultation = self.consent_value(zfa, 11, Consultation, "IC, INC or NA",
-                                                 update.message_time)
+        update.consultation = self.consent_value(zfa, 11, Consultation, "IC, INC or NA", update.message_time)
 
     def coded(self, zfa: Segment, field: int, table, allowed: str) -> str:
         code = self.value(zfa, field, 1).upper()
@@ -266,15 +330,15 @@ class _AdtReader:
             raise AdtError.of(103, f"ZFA-{field} {code!r} is not {allowed}", f"ZFA^1^{field}")
         return code
 
-    def consent_value(self, zfa: Segment, field: int, table, allowed: str,
-                      fallback: datetime | None) -> ConsentValue | None:
+    def consent_value(
+        self, zfa: Segment, field: int, table, allowed: str, fallback: datetime | None
+    ) -> ConsentValue | None:
         """ZFA-9/10 or ZFA-11/12; None when the code is empty (nothing said, nothing changes)."""
         code = self.coded(zfa, field, table, allowed)
         if not code:
             return None
         date = self.timestamp(zfa, field + 1)
         if date is None and code != "NA":
-            self.warn(101, f"ZFA-{field + 1} collection date is empty: the message date is used",
-                      f"ZFA^1^{field + 1}")
+            self.warn(101, f"ZFA-{field + 1} collection date is empty: the message date is used", f"ZFA^1^{field + 1}")
             return ConsentValue(code=code, date=fallback, date_from_message=True)
         return ConsentValue(code=code, date=date)

@@ -72,22 +72,22 @@ class ConsentValue(BaseModel):
 class AdtUpdate(BaseModel):
     """What one ADT message says about one patient (read by `engine.patients.adt.read_adt`)."""
 
-    event: str                                   # MSH-9.2: A01, A04, A05, A08, A28, A31, A40
-    control_id: str = ""                         # MSH-10
+    event: str  # MSH-9.2: A01, A04, A05, A08, A28, A31, A40
+    control_id: str = ""  # MSH-10
     sending_application: str = ""
     sending_facility: str = ""
-    message_time: datetime | None = None         # MSH-7
+    message_time: datetime | None = None  # MSH-7
     ipp: PatientId
     ins: InsId | None = None
-    withdraw_ins: bool = False                   # A47 downgrade: the INS leaves the record
-    withdrawn_ins: str | None = None             # A47: the INS of MRG-1 that PID-3 no longer carries
-    identity_status: str = ""                    # PID-32 first repetition: VALI, PROV, VIDE ...
+    withdraw_ins: bool = False  # A47 downgrade: the INS leaves the record
+    withdrawn_ins: str | None = None  # A47: the INS of MRG-1 that PID-3 no longer carries
+    identity_status: str = ""  # PID-32 first repetition: VALI, PROV, VIDE ...
     identity_attributes: list[str] = Field(default_factory=list)
-    dmp_status: DmpStatus | None = None          # ZFA-1
-    dmp_status_date: datetime | None = None      # ZFA-2
-    feeding: ConsentValue | None = None          # ZFA-9 / ZFA-10
-    consultation: ConsentValue | None = None     # ZFA-11 / ZFA-12
-    merged_ipp: PatientId | None = None          # A40: MRG-1, the IPP that disappears
+    dmp_status: DmpStatus | None = None  # ZFA-1
+    dmp_status_date: datetime | None = None  # ZFA-2
+    feeding: ConsentValue | None = None  # ZFA-9 / ZFA-10
+    consultation: ConsentValue | None = None  # ZFA-11 / ZFA-12
+    merged_ipp: PatientId | None = None  # A40: MRG-1, the IPP that disappears
     warnings: list[HL7Error] = Field(default_factory=list)
 
     @property
@@ -107,8 +107,8 @@ class MergeRecord(BaseModel):
 class HistoryEntry(BaseModel):
     """One change of a patient record: when, by which message, what changed."""
 
-    at: float                                    # engine clock (epoch seconds) when applied
-    control_id: str = ""                         # MSH-10 of the source message
+    at: float  # engine clock (epoch seconds) when applied
+    control_id: str = ""  # MSH-10 of the source message
     event: str = ""
     changes: dict[str, str | None] = Field(default_factory=dict)
 
@@ -126,7 +126,7 @@ class PatientRecord(BaseModel):
     feeding: ConsentValue | None = None
     consultation: ConsentValue | None = None
     merges: list[MergeRecord] = Field(default_factory=list)
-    withdrawn_ins: str | None = None             # the INS an A47 downgrade took away (patient data)
+    withdrawn_ins: str | None = None  # the INS an A47 downgrade took away (patient data)
     created_at: float
     updated_at: float
 

@@ -32,7 +32,13 @@ from twisted.internet import threads
 from engine.errors import JournalError
 from engine.journal import patients as tables
 from engine.patients.model import (
-    AdtUpdate, ConsentValue, HistoryEntry, InsId, MergeRecord, PatientId, PatientRecord,
+    AdtUpdate,
+    ConsentValue,
+    HistoryEntry,
+    InsId,
+    MergeRecord,
+    PatientId,
+    PatientRecord,
 )
 
 FILE_NAME = "patients.sqlite"
@@ -51,16 +57,15 @@ WITHDRAWN, OTHER_INS = "WITHDRAWN", "OTHER_INS"
 class PatientRegistry:
     """Patients known from ADT messages; implements engine.dmp.gates.ConsentRegistry."""
 
-    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time, reactor=None,
-                 url: str | None = None):
+    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time, reactor=None, url: str | None = None):
         """`url`: the shared PostgreSQL journal of a cluster, so that every node sees the consent
         the dispatch leader recorded (schema from `pfi db upgrade`); else a local SQLite file."""
         self.path = Path(data_dir) / FILE_NAME
         self.url = url
         self._clock = clock
         self._reactor = reactor
-        self._lock = threading.Lock()          # guards the writer connection
-        self._read_lock = threading.Lock()     # guards the reader connection
+        self._lock = threading.Lock()  # guards the writer connection
+        self._read_lock = threading.Lock()  # guards the reader connection
         try:
             self._db = self._connect()
             # WAL readers never wait for a writer's fsync: lookups on the reactor stay quick.
@@ -135,10 +140,12 @@ class PatientRegistry:
     def _apply_identity(self, patient_id: int, update: AdtUpdate) -> dict[str, str | None]:
         """Identity fields follow the latest message: INS, PID-32 status and attributes, ZFA-1."""
         row = self._row(patient_id)
-        new = {"ins": update.ins.value if update.ins else None,
-               "ins_json": update.ins.model_dump_json() if update.ins else None,
-               "identity_status": update.identity_status,
-               "identity_attributes": json.dumps(update.identity_attributes)}
+        new = {
+            "ins": update.ins.value if update.ins else None,
+            "ins_json": update.ins.model_dump_json() if update.ins else None,
+            "identity_status": update.identity_status,
+            "identity_attributes": json.dumps(update.identity_attributes),
+        }
         if update.dmp_status is not None:
             # ZFA-1/2: the last known DMP state, not historised (PAM.fr).
             new["dmp_status"] = update.dmp_status.value
@@ -155,8 +162,9 @@ class PatientRegistry:
         tables.update_patient(self._db, patient_id, changed)
         return {k: v for k, v in changed.items() if k != "ins_json"}
 
-    def _apply_consent(self, patient_id: int, feeding: ConsentValue | None,
-                       consultation: ConsentValue | None) -> dict[str, str | None]:
+    def _apply_consent(
+        self, patient_id: int, feeding: ConsentValue | None, consultation: ConsentValue | None
+    ) -> dict[str, str | None]:
         row = self._row(patient_id)
         changes: dict[str, str | None] = {}
         for name, incoming in zip(_CONSENT_FIELDS, (feeding, consultation)):
@@ -180,18 +188,21 @@ class PatientRegistry:
         if row["ins"] and not survivor_row["ins"]:
             tables.update_patient(self._db, survivor, {"ins": row["ins"], "ins_json": row["ins_json"]})
         if row["dmp_status"] and not survivor_row["dmp_status"]:
-            tables.update_patient(self._db, survivor, {"dmp_status": row["dmp_status"],
-                                                       "dmp_status_date": row["dmp_status_date"]})
-        moved = self._apply_consent(survivor, _consent(row["feeding_json"]),
-                                    _consent(row["consultation_json"]))
+            tables.update_patient(
+                self._db, survivor, {"dmp_status": row["dmp_status"], "dmp_status_date": row["dmp_status_date"]}
+            )
+        moved = self._apply_consent(survivor, _consent(row["feeding_json"]), _consent(row["consultation_json"]))
         tables.move_merged(self._db, old, survivor, now, update.control_id)
         self._history(old, update, {"merged_into": f"patient {survivor}"}, now)
-        return {"merged": f"IPP {update.merged_ipp.value}",
-                **{f"merged_{k}": v for k, v in moved.items() if not k.endswith("_ignored")}}
+        return {
+            "merged": f"IPP {update.merged_ipp.value}",
+            **{f"merged_{k}": v for k, v in moved.items() if not k.endswith("_ignored")},
+        }
 
     def _history(self, patient_id: int, update: AdtUpdate, changes: dict, now: float) -> None:
-        tables.add_history(self._db, patient_id, now, update.control_id, update.event,
-                           json.dumps(changes, sort_keys=True))
+        tables.add_history(
+            self._db, patient_id, now, update.control_id, update.event, json.dumps(changes, sort_keys=True)
+        )
 
     # -- reads ----------------------------------------------------------------------------
     def find(self, identifier: str, domain: str | None = None) -> PatientRecord | None:
@@ -237,7 +248,7 @@ class PatientRegistry:
         keys = [tuple(k.strip() for k in key) for key in keys]
         views: dict = {}
         for start in range(0, len(keys), 200):
-            chunk = keys[start:start + 200]
+            chunk = keys[start : start + 200]
             ipps = sorted({ipp for _, ipp, _ in chunk if ipp}) or [""]
             inss = sorted({ins for ins, _, _ in chunk if ins}) or [""]
             with self._read_lock:
@@ -255,8 +266,7 @@ class PatientRegistry:
             if patient_id is None:
                 return []
             rows = tables.history_rows(self._reader, [patient_id] + tables.merged_ids(self._reader, patient_id))
-        return [HistoryEntry(at=r[0], control_id=r[1], event=r[2], changes=json.loads(r[3]))
-                for r in rows]
+        return [HistoryEntry(at=r[0], control_id=r[1], event=r[2], changes=json.loads(r[3])) for r in rows]
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod
@@ -270,24 +280,32 @@ class PatientRegistry:
 
     def _record(self, db: sqlite3.Connection, patient_id: int) -> PatientRecord:
         row = self._row(patient_id, db)
-        merges = [MergeRecord(old_ipp=PatientId(value=m[0], authority=m[1], oid=m[2]), at=m[3],
-                              control_id=m[4]) for m in tables.merges_into(db, patient_id)]
+        merges = [
+            MergeRecord(old_ipp=PatientId(value=m[0], authority=m[1], oid=m[2]), at=m[3], control_id=m[4])
+            for m in tables.merges_into(db, patient_id)
+        ]
         return PatientRecord(
-            id=row["id"], ipp=PatientId(value=row["ipp"], authority=row["ipp_authority"],
-                                        oid=row["ipp_oid"]),
+            id=row["id"],
+            ipp=PatientId(value=row["ipp"], authority=row["ipp_authority"], oid=row["ipp_oid"]),
             ins=InsId.model_validate_json(row["ins_json"]) if row["ins_json"] else None,
             identity_status=row["identity_status"],
             identity_attributes=json.loads(row["identity_attributes"] or "[]"),
-            dmp_status=row["dmp_status"], dmp_status_date=row["dmp_status_date"],
-            feeding=_consent(row["feeding_json"]), consultation=_consent(row["consultation_json"]),
-            merges=merges, withdrawn_ins=row["withdrawn_ins"], created_at=row["created_at"],
-            updated_at=row["updated_at"])
+            dmp_status=row["dmp_status"],
+            dmp_status_date=row["dmp_status_date"],
+            feeding=_consent(row["feeding_json"]),
+            consultation=_consent(row["consultation_json"]),
+            merges=merges,
+            withdrawn_ins=row["withdrawn_ins"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
 
 
 def _statistics_match(rows: list, ins: str, ipp: str, ipp_domain: str):
     """The row `identity_status` would pick: by IPP (first registered), else by INS."""
-    by_ipp = sorted((r for r in rows if ipp and r[1] == ipp and (not ipp_domain or r[2] == ipp_domain)),
-                    key=lambda r: r[0])
+    by_ipp = sorted(
+        (r for r in rows if ipp and r[1] == ipp and (not ipp_domain or r[2] == ipp_domain)), key=lambda r: r[0]
+    )
     if by_ipp:
         return by_ipp[0]
     by_ins = sorted((r for r in rows if ins and r[3] == ins), key=lambda r: (bool(r[4]), -r[5]))

@@ -61,5 +61,3 @@ def _cda_id(request) -> str:
     if header.id is None:
         return ""
     return f"{header.id.root}.{header.id.extension}" if header.id.extension else header.id.root
-
-

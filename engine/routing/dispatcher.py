@@ -23,12 +23,23 @@ RECHECK_SECONDS = 0.02
 
 
 class Dispatcher:
-    def __init__(self, journal, routes, env: Environment, clock, connectors: dict, retry_settings: dict,
-                 node: str = "local", rng: random.Random | None = None):
+    def __init__(
+        self,
+        journal,
+        routes,
+        env: Environment,
+        clock,
+        connectors: dict,
+        retry_settings: dict,
+        node: str = "local",
+        rng: random.Random | None = None,
+    ):
         self.journal, self.routes, self.env, self.clock = journal, routes, env, clock
         self.node = node
-        self.workers = {name: DestinationWorker(self, name, c, retry_settings.get(name), rng or random.Random())
-                        for name, c in connectors.items()}
+        self.workers = {
+            name: DestinationWorker(self, name, c, retry_settings.get(name), rng or random.Random())
+            for name, c in connectors.items()
+        }
         self._busy = False
         self._again = False
         self._timer = None
@@ -92,7 +103,8 @@ class Dispatcher:
                 # the message, which stays `received` until its plan is written (at-least-once).
                 busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
                 touched = await self.journal.submit(
-                    lambda conn, store: _apply_all(self.journal, conn, plans, self.node, busy, now, names), logged=True)
+                    lambda conn, store: _apply_all(self.journal, conn, plans, self.node, busy, now, names), logged=True
+                )
                 self.wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
             log.exception("routing.dispatch_failed", error=str(exc))
@@ -174,7 +186,9 @@ class Dispatcher:
         zams = [self._zam(kind, outcome, ctx, z) for z in plan.zams]
         plan.deliveries += [z for z in zams if z is not None]
         busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
-        touched = await self.journal.submit(lambda conn, store: _apply_all(self.journal, conn, [plan], self.node, busy, now, names))
+        touched = await self.journal.submit(
+            lambda conn, store: _apply_all(self.journal, conn, [plan], self.node, busy, now, names)
+        )
         self.wake(touched)
 
     def _zam(self, kind: str, outcome: Outcome, ctx: MessageContext, zam) -> NewDelivery | None:
@@ -204,8 +218,12 @@ def statistics_facts(contexts: list[MessageContext], env: Environment) -> list:
     try:
         return facts_for_all(contexts, env.patients)
     except Exception as exc:  # noqa: BLE001 - a statistic is never worth a message
-        log.error("stats.classify_failed", messages=len(contexts), error=type(exc).__name__,
-                  detail="counted without the PAM.fr registry (identity from PID-32)")
+        log.error(
+            "stats.classify_failed",
+            messages=len(contexts),
+            error=type(exc).__name__,
+            detail="counted without the PAM.fr registry (identity from PID-32)",
+        )
     try:
         return facts_for_all(contexts, None)
     except Exception as exc:  # noqa: BLE001
@@ -213,17 +231,23 @@ def statistics_facts(contexts: list[MessageContext], env: Environment) -> list:
         return []
 
 
-def _apply_all(journal, conn, plans: list[Plan], node: str, busy: set[str] = frozenset(),
-               now: float | None = None, destinations=()) -> list[str]:
+def _apply_all(
+    journal, conn, plans: list[Plan], node: str, busy: set[str] = frozenset(), now: float | None = None, destinations=()
+) -> list[str]:
     from engine.journal import stats
 
     touched = queue.apply_plans(conn, plans, node, now)
     stats.record_messages(conn, [plan.facts for plan in plans if plan.facts is not None])
     for plan in plans:  # the DMP sends waiting for the identity of a patient just qualified try again
         if plan.qualified_identity:
-            touched += queue.release_identity_holds(conn, plan.qualified_identity, destinations, node,
-                                                    now if now is not None else time.time(),
-                                                    cause=plan.qualified_by or "a PAM.fr update")
+            touched += queue.release_identity_holds(
+                conn,
+                plan.qualified_identity,
+                destinations,
+                node,
+                now if now is not None else time.time(),
+                cause=plan.qualified_by or "a PAM.fr update",
+            )
     # A shared journal: wake the other nodes' workers only for destinations whose local worker is
     # already busy (more work than it takes); an idle one is woken locally and takes it at once.
     wanted = [d for d in touched if d in busy]
@@ -275,8 +299,11 @@ class DestinationWorker:
             while not self._stopped and not await self._check_paused():
                 lease_until = time.time() + journal.lease  # wall clock: other nodes read it
                 claimed = await journal.submit(
-                    lambda c, s: _claim_with_payloads(c, s, self.name, clock.seconds(), node, lease_until, journal.dialect),
-                    logged=True)
+                    lambda c, s: _claim_with_payloads(
+                        c, s, self.name, clock.seconds(), node, lease_until, journal.dialect
+                    ),
+                    logged=True,
+                )
                 if not claimed:
                     break
                 await self._attempt_batch(claimed)
@@ -334,7 +361,9 @@ class DestinationWorker:
         await self._record(succeeded)
         if skipped:
             now = self.dispatcher.clock.seconds()
-            await self.dispatcher.journal.submit(lambda c, s: queue.release(c, skipped, now, self.dispatcher.node), logged=True)
+            await self.dispatcher.journal.submit(
+                lambda c, s: queue.release(c, skipped, now, self.dispatcher.node), logged=True
+            )
 
     async def _send(self, delivery: queue.Delivery, payload: bytes) -> tuple[Outcome, float | None]:
         from engine.retry import attempts_exhausted, backoff_delay
@@ -352,8 +381,14 @@ class DestinationWorker:
             else:
                 delay = backoff_delay(delivery.attempts + 1, self.retry, self.rng) if self.retry else 1.0
                 retry_at = d.clock.seconds() + delay
-        log.info("delivery.attempt", message_id=delivery.message_uid, destination=self.name,
-                 delivery=delivery.id, outcome=str(outcome.action), reason=outcome.reason)
+        log.info(
+            "delivery.attempt",
+            message_id=delivery.message_uid,
+            destination=self.name,
+            delivery=delivery.id,
+            outcome=str(outcome.action),
+            reason=outcome.reason,
+        )
         if d.metrics is not None:
             d.metrics.deliveries.labels(self.name, str(outcome.action)).inc()
         return outcome, retry_at
@@ -364,16 +399,26 @@ class DestinationWorker:
         once more after the hold is written, and release it if the gate would now let it go."""
         d = self.dispatcher
         now = d.clock.seconds()
-        held = await d.journal.submit(lambda c, s: queue.hold_for_identity(c, delivery, reason, d.node, now),
-                                      logged=True)
+        held = await d.journal.submit(
+            lambda c, s: queue.hold_for_identity(c, delivery, reason, d.node, now), logged=True
+        )
         recheck = getattr(self.connector, "identity_keys_if_qualified", None)
         if not held or recheck is None:
             return
         keys = await threads.deferToThread(recheck, payload)
         if keys:
-            await d.journal.submit(lambda c, s: queue.release_identity_holds(
-                c, keys, [self.name], d.node, d.clock.seconds(), ids={delivery.id},
-                cause="a PAM.fr update applied while the hold was written"), logged=True)
+            await d.journal.submit(
+                lambda c, s: queue.release_identity_holds(
+                    c,
+                    keys,
+                    [self.name],
+                    d.node,
+                    d.clock.seconds(),
+                    ids={delivery.id},
+                    cause="a PAM.fr update applied while the hold was written",
+                ),
+                logged=True,
+            )
 
     async def _pause(self, delivery: queue.Delivery, reason: str) -> None:
         """The destination refused our credentials: this delivery goes back to the queue (not
@@ -382,11 +427,11 @@ class DestinationWorker:
         now = d.clock.seconds()
         await d.journal.submit(lambda c, s: queue.pause(c, delivery, reason, d.node, now), logged=True)
         self.paused = True
-        log.error("delivery.destination_paused", destination=self.name, reason=reason,
-                  resume=f"pfi resume {self.name}")
+        log.error("delivery.destination_paused", destination=self.name, reason=reason, resume=f"pfi resume {self.name}")
 
-    async def _record(self, results: list[tuple[queue.Delivery, Outcome]], action: Action = Action.DONE,
-                      retry_at: float | None = None) -> None:
+    async def _record(
+        self, results: list[tuple[queue.Delivery, Outcome]], action: Action = Action.DONE, retry_at: float | None = None
+    ) -> None:
         if not results:
             return
         d = self.dispatcher
@@ -395,8 +440,8 @@ class DestinationWorker:
         # No fsync for successes: after a crash an unrecorded success is sent again with the
         # same MSH-10 (at-least-once; the destination can detect it). Failures are fsync'ed.
         follows = await d.journal.submit(
-            lambda c, s: queue.finish_all(c, texts, str(action), d.node, now, retry_at),
-            logged=action is Action.DONE)
+            lambda c, s: queue.finish_all(c, texts, str(action), d.node, now, retry_at), logged=action is Action.DONE
+        )
         for (delivery, outcome), follow in zip(results, follows):
             if follow:
                 await d.follow_up(delivery, follow, outcome)

@@ -52,8 +52,9 @@ def plan_message(routes: list[Route], ctx: MessageContext, env: Environment) -> 
     return plan
 
 
-def run_steps(route: Route, steps: list[Step], ctx: MessageContext, payload: bytes, env: Environment,
-              plan: Plan) -> None:
+def run_steps(
+    route: Route, steps: list[Step], ctx: MessageContext, payload: bytes, env: Environment, plan: Plan
+) -> None:
     """Run `steps` in order; a failing validate/transform/gate or a stop ends this route."""
     for step in steps:
         try:
@@ -93,8 +94,9 @@ def _run_step(route, step: Step, ctx, payload: bytes, env: Environment, plan: Pl
     return payload, True
 
 
-def _run_on_failure(route: Route, step: Step, ctx: MessageContext, env: Environment, plan: Plan,
-                    error: EngineError) -> None:
+def _run_on_failure(
+    route: Route, step: Step, ctx: MessageContext, env: Environment, plan: Plan, error: EngineError
+) -> None:
     """A refused document still gets its answer: the step's on_failure steps (a ZAM failure to the
     creator, an alert delivery) run with the refusal as the reason."""
     from engine.routing.zamstep import build_zam_delivery
@@ -160,8 +162,12 @@ def _update_patient(ctx: MessageContext, env: Environment, plan: Plan) -> None:
     if record.ins is not None and record.identity_status == "VALI":
         plan.qualified_identity = (record.ins.value, record.ipp.value, *(m.old_ipp.value for m in record.merges))
         plan.qualified_by = f"the PAM.fr update {ctx.header.message_type} {ctx.header.control_id}".strip()
-    plan.events.append(("patient-updated", f"registry updated (feeding consent: "
-                                           f"{'opposed' if record.opposed_to_feeding else 'not opposed'})"))
+    plan.events.append(
+        (
+            "patient-updated",
+            f"registry updated (feeding consent: {'opposed' if record.opposed_to_feeding else 'not opposed'})",
+        )
+    )
 
 
 def _transform(step: Step, payload: bytes, env: Environment, ctx: MessageContext) -> bytes:
@@ -175,9 +181,16 @@ def _deliver(route, step: Step, ctx: MessageContext, payload: bytes, env: Enviro
     action, doc_id, replaced = ctx.document_ids
     for destination in as_list(step.deliver.to):
         key_path = step.deliver.key or getattr(env.channels.get(destination), "queue_key", None) or "PID-3.1"
-        plan.deliveries.append(NewDelivery(
-            route=route.name, step=step.label, destination=destination,
-            fifo_key=ctx.get(key_path), not_before=ctx.received_at + step.deliver.delay,
-            payload=None if payload is ctx.raw else payload, doc_id=doc_id, action=action,
-            replaced_id=replaced,
-        ))
+        plan.deliveries.append(
+            NewDelivery(
+                route=route.name,
+                step=step.label,
+                destination=destination,
+                fifo_key=ctx.get(key_path),
+                not_before=ctx.received_at + step.deliver.delay,
+                payload=None if payload is ctx.raw else payload,
+                doc_id=doc_id,
+                action=action,
+                replaced_id=replaced,
+            )
+        )

@@ -20,8 +20,21 @@ def build_zam_delivery(zam, error: tuple[str, str, bool] | None, ctx: MessageCon
     if request is None or not wants_zam(request, kind):
         return None
     code, label, local = error or (None, None, False)
-    payload = build_zam(kind, request.header, error is None, control_id=new_id(now)[-20:],
-                        now=datetime.fromtimestamp(now), error_code=code, error_label=label,
-                        local_error=local)
-    return NewDelivery(route=route, step=f"zam-{kind}", destination=channel,
-                       fifo_key=request.header.sending_application, not_before=now, payload=payload)
+    payload = build_zam(
+        kind,
+        request.header,
+        error is None,
+        control_id=new_id(now)[-20:],
+        now=datetime.fromtimestamp(now),
+        error_code=code,
+        error_label=label,
+        local_error=local,
+    )
+    return NewDelivery(
+        route=route,
+        step=f"zam-{kind}",
+        destination=channel,
+        fifo_key=request.header.sending_application,
+        not_before=now,
+        payload=payload,
+    )

@@ -46,11 +46,19 @@ class Answer:
 class DmpSimulator:
     """The simulated national DMP service (repository + registry)."""
 
-    def __init__(self, reactor, port: int = 0, pki_dir: Path | None = None,
-                 data_dir: Path | None = None, valueset_dir: Path | None = None,
-                 known_patients: set[str] | None = None, interface: str = "127.0.0.1",
-                 require_submission_signature: bool = False,
-                 closed_patients: set[str] | None = None, no_dmp_patients: set[str] | None = None):
+    def __init__(
+        self,
+        reactor,
+        port: int = 0,
+        pki_dir: Path | None = None,
+        data_dir: Path | None = None,
+        valueset_dir: Path | None = None,
+        known_patients: set[str] | None = None,
+        interface: str = "127.0.0.1",
+        require_submission_signature: bool = False,
+        closed_patients: set[str] | None = None,
+        no_dmp_patients: set[str] | None = None,
+    ):
         if pki_dir is None:
             raise ValidationError("the DMP simulator needs a PKI directory (pfi.pki)")
         self._reactor = reactor
@@ -80,8 +88,9 @@ class DmpSimulator:
 
     def start(self) -> int:
         """Listen (TLS, client certificate required); return the port."""
-        self._listener = self._reactor.listenSSL(self._port_number, server.Site(self._root()),
-                                                 self._tls_options(), interface=self._interface)
+        self._listener = self._reactor.listenSSL(
+            self._port_number, server.Site(self._root()), self._tls_options(), interface=self._interface
+        )
         self._port_number = self._listener.getHost().port
         self._down = False
         return self._port_number
@@ -127,8 +136,9 @@ class DmpSimulator:
     # -- plumbing ------------------------------------------------------------------------
 
     def _tls_options(self):
-        return server_options(self._pki.server.cert.read_bytes(), self._pki.server.key.read_bytes(),
-                              self._pki.ca.cert.read_bytes())
+        return server_options(
+            self._pki.server.cert.read_bytes(), self._pki.server.key.read_bytes(), self._pki.ca.cert.read_bytes()
+        )
 
     def _root(self) -> resource.Resource:
         root = resource.Resource()
@@ -136,8 +146,7 @@ class DmpSimulator:
         root.putChild(b"registry", _Endpoint(self, {soap.ACTION_ITI18, soap.ACTION_ITI57}))
         return root
 
-    async def answer(self, content_type: str, body: bytes, peer_pem: bytes,
-                     actions: set[str]) -> Answer:
+    async def answer(self, content_type: str, body: bytes, peer_pem: bytes, actions: set[str]) -> Answer:
         """Process one POST (after the outage/slow knobs)."""
         self.requests_seen += 1
         if self._delay:
@@ -153,8 +162,7 @@ class DmpSimulator:
             log.info("dmp.sim.fault", subcode=fault.subcode)
             return _fault_answer(fault)
 
-    def _process(self, content_type: str, body: bytes, peer_pem: bytes,
-                 actions: set[str]) -> Answer:
+    def _process(self, content_type: str, body: bytes, peer_pem: bytes, actions: set[str]) -> Answer:
         root, parts = _unpack(content_type, body, soap.ACTION_ITI41 in actions)
         env = checks.parse_envelope(root)
         action, message_id = checks.check_addressing(env, actions)
@@ -162,31 +170,28 @@ class DmpSimulator:
         body_node = soap.body_child(env)
         if body_node is None:
             raise SoapFault("soap:Sender", "empty SOAP Body")
-        handler = {soap.ACTION_ITI41: self._iti41, soap.ACTION_ITI18: self._iti18,
-                   soap.ACTION_ITI57: self._iti57}[action]
+        handler = {soap.ACTION_ITI41: self._iti41, soap.ACTION_ITI18: self._iti18, soap.ACTION_ITI57: self._iti57}[
+            action
+        ]
         response = handler(body_node, parts, checks.vihf_patient(vihf), peer_pem)
-        reply = soap.envelope(soap.RESPONSE_ACTIONS[action], "", response,
-                              relates_to=message_id)
+        reply = soap.envelope(soap.RESPONSE_ACTIONS[action], "", response, relates_to=message_id)
         data = etree.tostring(reply, xml_declaration=True, encoding="UTF-8")
         if action == soap.ACTION_ITI41:
             ctype, data = soap.mtom_pack(data, {}, soap.ACTION_ITI41_RESPONSE)
             return Answer(200, ctype, data)
-        return Answer(200, f'application/soap+xml; charset=UTF-8; '
-                           f'action="{soap.RESPONSE_ACTIONS[action]}"', data)
+        return Answer(200, f'application/soap+xml; charset=UTF-8; action="{soap.RESPONSE_ACTIONS[action]}"', data)
 
     def _now(self) -> float:
         return self._reactor.seconds()
 
     # -- ITI-41 --------------------------------------------------------------------------
 
-    def _iti41(self, body: etree._Element, parts: dict[str, bytes], vihf_patient: str,
-               peer_pem: bytes):
+    def _iti41(self, body: etree._Element, parts: dict[str, bytes], vihf_patient: str, peer_pem: bytes):
         if body.tag != q(ebrim.XDSB, "ProvideAndRegisterDocumentSetRequest"):
             raise SoapFault("soap:Sender", "Body is not xdsb:ProvideAndRegisterDocumentSetRequest")
         objects = body.find(f"{q(ebrim.LCM, 'SubmitObjectsRequest')}/{q(RIM, 'RegistryObjectList')}")
         if objects is None:
-            return _failure([RegistryError(checks.META, "SubmitObjectsRequest/RegistryObjectList "
-                                                        "missing")])
+            return _failure([RegistryError(checks.META, "SubmitObjectsRequest/RegistryObjectList missing")])
         documents, errors = _documents(body, parts)
         entries = objects.findall(q(RIM, "ExtrinsicObject"))
         errors += _pairing_errors(entries, documents)
@@ -195,8 +200,7 @@ class DmpSimulator:
         for entry in entries:
             errors += checks.entry_errors(entry, self._values, documents.get(entry.get("id")))
         errors += self._patient_and_link_errors(objects, pkg, entries, vihf_patient)
-        errors += checks.signature_errors(objects, pkg, entries, documents, peer_pem,
-                                          self.require_submission_signature)
+        errors += checks.signature_errors(objects, pkg, entries, documents, peer_pem, self.require_submission_signature)
         errors += self._forced_errors()
         if errors:
             return _failure(errors)
@@ -212,16 +216,21 @@ class DmpSimulator:
         if ss_patient and ss_patient.split("^")[0] in self.no_dmp_patients:
             errors.append(RegistryError("XDSUnknownPatientId", "le patient n'a pas de DMP"))
         if ss_patient and ss_patient != vihf_patient:
-            errors.append(RegistryError("XDSPatientIdDoesNotMatch", "VIHF resource-id differs "
-                                        "from the submission set patientId"))
+            errors.append(
+                RegistryError("XDSPatientIdDoesNotMatch", "VIHF resource-id differs from the submission set patientId")
+            )
         for entry in entries:
             if ebrim.external_value(entry, DE["patientId"]) != ss_patient:
-                errors.append(RegistryError("XDSPatientIdDoesNotMatch", f"{entry.get('id')}: "
-                                            "patientId differs from the submission set"))
+                errors.append(
+                    RegistryError(
+                        "XDSPatientIdDoesNotMatch", f"{entry.get('id')}: patientId differs from the submission set"
+                    )
+                )
             unique_id = ebrim.external_value(entry, DE["uniqueId"])
             if unique_id and self.store.by_unique_id(unique_id):
-                errors.append(RegistryError("XDSDuplicateUniqueIdInRegistry",
-                                            f"uniqueId {unique_id} already registered"))
+                errors.append(
+                    RegistryError("XDSDuplicateUniqueIdInRegistry", f"uniqueId {unique_id} already registered")
+                )
         errors += _membership_errors(objects, pkg, entries)
         errors += self._replace_errors(objects, ss_patient)
         return errors
@@ -231,12 +240,14 @@ class DmpSimulator:
         for assoc in _associations(objects, ebrim.RPLC):
             target = self.store.by_uuid(assoc.get("targetObject", ""))
             if target is None or target.status != ebrim.APPROVED:
-                errors.append(RegistryError("XDSUnresolvedReferenceException",
-                                            f"RPLC target {assoc.get('targetObject')} is not an "
-                                            "approved document of the DMP"))
+                errors.append(
+                    RegistryError(
+                        "XDSUnresolvedReferenceException",
+                        f"RPLC target {assoc.get('targetObject')} is not an approved document of the DMP",
+                    )
+                )
             elif target.patient_id != ss_patient:
-                errors.append(RegistryError("XDSPatientIdDoesNotMatch",
-                                            "RPLC target belongs to another patient"))
+                errors.append(RegistryError("XDSPatientIdDoesNotMatch", "RPLC target belongs to another patient"))
         return errors
 
     def _forced_errors(self) -> list[RegistryError]:
@@ -251,11 +262,19 @@ class DmpSimulator:
             entry_uuid = symbolic if symbolic.startswith("urn:uuid:") else ebrim.new_uuid()
             assigned[symbolic] = entry_uuid
             stored = _registered_copy(entry, entry_uuid, entry_uuid, 1)
-            self.store.add(StoredEntry(entry_uuid, entry_uuid, 1,
-                                       ebrim.external_value(entry, DE["uniqueId"]),
-                                       ebrim.external_value(entry, DE["patientId"]),
-                                       ebrim.APPROVED, etree.tostring(stored),
-                                       documents[symbolic]), self._now())
+            self.store.add(
+                StoredEntry(
+                    entry_uuid,
+                    entry_uuid,
+                    1,
+                    ebrim.external_value(entry, DE["uniqueId"]),
+                    ebrim.external_value(entry, DE["patientId"]),
+                    ebrim.APPROVED,
+                    etree.tostring(stored),
+                    documents[symbolic],
+                ),
+                self._now(),
+            )
         for assoc in _associations(objects, ebrim.RPLC):
             self.store.set_status(assoc.get("targetObject"), ebrim.DEPRECATED)
         self.store.commit()
@@ -270,10 +289,8 @@ class DmpSimulator:
         query = body.find(q(RIM, "AdhocQuery"))
         option = body.find(q(ebrim.QUERY, "ResponseOption"))
         if query is None or option is None:
-            return _query_failure([RegistryError("XDSRegistryError",
-                                                 "AdhocQuery or ResponseOption missing")])
-        params = {s.get("name"): ebrim.slot_values(query, s.get("name"))
-                  for s in query.findall(q(RIM, "Slot"))}
+            return _query_failure([RegistryError("XDSRegistryError", "AdhocQuery or ResponseOption missing")])
+        params = {s.get("name"): ebrim.slot_values(query, s.get("name")) for s in query.findall(q(RIM, "Slot"))}
         try:
             found = self._run_query(query.get("id"), params)
         except _QueryError as exc:
@@ -286,16 +303,20 @@ class DmpSimulator:
             unique_ids = _list_param(params.get("$XDSDocumentEntryUniqueId"))
             uuids = _list_param(params.get("$XDSDocumentEntryEntryUUID"))
             if bool(unique_ids) == bool(uuids):
-                raise _QueryError("XDSStoredQueryParamNumber", "GetDocuments needs exactly one "
-                                  "of $XDSDocumentEntryUniqueId / $XDSDocumentEntryEntryUUID")
+                raise _QueryError(
+                    "XDSStoredQueryParamNumber",
+                    "GetDocuments needs exactly one of $XDSDocumentEntryUniqueId / $XDSDocumentEntryEntryUUID",
+                )
             rows = [r for u in unique_ids for r in self.store.by_unique_id(u)]
             return rows + [r for u in uuids if (r := self.store.by_uuid(u))]
         if query_id == ebrim.FIND_DOCUMENTS:
             patient = (params.get("$XDSDocumentEntryPatientId") or [""])[0].strip("'")
             statuses = _list_param(params.get("$XDSDocumentEntryStatus"))
             if not patient or not statuses:
-                raise _QueryError("XDSStoredQueryParamNumber", "FindDocuments needs "
-                                  "$XDSDocumentEntryPatientId and $XDSDocumentEntryStatus")
+                raise _QueryError(
+                    "XDSStoredQueryParamNumber",
+                    "FindDocuments needs $XDSDocumentEntryPatientId and $XDSDocumentEntryStatus",
+                )
             return self.store.for_patient(patient, statuses)
         raise _QueryError("XDSUnknownStoredQuery", f"stored query {query_id} not supported")
 
@@ -310,8 +331,9 @@ class DmpSimulator:
         pkg, errors = checks.submission_set_errors(objects, self._values)
         ss_patient = ebrim.external_value(pkg, SS["patientId"]) if pkg is not None else None
         if ss_patient and ss_patient != vihf_patient:
-            errors.append(RegistryError("XDSPatientIdDoesNotMatch", "VIHF resource-id differs "
-                                        "from the submission set patientId"))
+            errors.append(
+                RegistryError("XDSPatientIdDoesNotMatch", "VIHF resource-id differs from the submission set patientId")
+            )
         errors += self._forced_errors()
         if errors:
             return _failure(errors)
@@ -322,8 +344,9 @@ class DmpSimulator:
         status_updates = _associations(objects, ebrim.UPDATE_STATUS)
         entries = objects.findall(q(RIM, "ExtrinsicObject"))
         if not status_updates and not entries:
-            return _failure([RegistryError("XDSMetadataUpdateOperationError",
-                                           "no UpdateAvailabilityStatus nor DocumentEntry")])
+            return _failure(
+                [RegistryError("XDSMetadataUpdateOperationError", "no UpdateAvailabilityStatus nor DocumentEntry")]
+            )
         errors = [e for a in status_updates for e in self._status_update(a, ss_patient)]
         assigned = []
         for entry in entries:
@@ -334,21 +357,26 @@ class DmpSimulator:
             self.store.rollback()
             return _failure(errors)
         self.store.commit()
-        return ebrim.registry_response(ebrim.SUCCESS,
-                                       slots={"entryUUID": assigned} if assigned else None)
+        return ebrim.registry_response(ebrim.SUCCESS, slots={"entryUUID": assigned} if assigned else None)
 
     def _status_update(self, assoc, ss_patient) -> list[RegistryError]:
         target = self.store.by_uuid(assoc.get("targetObject", ""))
         original = (ebrim.slot_values(assoc, "OriginalStatus") or [""])[0]
         new = (ebrim.slot_values(assoc, "NewStatus") or [""])[0]
         if target is None:
-            return [RegistryError("XDSUnresolvedReferenceException",
-                                  f"document {assoc.get('targetObject')} unknown to the DMP")]
+            return [
+                RegistryError(
+                    "XDSUnresolvedReferenceException", f"document {assoc.get('targetObject')} unknown to the DMP"
+                )
+            ]
         if target.patient_id != ss_patient:
             return [RegistryError("XDSPatientIdDoesNotMatch", "document of another patient")]
         if original != target.status:
-            return [RegistryError("XDSMetadataUpdateError", f"OriginalStatus {original} but the "
-                                  f"document is {target.status}")]
+            return [
+                RegistryError(
+                    "XDSMetadataUpdateError", f"OriginalStatus {original} but the document is {target.status}"
+                )
+            ]
         if new not in UPDATE_STATUSES or new == original:
             return [RegistryError("XDSMetadataUpdateOperationError", f"NewStatus {new} refused")]
         self.store.set_status(target.entry_uuid, new)
@@ -358,29 +386,42 @@ class DmpSimulator:
         errors = checks.entry_errors(entry, self._values, None)
         lid = entry.get("lid", "")
         current = self.store.latest_of(lid) if lid else None
-        member = [a for a in _associations(objects, ebrim.HAS_MEMBER)
-                  if a.get("targetObject") == entry.get("id")]
+        member = [a for a in _associations(objects, ebrim.HAS_MEMBER) if a.get("targetObject") == entry.get("id")]
         previous = (ebrim.slot_values(member[0], "PreviousVersion") or [""])[0] if member else ""
         if current is None:
-            return errors + [RegistryError("XDSMetadataUpdateError",
-                                           f"no document with logicalId {lid!r}")], None
+            return errors + [RegistryError("XDSMetadataUpdateError", f"no document with logicalId {lid!r}")], None
         if current.status != ebrim.APPROVED or previous != str(current.version):
-            return errors + [RegistryError("XDSMetadataVersionError", f"PreviousVersion "
-                             f"{previous!r} is not the approved version {current.version}")], None
+            return errors + [
+                RegistryError(
+                    "XDSMetadataVersionError",
+                    f"PreviousVersion {previous!r} is not the approved version {current.version}",
+                )
+            ], None
         if current.patient_id != ss_patient:
             errors.append(RegistryError("XDSPatientIdDoesNotMatch", "document of another patient"))
         if errors:
             return errors, None
         entry_uuid = ebrim.new_uuid()
         stored = _registered_copy(entry, entry_uuid, lid, current.version + 1)
-        self.store.add(StoredEntry(entry_uuid, lid, current.version + 1, current.unique_id,
-                                   current.patient_id, ebrim.APPROVED, etree.tostring(stored),
-                                   current.document), self._now())
+        self.store.add(
+            StoredEntry(
+                entry_uuid,
+                lid,
+                current.version + 1,
+                current.unique_id,
+                current.patient_id,
+                ebrim.APPROVED,
+                etree.tostring(stored),
+                current.document,
+            ),
+            self._now(),
+        )
         self.store.set_status(current.entry_uuid, ebrim.DEPRECATED)
         return [], entry_uuid
 
 
 # -- helpers -------------------------------------------------------------------------------
+
 
 class _QueryError(Exception):
     def __init__(self, code: str, context: str):
@@ -400,7 +441,7 @@ class _Endpoint(resource.Resource):
         if self._sim._down:  # outage: drop the request without an answer
             request.channel.transport.abortConnection()
             return server.NOT_DONE_YET
-        content_type = (request.getHeader("content-type") or "")
+        content_type = request.getHeader("content-type") or ""
         body = request.content.read()
         peer = _peer_pem(request)
         d = defer.Deferred.fromCoroutine(self._sim.answer(content_type, body, peer, self._actions))
@@ -437,8 +478,7 @@ def _internal_error(request, failure) -> None:
 
 
 def _fault_answer(fault: SoapFault) -> Answer:
-    body = etree.tostring(soap.fault(fault.code, fault.subcode, fault.reason),
-                          xml_declaration=True, encoding="UTF-8")
+    body = etree.tostring(soap.fault(fault.code, fault.subcode, fault.reason), xml_declaration=True, encoding="UTF-8")
     status = 500 if fault.code == "Receiver" else 400
     return Answer(status, "application/soap+xml; charset=UTF-8", body)
 
@@ -465,11 +505,17 @@ def _documents(body, parts: dict[str, bytes]) -> tuple[dict[str, bytes], list[Re
         href = include.get("href", "") if include is not None else ""
         cid = href[4:] if href.startswith("cid:") else ""
         if include is None:
-            errors.append(RegistryError("XDSRepositoryError", f"Document {node.get('id')}: no "
-                                        "xop:Include (MTOM attachment expected)"))
+            errors.append(
+                RegistryError(
+                    "XDSRepositoryError", f"Document {node.get('id')}: no xop:Include (MTOM attachment expected)"
+                )
+            )
         elif cid not in parts:
-            errors.append(RegistryError("XDSMissingDocument", f"Document {node.get('id')}: "
-                                        f"xop:Include {href} references no MIME part"))
+            errors.append(
+                RegistryError(
+                    "XDSMissingDocument", f"Document {node.get('id')}: xop:Include {href} references no MIME part"
+                )
+            )
         else:
             documents[node.get("id")] = parts[cid]
     return documents, errors
@@ -477,10 +523,11 @@ def _documents(body, parts: dict[str, bytes]) -> tuple[dict[str, bytes], list[Re
 
 def _pairing_errors(entries, documents) -> list[RegistryError]:
     ids = {e.get("id") for e in entries}
-    errors = [RegistryError("XDSMissingDocument", f"DocumentEntry {i} has no document")
-              for i in ids - documents.keys()]
-    errors += [RegistryError("XDSMissingDocumentMetadata", f"Document {i} has no DocumentEntry")
-               for i in documents.keys() - ids]
+    errors = [RegistryError("XDSMissingDocument", f"DocumentEntry {i} has no document") for i in ids - documents.keys()]
+    errors += [
+        RegistryError("XDSMissingDocumentMetadata", f"Document {i} has no DocumentEntry")
+        for i in documents.keys() - ids
+    ]
     if not entries:
         errors.append(RegistryError(checks.META, "no DocumentEntry in the submission"))
     return errors
@@ -491,17 +538,18 @@ def _associations(objects, kind: str) -> list[etree._Element]:
 
 
 def _membership_errors(objects, pkg, entries) -> list[RegistryError]:
-    members = {a.get("targetObject"): a for a in _associations(objects, ebrim.HAS_MEMBER)
-               if a.get("sourceObject") == pkg.get("id")}
+    members = {
+        a.get("targetObject"): a
+        for a in _associations(objects, ebrim.HAS_MEMBER)
+        if a.get("sourceObject") == pkg.get("id")
+    }
     errors = []
     for entry in entries:
         assoc = members.get(entry.get("id"))
         if assoc is None:
-            errors.append(RegistryError(checks.META, f"no HasMember from the submission set to "
-                                        f"{entry.get('id')}"))
+            errors.append(RegistryError(checks.META, f"no HasMember from the submission set to {entry.get('id')}"))
         elif ebrim.slot_values(assoc, "SubmissionSetStatus") != ["Original"]:
-            errors.append(RegistryError(checks.META, "HasMember without SubmissionSetStatus "
-                                        "Original"))
+            errors.append(RegistryError(checks.META, "HasMember without SubmissionSetStatus Original"))
     return errors
 
 

@@ -44,7 +44,9 @@ class StoredEntry:
         from engine.dmp import ebrim
 
         entry = etree.fromstring(self.metadata)
-        return [c.get("nodeRepresentation") or "" for c in ebrim.classifications(entry, ebrim.DE["confidentialityCode"])]
+        return [
+            c.get("nodeRepresentation") or "" for c in ebrim.classifications(entry, ebrim.DE["confidentialityCode"])
+        ]
 
     @property
     def invisible_to_patient(self) -> bool:
@@ -65,9 +67,20 @@ class DocumentStore:
 
     def add(self, entry: StoredEntry, when: float) -> None:
         """Register one entry version."""
-        self._db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?)",
-                         (entry.entry_uuid, entry.lid, entry.version, entry.unique_id,
-                          entry.patient_id, entry.status, entry.metadata, entry.document, when))
+        self._db.execute(
+            "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                entry.entry_uuid,
+                entry.lid,
+                entry.version,
+                entry.unique_id,
+                entry.patient_id,
+                entry.status,
+                entry.metadata,
+                entry.document,
+                when,
+            ),
+        )
 
     def set_status(self, entry_uuid: str, status: str) -> None:
         """Change availabilityStatus."""
@@ -96,8 +109,10 @@ class DocumentStore:
     def for_patient(self, patient_id: str, statuses: list[str]) -> list[StoredEntry]:
         """Entries of a patient in the given statuses."""
         marks = ",".join("?" for _ in statuses)
-        return self._many(f"SELECT * FROM entries WHERE patient_id=? AND status IN ({marks}) "
-                          "ORDER BY submitted_at", (patient_id, *statuses))
+        return self._many(
+            f"SELECT * FROM entries WHERE patient_id=? AND status IN ({marks}) ORDER BY submitted_at",
+            (patient_id, *statuses),
+        )
 
     def all(self) -> list[StoredEntry]:
         """Everything (tests, inspection)."""

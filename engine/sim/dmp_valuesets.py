@@ -20,17 +20,40 @@ CONF_DMP = "1.2.250.1.213.1.1.4.13"
 FORMAT_SCHEME = "1.3.6.1.4.1.19376.1.2.3"
 
 BUILTIN: dict[str, set[tuple[str, str]]] = {
-    "confidentialityCode": {("N", CONF_HL7), ("R", CONF_HL7), ("V", CONF_HL7),
-                            ("MASQUE_PS", CONF_DMP), ("INVISIBLE_PATIENT", CONF_DMP),
-                            ("INVISIBLE_REPRESENTANTS_LEGAUX", CONF_DMP)},
-    "formatCode": {(code, FORMAT_SCHEME) for code in (
-        "urn:ihe:iti:xds-sd:pdf:2008", "urn:ihe:iti:xds-sd:text:2008",
-        "urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013", "urn:ihe:rad:PDF",
-        "urn:ihe:iti:xds:2017:mimeTypeSufficient")},
-    "practiceSettingCode": {(code, "1.2.250.1.213.1.1.4.9") for code in (
-        "AMBULATOIRE", "AMO", "DEPISTAGE", "ESSMS", "ETABLISSEMENT", "HAD", "MAD", "PALLIATIF",
-        "SAD", "SAMU_SMUR")} | {("EXP_PATIENT", "1.2.250.1.213.1.1.4.6"),
-                               ("SNR", "1.2.250.1.213.1.1.4.6")},
+    "confidentialityCode": {
+        ("N", CONF_HL7),
+        ("R", CONF_HL7),
+        ("V", CONF_HL7),
+        ("MASQUE_PS", CONF_DMP),
+        ("INVISIBLE_PATIENT", CONF_DMP),
+        ("INVISIBLE_REPRESENTANTS_LEGAUX", CONF_DMP),
+    },
+    "formatCode": {
+        (code, FORMAT_SCHEME)
+        for code in (
+            "urn:ihe:iti:xds-sd:pdf:2008",
+            "urn:ihe:iti:xds-sd:text:2008",
+            "urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013",
+            "urn:ihe:rad:PDF",
+            "urn:ihe:iti:xds:2017:mimeTypeSufficient",
+        )
+    },
+    "practiceSettingCode": {
+        (code, "1.2.250.1.213.1.1.4.9")
+        for code in (
+            "AMBULATOIRE",
+            "AMO",
+            "DEPISTAGE",
+            "ESSMS",
+            "ETABLISSEMENT",
+            "HAD",
+            "MAD",
+            "PALLIATIF",
+            "SAD",
+            "SAMU_SMUR",
+        )
+    }
+    | {("EXP_PATIENT", "1.2.250.1.213.1.1.4.6"), ("SNR", "1.2.250.1.213.1.1.4.6")},
 }
 #: slot → (scheme, code pattern) used when no JDV list is loaded for the slot
 PATTERNS = {
@@ -50,15 +73,17 @@ EVENT_JDV_FILES = {
     "1.2.250.1.213.1.1.5.618": "JDV_ModaliteAcquisition_CISIS.xml",
     "1.2.250.1.213.1.1.5.695": "JDV_RegionAnatomique_CISIS.xml",
 }
-REFERENCE_ID_TYPES = {"urn:ihe:iti:xds:2013:accession", "urn:ihe:iti:xds:2013:order",
-                      "urn:ihe:iti:xds:2016:studyInstanceUID"}
+REFERENCE_ID_TYPES = {
+    "urn:ihe:iti:xds:2013:accession",
+    "urn:ihe:iti:xds:2013:order",
+    "urn:ihe:iti:xds:2016:studyInstanceUID",
+}
 
 
 def load_svs(path: Path) -> set[tuple[str, str]]:
     """(code, codeSystem) pairs of an IHE SVS value-set file."""
     tree = parse_untrusted(path.read_bytes())
-    return {(c.get("code"), c.get("codeSystem"))
-            for c in tree.iter(etree.QName(SVS, "Concept").text)}
+    return {(c.get("code"), c.get("codeSystem")) for c in tree.iter(etree.QName(SVS, "Concept").text)}
 
 
 class ValueSets:

@@ -25,8 +25,10 @@ def always(code: str) -> Answer:
 def ack_for(raw: bytes, code: str, sender: str = "PEER") -> bytes:
     """The ACK a destination sends for `raw` (MSA-2 = its MSH-10)."""
     control_id = escape(scan(raw).control_id[:199])
-    return (f"MSH|^~\\&|{sender}|X|PFI|Y|{time.strftime('%Y%m%d%H%M%S')}||ACK|A{control_id}|P|2.5\r"
-            f"MSA|{code}|{control_id}\r").encode()
+    return (
+        f"MSH|^~\\&|{sender}|X|PFI|Y|{time.strftime('%Y%m%d%H%M%S')}||ACK|A{control_id}|P|2.5\r"
+        f"MSA|{code}|{control_id}\r"
+    ).encode()
 
 
 class MllpPeer(protocol.ServerFactory):
@@ -34,9 +36,14 @@ class MllpPeer(protocol.ServerFactory):
     ACK code, `ack(raw, code)` writes the ACK (default: `ack_for`); `keep(code)` says which
     messages count as received (all by default; a test may keep the accepted ones only)."""
 
-    def __init__(self, name: str = "PEER", answer: Answer = always("AA"),
-                 keep: Callable[[str | None], bool] = lambda code: True,
-                 ack: Callable[[bytes, str], bytes] | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        name: str = "PEER",
+        answer: Answer = always("AA"),
+        keep: Callable[[str | None], bool] = lambda code: True,
+        ack: Callable[[bytes, str], bytes] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.name, self.answer, self.keep, self.clock = name, answer, keep, clock
         self.ack = ack or (lambda raw, code: ack_for(raw, code, name))
         self.received: list[bytes] = []

@@ -44,11 +44,7 @@ class _Part:
 
     def getHeaders(self, negate, *names):
         wanted = {n.lower() for n in names}
-        return {
-            k.lower(): v
-            for k, v in self.parsed.items()
-            if not wanted or ((k.lower() in wanted) != bool(negate))
-        }
+        return {k.lower(): v for k, v in self.parsed.items() if not wanted or ((k.lower() in wanted) != bool(negate))}
 
     def getBodyFile(self):
         return io.BytesIO(self.body)
@@ -311,9 +307,7 @@ class MailOperator:
         self.account(recipient).inbox.append(raw)
 
     def portal(self) -> portal.Portal:
-        db = checkers.InMemoryUsernamePasswordDatabaseDontUse(
-            **{u: p.encode() for u, p in self.users.items()}
-        )
+        db = checkers.InMemoryUsernamePasswordDatabaseDontUse(**{u: p.encode() for u, p in self.users.items()})
         checks = [db]
         if self.allow_anonymous_smtp:
             checks.append(checkers.AllowAnonymousAccess())
@@ -363,9 +357,7 @@ class _ImapServerFactory(Factory):
         self.portal = operator.portal()
 
     def buildProtocol(self, addr):
-        server = _ImapServer(
-            {b"LOGIN": imap4.LOGINCredentials, b"PLAIN": imap4.PLAINCredentials}
-        )
+        server = _ImapServer({b"LOGIN": imap4.LOGINCredentials, b"PLAIN": imap4.PLAINCredentials})
         server.portal, server.factory = self.portal, self
         return server
 

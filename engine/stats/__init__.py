@@ -12,8 +12,19 @@ engine/journal/events.py). docs/statistics.md describes the indicators and their
 
 from engine.stats.facts import MessageFacts, facts_for
 from engine.stats.months import month_of, month_start, months_between, next_month, parse_month
-from engine.stats.outcomes import (OUTCOME_STATES, event_measures, identity_change, identity_measures,
-                                   message_measures)
+from engine.stats.outcomes import OUTCOME_STATES, event_measures, identity_change, identity_measures, message_measures
 
-__all__ = ["MessageFacts", "OUTCOME_STATES", "event_measures", "facts_for", "identity_change", "identity_measures",
-           "message_measures", "month_of", "month_start", "months_between", "next_month", "parse_month"]
+__all__ = [
+    "MessageFacts",
+    "OUTCOME_STATES",
+    "event_measures",
+    "facts_for",
+    "identity_change",
+    "identity_measures",
+    "message_measures",
+    "month_of",
+    "month_start",
+    "months_between",
+    "next_month",
+    "parse_month",
+]

@@ -34,15 +34,15 @@ IDENTITY_STATUSES = (PROVISIONAL, RECOVERED, VALIDATED, QUALIFIED, UNKNOWN)
 @dataclass(frozen=True, slots=True)
 class MessageFacts:
     uid: str
-    kind: str                 # REPORT | LPS
-    month: str                # Paris month of receipt
-    site: str                 # engine/stats/sites.py; '' when unknown
-    doc_type: str             # CR-IMG | DEMANDE-IMG | AUTRE
-    identity: str = UNKNOWN   # one of IDENTITY_STATUSES
-    patient_key: str = ""     # pseudonymous key of the identity ('' when the message names none)
-    consultation: str = ""    # ZFA-11 from the PAM.fr registry: IC, INC, NA or ''
-    feeding: str = ""         # ZFA-9 from the PAM.fr registry: INO, IO, NA or ''
-    flags: int = 0            # INVISIBLE_PATIENT | DEST_DMP | DEST_PS | DEST_PATIENT
+    kind: str  # REPORT | LPS
+    month: str  # Paris month of receipt
+    site: str  # engine/stats/sites.py; '' when unknown
+    doc_type: str  # CR-IMG | DEMANDE-IMG | AUTRE
+    identity: str = UNKNOWN  # one of IDENTITY_STATUSES
+    patient_key: str = ""  # pseudonymous key of the identity ('' when the message names none)
+    consultation: str = ""  # ZFA-11 from the PAM.fr registry: IC, INC, NA or ''
+    feeding: str = ""  # ZFA-9 from the PAM.fr registry: INO, IO, NA or ''
+    flags: int = 0  # INVISIBLE_PATIENT | DEST_DMP | DEST_PS | DEST_PATIENT
 
     def has(self, flag: int) -> bool:
         return bool(self.flags & flag)
@@ -77,9 +77,18 @@ def facts_for_all(contexts: list, registry=None) -> list[MessageFacts | None]:
     keys = {_lookup_key(r.patient) for r in requests if _is_report(r)}
     keys.discard(None)
     views = registry.statistics_views(keys) if registry is not None and keys else {}
-    return [facts_of_request(ctx.uid, ctx.received_at, ctx.header, request,
-                             views.get(_lookup_key(request.patient)) if _is_report(request) else None)
-            if request is not None else None for ctx, request in zip(contexts, requests)]
+    return [
+        facts_of_request(
+            ctx.uid,
+            ctx.received_at,
+            ctx.header,
+            request,
+            views.get(_lookup_key(request.patient)) if _is_report(request) else None,
+        )
+        if request is not None
+        else None
+        for ctx, request in zip(contexts, requests)
+    ]
 
 
 def _request(ctx):
@@ -106,20 +115,30 @@ def facts_of_request(uid: str, received_at: float, header, request, known=None) 
     sep = header.encoding_chars[0] if header.encoding_chars else "^"
     doc_type = doc_type_of(request.document_type.code)
     if request.volet.value == "lps":
-        return MessageFacts(uid, LPS, month_of(received_at), sites.receiver_site(
-            request.recipients, header.receiving_facility, sep), doc_type)
+        return MessageFacts(
+            uid,
+            LPS,
+            month_of(received_at),
+            sites.receiver_site(request.recipients, header.receiving_facility, sep),
+            doc_type,
+        )
     if request.action.value == "delete":  # withdraws a report: not a report of its own
         return None
     organisation = request.sender.organisation if request.sender else None
     site = sites.sender_site(organisation, header.sending_facility, lambda: _cda_organisations(request), sep)
     identity, key, consultation, feeding = _identity(request.patient, known)
-    return MessageFacts(uid, REPORT, month_of(received_at), site, doc_type, identity, key, consultation, feeding,
-                        _flags(request.flags))
+    return MessageFacts(
+        uid, REPORT, month_of(received_at), site, doc_type, identity, key, consultation, feeding, _flags(request.flags)
+    )
 
 
 def _flags(flags) -> int:
-    return ((INVISIBLE_PATIENT if flags.invisible_patient else 0) | (DEST_DMP if flags.destdmp else 0)
-            | (DEST_PS if flags.destmssanteps else 0) | (DEST_PATIENT if flags.destmssantepat else 0))
+    return (
+        (INVISIBLE_PATIENT if flags.invisible_patient else 0)
+        | (DEST_DMP if flags.destdmp else 0)
+        | (DEST_PS if flags.destmssanteps else 0)
+        | (DEST_PATIENT if flags.destmssantepat else 0)
+    )
 
 
 def _identity(patient, known) -> tuple[str, str, str, str]:

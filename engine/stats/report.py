@@ -20,31 +20,43 @@ from engine.stats.facts import IDENTITY_STATUSES
 @dataclass(frozen=True)
 class Column:
     id: str
-    label: str                       # the default header, and the table's line label
-    measures: tuple[str, ...] = ()   # summed
-    over: str = ""                   # a rate: sum of `measures` / `over`, in percent
+    label: str  # the default header, and the table's line label
+    measures: tuple[str, ...] = ()  # summed
+    over: str = ""  # a rate: sum of `measures` / `over`, in percent
 
 
 def _columns() -> list[Column]:
     identity = [Column(f"identity_{s}", f"identities: {s}", (f"identity_{s}",)) for s in IDENTITY_STATUSES]
-    rates = [Column(f"identity_{s}_rate", f"identities: {s} (%)", (f"identity_{s}",), "identities")
-             for s in IDENTITY_STATUSES if s != "unknown"]
+    rates = [
+        Column(f"identity_{s}_rate", f"identities: {s} (%)", (f"identity_{s}",), "identities")
+        for s in IDENTITY_STATUSES
+        if s != "unknown"
+    ]
     mss = []
     for audience, label in (("ps", "professionals"), ("patient", "patient (Mon espace santé)")):
-        mss += [Column(f"mss_{audience}_requested", f"MSSanté {label}: requested", (f"mss_{audience}_requested",)),
-                Column(f"mss_{audience}_succeeded", f"MSSanté {label}: sent", (f"mss_{audience}_sent",)),
-                Column(f"mss_{audience}_failed", f"MSSanté {label}: failed", (f"mss_{audience}_failed",)),
-                Column(f"mss_{audience}_not_sent", f"MSSanté {label}: not sent", (f"mss_{audience}_not_sent",))]
+        mss += [
+            Column(f"mss_{audience}_requested", f"MSSanté {label}: requested", (f"mss_{audience}_requested",)),
+            Column(f"mss_{audience}_succeeded", f"MSSanté {label}: sent", (f"mss_{audience}_sent",)),
+            Column(f"mss_{audience}_failed", f"MSSanté {label}: failed", (f"mss_{audience}_failed",)),
+            Column(f"mss_{audience}_not_sent", f"MSSanté {label}: not sent", (f"mss_{audience}_not_sent",)),
+        ]
     return [
-        Column("month", "month"), Column("site", "site"), Column("doc_type", "document type"),
+        Column("month", "month"),
+        Column("site", "site"),
+        Column("doc_type", "document type"),
         Column("reports_received", "reports received", ("received",)),
         Column("identities", "identities", ("identities",)),
-        *identity, *rates,
+        *identity,
+        *rates,
         Column("consent_consultation", "consent to DMP consultation", ("consent_consultation",)),
         Column("consent_consultation_rate", "consent to DMP consultation (%)", ("consent_consultation",), "identities"),
         Column("non_opposition_feeding", "non-opposition to DMP feeding", ("non_opposition_feeding",)),
-        Column("non_opposition_feeding_rate", "non-opposition to DMP feeding (%)", ("non_opposition_feeding",),
-               "identities"),
+        Column(
+            "non_opposition_feeding_rate",
+            "non-opposition to DMP feeding (%)",
+            ("non_opposition_feeding",),
+            "identities",
+        ),
         Column("dmp_requested", "DMP: requested", ("dmp_requested",)),
         Column("dmp_succeeded", "DMP: succeeded", ("dmp_ok", "dmp_ok_invisible")),
         Column("dmp_succeeded_invisible", "DMP: succeeded, invisible to the patient", ("dmp_ok_invisible",)),
@@ -85,15 +97,22 @@ class StatsTable:
     first: str
     last: str
     site: str | None
-    columns: list[tuple[str, str]]   # (id, name) in output order
-    rows: list[dict]                 # column id -> value (int, float rate, str key, or None)
+    columns: list[tuple[str, str]]  # (id, name) in output order
+    rows: list[dict]  # column id -> value (int, float rate, str key, or None)
     settings: StatsSettings = field(default_factory=StatsSettings)
 
     def as_json(self) -> str:
-        return json.dumps({"from": self.first, "to": self.last, "site": self.site,
-                           "columns": [{"id": i, "name": n} for i, n in self.columns],
-                           "rows": [{i: row.get(i) for i, _ in self.columns} for row in self.rows]},
-                          ensure_ascii=False, indent=1)
+        return json.dumps(
+            {
+                "from": self.first,
+                "to": self.last,
+                "site": self.site,
+                "columns": [{"id": i, "name": n} for i, n in self.columns],
+                "rows": [{i: row.get(i) for i, _ in self.columns} for row in self.rows],
+            },
+            ensure_ascii=False,
+            indent=1,
+        )
 
     def as_csv(self) -> str:
         out = io.StringIO()
@@ -122,8 +141,11 @@ class StatsTable:
                     lines.append([("  " if column.over else "") + column.label] + values)
             width = max(len(line[0]) for line in lines)
             cells = [max(len(v) for v in column) for column in zip(*[line[1:] for line in lines])]
-            blocks.append("\n".join(line[0].ljust(width) + "".join(f"  {v:>{w}}" for v, w in zip(line[1:], cells))
-                                    for line in lines))
+            blocks.append(
+                "\n".join(
+                    line[0].ljust(width) + "".join(f"  {v:>{w}}" for v, w in zip(line[1:], cells)) for line in lines
+                )
+            )
         return "\n\n".join(blocks)
 
 

@@ -21,8 +21,15 @@ import re
 STRUCTURES_OID = "1.2.250.1.71.4.2.2"
 _DIGITS = re.compile(r"^\d+$")
 # PRT-8.7 / XON-7 identifier types (Interop'Santé table 0203) -> our site prefix
-_TYPE_PREFIX = {"FINEG": "FINESS", "FINEJ": "FINESS", "FINESS": "FINESS", "SIRET": "SIRET",
-                "SIREN": "SIREN", "RPPSRANG": "RPPS-rang", "RPPS-RANG": "RPPS-rang"}
+_TYPE_PREFIX = {
+    "FINEG": "FINESS",
+    "FINEJ": "FINESS",
+    "FINESS": "FINESS",
+    "SIRET": "SIRET",
+    "SIREN": "SIREN",
+    "RPPSRANG": "RPPS-rang",
+    "RPPS-RANG": "RPPS-rang",
+}
 # first digit of an IDNST -> what follows it (ANS identifier types: 1 FINESS, 2 SIREN, 3 SIRET,
 # 4 RPPS-rang of a private practice)
 _IDNST_PREFIX = {"1": "FINESS", "2": "SIREN", "3": "SIRET", "4": "RPPS-rang"}

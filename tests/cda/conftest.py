@@ -32,8 +32,7 @@ def schematron_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def validation_kit(kit3: Path, voc_overlay: Path, schematron_cache: Path) -> ValidationKit:
     """The production profile table plus nothing else, with the structMin value-set overlay."""
-    return ValidationKit(kit3, cache_dir=schematron_cache, value_set_dirs=(voc_overlay,),
-                         profiles=load_profile_table())
+    return ValidationKit(kit3, cache_dir=schematron_cache, value_set_dirs=(voc_overlay,), profiles=load_profile_table())
 
 
 @pytest.fixture(scope="session")

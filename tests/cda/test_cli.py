@@ -14,14 +14,27 @@ def run(capsys, *argv) -> tuple[int, list[str]]:
 
 def test_valid_and_invalid_files(capsys, kit3, voc_overlay, schematron_cache, examples, cda_kit):
     invalid = cda_kit / "derived/invalid-variants/INVALID_sch_no_conclusion.xml"
-    code, lines = run(capsys, examples / "IMG_CR_IMG_2024.01.xml", invalid, "--kit", kit3,
-                      "--value-sets", voc_overlay, "--cache-dir", schematron_cache)
+    code, lines = run(
+        capsys,
+        examples / "IMG_CR_IMG_2024.01.xml",
+        invalid,
+        "--kit",
+        kit3,
+        "--value-sets",
+        voc_overlay,
+        "--cache-dir",
+        schematron_cache,
+    )
     assert code == 1
-    assert lines[0].startswith(f"{examples / 'IMG_CR_IMG_2024.01.xml'}: VALID (xsd 0 errors; structMin 0 errors; "
-                               "IMG-CR-IMG_2024.01 0 errors; PFI-DMP-prechecks 0 errors) in ")
-    assert lines[1].startswith("IMG-CR-IMG_2024.01: CI-SIS_IMG-CR-IMG at /*:ClinicalDocument[1]/*:component[1]"
-                               "/*:structuredBody[1]: [CI-SIS_IMG-CR-IMG] Erreur de conformité au modèle : "
-                               'La section "FR-DICOM-Conclusion"')
+    assert lines[0].startswith(
+        f"{examples / 'IMG_CR_IMG_2024.01.xml'}: VALID (xsd 0 errors; structMin 0 errors; "
+        "IMG-CR-IMG_2024.01 0 errors; PFI-DMP-prechecks 0 errors) in "
+    )
+    assert lines[1].startswith(
+        "IMG-CR-IMG_2024.01: CI-SIS_IMG-CR-IMG at /*:ClinicalDocument[1]/*:component[1]"
+        "/*:structuredBody[1]: [CI-SIS_IMG-CR-IMG] Erreur de conformité au modèle : "
+        'La section "FR-DICOM-Conclusion"'
+    )
     assert lines[2].startswith(f"{invalid}: INVALID (xsd 0 errors; structMin 0 errors; IMG-CR-IMG_2024.01 1 error")
     assert len(lines) == 3
 
@@ -30,8 +43,9 @@ def test_valid_file_exits_zero_and_warnings_are_optional(capsys, kit3, schematro
     doc = examples / "CARD-F-PRC-AVK_2022.01.xml"  # versionNumber 2 without RPLC: a pre-check warning
     code, lines = run(capsys, doc, "--kit", kit3, "--cache-dir", schematron_cache, "--profile", "PFI-DMP-prechecks")
     assert code == 0 and len(lines) == 1 and "PFI-DMP-prechecks 0 errors, 1 warning" in lines[0]
-    code, lines = run(capsys, doc, "--kit", kit3, "--cache-dir", schematron_cache, "--profile", "PFI-DMP-prechecks",
-                      "--warnings")
+    code, lines = run(
+        capsys, doc, "--kit", kit3, "--cache-dir", schematron_cache, "--profile", "PFI-DMP-prechecks", "--warnings"
+    )
     assert code == 0 and lines[0].startswith("warning: PFI-DMP-prechecks: PFI-030 at /*:ClinicalDocument[1]: ")
 
 

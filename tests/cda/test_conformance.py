@@ -61,11 +61,21 @@ REPORT_PROFILES = {
 }
 
 SUBSET = {
-    "IMG_CR_IMG_2024.01.xml", "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml", "IMG-DA-IMG_2024.01_TEP_Thorax.xml",
-    "CANCER-D2LM-FIDD_2022.01.xml", "BIO-CR-BIO_2021.01_Auto-Presentable.xml", "eDISP-MED_2024.01.xml",
-    "DOC_NON_STRUCTURE_CDA-R1.xml", "transmission_initiale_cr_imagerie.xml", "CR_Radio_CDAN1_v1.XML",
-    "DOC00002.xml", "INVALID_sch_bad_modality.xml", "INVALID_sch_no_conclusion.xml",
-    "INVALID_xsd_bogus_element.xml", "INVALID_xsd_no_confidentialityCode.xml", "TLM-CR_2022.01.xml",
+    "IMG_CR_IMG_2024.01.xml",
+    "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml",
+    "IMG-DA-IMG_2024.01_TEP_Thorax.xml",
+    "CANCER-D2LM-FIDD_2022.01.xml",
+    "BIO-CR-BIO_2021.01_Auto-Presentable.xml",
+    "eDISP-MED_2024.01.xml",
+    "DOC_NON_STRUCTURE_CDA-R1.xml",
+    "transmission_initiale_cr_imagerie.xml",
+    "CR_Radio_CDAN1_v1.XML",
+    "DOC00002.xml",
+    "INVALID_sch_bad_modality.xml",
+    "INVALID_sch_no_conclusion.xml",
+    "INVALID_xsd_bogus_element.xml",
+    "INVALID_xsd_no_confidentialityCode.xml",
+    "TLM-CR_2022.01.xml",
 }
 
 
@@ -83,8 +93,9 @@ def _expected(cell: str) -> tuple[int, str] | None:
 
 @pytest.fixture(scope="module")
 def conformance_kit(kit3, voc_overlay, schematron_cache) -> ValidationKit:
-    return ValidationKit(kit3, cache_dir=schematron_cache, value_set_dirs=(voc_overlay,),
-                         profiles=load_profile_table() + EXTRA_PROFILES)
+    return ValidationKit(
+        kit3, cache_dir=schematron_cache, value_set_dirs=(voc_overlay,), profiles=load_profile_table() + EXTRA_PROFILES
+    )
 
 
 @pytest.mark.parametrize("row", _baseline_rows(), ids=lambda r: r["doc"])

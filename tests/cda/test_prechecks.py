@@ -22,12 +22,15 @@ def prechecks(kit, data: bytes):
     return report, [i for i in report.issues if i.source == "PFI-DMP-prechecks"]
 
 
-@pytest.mark.parametrize("relative", [
-    "TestContenuCDA-3-0/ExemplesCDA/IMG_CR_IMG_2024.01.xml",
-    "TestContenuCDA-3-0/ExemplesCDA/IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml",
-    "hl7V2-exemples/Vague 2/RIS/transmission_initiale_cr_imagerie.xml",
-    "hl7V2-exemples/Vague 2/RIS/remplacement_cr_imagerie.xml",
-])
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "TestContenuCDA-3-0/ExemplesCDA/IMG_CR_IMG_2024.01.xml",
+        "TestContenuCDA-3-0/ExemplesCDA/IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml",
+        "hl7V2-exemples/Vague 2/RIS/transmission_initiale_cr_imagerie.xml",
+        "hl7V2-exemples/Vague 2/RIS/remplacement_cr_imagerie.xml",
+    ],
+)
 def test_corpus_imaging_reports_pass(validation_kit, cda_kit: Path, relative: str):
     report, issues = prechecks(validation_kit, (cda_kit / relative).read_bytes())
     assert issues == [] and report.valid
@@ -43,6 +46,7 @@ def remove(xpath):
     def mutate(root):
         for node in root.xpath(xpath, namespaces=NS):
             node.getparent().remove(node)
+
     return mutate
 
 
@@ -50,6 +54,7 @@ def set_attr(xpath, name, value):
     def mutate(root):
         for node in root.xpath(xpath, namespaces=NS):
             node.set(name, value)
+
     return mutate
 
 
@@ -57,6 +62,7 @@ def duplicate(xpath):
     def mutate(root):
         node = root.xpath(xpath, namespaces=NS)[0]
         node.addnext(etree.fromstring(etree.tostring(node)))
+
     return mutate
 
 
@@ -77,10 +83,14 @@ MUTATIONS = {
     "no custodian": (remove("h:custodian"), "PFI-008"),
     "no legalAuthenticator": (remove("h:legalAuthenticator"), "PFI-009"),
     "two recordTargets": (duplicate("h:recordTarget"), "PFI-010"),
-    "no INS": (set_attr("h:recordTarget/h:patientRole/h:id[@root='1.2.250.1.213.1.4.10']", "root", "1.2.3.4"),
-               "PFI-020"),
-    "short INS": (set_attr("h:recordTarget/h:patientRole/h:id[@root='1.2.250.1.213.1.4.10']", "extension",
-                           "2790351215189"), "PFI-021"),
+    "no INS": (
+        set_attr("h:recordTarget/h:patientRole/h:id[@root='1.2.250.1.213.1.4.10']", "root", "1.2.3.4"),
+        "PFI-020",
+    ),
+    "short INS": (
+        set_attr("h:recordTarget/h:patientRole/h:id[@root='1.2.250.1.213.1.4.10']", "extension", "2790351215189"),
+        "PFI-021",
+    ),
     "RPLC to itself": (point_rplc_to_self, "PFI-031"),
 }
 

@@ -106,8 +106,11 @@ def test_issue_details_locations_and_messages(schema_dir, tmp_path):
     assert by_id["VS"].message == "code b not in vs/codes.xml"
     assert by_id["R1"].message == "boom {not an AVT}" and by_id["R1"].kind == "successful-report"
     assert by_id["A2"].severity is Severity.WARNING and by_id["A3"].severity is Severity.ERROR
-    assert {i.message for i in issues if i.rule_id == "A2"} == {'item item has "boom"', 'item item has ""',
-                                                                'item item has "toolongvalue"'}
+    assert {i.message for i in issues if i.rule_id == "A2"} == {
+        'item item has "boom"',
+        'item item has ""',
+        'item item has "toolongvalue"',
+    }
 
 
 def test_missing_literal_value_set_without_overlay_is_a_clear_execution_error(schema_dir, tmp_path):

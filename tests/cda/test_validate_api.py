@@ -76,9 +76,15 @@ def test_missing_kit_directory_is_a_configuration_error(tmp_path: Path):
 
 
 def test_optional_profile_without_its_schematron_is_reported_as_skipped(kit3, tmp_path, img_n1):
-    kit = ValidationKit(kit3, cache_dir=tmp_path, profiles=(
-        __import__("engine.cda", fromlist=["Profile"]).Profile(
-            "XDS", "kit:../absent-kit/IHE_XDS-SD.sch", optional=True),))
+    kit = ValidationKit(
+        kit3,
+        cache_dir=tmp_path,
+        profiles=(
+            __import__("engine.cda", fromlist=["Profile"]).Profile(
+                "XDS", "kit:../absent-kit/IHE_XDS-SD.sch", optional=True
+            ),
+        ),
+    )
     report = validate_cda(img_n1, kit)
     assert report.skipped == ["XDS: kit:../absent-kit/IHE_XDS-SD.sch not installed"] and report.valid
 

@@ -19,7 +19,7 @@ from engine.docrequest import Action, RequestError, check_consistency, parse_doc
 from engine.hl7 import Message
 
 ANS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "ans"
-TEST_INS = ("279035121518989", "1.2.250.1.213.1.4.10")   # MANIFEST: common test patient
+TEST_INS = ("279035121518989", "1.2.250.1.213.1.4.10")  # MANIFEST: common test patient
 CURRENT = ("2.1^CISIS_CDA_HL7_V2", "1.1^CISIS_CDA_HL7_LPS")
 SUPERSEDED = ("2.0^CISIS_CDA_HL7_V2", "1.2^CISIS_CDA_HL7_V1", "1.0^CISIS_CDA_HL7_LPS")
 DOC = re.compile(r"OBX-(\d+): (\S+) (?:placeholder \(no CDA\)|N\d v\d id (\S+?)(?: RPLC→(\S+))?)$")
@@ -56,8 +56,7 @@ def _manifest_rows() -> list[Row]:
 
 
 ROWS = _manifest_rows()
-MESSAGE_FILES = sorted(p for p in ANS.rglob("*") if p.is_file()
-                       and p.suffix.lower() not in (".xml", ".md", ".eml"))
+MESSAGE_FILES = sorted(p for p in ANS.rglob("*") if p.is_file() and p.suffix.lower() not in (".xml", ".md", ".eml"))
 REQUEST_ROWS = [r for r in ROWS if any(p in r.kind for p in CURRENT) and r.kind[:3] in ("ORU", "MDM")]
 OLD_ROWS = [r for r in ROWS if any(p in r.kind for p in SUPERSEDED) and r.kind[:3] in ("ORU", "MDM")]
 
@@ -71,7 +70,7 @@ def test_manifest_is_read():
 def test_every_example_message_parses(path):
     msg = Message.parse(path.read_bytes())
     assert msg.segments("MSH") and msg.message_type[0]
-    again = Message.parse(msg.to_er7())           # CR-separated output parses to the same segments
+    again = Message.parse(msg.to_er7())  # CR-separated output parses to the same segments
     assert [s.raw for s in again.segments()] == [s.raw for s in msg.segments()]
 
 
@@ -89,8 +88,9 @@ def _yes_no(text: str) -> list[bool | None]:
 @pytest.mark.parametrize("row", REQUEST_ROWS, ids=lambda r: r.name)
 def test_v21_request_matches_manifest(row):
     request = parse_document_request(Message.parse(row.path.read_bytes()))
-    assert request.action is {"initial": Action.INITIAL, "replace": Action.REPLACE,
-                              "delete": Action.DELETE}[row.scenario]
+    assert (
+        request.action is {"initial": Action.INITIAL, "replace": Action.REPLACE, "delete": Action.DELETE}[row.scenario]
+    )
     assert request.order_control == re.search(r"ORC-1 (\w+)", row.details).group(1)
     assert (request.patient.ins.value, request.patient.ins.oid) == TEST_INS
     assert request.patient.ins_qualified
@@ -113,7 +113,7 @@ def _check_recipients(row, request):
     if "malformed INS" in row.details:
         bad = re.search(r'malformed INS "(\d+)"', row.details).group(1)
         assert f"{bad}@patient.mssante.fr" in request.mssante_addresses
-    if "1.1^CISIS_CDA_HL7_LPS" in row.kind:       # LPS: PRT SB required, with the sender e-mail
+    if "1.1^CISIS_CDA_HL7_LPS" in row.kind:  # LPS: PRT SB required, with the sender e-mail
         assert request.sender is not None and request.sender.address
         assert request.email is not None and request.email.body
     if "MODIF_CONF_CODE=Y" in row.details:
@@ -127,7 +127,7 @@ def _check_documents(row, request):
     for document, match in zip(request.documents, described):
         _, type_code, cda_id, replaced = match.groups()
         assert document.type.code == type_code
-        if cda_id is None:                           # placeholder sentence instead of a CDA
+        if cda_id is None:  # placeholder sentence instead of a CDA
             assert not document.looks_like_xml
             continue
         header = read_cda_header(document.content)

@@ -15,8 +15,11 @@ import pytest
 
 from tests.support import ROOT, EngineProcess, inbound, write_config
 
-PASSWORDS = {"olivia": ("operator", "amber-kettle-radio-42"), "victor": ("viewer", "silver-lantern-moss-42"),
-             "ada": ("admin", "quiet-harbour-fig-42")}
+PASSWORDS = {
+    "olivia": ("operator", "amber-kettle-radio-42"),
+    "victor": ("viewer", "silver-lantern-moss-42"),
+    "ada": ("admin", "quiet-harbour-fig-42"),
+}
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 CHROMIUM = os.environ.get("PFI_CHROMIUM", "/usr/bin/chromium")
 
@@ -29,10 +32,27 @@ def refused_port() -> int:
 
 
 def add_user(config: Path, data: Path, name: str, role: str, password: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "user", "add", name, "--role", role,
-                           "--config", str(config), "--data", str(data), *extra],
-                          env={**os.environ, "PFI_CONSOLE_PASSWORD": password}, capture_output=True, text=True,
-                          cwd=ROOT)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--config",
+            str(config),
+            "--data",
+            str(data),
+            *extra,
+        ],
+        env={**os.environ, "PFI_CONSOLE_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def console_port(engine: EngineProcess, timeout: float = 20.0) -> int:
@@ -50,12 +70,21 @@ def running(tmp_path_factory):
     """(engine process, console base URL, config dir, data dir)."""
     base = tmp_path_factory.mktemp("console")
     config, data = base / "cfg", base / "data"
-    write_config(config, {
-        "ris": inbound(),
-        "out": {"type": "mllp-out", "host": "127.0.0.1", "port": refused_port(), "connect_timeout": 1,
-                "retry": {"max_attempts": 1, "initial": 0.1}},
-    }, routes=[{"name": "to-out", "match": {"channel": "ris"}, "steps": [{"deliver": {"to": "out"}}]}],
-        engine={"console": {"port": 0}})
+    write_config(
+        config,
+        {
+            "ris": inbound(),
+            "out": {
+                "type": "mllp-out",
+                "host": "127.0.0.1",
+                "port": refused_port(),
+                "connect_timeout": 1,
+                "retry": {"max_attempts": 1, "initial": 0.1},
+            },
+        },
+        routes=[{"name": "to-out", "match": {"channel": "ris"}, "steps": [{"deliver": {"to": "out"}}]}],
+        engine={"console": {"port": 0}},
+    )
     for name, (role, password) in PASSWORDS.items():
         assert add_user(config, data, name, role, password).returncode == 0
     engine = EngineProcess(config, data, args=("--console",))
@@ -125,8 +154,10 @@ def chromium():
     if os.environ.get("PFI_SKIP_BROWSER") == "1":
         pytest.skip("PFI_SKIP_BROWSER=1: browser tests skipped")
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: `make test` installs it as root on Debian "
-                    "(apt-get install chromium), or set PFI_SKIP_BROWSER=1 to skip the browser tests")
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: `make test` installs it as root on Debian "
+            "(apt-get install chromium), or set PFI_SKIP_BROWSER=1 to skip the browser tests"
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:

@@ -20,8 +20,10 @@ IPP = "IPP-CONSOLE-7731"
 
 
 def send(port: int, control_id: str, ipp: str = IPP) -> bytes:
-    message = ("MSH|^~\\&|RIS|CHU-T|PFI|CHU-T|20261122101010||ADT^A08^ADT_A01|" + control_id + "|P|2.5\r"
-               "PID|1||" + ipp + "^^^CHU-T&1.2.250.1.999&ISO^PI||DUPONT^Jeanne||19700101|F\r").encode()
+    message = (
+        "MSH|^~\\&|RIS|CHU-T|PFI|CHU-T|20261122101010||ADT^A08^ADT_A01|" + control_id + "|P|2.5\r"
+        "PID|1||" + ipp + "^^^CHU-T&1.2.250.1.999&ISO^PI||DUPONT^Jeanne||19700101|F\r"
+    ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"\x0b" + message + b"\x1c\r")
         answer = b""
@@ -99,8 +101,7 @@ def test_unauthenticated_requests_get_the_login_page_never_data(chromium, runnin
     chromium.run(body)
 
 
-def test_operator_finds_a_message_by_ipp_reads_its_timeline_and_replays_it(chromium, running, journal,
-                                                                         dead_messages):
+def test_operator_finds_a_message_by_ipp_reads_its_timeline_and_replays_it(chromium, running, journal, dead_messages):
     def body(browser):
         base = running[1]
         context, page = sign_in(browser, base, "olivia")

@@ -17,17 +17,31 @@ from engine.journal.base import InboundRecord
 
 
 def adt(control_id: str, ipp: str, ins: str) -> bytes:
-    return ("MSH|^~\\&|RIS|CHU|PFI|CHU|20261122101010||ADT^A08^ADT_A01|" + control_id + "|P|2.5\r"
-            "PID|1||" + ipp + "^^^CHU&1.2.250.1.999&ISO^PI~" + ins
-            + "^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||DOE^Ann\r"
-            "OBR|1|||XR^Chest||||||||||||||ACC-" + control_id + "\r").encode()
+    return (
+        "MSH|^~\\&|RIS|CHU|PFI|CHU|20261122101010||ADT^A08^ADT_A01|" + control_id + "|P|2.5\r"
+        "PID|1||"
+        + ipp
+        + "^^^CHU&1.2.250.1.999&ISO^PI~"
+        + ins
+        + "^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||DOE^Ann\r"
+        "OBR|1|||XR^Chest||||||||||||||ACC-" + control_id + "\r"
+    ).encode()
 
 
 async def journal_with(journal, count: int, start: float) -> list[InboundRecord]:
-    records = [InboundRecord(uid=new_id(), channel="ris" if i % 2 else "tlr", received_at=start + i * 60,
-                             raw=adt(f"C{i}", f"IPP{i % 3}", f"1{i % 3:014d}"), control_id=f"C{i}",
-                             msg_type="ADT^A08", state="rejected" if i == 4 else "received", patient_ids="x")
-               for i in range(count)]
+    records = [
+        InboundRecord(
+            uid=new_id(),
+            channel="ris" if i % 2 else "tlr",
+            received_at=start + i * 60,
+            raw=adt(f"C{i}", f"IPP{i % 3}", f"1{i % 3:014d}"),
+            control_id=f"C{i}",
+            msg_type="ADT^A08",
+            state="rejected" if i == 4 else "received",
+            patient_ids="x",
+        )
+        for i in range(count)
+    ]
     for r in records:
         await journal.append_inbound(r)
     return records
@@ -37,10 +51,14 @@ def check_access(access, records, start: float) -> None:
     assert KeyIndexer(access).run_pass() == len(records)
     found = search.search_messages(access.read, search.SearchFilters(ipp="IPP1"))
     assert [r.control_id for r in found] == ["C7", "C4", "C1"]  # newest first
-    assert [r.control_id for r in search.search_messages(access.read, search.SearchFilters(ins="100000000000002"))] \
-        == ["C8", "C5", "C2"]
-    assert [r.control_id for r in search.search_messages(access.read, search.SearchFilters(accession="ACC-C3"))] \
-        == ["C3"]
+    assert [r.control_id for r in search.search_messages(access.read, search.SearchFilters(ins="100000000000002"))] == [
+        "C8",
+        "C5",
+        "C2",
+    ]
+    assert [r.control_id for r in search.search_messages(access.read, search.SearchFilters(accession="ACC-C3"))] == [
+        "C3"
+    ]
     assert [r.control_id for r in search.search_messages(access.read, search.SearchFilters(state="rejected"))] == ["C4"]
     page = search.search_messages(access.read, search.SearchFilters(channel="ris"), limit=2)
     older = search.search_messages(access.read, search.SearchFilters(channel="ris"), before_id=page[-1].id, limit=2)

@@ -14,14 +14,16 @@ from tests.support import ROOT, EngineProcess, inbound, sample_adt, write_config
 
 
 def pfi(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def test_check_reports_every_error_with_file_line_col(tmp_path):
     (tmp_path / "channels").mkdir()
     (tmp_path / "channels" / "a.yaml").write_text(
-        "type: mllp-in\nport: 99999\ncharset: KLINGON\nbogus: 1\n", encoding="utf-8")
+        "type: mllp-in\nport: 99999\ncharset: KLINGON\nbogus: 1\n", encoding="utf-8"
+    )
     (tmp_path / "channels" / "b.yaml").write_text("type: carrier-pigeon\n", encoding="utf-8")
     (tmp_path / "channels" / "c.yaml").write_text("type: mllp-in\n  port: [1\n", encoding="utf-8")
     result = pfi("check", "--config", str(tmp_path))
@@ -31,16 +33,22 @@ def test_check_reports_every_error_with_file_line_col(tmp_path):
     assert f"{a}:2:7: port: Input should be less than or equal to 65535" in lines
     assert f"{a}:3:10: charset: unknown charset 'KLINGON'" in lines
     assert f"{a}:4:8: bogus: unknown setting" in lines
-    assert any(line.startswith(f"{tmp_path}/channels/b.yaml:1:7: type: unknown channel type 'carrier-pigeon'")
-               for line in lines)
+    assert any(
+        line.startswith(f"{tmp_path}/channels/b.yaml:1:7: type: unknown channel type 'carrier-pigeon'")
+        for line in lines
+    )
     assert any(line.startswith(f"{tmp_path}/channels/c.yaml:2:") and "YAML syntax" in line for line in lines)
 
 
 def test_check_accepts_the_shipped_configuration(tmp_path):
     # `pfi check` also reads the DMP organisation certificate: give it a test PKI
     pki = generate_test_pki(tmp_path / "pki")
-    env = {**os.environ, "PFI_DMP_CERT": str(pki.client.cert), "PFI_DMP_KEY": str(pki.client.key),
-           "PFI_DMP_CA": str(pki.ca.cert)}
+    env = {
+        **os.environ,
+        "PFI_DMP_CERT": str(pki.client.cert),
+        "PFI_DMP_KEY": str(pki.client.key),
+        "PFI_DMP_CA": str(pki.ca.cert),
+    }
     result = pfi("check", "--config", str(ROOT), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning: route" not in result.stdout  # the shipped routes forward checked orders only
@@ -48,15 +56,23 @@ def test_check_accepts_the_shipped_configuration(tmp_path):
 
 def test_check_warns_about_orders_forwarded_without_the_teleradiology_profile_check(tmp_path):
     out = {"type": "mllp-out", "host": "127.0.0.1", "port": 2999}
-    routes = [{"name": "orders", "match": {"channel": ["ris", "checked"], "type": ["ORM^O01", "OMI"]},
-               "steps": [{"deliver": {"to": "platform"}}]}]
-    write_config(tmp_path, {"ris": inbound(port=2998), "checked": inbound(port=2997, tlr_orders=True),
-                            "platform": out}, routes)
+    routes = [
+        {
+            "name": "orders",
+            "match": {"channel": ["ris", "checked"], "type": ["ORM^O01", "OMI"]},
+            "steps": [{"deliver": {"to": "platform"}}],
+        }
+    ]
+    write_config(
+        tmp_path, {"ris": inbound(port=2998), "checked": inbound(port=2997, tlr_orders=True), "platform": out}, routes
+    )
     result = pfi("check", "--config", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
-    assert warnings == ["warning: route orders: orders from channel ris are forwarded without the teleradiology "
-                        "profile check (tlr_orders: true on the channel: AE + ERR before the ACK)"]
+    assert warnings == [
+        "warning: route orders: orders from channel ris are forwarded without the teleradiology "
+        "profile check (tlr_orders: true on the channel: AE + ERR before the ACK)"
+    ]
 
 
 def test_check_reports_missing_environment_variable(tmp_path):
@@ -138,8 +154,12 @@ def test_printable_escapes_every_control_but_newline_and_tab():
 
 def test_check_warns_about_dmp_sends_that_are_not_deferred(tmp_path):
     pki = generate_test_pki(tmp_path / "pki")
-    env = {**os.environ, "PFI_DMP_CERT": str(pki.client.cert), "PFI_DMP_KEY": str(pki.client.key),
-           "PFI_DMP_CA": str(pki.ca.cert)}
+    env = {
+        **os.environ,
+        "PFI_DMP_CERT": str(pki.client.cert),
+        "PFI_DMP_KEY": str(pki.client.key),
+        "PFI_DMP_CA": str(pki.ca.cert),
+    }
     shipped = pfi("check", "--config", str(ROOT), env=env)
     assert shipped.returncode == 0 and "not deferred" not in shipped.stdout  # PFI_DMP_DELAY: 5 min
     at_once = pfi("check", "--config", str(ROOT), env={**env, "PFI_DMP_DELAY": "0s"})

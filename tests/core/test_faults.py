@@ -12,7 +12,17 @@ from twisted.internet import defer, reactor
 
 from engine.journal.reader import JournalReader
 from engine.mllp.client import connect, read_ack
-from tests.support import intake_events, ROOT, EngineProcess, client_for, exchange, inbound, sample_adt, start_engine, write_config
+from tests.support import (
+    intake_events,
+    ROOT,
+    EngineProcess,
+    client_for,
+    exchange,
+    inbound,
+    sample_adt,
+    start_engine,
+    write_config,
+)
 
 PORT_BASE = 23000
 
@@ -72,9 +82,13 @@ async def test_full_disk_answers_ar_and_keeps_serving(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     log = open(tmp_path / "engine.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--config", str(cfg), "--data",
-                             str(tmp_path / "data")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=limit_file_size)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", "--config", str(cfg), "--data", str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=limit_file_size,
+    )
     try:
         client = await _connect_retry(port)
         codes = []
@@ -126,8 +140,13 @@ async def test_read_only_journal_answers_ar_then_recovers(tmp_path):
         await engine.stopService()
     stored = [e.control_id for e in intake_events(JournalReader(tmp_path / "data" / "journal"))]
     assert stored == ["R-1", "R-3", "R-2"]
-    assert all(m is not None for m in map(JournalReader(tmp_path / "data" / "journal").load_message,
-                                           [e.message_uid for e in intake_events(JournalReader(tmp_path / "data" / "journal"))]))
+    assert all(
+        m is not None
+        for m in map(
+            JournalReader(tmp_path / "data" / "journal").load_message,
+            [e.message_uid for e in intake_events(JournalReader(tmp_path / "data" / "journal"))],
+        )
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -125,8 +125,10 @@ async def test_a_damaged_indexed_record_leaves_routing_once_and_visibly(tmp_path
         from tests.routing.peers import until
 
         reader = JournalReader(data / "journal")
-        await until(lambda: any(e.state == "damaged" for e in reader.events_after(0, limit=100)),
-                    what="the damaged message marked once")
+        await until(
+            lambda: any(e.state == "damaged" for e in reader.events_after(0, limit=100)),
+            what="the damaged message marked once",
+        )
     finally:
         await engine.stopService()
     damaged = [e for e in JournalReader(data / "journal").events_after(0, limit=100) if e.state == "damaged"]

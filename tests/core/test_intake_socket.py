@@ -17,10 +17,16 @@ from tests.support import intake_events, client_for, exchange, inbound, sample_a
 
 @pytest.fixture
 def engine_dirs(tmp_path):
-    cfg = write_config(tmp_path / "cfg", {
-        "in": inbound(accept={"versions": ["2.5", "2.6"], "message_types": ["ADT", "ORU^R01"]},
-                      max_message_bytes=200_000, idle_timeout=30),
-    })
+    cfg = write_config(
+        tmp_path / "cfg",
+        {
+            "in": inbound(
+                accept={"versions": ["2.5", "2.6"], "message_types": ["ADT", "ORU^R01"]},
+                max_message_bytes=200_000,
+                idle_timeout=30,
+            ),
+        },
+    )
     return cfg, tmp_path / "data"
 
 
@@ -187,8 +193,11 @@ def _server_protocol_for(peer):
     from engine.mllp.server import MLLPServerProtocol
 
     local_port = peer.transport.getHost().port
-    [found] = [o for o in gc.get_objects() if isinstance(o, MLLPServerProtocol)
-               and o.transport.connected and o.transport.getPeer().port == local_port]
+    [found] = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, MLLPServerProtocol) and o.transport.connected and o.transport.getPeer().port == local_port
+    ]
     return found
 
 
@@ -207,8 +216,9 @@ async def test_msh_without_field_separator_is_answered_and_the_pipeline_survives
     err3 = [a.split(b"\rERR|")[1].split(b"|")[2].split(b"^")[0] for a in answers[1:-1]]
     assert err3 == [b"101", b"100", b"102", b"102", b"100", b"100"]
     assert not peer.closed
-    stored = {journal(engine).load_message(e.message_uid).raw for e in intake_events(journal(engine))
-              if e.state == "rejected"}
+    stored = {
+        journal(engine).load_message(e.message_uid).raw for e in intake_events(journal(engine)) if e.state == "rejected"
+    }
     assert stored == set(broken)
     peer.transport.loseConnection()
 
@@ -303,8 +313,9 @@ async def test_rejected_frames_beyond_the_hourly_quota_keep_head_size_and_hash(t
 
     from engine.journal.deliveries import requeue_message
 
-    cfg = write_config(tmp_path / "cfg", {"in": inbound(accept={"versions": ["2.5"]}, rejected_quota=12_000,
-                                                        rejected_head=500)})
+    cfg = write_config(
+        tmp_path / "cfg", {"in": inbound(accept={"versions": ["2.5"]}, rejected_quota=12_000, rejected_head=500)}
+    )
     engine = await start_engine(cfg, tmp_path / "data")
     try:
         client = await client_for(engine, "in")
@@ -317,12 +328,14 @@ async def test_rejected_frames_beyond_the_hourly_quota_keep_head_size_and_hash(t
         kept = [reader.load_message(e.message_uid).raw for e in rows]
         assert kept[:2] == bad[:2]  # whole while under the quota
         assert kept[2:] == [bad[2][:500], bad[3][:500]]
-        assert rows[2].detail.startswith(f"[truncated: first 500 of {len(bad[2])} bytes kept, "
-                                         f"sha256 {hashlib.sha256(bad[2]).hexdigest()}]")
+        assert rows[2].detail.startswith(
+            f"[truncated: first 500 of {len(bad[2])} bytes kept, sha256 {hashlib.sha256(bad[2]).hexdigest()}]"
+        )
         labels = {"channel": "in", "node": engine.node}
         assert engine.metrics.registry.get_sample_value("pfi_rejected_truncated_total", labels) == 2.0
         replayed = await engine.journal.submit(
-            lambda conn, store: [requeue_message(conn, e.message_uid, "test", 0.0) for e in rows])
+            lambda conn, store: [requeue_message(conn, e.message_uid, "test", 0.0) for e in rows]
+        )
         assert replayed == [True, True, False, False]  # a partial frame is never replayed
     finally:
         await engine.stopService()

@@ -26,9 +26,12 @@ MALFORMED_HEADERS = {
 
 @pytest.fixture
 def engine_dirs(tmp_path):
-    cfg = write_config(tmp_path / "cfg", {
-        "in": inbound(accept={"versions": ["2.5", "2.6"], "message_types": ["ADT", "ORU^R01"]}),
-    })
+    cfg = write_config(
+        tmp_path / "cfg",
+        {
+            "in": inbound(accept={"versions": ["2.5", "2.6"], "message_types": ["ADT", "ORU^R01"]}),
+        },
+    )
     return cfg, tmp_path / "data"
 
 
@@ -121,6 +124,7 @@ async def test_an_unexpected_fault_is_ar_207_journaled_and_logged_once(engine, m
 async def test_a_fault_after_the_journal_write_keeps_the_stored_answer(engine, monkeypatch):
     """A defect in what follows the commit (metrics, logging) must not turn a stored AA into a
     drop: the message is in the journal, its AA is due."""
+
     def broken_observe(*args, **kwargs):
         raise RuntimeError("metrics defect")
 

@@ -15,10 +15,18 @@ from engine.journal.sqlite import SQLiteJournal
 
 
 def _record(uid: str, control: str, dup_key: str | None = None) -> InboundRecord:
-    return InboundRecord(uid=uid, channel="in", received_at=time.time(),
-                         raw=f"MSH|^~\\&|A|B|C|D|||ADT^A01|{control}|P|2.5\r".encode(),
-                         control_id=control, msg_type="ADT^A01", ack_code="AA",
-                         ack=f"MSA|AA|{control}\r".encode(), dup_key=dup_key, dup_window=3600.0 if dup_key else 0.0)
+    return InboundRecord(
+        uid=uid,
+        channel="in",
+        received_at=time.time(),
+        raw=f"MSH|^~\\&|A|B|C|D|||ADT^A01|{control}|P|2.5\r".encode(),
+        control_id=control,
+        msg_type="ADT^A01",
+        ack_code="AA",
+        ack=f"MSA|AA|{control}\r".encode(),
+        dup_key=dup_key,
+        dup_window=3600.0 if dup_key else 0.0,
+    )
 
 
 @pytest.fixture

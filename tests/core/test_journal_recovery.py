@@ -11,9 +11,16 @@ from engine.journal.sqlite import SQLiteJournal, _meta
 
 
 def _record(control: str) -> InboundRecord:
-    return InboundRecord(uid=f"UID-{control}", channel="in", received_at=time.time(),
-                         raw=f"MSH|^~\\&|A|B|C|D|||ADT^A01|{control}|P|2.5\r".encode(),
-                         control_id=control, msg_type="ADT^A01", ack_code="AA", ack=b"MSH|ack\rMSA|AA\r")
+    return InboundRecord(
+        uid=f"UID-{control}",
+        channel="in",
+        received_at=time.time(),
+        raw=f"MSH|^~\\&|A|B|C|D|||ADT^A01|{control}|P|2.5\r".encode(),
+        control_id=control,
+        msg_type="ADT^A01",
+        ack_code="AA",
+        ack=b"MSH|ack\rMSA|AA\r",
+    )
 
 
 def test_records_synced_but_not_indexed_are_recovered_and_torn_tail_dropped(tmp_path):

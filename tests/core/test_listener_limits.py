@@ -134,7 +134,7 @@ async def test_a_trickling_frame_hits_its_deadline_and_its_head_is_journaled(tmp
         peer.transport.write(frame(sample_adt("T-OK").encode()))  # answered before the close
         partial = b"\x0b" + sample_adt("T-SLOW").encode()[:60]
         for i in range(0, len(partial), 4):  # a byte every few ms keeps the idle timer happy
-            peer.transport.write(partial[i:i + 4])
+            peer.transport.write(partial[i : i + 4])
             await sleep(0.05)
         await peer.lost
         assert b"MSA|AA|T-OK" in peer.received

@@ -51,9 +51,11 @@ def series(body: str, metric: str) -> list[str]:
 
 @pytest_twisted.ensureDeferred
 async def test_distinct_bad_messages_keep_the_nack_series_bounded(tmp_path):
-    cfg = write_config(tmp_path / "cfg", {"in": inbound(accept={"versions": ["2.5"],
-                                                                  "message_types": ["ADT"]})},
-                       engine={"metrics": {"enabled": True, "port": 0}})
+    cfg = write_config(
+        tmp_path / "cfg",
+        {"in": inbound(accept={"versions": ["2.5"], "message_types": ["ADT"]})},
+        engine={"metrics": {"enabled": True, "port": 0}},
+    )
     engine = Engine(load_config(cfg), tmp_path / "data", reactor)
     await engine.startService()
     try:

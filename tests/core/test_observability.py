@@ -13,8 +13,11 @@ from tests.support import client_for, exchange, inbound, sample_adt, start_engin
 
 @pytest_twisted.ensureDeferred
 async def test_idle_connection_is_closed_and_metrics_are_served(tmp_path):
-    cfg = write_config(tmp_path / "cfg", {"in": inbound(idle_timeout=0.3, accept={"versions": ["2.5"]})},
-                       engine={"metrics": {"enabled": True, "port": 0}, "node": "node-a"})
+    cfg = write_config(
+        tmp_path / "cfg",
+        {"in": inbound(idle_timeout=0.3, accept={"versions": ["2.5"]})},
+        engine={"metrics": {"enabled": True, "port": 0}, "node": "node-a"},
+    )
     engine = Engine(load_config(cfg), tmp_path / "data", reactor)
     await engine.startService()
     try:
@@ -61,8 +64,11 @@ async def test_delivery_outcomes_and_queue_depths_are_metrics(tmp_path):
     peer = RecordingPeer(lambda raw, n: "AE" if b"|BAD-1|" in raw else "AA")
     port = await peer.listen()
     routes = [{"name": "r", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest"}}]}]
-    cfg = write_config(tmp_path / "cfg", {"in": inbound(), "dest": {
-        "type": "mllp-out", "host": "127.0.0.1", "port": port, "ack_timeout": 2}}, routes)
+    cfg = write_config(
+        tmp_path / "cfg",
+        {"in": inbound(), "dest": {"type": "mllp-out", "host": "127.0.0.1", "port": port, "ack_timeout": 2}},
+        routes,
+    )
     engine = await start_engine(cfg, tmp_path / "data")
     try:
         client = await client_for(engine, "in")
@@ -70,9 +76,12 @@ async def test_delivery_outcomes_and_queue_depths_are_metrics(tmp_path):
             assert (await exchange(client, sample_adt(ctrl).encode())).code == "AA"
         client.close()
         sample = lambda name, **labels: engine.metrics.registry.get_sample_value(  # noqa: E731
-            name, {**labels, "node": engine.node})
-        await until(lambda: sample("pfi_deliveries_total", destination="dest", outcome="dead") == 1.0,
-                    what="the dead letter counted")
+            name, {**labels, "node": engine.node}
+        )
+        await until(
+            lambda: sample("pfi_deliveries_total", destination="dest", outcome="dead") == 1.0,
+            what="the dead letter counted",
+        )
         assert sample("pfi_deliveries_total", destination="dest", outcome="done") == 1.0
         await engine._measure_journal()
         assert sample("pfi_queue_messages", destination="dest", state="dead") == 1.0

@@ -16,8 +16,10 @@ from tests.support import ROOT, client_for, exchange, inbound, sample_adt, start
 def pfi_in_thread(*args: str):
     """`pfi ARGS` in a thread (subprocess.run reaps the child itself: Twisted's spawnProcess relies
     on SIGCHLD, which the test reactor does not handle, and hung now and then waiting for it)."""
-    return threads.deferToThread(subprocess.run, [sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
-                                 capture_output=True, timeout=120)
+    return threads.deferToThread(
+        subprocess.run, [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, timeout=120
+    )
+
 
 CLEAR_SCREEN = "\x1b[2J"
 SET_TITLE = "\x1b]0;owned\x07"
@@ -26,8 +28,9 @@ HOSTILE = (CLEAR_SCREEN, SET_TITLE, BIDI_OVERRIDE, "\r", "\x9b")
 
 
 def pfi(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def assert_clean(text: str) -> None:
@@ -76,8 +79,10 @@ class _HostilePeer(protocol.Protocol):
         for event in self.decoder.feed(data):
             if isinstance(event, Frame):
                 ctrl = event.payload.split(b"\r")[0].split(b"|")[9].decode()
-                ack = (f"MSH|^~\\&|X|Y|PFI|Z|2026||ACK|A1|P|2.5\rMSA|AE|{ctrl}\r"
-                       f"ERR|||207^err^HL70357|E||||{CLEAR_SCREEN}{SET_TITLE}gotcha\r")
+                ack = (
+                    f"MSH|^~\\&|X|Y|PFI|Z|2026||ACK|A1|P|2.5\rMSA|AE|{ctrl}\r"
+                    f"ERR|||207^err^HL70357|E||||{CLEAR_SCREEN}{SET_TITLE}gotcha\r"
+                )
                 self.transport.write(frame(ack.encode()))
 
 
@@ -100,7 +105,8 @@ async def test_send_prints_a_hostile_ack_escaped(tmp_path):
 def test_check_prints_configuration_keys_escaped(tmp_path):
     (tmp_path / "channels").mkdir()
     (tmp_path / "channels" / "a.yaml").write_text(
-        'type: mllp-in\nport: 2575\n"bo\\e[2Jgus\\u202e": 1\n', encoding="utf-8")
+        'type: mllp-in\nport: 2575\n"bo\\e[2Jgus\\u202e": 1\n', encoding="utf-8"
+    )
     result = pfi("check", "--config", str(tmp_path))
     assert result.returncode == 1 and "unknown setting" in result.stdout
     assert_clean(result.stdout + result.stderr)

@@ -19,9 +19,21 @@ from engine.journal.sqlite import _RECORD_FIELDS, SQLiteJournal, _meta, _meta_va
 
 def _record(control: str, **fields) -> InboundRecord:
     raw = f"MSH|^~\\&|A|B|C|D|||ADT^A01|{control}|P|2.5\rPID|||123^^^X\r".encode()
-    return InboundRecord(uid=f"UID-{control}", channel="in", received_at=time.time(), raw=raw,
-                         sender="A", facility="B", control_id=control, msg_type="ADT^A01", version="2.5",
-                         patient_ids="123^^^X", ack_code="AA", ack=b"MSH|ack\xe9\rMSA|AA\r", **fields)
+    return InboundRecord(
+        uid=f"UID-{control}",
+        channel="in",
+        received_at=time.time(),
+        raw=raw,
+        sender="A",
+        facility="B",
+        control_id=control,
+        msg_type="ADT^A01",
+        version="2.5",
+        patient_ids="123^^^X",
+        ack_code="AA",
+        ack=b"MSH|ack\xe9\rMSA|AA\r",
+        **fields,
+    )
 
 
 def _legacy_json_record(meta: dict, raw: bytes) -> bytes:

@@ -14,9 +14,16 @@ OLD = time.time() - 40 * 86400
 
 
 def _record(i: int, received_at: float) -> InboundRecord:
-    return InboundRecord(uid=f"UID-{i}", channel="in", received_at=received_at,
-                         raw=f"MSH|^~\\&|A|B|C|D|||ADT^A01|C-{i}|P|2.5\r".encode() + b"x" * 400,
-                         control_id=f"C-{i}", msg_type="ADT^A01", ack_code="AA", ack=b"MSA|AA\r")
+    return InboundRecord(
+        uid=f"UID-{i}",
+        channel="in",
+        received_at=received_at,
+        raw=f"MSH|^~\\&|A|B|C|D|||ADT^A01|C-{i}|P|2.5\r".encode() + b"x" * 400,
+        control_id=f"C-{i}",
+        msg_type="ADT^A01",
+        ack_code="AA",
+        ack=b"MSA|AA\r",
+    )
 
 
 def _open(directory) -> SQLiteJournal:
@@ -36,8 +43,9 @@ async def test_old_finished_segments_are_purged_and_stay_purged(tmp_path):
     # and so does every later one (segments go oldest first).
     await journal.submit(lambda c, s: c.execute("UPDATE messages SET state='routed' WHERE uid != 'UID-9'"))
     segments_before = journal.payloads.segments()
-    kept_segment = (await journal.submit(lambda c, s: c.execute(
-        "SELECT segment FROM messages WHERE uid='UID-9'").fetchall()))[0][0]
+    kept_segment = (
+        await journal.submit(lambda c, s: c.execute("SELECT segment FROM messages WHERE uid='UID-9'").fetchall())
+    )[0][0]
 
     purged = await journal.purge_before(time.time() - 30 * 86400)
 

@@ -36,14 +36,24 @@ async def test_mutual_tls_checks_ca_and_allowed_subject(tmp_path):
     pki = generate_test_pki(tmp_path / "pki")
     from cryptography import x509
 
-    client_cn = x509.load_pem_x509_certificate(pki.client.cert.read_bytes()).subject.get_attributes_for_oid(
-        x509.NameOID.COMMON_NAME)[0].value
-    tls = {"certificate": str(pki.server.cert), "key": str(pki.server.key), "ca": str(pki.ca.cert),
-           "require_client_certificate": True}
-    cfg = write_config(tmp_path / "cfg", {
-        "open": inbound(tls={**tls, "allowed_subjects": [client_cn]}),
-        "closed": inbound(tls={**tls, "allowed_subjects": ["someone else"]}),
-    })
+    client_cn = (
+        x509.load_pem_x509_certificate(pki.client.cert.read_bytes())
+        .subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0]
+        .value
+    )
+    tls = {
+        "certificate": str(pki.server.cert),
+        "key": str(pki.server.key),
+        "ca": str(pki.ca.cert),
+        "require_client_certificate": True,
+    }
+    cfg = write_config(
+        tmp_path / "cfg",
+        {
+            "open": inbound(tls={**tls, "allowed_subjects": [client_cn]}),
+            "closed": inbound(tls={**tls, "allowed_subjects": ["someone else"]}),
+        },
+    )
     engine = await start_engine(cfg, tmp_path / "data")
     try:
         good = _client_options(pki, pki.client)

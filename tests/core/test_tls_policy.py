@@ -51,8 +51,7 @@ def _exchange(port: int, ctx: ssl.SSLContext) -> str:
         return f"refused: {exc}"
     if not data:
         return "refused: closed without an answer"
-    return next(seg.split("|")[1] for seg in data.decode().strip("\x0b\x1c\r").split("\r")
-                if seg.startswith("MSA"))
+    return next(seg.split("|")[1] for seg in data.decode().strip("\x0b\x1c\r").split("\r") if seg.startswith("MSA"))
 
 
 async def _try(port, ctx) -> str:
@@ -62,8 +61,7 @@ async def _try(port, ctx) -> str:
 @pytest_twisted.ensureDeferred
 async def test_a_ca_makes_the_client_certificate_mandatory(tmp_path, pki):
     tls = {"certificate": str(pki.server.cert), "key": str(pki.server.key), "ca": str(pki.ca.cert)}
-    engine = await start_engine(write_config(tmp_path / "cfg", {"in": inbound(tls=tls)}),
-                                tmp_path / "data")
+    engine = await start_engine(write_config(tmp_path / "cfg", {"in": inbound(tls=tls)}), tmp_path / "data")
     try:
         port = engine.port_of("in")
         assert await _try(port, _client_context(pki)) == "AA"
@@ -75,8 +73,7 @@ async def test_a_ca_makes_the_client_certificate_mandatory(tmp_path, pki):
 @pytest_twisted.ensureDeferred
 async def test_old_protocols_and_weak_tls12_ciphers_are_refused(tmp_path, pki):
     tls = {"certificate": str(pki.server.cert), "key": str(pki.server.key), "ca": str(pki.ca.cert)}
-    engine = await start_engine(write_config(tmp_path / "cfg", {"in": inbound(tls=tls)}),
-                                tmp_path / "data")
+    engine = await start_engine(write_config(tmp_path / "cfg", {"in": inbound(tls=tls)}), tmp_path / "data")
     try:
         port = engine.port_of("in")
         assert (await _try(port, _client_context(pki, version=ssl.TLSVersion.TLSv1_1))).startswith("refused")
@@ -108,6 +105,7 @@ def _weak_server(pki, ciphers: str):
             return f"refused: {exc}"
         finally:
             sock.close()
+
     return sock.getsockname()[1], serve
 
 
@@ -115,10 +113,14 @@ def _weak_server(pki, ciphers: str):
 async def test_the_sender_refuses_a_destination_without_aead_ciphers(pki):
     port, serve = _weak_server(pki, "AES128-SHA")
     served = threads.deferToThread(serve)
-    settings = MllpOutSettings(name="out", type="mllp-out", host="127.0.0.1", port=port,
-                               connect_timeout=5, tls={"certificate": str(pki.client.cert),
-                                                       "key": str(pki.client.key),
-                                                       "ca": str(pki.ca.cert)})
+    settings = MllpOutSettings(
+        name="out",
+        type="mllp-out",
+        host="127.0.0.1",
+        port=port,
+        connect_timeout=5,
+        tls={"certificate": str(pki.client.cert), "key": str(pki.client.key), "ca": str(pki.ca.cert)},
+    )
     sender = MLLPSender(reactor, settings)
     try:
         outcome = await sender.send(sample_adt("WEAK").encode())
@@ -129,36 +131,54 @@ async def test_the_sender_refuses_a_destination_without_aead_ciphers(pki):
 
 
 def _pfi_check(cfg) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "check", "--config", str(cfg)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "check", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("tls, message", [
-    ({"ca": "CA", "require_client_certificate": False}, "would accept clients without a certificate"),
-    ({"require_client_certificate": True}, "need `ca`"),
-    ({"allowed_subjects": ["RIS"]}, "need `ca`"),
-])
+@pytest.mark.parametrize(
+    "tls, message",
+    [
+        ({"ca": "CA", "require_client_certificate": False}, "would accept clients without a certificate"),
+        ({"require_client_certificate": True}, "need `ca`"),
+        ({"allowed_subjects": ["RIS"]}, "need `ca`"),
+    ],
+)
 def test_check_refuses_half_configured_listeners(tmp_path, pki, tls, message):
-    tls = {"certificate": str(pki.server.cert), "key": str(pki.server.key),
-           **{k: (str(pki.ca.cert) if v == "CA" else v) for k, v in tls.items()}}
+    tls = {
+        "certificate": str(pki.server.cert),
+        "key": str(pki.server.key),
+        **{k: (str(pki.ca.cert) if v == "CA" else v) for k, v in tls.items()},
+    }
     result = _pfi_check(write_config(tmp_path, {"in": inbound(tls=tls)}))
     assert result.returncode == 1 and message in result.stdout, result.stdout
 
 
 def test_check_refuses_missing_or_mismatched_tls_files(tmp_path, pki):
-    cfg = write_config(tmp_path, {
-        "nokey": inbound(tls={"certificate": str(pki.server.cert)}),
-        "wrongkey": inbound(tls={"certificate": str(pki.server.cert), "key": str(pki.client.key)}),
-        "out": {"type": "mllp-out", "host": "127.0.0.1", "port": 2575,
-                "tls": {"certificate": str(pki.client.cert), "key": str(pki.client.key),
-                        "allowed_subjects": ["x"]}},
-    })
+    cfg = write_config(
+        tmp_path,
+        {
+            "nokey": inbound(tls={"certificate": str(pki.server.cert)}),
+            "wrongkey": inbound(tls={"certificate": str(pki.server.cert), "key": str(pki.client.key)}),
+            "out": {
+                "type": "mllp-out",
+                "host": "127.0.0.1",
+                "port": 2575,
+                "tls": {"certificate": str(pki.client.cert), "key": str(pki.client.key), "allowed_subjects": ["x"]},
+            },
+        },
+    )
     result = _pfi_check(cfg)
     assert result.returncode == 1
     assert "nokey.yaml" in result.stdout and "tls.key: required setting missing" in result.stdout
     assert "listener settings; a sender does not use them" in result.stdout
-    fixed = write_config(tmp_path / "b", {
-        "wrongkey": inbound(tls={"certificate": str(pki.server.cert), "key": str(pki.client.key)})})
+    fixed = write_config(
+        tmp_path / "b", {"wrongkey": inbound(tls={"certificate": str(pki.server.cert), "key": str(pki.client.key)})}
+    )
     result = _pfi_check(fixed)
     assert result.returncode == 1 and "does not match certificate" in result.stdout, result.stdout
 
@@ -170,8 +190,7 @@ async def test_failed_handshakes_are_counted_and_logged_rate_limited(tmp_path, p
     from tests.routing.peers import until
 
     tls = {"certificate": str(pki.server.cert), "key": str(pki.server.key), "ca": str(pki.ca.cert)}
-    engine = await start_engine(write_config(tmp_path / "cfg", {"in": inbound(tls=tls)}),
-                                tmp_path / "data")
+    engine = await start_engine(write_config(tmp_path / "cfg", {"in": inbound(tls=tls)}), tmp_path / "data")
     try:
         port = engine.port_of("in")
         with capture_logs() as logs:

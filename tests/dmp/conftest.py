@@ -37,19 +37,25 @@ def jdv_dir(cda_kit) -> Path:
 @pytest.fixture()
 def simulator(pki, jdv_dir, tmp_path):
     from twisted.internet import reactor
-    sim = DmpSimulator(reactor, port=0, pki_dir=pki.directory, data_dir=tmp_path / "dmp",
-                       valueset_dir=jdv_dir)
+
+    sim = DmpSimulator(reactor, port=0, pki_dir=pki.directory, data_dir=tmp_path / "dmp", valueset_dir=jdv_dir)
     sim.start()
     yield sim
     pytest_twisted.blockon(defer.Deferred.fromCoroutine(sim.stop()))
 
 
 def make_settings(sim: DmpSimulator, cert, key, ca, **overrides) -> DmpChannelSettings:
-    values = dict(endpoints=DmpEndpoints.from_base(sim.base_url), client_cert=cert,
-                  client_key=key, ca_bundle=ca, structure_id="3300017985",
-                  lps=LpsIdentity(name="PFI-engine", version="0.1.0",
-                                  homologation_id="HOMOLOGATION-TEST"),
-                  source_oid="1.2.250.1.999.1", connect_timeout=5, response_timeout=10)
+    values = dict(
+        endpoints=DmpEndpoints.from_base(sim.base_url),
+        client_cert=cert,
+        client_key=key,
+        ca_bundle=ca,
+        structure_id="3300017985",
+        lps=LpsIdentity(name="PFI-engine", version="0.1.0", homologation_id="HOMOLOGATION-TEST"),
+        source_oid="1.2.250.1.999.1",
+        connect_timeout=5,
+        response_timeout=10,
+    )
     values.update(overrides)
     return DmpChannelSettings(**values)
 
@@ -63,6 +69,7 @@ def settings(simulator, pki):
 def client(settings):
     from twisted.internet import reactor
     from engine.dmp.client import DmpClient
+
     dmp = DmpClient(reactor, settings)
     yield dmp
     pytest_twisted.blockon(defer.Deferred.fromCoroutine(dmp.close()))
@@ -71,18 +78,25 @@ def client(settings):
 @pytest.fixture(scope="session")
 def corpus(cda_kit, ans_corpus):
     """Read a corpus file by its short name."""
+
     def read(name: str) -> bytes:
         base = cda_kit if name.startswith("TestContenuCDA") else ans_corpus
         return (base / name).read_bytes()
+
     return read
 
 
 def request_for(cda: bytes, action: str = "initial", **overrides) -> PublishRequest:
-    values = dict(action=action, cda=cda, ins=INS, ins_oid=INS_OID, ins_qualified=True,
-                  flags=DmpFlags(), message_control_id="MSG0001",
-                  sender=Person(id="801234560801", family="BIDEAULT", given="Jacques",
-                                roles=(("10", "1.2.250.1.71.1.2.7"),)),
-                  sender_organisation=Organisation(name="Centre de radiologie Ambroise",
-                                                   id="3300017985"))
+    values = dict(
+        action=action,
+        cda=cda,
+        ins=INS,
+        ins_oid=INS_OID,
+        ins_qualified=True,
+        flags=DmpFlags(),
+        message_control_id="MSG0001",
+        sender=Person(id="801234560801", family="BIDEAULT", given="Jacques", roles=(("10", "1.2.250.1.71.1.2.7"),)),
+        sender_organisation=Organisation(name="Centre de radiologie Ambroise", id="3300017985"),
+    )
     values.update(overrides)
     return PublishRequest(**values)

@@ -44,26 +44,30 @@ def test_sim_dmp_command_is_registered():
 
 def test_refused_gate_becomes_a_permanent_result():
     result = check_publishable(request_for(b"<x/>", ins_qualified=False)).as_result()
-    assert (result.status, result.transient, result.error_code) == (
-        "error", False, "INS_NOT_QUALIFIED")
+    assert (result.status, result.transient, result.error_code) == ("error", False, "INS_NOT_QUALIFIED")
 
 
 def test_settings_check_reports_expired_mismatched_and_plain_http(pki, tmp_path):
     from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity, check_settings
+
     now = dt.datetime.now(dt.timezone.utc)
 
     def settings(cert, key, base="https://127.0.0.1:1"):
-        return DmpChannelSettings(endpoints=DmpEndpoints.from_base(base), client_cert=cert,
-                                  client_key=key, ca_bundle=pki.ca.cert, structure_id="3300017985",
-                                  source_oid="1.2", lps=LpsIdentity(homologation_id="H"))
+        return DmpChannelSettings(
+            endpoints=DmpEndpoints.from_base(base),
+            client_cert=cert,
+            client_key=key,
+            ca_bundle=pki.ca.cert,
+            structure_id="3300017985",
+            source_oid="1.2",
+            lps=LpsIdentity(homologation_id="H"),
+        )
 
     assert check_settings(settings(pki.client.cert, pki.client.key), now) == []
-    assert "not valid now" in check_settings(
-        settings(pki.client_expired.cert, pki.client_expired.key), now)[0]
+    assert "not valid now" in check_settings(settings(pki.client_expired.cert, pki.client_expired.key), now)[0]
     assert "does not match" in check_settings(settings(pki.client.cert, pki.server.key), now)[0]
     assert len(check_settings(settings(pki.client.cert, pki.client.key, "http://x"), now)) == 3
-    assert "not a readable file" in check_settings(
-        settings(tmp_path / "none.pem", pki.client.key), now)[0]
+    assert "not a readable file" in check_settings(settings(tmp_path / "none.pem", pki.client.key), now)[0]
 
 
 def test_client_with_unusable_key_pair_is_a_configuration_error(pki, tmp_path):
@@ -73,12 +77,18 @@ def test_client_with_unusable_key_pair_is_a_configuration_error(pki, tmp_path):
     from engine.dmp.client import DmpClient
     from engine.dmp.config import DmpChannelSettings, DmpEndpoints, LpsIdentity
     from engine.errors import ConfigurationError
+
     broken = tmp_path / "broken.key"
     broken.write_bytes(b"not a key")
     for key in (broken, tmp_path / "missing.key"):
         settings = DmpChannelSettings(
-            endpoints=DmpEndpoints.from_base("https://127.0.0.1:1"), client_cert=pki.client.cert,
-            client_key=key, ca_bundle=pki.ca.cert, structure_id="1", source_oid="1.2",
-            lps=LpsIdentity(homologation_id="H"))
+            endpoints=DmpEndpoints.from_base("https://127.0.0.1:1"),
+            client_cert=pki.client.cert,
+            client_key=key,
+            ca_bundle=pki.ca.cert,
+            structure_id="1",
+            source_oid="1.2",
+            lps=LpsIdentity(homologation_id="H"),
+        )
         with pytest.raises(ConfigurationError):
             DmpClient(reactor, settings)

@@ -54,28 +54,31 @@ async def test_replace_then_delete_of_the_mdm_examples(simulator, client, corpus
     assert simulator.store.by_uuid(first).status == ebrim.DEPRECATED
     deleted = await client.publish(request_for(corpus(MDM_V2_DELETE), "delete"))
     assert deleted.status == "success" and deleted.entry_uuid == replaced.entry_uuid
-    assert _statuses(simulator) == {"1.2.250.1.71.4.2.2.120456789.71024000081": ["Deprecated"],
-                                    "1.2.250.1.71.4.2.2.120456789.71024000082": ["Deleted"]}
+    assert _statuses(simulator) == {
+        "1.2.250.1.71.4.2.2.120456789.71024000081": ["Deprecated"],
+        "1.2.250.1.71.4.2.2.120456789.71024000082": ["Deleted"],
+    }
 
 
 @pytest_twisted.ensureDeferred
 async def test_replace_uses_txa13_when_given(simulator, client, corpus):
     assert (await client.publish(request_for(corpus(N1)))).ok
     # the N3 example's own RPLC parent is unknown; TXA-13 names the N1 version instead
-    result = await client.publish(request_for(
-        corpus(N3), "replace", replaced_document_id="1.2.250.1.213.1.1.1.45.2024.2.1"))
+    result = await client.publish(
+        request_for(corpus(N3), "replace", replaced_document_id="1.2.250.1.213.1.1.1.45.2024.2.1")
+    )
     assert result.status == "success"
-    assert _statuses(simulator) == {"1.2.250.1.213.1.1.1.45.2024.2.1": ["Deprecated"],
-                                    "1.2.250.1.213.1.1.1.45.2024.1.1": ["Approved"]}
+    assert _statuses(simulator) == {
+        "1.2.250.1.213.1.1.1.45.2024.2.1": ["Deprecated"],
+        "1.2.250.1.213.1.1.1.45.2024.1.1": ["Approved"],
+    }
 
 
 @pytest.mark.parametrize("action", ["replace", "delete"])
 @pytest_twisted.ensureDeferred
-async def test_replace_or_delete_of_an_unknown_document_is_permanent(simulator, client, corpus,
-                                                                     action):
+async def test_replace_or_delete_of_an_unknown_document_is_permanent(simulator, client, corpus, action):
     result = await client.publish(request_for(corpus(N3), action))
-    assert (result.status, result.transient, result.error_code) == ("error", False,
-                                                                    "UNKNOWN_DOCUMENT")
+    assert (result.status, result.transient, result.error_code) == ("error", False, "UNKNOWN_DOCUMENT")
     assert simulator.store.all() == []
 
 
@@ -85,8 +88,7 @@ async def test_incomplete_header_fails_before_any_call(simulator, client, corpus
     for node in root.iter("{urn:hl7-org:v3}healthCareFacility"):
         node.remove(node.find("{urn:hl7-org:v3}code"))
     result = await client.publish(request_for(etree.tostring(root)))
-    assert (result.status, result.transient, result.error_code) == (
-        "error", False, "CDA_HEADER_INCOMPLETE")
+    assert (result.status, result.transient, result.error_code) == ("error", False, "CDA_HEADER_INCOMPLETE")
     assert "healthCareFacility/code" in result.detail
     assert simulator.requests_seen == 0
 
@@ -104,8 +106,7 @@ async def test_refused_client_certificates_are_permanent(simulator, pki, corpus,
     chosen = getattr(pki, pair)
     settings = make_settings(simulator, chosen.cert, chosen.key, pki.ca.cert)
     result = await _with_client(settings, lambda c: c.publish(request_for(corpus(N3))))
-    assert (result.status, result.transient, result.error_code) == (
-        "error", False, "TLS_CLIENT_CERT_REFUSED")
+    assert (result.status, result.transient, result.error_code) == ("error", False, "TLS_CLIENT_CERT_REFUSED")
     assert simulator.store.all() == [] and simulator.requests_seen == 0
 
 
@@ -137,8 +138,7 @@ async def test_outage_with_an_open_connection_is_transient(simulator, client, co
 @pytest_twisted.ensureDeferred
 async def test_slow_dmp_times_out_as_transient(simulator, pki, corpus):
     simulator.slow(30)
-    settings = make_settings(simulator, pki.client.cert, pki.client.key, pki.ca.cert,
-                             response_timeout=0.3)
+    settings = make_settings(simulator, pki.client.cert, pki.client.key, pki.ca.cert, response_timeout=0.3)
     result = await _with_client(settings, lambda c: c.publish(request_for(corpus(N3))))
     assert (result.transient, result.error_code) == (True, "TIMEOUT")
 
@@ -198,24 +198,23 @@ class _Tampering:
 async def test_vihf_tampering_is_detected(simulator, client, corpus):
     client._signer = _Tampering(client._signer)
     result = await client.publish(request_for(corpus(N3)))
-    assert (result.status, result.transient, result.error_code) == (
-        "error", False, "wsse:FailedCheck")
+    assert (result.status, result.transient, result.error_code) == ("error", False, "wsse:FailedCheck")
     assert simulator.store.all() == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_vihf_signed_with_a_key_other_than_the_tls_certificate(simulator, client, pki,
-                                                                     corpus):
-    client._signer = VihfSigner(pki.client_other_ca.cert.read_bytes(),
-                                pki.client_other_ca.key.read_bytes(),
-                                VihfIdentity("3.0", "INDIRECTE", "x", "1", "H"))
+async def test_vihf_signed_with_a_key_other_than_the_tls_certificate(simulator, client, pki, corpus):
+    client._signer = VihfSigner(
+        pki.client_other_ca.cert.read_bytes(),
+        pki.client_other_ca.key.read_bytes(),
+        VihfIdentity("3.0", "INDIRECTE", "x", "1", "H"),
+    )
     result = await client.publish(request_for(corpus(N1)))
     assert result.error_code == "wsse:FailedCheck" and not result.transient
 
 
 @pytest_twisted.ensureDeferred
-async def test_masking_flags_reach_the_registry_and_visibility_is_restored(simulator, client,
-                                                                         corpus):
+async def test_masking_flags_reach_the_registry_and_visibility_is_restored(simulator, client, corpus):
     hidden = request_for(corpus(N3), flags=DmpFlags(invisible_patient=True, masque_ps=True))
     assert (await client.publish(hidden)).ok
     codes = _confidentiality(simulator.store.all()[0].metadata)
@@ -223,15 +222,13 @@ async def test_masking_flags_reach_the_registry_and_visibility_is_restored(simul
     result = await client.set_visibility(request_for(corpus(N3), flags=DmpFlags(masque_ps=True)))
     assert result.status == "success", result
     old, new = simulator.store.all()
-    assert (old.status, new.status, new.version, new.lid) == (
-        ebrim.DEPRECATED, ebrim.APPROVED, 2, old.lid)
+    assert (old.status, new.status, new.version, new.lid) == (ebrim.DEPRECATED, ebrim.APPROVED, 2, old.lid)
     assert _confidentiality(new.metadata) == ["N", "MASQUE_PS"]
 
 
 def _confidentiality(metadata: bytes) -> list[str]:
     entry = etree.fromstring(metadata)
-    return [c.get("nodeRepresentation")
-            for c in ebrim.classifications(entry, ebrim.DE["confidentialityCode"])]
+    return [c.get("nodeRepresentation") for c in ebrim.classifications(entry, ebrim.DE["confidentialityCode"])]
 
 
 class _Stale:
@@ -242,6 +239,7 @@ class _Stale:
 
     def assertion(self, context, now):
         import datetime as dt
+
         return self._signer.assertion(context, now - dt.timedelta(hours=1))
 
 
@@ -266,6 +264,7 @@ async def test_ris_example_with_a_modality_outside_the_jdv_is_refused(simulator,
 @pytest_twisted.ensureDeferred
 async def test_ris_triplet_without_jdv_checks(pki, corpus, tmp_path):
     from engine.sim.dmp import DmpSimulator
+
     sim = DmpSimulator(reactor, pki_dir=pki.directory)  # built-in value sets only
     sim.start()
     try:
@@ -273,15 +272,17 @@ async def test_ris_triplet_without_jdv_checks(pki, corpus, tmp_path):
 
         async def run(dmp):
             outcomes = []
-            for name, action in (("transmission_initiale", "initial"),
-                                 ("remplacement", "replace"), ("suppression", "delete")):
+            for name, action in (
+                ("transmission_initiale", "initial"),
+                ("remplacement", "replace"),
+                ("suppression", "delete"),
+            ):
                 cda = corpus(f"{RIS}/{name}_cr_imagerie.xml")
                 outcomes.append((await dmp.publish(request_for(cda, action))).status)
             return outcomes
 
         assert await _with_client(settings, run) == ["success"] * 3
-        assert _statuses(sim) == {"1.2.250.1.213.4.5.4.402": ["Deprecated"],
-                                  "1.2.250.1.213.4.5.4.403": ["Deleted"]}
+        assert _statuses(sim) == {"1.2.250.1.213.4.5.4.402": ["Deprecated"], "1.2.250.1.213.4.5.4.403": ["Deleted"]}
     finally:
         await sim.stop()
 
@@ -307,25 +308,20 @@ async def test_destination_gates_before_any_send(simulator, client, settings, co
 
 @pytest.fixture()
 def signing_settings(simulator, pki):
-    return make_settings(simulator, pki.client.cert, pki.client.key, pki.ca.cert,
-                         submission_signature=True)
+    return make_settings(simulator, pki.client.cert, pki.client.key, pki.ca.cert, submission_signature=True)
 
 
 @pytest.mark.parametrize("name", [N3, N1])
 @pytest_twisted.ensureDeferred
-async def test_submission_signature_is_registered_and_checked(simulator, signing_settings,
-                                                              corpus, name):
+async def test_submission_signature_is_registered_and_checked(simulator, signing_settings, corpus, name):
     simulator.require_submission_signature = True
-    result = await _with_client(signing_settings,
-                                lambda c: c.publish(request_for(corpus(name))))
+    result = await _with_client(signing_settings, lambda c: c.publish(request_for(corpus(name))))
     assert result.status == "success", result
     cda, signature = simulator.store.all()
     assert cda.document == corpus(name)
     entry = etree.fromstring(signature.metadata)
-    codes = {c.get("nodeRepresentation")
-             for c in entry.findall(ebrim.q(ebrim.RIM, "Classification"))}
-    assert {"E1762", "http://www.w3.org/2000/09/xmldsig#",
-            "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"} <= codes
+    codes = {c.get("nodeRepresentation") for c in entry.findall(ebrim.q(ebrim.RIM, "Classification"))}
+    assert {"E1762", "http://www.w3.org/2000/09/xmldsig#", "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"} <= codes
     assert b"urn:oid:" + cda.unique_id.encode() in signature.document
 
 
@@ -338,8 +334,7 @@ async def test_required_submission_signature_missing(simulator, client, corpus):
 
 
 @pytest_twisted.ensureDeferred
-async def test_submission_signature_over_other_bytes_is_refused(simulator, signing_settings,
-                                                                corpus):
+async def test_submission_signature_over_other_bytes_is_refused(simulator, signing_settings, corpus):
     async def run(dmp):
         original = dmp._submission_signer.sign
 
@@ -358,6 +353,7 @@ async def test_submission_signature_over_other_bytes_is_refused(simulator, signi
 @pytest_twisted.ensureDeferred
 async def test_simulator_keeps_documents_across_restarts(pki, corpus, tmp_path):
     from engine.sim.dmp import DmpSimulator
+
     first = DmpSimulator(reactor, pki_dir=pki.directory, data_dir=tmp_path / "sim")
     first.start()
     settings = make_settings(first, pki.client.cert, pki.client.key, pki.ca.cert)
@@ -367,8 +363,7 @@ async def test_simulator_keeps_documents_across_restarts(pki, corpus, tmp_path):
     second.start()
     try:
         settings = make_settings(second, pki.client.cert, pki.client.key, pki.ca.cert)
-        deleted = await _with_client(settings,
-                                     lambda c: c.publish(request_for(corpus(N1), "delete")))
+        deleted = await _with_client(settings, lambda c: c.publish(request_for(corpus(N1), "delete")))
         assert deleted.status == "success"
         assert [e.status for e in second.store.all()] == [ebrim.DMP_DELETED]
     finally:
@@ -379,5 +374,4 @@ async def test_simulator_keeps_documents_across_restarts(pki, corpus, tmp_path):
 async def test_closed_dmp_is_a_permanent_dmp_error(simulator, client, corpus):
     simulator.closed_patients.add("279035121518989")
     result = await client.publish(request_for(corpus(N1)))
-    assert (result.error_code, result.error_label, result.transient) == (
-        "DMPClosed", "DMP fermé", False)
+    assert (result.error_code, result.error_label, result.transient) == ("DMPClosed", "DMP fermé", False)

@@ -23,8 +23,14 @@ SECOND = "1300017985"
 
 
 def _two_structures(simulator, pki, **overrides):
-    return make_settings(simulator, pki.client.cert, pki.client.key, pki.ca.cert, certificates=(
-        OrgCertificate(cert=pki.client_second.cert, key=pki.client_second.key),), **overrides)
+    return make_settings(
+        simulator,
+        pki.client.cert,
+        pki.client.key,
+        pki.ca.cert,
+        certificates=(OrgCertificate(cert=pki.client_second.cert, key=pki.client_second.key),),
+        **overrides,
+    )
 
 
 @pytest.fixture()
@@ -39,22 +45,24 @@ class _SeenBySimulator:
 
     def __init__(self, simulator, monkeypatch):
         from engine.sim import dmp_checks as simulator_checks
+
         self.seen: list[tuple[str, str]] = []
         original = simulator_checks.check_vihf
 
         def spy(env, peer_pem, now=None):
             from cryptography import x509
+
             vihf = original(env, peer_pem, now)
             cert = x509.load_pem_x509_certificate(peer_pem)
             unit = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value
             self.seen.append((unit, vihf.attributes["Identifiant_Structure"][0]))
             return vihf
+
         monkeypatch.setattr(simulator_checks, "check_vihf", spy)
 
 
 @pytest_twisted.ensureDeferred
-async def test_each_structure_publishes_with_its_own_certificate(simulator, two_client, corpus,
-                                                                 monkeypatch):
+async def test_each_structure_publishes_with_its_own_certificate(simulator, two_client, corpus, monkeypatch):
     spy = _SeenBySimulator(simulator, monkeypatch)
     second = request_for(corpus(N3), sender_organisation=Organisation(name="Site B", id=SECOND))
     assert (await two_client.publish(second)).status == "success"
@@ -84,8 +92,7 @@ class _OtherStructure:
 
 
 @pytest_twisted.ensureDeferred
-async def test_simulator_refuses_a_vihf_structure_that_is_not_the_certificates(simulator, client,
-                                                                               corpus):
+async def test_simulator_refuses_a_vihf_structure_that_is_not_the_certificates(simulator, client, corpus):
     client._signer = _OtherStructure(client._signer)
     result = await client.publish(request_for(corpus(N3)))
     assert (result.error_code, result.transient) == ("wsse:FailedAuthentication", False)
@@ -98,12 +105,15 @@ def test_certificate_structure_comes_from_the_subject_ou(simulator, pki):
     assert (set(structures.by_structure), structures.default) == ({"3300017985", SECOND}, "3300017985")
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(structure_id="1111111111"), "is the certificate of structure 3300017985 (subject OU), not of 1111111111"),
-    (dict(client_cert="server"), "carries no structure identifier"),
-    (dict(certificates="same"), "two certificates for structure 3300017985"),
-    (dict(certificates=(), structure_id=None, client_cert=None, client_key=None), "no organisation certificate"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(structure_id="1111111111"), "is the certificate of structure 3300017985 (subject OU), not of 1111111111"),
+        (dict(client_cert="server"), "carries no structure identifier"),
+        (dict(certificates="same"), "two certificates for structure 3300017985"),
+        (dict(certificates=(), structure_id=None, client_cert=None, client_key=None), "no organisation certificate"),
+    ],
+)
 def test_certificates_that_cannot_be_used_are_configuration_errors(simulator, pki, change, message):
     values = dict(change)
     if values.get("client_cert") == "server":  # a certificate without OU, no structure_id given
@@ -117,16 +127,20 @@ def test_certificates_that_cannot_be_used_are_configuration_errors(simulator, pk
         DmpClient(reactor, settings)
 
 
-@pytest.mark.parametrize("id_type, ident, name_id", [
-    ("RPPS", "10001234567", "810001234567"),
-    ("RPPS", "810001234567", "810001234567"),  # the ANS examples label an IDNPS `RPPS`
-    ("ADELI", "751234567", "0751234567"),
-    ("IDNPS", "801234560801", "801234560801"),
-    ("IDNPS", "3/123456/789", "3/123456/789"),
-])
+@pytest.mark.parametrize(
+    "id_type, ident, name_id",
+    [
+        ("RPPS", "10001234567", "810001234567"),
+        ("RPPS", "810001234567", "810001234567"),  # the ANS examples label an IDNPS `RPPS`
+        ("ADELI", "751234567", "0751234567"),
+        ("IDNPS", "801234560801", "801234560801"),
+        ("IDNPS", "3/123456/789", "3/123456/789"),
+    ],
+)
 def test_name_id_is_the_idnps_of_prt5(client, corpus, id_type, ident, name_id):
-    person = Person(id=ident, family="BIDEAULT", given="Jacques", id_type=id_type,
-                    roles=(("10", "1.2.250.1.71.1.2.7"),))
+    person = Person(
+        id=ident, family="BIDEAULT", given="Jacques", id_type=id_type, roles=(("10", "1.2.250.1.71.1.2.7"),)
+    )
     request = request_for(corpus(N3), sender=person)
     env, _ = client.iti41_envelope(request, client.metadata(request))
     assert env.findtext(f".//{{{SAML}}}Subject/{{{SAML}}}NameID") == name_id
@@ -135,16 +149,24 @@ def test_name_id_is_the_idnps_of_prt5(client, corpus, id_type, ident, name_id):
 
 
 def test_certificate_refusal_codes():
-    refused = [DmpResult(status="error", error_code=code).certificate_refused
-               for code in ("TLS_CLIENT_CERT_REFUSED", "wsse:FailedAuthentication", "wsse:FailedCheck",
-                            "TLS_SERVER_UNTRUSTED")]
+    refused = [
+        DmpResult(status="error", error_code=code).certificate_refused
+        for code in ("TLS_CLIENT_CERT_REFUSED", "wsse:FailedAuthentication", "wsse:FailedCheck", "TLS_SERVER_UNTRUSTED")
+    ]
     assert refused == [True, True, False, False]
 
 
 def _dmp_channel_files(pki, **extra) -> dict:
-    return {"type": "dmp", "endpoint": "https://127.0.0.1:8443", "client_cert": str(pki.client.cert),
-            "client_key": str(pki.client.key), "ca_bundle": str(pki.ca.cert), "source_oid": "1.2.250.1.999.1",
-            "lps": {"homologation_id": "H"}, **extra}
+    return {
+        "type": "dmp",
+        "endpoint": "https://127.0.0.1:8443",
+        "client_cert": str(pki.client.cert),
+        "client_key": str(pki.client.key),
+        "ca_bundle": str(pki.ca.cert),
+        "source_oid": "1.2.250.1.999.1",
+        "lps": {"homologation_id": "H"},
+        **extra,
+    }
 
 
 def _check(cfg):
@@ -153,22 +175,27 @@ def _check(cfg):
     import sys
 
     from tests.support import ROOT
-    return subprocess.run([sys.executable, "-m", "engine.cli", "check", "--config", str(cfg)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "check", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_pfi_check_validates_dmp_certificates_and_warns_before_expiry(tmp_path, pki):
     from engine.pki import generate_test_pki
     from tests.support import write_config
+
     soon = generate_test_pki(tmp_path / "soon", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=800))
     good = _check(write_config(tmp_path / "a", {"dmp": _dmp_channel_files(soon)}))
     assert good.returncode == 0, good.stdout
     assert "warning: channel dmp: the certificate of structure 3300017985 expires in 2" in good.stdout
-    wrong = _check(write_config(tmp_path / "b", {"dmp": _dmp_channel_files(
-        pki, structure_id="1999999999")}))
+    wrong = _check(write_config(tmp_path / "b", {"dmp": _dmp_channel_files(pki, structure_id="1999999999")}))
     assert wrong.returncode == 1 and "not of 1999999999" in wrong.stdout
-    half = _check(write_config(tmp_path / "c", {"dmp": {
-        **_dmp_channel_files(pki), "client_key": None}}))
+    half = _check(write_config(tmp_path / "c", {"dmp": {**_dmp_channel_files(pki), "client_key": None}}))
     assert half.returncode == 1 and "client_cert and client_key go together" in half.stdout
 
 
@@ -177,9 +204,15 @@ def test_pfi_run_refuses_to_start_with_a_certificate_of_another_structure(tmp_pa
     import sys
 
     from tests.support import ROOT, write_config
+
     cfg = write_config(tmp_path / "cfg", {"dmp": _dmp_channel_files(pki, structure_id="1999999999")})
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--config", str(cfg), "--data",
-                             str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", "--config", str(cfg), "--data", str(tmp_path / "data")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "not of 1999999999" in result.stderr
     assert "not starting" in result.stderr
 
@@ -199,8 +232,9 @@ def test_the_dmp_gate_takes_the_identity_status_from_the_registry_first():
             return self.status
 
     def request(qualified: bool) -> PublishRequest:
-        return PublishRequest.model_construct(ins="279035121518989", ins_oid="1.2.250.1.213.1.4.10",
-                                              ins_qualified=qualified, flags=DmpFlags())
+        return PublishRequest.model_construct(
+            ins="279035121518989", ins_oid="1.2.250.1.213.1.4.10", ins_qualified=qualified, flags=DmpFlags()
+        )
 
     assert not check_publishable(request(True), Registry("PROV")).allowed  # the GAM knows better
     assert check_publishable(request(False), Registry("VALI")).allowed

@@ -51,26 +51,24 @@ def test_n3_codes(n3):
     assert (n3.class_code.code, n3.class_code.scheme) == ("10", "1.2.250.1.213.1.1.4.1")
     assert n3.format_code.code == "urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013"
     assert n3.format_code.scheme == "1.3.6.1.4.1.19376.1.2.3" and n3.level == "N3"
-    assert [(c.code, c.scheme) for c in n3.confidentiality_codes] == [
-        ("N", "2.16.840.1.113883.5.25")]
-    assert (n3.healthcare_facility_type_code.code,
-            n3.healthcare_facility_type_code.scheme) == ("SA08", "1.2.250.1.71.4.2.4")
-    assert (n3.practice_setting_code.code,
-            n3.practice_setting_code.scheme) == ("AMBULATOIRE", "1.2.250.1.213.1.1.4.9")
+    assert [(c.code, c.scheme) for c in n3.confidentiality_codes] == [("N", "2.16.840.1.113883.5.25")]
+    assert (n3.healthcare_facility_type_code.code, n3.healthcare_facility_type_code.scheme) == (
+        "SA08",
+        "1.2.250.1.71.4.2.4",
+    )
+    assert (n3.practice_setting_code.code, n3.practice_setting_code.scheme) == ("AMBULATOIRE", "1.2.250.1.213.1.1.4.9")
 
 
 def test_n3_patient(n3):
     assert n3.patient_id == "279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH"
     assert n3.source_patient_id == "1234567890121^^^&1.2.3.4.567.8.9.10&ISO^PI"
-    assert n3.source_patient_info == ["PID-5|PAT-TROIS^DOMINIQUE^^^^^L", "PID-7|19790328",
-                                      "PID-8|F"]
+    assert n3.source_patient_info == ["PID-5|PAT-TROIS^DOMINIQUE^^^^^L", "PID-7|19790328", "PID-8|F"]
 
 
 def test_n3_author_and_legal_authenticator(n3):
     (author,) = n3.authors
     assert author.person == "801234560801^BIDEAULT^Jacques^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"
-    assert author.institutions == [
-        "Centre de radiologie Ambroise^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1920008059"]
+    assert author.institutions == ["Centre de radiologie Ambroise^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1920008059"]
     assert author.roles[0].startswith("ATTPHYS^")
     assert author.specialties == ["G15_10/SM44^Médecin - Radio-diagnostic (SM)^1.2.250.1.213.1.1.4.5"]
     assert n3.legal_authenticator == author.person
@@ -79,8 +77,10 @@ def test_n3_author_and_legal_authenticator(n3):
 
 def test_n3_event_codes_are_modalities_and_regions_without_duplicates(n3):
     assert [(c.code, c.scheme) for c in n3.event_codes] == [
-        ("CT", "1.2.250.1.213.1.1.5.618"), ("774007", "1.2.250.1.213.1.1.5.695"),
-        ("67734004", "1.2.250.1.213.1.1.5.695")]
+        ("CT", "1.2.250.1.213.1.1.5.618"),
+        ("774007", "1.2.250.1.213.1.1.5.695"),
+        ("67734004", "1.2.250.1.213.1.1.5.695"),
+    ]
 
 
 def test_n3_reference_ids(n3):
@@ -89,8 +89,7 @@ def test_n3_reference_ids(n3):
     assert kinds.count("urn:ihe:iti:xds:2016:studyInstanceUID") == 3
     assert kinds.count("urn:ihe:iti:xds:2013:order") == 2
     assert "105234751^^^&1.2.250.1.925.994044785528.27&ISO^urn:ihe:iti:xds:2013:accession" in n3.reference_ids
-    assert ("1.2.250.1.925.994044.27.123.1876360^^^^urn:ihe:iti:xds:2016:studyInstanceUID"
-            in n3.reference_ids)
+    assert "1.2.250.1.925.994044.27.123.1876360^^^^urn:ihe:iti:xds:2016:studyInstanceUID" in n3.reference_ids
     assert "984375862^^^&1.2.250.1.748.12345678.12&ISO^urn:ihe:iti:xds:2013:order" in n3.reference_ids
 
 
@@ -123,9 +122,11 @@ def test_flags_add_dmp_confidentiality_codes_after_the_cda_one(corpus, extractor
     flags = DmpFlags(masque_ps=True, invisible_patient=True, invisible_rep_legaux=True)
     codes = extractor.extract(corpus(N3), flags).confidentiality_codes
     assert [(c.code, c.scheme) for c in codes] == [
-        ("N", "2.16.840.1.113883.5.25"), ("MASQUE_PS", "1.2.250.1.213.1.1.4.13"),
+        ("N", "2.16.840.1.113883.5.25"),
+        ("MASQUE_PS", "1.2.250.1.213.1.1.4.13"),
         ("INVISIBLE_PATIENT", "1.2.250.1.213.1.1.4.13"),
-        ("INVISIBLE_REPRESENTANTS_LEGAUX", "1.2.250.1.213.1.1.4.13")]
+        ("INVISIBLE_REPRESENTANTS_LEGAUX", "1.2.250.1.213.1.1.4.13"),
+    ]
 
 
 def _without(data: bytes, xpath: str) -> bytes:
@@ -135,16 +136,19 @@ def _without(data: bytes, xpath: str) -> bytes:
     return etree.tostring(root)
 
 
-@pytest.mark.parametrize("xpath, named", [
-    ("/h:ClinicalDocument/h:title", "ClinicalDocument/title"),
-    ("/h:ClinicalDocument/h:effectiveTime", "ClinicalDocument/effectiveTime/@value"),
-    ("//h:healthCareFacility/h:code", "healthCareFacility/code"),
-    ("/h:ClinicalDocument/h:author", "ClinicalDocument/author/assignedAuthor/id"),
-    ("//h:patientRole/h:id[@root='1.2.250.1.213.1.4.10']", "patientRole/id (INS)"),
-    ("/h:ClinicalDocument/h:languageCode", "ClinicalDocument/languageCode/@code"),
-    ("//h:serviceEvent/h:effectiveTime", "serviceEvent/effectiveTime/low/@value"),
-    ("/h:ClinicalDocument/h:templateId", "ClinicalDocument/templateId"),
-])
+@pytest.mark.parametrize(
+    "xpath, named",
+    [
+        ("/h:ClinicalDocument/h:title", "ClinicalDocument/title"),
+        ("/h:ClinicalDocument/h:effectiveTime", "ClinicalDocument/effectiveTime/@value"),
+        ("//h:healthCareFacility/h:code", "healthCareFacility/code"),
+        ("/h:ClinicalDocument/h:author", "ClinicalDocument/author/assignedAuthor/id"),
+        ("//h:patientRole/h:id[@root='1.2.250.1.213.1.4.10']", "patientRole/id (INS)"),
+        ("/h:ClinicalDocument/h:languageCode", "ClinicalDocument/languageCode/@code"),
+        ("//h:serviceEvent/h:effectiveTime", "serviceEvent/effectiveTime/low/@value"),
+        ("/h:ClinicalDocument/h:templateId", "ClinicalDocument/templateId"),
+    ],
+)
 def test_missing_header_element_is_named(corpus, extractor, xpath, named):
     with pytest.raises(MetadataError) as info:
         extractor.extract(_without(corpus(N3), xpath))
@@ -176,14 +180,17 @@ def test_hostile_xml_is_refused(extractor):
         extractor.extract(b'<!DOCTYPE x [<!ENTITY e "boom">]><x>&e;</x>')
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("20210108111700+0100", "20210108101700"),
-    ("20210101003000+0200", "20201231223000"),
-    ("20210409094914.827+0100", "20210409084914"),
-    ("202101081117+0100", "202101081017"),
-    ("20210409", "20210409"),
-    ("20050411103328", "20050411103328"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("20210108111700+0100", "20210108101700"),
+        ("20210101003000+0200", "20201231223000"),
+        ("20210409094914.827+0100", "20210409084914"),
+        ("202101081117+0100", "202101081017"),
+        ("20210409", "20210409"),
+        ("20050411103328", "20050411103328"),
+    ],
+)
 def test_to_utc(value, expected):
     assert to_utc(value) == expected
 
@@ -194,10 +201,8 @@ def test_to_utc_rejects_garbage():
 
 
 def test_hl7_delimiters_in_names_are_escaped(corpus, extractor):
-    data = corpus(N3).replace(b"<name>Centre de radiologie Ambroise</name>",
-                              b"<name>Radiologie A &amp; B^C</name>", 1)
+    data = corpus(N3).replace(b"<name>Centre de radiologie Ambroise</name>", b"<name>Radiologie A &amp; B^C</name>", 1)
     data = data.replace(b"<family>BIDEAULT</family>", b"<family>BIDEAULT|X~Y\\Z</family>", 1)
     author = extractor.extract(data).authors[0]
-    assert author.institutions == [
-        "Radiologie A \\T\\ B\\S\\C^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1920008059"]
+    assert author.institutions == ["Radiologie A \\T\\ B\\S\\C^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1920008059"]
     assert author.person.startswith("801234560801^BIDEAULT\\F\\X\\R\\Y\\E\\Z^Jacques^")

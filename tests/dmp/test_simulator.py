@@ -33,8 +33,9 @@ def _iti41(client: DmpClient, cda: bytes):
 async def _send(poster, settings, env, parts, content_type=None):
     data = etree.tostring(env, xml_declaration=True, encoding="UTF-8")
     ctype, body = soap.mtom_pack(data, parts, soap.ACTION_ITI41)
-    answer = await poster.post(settings.endpoints.provide_and_register, content_type or ctype,
-                               body if content_type is None else data)
+    answer = await poster.post(
+        settings.endpoints.provide_and_register, content_type or ctype, body if content_type is None else data
+    )
     if answer.content_type.startswith("multipart/related"):
         root = soap.mtom_unpack(answer.content_type, answer.body).root
     else:
@@ -106,8 +107,7 @@ async def test_unknown_code_is_outside_the_value_set(simulator, client, poster, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_patient_when_a_patient_list_is_kept(simulator, client, poster, settings,
-                                                          corpus):
+async def test_unknown_patient_when_a_patient_list_is_kept(simulator, client, poster, settings, corpus):
     simulator._known_patients = {"180036912345678"}
     env, cid = _iti41(client, corpus(N3))
     code, root = await _send(poster, settings, env, {cid: corpus(N3)})
@@ -122,11 +122,14 @@ async def test_plain_soap_is_refused_for_iti41(simulator, client, poster, settin
     assert code == 400 and fault.sender_side and "MTOM" in fault.reason
 
 
-@pytest.mark.parametrize("breakage, subcode", [
-    ("no-security", "wsse:InvalidSecurity"),
-    ("no-action", "wsa:MessageAddressingHeaderRequired"),
-    ("wrong-action", "wsa:ActionNotSupported"),
-])
+@pytest.mark.parametrize(
+    "breakage, subcode",
+    [
+        ("no-security", "wsse:InvalidSecurity"),
+        ("no-action", "wsa:MessageAddressingHeaderRequired"),
+        ("wrong-action", "wsa:ActionNotSupported"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_envelope_faults(simulator, client, poster, settings, corpus, breakage, subcode):
     env, cid = _iti41(client, corpus(N3))
@@ -144,10 +147,8 @@ async def test_envelope_faults(simulator, client, poster, settings, corpus, brea
 
 @pytest_twisted.ensureDeferred
 async def test_soap11_envelope_is_a_version_mismatch(simulator, poster, settings):
-    body = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body/>'
-            b"</s:Envelope>")
-    answer = await poster.post(settings.endpoints.registry_stored_query,
-                               "application/soap+xml; charset=UTF-8", body)
+    body = b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body/></s:Envelope>'
+    answer = await poster.post(settings.endpoints.registry_stored_query, "application/soap+xml; charset=UTF-8", body)
     assert soap.parse_fault(parse_untrusted(answer.body).getroot()).code == "soap:VersionMismatch"
 
 
@@ -156,56 +157,63 @@ async def test_unknown_stored_query(simulator, client, poster, settings, corpus)
     request = request_for(corpus(N3))
     meta = client.metadata(request)
     body = ebrim.stored_query("urn:uuid:00000000-0000-0000-0000-000000000000", {})
-    env = client._envelope(soap.ACTION_ITI18, settings.endpoints.registry_stored_query, body,
-                           request, meta)
-    answer = await poster.post(settings.endpoints.registry_stored_query,
-                               f'application/soap+xml; action="{soap.ACTION_ITI18}"',
-                               etree.tostring(env))
+    env = client._envelope(soap.ACTION_ITI18, settings.endpoints.registry_stored_query, body, request, meta)
+    answer = await poster.post(
+        settings.endpoints.registry_stored_query,
+        f'application/soap+xml; action="{soap.ACTION_ITI18}"',
+        etree.tostring(env),
+    )
     root = parse_untrusted(answer.body).getroot()
     assert _errors(root) == ["XDSUnknownStoredQuery"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_find_documents_only_shows_the_vihf_patient(simulator, client, poster, settings,
-                                                          corpus):
+async def test_find_documents_only_shows_the_vihf_patient(simulator, client, poster, settings, corpus):
     request = request_for(corpus(N3))
     assert (await client.publish(request)).ok
     meta = client.metadata(request)
-    body = ebrim.stored_query(ebrim.FIND_DOCUMENTS, {
-        "$XDSDocumentEntryPatientId": [f"'{meta.patient_id}'"],
-        "$XDSDocumentEntryStatus": [ebrim.query_list([ebrim.APPROVED])]})
-    env = client._envelope(soap.ACTION_ITI18, settings.endpoints.registry_stored_query, body,
-                           request, meta)
-    answer = await poster.post(settings.endpoints.registry_stored_query,
-                               f'application/soap+xml; action="{soap.ACTION_ITI18}"',
-                               etree.tostring(env))
+    body = ebrim.stored_query(
+        ebrim.FIND_DOCUMENTS,
+        {
+            "$XDSDocumentEntryPatientId": [f"'{meta.patient_id}'"],
+            "$XDSDocumentEntryStatus": [ebrim.query_list([ebrim.APPROVED])],
+        },
+    )
+    env = client._envelope(soap.ACTION_ITI18, settings.endpoints.registry_stored_query, body, request, meta)
+    answer = await poster.post(
+        settings.endpoints.registry_stored_query,
+        f'application/soap+xml; action="{soap.ACTION_ITI18}"',
+        etree.tostring(env),
+    )
     outcome = ebrim.parse_response(soap.body_child(parse_untrusted(answer.body).getroot()))
     assert outcome.status == ebrim.SUCCESS
     assert [ebrim.external_value(o, E["uniqueId"]) for o in outcome.objects] == [meta.unique_id]
 
 
-@pytest.mark.parametrize("content_type, body", [
-    ("multipart/related; boundary=x; type=\"application/xop+xml\"", b"garbage"),
-    ("application/soap+xml", b""),
-    ("application/soap+xml", b"\x00\xff not xml"),
-    ("application/soap+xml", b"<a/>"),
-    ("text/plain", b"hello"),
-    ("application/soap+xml", b'<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>'),
-])
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ('multipart/related; boundary=x; type="application/xop+xml"', b"garbage"),
+        ("application/soap+xml", b""),
+        ("application/soap+xml", b"\x00\xff not xml"),
+        ("application/soap+xml", b"<a/>"),
+        ("text/plain", b"hello"),
+        ("application/soap+xml", b'<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>'),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_garbage_gets_a_sender_fault_not_a_crash(simulator, poster, settings, content_type,
-                                                      body):
+async def test_garbage_gets_a_sender_fault_not_a_crash(simulator, poster, settings, content_type, body):
     for url in (settings.endpoints.provide_and_register, settings.endpoints.registry_stored_query):
         answer = await poster.post(url, content_type, body)
         fault = soap.parse_fault(parse_untrusted(answer.body).getroot())
         assert answer.code == 400 and fault.sender_side, (url, fault)
 
 
-@pytest.mark.parametrize("breakage", ["entry-id", "document-id", "registry-object-list",
-                                      "all-classifications", "external-ids"])
+@pytest.mark.parametrize(
+    "breakage", ["entry-id", "document-id", "registry-object-list", "all-classifications", "external-ids"]
+)
 @pytest_twisted.ensureDeferred
-async def test_mangled_metadata_is_a_registry_error(simulator, client, poster, settings, corpus,
-                                                    breakage):
+async def test_mangled_metadata_is_a_registry_error(simulator, client, poster, settings, corpus, breakage):
     env, cid = _iti41(client, corpus(N3))
     entry = _entry(env)
     if breakage == "entry-id":

@@ -8,7 +8,11 @@ import pytest_twisted
 from engine.config.load import load_config
 from engine.docrequest import check
 from engine.docrequest.check import (
-    RequestAckError, ack_code_for, check_document_message, describe, is_document_message,
+    RequestAckError,
+    ack_code_for,
+    check_document_message,
+    describe,
+    is_document_message,
     to_ack_error,
 )
 from engine.docrequest.errors import HL7Error, app_error
@@ -22,11 +26,12 @@ from tests.support import inbound, sample_adt, write_config
 def test_app_error_keeps_err5_msa_code_and_escapes_the_label():
     error = to_ack_error(app_error("INS_MISMATCH", "PID-3 vs CDA", "PID^1^3"))
     assert isinstance(error, RequestAckError) and error.ack_code == "AE"
-    assert error.segment("^~\\&") == ("ERR||PID^1^3|207^Application internal error^HL70357|E|"
-                                      "INS_MISMATCH^INS in PID-3 differs from the CDA recordTarget^99PFI|||"
-                                      "PID-3 vs CDA")
-    refused = HL7Error(code=207, message="engine busy", ack_code="AR", app_code="X_Y",
-                       app_label="a$b")
+    assert error.segment("^~\\&") == (
+        "ERR||PID^1^3|207^Application internal error^HL70357|E|"
+        "INS_MISMATCH^INS in PID-3 differs from the CDA recordTarget^99PFI|||"
+        "PID-3 vs CDA"
+    )
+    refused = HL7Error(code=207, message="engine busy", ack_code="AR", app_code="X_Y", app_label="a$b")
     assert to_ack_error(refused, "$").app_code == "X_Y$a\\S\\b$99PFI"
     assert ack_code_for([to_ack_error(refused)]) == "AR"
 
@@ -51,20 +56,25 @@ def test_corpus_verdicts_and_journal_reason():
     results = {name: check_document_message(p.read_bytes()) for name, p in GOOD.items()}
     assert {name: ack_code_for(errors) for name, errors in results.items()} == {name: "AA" for name in GOOD}
     # Only tolerated defects remain (MANIFEST: truncated CORPSMAIL_PS, MDM CDAs without setId).
-    assert {e.app_code.split("^")[0] for errors in results.values() for e in errors} == \
-        {"MAILBODY_TRUNCATED", "CDA_SETID_MISSING"}
+    assert {e.app_code.split("^")[0] for errors in results.values() for e in errors} == {
+        "MAILBODY_TRUNCATED",
+        "CDA_SETID_MISSING",
+    }
     assert {e.severity for errors in results.values() for e in errors} == {"W"}
     errors = check_document_message(INS_MISMATCH.read_bytes())
     assert [(e.code, e.location, e.app_code.split("^")[0], e.severity) for e in errors] == [
-        (207, "PID^1^3", "INS_MISMATCH", "E"), (207, "OBX^12^5", "MAILBODY_TRUNCATED", "W")]  # E first
+        (207, "PID^1^3", "INS_MISMATCH", "E"),
+        (207, "OBX^12^5", "MAILBODY_TRUNCATED", "W"),
+    ]  # E first
     assert describe(errors[:1]).startswith("document request: 207 INS_MISMATCH at PID^1^3: INS in PID-3")
 
 
 def test_unparsable_message_is_a_coded_error_not_an_exception():
     [error] = check_document_message(b"MSH|^~\\&|A|B|C|D|||ORU^R01|1|P|2.5|||||FRA|8859/1\rPID|\xff\xfe")
     assert error.code in (100, 101, 200) and error.severity == "E"
-    [error] = check_document_message(b"MSH|^~\\&|A|B|C|D|||ORU^R01|1|P|2.5|||||FRA|UNICODE UTF-8|||"
-                                     b"2.1^CISIS_CDA_HL7_V2\rPID|\xff\xfe")
+    [error] = check_document_message(
+        b"MSH|^~\\&|A|B|C|D|||ORU^R01|1|P|2.5|||||FRA|UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\rPID|\xff\xfe"
+    )
     assert (error.code, error.location) == (100, "MSH^1") and "offset" in error.message
 
 
@@ -75,8 +85,9 @@ async def test_a_checker_defect_in_the_thread_becomes_ar_207(monkeypatch):
 
     monkeypatch.setattr(check, "check_document_message", broken)
     errors = await check.DocumentRequestGate().check_in_thread(b"MSH|^~\\&|")
-    assert [(e.code, e.message) for e in errors] == [(207, "document request could not be checked (KeyError): "
-                                                           "send it again later")]
+    assert [(e.code, e.message) for e in errors] == [
+        (207, "document request could not be checked (KeyError): send it again later")
+    ]
     assert ack_code_for(errors) == "AR"  # our fault, not the message's: it may be sent again
 
 

@@ -42,8 +42,11 @@ def test_missing_ids(sample):
     assert _codes(sample) == [("CDA_SETID_MISSING", "W", "OBX^1^5")]
     sample.replace_cda('<versionNumber value="1"/>', "")
     sample.replace_cda('<id root="1.2.250.1.999.7.1.2026.1"/>', "")
-    assert _codes(sample) == [("CDA_ID_MISSING", "E", "OBX^1^5"), ("CDA_VERSION_MISSING", "E", "OBX^1^5"),
-                              ("CDA_SETID_MISSING", "W", "OBX^1^5")]
+    assert _codes(sample) == [
+        ("CDA_ID_MISSING", "E", "OBX^1^5"),
+        ("CDA_VERSION_MISSING", "E", "OBX^1^5"),
+        ("CDA_SETID_MISSING", "W", "OBX^1^5"),
+    ]
 
 
 def test_txa12_must_match_the_cda_id(sample):
@@ -57,8 +60,10 @@ def test_txa12_root_extension_form(sample):
     assert check_consistency(sample.request()) == []
 
 
-RPLC = ('<relatedDocument typeCode="RPLC"><parentDocument><id root="1.2.250.1.999.7.1.2026.0"/>'
-        '</parentDocument></relatedDocument>')
+RPLC = (
+    '<relatedDocument typeCode="RPLC"><parentDocument><id root="1.2.250.1.999.7.1.2026.0"/>'
+    "</parentDocument></relatedDocument>"
+)
 
 
 def test_replacement_needs_rplc(sample):
@@ -83,11 +88,14 @@ def test_document_type_must_match_cda_code(sample):
     assert _codes(sample) == [("DOCTYPE_MISMATCH", "E", "OBX^1^3")]
 
 
-@pytest.mark.parametrize("payload", [
-    "not xml at all",
-    '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>',
-    '<other xmlns="urn:hl7-org:v3"/>',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "not xml at all",
+        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>',
+        '<other xmlns="urn:hl7-org:v3"/>',
+    ],
+)
 def test_unreadable_or_hostile_cda(sample, payload):
     sample.with_cda(payload)
     assert _codes(sample) == [("CDA_NOT_WELL_FORMED", "E", "OBX^1^5")]

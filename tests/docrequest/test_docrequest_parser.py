@@ -32,8 +32,7 @@ def test_sample_yields_the_full_request(sample):
     assert flags.patient_may_not_reply
     assert flags.corpsmail_ps.startswith("Cher confrère")
     assert request.sender.person.id == "899999000001" and request.sender.organisation.id_type == "IDNST"
-    assert request.mssante_addresses == ["sam.fictif-medecin@test.mssante.fr",
-                                         "292089900100290@patient.mssante.fr"]
+    assert request.mssante_addresses == ["sam.fictif-medecin@test.mssante.fr", "292089900100290@patient.mssante.fr"]
     assert [r.is_patient for r in request.recipients] == [False, True]
     assert request.reply_to[0].address == "secretariat@cabinet-fictif.mssante.fr"
     assert request.warnings == []
@@ -62,11 +61,14 @@ def test_deletion_is_understood(sample):
     assert sample.request().action is Action.DELETE
 
 
-@pytest.mark.parametrize("edits, location", [
-    ([("ORC", 1, "RO")], "OBX^1^11"),                       # ORC says replace, OBX-11 initial
-    ([("OBX", 11, "C"), ("ORC", 1, "RO")], "ORC^1^1"),      # T02 trigger vs RO
-    ([("OBX", 11, "D")], "OBX^1^11"),
-])
+@pytest.mark.parametrize(
+    "edits, location",
+    [
+        ([("ORC", 1, "RO")], "OBX^1^11"),  # ORC says replace, OBX-11 initial
+        ([("OBX", 11, "C"), ("ORC", 1, "RO")], "ORC^1^1"),  # T02 trigger vs RO
+        ([("OBX", 11, "D")], "OBX^1^11"),
+    ],
+)
 def test_inconsistent_action_is_a_coded_application_error(sample, edits, location):
     for name, field, value in edits:
         sample.set(name, field, value)
@@ -79,23 +81,26 @@ def test_replacement_without_txa13_is_rejected(sample):
     assert (_error(sample).code, _error(sample).location) == (101, "TXA^1^13")
 
 
-@pytest.mark.parametrize("name, field, value, code, location", [
-    ("ORC", 1, "SC", 103, "ORC^1^1"),
-    ("OBX", 11, "X", 103, "OBX^1^11"),
-    ("PID", 3, "", 101, "PID^1^3"),
-    ("PID", 5, "", 101, "PID^1^5"),
-    ("MSH", 21, "2.0^CISIS_CDA_HL7_V2", 203, "MSH^1^21"),
-    ("MSH", 21, "1.2^CISIS_CDA_HL7_V1", 203, "MSH^1^21"),
-    ("MSH", 21, "9.9^SOMETHING", 203, "MSH^1^21"),
-    ("MSH", 21, "", 101, "MSH^1^21"),
-    ("MSH", 9, "ADT^A01^ADT_A01", 200, "MSH^1^9"),
-    ("MSH", 9, "MDM^T01^MDM_T01", 201, "MSH^1^9"),
-    ("OBX", 5, "^text^XML^Base64^$$$notbase64", 102, "OBX^1^5"),
-    ("OBX", 5, "^text^XML^Base64^QUJDRUZHS", 102, "OBX^1^5"),   # 1 mod 4: truncated
-    ("OBX", 5, "^text^XML^Base64^", 101, "OBX^1^5"),
-    ("OBX", 3, "11502-2^CR bio^LN", 207, "OBR^1^4"),
-    ("TXA", 12, "", 101, "TXA^1^12"),
-])
+@pytest.mark.parametrize(
+    "name, field, value, code, location",
+    [
+        ("ORC", 1, "SC", 103, "ORC^1^1"),
+        ("OBX", 11, "X", 103, "OBX^1^11"),
+        ("PID", 3, "", 101, "PID^1^3"),
+        ("PID", 5, "", 101, "PID^1^5"),
+        ("MSH", 21, "2.0^CISIS_CDA_HL7_V2", 203, "MSH^1^21"),
+        ("MSH", 21, "1.2^CISIS_CDA_HL7_V1", 203, "MSH^1^21"),
+        ("MSH", 21, "9.9^SOMETHING", 203, "MSH^1^21"),
+        ("MSH", 21, "", 101, "MSH^1^21"),
+        ("MSH", 9, "ADT^A01^ADT_A01", 200, "MSH^1^9"),
+        ("MSH", 9, "MDM^T01^MDM_T01", 201, "MSH^1^9"),
+        ("OBX", 5, "^text^XML^Base64^$$$notbase64", 102, "OBX^1^5"),
+        ("OBX", 5, "^text^XML^Base64^QUJDRUZHS", 102, "OBX^1^5"),  # 1 mod 4: truncated
+        ("OBX", 5, "^text^XML^Base64^", 101, "OBX^1^5"),
+        ("OBX", 3, "11502-2^CR bio^LN", 207, "OBR^1^4"),
+        ("TXA", 12, "", 101, "TXA^1^12"),
+    ],
+)
 def test_field_defects_are_coded(sample, name, field, value, code, location):
     error = _error(sample.set(name, field, value))
     assert (error.code, error.location) == (code, location)
@@ -165,8 +170,7 @@ def test_mssante_without_recipient_is_rejected(sample):
 
 def test_truncated_mail_body_is_kept_with_a_warning(sample):
     # The exact truncated CORPSMAIL_PS value of the ANS vague-2 ORU examples (MANIFEST).
-    truncated = ("Q2hlciBjb25mcsOocmUsIHZvdXMgdHJvdXZlcmV6IGNpLWpvaW50IGxlIENSIGTigJlpbWFnZXJpZSBk"
-                 "ZSBNLkR1cG9ud")
+    truncated = "Q2hlciBjb25mcsOocmUsIHZvdXMgdHJvdXZlcmV6IGNpLWpvaW50IGxlIENSIGTigJlpbWFnZXJpZSBkZSBNLkR1cG9ud"
     sample.set("OBX", 5, f"^text^^Base64^{truncated}", occurrence=sample.meta("CORPSMAIL_PS"))
     request = sample.request()
     assert request.flags.corpsmail_ps.startswith("Cher confrère, vous trouverez ci-joint le CR")
@@ -221,7 +225,7 @@ def test_nir_preferred_over_nia(sample):
 
 
 def test_nir_key_and_corsica_rule():
-    assert nir_key("2790351215189") == 89            # ANS test patient 279035121518989
+    assert nir_key("2790351215189") == 89  # ANS test patient 279035121518989
     assert nir_key("185052A123456") == 97 - int("1850519123456") % 97
     assert nir_key("185052B123456") == 97 - int("1850518123456") % 97
     assert nir_key_valid("185052A123456" + f"{nir_key('185052A123456'):02d}")
@@ -234,7 +238,8 @@ def test_err_segment_of_an_error(sample):
     assert error.err_segment() == (
         "ERR||OBX^1^11|207^Application internal error^messageErrorCondition|E|"
         "ACTION_INCONSISTENT^Trigger, ORC-1 and OBX-11 disagree on the action^99PFI|||"
-        "ORC-1 RO means replace but document OBX-11 F means initial")
+        "ORC-1 RO means replace but document OBX-11 F means initial"
+    )
 
 
 def test_fuzz_request_parsing_never_crashes(sample):

@@ -12,10 +12,13 @@ from tests.support import intake_events, client_for, exchange, inbound, sample_a
 
 @pytest_twisted.async_yield_fixture
 async def engine(tmp_path):
-    config = write_config(tmp_path / "cfg", {
-        "docs": inbound(ack_mode="document-request", idle_timeout=30),
-        "plain": inbound(idle_timeout=30),
-    })
+    config = write_config(
+        tmp_path / "cfg",
+        {
+            "docs": inbound(ack_mode="document-request", idle_timeout=30),
+            "plain": inbound(idle_timeout=30),
+        },
+    )
     engine = await start_engine(config, tmp_path / "data")
     yield engine
     await engine.stopService()
@@ -95,9 +98,13 @@ async def test_receipt_mode_answers_aa_to_the_same_defective_request(engine):
 
 @pytest_twisted.ensureDeferred
 async def test_pipelined_messages_keep_their_order_in_acks_and_journal(engine):
-    sequence = [("P-1", GOOD["mdm-init"].read_bytes()), ("P-2", sample_adt("P-2").encode()),
-                ("P-3", INS_MISMATCH.read_bytes()), ("P-4", GOOD["mdm-rplc"].read_bytes()),
-                ("P-5", sample_adt("P-5").encode())]
+    sequence = [
+        ("P-1", GOOD["mdm-init"].read_bytes()),
+        ("P-2", sample_adt("P-2").encode()),
+        ("P-3", INS_MISMATCH.read_bytes()),
+        ("P-4", GOOD["mdm-rplc"].read_bytes()),
+        ("P-5", sample_adt("P-5").encode()),
+    ]
     client = await client_for(engine, "docs")
     pending = [client.send(with_control_id(raw, cid)) for cid, raw in sequence]
     acks = [await d for d in pending]
@@ -106,5 +113,9 @@ async def test_pipelined_messages_keep_their_order_in_acks_and_journal(engine):
     assert codes == ["AA|P-1", "AA|P-2", "AE|P-3", "AA|P-4", "AA|P-5"]
     events = intake_events(journal(engine))
     assert [(e.control_id, e.state) for e in events] == [
-        ("P-1", "received"), ("P-2", "received"), ("P-3", "rejected"), ("P-4", "received"),
-        ("P-5", "received")]
+        ("P-1", "received"),
+        ("P-2", "received"),
+        ("P-3", "rejected"),
+        ("P-4", "received"),
+        ("P-5", "received"),
+    ]

@@ -19,8 +19,23 @@ def cache_dir(tmp_path_factory):
 
 
 def pfi_validate(cache_dir, *args) -> tuple[int, list[str]]:
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "validate", *map(str, args), "--kit", str(KIT),
-                           "--cache-dir", str(cache_dir)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "validate",
+            *map(str, args),
+            "--kit",
+            str(KIT),
+            "--cache-dir",
+            str(cache_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     lines = [line for line in proc.stdout.splitlines() if "schematron.compiled" not in line]
     return proc.returncode, lines
 
@@ -29,9 +44,11 @@ def test_defective_oru_prints_summary_err_and_the_cda_report(cache_dir):
     code, lines = pfi_validate(cache_dir, INS_MISMATCH)
     assert code == 1
     assert lines[0] == f"{INS_MISMATCH}: ORU^R01 2.1^CISIS_CDA_HL7_V2 control id 015: delete (transmission)"
-    assert lines[1] == ("  flags: MASQUE_PS=N INVISIBLE_PATIENT=N INVISIBLE_REP_LEGAUX=N CONNEXION_SECRETE=N "
-                        "MODIF_CONF_CODE=N DESTDMP=Y DESTMSSANTEPS=Y DESTMSSANTEPAT=Y ACK_RECEPTION=N "
-                        "ACK_LECTURE_MSS=N CORPSMAIL_PS=present CORPSMAIL_PATIENT=-")
+    assert lines[1] == (
+        "  flags: MASQUE_PS=N INVISIBLE_PATIENT=N INVISIBLE_REP_LEGAUX=N CONNEXION_SECRETE=N "
+        "MODIF_CONF_CODE=N DESTDMP=Y DESTMSSANTEPS=Y DESTMSSANTEPAT=Y ACK_RECEPTION=N "
+        "ACK_LECTURE_MSS=N CORPSMAIL_PS=present CORPSMAIL_PATIENT=-"
+    )
     assert lines[2] == "  patient: INS INS-NIR-TEST ***********8989 (key ok, qualified), identity status VALI"
     assert lines[3] == "  documents: OBX^1 11502-2"
     assert lines[4].startswith("request: ERR-3 207 [INS_MISMATCH] at PID^1^3: INS in PID-3")
@@ -58,5 +75,6 @@ def test_superseded_profile_is_rejected_with_its_err(cache_dir, tmp_path):
     assert lines[:2] == [
         "request: ERR-3 203 at MSH^1^21: profile 2.0^CISIS_CDA_HL7_V2 is superseded; accepted: "
         "2.1^CISIS_CDA_HL7_V2, 1.1^CISIS_CDA_HL7_LPS",
-        f"{V20_MDM}: REJECTED (request refused: ERR-3 203, MSA AE)"]
+        f"{V20_MDM}: REJECTED (request refused: ERR-3 203, MSA AE)",
+    ]
     assert lines[2].startswith(f"{garbage}: REJECTED: ") and len(lines) == 3

@@ -15,8 +15,10 @@ MDM_DIR = "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_H
 INITIAL = f"{MDM_DIR}/Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
 REPLACE = f"{MDM_DIR}/Remplacement MDM/message_MDM_CR_Radio_RPLC_N1.er7"
 DELETE = f"{MDM_DIR}/Suppression MDM/message_MDM_CR_Radio_DEL_N1.er7"
-ORU_INITIAL = ("hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/ORU/"
-               "Transmission initiale ORU/message_ORU_CR_Bio_INIT_N3_SEGUR.hl7")
+ORU_INITIAL = (
+    "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/ORU/"
+    "Transmission initiale ORU/message_ORU_CR_Bio_INIT_N3_SEGUR.hl7"
+)
 V1_ID = "1.2.250.1.71.4.2.2.120456789.71024000081"
 V2_ID = "1.2.250.1.71.4.2.2.120456789.71024000082"
 FAST_RETRY = {"initial": 0.05, "maximum": 0.2, "jitter": 0.0}
@@ -67,15 +69,22 @@ def renumber_document(raw: bytes, old_id: str, new_id: str) -> bytes:
 
 
 def dmp_channel(sim, pki, retry: dict | None = None) -> dict:
-    return {"type": "dmp", "endpoint": sim.base_url, "client_cert": str(pki.client.cert),
-            "client_key": str(pki.client.key), "ca_bundle": str(pki.ca.cert),
-            # the ANS examples' PRT-8 `FINEG^^^300017985` is structure 1300017985: its certificate
-            # (structure read from the subject OU)
-            "certificates": [{"cert": str(pki.client_second.cert), "key": str(pki.client_second.key)}],
-            "structure_id": "3300017985", "source_oid": "1.2.250.1.999.1",
-            "lps": {"name": "PFI-engine", "version": "0.1.0", "homologation_id": "HOMOLOGATION-TEST"},
-            "response_timeout": 10, "retry": retry or FAST_RETRY,
-            "sender_roles": ["10^1.2.250.1.71.1.2.7", "SM44^1.2.250.1.71.4.2.5"]}
+    return {
+        "type": "dmp",
+        "endpoint": sim.base_url,
+        "client_cert": str(pki.client.cert),
+        "client_key": str(pki.client.key),
+        "ca_bundle": str(pki.ca.cert),
+        # the ANS examples' PRT-8 `FINEG^^^300017985` is structure 1300017985: its certificate
+        # (structure read from the subject OU)
+        "certificates": [{"cert": str(pki.client_second.cert), "key": str(pki.client_second.key)}],
+        "structure_id": "3300017985",
+        "source_oid": "1.2.250.1.999.1",
+        "lps": {"name": "PFI-engine", "version": "0.1.0", "homologation_id": "HOMOLOGATION-TEST"},
+        "response_timeout": 10,
+        "retry": retry or FAST_RETRY,
+        "sender_roles": ["10^1.2.250.1.71.1.2.7", "SM44^1.2.250.1.71.4.2.5"],
+    }
 
 
 def mllp_out(port: int) -> dict:
@@ -87,12 +96,19 @@ def dmp_routes() -> list[dict]:
     zam = {"zam": {"kind": "Z01", "to": "creator-out"}}
     return [
         {"name": "patients", "match": {"channel": "gam", "type": "ADT"}, "steps": [{"patients": "update"}]},
-        {"name": "reports-to-dmp", "match": {"channel": "creator", "type": ["MDM", "ORU"],
-                                             "fields": {"OBX[code=DESTDMP]-5.1": "Y"}},
-         "steps": [{"validate": "document-request"},
-                   {"label": "dmp", "deliver": {"to": "dmp"},
+        {
+            "name": "reports-to-dmp",
+            "match": {"channel": "creator", "type": ["MDM", "ORU"], "fields": {"OBX[code=DESTDMP]-5.1": "Y"}},
+            "steps": [
+                {"validate": "document-request"},
+                {
+                    "label": "dmp",
+                    "deliver": {"to": "dmp"},
                     "on_success": [zam, {"deliver": {"to": "drimbox"}}],
-                    "on_failure": [zam]}]},
+                    "on_failure": [zam],
+                },
+            ],
+        },
     ]
 
 
@@ -123,9 +139,13 @@ async def start_flow(tmp_path: Path, sim, pki, retry: dict | None = None) -> Flo
     from engine.service import Engine
 
     creator_out, drimbox = RecordingPeer(), RecordingPeer()
-    channels = {"creator": inbound(), "gam": inbound(), "dmp": dmp_channel(sim, pki, retry),
-                "creator-out": mllp_out(await creator_out.listen()),
-                "drimbox": mllp_out(await drimbox.listen())}
+    channels = {
+        "creator": inbound(),
+        "gam": inbound(),
+        "dmp": dmp_channel(sim, pki, retry),
+        "creator-out": mllp_out(await creator_out.listen()),
+        "drimbox": mllp_out(await drimbox.listen()),
+    }
     cfg = write_config(tmp_path / "cfg", channels, dmp_routes())
     engine = Engine(load_config(cfg), tmp_path / "data", reactor, with_metrics=False)
     await engine.startService()

@@ -18,8 +18,9 @@ from tests.mss.mss_helpers import dsn_for  # noqa: F401  (re-exported for the fl
 
 APP_MAILBOX = "pfi@hopital-y.mssante.fr"
 APP_PASSWORD = "secret-app"
-MDM_DIR = Path("hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/MDM/"
-               "Transmission initiale MDM")
+MDM_DIR = Path(
+    "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/MDM/Transmission initiale MDM"
+)
 MDM_EXAMPLE = MDM_DIR / "message_MDM_CR_Radio_INIT_N1_Base64.er7"
 FIRST_RCT = "adam.hoda@test-ci-sis.mssante.fr"
 SECOND_RCT = "claire.martin@test-ci-sis.mssante.fr"
@@ -43,24 +44,41 @@ class Operator:
 def start_operator(pki) -> Operator:
     mail = MailOperator(users={APP_MAILBOX: APP_PASSWORD}, allow_anonymous_smtp=True)
     tls = server_tls(pki.server_pem, pki.ca_cert)
-    listeners = [reactor.listenTCP(0, smtp_factory(mail, tls, implicit=False), interface="127.0.0.1"),
-                 reactor.listenTCP(0, imap_factory(mail, tls), interface="127.0.0.1")]
+    listeners = [
+        reactor.listenTCP(0, smtp_factory(mail, tls, implicit=False), interface="127.0.0.1"),
+        reactor.listenTCP(0, imap_factory(mail, tls), interface="127.0.0.1"),
+    ]
     return Operator(mail, listeners[0].getHost().port, listeners[1].getHost().port, listeners)
 
 
 def mss_channel(pki, operator: Operator, state_file: Path, **extra) -> dict:
     """channels/mss.yaml of the engine under test."""
     tls = {"ca_bundle": str(pki.ca_cert), "server_name": "localhost"}
-    return {"type": "mssante", "mailbox_address": APP_MAILBOX, "state_file": str(state_file),
-            "smtp": {"host": "127.0.0.1", "port": operator.smtp_port, "username": APP_MAILBOX,
-                     "password": APP_PASSWORD, "tls": tls},
-            "retry": FAST_RETRY, **extra}
+    return {
+        "type": "mssante",
+        "mailbox_address": APP_MAILBOX,
+        "state_file": str(state_file),
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": operator.smtp_port,
+            "username": APP_MAILBOX,
+            "password": APP_PASSWORD,
+            "tls": tls,
+        },
+        "retry": FAST_RETRY,
+        **extra,
+    }
 
 
 def imap_settings(pki, operator: Operator) -> dict:
-    return {"host": "127.0.0.1", "port": operator.imap_port, "username": APP_MAILBOX,
-            "password": APP_PASSWORD, "poll_interval_s": 300,
-            "tls": {"ca_bundle": str(pki.ca_cert), "server_name": "localhost"}}
+    return {
+        "host": "127.0.0.1",
+        "port": operator.imap_port,
+        "username": APP_MAILBOX,
+        "password": APP_PASSWORD,
+        "poll_interval_s": 300,
+        "tls": {"ca_bundle": str(pki.ca_cert), "server_name": "localhost"},
+    }
 
 
 def mllp_out(port: int) -> dict:
@@ -71,7 +89,9 @@ def ans_mdm(ans_corpus, *, ack_reception: bool, second_recipient: bool) -> bytes
     """The ANS MDM^T02 (LF separators kept: the engine must cope), adapted for one test."""
     text = (ans_corpus / MDM_EXAMPLE).read_bytes().decode("utf-8")
     if ack_reception:
-        text = text.replace("ACK_RECEPTION^Accusé de réception^MetaDMPMSS||N", "ACK_RECEPTION^Accusé de réception^MetaDMPMSS||Y")
+        text = text.replace(
+            "ACK_RECEPTION^Accusé de réception^MetaDMPMSS||N", "ACK_RECEPTION^Accusé de réception^MetaDMPMSS||Y"
+        )
     if second_recipient:
         rct = next(line for line in text.split("\n") if line.startswith("PRT||UC||RCT"))
         second = rct.replace("801234567897^Hoda^Adam", "801234567898^Martin^Claire").replace(FIRST_RCT, SECOND_RCT)
@@ -105,6 +125,8 @@ class AckPeer(MllpPeer):
 
 def ack_902(ctrl: str) -> str:
     """The RIS's AE of the ANS example (ERR-5 902 unknown patient) for MSH-10 `ctrl`."""
-    return (f"MSH|^~\\&|DPI|CHU_X|PFI|CHU_X|202310030831||ACK^T02^ACK|12347|P|2.6|||AL|AL|FRA|8859/15\r"
-            f"MSA|AE|{ctrl}\rERR||PID^1^3|207^Application error^messageErrorCondition|E|"
-            f"902^Identifiant de patient inconnu^applicationErrorCode\r")
+    return (
+        f"MSH|^~\\&|DPI|CHU_X|PFI|CHU_X|202310030831||ACK^T02^ACK|12347|P|2.6|||AL|AL|FRA|8859/15\r"
+        f"MSA|AE|{ctrl}\rERR||PID^1^3|207^Application error^messageErrorCondition|E|"
+        f"902^Identifiant de patient inconnu^applicationErrorCode\r"
+    )

@@ -7,9 +7,18 @@ import pytest
 import pytest_twisted
 
 from engine.hl7.message import Message
-from tests.flows.dmp_support import (DELETE, INITIAL, ORU_INITIAL, REPLACE, V1_ID, V2_ID, adapt, renumber_document,
-                                     start_flow,
-                                     statuses)
+from tests.flows.dmp_support import (
+    DELETE,
+    INITIAL,
+    ORU_INITIAL,
+    REPLACE,
+    V1_ID,
+    V2_ID,
+    adapt,
+    renumber_document,
+    start_flow,
+    statuses,
+)
 from tests.routing.peers import until
 from tests.support import client_for, exchange
 
@@ -17,10 +26,15 @@ from tests.support import client_for, exchange
 def zam_fields(raw: bytes) -> dict:
     """What the creator reads in a ZAM^Z01: type, status OBX-5, OBX-4 (original MSH-10), ERR-5."""
     msg = Message.parse(raw)
-    return {"type": msg.get("MSH-9"), "status": msg.get("OBX-5.1"), "original": msg.get("OBX-4"),
-            "error": msg.get("ERR-5.1") or "", "error_label": msg.get("ERR-5.2") or "",
-            "error_system": msg.get("ERR-5.3") or "",
-            "to": msg.get("MSH-5")}
+    return {
+        "type": msg.get("MSH-9"),
+        "status": msg.get("OBX-5.1"),
+        "original": msg.get("OBX-4"),
+        "error": msg.get("ERR-5.1") or "",
+        "error_label": msg.get("ERR-5.2") or "",
+        "error_system": msg.get("ERR-5.3") or "",
+        "to": msg.get("MSH-5"),
+    }
 
 
 async def send(flow, raw: bytes) -> str:
@@ -32,17 +46,20 @@ async def send(flow, raw: bytes) -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_initial_replace_delete_reach_the_dmp_with_zams_and_drimbox(tmp_path, simulator, pki,
-                                                                          ans_corpus):
+async def test_initial_replace_delete_reach_the_dmp_with_zams_and_drimbox(tmp_path, simulator, pki, ans_corpus):
     flow = await start_flow(tmp_path, simulator, pki)
     try:
-        steps = [("INIT-1", INITIAL, {V1_ID: ["Approved"]}),
-                 ("RPLC-1", REPLACE, {V1_ID: ["Deprecated"], V2_ID: ["Approved"]}),
-                 ("DEL-1", DELETE, {V1_ID: ["Deprecated"], V2_ID: ["Deleted"]})]
+        steps = [
+            ("INIT-1", INITIAL, {V1_ID: ["Approved"]}),
+            ("RPLC-1", REPLACE, {V1_ID: ["Deprecated"], V2_ID: ["Approved"]}),
+            ("DEL-1", DELETE, {V1_ID: ["Deprecated"], V2_ID: ["Deleted"]}),
+        ]
         for n, (control_id, name, expected) in enumerate(steps, 1):
             assert await send(flow, adapt((ans_corpus / name).read_bytes(), control_id)) == "AA"
-            await until(lambda: len(flow.creator_out.received) == n and len(flow.drimbox.received) == n,
-                        what=f"ZAM and DRIMbox copy of {control_id}")
+            await until(
+                lambda: len(flow.creator_out.received) == n and len(flow.drimbox.received) == n,
+                what=f"ZAM and DRIMbox copy of {control_id}",
+            )
             assert statuses(simulator) == expected
             zam = zam_fields(flow.creator_out.received[-1])
             assert zam["type"].startswith("ZAM^Z01") and zam["original"] == control_id
@@ -52,21 +69,19 @@ async def test_initial_replace_delete_reach_the_dmp_with_zams_and_drimbox(tmp_pa
         await flow.close()
 
 
-
 @pytest_twisted.ensureDeferred
-async def test_an_oru_whose_cda_the_dmp_mapping_cannot_describe_fails_clearly(tmp_path, simulator, pki,
-                                                                            ans_corpus):
+async def test_an_oru_whose_cda_the_dmp_mapping_cannot_describe_fails_clearly(tmp_path, simulator, pki, ans_corpus):
     # The ANS ORU examples carry a CR de biologie (LOINC 11502-2): the DMP metadata mapping only
     # knows the CR d'imagerie, so the connector refuses it permanently, naming what is missing.
     flow = await start_flow(tmp_path, simulator, pki)
     try:
-        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / ORU_INITIAL).read_bytes(), "ORU-1"),
-                                    "ORU-1")
+        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / ORU_INITIAL).read_bytes(), "ORU-1"), "ORU-1")
         assert zam["error"] == "CDA_HEADER_INCOMPLETE" and "classCode" in zam["error_label"]
         assert zam["error_system"] == "99PFI"  # the PFI refused it: not dressed as a DMP error
         assert zam["to"] == "SIL-Y" and simulator.requests_seen == 0
     finally:
         await flow.close()
+
 
 async def dead_letter_zam(flow, simulator, raw: bytes, control_id: str) -> dict:
     """Send, wait for the failure ZAM; the DRIMbox must get nothing."""
@@ -85,8 +100,7 @@ async def test_a_dmp_error_code_dead_letters_with_the_code_in_the_zam(tmp_path, 
     simulator.force_error("DMPClosed", "DMP fermé")
     flow = await start_flow(tmp_path, simulator, pki)
     try:
-        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "CLOSED-1"),
-                                    "CLOSED-1")
+        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "CLOSED-1"), "CLOSED-1")
         assert (zam["error"], zam["error_label"], zam["error_system"]) == ("DMPClosed", "DMP fermé", "DMPERRORCODE")
         assert simulator.requests_seen >= 1
     finally:
@@ -94,8 +108,9 @@ async def test_a_dmp_error_code_dead_letters_with_the_code_in_the_zam(tmp_path, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_unqualified_identity_waits_then_goes_once_a_pam_update_qualifies_it(tmp_path, simulator, pki,
-                                                                                   ans_corpus):
+async def test_an_unqualified_identity_waits_then_goes_once_a_pam_update_qualifies_it(
+    tmp_path, simulator, pki, ans_corpus
+):
     # DESTDMP=Y with PID-32 PROV: the request is valid (the report still matters to the RIS); the
     # DMP send waits, held and visible, instead of being dead-lettered, and leaves by itself when
     # the identity feed qualifies the patient (the registry's status, not only the sender's PID-32).
@@ -104,8 +119,10 @@ async def test_an_unqualified_identity_waits_then_goes_once_a_pam_update_qualifi
     flow = await start_flow(tmp_path, simulator, pki)
     try:
         assert await send(flow, adapt((ans_corpus / INITIAL).read_bytes(), "PROV-1", status="PROV")) == "AA"
-        await until(lambda: any(s == "held" and "INS_NOT_QUALIFIED" in d for s, d in flow.states_of("PROV-1")),
-                    what="the DMP send held for the identity")
+        await until(
+            lambda: any(s == "held" and "INS_NOT_QUALIFIED" in d for s, d in flow.states_of("PROV-1")),
+            what="the DMP send held for the identity",
+        )
         assert simulator.requests_seen == 0 and flow.creator_out.received == []
         assert not any(s == "dead-letter" for s, _ in flow.states_of("PROV-1"))
         gam = await client_for(flow.engine, "gam")
@@ -132,8 +149,13 @@ async def test_a_patient_opposed_to_dmp_feeding_is_blocked(tmp_path, simulator, 
             assert (await exchange(gam, adt(control="ADT-IO", ins=TEST_INS, feeding="IO"))).code == "AA"
         finally:
             gam.close()
-        await until(lambda: any(s == "patient-updated" and "opposed" in d and "not opposed" not in d
-                                for s, d in flow.states_of("ADT-IO")), what="consent recorded")
+        await until(
+            lambda: any(
+                s == "patient-updated" and "opposed" in d and "not opposed" not in d
+                for s, d in flow.states_of("ADT-IO")
+            ),
+            what="consent recorded",
+        )
         zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "IO-1"), "IO-1")
         assert (zam["error"], zam["error_system"]) == ("PATIENT_OPPOSED", "99PFI")
         assert simulator.requests_seen == 0
@@ -145,23 +167,28 @@ async def test_a_patient_opposed_to_dmp_feeding_is_blocked(tmp_path, simulator, 
 async def test_dmp_outage_queues_in_order_then_drains_with_nothing_lost(tmp_path, simulator, pki, ans_corpus):
     initial = (ans_corpus / INITIAL).read_bytes()
     others = [renumber_document(initial, V1_ID, V1_ID[:-2] + f"9{n}") for n in (1, 2, 3)]
-    messages = [("OUT-1", initial), *((f"OUT-{n}", raw) for n, raw in enumerate(others, 2)),
-                ("OUT-5", (ans_corpus / REPLACE).read_bytes())]  # replaces OUT-1's document
+    messages = [
+        ("OUT-1", initial),
+        *((f"OUT-{n}", raw) for n, raw in enumerate(others, 2)),
+        ("OUT-5", (ans_corpus / REPLACE).read_bytes()),
+    ]  # replaces OUT-1's document
     flow = await start_flow(tmp_path, simulator, pki)
     try:
         await simulator.go_down()
         for control_id, raw in messages:
             assert await send(flow, adapt(raw, control_id)) == "AA"
-        await until(lambda: len([s for s, _ in flow.states_of("OUT-1") if s == "retry"]) >= 3,
-                    what="retries during the outage")
+        await until(
+            lambda: len([s for s, _ in flow.states_of("OUT-1") if s == "retry"]) >= 3, what="retries during the outage"
+        )
         retry_reasons = [d for s, d in flow.states_of("OUT-1") if s == "retry"]
         assert all("CONNECTION_REFUSED: DMP unreachable" in d for d in retry_reasons), retry_reasons
         assert simulator.store.all() == [] and flow.creator_out.received == [] and flow.drimbox.received == []
         # FIFO per patient: the later documents wait behind the first, never attempted
         assert all(s != "retry" for c, _ in messages[1:] for s, _ in flow.states_of(c))
         simulator.come_back()
-        await until(lambda: len(flow.creator_out.received) == 5 and len(flow.drimbox.received) == 5,
-                    what="the queue drained")
+        await until(
+            lambda: len(flow.creator_out.received) == 5 and len(flow.drimbox.received) == 5, what="the queue drained"
+        )
         order = [c for c, _ in messages]
         assert [zam_fields(z)["original"] for z in flow.creator_out.received] == order
         assert [zam_fields(z)["status"] for z in flow.creator_out.received] == ["Y"] * 5
@@ -174,6 +201,7 @@ async def test_dmp_outage_queues_in_order_then_drains_with_nothing_lost(tmp_path
 
 
 # -- the connector's HL7 -> PublishRequest mapping, on the same ANS examples ------------------------
+
 
 def _request(ans_corpus, name: str):
     from engine.docrequest import parse_document_request
@@ -226,14 +254,15 @@ def test_sender_roles_setting_is_checked(pki, simulator):
 
 
 @pytest_twisted.ensureDeferred
-async def test_retries_exhausted_while_the_dmp_is_down_give_a_zam_with_the_last_code(tmp_path, simulator, pki,
-                                                                                    ans_corpus):
+async def test_retries_exhausted_while_the_dmp_is_down_give_a_zam_with_the_last_code(
+    tmp_path, simulator, pki, ans_corpus
+):
     await simulator.go_down()
-    flow = await start_flow(tmp_path, simulator, pki,
-                            retry={"initial": 0.05, "maximum": 0.1, "jitter": 0.0, "max_attempts": 3})
+    flow = await start_flow(
+        tmp_path, simulator, pki, retry={"initial": 0.05, "maximum": 0.1, "jitter": 0.0, "max_attempts": 3}
+    )
     try:
-        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "DOWN-1"),
-                                    "DOWN-1")
+        zam = await dead_letter_zam(flow, simulator, adapt((ans_corpus / INITIAL).read_bytes(), "DOWN-1"), "DOWN-1")
         assert (zam["error"], zam["error_system"]) == ("CONNECTION_REFUSED", "99PFI")
         assert zam["error_label"] == "DMP unreachable (gave up after 3 attempts)"
         assert len([s for s, _ in flow.states_of("DOWN-1") if s == "retry"]) == 2

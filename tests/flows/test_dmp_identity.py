@@ -21,18 +21,28 @@ from tests.routing.peers import until
 from tests.routing.test_hold import pfi
 from tests.support import client_for, exchange
 
-CONSENT = ("hl7V2-exemples", "Vague 2", "Consentement_DMP_PAMFR",
-           "ConsentementConsultation_NonOppositionAlimentation.er7")
+CONSENT = (
+    "hl7V2-exemples",
+    "Vague 2",
+    "Consentement_DMP_PAMFR",
+    "ConsentementConsultation_NonOppositionAlimentation.er7",
+)
 
 
-def pam(ans_corpus, event: str, control: str, status: str = "VALI", feeding: str = "INO",
-        ins: str | None = TEST_INS, withdrawn: str | None = None) -> bytes:
+def pam(
+    ans_corpus,
+    event: str,
+    control: str,
+    status: str = "VALI",
+    feeding: str = "INO",
+    ins: str | None = TEST_INS,
+    withdrawn: str | None = None,
+) -> bytes:
     """The ANS A01 consent example as `event` (A01/A14/A31/Z99, or A47 with `withdrawn` in MRG-1)."""
     out = []
     for seg in segments(ans_corpus.joinpath(*CONSENT).read_bytes()):
         if seg.startswith("MSH|"):
-            seg = set_field(set_field(seg, 9, f"ADT^{event}^{'ADT_A30' if event == 'A47' else 'ADT_A01'}"),
-                            10, control)
+            seg = set_field(set_field(seg, 9, f"ADT^{event}^{'ADT_A30' if event == 'A47' else 'ADT_A01'}"), 10, control)
         elif seg.startswith("PID|"):
             ids = "000003^^^CHU-X&000897406&N^PI" + (f"~{ins}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS" if ins else "")
             seg = set_field(set_field(seg, 3, ids), 32, status)
@@ -95,8 +105,9 @@ async def test_a_qualifying_update_releases_its_patients_report_only(tmp_path, s
         assert len(held(flow, "PROV-B")) == 1 and not any(s == "released" for s, _ in flow.states_of("PROV-B"))
         assert not any(e.state == "dead-letter" for e in flow.events())
         # The operator sees what waits and why (no patient identifier in the line).
-        shown = await threads.deferToThread(pfi, "queue", "--config", str(tmp_path / "cfg"),
-                                            "--data", str(tmp_path / "data"))
+        shown = await threads.deferToThread(
+            pfi, "queue", "--config", str(tmp_path / "cfg"), "--data", str(tmp_path / "data")
+        )
         [line] = [li for li in shown.stdout.splitlines() if li.startswith("HELD delivery")]
         assert "to dmp" in line and "identity not qualified" in line and OTHER_INS not in line
     finally:
@@ -137,8 +148,7 @@ async def test_an_a47_downgrade_holds_a_report_whose_sender_still_says_vali(tmp_
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_update_landing_between_the_gate_and_the_hold_still_releases_it(tmp_path, simulator, pki,
-                                                                                ans_corpus):
+async def test_an_update_landing_between_the_gate_and_the_hold_still_releases_it(tmp_path, simulator, pki, ans_corpus):
     # The gate read "not qualified", then the PAM.fr update was applied (finding nothing held to
     # release) before the hold was written: the worker looks once more and lets the send go.
     flow = await start_flow(tmp_path, simulator, pki)

@@ -37,8 +37,9 @@ class _WrongStructure:
 
 
 def _pfi(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -79,8 +80,9 @@ async def test_certificate_days_left_gauge_at_start(tmp_path, simulator, ans_cor
     try:
         metrics = flow.engine.metrics.registry
         for structure in ("3300017985", SECOND):
-            left = metrics.get_sample_value("pfi_certificate_days_left", {
-                "channel": "dmp", "structure": structure, "node": flow.engine.node})
+            left = metrics.get_sample_value(
+                "pfi_certificate_days_left", {"channel": "dmp", "structure": structure, "node": flow.engine.node}
+            )
             assert 9 < left <= 10
     finally:
         await flow.close()
@@ -93,11 +95,13 @@ def test_expiry_warnings_at_60_and_15_days():
     with capture_logs() as logs:
         watch("dmp", expiry, now, gauge)
     seen = {entry["structure"]: (entry["log_level"], entry["event"]) for entry in logs}
-    assert seen == {"S60": ("warning", "dmp.certificate_expiring"),
-                    "S40": ("warning", "dmp.certificate_expiring"),
-                    "S15": ("error", "dmp.certificate_expiring"),
-                    "S3": ("error", "dmp.certificate_expiring"),
-                    "S-1": ("error", "dmp.certificate_expired")}
+    assert seen == {
+        "S60": ("warning", "dmp.certificate_expiring"),
+        "S40": ("warning", "dmp.certificate_expiring"),
+        "S15": ("error", "dmp.certificate_expiring"),
+        "S3": ("error", "dmp.certificate_expiring"),
+        "S-1": ("error", "dmp.certificate_expired"),
+    }
     assert gauge.labels("dmp", "S90")._value.get() == 90
 
 

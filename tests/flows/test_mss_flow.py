@@ -20,15 +20,25 @@ from engine.journal.reader import JournalReader
 from engine.mss.testpki import generate_test_pki
 from engine.service import Engine
 from tests.flows.mss_support import (
-    APP_MAILBOX, FIRST_RCT, SECOND_RCT, AckPeer, ack_902, ans_mdm, dsn_for, imap_settings,
-    mllp_out, mss_channel, obx5_document, segments, start_operator,
+    APP_MAILBOX,
+    FIRST_RCT,
+    SECOND_RCT,
+    AckPeer,
+    ack_902,
+    ans_mdm,
+    dsn_for,
+    imap_settings,
+    mllp_out,
+    mss_channel,
+    obx5_document,
+    segments,
+    start_operator,
 )
 from tests.routing.peers import until
 from tests.support import client_for, exchange, inbound, write_config
 
 RIM = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
-ROUTES = [{"name": "to-mss", "match": {"channel": "creator-in", "type": "MDM"},
-           "steps": [{"deliver": {"to": "mss"}}]}]
+ROUTES = [{"name": "to-mss", "match": {"channel": "creator-in", "type": "MDM"}, "steps": [{"deliver": {"to": "mss"}}]}]
 SENDER = "thomas.eric@medecin.mssante.fr"
 
 
@@ -67,17 +77,24 @@ def _slot(entry, name: str) -> list[str]:
 
 def _zam_rows(zam: bytes) -> dict:
     rows = {f[0] + (f[1] if f[0] == "OBX" else ""): f for f in segments(zam)}
-    return {"type": rows["MSH"][8], "status": rows["OBX1"][5].split("^")[0], "request": rows["OBX1"][4],
-            "address": rows["OBX2"][5].split("^")[3],
-            "error": rows["ERR"][5].split("^")[0] if "ERR" in rows else None}
+    return {
+        "type": rows["MSH"][8],
+        "status": rows["OBX1"][5].split("^")[0],
+        "request": rows["OBX1"][4],
+        "address": rows["OBX2"][5].split("^")[3],
+        "error": rows["ERR"][5].split("^")[0] if "ERR" in rows else None,
+    }
 
 
 async def _send_request(tmp_path, pki, operator, *, ack_reception: bool, mdm_corpus):
     creator = AckPeer()
-    channels = {"creator-in": inbound(),
-                "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", zam_channel="creator-out",
-                                   acceptance_is_receipt=True),
-                "creator-out": mllp_out(creator.listen())}
+    channels = {
+        "creator-in": inbound(),
+        "mss": mss_channel(
+            pki, operator, tmp_path / "mss.sqlite", zam_channel="creator-out", acceptance_is_receipt=True
+        ),
+        "creator-out": mllp_out(creator.listen()),
+    }
     engine = await _engine(tmp_path, channels, ROUTES)
     client = await client_for(engine, "creator-in")
     mdm = ans_mdm(mdm_corpus, ack_reception=ack_reception, second_recipient=True)
@@ -87,8 +104,7 @@ async def _send_request(tmp_path, pki, operator, *, ack_reception: bool, mdm_cor
 
 
 @pytest_twisted.ensureDeferred
-async def test_report_is_mailed_to_each_prt_recipient_with_the_cda_byte_for_byte(tmp_path, pki, operator,
-                                                                                ans_corpus):
+async def test_report_is_mailed_to_each_prt_recipient_with_the_cda_byte_for_byte(tmp_path, pki, operator, ans_corpus):
     engine, creator = await _send_request(tmp_path, pki, operator, ack_reception=True, mdm_corpus=ans_corpus)
     try:
         await until(lambda: len(operator.mail.received) == 2 and len(creator.received) == 2, what="mails and ZAMs")
@@ -108,8 +124,10 @@ async def test_report_is_mailed_to_each_prt_recipient_with_the_cda_byte_for_byte
             headers = email.message_from_bytes(raw, policy=policy.default)
             assert headers["From"] == APP_MAILBOX and "PAT-TROIS" in headers["Subject"]
         zams = sorted((_zam_rows(z) for z in creator.received), key=lambda z: z["address"])
-        assert zams == [{"type": "ZAM^Z02^ZAM_Z01", "status": "Y", "request": "015", "address": a, "error": None}
-                        for a in sorted([FIRST_RCT, SECOND_RCT])]
+        assert zams == [
+            {"type": "ZAM^Z02^ZAM_Z01", "status": "Y", "request": "015", "address": a, "error": None}
+            for a in sorted([FIRST_RCT, SECOND_RCT])
+        ]
         await until(lambda: ("015", "sent") in [(e.control_id, e.state) for e in _events(engine)], what="done")
     finally:
         await engine.stopService()
@@ -138,7 +156,8 @@ async def test_550_for_every_recipient_is_a_dead_letter_with_failed_z02(tmp_path
         await until(lambda: len(creator.received) == 2, what="failed ZAMs")
         zams = sorted((_zam_rows(z) for z in creator.received), key=lambda z: z["address"])
         assert [(z["status"], z["error"], z["address"]) for z in zams] == [
-            ("N", "550", a) for a in sorted([FIRST_RCT, SECOND_RCT])]
+            ("N", "550", a) for a in sorted([FIRST_RCT, SECOND_RCT])
+        ]
         assert operator.mail.received == []
     finally:
         await engine.stopService()
@@ -162,8 +181,12 @@ def _mail_for_the_mailbox(ans_corpus, pki, operator, tmp_path) -> tuple[bytes, b
     msg["Message-ID"], msg["Disposition-Notification-To"] = "<flow-1@medecin.mssante.fr>", SENDER
     msg["Date"] = "Fri, 16 Dec 2022 09:32:00 +0100"
     msg.set_content("Corps du courriel")
-    msg.add_attachment(build_xdm(request.cda, metadata, sender=SENDER, title="CR d'imagerie"),
-                       maintype="application", subtype="zip", filename="IHE_XDM.zip")
+    msg.add_attachment(
+        build_xdm(request.cda, metadata, sender=SENDER, title="CR d'imagerie"),
+        maintype="application",
+        subtype="zip",
+        filename="IHE_XDM.zip",
+    )
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")), request.cda
 
 
@@ -172,9 +195,10 @@ async def test_mailbox_mail_goes_to_the_ris_and_its_902_becomes_the_mdn(tmp_path
     raw, cda = _mail_for_the_mailbox(ans_corpus, pki, operator, tmp_path)
     operator.mail.account(APP_MAILBOX).inbox.append(raw)
     ris = AckPeer(ack_902)
-    channels = {"mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", imap=imap_settings(pki, operator),
-                                   deliver_to="ris"),
-                "ris": mllp_out(ris.listen())}
+    channels = {
+        "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", imap=imap_settings(pki, operator), deliver_to="ris"),
+        "ris": mllp_out(ris.listen()),
+    }
     engine = await _engine(tmp_path, channels, [])
     try:
         await until(lambda: any(r == SENDER for r, _ in operator.mail.received), what="MDN")
@@ -202,9 +226,19 @@ async def test_mailbox_mail_goes_to_the_ris_and_its_902_becomes_the_mdn(tmp_path
 @pytest_twisted.ensureDeferred
 async def test_dsn_in_the_mailbox_becomes_z02_for_the_creator(tmp_path, pki, operator, ans_corpus):
     creator, ris = AckPeer(), AckPeer()
-    channels = {"creator-in": inbound(), "creator-out": mllp_out(creator.listen()), "ris": mllp_out(ris.listen()),
-                "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", zam_channel="creator-out",
-                                   imap=imap_settings(pki, operator), deliver_to="ris")}
+    channels = {
+        "creator-in": inbound(),
+        "creator-out": mllp_out(creator.listen()),
+        "ris": mllp_out(ris.listen()),
+        "mss": mss_channel(
+            pki,
+            operator,
+            tmp_path / "mss.sqlite",
+            zam_channel="creator-out",
+            imap=imap_settings(pki, operator),
+            deliver_to="ris",
+        ),
+    }
     engine = await _engine(tmp_path, channels, ROUTES)
     client = await client_for(engine, "creator-in")
     try:
@@ -222,7 +256,9 @@ async def test_dsn_in_the_mailbox_becomes_z02_for_the_creator(tmp_path, pki, ope
         await until(lambda: len(creator.received) == 2, what="ZAMs from the DSN")
         zams = sorted((_zam_rows(z) for z in creator.received), key=lambda z: z["address"])
         assert [(z["status"], z["error"], z["address"], z["request"]) for z in zams] == [
-            ("Y", None, FIRST_RCT, "015"), ("N", "550", SECOND_RCT, "015")]
+            ("Y", None, FIRST_RCT, "015"),
+            ("N", "550", SECOND_RCT, "015"),
+        ]
         assert ris.received == []
     finally:
         client.close()
@@ -231,12 +267,15 @@ async def test_dsn_in_the_mailbox_becomes_z02_for_the_creator(tmp_path, pki, ope
         await ris.close()
 
 
-@pytest.mark.parametrize("extra, problem", [
-    ({"zam_channel": "nowhere"}, "zam_channel 'nowhere' is not an mllp-out channel"),
-    ({"imap": "IMAP"}, "IMAP needs deliver_to"),
-    ({"imap": "IMAP", "deliver_to": "creator-in"}, "deliver_to 'creator-in' is not an mllp-out channel"),
-    ({"wait_for_dmp_when_invisible": True}, "never mailed"),  # no route mails after a DMP delivery
-])
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        ({"zam_channel": "nowhere"}, "zam_channel 'nowhere' is not an mllp-out channel"),
+        ({"imap": "IMAP"}, "IMAP needs deliver_to"),
+        ({"imap": "IMAP", "deliver_to": "creator-in"}, "deliver_to 'creator-in' is not an mllp-out channel"),
+        ({"wait_for_dmp_when_invisible": True}, "never mailed"),  # no route mails after a DMP delivery
+    ],
+)
 def test_misnamed_channels_stop_the_engine_with_a_clear_error(tmp_path, pki, operator, extra, problem):
     from engine.errors import ConfigurationError
 
@@ -263,8 +302,11 @@ async def test_operator_unreachable_is_retried_then_delivered(tmp_path, pki, ope
         from engine.sim.mss import smtp_factory
         from engine.mss.tls import server_tls
 
-        operator.listeners[0] = reactor.listenTCP(operator.smtp_port, smtp_factory(
-            operator.mail, server_tls(pki.server_pem, pki.ca_cert), implicit=False), interface="127.0.0.1")
+        operator.listeners[0] = reactor.listenTCP(
+            operator.smtp_port,
+            smtp_factory(operator.mail, server_tls(pki.server_pem, pki.ca_cert), implicit=False),
+            interface="127.0.0.1",
+        )
         await until(lambda: ("015", "sent") in [(e.control_id, e.state) for e in _events(engine)], what="sent")
         assert [r for r, _ in operator.mail.received] == [FIRST_RCT]
     finally:
@@ -281,9 +323,12 @@ def _for_the_patient_too(mdm: bytes) -> bytes:
             fields[32] = "VALI"
             lines[i] = "|".join(fields[:33])
     rct = next(i for i, line in enumerate(lines) if line.startswith("PRT||UC||RCT"))
-    lines.insert(rct + 1, "PRT||UC||RCT^^participation|279035121518989^PAT-TROIS^DOMINIQUE^^^^^^"
-                 "ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^L^^^INS||||||||||"
-                 "^NET^X.400^279035121518989@patient.mssante.fr")
+    lines.insert(
+        rct + 1,
+        "PRT||UC||RCT^^participation|279035121518989^PAT-TROIS^DOMINIQUE^^^^^^"
+        "ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^L^^^INS||||||||||"
+        "^NET^X.400^279035121518989@patient.mssante.fr",
+    )
     text = "\n".join(lines)
     for code in ("DESTMSSANTEPAT", "INVISIBLE_PATIENT"):
         value = "Y" if code == "DESTMSSANTEPAT" else "N"
@@ -295,8 +340,7 @@ def _for_the_patient_too(mdm: bytes) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_patient_mailbox_gets_its_own_mail_when_the_identity_is_qualified(tmp_path, pki, operator,
-                                                                                ans_corpus):
+async def test_patient_mailbox_gets_its_own_mail_when_the_identity_is_qualified(tmp_path, pki, operator, ans_corpus):
     channels = {"creator-in": inbound(), "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite")}
     engine = await _engine(tmp_path, channels, ROUTES)
     client = await client_for(engine, "creator-in")
@@ -317,25 +361,47 @@ async def test_patient_mailbox_gets_its_own_mail_when_the_identity_is_qualified(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_report_invisible_to_the_patient_is_mailed_once_the_dmp_accepted_it(tmp_path, pki, operator,
-                                                                                   ans_corpus):
+async def test_a_report_invisible_to_the_patient_is_mailed_once_the_dmp_accepted_it(
+    tmp_path, pki, operator, ans_corpus
+):
     # The ANS example asks for the DMP and is invisible to the patient: with the shipped setting the
     # professionals' mail leaves only after the DMP's acceptance (here an MLLP stand-in), with the
     # configured notice; the mail step of the report itself sends nothing.
     dmp = AckPeer()
-    routes = [{"name": "r", "match": {"channel": "creator-in", "type": "MDM"}, "steps": [
-        {"label": "to-mss", "deliver": {"to": "mss"}},
-        {"label": "to-dmp", "deliver": {"to": "dmp", "delay": "0.5s"}, "on_success": [{"deliver": {"to": "mss"}}]}]}]
-    channels = {"creator-in": inbound(), "dmp": mllp_out(dmp.listen()),
-                "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", wait_for_dmp_when_invisible=True,
-                                   dmp_invisible_notice="Avis configurable : invisible dans le DMP.")}
+    routes = [
+        {
+            "name": "r",
+            "match": {"channel": "creator-in", "type": "MDM"},
+            "steps": [
+                {"label": "to-mss", "deliver": {"to": "mss"}},
+                {
+                    "label": "to-dmp",
+                    "deliver": {"to": "dmp", "delay": "0.5s"},
+                    "on_success": [{"deliver": {"to": "mss"}}],
+                },
+            ],
+        }
+    ]
+    channels = {
+        "creator-in": inbound(),
+        "dmp": mllp_out(dmp.listen()),
+        "mss": mss_channel(
+            pki,
+            operator,
+            tmp_path / "mss.sqlite",
+            wait_for_dmp_when_invisible=True,
+            dmp_invisible_notice="Avis configurable : invisible dans le DMP.",
+        ),
+    }
     engine = await _engine(tmp_path, channels, routes)
     client = await client_for(engine, "creator-in")
     try:
         mdm = ans_mdm(ans_corpus, ack_reception=False, second_recipient=False)
         assert b"INVISIBLE_PATIENT" in mdm and (await exchange(client, mdm)).code == "AA"
-        await until(lambda: any("deferred until the DMP" in (e.detail or "") for e in _events(engine)),
-                    what="the first mail step deferred")
+        await until(
+            lambda: any("deferred until the DMP" in (e.detail or "") for e in _events(engine)),
+            what="the first mail step deferred",
+        )
         await until(lambda: operator.mail.received, what="mails after the DMP")
         assert dmp.received  # the DMP (stand-in) had accepted first
         mail = email.message_from_bytes(operator.mail.received[0][1], policy=policy.default)

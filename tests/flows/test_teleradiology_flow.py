@@ -22,7 +22,7 @@ def ipp_first(raw: bytes) -> bytes:
     """The report with the IPP as PID-3 repetition 1 and the INS second (the DRIMbox wants it 2nd)."""
     pid = re.search(rb"\rPID\|\|\|([^|]*)\|", raw)
     ins, ipp = pid.group(1).split(b"~")
-    return raw[:pid.start(1)] + ipp + b"~" + ins + raw[pid.end(1):]
+    return raw[: pid.start(1)] + ipp + b"~" + ins + raw[pid.end(1) :]
 
 
 def edit_cda(raw: bytes, edit) -> bytes:
@@ -43,16 +43,18 @@ def index_of(events: list[tuple[str, str]], state: str) -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_platform_report_failing_the_dmp_checks_reaches_the_ris_not_the_dmp(tmp_path, monkeypatch,
-                                                                                    simulator, pki):
+async def test_a_platform_report_failing_the_dmp_checks_reaches_the_ris_not_the_dmp(
+    tmp_path, monkeypatch, simulator, pki
+):
     site = await start_site(tmp_path, monkeypatch, simulator, pki)
     try:
         raw = as_message(ROOT / "samples" / "mdm_t02_no_legal_authenticator_fictional.hl7", "SLIP-1")
         assert (await site.send("tlr-platform-a", raw)).code == "AA"  # usable by the RIS: accepted
         await until(lambda: zams(site.platform_a) and zams(site.ris), what="the failure ZAMs")
         assert site.ris.received[0] == raw  # the report itself, unchanged, before its ZAM
-        assert zams(site.ris) == zams(site.platform_a) == [{"original": "SLIP-1", "status": "N",
-                                                            "error": "CDA_INVALID"}]
+        assert (
+            zams(site.ris) == zams(site.platform_a) == [{"original": "SLIP-1", "status": "N", "error": "CDA_INVALID"}]
+        )
         assert simulator.requests_seen == 0 and site.drimbox.connections == 0
     finally:
         await site.close()
@@ -60,7 +62,8 @@ async def test_a_platform_report_failing_the_dmp_checks_reaches_the_ris_not_the_
 
 @pytest_twisted.ensureDeferred
 async def test_a_platform_report_goes_to_the_ris_then_the_dmp_after_its_ack_then_the_drimbox(
-        tmp_path, monkeypatch, simulator, pki):
+    tmp_path, monkeypatch, simulator, pki
+):
     site = await start_site(tmp_path, monkeypatch, simulator, pki)
     try:
         site.ris.hold()  # the RIS has the report but has not acknowledged it yet
@@ -70,8 +73,10 @@ async def test_a_platform_report_goes_to_the_ris_then_the_dmp_after_its_ack_then
         # Routing is done (the RIS send exists): nothing for the DMP was even queued.
         assert site.events("TLR-1", "dmp") == [] and simulator.requests_seen == 0
         site.ris.release()
-        await until(lambda: len(site.drimbox.received) == 1 and zams(site.ris) and zams(site.platform_a),
-                    what="DMP outcome to both, report to the DRIMbox")
+        await until(
+            lambda: len(site.drimbox.received) == 1 and zams(site.ris) and zams(site.platform_a),
+            what="DMP outcome to both, report to the DRIMbox",
+        )
         assert [d.unique_id for d in simulator.store.all()] == ["1.2.250.1.999.7.1.2026.31"]
         assert zams(site.ris) == zams(site.platform_a) == [{"original": "TLR-1", "status": "Y", "error": ""}]
         # the DRIMbox's send was planned only once the DMP accepted
@@ -92,8 +97,10 @@ async def test_a_platform_report_the_ris_refuses_goes_no_further(tmp_path, monke
     site = await start_site(tmp_path, monkeypatch, simulator, pki, ris_answer=lambda raw, n: "AE")
     try:
         assert (await site.send("tlr-platform-a", fictional_report("REF-1", 35))).code == "AA"
-        await until(lambda: any(s == "dead-letter" for s, _ in site.events("REF-1", "ris-out")),
-                    what="the RIS's refusal recorded")
+        await until(
+            lambda: any(s == "dead-letter" for s, _ in site.events("REF-1", "ris-out")),
+            what="the RIS's refusal recorded",
+        )
         assert site.events("REF-1", "dmp") == [] and site.events("REF-1", "drimbox") == []
         assert simulator.requests_seen == 0 and site.drimbox.connections == 0
     finally:
@@ -102,7 +109,8 @@ async def test_a_platform_report_the_ris_refuses_goes_no_further(tmp_path, monke
 
 @pytest_twisted.ensureDeferred
 async def test_a_replace_superseding_a_deferred_initial_reaches_the_drimbox_as_a_new_document(
-        tmp_path, monkeypatch, simulator, pki):
+    tmp_path, monkeypatch, simulator, pki
+):
     # The withdrawal delay outlasts the two sends below: the replace arrives while its initial
     # still waits, so the initial never leaves and the DMP takes the replace as the first version.
     site = await start_site(tmp_path, monkeypatch, simulator, pki, dmp_delay="4s")
@@ -110,7 +118,7 @@ async def test_a_replace_superseding_a_deferred_initial_reaches_the_drimbox_as_a
         assert (await site.send("tlr-platform-a", fictional_report("INI-1", 41))).code == "AA"
         assert (await site.send("tlr-platform-a", fictional_replacement("REP-1", 41, 42))).code == "AA"
         await until(lambda: len(site.drimbox.received) == 1, timeout=30, what="the DRIMbox copy")
-        assert ("cancelled" in [s for s, _ in site.events("INI-1", "dmp")])
+        assert "cancelled" in [s for s, _ in site.events("INI-1", "dmp")]
         assert [d.unique_id for d in simulator.store.all()] == ["1.2.250.1.999.7.1.2026.42"]
         assert site.ris.control_ids()[:2] == ["INI-1", "REP-1"]  # the RIS got both, as sent
         got = Message.parse(site.drimbox.received[0])
@@ -121,16 +129,21 @@ async def test_a_replace_superseding_a_deferred_initial_reaches_the_drimbox_as_a
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_report_without_what_a_drimbox_needs_is_dead_lettered_with_the_reason(tmp_path, monkeypatch,
-                                                                                      simulator, pki):
+async def test_a_report_without_what_a_drimbox_needs_is_dead_lettered_with_the_reason(
+    tmp_path, monkeypatch, simulator, pki
+):
     site = await start_site(tmp_path, monkeypatch, simulator, pki)
     try:
-        no_order = edit_cda(fictional_report("NOACC-1", 51),
-                            lambda cda: re.sub(rb"\s*<inFulfillmentOf>.*?</inFulfillmentOf>", b"", cda, flags=re.S))
+        no_order = edit_cda(
+            fictional_report("NOACC-1", 51),
+            lambda cda: re.sub(rb"\s*<inFulfillmentOf>.*?</inFulfillmentOf>", b"", cda, flags=re.S),
+        )
         with capture_logs() as logs:
             assert (await site.send("tlr-platform-a", no_order)).code == "AA"
-            await until(lambda: any(s == "dead-letter" for s, _ in site.events("NOACC-1", "drimbox")),
-                        what="the DRIMbox send dead-lettered")
+            await until(
+                lambda: any(s == "dead-letter" for s, _ in site.events("NOACC-1", "drimbox")),
+                what="the DRIMbox send dead-lettered",
+            )
         # The ZAM and the DRIMbox send both follow the DMP's success, on two workers: either may come first.
         await until(lambda: zams(site.platform_a), what="the ZAM to the platform")
         assert zams(site.platform_a) == [{"original": "NOACC-1", "status": "Y", "error": ""}]  # the DMP took it
@@ -145,8 +158,9 @@ async def test_a_report_without_what_a_drimbox_needs_is_dead_lettered_with_the_r
 
 
 @pytest_twisted.ensureDeferred
-async def test_teleradiology_orders_are_checked_against_their_profile_before_the_ack(tmp_path, monkeypatch,
-                                                                                     simulator, pki):
+async def test_teleradiology_orders_are_checked_against_their_profile_before_the_ack(
+    tmp_path, monkeypatch, simulator, pki
+):
     site = await start_site(tmp_path, monkeypatch, simulator, pki)
     request = TLR / "flux1_ORM_O01_NW_transmission_demande.hl7"
     try:

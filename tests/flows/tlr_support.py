@@ -32,8 +32,11 @@ class Site:
             client.close()
 
     def events(self, control_id: str, destination: str | None = None) -> list[tuple[str, str]]:
-        return [(e.state, e.detail) for e in JournalReader(self.engine.journal.data_dir).events_after(0, limit=10000)
-                if e.control_id == control_id and (destination is None or e.channel == destination)]
+        return [
+            (e.state, e.detail)
+            for e in JournalReader(self.engine.journal.data_dir).events_after(0, limit=10000)
+            if e.control_id == control_id and (destination is None or e.channel == destination)
+        ]
 
     async def close(self) -> None:
         await self.engine.stopService()
@@ -43,17 +46,25 @@ class Site:
             await listener.stopListening()
 
 
-async def start_site(tmp_path, monkeypatch, simulator, pki, dmp_delay: str = "0s",
-                     ris_answer=lambda raw, n: "AA") -> Site:
+async def start_site(
+    tmp_path, monkeypatch, simulator, pki, dmp_delay: str = "0s", ris_answer=lambda raw, n: "AA"
+) -> Site:
     from twisted.internet import reactor
 
     from engine.config.load import load_config
     from engine.service import Engine
 
     ris, platform_a, platform_b, drimbox = HoldingPeer(ris_answer), RecordingPeer(), RecordingPeer(), SilentPeer()
-    ports = {"PFI_RIS_OUT_PORT": await ris.listen(), "PFI_TLR_A_OUT_PORT": await platform_a.listen(),
-             "PFI_TLR_B_OUT_PORT": await platform_b.listen(), "PFI_DRIMBOX_PORT": await drimbox.listen(),
-             "PFI_RIS_PORT": 0, "PFI_TLR_A_PORT": 0, "PFI_TLR_B_PORT": 0, "PFI_ADT_PORT": 0}
+    ports = {
+        "PFI_RIS_OUT_PORT": await ris.listen(),
+        "PFI_TLR_A_OUT_PORT": await platform_a.listen(),
+        "PFI_TLR_B_OUT_PORT": await platform_b.listen(),
+        "PFI_DRIMBOX_PORT": await drimbox.listen(),
+        "PFI_RIS_PORT": 0,
+        "PFI_TLR_A_PORT": 0,
+        "PFI_TLR_B_PORT": 0,
+        "PFI_ADT_PORT": 0,
+    }
     for var, port in ports.items():
         monkeypatch.setenv(var, str(port))
     monkeypatch.setenv("PFI_LISTEN_HOST", "127.0.0.1")
@@ -82,9 +93,13 @@ def _mss_operator(tmp_path, monkeypatch) -> list:
     tls = server_tls(pki.server_pem, pki.ca_cert)
     smtp = reactor.listenTCP(0, smtp_factory(operator, tls, implicit=False), interface="127.0.0.1")
     imap = reactor.listenTCP(0, imap_factory(operator, tls), interface="127.0.0.1")
-    for var, value in (("PFI_MSS_SMTP_PORT", smtp.getHost().port), ("PFI_MSS_IMAP_PORT", imap.getHost().port),
-                       ("PFI_MSS_CA", pki.ca_cert), ("PFI_MSS_USER", MSS_MAILBOX),
-                       ("PFI_MSS_PASSWORD", MSS_PASSWORD)):
+    for var, value in (
+        ("PFI_MSS_SMTP_PORT", smtp.getHost().port),
+        ("PFI_MSS_IMAP_PORT", imap.getHost().port),
+        ("PFI_MSS_CA", pki.ca_cert),
+        ("PFI_MSS_USER", MSS_MAILBOX),
+        ("PFI_MSS_PASSWORD", MSS_PASSWORD),
+    ):
         monkeypatch.setenv(var, str(value))
     return [smtp, imap]
 

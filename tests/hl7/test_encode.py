@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import pytest
 
-from engine.hl7.encode import (Delimiters, InvalidValue, Raw, checked_gender, checked_identifier,
-                               checked_root, checked_ts, escape, field, segment, unescape)
+from engine.hl7.encode import (
+    Delimiters,
+    InvalidValue,
+    Raw,
+    checked_gender,
+    checked_identifier,
+    checked_root,
+    checked_ts,
+    escape,
+    field,
+    segment,
+    unescape,
+)
 from engine.hl7.message import Message
 
-NASTY = ["|", "^", "~", "\\", "&", "\r", "\n", "\x0b", "\x1c", "\x1c\r", "\x00", "a|b^c~d\\e&f",
-         "\rOBX|9|ST|FORGED||x\r", "\\F\\ already", "é€", ""]
+NASTY = [
+    "|",
+    "^",
+    "~",
+    "\\",
+    "&",
+    "\r",
+    "\n",
+    "\x0b",
+    "\x1c",
+    "\x1c\r",
+    "\x00",
+    "a|b^c~d\\e&f",
+    "\rOBX|9|ST|FORGED||x\r",
+    "\\F\\ already",
+    "é€",
+    "",
+]
 
 
 @pytest.mark.parametrize("value", NASTY)
@@ -39,12 +66,15 @@ def test_raw_text_of_our_own_is_kept():
     assert field(Raw("A^B")) == "A^B" and field("A^B") == "A\\S\\B"
 
 
-@pytest.mark.parametrize("check, good, bad", [
-    (checked_ts, ["2026", "20261203", "202612031015", "20261203101530.12+0100"], ["2026-12-03", "1980\r0101", "x"]),
-    (checked_gender, ["M", "F", "U", ""], ["m", "X", "M\rOBX|1"]),
-    (checked_root, ["1.2.250.1.213.1.4.10", "5f1a2b3c-0000-4000-8000-0123456789ab"], ["1.2.3\r", "ROOT", "1..2"]),
-    (checked_identifier, ["8000123456", "A^B|C"], ["123\r456", "x" * 300]),
-])
+@pytest.mark.parametrize(
+    "check, good, bad",
+    [
+        (checked_ts, ["2026", "20261203", "202612031015", "20261203101530.12+0100"], ["2026-12-03", "1980\r0101", "x"]),
+        (checked_gender, ["M", "F", "U", ""], ["m", "X", "M\rOBX|1"]),
+        (checked_root, ["1.2.250.1.213.1.4.10", "5f1a2b3c-0000-4000-8000-0123456789ab"], ["1.2.3\r", "ROOT", "1..2"]),
+        (checked_identifier, ["8000123456", "A^B|C"], ["123\r456", "x" * 300]),
+    ],
+)
 def test_values_that_cannot_be_valid_for_their_field_are_refused(check, good, bad):
     for value in good:
         assert check(value, "FIELD") == value

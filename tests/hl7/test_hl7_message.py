@@ -10,8 +10,10 @@ from engine.errors import ParseError
 from engine.hl7 import Message, escape, unescape
 from engine.hl7.message import STANDARD_ENCODING, Encoding
 
-SIMPLE = ("MSH|^~\\&|APP|FAC|PFI|FAC|20261120||ADT^A01^ADT_A01|42|P|2.5|||||FRA|UNICODE UTF-8",
-          "PID|||A1^^^X&1.2.3&ISO^PI~B2^^^Y&4.5.6&ISO^INS||DOE^JOHN")
+SIMPLE = (
+    "MSH|^~\\&|APP|FAC|PFI|FAC|20261120||ADT^A01^ADT_A01|42|P|2.5|||||FRA|UNICODE UTF-8",
+    "PID|||A1^^^X&1.2.3&ISO^PI~B2^^^Y&4.5.6&ISO^INS||DOE^JOHN",
+)
 
 
 @pytest.mark.parametrize("sep", ["\r", "\n", "\r\n"])
@@ -48,22 +50,27 @@ def test_custom_delimiters_are_read_from_msh1_msh2():
 
 def test_non_ascii_repetition_separator_declared_in_msh2_is_honoured(ans_corpus):
     # ANS v2.0 ORU examples declare U+02DC in MSH-2 and use it in PID-11 (see MANIFEST).
-    path = next((ans_corpus / "hl7V2-exemples/Volets/TRANS_DOC_CDA_HL7V2/V2.0/ORU").rglob("message_ORU_CR_Bio_INIT_N1_N3.hl7"))
+    path = next(
+        (ans_corpus / "hl7V2-exemples/Volets/TRANS_DOC_CDA_HL7V2/V2.0/ORU").rglob("message_ORU_CR_Bio_INIT_N1_N3.hl7")
+    )
     msg = Message.parse(path.read_bytes())
     assert msg.get("MSH-2") == "^\u02dc\\&"
     assert msg.get("PID-11(2).7") == "BDL"
     assert len(msg.get_all("PID-11.7")) == 2
 
 
-@pytest.mark.parametrize("raw, reason", [
-    ("PID|||x", "does not start with an MSH"),
-    ("", "does not start with an MSH"),
-    ("MSH", "truncated"),
-    ("MSH|^~A&|x", "MSH-2"),
-    ("MSH|^^\\&|x", "MSH-2"),
-    ("MSH|^~\\&|x\rnot a segment", None),
-    ("MSHA^~\\&", "MSH-1"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("PID|||x", "does not start with an MSH"),
+        ("", "does not start with an MSH"),
+        ("MSH", "truncated"),
+        ("MSH|^~A&|x", "MSH-2"),
+        ("MSH|^^\\&|x", "MSH-2"),
+        ("MSH|^~\\&|x\rnot a segment", None),
+        ("MSHA^~\\&", "MSH-1"),
+    ],
+)
 def test_bad_headers_raise_parse_error(raw, reason):
     if reason is None:
         assert Message.parse(raw).segments("MSH")[0].raw.endswith("not a segment")
@@ -143,8 +150,7 @@ def test_non_text_input_is_a_parse_error():
 FUZZ_SEEDS = (
     "hl7V2-exemples/Vague 2/Trans_Doc-CDA-HL7V2/TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1/MDM/"
     "Transmission initiale MDM/message_MDM_CR_Radio_INIT_N1.er7",
-    "hl7V2-exemples/Volets/TRANS_DOC_CDA_HL7V2/V2.1/ORU/Transmission initiale ORU/"
-    "message_ORU_CR_Bio_INIT_N1_N3.hl7",
+    "hl7V2-exemples/Volets/TRANS_DOC_CDA_HL7V2/V2.1/ORU/Transmission initiale ORU/message_ORU_CR_Bio_INIT_N1_N3.hl7",
     "interop-ig-hl7v2-teleradiologie/_extracted_from_pages/exemples/flux1_ORM_O01_NW_transmission_demande.hl7",
 )
 

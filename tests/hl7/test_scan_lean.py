@@ -13,9 +13,11 @@ ADT = b"MSH|^~\\&|GAM|CHU|PFI|CHU|20261122101010||ADT^A01^ADT_A01|C-1|P|2.5^FRA^
 
 def test_the_same_msh2_read_twice_gives_the_same_header():
     first, second = scan(ADT), scan(ADT)
-    assert (first.encoding_chars, first.control_id, first.patient_ids, first.identity_status) == \
-        (second.encoding_chars, second.control_id, second.patient_ids, second.identity_status) == \
-        ("^~\\&", "C-1", "123^^^CHU^PI", "VALI")
+    assert (
+        (first.encoding_chars, first.control_id, first.patient_ids, first.identity_status)
+        == (second.encoding_chars, second.control_id, second.patient_ids, second.identity_status)
+        == ("^~\\&", "C-1", "123^^^CHU^PI", "VALI")
+    )
     assert first.codec == codec_for("8859/1") != codec_for("")
 
 

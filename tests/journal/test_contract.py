@@ -30,7 +30,9 @@ async def opened(backend):
     from engine.journal.sqlite import SQLiteJournal
 
     kind, where = backend
-    journal = SQLiteJournal(where, reactor, node="n1") if kind == "sqlite" else PostgresJournal(where, reactor, node="n1")
+    journal = (
+        SQLiteJournal(where, reactor, node="n1") if kind == "sqlite" else PostgresJournal(where, reactor, node="n1")
+    )
     await journal.open()
     await until(lambda: journal.is_leader, what="dispatch leadership")
     return journal
@@ -39,8 +41,18 @@ async def opened(backend):
 def record(control_id: str, dup_window: float = 0.0, received_at: float | None = None) -> InboundRecord:
     now = time.time() if received_at is None else received_at
     raw = sample_adt(control_id).encode()
-    r = InboundRecord(uid=new_id(now), channel="in", received_at=now, raw=raw, control_id=control_id,
-                      msg_type="ADT^A01", sender="GAM", facility="CHU-X", ack_code="AA", ack=b"ACK " + raw[:20])
+    r = InboundRecord(
+        uid=new_id(now),
+        channel="in",
+        received_at=now,
+        raw=raw,
+        control_id=control_id,
+        msg_type="ADT^A01",
+        sender="GAM",
+        facility="CHU-X",
+        ack_code="AA",
+        ack=b"ACK " + raw[:20],
+    )
     if dup_window:
         r.dup_key, r.dup_window = f"in\x1fGAM\x1fCHU-X\x1f{control_id}", dup_window
     return r
@@ -82,12 +94,15 @@ async def test_route_queue_claim_and_finish(backend):
         [(uid, channel, _, raw)] = await journal.claim_received(10)
         assert (uid, channel, raw) == (stored.uid, "in", stored.raw)
         now = time.time()
-        plan = Plan(uid, events=[("routed", "1 delivery")],
-                    deliveries=[NewDelivery("r", "deliver-1", "dest", "K", now, None)])
+        plan = Plan(
+            uid, events=[("routed", "1 delivery")], deliveries=[NewDelivery("r", "deliver-1", "dest", "K", now, None)]
+        )
         touched = await journal.submit(lambda c, s: queue.apply_plans(c, [plan], "n1", now))
         assert touched == ["dest"] and await journal.claim_received(10) == []
         assert [(d, state, n) for d, state, n, _ in journal.queue_depths()] == [("dest", "pending", 1)]
-        claimed = await journal.submit(lambda c, s: queue.claim_batch(c, "dest", now + 1, "n1", dialect=journal.dialect))
+        claimed = await journal.submit(
+            lambda c, s: queue.claim_batch(c, "dest", now + 1, "n1", dialect=journal.dialect)
+        )
         assert [d.message_uid for d in claimed] == [uid]
         await journal.submit(lambda c, s: queue.finish_all(c, [(claimed[0], "sent")], "done", "n1", now + 2))
         assert journal.queue_depths() == []

@@ -38,8 +38,10 @@ class RunningOperator:
 
 def start_operator(pki: TestPki, require_client_cert: bool = False) -> RunningOperator:
     """SMTP (STARTTLS + implicit TLS) and IMAP over TLS on ephemeral ports."""
-    operator = MailOperator(users={APP_MAILBOX: APP_PASSWORD, LPS_MAILBOX: APP_PASSWORD, "thomas.eric@medecin.mssante.fr": "x"},
-                            allow_anonymous_smtp=True)
+    operator = MailOperator(
+        users={APP_MAILBOX: APP_PASSWORD, LPS_MAILBOX: APP_PASSWORD, "thomas.eric@medecin.mssante.fr": "x"},
+        allow_anonymous_smtp=True,
+    )
     tls = server_tls(pki.server_pem, pki.ca_cert, require_client=require_client_cert)
     listeners = [
         reactor.listenTCP(0, smtp_factory(operator, tls, implicit=False), interface="127.0.0.1"),
@@ -50,35 +52,50 @@ def start_operator(pki: TestPki, require_client_cert: bool = False) -> RunningOp
     return RunningOperator(operator, ports[0], ports[1], ports[2], listeners)
 
 
-def channel_settings(pki: TestPki, running: RunningOperator, state_file: Path,
-                     security: str = "starttls", use_cert: bool = False, **extra) -> MssChannelSettings:
+def channel_settings(
+    pki: TestPki,
+    running: RunningOperator,
+    state_file: Path,
+    security: str = "starttls",
+    use_cert: bool = False,
+    **extra,
+) -> MssChannelSettings:
     """Settings of the engine's channel pointing at the fake operator."""
-    tls = TlsClientSettings(ca_bundle=pki.ca_cert, server_name="localhost",
-                            client_certificate=pki.client_pem if use_cert else None)
+    tls = TlsClientSettings(
+        ca_bundle=pki.ca_cert, server_name="localhost", client_certificate=pki.client_pem if use_cert else None
+    )
     port = running.starttls_port if security == "starttls" else running.implicit_port
     creds = {} if use_cert else {"username": APP_MAILBOX, "password": APP_PASSWORD}
     return MssChannelSettings(
         mailbox_address=APP_MAILBOX,
         reply_to="secretariat@hopital-y.mssante.fr",
         smtp=SmtpSettings(host="127.0.0.1", port=port, security=security, tls=tls, **creds),
-        imap=ImapSettings(host="127.0.0.1", port=running.imap_port, username=APP_MAILBOX,
-                          password=APP_PASSWORD, tls=tls, poll_interval_s=30),
+        imap=ImapSettings(
+            host="127.0.0.1",
+            port=running.imap_port,
+            username=APP_MAILBOX,
+            password=APP_PASSWORD,
+            tls=tls,
+            poll_interval_s=30,
+        ),
         state_file=state_file,
         **extra,
     )
 
 
-def submission_metadata(patient_ins: str = "279035121518989",
-                        author_person: str = "801234564895^Eric^Thomas^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
-                        confidentiality: tuple[str, ...] = ("N",)) -> bytes:
+def submission_metadata(
+    patient_ins: str = "279035121518989",
+    author_person: str = "801234564895^Eric^Thomas^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
+    confidentiality: tuple[str, ...] = ("N",),
+) -> bytes:
     """A minimal but valid ebRIM SubmitObjectsRequest (one DocumentEntry + SubmissionSet)."""
     codes = "".join(
         f'<rim:Classification id="urn:uuid:c{i:07d}-0000-4000-8000-000000000000" '
         f'classificationScheme="urn:uuid:f4f85eac-e6cb-4883-b524-f2705394840f" '
         f'classifiedObject="Document01" nodeRepresentation="{code}">'
         f'<rim:Slot name="codingScheme"><rim:ValueList><rim:Value>'
-        f'{"2.16.840.1.113883.5.25" if code in "NRV" else "1.2.250.1.213.1.1.4.13"}'
-        f'</rim:Value></rim:ValueList></rim:Slot></rim:Classification>'
+        f"{'2.16.840.1.113883.5.25' if code in 'NRV' else '1.2.250.1.213.1.1.4.13'}"
+        f"</rim:Value></rim:ValueList></rim:Slot></rim:Classification>"
         for i, code in enumerate(confidentiality)
     )
     return f"""<?xml version="1.0" encoding="UTF-8"?>

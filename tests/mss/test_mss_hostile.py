@@ -24,8 +24,15 @@ CDA = b'<ClinicalDocument xmlns="urn:hl7-org:v3"><recordTarget><patientRole><id 
 SENDER = "hostile@ps.mssante.fr"
 
 
-def mail(zip_bytes: bytes | None = None, *, sender: str | None = SENDER, filename="IHE_XDM.zip",
-         mime=("application", "zip"), message_id="<m@ps.mssante.fr>", padding: int = 0) -> bytes:
+def mail(
+    zip_bytes: bytes | None = None,
+    *,
+    sender: str | None = SENDER,
+    filename="IHE_XDM.zip",
+    mime=("application", "zip"),
+    message_id="<m@ps.mssante.fr>",
+    padding: int = 0,
+) -> bytes:
     msg = EmailMessage()
     if sender:
         msg["From"] = sender
@@ -56,8 +63,10 @@ def metadata_entries() -> dict[str, bytes]:
     return {"IHE_XDM/SUBSET01/METADATA.XML": archive.read("IHE_XDM/SUBSET01/METADATA.XML")}
 
 
-BROKEN_MIME = (b"From: hostile@ps.mssante.fr\r\nMessage-ID: <broken@x>\r\nMIME-Version: 1.0\r\n"
-               b"Content-Type: multipart/mixed; boundary=\"abc\"\r\n\r\nno boundary here at all\r\n")
+BROKEN_MIME = (
+    b"From: hostile@ps.mssante.fr\r\nMessage-ID: <broken@x>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="abc"\r\n\r\nno boundary here at all\r\n'
+)
 
 CASES = {
     "no From": (mail(good_xdm(), sender=None), "malformed-mail"),
@@ -65,7 +74,10 @@ CASES = {
     "zip bomb": (mail(xdm_with({**metadata_entries(), "IHE_XDM/SUBSET01/DOC0001.XML": b"\0" * 5_000_000})), "zip-bomb"),
     "path traversal": (mail(xdm_with({**metadata_entries(), "../../etc/cron.d/evil": b"x"})), "zip-path-traversal"),
     "nested traversal": (mail(xdm_with({"IHE_XDM/SUBSET01/../../../evil": b"x"})), "zip-path-traversal"),
-    "not a CDA": (mail(xdm_with({**metadata_entries(), "IHE_XDM/SUBSET01/DOC0001.XML": b"<html>hi</html>"})), "not-cda"),
+    "not a CDA": (
+        mail(xdm_with({**metadata_entries(), "IHE_XDM/SUBSET01/DOC0001.XML": b"<html>hi</html>"})),
+        "not-cda",
+    ),
     "PDF only": (mail(b"%PDF-1.4", filename="cr.pdf", mime=("application", "pdf")), "not-xdm-attachment"),
     "no attachment": (mail(None), "no-attachment"),
     "not a zip": (mail(b"PK\x03\x04 garbage"), "zip-unreadable"),
@@ -77,8 +89,7 @@ CASES = {
 
 @pytest.fixture
 def intake(pki, operator, tmp_path):
-    settings = channel_settings(pki, operator, tmp_path / "s.sqlite",
-                                limits=InboundLimits(max_mail_bytes=200_000))
+    settings = channel_settings(pki, operator, tmp_path / "s.sqlite", limits=InboundLimits(max_mail_bytes=200_000))
     store = MssStore(settings.state_file)
     yield MailIntake(settings, store, lambda: "1", lambda: dt.datetime(2024, 1, 1))
     store.close()
@@ -99,8 +110,7 @@ def test_good_mail_passes_the_same_intake(intake):
 
 @pytest_twisted.ensureDeferred
 async def test_poller_quarantines_answers_and_goes_on(pki, operator, tmp_path):
-    settings = channel_settings(pki, operator, tmp_path / "s.sqlite",
-                                limits=InboundLimits(max_mail_bytes=200_000))
+    settings = channel_settings(pki, operator, tmp_path / "s.sqlite", limits=InboundLimits(max_mail_bytes=200_000))
     box = operator.operator.account(APP_MAILBOX).inbox
     names = sorted(CASES)
     for index, name in enumerate(names):
@@ -121,8 +131,9 @@ async def test_poller_quarantines_answers_and_goes_on(pki, operator, tmp_path):
     assert len(quarantine.messages) == len(CASES)
     assert len(box.messages) == 1 and "$PfiProcessed" in box.messages[0].flags
     # Every mail that asked for a notification got a KO MDN (906) naming the reason.
-    answers = [email.message_from_bytes(m.raw, policy=policy.default)
-               for m in operator.operator.account(SENDER).inbox.messages]
+    answers = [
+        email.message_from_bytes(m.raw, policy=policy.default) for m in operator.operator.account(SENDER).inbox.messages
+    ]
     ko = [a for a in answers if a["Subject"].startswith("[KO Intégration système !][906]")]
     assert len(ko) == len(CASES) - 2  # "no From" and "broken MIME" name nobody to answer
     assert any("zip-bomb" in a.get_body(("plain",)).get_content() for a in ko)
@@ -151,7 +162,7 @@ def test_corrupt_and_encrypted_entries_are_unreadable(intake):
 # An external MSSanté sender once forged an NTE and an OBX in the MDM the RIS received by putting
 # `&#13;` (CR) and delimiters in CDA attributes and texts the LPS MDM copies.
 FORGED = "&#13;NTE|1||FORGED&#13;OBX|99|ST|X||FORGED"
-HOSTILE_CDA = f'''<ClinicalDocument xmlns="urn:hl7-org:v3">
+HOSTILE_CDA = f"""<ClinicalDocument xmlns="urn:hl7-org:v3">
 <id root="1.2.250.1.999.1" extension="DOC-1|^~X"/>
 <code code="18748-4" codeSystem="2.16.840.1.113883.6.1" displayName="CR|^~\\&amp;{FORGED}"/>
 <recordTarget><patientRole><id root="1.2.250.1.213.1.4.10" extension="279035121518989"/>
@@ -159,7 +170,7 @@ HOSTILE_CDA = f'''<ClinicalDocument xmlns="urn:hl7-org:v3">
 <patient><name><family qualifier="BR">TEST|X{FORGED}</family><given>A^B&amp;C</given></name>
 <administrativeGenderCode code="F"/><birthTime value="19800101"/></patient></patientRole></recordTarget>
 <legalAuthenticator><assignedEntity><id root="1.2.250.1.71.4.2.1" extension="810001234567|FORGED^X"/></assignedEntity></legalAuthenticator>
-</ClinicalDocument>'''.encode()
+</ClinicalDocument>""".encode()
 
 
 def _segments(mdm: bytes) -> list[str]:
@@ -183,24 +194,30 @@ def test_delimiters_and_cr_in_the_cda_never_forge_segments(intake):
     assert unescape(msg.get("TXA-12.1")) == "DOC-1|^~X" and msg.get("TXA-12.3") == "1.2.250.1.999.1"
 
 
-@pytest.mark.parametrize("attribute, value, field", [
-    ('administrativeGenderCode code="F"', 'administrativeGenderCode code="M&#13;OBX|1|ST|X||F"', "PID-8"),
-    ('birthTime value="19800101"', 'birthTime value="1980&#13;NTE|1"', "PID-7"),
-    ('root="1.2.250.1.999.1"', 'root="1.2.3&#13;OBX|1"', "TXA-12"),
-    ('extension="810001234567|FORGED^X"', 'extension="8100&#13;OBX|1"', "TXA-22"),
-])
+@pytest.mark.parametrize(
+    "attribute, value, field",
+    [
+        ('administrativeGenderCode code="F"', 'administrativeGenderCode code="M&#13;OBX|1|ST|X||F"', "PID-8"),
+        ('birthTime value="19800101"', 'birthTime value="1980&#13;NTE|1"', "PID-7"),
+        ('root="1.2.250.1.999.1"', 'root="1.2.3&#13;OBX|1"', "TXA-12"),
+        ('extension="810001234567|FORGED^X"', 'extension="8100&#13;OBX|1"', "TXA-22"),
+    ],
+)
 def test_values_that_cannot_be_valid_for_their_field_refuse_the_mail(intake, attribute, value, field):
     cda = HOSTILE_CDA.replace(attribute.encode(), value.encode())
     analysis = intake.analyse(mail(build_xdm(cda, submission_metadata(), sender=SENDER, title="CR")))
     assert analysis.quarantine == "cda-unusable" and field in analysis.detail and analysis.mdms in ([], None)
 
 
-@pytest.mark.parametrize("dnt, expected", [
-    ("hostile@ps.mssante.fr", "hostile@ps.mssante.fr"),
-    ("Secrétariat <secretariat@ps.mssante.fr>", "secretariat@ps.mssante.fr"),  # same MSSanté domain
-    ("victim@elsewhere.example", "hostile@ps.mssante.fr"),  # a third party: the sender gets it
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "dnt, expected",
+    [
+        ("hostile@ps.mssante.fr", "hostile@ps.mssante.fr"),
+        ("Secrétariat <secretariat@ps.mssante.fr>", "secretariat@ps.mssante.fr"),  # same MSSanté domain
+        ("victim@elsewhere.example", "hostile@ps.mssante.fr"),  # a third party: the sender gets it
+        ("", None),
+    ],
+)
 def test_failure_notices_go_to_the_sender_not_to_third_parties(dnt, expected):
     from engine.mss.notifications import mdn_recipient
 

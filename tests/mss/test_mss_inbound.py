@@ -24,7 +24,9 @@ from mss_helpers import LPS_MAILBOX, channel_settings, submission_metadata
 LPS_DIR = Path("hl7V2-exemples/Vague 2/Trans_LPS_CDA_MSSanté/TRANSMISSION_LPS_DOC_CDA_COURRIEL_FROM_MSSANTE_V1.1")
 EXAMPLE = LPS_DIR / "Transmission initiale MDM/message_MDM__LPS_MSS_CR_Radio_INIT_N1_Base64.er7"
 ACK_AA = LPS_DIR / "Transmission initiale MDM/ack.er7"
-ACK_902 = Path("IG-hl7v2-volet-trans-lps-doc-cda-courriel-mss/_extracted_from_pages/profils-messages/ACK_T02_AE_207_902_patient_inconnu.hl7")
+ACK_902 = Path(
+    "IG-hl7v2-volet-trans-lps-doc-cda-courriel-mss/_extracted_from_pages/profils-messages/ACK_T02_AE_207_902_patient_inconnu.hl7"
+)
 SENDER = "thomas.eric@medecin.mssante.fr"
 SUBJECT = "XDM/1.0/DDM+CR d’examens radiologiques PAT-TROIS DOMINIQUE 07/08/2010"
 NOW = dt.datetime(2021, 10, 5, 15, 29, 8)
@@ -62,8 +64,13 @@ def example_cda(ans_corpus) -> bytes:
     raise AssertionError("no CDA in the example")
 
 
-def equivalent_mail(cda: bytes, message_id: str = "<20221216093200.1@medecin.mssante.fr>",
-                    to: str = LPS_MAILBOX, dnt: bool = True, zip_bytes: bytes | None = None) -> bytes:
+def equivalent_mail(
+    cda: bytes,
+    message_id: str = "<20221216093200.1@medecin.mssante.fr>",
+    to: str = LPS_MAILBOX,
+    dnt: bool = True,
+    zip_bytes: bytes | None = None,
+) -> bytes:
     msg = EmailMessage()
     msg["From"] = SENDER
     msg["To"] = to
@@ -95,19 +102,24 @@ class FakeRis:
 def lps_settings(pki, operator, tmp_path, **extra):
     settings = channel_settings(pki, operator, tmp_path / "mss.sqlite", **extra)
     imap = settings.imap.model_copy(update={"username": LPS_MAILBOX})
-    lps = settings.lps.model_copy(update=dict(
-        sending_application="PFI-Y", sending_facility="Organisation-Y",
-        receiving_application="RIS-Y", receiving_facility="Organisation-X",
-        evn_operator="PAT^ADMIN PAT-CMEDICAL I^ADM PAT^^^^^^CMEDICAL&1.2.250.8.154&ISO^U^^^RI",
-        mailbox_organisations={LPS_MAILBOX.lower(): "Service d'urolgie^^^^^120456789^UF^^^3435"},
-    ))
+    lps = settings.lps.model_copy(
+        update=dict(
+            sending_application="PFI-Y",
+            sending_facility="Organisation-Y",
+            receiving_application="RIS-Y",
+            receiving_facility="Organisation-X",
+            evn_operator="PAT^ADMIN PAT-CMEDICAL I^ADM PAT^^^^^^CMEDICAL&1.2.250.8.154&ISO^U^^^RI",
+            mailbox_organisations={LPS_MAILBOX.lower(): "Service d'urolgie^^^^^120456789^UF^^^3435"},
+        )
+    )
     return settings.model_copy(update={"imap": imap, "lps": lps, "mailbox_address": LPS_MAILBOX})
 
 
 def make_poller(settings, ris, store=None):
     store = store or MssStore(settings.state_file)
-    return MailboxPoller(settings, reactor, ris, MssSender(settings, reactor), store,
-                         control_ids=lambda: "015", now=lambda: NOW), store
+    return MailboxPoller(
+        settings, reactor, ris, MssSender(settings, reactor), store, control_ids=lambda: "015", now=lambda: NOW
+    ), store
 
 
 def inbox(operator, address=LPS_MAILBOX):
@@ -181,21 +193,32 @@ async def test_902_ack_sends_ko_mdn_to_sender(pki, operator, tmp_path, ans_corpu
     [mdn_stored] = inbox(operator, SENDER).messages
     mdn = email.message_from_bytes(mdn_stored.raw, policy=policy.compat32)
     assert str(email.header.make_header(email.header.decode_header(mdn["Subject"]))) == (
-        "[KO Intégration système !][902] " + SUBJECT)
+        "[KO Intégration système !][902] " + SUBJECT
+    )
     assert mdn.get_content_type() == "multipart/report"
     assert mdn.get_param("report-type") == "disposition-notification"
     parts = mdn.get_payload()
     assert [p.get_content_type() for p in parts[:3]] == [
-        "text/plain", "message/disposition-notification", "message/rfc822"]
+        "text/plain",
+        "message/disposition-notification",
+        "message/rfc822",
+    ]
     assert "902^Identifiant de patient inconnu" in parts[0].get_payload(decode=True).decode()
     report = parts[1].as_string()
-    assert "Disposition: automatic-action/MDN-sent-automatically; processed/Error: 902^Identifiant de patient inconnu" in report
+    assert (
+        "Disposition: automatic-action/MDN-sent-automatically; processed/Error: 902^Identifiant de patient inconnu"
+        in report
+    )
     assert "Original-Message-ID: <20221216093200.1@medecin.mssante.fr>" in report
     assert f"Final-Recipient: rfc822;{LPS_MAILBOX}" in report
     assert any(p.get_filename() == "IHE_XDM.zip" for p in parts[3:])
     [outcome] = parse_report(mdn_stored.raw)
     assert (outcome.kind, outcome.success, outcome.error_code, outcome.error_label) == (
-        "Z03", False, "902", "Identifiant de patient inconnu")
+        "Z03",
+        False,
+        "902",
+        "Identifiant de patient inconnu",
+    )
     assert "$PfiProcessed" in inbox(operator).messages[0].flags
     store.close()
 
@@ -203,7 +226,11 @@ async def test_902_ack_sends_ko_mdn_to_sender(pki, operator, tmp_path, ans_corpu
 @pytest_twisted.ensureDeferred
 async def test_restart_during_polling_integrates_each_mail_exactly_once(pki, operator, tmp_path, ans_corpus):
     cda = example_cda(ans_corpus)
-    settings = lps_settings(pki, operator, tmp_path, )
+    settings = lps_settings(
+        pki,
+        operator,
+        tmp_path,
+    )
     for n in range(4):
         inbox(operator).append(equivalent_mail(cda, message_id=f"<m{n}@medecin.mssante.fr>", dnt=False))
     ris = FakeRis((ans_corpus / ACK_AA).read_bytes())
@@ -265,13 +292,16 @@ async def test_full_loop_between_two_engines(pki, operator, tmp_path, ans_corpus
     sender_settings = channel_settings(pki, operator, tmp_path / "a.sqlite")
     sender_store = MssStore(sender_settings.state_file)
     request = MssDocumentRequest(
-        control_id="RIS-42", document_title="CR d'imagerie médicale", cda=cda,
+        control_id="RIS-42",
+        document_title="CR d'imagerie médicale",
+        cda=cda,
         patient=PatientIdentity(family="PAT-TROIS", given="DOMINIQUE", birth_date="19790328"),
         flags=MssFlags(dest_mssante_ps=True, invisible_patient=True, ack_lecture=True),
         recipients=[Recipient(address=LPS_MAILBOX, kind="application")],
     )
-    await send_document(request, sender_settings, lambda r: submission_metadata(),
-                        MssSender(sender_settings, reactor), sender_store)
+    await send_document(
+        request, sender_settings, lambda r: submission_metadata(), MssSender(sender_settings, reactor), sender_store
+    )
     ris = FakeRis((ans_corpus / ACK_AA).read_bytes())
     receiver, receiver_store = make_poller(lps_settings(pki, operator, tmp_path / "b"), ris)
     assert (await receiver.poll_once()).integrated == 1
@@ -281,8 +311,14 @@ async def test_full_loop_between_two_engines(pki, operator, tmp_path, ans_corpus
     # INVISIBLE_PATIENT travelled as a DMP confidentiality code of the XDM DocumentEntry.
     assert [fields[k][5][0] for k in ("OBX3", "OBX4", "OBX5", "OBX6")] == ["N", "Y", "N", "N"]
     outcomes = []
-    back = MailboxPoller(sender_settings, reactor, FakeRis(b""), MssSender(sender_settings, reactor),
-                         sender_store, on_outcome=outcomes.append)
+    back = MailboxPoller(
+        sender_settings,
+        reactor,
+        FakeRis(b""),
+        MssSender(sender_settings, reactor),
+        sender_store,
+        on_outcome=outcomes.append,
+    )
     assert (await back.poll_once()).reports == 1
     [outcome] = outcomes
     assert (outcome.kind, outcome.success, outcome.request_control_id) == ("Z03", True, "RIS-42")

@@ -24,8 +24,13 @@ def example(ans_corpus, folder: str, name: str):
 
 def analyse(pki, operator, tmp_path, cda: bytes, action: str, confidentiality=("N",)):
     settings = lps_settings(pki, operator, tmp_path)
-    zip_bytes = build_xdm(cda, submission_metadata(confidentiality=confidentiality),
-                          sender="thomas.eric@medecin.mssante.fr", title="CR", action=action)
+    zip_bytes = build_xdm(
+        cda,
+        submission_metadata(confidentiality=confidentiality),
+        sender="thomas.eric@medecin.mssante.fr",
+        title="CR",
+        action=action,
+    )
     store = MssStore(settings.state_file)
     intake = MailIntake(settings, store, lambda: "015", lambda: dt.datetime(2021, 10, 5, 15, 29, 8))
     analysis = intake.analyse(equivalent_mail(cda, zip_bytes=zip_bytes))
@@ -56,8 +61,12 @@ def test_delete_mail_gives_the_t04_of_the_example(pki, operator, tmp_path, ans_c
 
 
 def test_ack_parsing_copes_with_the_examples(ans_corpus):
-    ack = parse_ack((ans_corpus / "IG-hl7v2-volet-trans-lps-doc-cda-courriel-mss/_extracted_from_pages/"
-                     "profils-messages/ACK_T02_AE_203_unsupported_version.hl7").read_bytes())
+    ack = parse_ack(
+        (
+            ans_corpus / "IG-hl7v2-volet-trans-lps-doc-cda-courriel-mss/_extracted_from_pages/"
+            "profils-messages/ACK_T02_AE_203_unsupported_version.hl7"
+        ).read_bytes()
+    )
     assert (ack.code, ack.hl7_error, ack.error_code) == ("AE", "203", None)
     assert parse_ack((ans_corpus / LPS_DIR / "Transmission initiale MDM/ack.er7").read_bytes()).code == "AA"
 

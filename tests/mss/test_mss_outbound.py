@@ -23,24 +23,43 @@ from mss_helpers import APP_MAILBOX, channel_settings, dsn_for, start_operator, 
 PS = "adam.hoda@test-ci-sis.mssante.fr"
 ORG = "radiologie@hopitalA.mssante.fr"
 PATIENT = "279035121518989@patient.mssante.fr"
-CDA_PATH = ("hl7V2-exemples/Vague 2/Trans_LPS_CDA_MSSanté/TRANSMISSION_LPS_DOC_CDA_COURRIEL_FROM_MSSANTE_V1.1/"
-            "Transmission initiale MDM/CR_Radio_CDAN1_v1.XML")
+CDA_PATH = (
+    "hl7V2-exemples/Vague 2/Trans_LPS_CDA_MSSanté/TRANSMISSION_LPS_DOC_CDA_COURRIEL_FROM_MSSANTE_V1.1/"
+    "Transmission initiale MDM/CR_Radio_CDAN1_v1.XML"
+)
 
 
 def request(cda: bytes, **flags) -> MssDocumentRequest:
-    base = dict(dest_mssante_ps=True, dest_mssante_pat=True, dest_dmp=True, ack_reception=True,
-                ack_lecture=True, patient_no_reply=True)
+    base = dict(
+        dest_mssante_ps=True,
+        dest_mssante_pat=True,
+        dest_dmp=True,
+        ack_reception=True,
+        ack_lecture=True,
+        patient_no_reply=True,
+    )
     base.update(flags)
     return MssDocumentRequest(
-        control_id="015", document_title="CR d'imagerie médicale", cda=cda,
-        patient=PatientIdentity(family="Pat-Trois", given="DOMINIQUE", birth_date="19790328",
-                                ins="279035121518989", ins_oid="1.2.250.1.213.1.4.10",
-                                identity_qualified=True),
+        control_id="015",
+        document_title="CR d'imagerie médicale",
+        cda=cda,
+        patient=PatientIdentity(
+            family="Pat-Trois",
+            given="DOMINIQUE",
+            birth_date="19790328",
+            ins="279035121518989",
+            ins_oid="1.2.250.1.213.1.4.10",
+            identity_qualified=True,
+        ),
         flags=MssFlags(**base),
-        recipients=[Recipient(address=PS), Recipient(address=ORG, kind="organisation"),
-                    Recipient(address=PATIENT, kind="patient")],
+        recipients=[
+            Recipient(address=PS),
+            Recipient(address=ORG, kind="organisation"),
+            Recipient(address=PATIENT, kind="patient"),
+        ],
         reply_to=["secretariat.radio@hopitalA.mssante.fr"],
-        body_ps="Cher confrère, voici le compte rendu.", body_patient="Bonjour, voici votre compte rendu.",
+        body_ps="Cher confrère, voici le compte rendu.",
+        body_patient="Bonjour, voici votre compte rendu.",
     )
 
 
@@ -49,8 +68,9 @@ def metadata(_request) -> bytes:
 
 
 def inbox_mails(running, address):
-    return [email.message_from_bytes(m.raw, policy=policy.default)
-            for m in running.operator.account(address).inbox.messages]
+    return [
+        email.message_from_bytes(m.raw, policy=policy.default) for m in running.operator.account(address).inbox.messages
+    ]
 
 
 def zip_of(message) -> zipfile.ZipFile:
@@ -65,12 +85,19 @@ async def test_report_reaches_professionals_and_patient_byte_identical(pki, oper
     store = MssStore(settings.state_file)
     results = await send_document(request(cda), settings, metadata, MssSender(settings, reactor), store)
     assert {(r.address, r.accepted, r.smtp_code) for r in results} == {
-        (PS, True, 250), (ORG, True, 250), (PATIENT, True, 250)}
+        (PS, True, 250),
+        (ORG, True, 250),
+        (PATIENT, True, 250),
+    }
     for address, audience in ((PS, "ps"), (ORG, "ps"), (PATIENT, "patient")):
         [mail] = inbox_mails(operator, address)
         archive = zip_of(mail)
-        assert archive.namelist() == ["INDEX.HTM", "README.TXT", "IHE_XDM/SUBSET01/METADATA.XML",
-                                      "IHE_XDM/SUBSET01/DOC0001.XML"]
+        assert archive.namelist() == [
+            "INDEX.HTM",
+            "README.TXT",
+            "IHE_XDM/SUBSET01/METADATA.XML",
+            "IHE_XDM/SUBSET01/DOC0001.XML",
+        ]
         assert archive.read("IHE_XDM/SUBSET01/DOC0001.XML") == cda
         package = read_xdm(zip_of(mail).fp.getvalue())
         assert package.documents[0].content == cda
@@ -125,8 +152,9 @@ async def test_refused_recipient_gives_smtp_code(pki, operator, tmp_path, ans_co
 
 def test_masked_documents_never_go_to_professionals(pki, operator, tmp_path):
     settings = channel_settings(pki, operator, tmp_path / "s.sqlite")
-    plan = plan_mails(request(b"<ClinicalDocument xmlns='urn:hl7-org:v3'/>", masque_ps=True, dest_dmp=False),
-                      settings, metadata)
+    plan = plan_mails(
+        request(b"<ClinicalDocument xmlns='urn:hl7-org:v3'/>", masque_ps=True, dest_dmp=False), settings, metadata
+    )
     assert [m.recipients for m in plan.mails] == [[PATIENT]]
     assert {r.address for r in plan.refused} == {PS, ORG}
     assert all("MASQUE_PS" in r.reason for r in plan.refused)
@@ -172,16 +200,21 @@ async def test_dsn_and_mdn_become_z02_and_z03_outcomes(pki, operator, tmp_path, 
     settings = channel_settings(pki, operator, tmp_path / "s.sqlite")
     store = MssStore(settings.state_file)
     sender = MssSender(settings, reactor)
-    await send_document(request(cda, dest_mssante_pat=False, invisible_patient=True), settings,
-                        metadata, sender, store)
+    await send_document(request(cda, dest_mssante_pat=False, invisible_patient=True), settings, metadata, sender, store)
     [sent] = inbox_mails(operator, PS)
     original_id = str(sent["Message-ID"])
     app_inbox = operator.operator.account(APP_MAILBOX).inbox
     app_inbox.append(dsn_for(original_id, ORG, PS))
     # The PS's software answers with a processing MDN carrying an application error.
     from engine.mss.notifications import build_mdn
-    mdn = build_mdn(inbox_mails(operator, PS)[0].as_bytes(), from_address=PS, to_address=APP_MAILBOX,
-                    error_code="904", error_label="INS ne correspond pas")
+
+    mdn = build_mdn(
+        inbox_mails(operator, PS)[0].as_bytes(),
+        from_address=PS,
+        to_address=APP_MAILBOX,
+        error_code="904",
+        error_label="INS ne correspond pas",
+    )
     app_inbox.append(mdn.as_bytes())
     app_inbox.append(dsn_for("<unknown@elsewhere>", ORG, PS))
     outcomes = []
@@ -193,8 +226,9 @@ async def test_dsn_and_mdn_become_z02_and_z03_outcomes(pki, operator, tmp_path, 
     stats = await poller.poll_once()
     assert stats.reports == 3
     summary = sorted((o.kind, o.address, o.success, o.error_code, o.request_control_id) for o in outcomes)
-    assert summary == sorted([("Z02", ORG, False, "550", "015"), ("Z02", PS, True, None, "015"),
-                              ("Z03", PS, False, "904", "015")])
+    assert summary == sorted(
+        [("Z02", ORG, False, "550", "015"), ("Z02", PS, True, None, "015"), ("Z03", PS, False, "904", "015")]
+    )
     assert all(o.original_message_id == original_id for o in outcomes)
     store.close()
 
@@ -203,12 +237,13 @@ def test_submission_refusals_become_z02_failures():
     from engine.mss.models import RecipientResult
     from engine.mss.outbound import submission_outcomes
 
-    results = [RecipientResult(address=PS, accepted=True, smtp_code=250),
-               RecipientResult(address=ORG, accepted=False, smtp_code=550, reason="5.1.1 unknown"),
-               RecipientResult(address=PATIENT, accepted=False, reason="MASQUE_PS=Y")]
+    results = [
+        RecipientResult(address=PS, accepted=True, smtp_code=250),
+        RecipientResult(address=ORG, accepted=False, smtp_code=550, reason="5.1.1 unknown"),
+        RecipientResult(address=PATIENT, accepted=False, reason="MASQUE_PS=Y"),
+    ]
     outcomes = submission_outcomes(results, "015", "<m@x>")
-    assert [(o.address, o.success, o.error_code) for o in outcomes] == [
-        (ORG, False, "550"), (PATIENT, False, None)]
+    assert [(o.address, o.success, o.error_code) for o in outcomes] == [(ORG, False, "550"), (PATIENT, False, None)]
     assert len(submission_outcomes(results, "015", acceptance_is_receipt=True)) == 3
 
 
@@ -216,11 +251,13 @@ def test_flags_become_confidentiality_codes_in_ebrim_order(pki, operator, tmp_pa
     from lxml import etree
 
     settings = channel_settings(pki, operator, tmp_path / "s.sqlite")
-    plan = plan_mails(request(b"<x/>", invisible_patient=True, invisible_rep_legaux=True,
-                              dest_mssante_pat=False), settings, metadata)
+    plan = plan_mails(
+        request(b"<x/>", invisible_patient=True, invisible_rep_legaux=True, dest_mssante_pat=False), settings, metadata
+    )
     archive = zip_of(plan.mails[0].message)
     entry = etree.fromstring(archive.read("IHE_XDM/SUBSET01/METADATA.XML")).find(
-        ".//{urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0}ExtrinsicObject")
+        ".//{urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0}ExtrinsicObject"
+    )
     tags = [etree.QName(child).localname for child in entry]
     assert tags == sorted(tags, key=["Slot", "Name", "Description", "Classification", "ExternalIdentifier"].index)
     codes = [c.get("nodeRepresentation") for c in entry if etree.QName(c).localname == "Classification"]

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-TEST_INS = "279035121518989"          # the ANS test patient PAT-TROIS (test INS-NIR OID)
-OTHER_INS = "180017512345660"         # fictional, valid key
+TEST_INS = "279035121518989"  # the ANS test patient PAT-TROIS (test INS-NIR OID)
+OTHER_INS = "180017512345660"  # fictional, valid key
 INS_OID = "1.2.250.1.213.1.4.10"
 
 
-def adt(event: str = "A01", control: str = "1", ipp: str = "900001", ins: str | None = TEST_INS,
-        status: str = "VALI", feeding: str = "INO", feeding_date: str = "20240306111154",
-        consult: str = "IC", consult_date: str = "20240306111154", zfa: bool = True,
-        mrg_ipp: str | None = None, msh7: str = "20240306111154") -> bytes:
+def adt(
+    event: str = "A01",
+    control: str = "1",
+    ipp: str = "900001",
+    ins: str | None = TEST_INS,
+    status: str = "VALI",
+    feeding: str = "INO",
+    feeding_date: str = "20240306111154",
+    consult: str = "IC",
+    consult_date: str = "20240306111154",
+    zfa: bool = True,
+    mrg_ipp: str | None = None,
+    msh7: str = "20240306111154",
+) -> bytes:
     """An ADT message (LF separators, like the corpus) for a fictional patient of CHU-X."""
     ids = f"{ipp}^^^CHU-X&000897406&N^PI"
     if ins:

@@ -14,16 +14,35 @@ from tests.patients.messages import OTHER_INS, TEST_INS, adt
 CONSENT_DIR = ("hl7V2-exemples", "Vague 2", "Consentement_DMP_PAMFR")
 # Expectations from ../shared/corpus/ans/MANIFEST.md: (file, ZFA-9, ZFA-10, ZFA-11, ZFA-12).
 CONSENT_EXAMPLES = [
-    ("ConsentementConsultation_NonOppositionAlimentation.er7",
-     "INO", datetime(2024, 3, 6, 11, 11, 54), "IC", datetime(2024, 3, 6, 11, 11, 54)),
-    ("NonConsentementConsultation_NonOppositionAlimentation.er7",
-     "INO", datetime(2024, 3, 7, 11, 11, 54), "INC", datetime(2024, 3, 7, 11, 11, 54)),
-    ("NonConsentementConsultation_OppositionAlimentation.er7",
-     "IO", datetime(2024, 3, 9, 11, 11, 54), "INC", datetime(2024, 3, 9, 11, 11, 54)),
-    ("NonRecueillieConsentementConsultation_NonOppositionAlimentation.er7",
-     "INO", datetime(2024, 3, 10, 11, 11, 54), "NA", None),
-    ("NonRecueillieConsentementConsultation_NonRecueillieOppositionAlimentation.er7",
-     "NA", None, "NA", None),
+    (
+        "ConsentementConsultation_NonOppositionAlimentation.er7",
+        "INO",
+        datetime(2024, 3, 6, 11, 11, 54),
+        "IC",
+        datetime(2024, 3, 6, 11, 11, 54),
+    ),
+    (
+        "NonConsentementConsultation_NonOppositionAlimentation.er7",
+        "INO",
+        datetime(2024, 3, 7, 11, 11, 54),
+        "INC",
+        datetime(2024, 3, 7, 11, 11, 54),
+    ),
+    (
+        "NonConsentementConsultation_OppositionAlimentation.er7",
+        "IO",
+        datetime(2024, 3, 9, 11, 11, 54),
+        "INC",
+        datetime(2024, 3, 9, 11, 11, 54),
+    ),
+    (
+        "NonRecueillieConsentementConsultation_NonOppositionAlimentation.er7",
+        "INO",
+        datetime(2024, 3, 10, 11, 11, 54),
+        "NA",
+        None,
+    ),
+    ("NonRecueillieConsentementConsultation_NonRecueillieOppositionAlimentation.er7", "NA", None, "NA", None),
 ]
 
 
@@ -38,16 +57,14 @@ def error_of(raw: bytes) -> AdtError:
 
 
 @pytest.mark.parametrize("name, feeding, feeding_date, consult, consult_date", CONSENT_EXAMPLES)
-def test_consent_examples_give_the_manifest_state(ans_corpus, name, feeding, feeding_date,
-                                                  consult, consult_date):
+def test_consent_examples_give_the_manifest_state(ans_corpus, name, feeding, feeding_date, consult, consult_date):
     update = read(ans_corpus.joinpath(*CONSENT_DIR, name).read_bytes())
     assert (update.feeding.code, update.feeding.date) == (feeding, feeding_date)
     assert (update.consultation.code, update.consultation.date) == (consult, consult_date)
     assert update.dmp_status.value == "ACTIF"
     assert update.event == "A01"
     assert (update.ipp.value, update.ipp.authority, update.ipp.oid) == ("000003", "CHU-X", "000897406")
-    assert (update.ins.value, update.ins.oid, update.ins.kind) == (TEST_INS, "1.2.250.1.213.1.4.10",
-                                                                   "INS-NIR-TEST")
+    assert (update.ins.value, update.ins.oid, update.ins.kind) == (TEST_INS, "1.2.250.1.213.1.4.10", "INS-NIR-TEST")
     assert update.identity_status == "VALI" and update.ins_qualified
     assert update.warnings == []
 
@@ -79,10 +96,13 @@ def test_link_events_are_not_registry_events():
     assert error.error.code == 201 and error.error.location == "MSH^1^9" and "ADT^A24" in str(error)
 
 
-@pytest.mark.parametrize("field, kwargs", [
-    (9, {"feeding": "OUI"}),
-    (11, {"consult": "IO"}),
-])
+@pytest.mark.parametrize(
+    "field, kwargs",
+    [
+        (9, {"feeding": "OUI"}),
+        (11, {"consult": "IO"}),
+    ],
+)
 def test_unknown_consent_codes_are_table_errors(field, kwargs):
     error = error_of(adt(**kwargs)).error
     assert (error.code, error.location) == (103, f"ZFA^1^{field}")

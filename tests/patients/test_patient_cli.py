@@ -12,17 +12,27 @@ from tests.support import ROOT
 
 
 def pfi(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def fill(data_dir) -> None:
     registry = PatientRegistry(data_dir)
     try:
-        for raw in (adt(control="m1", ipp="900001", ins=OTHER_INS, feeding="IO",
-                        feeding_date="20240301100000", consult="INC", consult_date="20240301100000"),
-                    adt(control="m2", ipp="900002", ins=None, zfa=False),
-                    adt(event="A40", control="m3", ipp="900002", ins=None, mrg_ipp="900001", zfa=False)):
+        for raw in (
+            adt(
+                control="m1",
+                ipp="900001",
+                ins=OTHER_INS,
+                feeding="IO",
+                feeding_date="20240301100000",
+                consult="INC",
+                consult_date="20240301100000",
+            ),
+            adt(control="m2", ipp="900002", ins=None, zfa=False),
+            adt(event="A40", control="m3", ipp="900002", ins=None, mrg_ipp="900001", zfa=False),
+        ):
             registry.apply(read_adt(Message.parse(raw)))
     finally:
         registry.close()
@@ -36,7 +46,7 @@ def test_patient_is_shown_masked_by_default(tmp_path):
     assert "900001" not in out and "900002" not in out and OTHER_INS not in out
     assert "IO = informed and OPPOSED" in out and "collected 2024-03-01 10:00:00" in out
     assert "INC = informed, refuses" in out
-    assert "DMP status   ACTIF 2024-03-06 11:11:54" in out   # moved by the merge
+    assert "DMP status   ACTIF 2024-03-06 11:11:54" in out  # moved by the merge
     assert "PID-32       VALI" in out and "INS-NIR-TEST" in out
     assert "merged       IPP *** " in out and "(message m3)" in out
     assert all(f"ctrl={c}" in out for c in ("m1", "m2", "m3"))
@@ -64,7 +74,8 @@ def test_an_a47_withdrawal_is_shown_masked(tmp_path):
     try:
         registry.apply(read_adt(Message.parse(adt(control="w1", ipp="900005", ins=TEST_INS))))
         downgrade = adt(event="A47", control="w2", ipp="900005", ins=None, status="PROV", zfa=False).replace(
-            b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode())
+            b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode()
+        )
         registry.apply(read_adt(Message.parse(downgrade)))
     finally:
         registry.close()

@@ -40,8 +40,14 @@ def apply(registry, raw: bytes):
 
 
 def publish_request(ins: str) -> PublishRequest:
-    return PublishRequest(action="initial", cda=b"<ClinicalDocument/>", ins=ins, ins_oid=INS_OID,
-                          ins_qualified=True, message_control_id="c1")
+    return PublishRequest(
+        action="initial",
+        cda=b"<ClinicalDocument/>",
+        ins=ins,
+        ins_oid=INS_OID,
+        ins_qualified=True,
+        message_control_id="c1",
+    )
 
 
 def test_corpus_examples_in_order_follow_the_latest_collection(registry, ans_corpus):
@@ -79,23 +85,31 @@ def test_a08_changes_consent_later(registry):
 
 
 def test_older_consent_arriving_late_does_not_override(registry):
-    apply(registry, adt(control="new", feeding="IO", feeding_date="20240401100000",
-                        consult="INC", consult_date="20240401100000"))
-    record = apply(registry, adt(event="A08", control="old", feeding="INO",
-                                 feeding_date="20240301100000", consult="IC",
-                                 consult_date="20240501100000"))
+    apply(
+        registry,
+        adt(control="new", feeding="IO", feeding_date="20240401100000", consult="INC", consult_date="20240401100000"),
+    )
+    record = apply(
+        registry,
+        adt(
+            event="A08",
+            control="old",
+            feeding="INO",
+            feeding_date="20240301100000",
+            consult="IC",
+            consult_date="20240501100000",
+        ),
+    )
     assert record.feeding.code == "IO" and registry.is_opposed(TEST_INS)
-    assert record.consultation.code == "IC"   # each field is ordered on its own date
+    assert record.consultation.code == "IC"  # each field is ordered on its own date
     last = registry.history("900001")[-1]
     assert last.control_id == "old" and "feeding_ignored" in last.changes
 
 
 def test_merge_moves_consent_and_keeps_the_old_ipp_resolvable(registry):
-    apply(registry, adt(control="1", ipp="900001", ins=OTHER_INS, feeding="IO",
-                        feeding_date="20240301100000"))
+    apply(registry, adt(control="1", ipp="900001", ins=OTHER_INS, feeding="IO", feeding_date="20240301100000"))
     apply(registry, adt(control="2", ipp="900002", ins=None, zfa=False))
-    merged = apply(registry, adt(event="A40", control="3", ipp="900002", ins=None, mrg_ipp="900001",
-                                 zfa=False))
+    merged = apply(registry, adt(event="A40", control="3", ipp="900002", ins=None, mrg_ipp="900001", zfa=False))
     assert merged.ipp.value == "900002"
     assert merged.ins.value == OTHER_INS and merged.feeding.code == "IO"
     assert [(m.old_ipp.value, m.control_id) for m in merged.merges] == [("900001", "3")]
@@ -103,8 +117,10 @@ def test_merge_moves_consent_and_keeps_the_old_ipp_resolvable(registry):
     assert registry.find(OTHER_INS).id == merged.id
     assert registry.is_opposed(OTHER_INS)
     # Later messages with the old IPP update the survivor.
-    after = apply(registry, adt(event="A08", control="4", ipp="900001", ins=OTHER_INS,
-                                feeding="INO", feeding_date="20240601100000"))
+    after = apply(
+        registry,
+        adt(event="A08", control="4", ipp="900001", ins=OTHER_INS, feeding="INO", feeding_date="20240601100000"),
+    )
     assert after.id == merged.id and not registry.is_opposed(OTHER_INS)
     assert [h.control_id for h in registry.history("900002")] == ["1", "2", "3", "3", "4"]
 
@@ -112,8 +128,7 @@ def test_merge_moves_consent_and_keeps_the_old_ipp_resolvable(registry):
 def test_merged_ins_still_answers_with_the_survivor_consent(registry):
     apply(registry, adt(control="1", ipp="900001", ins=OTHER_INS, feeding="IO"))
     apply(registry, adt(control="2", ipp="900002", ins=TEST_INS, zfa=False))
-    survivor = apply(registry, adt(event="A40", control="3", ipp="900002", ins=TEST_INS,
-                                   mrg_ipp="900001", zfa=False))
+    survivor = apply(registry, adt(event="A40", control="3", ipp="900002", ins=TEST_INS, mrg_ipp="900001", zfa=False))
     assert survivor.ins.value == TEST_INS and survivor.feeding.code == "IO"
     assert registry.is_opposed(OTHER_INS) and registry.is_opposed(TEST_INS)
     assert registry.find(OTHER_INS).id == survivor.id
@@ -173,8 +188,7 @@ def test_a_failed_write_keeps_nothing_and_is_a_journal_error(tmp_path):
         apply(registry, adt(control="1", feeding="INO"))
         # A trigger standing in for a disk failure in the middle of the transaction.
         with sqlite3.connect(tmp_path / "patients.sqlite") as conn:
-            conn.execute("CREATE TRIGGER fail BEFORE INSERT ON history "
-                         "BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
+            conn.execute("CREATE TRIGGER fail BEFORE INSERT ON history BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
         with pytest.raises(JournalError):
             apply(registry, adt(event="A08", control="2", feeding="IO", feeding_date="20250101000000"))
         assert not registry.is_opposed(TEST_INS)
@@ -185,7 +199,7 @@ def test_a_failed_write_keeps_nothing_and_is_a_journal_error(tmp_path):
 
 def test_on_a_shared_journal_every_node_sees_the_consent_another_recorded(tmp_path, pg_url, ans_corpus):
     leader = PatientRegistry(tmp_path / "n1", url=pg_url)  # the node that routed the PAM.fr ADT
-    other = PatientRegistry(tmp_path / "n2", url=pg_url)   # the node that sends to the DMP
+    other = PatientRegistry(tmp_path / "n2", url=pg_url)  # the node that sends to the DMP
     try:
         apply(leader, ans_corpus.joinpath(*CONSENT_DIR, CONSENT_EXAMPLES[2][0]).read_bytes())
         assert other.is_opposed(TEST_INS) is True
@@ -207,7 +221,8 @@ def test_an_a47_downgrade_withdraws_the_ins_and_the_dmp_gate_waits(registry):
     assert registry.identity_status(TEST_INS) == "VALI"
     # PAM.fr: the INS moves to MRG-1 and PID-3 carries none; the identity is no longer qualified.
     downgrade = adt(event="A47", control="A47-1", ins=None, status="PROV", zfa=False).replace(
-        b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode())
+        b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode()
+    )
     record = apply(registry, downgrade)
     assert record.ins is None and record.identity_status == "PROV"
     # No patient holds that INS any more, yet a report still carrying it must wait: the registry
@@ -248,15 +263,19 @@ def test_a_registry_file_of_an_earlier_version_gains_the_withdrawn_ins_column(tm
 
     old = sqlite3.connect(tmp_path / "patients.sqlite")  # unnumbered, without the A47 column
     old.executescript(PATIENT_MIGRATIONS[0][1])
-    old.execute("INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, ins, identity_status, created_at,"
-                " updated_at) VALUES ('900001', '000897406', 'CHU-X', '000897406', ?, 'VALI', 1, 1)", (TEST_INS,))
+    old.execute(
+        "INSERT INTO patients (ipp, ipp_domain, ipp_authority, ipp_oid, ins, identity_status, created_at,"
+        " updated_at) VALUES ('900001', '000897406', 'CHU-X', '000897406', ?, 'VALI', 1, 1)",
+        (TEST_INS,),
+    )
     old.commit()
     old.close()
     registry = PatientRegistry(tmp_path, clock=FakeClock())
     try:
         assert registry.identity_status(TEST_INS) == "VALI"
         downgrade = adt(event="A47", control="A47-9", ins=None, status="PROV", zfa=False).replace(
-            b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode())
+            b"PV1|1|I\n", f"MRG|{TEST_INS}^^^ASIP-SANTE-INS-NIR&{INS_OID}&ISO^INS\n".encode()
+        )
         apply(registry, downgrade)
         assert registry.identity_status(TEST_INS) == "WITHDRAWN"
     finally:

@@ -33,8 +33,13 @@ def _config(tmp_path, dest_port: int, lease_seconds: float = 15.0):
     channels = {
         "in": inbound(),  # port 0: every node binds its own
         # ack_timeout outlasts a HoldingPeer hold: sends held in flight must not time out.
-        "dest": {"type": "mllp-out", "host": "127.0.0.1", "port": dest_port, "ack_timeout": 10,
-                 "retry": {"initial": 0.05, "maximum": 0.5, "jitter": 0}},
+        "dest": {
+            "type": "mllp-out",
+            "host": "127.0.0.1",
+            "port": dest_port,
+            "ack_timeout": 10,
+            "retry": {"initial": 0.05, "maximum": 0.5, "jitter": 0},
+        },
     }
     return write_config(tmp_path / "cfg", channels, routes, {"lease_seconds": lease_seconds})
 
@@ -141,8 +146,9 @@ def open_deliveries(url: str) -> int:
 
 
 def pfi(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def arrivals_by_key(control_ids: list[str]) -> dict[str, list[int]]:
@@ -161,8 +167,7 @@ def report(title: str, **numbers) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("node_count", [2, 3])
 @pytest_twisted.ensureDeferred
-async def test_nodes_share_the_work_and_deliver_each_message_once_in_order(cluster, destination, tmp_path,
-                                                                          node_count):
+async def test_nodes_share_the_work_and_deliver_each_message_once_in_order(cluster, destination, tmp_path, node_count):
     keys, per_key = [f"P{i}" for i in range(8)], 50
     config = _config(tmp_path, await destination.listen())
     names = [f"node-{chr(97 + i)}" for i in range(node_count)]
@@ -174,10 +179,17 @@ async def test_nodes_share_the_work_and_deliver_each_message_once_in_order(clust
     intake_seconds = time.monotonic() - started
     total = len(keys) * per_key
     assert failovers == [] and len(acked) == total
-    await until(lambda: len(destination.received) >= total and open_deliveries(cluster.url) == 0,
-                timeout=20, what="every message delivered")
-    report(f"{node_count} nodes", messages=total, intake_s=f"{intake_seconds:.2f}",
-           all_delivered_s=f"{time.monotonic() - started:.2f}")
+    await until(
+        lambda: len(destination.received) >= total and open_deliveries(cluster.url) == 0,
+        timeout=20,
+        what="every message delivered",
+    )
+    report(
+        f"{node_count} nodes",
+        messages=total,
+        intake_s=f"{intake_seconds:.2f}",
+        all_delivered_s=f"{time.monotonic() - started:.2f}",
+    )
 
     delivered = destination.control_ids()
     assert sorted(delivered) == sorted(acked), "each message exactly once"
@@ -209,7 +221,7 @@ def tail_rows(output: str) -> list[tuple[str, str, str]]:
     for line in output.splitlines():
         fields = line.split("  ")
         ctrl = next(i for i, f in enumerate(fields) if f.startswith("ctrl="))
-        node = next(f for f in fields[ctrl + 1:] if f.startswith("@"))
+        node = next(f for f in fields[ctrl + 1 :] if f.startswith("@"))
         rows.append((node.removeprefix("@"), fields[ctrl].removeprefix("ctrl="), fields[ctrl + 1]))
     return rows
 
@@ -221,8 +233,12 @@ def _queue_row(output: str, destination: str) -> list[str]:
 def _pumps(keys, seqs: range, ports: list[int], acked: list[str], failovers: list[str]) -> defer.Deferred:
     """One sender per key, each starting on a different node of `ports`."""
     n = len(ports)
-    return defer.gatherResults([defer.Deferred.fromCoroutine(
-        send_in_order(k, seqs, ports[i % n:] + ports[:i % n], acked, failovers)) for i, k in enumerate(keys)])
+    return defer.gatherResults(
+        [
+            defer.Deferred.fromCoroutine(send_in_order(k, seqs, ports[i % n :] + ports[: i % n], acked, failovers))
+            for i, k in enumerate(keys)
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -240,8 +256,9 @@ async def test_sigkill_of_the_dispatch_leader_under_load(cluster, destination, t
     cluster.start(config, [leader])
     assert [entry["node"] for entry in cluster.leader_lines()] == [leader]
     wave = _pumps(keys, range(first_wave), [cluster.ports()[leader]], acked, failovers)
-    await until(lambda: len(destination.received) >= len(keys) * first_wave // 4, timeout=20,
-                what="deliveries under way")
+    await until(
+        lambda: len(destination.received) >= len(keys) * first_wave // 4, timeout=20, what="deliveries under way"
+    )
     await _hold_while_sending(destination, cluster.url, leader)
     await wave
     cluster.start(config, ["node-b", "node-c"])
@@ -259,33 +276,57 @@ async def test_sigkill_of_the_dispatch_leader_under_load(cluster, destination, t
     await pumps
     intake_seconds = time.monotonic() - started
     assert sorted(acked) == sorted(f"{k}-{i}" for k in keys for i in range(per_key)), "the survivors took the rest"
-    await until(lambda: set(acked) <= set(destination.control_ids()) and open_deliveries(cluster.url) == 0,
-                timeout=20, what="every ACKed message delivered")
+    await until(
+        lambda: set(acked) <= set(destination.control_ids()) and open_deliveries(cluster.url) == 0,
+        timeout=20,
+        what="every ACKed message delivered",
+    )
     all_delivered_seconds = time.monotonic() - started
 
     takeover = [entry for entry in cluster.leader_lines() if entry["node"] in survivors]
     assert takeover, "a surviving node took the dispatch lock over"
-    reaped = dict(sql(cluster.url, "SELECT m.control_id, min(e.at) FROM events e JOIN messages m ON m.uid ="
-                      " e.message_uid WHERE e.state = 'lease-expired' AND e.detail LIKE %s GROUP BY 1",
-                      (f"%node {leader} stopped renewing%",)))
+    reaped = dict(
+        sql(
+            cluster.url,
+            "SELECT m.control_id, min(e.at) FROM events e JOIN messages m ON m.uid ="
+            " e.message_uid WHERE e.state = 'lease-expired' AND e.detail LIKE %s GROUP BY 1",
+            (f"%node {leader} stopped renewing%",),
+        )
+    )
     assert set(reaped) == crash_window, "the killed node's sends in flight are handed back when its leases expire"
-    resent_by = dict(sql(cluster.url, "SELECT m.control_id, e.node FROM events e JOIN messages m ON m.uid ="
-                         " e.message_uid WHERE e.state = 'sent' AND m.control_id = ANY(%s)", (list(reaped),)))
+    resent_by = dict(
+        sql(
+            cluster.url,
+            "SELECT m.control_id, e.node FROM events e JOIN messages m ON m.uid ="
+            " e.message_uid WHERE e.state = 'sent' AND m.control_id = ANY(%s)",
+            (list(reaped),),
+        )
+    )
     assert set(resent_by) == set(reaped) and set(resent_by.values()) <= set(survivors)
-    assert sql(cluster.url, "SELECT state, count(*) FROM deliveries GROUP BY state") == [("done", total)], \
+    assert sql(cluster.url, "SELECT state, count(*) FROM deliveries GROUP BY state") == [("done", total)], (
         "one delivery per message, whoever planned it"
+    )
 
     delivered = destination.control_ids()
     twice = sorted(ctrl for ctrl, n in Counter(delivered).items() if n > 1)
     assert set(twice) <= set(reaped), "a message reaches the destination twice only from the crash window"
     for key, seqs in arrivals_by_key(delivered).items():
         assert list(dict.fromkeys(seqs)) == list(range(per_key)), f"order broken for {key}"
-    report("sigkill leader", messages=total, acked_before_kill=acked_before, delivered_before_kill=delivered_before,
-           leader_sending_at_kill=len(crash_window), sender_failovers=len(failovers),
-           duplicates_at_intake=_count_state(cluster.url, "duplicate"), intake_s=f"{intake_seconds:.2f}",
-           all_delivered_s=f"{all_delivered_seconds:.2f}",
-           takeover_s=f"{_epoch(takeover[0]['timestamp']) - killed_at:.2f}", reaped=len(reaped),
-           reaped_after_s=f"{min(reaped.values()) - killed_at:.2f}", delivered_twice=len(twice))
+    report(
+        "sigkill leader",
+        messages=total,
+        acked_before_kill=acked_before,
+        delivered_before_kill=delivered_before,
+        leader_sending_at_kill=len(crash_window),
+        sender_failovers=len(failovers),
+        duplicates_at_intake=_count_state(cluster.url, "duplicate"),
+        intake_s=f"{intake_seconds:.2f}",
+        all_delivered_s=f"{all_delivered_seconds:.2f}",
+        takeover_s=f"{_epoch(takeover[0]['timestamp']) - killed_at:.2f}",
+        reaped=len(reaped),
+        reaped_after_s=f"{min(reaped.values()) - killed_at:.2f}",
+        delivered_twice=len(twice),
+    )
 
 
 def _epoch(stamp: str) -> float:
@@ -298,8 +339,9 @@ async def _hold_while_sending(destination: HoldingPeer, url: str, node: str, tim
     """Hold the destination's ACKs at a moment `node` has sends in flight (then they stay so)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        await until(lambda: _sending(url, node) > 0, timeout=deadline - time.monotonic(),
-                    what=f"{node} sending", every=0.002)
+        await until(
+            lambda: _sending(url, node) > 0, timeout=deadline - time.monotonic(), what=f"{node} sending", every=0.002
+        )
         destination.hold()
         await sleep(0.05)  # an ACK written just before may still end the batch in progress
         if _sending(url, node) > 0:
@@ -314,8 +356,15 @@ def _sending(url: str, node: str) -> int:
 
 def _sending_ids(url: str, node: str) -> set[str]:
     """Control ids of the messages whose delivery `node` is sending."""
-    return {row[0] for row in sql(url, "SELECT m.control_id FROM deliveries d JOIN messages m ON m.uid ="
-                                       " d.message_uid WHERE d.state = 'sending' AND d.node = %s", (node,))}
+    return {
+        row[0]
+        for row in sql(
+            url,
+            "SELECT m.control_id FROM deliveries d JOIN messages m ON m.uid ="
+            " d.message_uid WHERE d.state = 'sending' AND d.node = %s",
+            (node,),
+        )
+    }
 
 
 def _count_state(url: str, state: str) -> int:
@@ -343,8 +392,11 @@ async def test_a_message_sent_to_two_nodes_is_processed_once(cluster, destinatio
         for client in clients.values():
             client.close()
     sent = [f"D{i}-0" for i in range(21)]
-    await until(lambda: len(destination.received) >= len(sent) and open_deliveries(cluster.url) == 0,
-                timeout=20, what="every message delivered")
+    await until(
+        lambda: len(destination.received) >= len(sent) and open_deliveries(cluster.url) == 0,
+        timeout=20,
+        what="every message delivered",
+    )
     assert sorted(destination.control_ids()) == sorted(sent), "each message delivered once"
 
     tail = pfi("tail", "--config", str(config), "--journal", cluster.url, "-n", "100000")
@@ -356,5 +408,10 @@ async def test_a_message_sent_to_two_nodes_is_processed_once(cluster, destinatio
         assert {node for _, node in intake} == {"node-a", "node-b"}, f"{ctrl}: both nodes answered"
     assert ("node-b", "D0-0", "duplicate") in rows
     stored_by = Counter(node for node, _, state in rows if state == "received")
-    report("duplicates", messages=len(sent), sends=2 * len(sent), stored_by=dict(stored_by),
-           duplicate_events=sum(1 for row in rows if row[2] == "duplicate"))
+    report(
+        "duplicates",
+        messages=len(sent),
+        sends=2 * len(sent),
+        stored_by=dict(stored_by),
+        duplicate_events=sum(1 for row in rows if row[2] == "duplicate"),
+    )

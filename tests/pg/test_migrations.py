@@ -19,8 +19,9 @@ def _tables(conn) -> set[str]:
 
 
 def _columns(conn, table: str) -> set[str]:
-    return {r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name=%s", (table,))}
+    return {
+        r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name=%s", (table,))
+    }
 
 
 def test_migration_1_creates_messages_payloads_and_events(pg_empty_url):
@@ -32,15 +33,18 @@ def test_migration_1_creates_messages_payloads_and_events(pg_empty_url):
         assert "deliveries" not in _tables(conn)
         assert {"uid", "dup_key", "ack", "node", "patient_ids"} <= _columns(conn, "messages")
         # Payloads are stored out of line without compression (written once, read rarely).
-        storage = conn.execute("SELECT attstorage FROM pg_attribute WHERE attrelid='payloads'::regclass"
-                               " AND attname='raw'").fetchone()[0]
+        storage = conn.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid='payloads'::regclass AND attname='raw'"
+        ).fetchone()[0]
         assert storage == "e"
 
 
 def test_migration_2_adds_deliveries_and_nodes_and_keeps_rows(pg_empty_url):
     with psycopg.connect(pg_empty_url, autocommit=True) as conn:
         pgschema.upgrade(conn, target=1)
-        conn.execute("INSERT INTO messages (uid, received_at, channel, state, size) VALUES ('m1', 1, 'in', 'received', 3)")
+        conn.execute(
+            "INSERT INTO messages (uid, received_at, channel, state, size) VALUES ('m1', 1, 'in', 'received', 3)"
+        )
         assert pgschema.upgrade(conn, target=2) == [2]
         assert {"deliveries", "nodes"} <= _tables(conn)
         assert {"lease_until", "fifo_key", "node"} <= _columns(conn, "deliveries")
@@ -65,11 +69,17 @@ def test_migration_4_puts_held_sends_in_the_open_indexes_and_remembers_withdrawn
     # every finished delivery (measured: 0.35 ms -> 26 ms per claim at 200,000 done rows).
     with psycopg.connect(pg_empty_url, autocommit=True) as conn:
         pgschema.upgrade(conn, target=3)
-        conn.execute("INSERT INTO deliveries (message_uid, route, step, destination, state, created_at, not_before,"
-                     " next_attempt, updated_at) VALUES ('m1', 'r', 's', 'dmp', 'held', 1, 1, 1, 1)")
+        conn.execute(
+            "INSERT INTO deliveries (message_uid, route, step, destination, state, created_at, not_before,"
+            " next_attempt, updated_at) VALUES ('m1', 'r', 's', 'dmp', 'held', 1, 1, 1, 1)"
+        )
         assert pgschema.upgrade(conn, target=4) == [4]  # later migrations are not its subject
-        predicates = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename='deliveries'"
-                                       " AND indexname IN ('deliveries_open', 'deliveries_open_key')").fetchall())
+        predicates = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename='deliveries'"
+                " AND indexname IN ('deliveries_open', 'deliveries_open_key')"
+            ).fetchall()
+        )
         assert len(predicates) == 2 and all("'held'" in d for d in predicates.values())
         assert "withdrawn_ins" in _columns(conn, "patients")
         assert conn.execute("SELECT state FROM deliveries").fetchall() == [("held",)]
@@ -89,8 +99,9 @@ def test_engine_refuses_older_and_newer_schemas(pg_empty_url):
 
 
 def _pfi(*args, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_pfi_db_upgrade_then_run_on_the_upgraded_schema_only(pg_empty_url, tmp_path):

@@ -18,11 +18,20 @@ def test_a_batch_of_plans_is_queued_claimed_and_finished_with_its_own_ids_and_pa
         conn = PgConnection(raw)
         uids = [f"m{i:03d}" for i in range(300)]
         for uid in uids:
-            conn.execute("INSERT INTO messages (uid, received_at, channel, state, size) VALUES (?,?,?,?,?)",
-                         (uid, time.time(), "in", "received", 1))
+            conn.execute(
+                "INSERT INTO messages (uid, received_at, channel, state, size) VALUES (?,?,?,?,?)",
+                (uid, time.time(), "in", "received", 1),
+            )
             conn.execute("INSERT INTO payloads (uid, raw) VALUES (?,?)", (uid, f"raw of {uid}".encode()))
-        plans = [Plan(uid, deliveries=[NewDelivery(route="r", step="s", destination="d", fifo_key=uid,
-                                                   not_before=0, payload=None)]) for uid in uids]
+        plans = [
+            Plan(
+                uid,
+                deliveries=[
+                    NewDelivery(route="r", step="s", destination="d", fifo_key=uid, not_before=0, payload=None)
+                ],
+            )
+            for uid in uids
+        ]
         with raw.transaction():
             assert queue.apply_plans(conn, plans, "n") == ["d"] * 300
         ids = dict(conn.execute("SELECT message_uid, id FROM deliveries").fetchall())

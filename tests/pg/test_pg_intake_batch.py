@@ -24,8 +24,12 @@ def journal(pg_url):
 @pytest_twisted.ensureDeferred
 async def test_duplicate_inside_one_batch_points_to_the_first(journal):
     key = "in\x1fA\x1fB\x1fC-1"
-    first, second = await defer.gatherResults([journal.append_inbound(_record("U-1", "C-1", dup_key=key)),
-                                               journal.append_inbound(_record("U-2", "C-1", dup_key=key))])
+    first, second = await defer.gatherResults(
+        [
+            journal.append_inbound(_record("U-1", "C-1", dup_key=key)),
+            journal.append_inbound(_record("U-2", "C-1", dup_key=key)),
+        ]
+    )
     assert first.state == RECEIVED
     assert (second.state, second.duplicate_of, second.ack) == (DUPLICATE, "U-1", b"MSA|AA|C-1\r")
     later = await journal.append_inbound(_record("U-3", "C-1", dup_key=key))

@@ -32,8 +32,12 @@ async def _node(tmp_path, pg_url: str, name: str, dest_port: int, lease: float =
     from engine.config.load import load_config
     from engine.service import Engine
 
-    cfg = write_config(tmp_path / name, {"in": inbound(duplicate_window="1d"), "dest": _dest(dest_port)}, routes,
-                       engine={"journal": pg_url, "node": name, "lease_seconds": lease})
+    cfg = write_config(
+        tmp_path / name,
+        {"in": inbound(duplicate_window="1d"), "dest": _dest(dest_port)},
+        routes,
+        engine={"journal": pg_url, "node": name, "lease_seconds": lease},
+    )
     engine = Engine(load_config(cfg), tmp_path / f"{name}-data", reactor, with_metrics=False)
     await engine.startService()
     return engine
@@ -78,7 +82,9 @@ async def test_same_message_at_two_nodes_at_once_is_processed_once(tmp_path, pg_
     c1, c2 = await client_for(n1, "in"), await client_for(n2, "in")
     try:
         for i in range(20):  # sent together, so both nodes check the key in the same instant
-            a1, a2 = await defer.gatherResults([defer.ensureDeferred(exchange(c, _adt(f"D-{i}", "P1"))) for c in (c1, c2)])
+            a1, a2 = await defer.gatherResults(
+                [defer.ensureDeferred(exchange(c, _adt(f"D-{i}", "P1"))) for c in (c1, c2)]
+            )
             assert a1.code == a2.code == "AA"
         await until(lambda: len(peer.received) >= 20, what="deliveries")
         await _settle(0.5)
@@ -121,8 +127,13 @@ async def test_sends_of_a_node_that_stopped_renewing_its_lease_are_taken_over(tm
     with psycopg.connect(pg_url, autocommit=True) as raw:
         conn = PgConnection(raw)
         _message(conn, "m-dead", b"MSH|^~\\&|A|B|C|D|1||ADT^A01|ORPHAN|P|2.5\rPID|1||P9\r", state="routed")
-        queue.enqueue(conn, "m-dead", NewDelivery(route="adt", step="deliver", destination="dest", fifo_key="P9",
-                                                 not_before=0, payload=None), "ghost", time.time())
+        queue.enqueue(
+            conn,
+            "m-dead",
+            NewDelivery(route="adt", step="deliver", destination="dest", fifo_key="P9", not_before=0, payload=None),
+            "ghost",
+            time.time(),
+        )
         # In flight on a node that is gone: its lease runs out two seconds from now.
         conn.execute("UPDATE deliveries SET state='sending', node='ghost', lease_until=?", (time.time() + 2,))
     peer = RecordingPeer()
@@ -137,8 +148,10 @@ async def test_sends_of_a_node_that_stopped_renewing_its_lease_are_taken_over(tm
 
 
 def _message(conn, uid: str, raw: bytes, received_at: float = 0.0, state: str = "received") -> None:
-    conn.execute("INSERT INTO messages (uid, received_at, channel, state, size) VALUES (?,?,?,?,?)",
-                 (uid, received_at or time.time(), "in", state, len(raw)))
+    conn.execute(
+        "INSERT INTO messages (uid, received_at, channel, state, size) VALUES (?,?,?,?,?)",
+        (uid, received_at or time.time(), "in", state, len(raw)),
+    )
     conn.execute("INSERT INTO payloads (uid, raw) VALUES (?,?)", (uid, raw))
 
 
@@ -147,8 +160,13 @@ def test_concurrent_claims_are_exclusive_and_keep_fifo_per_key(pg_url):
         conn = PgConnection(raw)
         for i in range(300):
             _message(conn, f"m{i}", b"x", state="routed")
-            queue.enqueue(conn, f"m{i}", NewDelivery(route="r", step="s", destination="dest", fifo_key=f"K{i % 7}",
-                                                    not_before=0, payload=None), "n0", time.time())
+            queue.enqueue(
+                conn,
+                f"m{i}",
+                NewDelivery(route="r", step="s", destination="dest", fifo_key=f"K{i % 7}", not_before=0, payload=None),
+                "n0",
+                time.time(),
+            )
     sent: list[tuple[str, int]] = []
     lock = threading.Lock()
 
@@ -191,10 +209,22 @@ def test_retention_purges_only_finished_messages_in_bounded_batches(pg_url, monk
         conn = PgConnection(raw)
         for i in range(12):
             _message(conn, f"old{i}", b"x", received_at=old, state="routed")
-            queue.enqueue(conn, f"old{i}", NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None), "n", old)
+            queue.enqueue(
+                conn,
+                f"old{i}",
+                NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None),
+                "n",
+                old,
+            )
         conn.execute("UPDATE deliveries SET state='done'")
         _message(conn, "old-pending", b"x", received_at=old, state="routed")
-        queue.enqueue(conn, "old-pending", NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None), "n", old)
+        queue.enqueue(
+            conn,
+            "old-pending",
+            NewDelivery(route="r", step="s", destination="d", fifo_key="", not_before=0, payload=None),
+            "n",
+            old,
+        )
         _message(conn, "old-unrouted", b"x", received_at=old, state="received")
         _message(conn, "recent", b"x", received_at=now, state="routed")
     monkeypatch.setattr(pg, "PURGE_BATCH", 5)  # 12 purgeable rows: three transactions
@@ -210,8 +240,12 @@ def test_retention_purges_only_finished_messages_in_bounded_batches(pg_url, monk
         left = {r[0] for r in raw.execute("SELECT uid FROM messages")}
         assert left == {"old-pending", "old-unrouted", "recent"}
         assert raw.execute("SELECT count(*) FROM payloads").fetchone()[0] == 3
-        assert raw.execute("SELECT count(*) FROM events WHERE message_uid LIKE 'old%%' AND message_uid"
-                           " NOT IN ('old-pending')").fetchone()[0] == 0
+        assert (
+            raw.execute(
+                "SELECT count(*) FROM events WHERE message_uid LIKE 'old%%' AND message_uid NOT IN ('old-pending')"
+            ).fetchone()[0]
+            == 0
+        )
 
 
 async def _settle(seconds: float) -> None:
@@ -225,8 +259,13 @@ async def test_operator_commands_work_on_the_shared_journal(tmp_path, pg_url):
     from tests.routing.test_crash_and_operators import pfi
 
     peer = RecordingPeer()
-    deferred = [{"name": "adt", "match": {"channel": "in"},
-                 "steps": [{"deliver": {"to": "dest", "key": "PID-3.1", "delay": "1h"}}]}]
+    deferred = [
+        {
+            "name": "adt",
+            "match": {"channel": "in"},
+            "steps": [{"deliver": {"to": "dest", "key": "PID-3.1", "delay": "1h"}}],
+        }
+    ]
     engine = await _node(tmp_path, pg_url, "n1", await peer.listen(), routes=deferred)
     client = await client_for(engine, "in")
     try:
@@ -275,8 +314,11 @@ async def test_a_lost_database_session_gives_ar_then_the_node_reconnects(tmp_pat
 
 def test_tail_prints_an_event_committed_after_a_higher_id_once(pg_url):
     def event(conn, event_id: int) -> None:
-        conn.execute("INSERT INTO events (id, message_uid, at, state, channel, detail, node) VALUES"
-                     " (?, 'm', 1, 'queued', 'c', '', 'n1')", (event_id,))
+        conn.execute(
+            "INSERT INTO events (id, message_uid, at, state, channel, detail, node) VALUES"
+            " (?, 'm', 1, 'queued', 'c', '', 'n1')",
+            (event_id,),
+        )
 
     with psycopg.connect(pg_url, autocommit=True) as raw:
         conn = PgConnection(raw)

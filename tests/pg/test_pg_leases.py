@@ -14,10 +14,16 @@ from engine.routing.plan import NewDelivery
 
 
 def _sending(conn, uid: str, node: str, lease_until: float) -> int:
-    queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key=uid, not_before=0,
-                                        payload=b"x"), node, time.time())
-    conn.execute("UPDATE deliveries SET state='sending', node=?, lease_until=? WHERE message_uid=?",
-                 (node, lease_until, uid))
+    queue.enqueue(
+        conn,
+        uid,
+        NewDelivery(route="r", step="s", destination="d", fifo_key=uid, not_before=0, payload=b"x"),
+        node,
+        time.time(),
+    )
+    conn.execute(
+        "UPDATE deliveries SET state='sending', node=?, lease_until=? WHERE message_uid=?", (node, lease_until, uid)
+    )
     return conn.execute("SELECT id FROM deliveries WHERE message_uid=?", (uid,)).fetchone()[0]
 
 
@@ -35,10 +41,12 @@ def test_heartbeat_skips_rows_locked_by_the_writer(pg_url):
         journal._beat_in_thread()
         writer.rollback()
     with psycopg.connect(pg_url, autocommit=True) as raw:
-        rows = dict((i, (state, lease)) for i, state, lease in
-                    raw.execute("SELECT id, state, lease_until FROM deliveries").fetchall())
+        rows = dict(
+            (i, (state, lease))
+            for i, state, lease in raw.execute("SELECT id, state, lease_until FROM deliveries").fetchall()
+        )
     journal._session.close()
-    assert rows[mine_locked] == ("sending", soon)          # skipped: the writer is finishing it
+    assert rows[mine_locked] == ("sending", soon)  # skipped: the writer is finishing it
     assert rows[mine_free][0] == "sending" and rows[mine_free][1] > soon  # renewed
-    assert rows[ghost_locked][0] == "sending"              # skipped this beat, taken back at a later one
-    assert rows[ghost_free][0] == "pending"                # the crashed node's send is queued again
+    assert rows[ghost_locked][0] == "sending"  # skipped this beat, taken back at a later one
+    assert rows[ghost_free][0] == "pending"  # the crashed node's send is queued again

@@ -42,7 +42,8 @@ class SilentPeer(protocol.ServerFactory):
         buffer = bytearray()
         reader.dataReceived = buffer.extend
         reader.connectionLost = lambda reason=None: self.received.extend(
-            e.payload for e in MLLPDecoder().feed(bytes(buffer)) if isinstance(e, Frame))
+            e.payload for e in MLLPDecoder().feed(bytes(buffer)) if isinstance(e, Frame)
+        )
         return reader
 
     async def listen(self) -> int:

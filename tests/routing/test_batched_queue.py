@@ -18,8 +18,10 @@ def _journal(tmp_path):
 
 
 def _message(conn, uid: str, state: str = "received") -> None:
-    conn.execute("INSERT INTO messages (uid, received_at, channel, state, size, segment, offset, crc)"
-                 " VALUES (?,?,?,?,0,0,0,0)", (uid, time.time(), "in", state))
+    conn.execute(
+        "INSERT INTO messages (uid, received_at, channel, state, size, segment, offset, crc) VALUES (?,?,?,?,0,0,0,0)",
+        (uid, time.time(), "in", state),
+    )
 
 
 def _new(destination="d", key="", step="s", **kw) -> NewDelivery:
@@ -59,18 +61,28 @@ def test_plans_of_one_batch_apply_in_order_and_only_from_received(tmp_path):
     for uid in ("init", "other", "rplc"):
         _message(conn, uid)
     _message(conn, "done-already", state="routed")
-    plans = [Plan("init", deliveries=[_new(doc_id="DOC", action="initial")]),
-             Plan("other", deliveries=[_new("d2")]),
-             Plan("done-already", deliveries=[_new()]),
-             Plan("rplc", deliveries=[_new(doc_id="DOC", action="replace", replaced_id="DOC")]),
-             Plan("unrouted-msg", state=None, deliveries=[_new("d3")])]  # a follow-up: no state change
+    plans = [
+        Plan("init", deliveries=[_new(doc_id="DOC", action="initial")]),
+        Plan("other", deliveries=[_new("d2")]),
+        Plan("done-already", deliveries=[_new()]),
+        Plan("rplc", deliveries=[_new(doc_id="DOC", action="replace", replaced_id="DOC")]),
+        Plan("unrouted-msg", state=None, deliveries=[_new("d3")]),
+    ]  # a follow-up: no state change
     touched = queue.apply_plans(conn, plans, "n")
     assert touched == ["d", "d2", "d", "d3"]  # one entry per delivery queued, in plan order
-    assert _deliveries(conn) == [("init", "d", "initial", "cancelled"), ("other", "d2", "", "pending"),
-                                 ("rplc", "d", "initial", "pending"), ("unrouted-msg", "d3", "", "pending")]
+    assert _deliveries(conn) == [
+        ("init", "d", "initial", "cancelled"),
+        ("other", "d2", "", "pending"),
+        ("rplc", "d", "initial", "pending"),
+        ("unrouted-msg", "d3", "", "pending"),
+    ]
     states = dict(conn.execute("SELECT uid, state FROM messages").fetchall())
     assert states == {"init": "routed", "other": "routed", "rplc": "routed", "done-already": "routed"}
     queued = conn.execute("SELECT message_uid, detail FROM events WHERE state='queued' ORDER BY id").fetchall()
     ids = dict(conn.execute("SELECT message_uid, id FROM deliveries").fetchall())
     assert [(uid, detail.startswith(f"delivery {ids[uid]} (")) for uid, detail in queued] == [
-        ("init", True), ("other", True), ("rplc", True), ("unrouted-msg", True)]
+        ("init", True),
+        ("other", True),
+        ("rplc", True),
+        ("unrouted-msg", True),
+    ]

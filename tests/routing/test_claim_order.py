@@ -11,8 +11,13 @@ from engine.routing.plan import NewDelivery
 
 
 def _queue(conn, uid: str, key: str, not_before: float) -> None:
-    queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key=key,
-                                        not_before=not_before, payload=b"x"), "n", time.time())
+    queue.enqueue(
+        conn,
+        uid,
+        NewDelivery(route="r", step="s", destination="d", fifo_key=key, not_before=not_before, payload=b"x"),
+        "n",
+        time.time(),
+    )
 
 
 def test_a_deferred_delivery_holds_the_later_ones_of_its_key(tmp_path):

@@ -17,18 +17,33 @@ PORT = 23300
 
 
 def _cfg(tmp_path, dest_port, delay=0):
-    routes = [{"name": "r", "match": {"channel": "in"},
-               "steps": [{"deliver": {"to": "dest", "key": "PID-3.1", "delay": delay}}]}]
-    return write_config(tmp_path / "cfg", {
-        "in": inbound(port=PORT),
-        "dest": {"type": "mllp-out", "host": "127.0.0.1", "port": dest_port, "ack_timeout": 2,
-                 "retry": {"initial": 0.05, "maximum": 0.5, "jitter": 0}},
-    }, routes)
+    routes = [
+        {
+            "name": "r",
+            "match": {"channel": "in"},
+            "steps": [{"deliver": {"to": "dest", "key": "PID-3.1", "delay": delay}}],
+        }
+    ]
+    return write_config(
+        tmp_path / "cfg",
+        {
+            "in": inbound(port=PORT),
+            "dest": {
+                "type": "mllp-out",
+                "host": "127.0.0.1",
+                "port": dest_port,
+                "ack_timeout": 2,
+                "retry": {"initial": 0.05, "maximum": 0.5, "jitter": 0},
+            },
+        },
+        routes,
+    )
 
 
 def pfi(*args):
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.slow
@@ -86,6 +101,7 @@ async def test_queue_cancel_and_replay_commands(tmp_path):
         assert pfi("cancel", uid, *common).returncode == 0
         # No --operator: the journal names the OS account, and says that is what it is.
         import getpass
+
         assert f"cancelled by {getpass.getuser()} (OS user)" in pfi("tail", *common).stdout
         queue = pfi("queue", *common).stdout
         assert "dest" in queue and " 1 " in queue

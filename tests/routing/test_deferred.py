@@ -31,8 +31,13 @@ async def _setup(tmp_path):
     clock.advance(1_800_000_000)
     dest = RecordingPeer()
     port = await dest.listen()
-    routes = [{"name": "dmp-later", "match": {"channel": "in", "type": "MDM"},
-               "steps": [{"deliver": {"to": "dest", "delay": "10m"}}]}]
+    routes = [
+        {
+            "name": "dmp-later",
+            "match": {"channel": "in", "type": "MDM"},
+            "steps": [{"deliver": {"to": "dest", "delay": "10m"}}],
+        }
+    ]
     engine = await _engine(tmp_path, {"in": inbound(), "dest": out(port)}, routes, clock=clock)
     return clock, dest, engine
 
@@ -90,8 +95,7 @@ async def test_replace_in_window_is_sent_alone(tmp_path):
         await exchange(client, _with_control_id(RPLC, "R-3"))
         await until(lambda: any(e.state == "cancelled" for e in _journal(engine)), what="init cancelled")
         clock.advance(11 * 60)
-        await until(lambda: _tick(clock) and dest.control_ids() == ["R-3"], what="only the replace is sent",
-                    timeout=10)
+        await until(lambda: _tick(clock) and dest.control_ids() == ["R-3"], what="only the replace is sent", timeout=10)
     finally:
         client.close()
         await engine.stopService()

@@ -35,9 +35,14 @@ async def test_fan_out_gate_and_unrouted(tmp_path):
     a, b = RecordingPeer(), RecordingPeer()
     pa, pb = await a.listen(), await b.listen()
     routes = [
-        {"name": "adt", "match": {"channel": "in", "type": "ADT^A01"},
-         "steps": [{"gate": {"when": {"PID-32": "VALI"}, "reason": "INS not qualified"}},
-                   {"deliver": {"to": ["a", "b"]}}]},
+        {
+            "name": "adt",
+            "match": {"channel": "in", "type": "ADT^A01"},
+            "steps": [
+                {"gate": {"when": {"PID-32": "VALI"}, "reason": "INS not qualified"}},
+                {"deliver": {"to": ["a", "b"]}},
+            ],
+        },
     ]
     engine = await _engine(tmp_path, {"in": inbound(), "a": out(pa), "b": out(pb)}, routes)
     client = await client_for(engine, "in")
@@ -75,9 +80,19 @@ async def test_fifo_per_key_through_ar_retries_and_ae_dead_letter_with_follow_up
     answer.ae = 0
     dest, alert = RecordingPeer(answer), RecordingPeer()
     pd, pa = await dest.listen(), await alert.listen()
-    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [
-        {"label": "send", "deliver": {"to": "dest", "key": "PID-3.1"},
-         "on_failure": [{"deliver": {"to": "alert"}}]}]}]
+    routes = [
+        {
+            "name": "r",
+            "match": {"channel": "in"},
+            "steps": [
+                {
+                    "label": "send",
+                    "deliver": {"to": "dest", "key": "PID-3.1"},
+                    "on_failure": [{"deliver": {"to": "alert"}}],
+                }
+            ],
+        }
+    ]
     engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd), "alert": out(pa)}, routes)
     client = await client_for(engine, "in")
     try:
@@ -106,12 +121,19 @@ async def test_transform_map_and_failing_xslt(tmp_path):
     (tmp_path / "cfg" / "mappings" / "broken.xsl").write_text(
         '<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">'
         '<xsl:template match="/"><xsl:message terminate="yes">no mapping for this sender</xsl:message>'
-        '</xsl:template></xsl:stylesheet>')
+        "</xsl:template></xsl:stylesheet>"
+    )
     routes = [
-        {"name": "mapped", "match": {"channel": "in", "sender": "GAM"},
-         "steps": [{"transform": {"map": {"MSH-5": "RIS", "MSH-6.1": "CHU-Y"}}}, {"deliver": {"to": "dest"}}]},
-        {"name": "xslt", "match": {"channel": "in", "sender": "OTHER"},
-         "steps": [{"transform": {"xslt": "mappings/broken.xsl"}}, {"deliver": {"to": "dest"}}]},
+        {
+            "name": "mapped",
+            "match": {"channel": "in", "sender": "GAM"},
+            "steps": [{"transform": {"map": {"MSH-5": "RIS", "MSH-6.1": "CHU-Y"}}}, {"deliver": {"to": "dest"}}],
+        },
+        {
+            "name": "xslt",
+            "match": {"channel": "in", "sender": "OTHER"},
+            "steps": [{"transform": {"xslt": "mappings/broken.xsl"}}, {"deliver": {"to": "dest"}}],
+        },
     ]
     engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd)}, routes)
     client = await client_for(engine, "in")

@@ -16,6 +16,7 @@ def conn(request, tmp_path):
     if request.param == "sqlite":
         from engine.journal import schema
         from engine.journal.sqlite import connect
+
         connection = connect(tmp_path / "journal.sqlite")
         schema.upgrade(connection)
         yield connection
@@ -24,14 +25,20 @@ def conn(request, tmp_path):
     import psycopg
 
     from engine.journal.postgres import PgConnection
+
     raw = psycopg.connect(request.getfixturevalue("pg_url"), autocommit=True)
     yield PgConnection(raw)
     raw.close()
 
 
 def _claim_one(conn, uid: str, now: float) -> queue.Delivery:
-    queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="dmp", fifo_key="k",
-                                        not_before=0, payload=b"x"), "n1", now)
+    queue.enqueue(
+        conn,
+        uid,
+        NewDelivery(route="r", step="s", destination="dmp", fifo_key="k", not_before=0, payload=b"x"),
+        "n1",
+        now,
+    )
     [delivery] = queue.claim_batch(conn, "dmp", now, "n1")
     return delivery
 
@@ -42,7 +49,8 @@ def test_pause_keeps_the_delivery_and_resume_ends_it(conn):
     queue.pause(conn, delivery, "TLS_CLIENT_CERT_REFUSED: expired (certificate of structure 1)", "n1", now)
     queue.pause(conn, delivery, "second report of the same refusal", "n1", now)  # lease lost: ignored
     state, attempts, error = conn.execute(
-        "SELECT state, attempts, last_error FROM deliveries WHERE id=?", (delivery.id,)).fetchall()[0]
+        "SELECT state, attempts, last_error FROM deliveries WHERE id=?", (delivery.id,)
+    ).fetchall()[0]
     assert (state, attempts) == ("pending", 1) and "structure 1" in error
     reason, since = queue.pause_state(conn, "dmp")
     assert reason.startswith("TLS_CLIENT_CERT_REFUSED") and since == pytest.approx(now)

@@ -23,8 +23,9 @@ from tests.support import ROOT, client_for, exchange, inbound, sample_adt
 async def test_a_destination_without_acks_gets_each_message_once_on_its_own_connection():
     drimbox = SilentPeer()
     port = reactor.listenTCP(0, drimbox, interface="127.0.0.1")
-    settings = MllpOutSettings(name="drimbox", type="mllp-out", host="127.0.0.1", port=port.getHost().port,
-                               expect_ack=False, ack_timeout=2)
+    settings = MllpOutSettings(
+        name="drimbox", type="mllp-out", host="127.0.0.1", port=port.getHost().port, expect_ack=False, ack_timeout=2
+    )
     sender = MLLPSender(reactor, settings)
     try:
         outcomes = [await sender.send(sample_adt(f"K-{i}").encode()) for i in range(3)]
@@ -53,11 +54,16 @@ def test_a_replace_taken_as_first_version_reaches_the_drimbox_as_a_new_document(
     assert segments[b"TXA"][13] == b"" and segments[b"OBX"][11] == b"F"
 
 
-@pytest.mark.parametrize("old, new", [
-    (b"ps3-20:accessionNumber", b"ps3-20:otherNumber"),
-    (b'code="DX" displayName="Radiographie num\xc3\xa9rique" codeSystem="1.2.840.10008.2.16.4"',
-     b'code="DX" displayName="Radiographie num\xc3\xa9rique" codeSystem="9.9.9"'),
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b"ps3-20:accessionNumber", b"ps3-20:otherNumber"),
+        (
+            b'code="DX" displayName="Radiographie num\xc3\xa9rique" codeSystem="1.2.840.10008.2.16.4"',
+            b'code="DX" displayName="Radiographie num\xc3\xa9rique" codeSystem="9.9.9"',
+        ),
+    ],
+)
 def test_a_report_without_what_a_kos_needs_is_refused_clearly(old, new):
     import base64
 
@@ -82,9 +88,19 @@ async def test_after_a_superseded_initial_the_next_destination_gets_the_first_ve
 
     first, after = RecordingPeer(), RecordingPeer()
     pf, pa = await first.listen(), await after.listen()
-    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [
-        {"label": "to-first", "deliver": {"to": "first", "delay": "1s", "key": "PID-3.1"},
-         "on_success": [{"deliver": {"to": "after", "key": "PID-3.1"}}]}]}]
+    routes = [
+        {
+            "name": "r",
+            "match": {"channel": "in"},
+            "steps": [
+                {
+                    "label": "to-first",
+                    "deliver": {"to": "first", "delay": "1s", "key": "PID-3.1"},
+                    "on_success": [{"deliver": {"to": "after", "key": "PID-3.1"}}],
+                }
+            ],
+        }
+    ]
     engine = await _engine(tmp_path, {"in": inbound(), "first": out(pf), "after": out(pa)}, routes)
     client = await client_for(engine, "in")
     try:
@@ -110,7 +126,11 @@ def test_the_drimbox_channel_refuses_a_report_without_ipp_or_not_a_document_with
     assert drimbox_refusal(no_ipp, need_ipp=False) is None  # PID-3 left as received: no IPP needed
     missing = drimbox_refusal(no_ipp, need_ipp=True)
     assert (missing.action, missing.code, missing.local) == ("dead", "DRIMBOX_DATA_MISSING", False)
-    assert missing.reason == "DRIMBOX_DATA_MISSING: not sendable to a DRIMbox, missing: IPP (PID-3 identifier of type PI)"
+    assert (
+        missing.reason == "DRIMBOX_DATA_MISSING: not sendable to a DRIMbox, missing: IPP (PID-3 identifier of type PI)"
+    )
     assert drimbox_refusal(sample_adt("A-1").encode(), need_ipp=True).code == "DOCUMENT_REQUEST_INVALID"
-    assert drimbox_refusal(b"MSH|^~\\&|garbage", need_ipp=True).code in ("DOCUMENT_REQUEST_INVALID",
-                                                                        "DRIMBOX_DATA_MISSING")
+    assert drimbox_refusal(b"MSH|^~\\&|garbage", need_ipp=True).code in (
+        "DOCUMENT_REQUEST_INVALID",
+        "DRIMBOX_DATA_MISSING",
+    )

@@ -18,8 +18,9 @@ from tests.support import ROOT, client_for, exchange, inbound, sample_adt, sleep
 
 
 def pfi(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def events(engine, state: str) -> list[str]:
@@ -30,8 +31,13 @@ def events(engine, state: str) -> list[str]:
 async def test_a_held_deferred_send_waits_for_its_release_in_fifo_order(tmp_path):
     peer = RecordingPeer()
     port = await peer.listen()
-    routes = [{"name": "r", "match": {"channel": "in"},
-               "steps": [{"deliver": {"to": "dest", "delay": "60s", "key": "PID-3.1"}}]}]
+    routes = [
+        {
+            "name": "r",
+            "match": {"channel": "in"},
+            "steps": [{"deliver": {"to": "dest", "delay": "60s", "key": "PID-3.1"}}],
+        }
+    ]
     clock = task.Clock()
     clock.advance(reactor.seconds())
     engine = await _engine(tmp_path, {"in": inbound(), "dest": out(port)}, routes, clock=clock)
@@ -41,8 +47,11 @@ async def test_a_held_deferred_send_waits_for_its_release_in_fifo_order(tmp_path
         for ctrl in ("H-1", "H-2"):  # same patient: H-2 must never overtake H-1
             assert (await exchange(client, sample_adt(ctrl).encode())).code == "AA"
         await until(lambda: len(events(engine, "queued")) == 2, what="both sends deferred")
-        [first] = [e.message_uid for e in JournalReader(engine.journal.data_dir).events_after(0, limit=100)
-                   if e.control_id == "H-1" and e.state == "received"]
+        [first] = [
+            e.message_uid
+            for e in JournalReader(engine.journal.data_dir).events_after(0, limit=100)
+            if e.control_id == "H-1" and e.state == "received"
+        ]
         held = await threads.deferToThread(pfi, "hold", first, *journal, "--operator", "alice", "--reason", "check")
         assert held.returncode == 0, held.stdout + held.stderr
         queue = await threads.deferToThread(pfi, "queue", *journal)
@@ -75,8 +84,13 @@ def test_held_rows_block_their_key_on_both_journals(conn):
 
     now = time.time()
     for uid in ("m1", "m2"):
-        queue.enqueue(conn, uid, NewDelivery(route="r", step="s", destination="d", fifo_key="k", not_before=0,
-                                            payload=b"x"), "n1", now)
+        queue.enqueue(
+            conn,
+            uid,
+            NewDelivery(route="r", step="s", destination="d", fifo_key="k", not_before=0, payload=b"x"),
+            "n1",
+            now,
+        )
     assert queue.hold(conn, "m1", "check", "n1", now, "alice") == 1
     assert queue.claim_batch(conn, "d", now, "n1") == []  # m2 waits behind the held m1
     assert queue.next_due(conn, "d") is None  # nothing to wake for
@@ -93,8 +107,13 @@ def test_cancel_takes_held_rows_and_names_the_operator(conn):
     from engine.routing.plan import NewDelivery
 
     now = time.time()
-    queue.enqueue(conn, "m1", NewDelivery(route="r", step="s", destination="d", fifo_key="k", not_before=0,
-                                         payload=b"x"), "n1", now)
+    queue.enqueue(
+        conn,
+        "m1",
+        NewDelivery(route="r", step="s", destination="d", fifo_key="k", not_before=0, payload=b"x"),
+        "n1",
+        now,
+    )
     queue.hold(conn, "m1", "check", "n1", now, "alice")
     assert queue.cancel(conn, "m1", "withdrawn", "n1", now, "carol") == 1
     details = [d for (d,) in conn.execute("SELECT detail FROM events ORDER BY id").fetchall()]
@@ -113,23 +132,33 @@ def _journaled(conn, uid: str, patient_ids: str) -> None:
     import sqlite3
 
     if isinstance(conn, sqlite3.Connection):
-        conn.execute("INSERT INTO messages (uid, received_at, channel, state, patient_ids, size, segment, offset, crc)"
-                     " VALUES (?, 1, 'in', 'routed', ?, 1, 0, 0, 0)", (uid, patient_ids))
+        conn.execute(
+            "INSERT INTO messages (uid, received_at, channel, state, patient_ids, size, segment, offset, crc)"
+            " VALUES (?, 1, 'in', 'routed', ?, 1, 0, 0, 0)",
+            (uid, patient_ids),
+        )
     else:
-        conn.execute("INSERT INTO messages (uid, received_at, channel, state, patient_ids, size)"
-                     " VALUES (?, 1, 'in', 'routed', ?, 1)", (uid, patient_ids))
+        conn.execute(
+            "INSERT INTO messages (uid, received_at, channel, state, patient_ids, size)"
+            " VALUES (?, 1, 'in', 'routed', ?, 1)",
+            (uid, patient_ids),
+        )
 
 
 def _new(**values):
     from engine.routing.plan import NewDelivery
 
-    return NewDelivery(**{"route": "r", "step": "s", "destination": "dmp", "fifo_key": "k", "not_before": 0,
-                          "payload": b"x", **values})
+    return NewDelivery(
+        **{"route": "r", "step": "s", "destination": "dmp", "fifo_key": "k", "not_before": 0, "payload": b"x", **values}
+    )
 
 
 def _state(conn, uid: str) -> tuple:
-    return tuple(conn.execute("SELECT state, action, attempts, last_error FROM deliveries WHERE message_uid=?",
-                              (uid,)).fetchone())
+    return tuple(
+        conn.execute(
+            "SELECT state, action, attempts, last_error FROM deliveries WHERE message_uid=?", (uid,)
+        ).fetchone()
+    )
 
 
 def test_a_qualified_identity_releases_the_holds_of_its_patient_only(conn):

@@ -46,19 +46,25 @@ def test_all_route_errors_reported_with_positions(tmp_path):
 
 
 def test_valid_routes_load_with_labels(tmp_path):
-    write_config(tmp_path, {"in": inbound(), "out": {"type": "mllp-out", "host": "127.0.0.1", "port": 9}},
-                 routes=[{"name": "a", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "out"}}]}])
+    write_config(
+        tmp_path,
+        {"in": inbound(), "out": {"type": "mllp-out", "host": "127.0.0.1", "port": 9}},
+        routes=[{"name": "a", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "out"}}]}],
+    )
     [route] = load_config(tmp_path).routes
     assert route.steps[0].label == "deliver-1"
 
 
 def test_follow_ups_only_where_an_outcome_exists(tmp_path):
     out = {"type": "mllp-out", "host": "127.0.0.1", "port": 9}
-    steps = [{"validate": "document-request", "on_failure": [{"zam": {"kind": "Z01", "to": "out"}}]},
-             {"gate": {"when": {"PID-32": "VALI"}}, "on_failure": [{"deliver": {"to": "out"}}]},
-             {"validate": "document-request", "on_success": [{"deliver": {"to": "out"}}]}]
-    write_config(tmp_path, {"in": inbound(), "out": out}, routes=[{"name": "a", "match": {"channel": "in"},
-                                                                   "steps": steps}])
+    steps = [
+        {"validate": "document-request", "on_failure": [{"zam": {"kind": "Z01", "to": "out"}}]},
+        {"gate": {"when": {"PID-32": "VALI"}}, "on_failure": [{"deliver": {"to": "out"}}]},
+        {"validate": "document-request", "on_success": [{"deliver": {"to": "out"}}]},
+    ]
+    write_config(
+        tmp_path, {"in": inbound(), "out": out}, routes=[{"name": "a", "match": {"channel": "in"}, "steps": steps}]
+    )
     with pytest.raises(ConfigurationError) as info:
         load_config(tmp_path)
     text = "\n".join(str(p) for p in info.value.problems)

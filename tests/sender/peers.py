@@ -23,8 +23,9 @@ def message(control_id: str) -> bytes:
 
 def ack(control_id: str, code: str = "AA", error: str = "") -> bytes:
     """An HL7 ACK as a destination would answer `control_id`."""
-    text = (f"MSH|^~\\&|DEST|TELERAD|PFI|CHU-X|20261122101011||ACK^R01^ACK|A{control_id}|P|2.5\r"
-            f"MSA|{code}|{control_id}\r")
+    text = (
+        f"MSH|^~\\&|DEST|TELERAD|PFI|CHU-X|20261122101011||ACK^R01^ACK|A{control_id}|P|2.5\rMSA|{code}|{control_id}\r"
+    )
     if error:
         text += f"ERR|||207^Application internal error^HL70357|E|||{error}\r"
     return text.encode()
@@ -36,8 +37,10 @@ def control_id(payload: bytes) -> str:
 
 def answer_with(code: str) -> Callable:
     """Behaviour: answer every message with `code` at once."""
+
     def behave(peer: "PeerProtocol", payload: bytes) -> None:
         peer.transport.write(frame(ack(control_id(payload), code)))
+
     return behave
 
 
@@ -96,8 +99,14 @@ class Peer(protocol.ServerFactory):
         return self._waiters.setdefault(index, defer.Deferred())
 
     def settings(self, **overrides) -> MllpOutSettings:
-        values = dict(name="dest", type="mllp-out", host="127.0.0.1",
-                      port=self.port.getHost().port, ack_timeout=10.0, connect_timeout=5.0)
+        values = dict(
+            name="dest",
+            type="mllp-out",
+            host="127.0.0.1",
+            port=self.port.getHost().port,
+            ack_timeout=10.0,
+            connect_timeout=5.0,
+        )
         values.update(overrides)
         return MllpOutSettings(**values)
 

@@ -48,6 +48,7 @@ async def test_ack_written_in_fragments_is_reassembled():
         peer.transport.write(wire[:7])
         if wire[7:]:
             reactor.callLater(0, dribble, peer, payload, wire[7:])
+
     outcome, _ = await exchange_once(dribble)
     assert (outcome.action, outcome.ack) == ("done", ack("1001"))
 
@@ -56,6 +57,7 @@ async def test_ack_written_in_fragments_is_reassembled():
 async def test_ae_is_dead_with_the_err_text_in_the_reason():
     def reject(peer, payload):
         peer.transport.write(frame(ack(control_id(payload), "AE", error="unknown patient")))
+
     outcome, _ = await exchange_once(reject)
     assert (outcome.action, outcome.ack_code) == ("dead", "AE")
     assert outcome.reason.startswith("AE from destination") and "unknown patient" in outcome.reason
@@ -100,8 +102,7 @@ async def test_silent_destination_times_out_and_late_ack_is_never_paired():
 async def test_timeout_policy_can_dead_letter():
     clock = task.Clock()
     peer = Peer(hold).listen()
-    sender = MLLPSender(reactor, peer.settings(ack_timeout=5, reply_policy={"timeout": "dead"}),
-                        clock=clock)
+    sender = MLLPSender(reactor, peer.settings(ack_timeout=5, reply_policy={"timeout": "dead"}), clock=clock)
     pending = defer.ensureDeferred(sender.send(message("3101")))
     await peer.nth(0)
     clock.advance(4.9)
@@ -152,13 +153,16 @@ async def test_wrong_msa2_is_mismatch_and_drops_the_connection():
     assert len(peer.connections) == 2
 
 
-@pytest.mark.parametrize("answer, what", [
-    (frame(b"HELLO, this is not HL7"), "no MSH segment"),
-    (frame(b"MSH|^~\\&|DEST|X|PFI|X|20261122||ACK|A1|P|2.5\r"), "MSA-1 ''"),
-    (frame(b"MSH|^~\\&|DEST|X|PFI|X|20261122||ACK|A1|P|2.5\rMSA|OK|6001\r"), "MSA-1 'OK'"),
-    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "unframed bytes"),
-    (frame(b"MSH|" + b"x" * (1024 * 1024 + 1)), "an oversized frame"),
-])
+@pytest.mark.parametrize(
+    "answer, what",
+    [
+        (frame(b"HELLO, this is not HL7"), "no MSH segment"),
+        (frame(b"MSH|^~\\&|DEST|X|PFI|X|20261122||ACK|A1|P|2.5\r"), "MSA-1 ''"),
+        (frame(b"MSH|^~\\&|DEST|X|PFI|X|20261122||ACK|A1|P|2.5\rMSA|OK|6001\r"), "MSA-1 'OK'"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "unframed bytes"),
+        (frame(b"MSH|" + b"x" * (1024 * 1024 + 1)), "an oversized frame"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_garbage_answers(answer, what):
     outcome, _ = await exchange_once(lambda peer, payload: peer.transport.write(answer))

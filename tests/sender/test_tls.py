@@ -20,8 +20,9 @@ def pki(tmp_path_factory):
 
 
 def server_tls(pki) -> TlsSettings:
-    return TlsSettings(certificate=str(pki.server.cert), key=str(pki.server.key), ca=str(pki.ca.cert),
-                       require_client_certificate=True)
+    return TlsSettings(
+        certificate=str(pki.server.cert), key=str(pki.server.key), ca=str(pki.ca.cert), require_client_certificate=True
+    )
 
 
 def client_tls(pki, pair=None, ca=None) -> TlsSettings:

@@ -13,8 +13,9 @@ def names(tree) -> list[str]:
 
 @pytest_twisted.ensureDeferred
 async def test_engine_tree_order_and_reverse_stop(tmp_path):
-    config = write_config(tmp_path / "cfg", {"ris": inbound(), "drimbox": {"type": "mllp-out", "host": "127.0.0.1",
-                                                                            "port": 9}})
+    config = write_config(
+        tmp_path / "cfg", {"ris": inbound(), "drimbox": {"type": "mllp-out", "host": "127.0.0.1", "port": 9}}
+    )
     engine = await start_engine(config, tmp_path / "data")
     order = names(engine)
     assert order.index("patients") < order.index("journal") < order.index("dispatcher") < order.index("ris")
@@ -41,6 +42,7 @@ async def test_sequence_waits_for_each_child_and_stops_in_reverse():
             reactor.callLater(0.01, d.callback, None)
             await d
             seen.append(name)
+
         return run
 
     tree = Sequence()

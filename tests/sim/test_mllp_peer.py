@@ -55,8 +55,12 @@ def _free_port() -> int:
 
 def test_pfi_sim_mllp_answers_and_prints_type_and_control_id_only():
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "sim", "mllp", "--port", str(port), "--answer", "AE"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "sim", "mllp", "--port", str(port), "--answer", "AE"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "answering AE" in proc.stdout.readline()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

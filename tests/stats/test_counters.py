@@ -46,8 +46,16 @@ async def open_journal(backend: str, tmp_path, request):
     return journal
 
 
-def report(uid: str, month: str = "2026-10", flags: int = DEST_DMP, key: str = "k1", identity: str = "qualified",
-           consultation: str = "", feeding: str = "", doc_type: str = "CR-IMG") -> MessageFacts:
+def report(
+    uid: str,
+    month: str = "2026-10",
+    flags: int = DEST_DMP,
+    key: str = "k1",
+    identity: str = "qualified",
+    consultation: str = "",
+    feeding: str = "",
+    doc_type: str = "CR-IMG",
+) -> MessageFacts:
     return MessageFacts(uid, REPORT, month, SITE, doc_type, identity, key, consultation, feeding, flags)
 
 
@@ -70,16 +78,27 @@ def deliver(conn, uid: str, destination: str, outcome: str, detail: str, at: flo
 
 
 def scenario(conn) -> None:
-    stats.record_messages(conn, [
-        report("r1", flags=DEST_DMP | DEST_PS, consultation="IC", feeding="INO"),
-        report("r2", flags=DEST_DMP | INVISIBLE_PATIENT, consultation="IC", feeding="INO"),  # same identity
-        report("r3", key="k2", identity="provisional"),
-        report("r4", key="k2", identity="qualified"),  # k2 qualified later in the month: counted so
-        report("r5", doc_type="DEMANDE-IMG"),
-        MessageFacts("l1", LPS, "2026-10", SITE, "CR-IMG"), MessageFacts("l2", LPS, "2026-10", SITE, "CR-IMG")])
+    stats.record_messages(
+        conn,
+        [
+            report("r1", flags=DEST_DMP | DEST_PS, consultation="IC", feeding="INO"),
+            report("r2", flags=DEST_DMP | INVISIBLE_PATIENT, consultation="IC", feeding="INO"),  # same identity
+            report("r3", key="k2", identity="provisional"),
+            report("r4", key="k2", identity="qualified"),  # k2 qualified later in the month: counted so
+            report("r5", doc_type="DEMANDE-IMG"),
+            MessageFacts("l1", LPS, "2026-10", SITE, "CR-IMG"),
+            MessageFacts("l2", LPS, "2026-10", SITE, "CR-IMG"),
+        ],
+    )
     deliver(conn, "r1", "dmp", "done", "DMP accepted (success)", LAST_SECOND_OF_OCTOBER)
-    deliver(conn, "r1", "mss", "done", "MSSanté: 1 recipient(s) accepted, 0 refused (professionals: 1 accepted, "
-                                       "0 refused, 0 not sent)", NOVEMBER)
+    deliver(
+        conn,
+        "r1",
+        "mss",
+        "done",
+        "MSSanté: 1 recipient(s) accepted, 0 refused (professionals: 1 accepted, 0 refused, 0 not sent)",
+        NOVEMBER,
+    )
     deliver(conn, "r1", "ris", "done", "AA from destination", NOVEMBER)  # a ZAM: not an outcome counted
     deliver(conn, "r2", "dmp", "done", "DMP accepted (success)", MID_OCTOBER)
     deliver(conn, "r3", "dmp", "dead", "XDSUnknownPatientId: le patient n'a pas de DMP", MID_OCTOBER)
@@ -92,10 +111,22 @@ def scenario(conn) -> None:
 
 
 EXPECTED = {
-    ("2026-10", "CR-IMG"): {"received": 4, "dmp_requested": 4, "mss_ps_requested": 1, "identities": 2,
-                            "identity_qualified": 2, "identity_provisional": 0, "consent_consultation": 1,
-                            "non_opposition_feeding": 1, "dmp_ok": 1, "dmp_ok_invisible": 1, "dmp_no_dmp": 1,
-                            "dmp_failed": 1, "mss_in_integrated": 1, "mss_in_failed": 1},
+    ("2026-10", "CR-IMG"): {
+        "received": 4,
+        "dmp_requested": 4,
+        "mss_ps_requested": 1,
+        "identities": 2,
+        "identity_qualified": 2,
+        "identity_provisional": 0,
+        "consent_consultation": 1,
+        "non_opposition_feeding": 1,
+        "dmp_ok": 1,
+        "dmp_ok_invisible": 1,
+        "dmp_no_dmp": 1,
+        "dmp_failed": 1,
+        "mss_in_integrated": 1,
+        "mss_in_failed": 1,
+    },
     ("2026-10", "DEMANDE-IMG"): {"received": 1, "dmp_requested": 1, "identities": 1, "identity_qualified": 1},
     ("2026-11", "CR-IMG"): {"mss_ps_sent": 1},
     ("2026-11", "DEMANDE-IMG"): {"dmp_not_sent": 1},
@@ -104,8 +135,9 @@ EXPECTED = {
 
 def counters(conn) -> dict:
     out: dict = {}
-    for month, site, doc_type, measure, value in stats.counters(lambda s, a=(): conn.execute(s, a).fetchall(),
-                                                                 "2026-01", "2026-12"):
+    for month, site, doc_type, measure, value in stats.counters(
+        lambda s, a=(): conn.execute(s, a).fetchall(), "2026-01", "2026-12"
+    ):
         assert site == SITE
         if value:
             out.setdefault((month, doc_type), {})[measure] = value
@@ -130,8 +162,10 @@ async def test_outcomes_count_in_their_paris_month_and_rebuild_gives_the_same(ba
     finally:
         await journal.stop()
     assert incremental == _without_zeros(EXPECTED)
-    assert [(r["month"], r["doc_type"], r["dmp_succeeded"], r["dmp_succeeded_invisible"], r["identity_qualified_rate"])
-            for r in rows][:1] == [("2026-10", "CR-IMG", 2, 1, 100.0)]
+    assert [
+        (r["month"], r["doc_type"], r["dmp_succeeded"], r["dmp_succeeded_invisible"], r["identity_qualified_rate"])
+        for r in rows
+    ][:1] == [("2026-10", "CR-IMG", 2, 1, 100.0)]
     conn = connection(backend, tmp_path, request)
     try:
         done = stats.rebuild(conn, dialect(backend))
@@ -156,9 +190,16 @@ def connection(backend: str, tmp_path, request):
 
 
 def _record(uid: str, received_at: float) -> InboundRecord:
-    return InboundRecord(uid=uid, channel="creator", received_at=received_at, raw=b"MSH|^~\\&|A|B|C|D|||MDM^T02|"
-                         + uid.encode() + b"|P|2.6\r" + b"x" * 600, control_id=uid, msg_type="MDM^T02",
-                         ack_code="AA", ack=b"MSA|AA\r")
+    return InboundRecord(
+        uid=uid,
+        channel="creator",
+        received_at=received_at,
+        raw=b"MSH|^~\\&|A|B|C|D|||MDM^T02|" + uid.encode() + b"|P|2.6\r" + b"x" * 600,
+        control_id=uid,
+        msg_type="MDM^T02",
+        ack_code="AA",
+        ack=b"MSA|AA\r",
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -171,20 +212,23 @@ async def test_retention_never_moves_a_past_month(backend, tmp_path, request):
             await journal.append_inbound(_record(uid, MID_SEPTEMBER + i if uid in old else MID_OCTOBER + i))
 
         def outcomes(conn, store):
-            stats.record_messages(conn, [report(u, month="2026-09" if u in old else "2026-10", key=u)
-                                         for u in old + ["oct0", "oct1"]])
+            stats.record_messages(
+                conn, [report(u, month="2026-09" if u in old else "2026-10", key=u) for u in old + ["oct0", "oct1"]]
+            )
             for uid in old[:-1]:
                 deliver(conn, uid, "dmp", "done", "DMP accepted (success)", MID_SEPTEMBER + 60)
             for uid in (old[-1], "oct0"):
                 deliver(conn, uid, "dmp", "done", "DMP accepted (success)", MID_OCTOBER)
             conn.execute("UPDATE messages SET state='routed'")
+
         await journal.submit(outcomes)
         await journal.append_inbound(_record("later", MID_OCTOBER + 100))  # SQLite: a newer segment
         before = await journal.submit(lambda conn, store: counters(conn))
         purged = await journal.purge_before(MID_OCTOBER - 86400)
         after = await journal.submit(lambda conn, store: counters(conn))
-        facts_left = await journal.submit(lambda conn, store: conn.execute(
-            "SELECT uid FROM stats_messages ORDER BY uid").fetchall())
+        facts_left = await journal.submit(
+            lambda conn, store: conn.execute("SELECT uid FROM stats_messages ORDER BY uid").fetchall()
+        )
     finally:
         await journal.stop()
     assert purged >= len(old) and after == before
@@ -216,8 +260,14 @@ def test_nodes_of_a_shared_journal_count_into_the_same_rows(pg_url):
                 for uid in uids:
                     with raw.transaction():  # one group commit per outcome: the most contention
                         deliver(conn, uid, "dmp", "done", "DMP accepted (success)", MID_OCTOBER)
-                        deliver(conn, uid, "mss", "dead", "550: refused (professionals: 0 accepted, 1 refused, "
-                                                          "0 not sent)", NOVEMBER)
+                        deliver(
+                            conn,
+                            uid,
+                            "mss",
+                            "dead",
+                            "550: refused (professionals: 0 accepted, 1 refused, 0 not sent)",
+                            NOVEMBER,
+                        )
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             failures.append(f"{name}: {exc!r}")
 
@@ -250,8 +300,9 @@ async def test_counts_roll_back_with_the_events_that_made_them(backend, tmp_path
             await failed
         await kept
         found = await journal.submit(lambda conn, store: counters(conn))
-        sent = await journal.submit(lambda conn, store: conn.execute(
-            "SELECT message_uid FROM events WHERE state = 'sent'").fetchall())
+        sent = await journal.submit(
+            lambda conn, store: conn.execute("SELECT message_uid FROM events WHERE state = 'sent'").fetchall()
+        )
     finally:
         await journal.stop()
     assert [r[0] for r in sent] == ["r2"] and found[("2026-10", "CR-IMG")]["dmp_ok"] == 1
@@ -262,6 +313,9 @@ def test_events_are_written_by_the_events_module_only():
     from pathlib import Path
 
     engine_dir = Path(__file__).resolve().parents[2] / "engine"
-    writers = [str(p.relative_to(engine_dir)) for p in engine_dir.rglob("*.py")
-               if "INSERT INTO EVENTS" in " ".join(p.read_text(encoding="utf-8").upper().split())]
+    writers = [
+        str(p.relative_to(engine_dir))
+        for p in engine_dir.rglob("*.py")
+        if "INSERT INTO EVENTS" in " ".join(p.read_text(encoding="utf-8").upper().split())
+    ]
     assert writers == ["journal/events.py"]

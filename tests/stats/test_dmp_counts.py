@@ -55,8 +55,13 @@ class Flow:
 
 async def start(tmp_path, sim, pki, journal_url: str | None = None, clock=None) -> Flow:
     creator_out, drimbox = RecordingPeer(), RecordingPeer()
-    channels = {"creator": inbound(), "gam": inbound(), "dmp": dmp_channel(sim, pki),
-                "creator-out": mllp_out(await creator_out.listen()), "drimbox": mllp_out(await drimbox.listen())}
+    channels = {
+        "creator": inbound(),
+        "gam": inbound(),
+        "dmp": dmp_channel(sim, pki),
+        "creator-out": mllp_out(await creator_out.listen()),
+        "drimbox": mllp_out(await drimbox.listen()),
+    }
     engine_settings = {"journal": journal_url, "node": "n1"} if journal_url else None
     cfg = write_config(tmp_path / "cfg", channels, dmp_routes(), engine_settings)
     engine = Engine(load_config(cfg), tmp_path / "data", reactor, with_metrics=False, clock=clock)
@@ -71,8 +76,10 @@ def report(ans_corpus, control_id: str, number: int, invisible: bool = True) -> 
         raw = renumber_document(raw, V1_ID, V1_ID[:-2] + f"{90 + number}")
     raw = adapt(raw, control_id)
     if not invisible:  # the example says INVISIBLE_PATIENT=Y
-        raw = raw.replace(b"INVISIBLE_PATIENT^Document Non Visible par le patient^MetaDMPMSS||Y^",
-                          b"INVISIBLE_PATIENT^Document Non Visible par le patient^MetaDMPMSS||N^")
+        raw = raw.replace(
+            b"INVISIBLE_PATIENT^Document Non Visible par le patient^MetaDMPMSS||Y^",
+            b"INVISIBLE_PATIENT^Document Non Visible par le patient^MetaDMPMSS||N^",
+        )
     return raw
 
 
@@ -101,10 +108,12 @@ async def test_every_dmp_answer_counts_where_the_programme_asks(tmp_path, simula
         # (ZFA-9 INO: not opposed to feeding; ZFA-11 IC: consents to consultation).
         assert await flow.send("gam", pam(ans_corpus, "A01", "PAM-1", status="VALI", feeding="INO")) == "AA"
         await until(lambda: any(e.state == "patient-updated" for e in flow.reader().events_after(0)), what="PAM.fr")
-        answers = [("R-1", lambda: None, False), ("R-2", lambda: None, True),
-                   ("R-3", lambda: simulator.closed_patients.add(TEST_INS), True),  # DMPClosed
-                   ("R-4", lambda: (simulator.closed_patients.clear(), simulator.no_dmp_patients.add(TEST_INS)),
-                    True)]
+        answers = [
+            ("R-1", lambda: None, False),
+            ("R-2", lambda: None, True),
+            ("R-3", lambda: simulator.closed_patients.add(TEST_INS), True),  # DMPClosed
+            ("R-4", lambda: (simulator.closed_patients.clear(), simulator.no_dmp_patients.add(TEST_INS)), True),
+        ]
         for number, (control_id, answer, invisible) in enumerate(answers):
             answer()
             assert await flow.send("creator", report(ans_corpus, control_id, number, invisible)) == "AA"
@@ -116,9 +125,18 @@ async def test_every_dmp_answer_counts_where_the_programme_asks(tmp_path, simula
     finally:
         await flow.close()
     assert {k: v for k, v in totals(table).items() if v} == {
-        "reports_received": 4, "dmp_requested": 4, "mss_ps_requested": 4,
-        "identities": 1, "identity_qualified": 1, "consent_consultation": 1, "non_opposition_feeding": 1,
-        "dmp_succeeded": 2, "dmp_succeeded_invisible": 1, "dmp_failed": 1, "dmp_no_dmp": 1}
+        "reports_received": 4,
+        "dmp_requested": 4,
+        "mss_ps_requested": 4,
+        "identities": 1,
+        "identity_qualified": 1,
+        "consent_consultation": 1,
+        "non_opposition_feeding": 1,
+        "dmp_succeeded": 2,
+        "dmp_succeeded_invisible": 1,
+        "dmp_failed": 1,
+        "dmp_no_dmp": 1,
+    }
     assert table.rows[-1]["identity_qualified_rate"] == 100.0
 
     # The command line prints the same (JSON here), and a rebuild from the journal gives the same.
@@ -145,8 +163,12 @@ async def test_months_turn_at_midnight_in_paris_in_october_and_march(tmp_path, s
     # moved on: 31 October 2026 (winter time, UTC+1) and 31 March 2027 (summer time, UTC+2).
     clock = task.Clock()
     flow = await start(tmp_path, simulator, pki, clock=clock)
-    instants = [utc(2026, 10, 31, 22, 59, 59), utc(2026, 10, 31, 23, 0, 0),
-                utc(2027, 3, 31, 21, 59, 59), utc(2027, 3, 31, 22, 0, 0)]
+    instants = [
+        utc(2026, 10, 31, 22, 59, 59),
+        utc(2026, 10, 31, 23, 0, 0),
+        utc(2027, 3, 31, 21, 59, 59),
+        utc(2027, 3, 31, 22, 0, 0),
+    ]
     try:
         for number, instant in enumerate(instants):
             clock.advance(instant - clock.seconds())
@@ -159,15 +181,21 @@ async def test_months_turn_at_midnight_in_paris_in_october_and_march(tmp_path, s
     assert got == [("2026-10", 1, 1), ("2026-11", 1, 1), ("2027-03", 1, 1), ("2027-04", 1, 1)]
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--from", "2026-13"), "--from: '2026-13' is not a month: expected YYYY-MM"),
-    (("--from", "2026-11", "--to", "2026-01"), "--from 2026-11 is after --to 2026-01"),
-    (("--to", "november"), "--to: 'november' is not a month"),
-    (("--format", "xml"), "invalid choice: 'xml'"),
-    (("-o", "/nonexistent-dir/stats.csv"), "-o /nonexistent-dir/stats.csv: directory /nonexistent-dir does not exist"),
-    (("--mapping", "/nonexistent/statistics.yaml"), "/nonexistent/statistics.yaml: cannot read"),
-    (("bogus",), "invalid choice: 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--from", "2026-13"), "--from: '2026-13' is not a month: expected YYYY-MM"),
+        (("--from", "2026-11", "--to", "2026-01"), "--from 2026-11 is after --to 2026-01"),
+        (("--to", "november"), "--to: 'november' is not a month"),
+        (("--format", "xml"), "invalid choice: 'xml'"),
+        (
+            ("-o", "/nonexistent-dir/stats.csv"),
+            "-o /nonexistent-dir/stats.csv: directory /nonexistent-dir does not exist",
+        ),
+        (("--mapping", "/nonexistent/statistics.yaml"), "/nonexistent/statistics.yaml: cannot read"),
+        (("bogus",), "invalid choice: 'bogus'"),
+    ],
+)
 def test_bad_options_get_a_clear_error(tmp_path, args, message):
     write_config(tmp_path / "cfg", {"in": inbound()})
     result = pfi("stats", *args, "--config", str(tmp_path / "cfg"), "--data", str(tmp_path / "data"))

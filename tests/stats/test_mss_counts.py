@@ -16,8 +16,17 @@ from engine.journal.reader import JournalReader
 from engine.mss.testpki import generate_test_pki
 from engine.service import Engine
 from engine.stats import month_of
-from tests.flows.mss_support import (FIRST_RCT, SECOND_RCT, AckPeer, ack_902, ans_mdm, imap_settings, mllp_out,
-                                     mss_channel, start_operator)
+from tests.flows.mss_support import (
+    FIRST_RCT,
+    SECOND_RCT,
+    AckPeer,
+    ack_902,
+    ans_mdm,
+    imap_settings,
+    mllp_out,
+    mss_channel,
+    start_operator,
+)
 from tests.flows.test_mss_flow import _for_the_patient_too, _mail_for_the_mailbox
 from tests.routing.peers import until
 from tests.support import client_for, exchange, inbound, write_config
@@ -47,6 +56,7 @@ def ris_answers():
         if len(seen) == 1:
             return f"MSH|^~\\&|RIS|X|PFI|Y|20260101||ACK|{ctrl}A|P|2.6\rMSA|AA|{ctrl}\r"
         return ack_902(ctrl)
+
     return ack
 
 
@@ -62,11 +72,14 @@ async def test_mails_sent_failed_and_integrated_count_per_audience(tmp_path, pki
     for mail in (first, second):
         operator.mail.account("pfi@hopital-y.mssante.fr").inbox.append(mail)
     ris = AckPeer(ris_answers())
-    channels = {"creator-in": inbound(), "ris": mllp_out(ris.listen()),
-                "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", imap=imap_settings(pki, operator),
-                                   deliver_to="ris")}
-    engine = Engine(load_config(write_config(tmp_path / "cfg", channels, ROUTES)), tmp_path / "data", reactor,
-                    with_metrics=False)
+    channels = {
+        "creator-in": inbound(),
+        "ris": mllp_out(ris.listen()),
+        "mss": mss_channel(pki, operator, tmp_path / "mss.sqlite", imap=imap_settings(pki, operator), deliver_to="ris"),
+    }
+    engine = Engine(
+        load_config(write_config(tmp_path / "cfg", channels, ROUTES)), tmp_path / "data", reactor, with_metrics=False
+    )
     start = month_of(time.time())
     await engine.startService()
     reader = JournalReader(tmp_path / "data" / "journal")
@@ -77,16 +90,22 @@ async def test_mails_sent_failed_and_integrated_count_per_audience(tmp_path, pki
         operator.mail.rejected.add(PATIENT)
         both = _for_the_patient_too(ans_mdm(ans_corpus, ack_reception=False, second_recipient=False))
         assert (await exchange(client, with_control_id(both, "MSS-1"))).code == "AA"
-        await until(lambda: ("MSS-1", "sent") in [(e.control_id, e.state) for e in reader.events_after(0)],
-                    what="the first report's outcome")
+        await until(
+            lambda: ("MSS-1", "sent") in [(e.control_id, e.state) for e in reader.events_after(0)],
+            what="the first report's outcome",
+        )
         # 2. professionals only, every mailbox refuses (550)
         operator.mail.rejected.update({FIRST_RCT, SECOND_RCT})
         professionals = ans_mdm(ans_corpus, ack_reception=False, second_recipient=True)
         assert (await exchange(client, with_control_id(professionals, "MSS-2"))).code == "AA"
-        await until(lambda: ("MSS-2", "dead-letter") in [(e.control_id, e.state) for e in reader.events_after(0)],
-                    what="the second report's dead letter")
-        await until(lambda: sum(e.state == "sent" and e.channel == "ris" for e in reader.events_after(0)) == 2,
-                    what="the RIS's answers journaled")
+        await until(
+            lambda: ("MSS-2", "dead-letter") in [(e.control_id, e.state) for e in reader.events_after(0)],
+            what="the second report's dead letter",
+        )
+        await until(
+            lambda: sum(e.state == "sent" and e.channel == "ris" for e in reader.events_after(0)) == 2,
+            what="the RIS's answers journaled",
+        )
         table = reader.statistics(start, month_of(time.time()))
     finally:
         client.close()
@@ -101,7 +120,12 @@ async def test_mails_sent_failed_and_integrated_count_per_audience(tmp_path, pki
     lps = {site for site, column in found if column.startswith("mss_integ")}
     assert len(lps) == 1 and reports not in lps  # the RIS's own structure, not the correspondent's
     [ris_site] = lps
-    assert found == {(reports, "mss_ps_requested"): 2, (reports, "mss_patient_requested"): 1,
-                     (reports, "mss_ps_succeeded"): 1, (reports, "mss_patient_failed"): 1,
-                     (reports, "mss_ps_failed"): 1,
-                     (ris_site, "mss_integrated"): 1, (ris_site, "mss_integration_failed"): 1}
+    assert found == {
+        (reports, "mss_ps_requested"): 2,
+        (reports, "mss_patient_requested"): 1,
+        (reports, "mss_ps_succeeded"): 1,
+        (reports, "mss_patient_failed"): 1,
+        (reports, "mss_ps_failed"): 1,
+        (ris_site, "mss_integrated"): 1,
+        (ris_site, "mss_integration_failed"): 1,
+    }

@@ -20,11 +20,17 @@ def test_views_follow_the_gates_look_up_order(registry):  # noqa: F811
     apply(registry, adt(control="2", ipp="900002", ins=None, status="PROV", feeding="IO", consult="INC"))
     apply(registry, adt(control="3", ipp="900003", ins=OTHER_INS, status="VALI"))
     apply(registry, adt("A40", control="4", ipp="900001", ins=TEST_INS, mrg_ipp="900003", zfa=False))
-    keys = [(TEST_INS, "900001", DOMAIN),   # by IPP
-            (TEST_INS, "900001", "ELSEWHERE"),  # another authority's IPP: by INS
-            ("", "900002", ""),             # by IPP, any authority; not qualified, no INS
-            ("", "900003", DOMAIN),         # merged into 900001: the survivor answers
-            ("123", "999999", DOMAIN)]      # unknown
+    keys = [
+        (TEST_INS, "900001", DOMAIN),  # by IPP
+        (TEST_INS, "900001", "ELSEWHERE"),  # another authority's IPP: by INS
+        ("", "900002", ""),  # by IPP, any authority; not qualified, no INS
+        ("", "900003", DOMAIN),  # merged into 900001: the survivor answers
+        ("123", "999999", DOMAIN),
+    ]  # unknown
     views = registry.statistics_views(keys)
-    assert views == {keys[0]: ("VALI", True, "IC", "INO"), keys[1]: ("VALI", True, "IC", "INO"),
-                     keys[2]: ("PROV", False, "INC", "IO"), keys[3]: ("VALI", True, "IC", "INO")}
+    assert views == {
+        keys[0]: ("VALI", True, "IC", "INO"),
+        keys[1]: ("VALI", True, "IC", "INO"),
+        keys[2]: ("PROV", False, "INC", "IO"),
+        keys[3]: ("VALI", True, "IC", "INO"),
+    }
