@@ -14,7 +14,7 @@ from engine.journal import payloads
 from engine.journal.base import DUPLICATE, InboundRecord
 from engine.journal.payloads import MAGIC, MAGIC_JSON, META_FIELDS, PayloadStore
 from engine.journal.reader import JournalReader
-from engine.journal.sqlite import _RECORD_FIELDS, SQLiteJournal, _meta, _meta_values
+from engine.journal.sqlite import SQLiteJournal, _meta, _meta_values
 
 
 def _record(control: str, **fields) -> InboundRecord:
@@ -44,7 +44,25 @@ def _legacy_json_record(meta: dict, raw: bytes) -> bytes:
 
 
 def test_the_log_tuple_starts_with_the_index_columns():
-    assert _RECORD_FIELDS == META_FIELDS
+    record = InboundRecord(uid="U1", channel="in", received_at=1.5, raw=b"MSH", control_id="C1", ack=b"A")
+    values = _meta_values(record)
+    assert dict(zip(META_FIELDS, values)) == {name: getattr(record, name) for name in META_FIELDS}
+    assert META_FIELDS[: len(META_FIELDS) - 5] == (
+        "uid",
+        "received_at",
+        "channel",
+        "state",
+        "sender",
+        "facility",
+        "receiver",
+        "receiver_facility",
+        "control_id",
+        "msg_type",
+        "version",
+        "profile",
+        "patient_ids",
+        "charset",
+    )
 
 
 def test_compact_meta_reads_back_as_the_json_meta_did(tmp_path):
