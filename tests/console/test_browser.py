@@ -153,7 +153,11 @@ def test_bulk_replay_of_dead_letters_shows_its_progress(chromium, running, journ
         shot(page, "dead-letters")
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#bulk-replay button")
-        page.wait_for_function("document.getElementById('finished').textContent === 'Finished.'")
+        from playwright.sync_api import expect
+
+        # A locator assertion polls without evaluating a string in the page: the console's
+        # CSP (script-src 'self') rightly refuses eval, which wait_for_function needs.
+        expect(page.locator("#finished")).to_have_text("Finished.", timeout=30_000)
         assert page.locator("#progress").get_attribute("max") == str(count)
         assert int(page.locator("#replayed").inner_text()) == count
         shot(page, "bulk-replay")
