@@ -283,6 +283,8 @@ async def _script(engine, sim, result: DemoResult, workdir: Path, restart_midway
 
     say("A fictional report withdrawn inside the delay window")
     await _send(result, "PFI_TLR_A_PORT", demo_reports()["FIC-1"], say)
+    # The RIS has it (sent at once); the DMP's copy waits out the delay window when the delete comes.
+    await _until(lambda: "FIC-1" in peers["RIS"].control_ids(), timeout=30)
     await _send(result, "PFI_TLR_A_PORT", fictional_delete("FIC-DEL"), say)
 
     if restart_midway:

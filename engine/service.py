@@ -169,7 +169,10 @@ class Engine(Sequence):
         # A shared journal tells this node about work other nodes queued (no-op on SQLite).
         self.journal.on_received = self.dispatcher.kick
         self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
-        self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=self.dispatcher.kick)
+        self.journal.unrouted_channels = frozenset(config.channels) - self.dispatcher.route_channels
+        # A journal whose index follows the ACK wakes the dispatcher itself once records are indexed.
+        kick = None if self.journal.index_follows else self.dispatcher.kick
+        self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=kick)
         self.listeners: dict[str, ListenerService] = {}
         self.buffer_budget = BufferBudget(config.engine.max_buffered_bytes)
         self._build_tree(with_metrics)

@@ -14,6 +14,7 @@ import yaml
 from twisted.internet import defer, reactor
 
 from engine.config.load import load_config
+from engine.journal.reader import JournalReader
 from engine.mllp.client import MLLPClientProtocol, connect, read_ack
 from engine.service import Engine
 
@@ -45,13 +46,21 @@ async def start_engine(config_dir: Path, data_dir: Path) -> Engine:
 
 
 async def client_for(engine: Engine, channel: str) -> MLLPClientProtocol:
-    return await connect(reactor, "127.0.0.1", engine.port_of(channel))
+    client = await connect(reactor, "127.0.0.1", engine.port_of(channel))
+    client.indexed = engine.journal.indexed  # type: ignore[attr-defined]
+    return client
 
 
 async def exchange(client: MLLPClientProtocol, message: bytes, timeout: float = 10.0):
+    """Send, read the ACK; with a client of an in-process engine, return once the journal's index
+    has caught up with it (the index follows the ACK: docs/journal.md), so readers see it."""
     d = client.send(message)
     d.addTimeout(timeout, reactor)
-    return read_ack(await d)
+    ack = read_ack(await d)
+    indexed = getattr(client, "indexed", None)
+    if indexed is not None:
+        await indexed()
+    return ack
 
 
 def sample_adt(
@@ -75,6 +84,15 @@ async def sleep(seconds: float) -> None:
     d = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     await d
+
+
+async def until(condition, timeout: float = 10.0, what: str = "condition"):
+    """Poll `condition` every 10 ms (the reactor keeps running) until true or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await sleep(0.01)
 
 
 class EngineProcess:
@@ -152,6 +170,13 @@ class EngineProcess:
 
 
 INTAKE_STATES = ("received", "rejected", "duplicate")
+
+
+async def indexed_reader(engine) -> JournalReader:
+    """A reader of an in-process engine's journal once its index has caught up with every ACK
+    sent (the index follows the ACK: docs/journal.md)."""
+    await engine.journal.indexed()
+    return JournalReader(engine.journal.data_dir)
 
 
 def intake_events(reader, limit: int = 100000) -> list:

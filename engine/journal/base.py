@@ -82,6 +82,12 @@ class Journal(Protocol):
     node: str
     #: this node dispatches (always on SQLite; the elected leader of a shared journal)
     is_leader: bool
+    #: the index follows the ACK (SQLite): the journal calls `on_received` once new records are
+    #: indexed, so intake need not wake the dispatcher itself
+    index_follows: bool
+    #: set by the engine: channels no route names. A local journal indexes their accepted
+    #: messages `unrouted` at once (no dispatching); a shared one leaves them to its leader.
+    unrouted_channels: frozenset[str]
     #: set by the engine: called when another node received a message / queued work for a destination
     on_received: Callable[[], None]
     on_queued: Callable[[str], None]
@@ -119,6 +125,9 @@ class Journal(Protocol):
     def submit(self, operation, logged: bool = False):
         """Run `operation(conn, store)` in the next group commit (portable `?` SQL on `conn`;
         `store.message_raw(conn, uid)` reads a payload); fires with its result once durable."""
+
+    def indexed(self):
+        """Fires once every record acknowledged so far is visible to readers of the index."""
 
     def claim_received(self, limit: int, channels: frozenset | None = None):
         """Fires with the oldest (uid, channel, received_at, raw) still to route; empty on a node

@@ -67,6 +67,13 @@ class GroupCommitWriter:
     def _close_resources(self) -> None:
         """Called in the writer thread after the last batch."""
 
+    def _idle_wait(self) -> float | None:
+        """How long the writer may wait for work before `_when_idle` (None: as long as it takes)."""
+        return None
+
+    def _when_idle(self) -> None:
+        """Called in the writer thread when no work came within `_idle_wait`."""
+
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
         """`start` (files, schema, recovery: blocking I/O) in a thread, off the reactor thread."""
@@ -131,7 +138,7 @@ class GroupCommitWriter:
         """Block for the first item, then take whatever is queued. When the previous batch
         answered several callers, wait a little for them to come back, so that closed-loop
         senders share one sync instead of splitting into small batches."""
-        item = self._queue.get()
+        item = self._first_item()
         if item is None:
             return None
         batch = item if isinstance(item, list) else [item]
@@ -155,6 +162,13 @@ class GroupCommitWriter:
             else:
                 batch.append(nxt)
         return batch
+
+    def _first_item(self):
+        while True:
+            try:
+                return self._queue.get(timeout=self._idle_wait())
+            except queue.Empty:
+                self._when_idle()
 
     def _run(self) -> None:
         events.collect_into(self._written)

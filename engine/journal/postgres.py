@@ -107,6 +107,8 @@ class PgPayloads:
 class PostgresJournal(GroupCommitWriter):
     durability = DURABILITY
     dialect = POSTGRES
+    index_follows = False  # messages rows are in the pre-ACK commit
+    unrouted_channels: frozenset[str] = frozenset()  # the leader's routes decide (unused here)
 
     def __init__(self, url: str, reactor=None, node: str = "", lease: float = 15.0):
         from twisted.internet import reactor as default_reactor
@@ -292,6 +294,10 @@ class PostgresJournal(GroupCommitWriter):
         )
 
     # -- routing ---------------------------------------------------------------------------
+    def indexed(self):
+        """Already: the messages rows are committed before the ACK."""
+        return defer.succeed(None)
+
     def claim_received(self, limit: int, channels: frozenset | None = None):
         """The oldest messages still to route, with their raw bytes, on the dispatch leader only
         (`channels` is accepted for the API and ignored: the payload comes in the same query)."""

@@ -15,6 +15,7 @@ import operator
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Callable, cast
 
@@ -22,7 +23,7 @@ import structlog
 
 from engine.errors import JournalError
 from engine.journal import events, schema, stats
-from engine.journal.base import DUPLICATE, InboundRecord, JournalEvent, StoredMessage
+from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.dialect import SQLITE
 from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
 from engine.journal.payloads import META_FIELDS, PayloadStore
@@ -31,9 +32,14 @@ log = structlog.get_logger(__name__)
 
 ROWS_PER_INSERT = 256  # 24 parameters a row, far below SQLite's limit of bound parameters
 DURABILITY = (
-    "segment log fdatasync before ACK (group commit), SQLite WAL index synchronous=NORMAL "
-    "rebuilt from the log after a crash; other state changes synchronous=FULL"
+    "segment log fdatasync before ACK (group commit), SQLite WAL index following the log "
+    "(synchronous=NORMAL, rebuilt from the log after a crash); other state changes synchronous=FULL"
 )
+#: The index follows the log (docs/journal.md): acknowledged records are indexed together once
+#: INDEX_BATCH of them wait, when the writer has been idle INDEX_DELAY seconds, or before any
+#: other operation (routing, operator actions, purge), which therefore sees every one of them.
+INDEX_BATCH = 512
+INDEX_DELAY = 0.02
 
 _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sender, facility,
     receiver, receiver_facility, control_id, msg_type, version, profile, patient_ids, charset,
@@ -60,6 +66,7 @@ class SQLiteJournal(GroupCommitWriter):
     durability = DURABILITY
     dialect = SQLITE
     is_leader = True  # one process owns the files: it is always the dispatcher
+    index_follows = True  # acknowledged records reach the index a little later (on_received then)
     lease = 300.0  # one process owns the file: a lease only matters after its own restart
 
     def __init__(self, data_dir: Path, reactor=None, node: str = "local"):
@@ -74,6 +81,10 @@ class SQLiteJournal(GroupCommitWriter):
         self._reader: sqlite3.Connection = None  # type: ignore[assignment]
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
+        self._tail = UnindexedTail()
+        #: channels no route names (set by the engine): their accepted messages are indexed
+        #: `unrouted` at once, so the dispatcher never reads, plans or updates them
+        self.unrouted_channels: frozenset[str] = frozenset()
 
     def notify_queued(self, conn, destinations) -> None:
         """Nothing to do: the only node's workers are woken in-process."""
@@ -90,6 +101,10 @@ class SQLiteJournal(GroupCommitWriter):
         self._start_writer()
 
     def _close_resources(self) -> None:
+        try:
+            self._index_tail()
+        except Exception:  # noqa: BLE001 - the records are in the log: the next start indexes them
+            log.exception("journal.index_failed", records=len(self._tail))
         self.payloads.close()
         for conn in (self._writer, self._reader):
             if conn is not None:
@@ -100,6 +115,9 @@ class SQLiteJournal(GroupCommitWriter):
     ) -> tuple[tuple, tuple]:
         """The messages row and the events row of one logged record."""
         row = tuple(meta.get(k, "") for k in _META_FIELDS)
+        detail = f"duplicate of {meta['duplicate_of']}" if meta.get("duplicate_of") else meta.get("reason", "")
+        if meta["state"] == RECEIVED and meta["channel"] in self.unrouted_channels:
+            row, detail = _as_unrouted(row), NOT_ROUTED
         message = row + (
             size,
             segment,
@@ -112,7 +130,6 @@ class SQLiteJournal(GroupCommitWriter):
             meta.get("reason", ""),
             self.node,
         )
-        detail = f"duplicate of {meta['duplicate_of']}" if meta.get("duplicate_of") else meta.get("reason", "")
         event = (meta["uid"], meta["received_at"], meta["state"], meta["channel"], detail_prefix + detail, self.node)
         return message, event
 
@@ -175,13 +192,17 @@ class SQLiteJournal(GroupCommitWriter):
     def _log_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> tuple[list, list]:
         """Mark duplicates and append a run of inbound records to the segment log (not synced);
         returns their messages rows and events rows, built from the records themselves."""
-        mark_duplicates(records, lambda keys: _earlier(conn, keys))
+        mark_duplicates(records, lambda keys: _earlier(conn, keys) + self._tail.earlier(keys))
         metas = [_meta_values(r) for r in records]
         positions = store.append_many(list(zip(metas, [r.raw for r in records])))
         node, messages, event_rows = self.node, [], []
+        unrouted = self.unrouted_channels
         for r, meta, (segment, offset, crc) in zip(records, metas, positions):
+            row, detail = meta[:_INDEXED], f"duplicate of {r.duplicate_of}" if r.duplicate_of else r.reason
+            if r.state == RECEIVED and r.channel in unrouted:
+                row, detail = _as_unrouted(row), NOT_ROUTED
             messages.append(
-                meta[:_INDEXED]
+                row
                 + (
                     len(r.raw),
                     segment,
@@ -195,7 +216,6 @@ class SQLiteJournal(GroupCommitWriter):
                     node,
                 )
             )
-            detail = f"duplicate of {r.duplicate_of}" if r.duplicate_of else r.reason
             event_rows.append((r.uid, r.received_at, r.state, r.channel, detail, node))
         return messages, event_rows
 
@@ -220,32 +240,112 @@ class SQLiteJournal(GroupCommitWriter):
         return records
 
     def _store_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> list:
+        """Inbound records within a batch of other operations: indexed in its transaction."""
         messages, event_rows = self._log_inbound_run(conn, store, records)
+        self._tail.routable = self._tail.routable or any(m[_STATE] == RECEIVED for m in messages)
         return self._index_inbound_run(conn, store, records, messages, event_rows)
 
-    def _set_sync_mode(self, conn, batch: list) -> None:
-        mode = "NORMAL" if all(logged for _, _, logged in batch) else "FULL"
+    def _set_sync_mode(self, conn, logged: bool) -> None:
+        mode = "NORMAL" if logged else "FULL"
         if mode != self._sync_mode:
             conn.execute(f"PRAGMA synchronous={mode}")
             self._sync_mode = mode
 
     def _commit(self, batch: list) -> None:
+        if all(isinstance(operation, InboundRecord) for operation, _, _ in batch):
+            self._commit_to_log(batch)
+        else:
+            self._commit_with_index(batch)
+
+    def _commit_to_log(self, batch: list) -> None:
+        """Inbound records only: durable once in the synced log, answered at once; their index
+        rows join the tail, indexed later (`_index_tail`) or rebuilt from the log after a crash."""
+        store = self.payloads
+        position = store.position()
+        records = [record for record, _, _ in batch]
+        try:
+            if len(self._tail) >= INDEX_BATCH:  # an index commit failed: catch up before more
+                self._index_tail()
+            messages, event_rows = self._log_inbound_run(self._writer, store, records)
+            store.sync()
+        except Exception as exc:  # disk full, read-only, I/O error: every caller must hear it
+            self._abort(self._writer, store, position)
+            log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
+            self._answer(batch, [JournalError(f"journal write failed: {exc}")] * len(batch))
+            return
+        self._tail.add(records, messages, event_rows)
+        self._answer(batch, records)
+        if len(self._tail) >= INDEX_BATCH:
+            self._index_tail_or_log()
+
+    def _commit_with_index(self, batch: list) -> None:
+        """A batch holding other operations: the tail is indexed first, in the same transaction,
+        so that the operations see every acknowledged record."""
         conn, store = self._writer, self.payloads
         position = store.position()
         try:
-            self._set_sync_mode(conn, batch)
+            self._set_sync_mode(conn, all(logged for _, _, logged in batch))
             conn.execute("BEGIN IMMEDIATE")
+            self._insert_tail(conn)
             results = self._run_batch(conn, store, batch)
             store.sync()  # the log first: the index of a synced batch can be rebuilt from it
             conn.execute("COMMIT")
-            self._events_committed()
         except Exception as exc:  # disk full, read-only, I/O error: every caller must hear it
             self._events_rolled_back()
             self._abort(conn, store, position)
             log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             failure = JournalError(f"journal write failed: {exc}")
             results = [failure] * len(batch)
+        else:
+            self._tail_indexed()
         self._answer(batch, results)
+
+    def _idle_wait(self) -> float | None:
+        if not self._tail:
+            return None
+        return max(0.0, self._tail.since + INDEX_DELAY - time.monotonic())
+
+    def _when_idle(self) -> None:
+        self._index_tail_or_log()
+
+    def _index_tail_or_log(self) -> None:
+        try:
+            self._index_tail()
+        except Exception as exc:  # noqa: BLE001 - kept in the tail, tried again; the log holds them
+            log.exception("journal.index_failed", error=str(exc), records=len(self._tail))
+
+    def _index_tail(self) -> None:
+        """Index the acknowledged records of the tail in one transaction (no fsync: after a
+        crash, `recover` rebuilds it from the log)."""
+        if not self._tail:
+            return
+        conn = self._writer
+        self._set_sync_mode(conn, True)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert_tail(conn)
+            conn.execute("COMMIT")
+        except Exception:
+            self._events_rolled_back()
+            self._abort(conn, self.payloads, None)
+            raise
+        self._tail_indexed()
+
+    def _insert_tail(self, conn) -> None:
+        tail = self._tail
+        if not tail:
+            return
+        results = self._index_inbound_run(conn, self.payloads, tail.records, tail.messages, tail.events)
+        for record, result in zip(tail.records, results):
+            if isinstance(result, Exception):  # acknowledged, in the log: say it loudly
+                log.error("journal.index_failed", message_id=record.uid, error=str(result))
+
+    def _tail_indexed(self) -> None:
+        routable = self._tail.routable
+        self._tail.clear()
+        self._events_committed()
+        if routable:  # the dispatcher routes what is indexed
+            self.reactor.callFromThread(self.on_received)
 
     def _run_one(self, conn, store, operation):
         conn.execute("SAVEPOINT op")
@@ -266,10 +366,17 @@ class SQLiteJournal(GroupCommitWriter):
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+        if position is None:
+            return
         try:
             store.rollback_to(*position)
         except OSError:
             pass
+
+    def indexed(self):
+        """Fires once every record acknowledged so far is in the index (any operation first
+        indexes the tail): for readers that must see a message right after its ACK."""
+        return self.submit(lambda conn, store: None, logged=True)
 
     def claim_received(self, limit: int, channels: frozenset | None = None):
         """The oldest messages still to route, with their raw bytes (one dispatcher per file); a
@@ -308,6 +415,42 @@ class SQLiteJournal(GroupCommitWriter):
 
     def load_message(self, uid: str) -> StoredMessage | None:
         return load_message(self._read, self.payloads, uid)
+
+
+class UnindexedTail:
+    """Records synced to the log and acknowledged, not yet in the SQLite index, in log order."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.records: list[InboundRecord] = []
+        self.messages: list[tuple] = []
+        self.events: list[tuple] = []
+        #: dup_key -> (dup_key, received_at, uid, ack_code, ack) of originals, as `_earlier` gives
+        self.keys: dict[str, list[tuple]] = {}
+        self.since = 0.0  # monotonic time of the oldest record
+        self.routable = False  # holds a record the dispatcher must route
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, records: list[InboundRecord], messages: list[tuple], event_rows: list[tuple]) -> None:
+        if not self.records:
+            self.since = time.monotonic()
+        self.records += records
+        self.routable = self.routable or any(m[_STATE] == RECEIVED for m in messages)
+        self.messages += messages
+        self.events += event_rows
+        for r in records:
+            if r.dup_key and r.state != DUPLICATE:  # as the messages row keeps dup_key
+                self.keys.setdefault(r.dup_key, []).append((r.dup_key, r.received_at, r.uid, r.ack_code, r.ack))
+
+    def earlier(self, keys: list[str]) -> list[tuple]:
+        """The originals among the tail's records (they follow every indexed one)."""
+        if not self.keys:
+            return []
+        return [original for key in keys for original in self.keys.get(key, ())]
 
 
 #: the messages row's indexed columns: the first fields of the segment log's meta tuple
@@ -373,8 +516,6 @@ def _received(conn, store: PayloadStore, limit: int, channels: frozenset | None 
 def _mark_damaged(conn, uid: str, channel: str, error: Exception) -> None:
     """An indexed record the log cannot give back: the message leaves routing once, visibly
     (state `damaged`, an event and an error log), instead of failing every dispatch for ever."""
-    import time
-
     conn.execute("UPDATE messages SET state='damaged' WHERE uid=?", (uid,))
     events.write_one(conn, uid, time.time(), "damaged", channel, f"record unreadable in the segment log: {error}", "")
     log.error("journal.message_damaged", message_id=uid, channel=channel, error=str(error))
@@ -395,6 +536,15 @@ def _insert_rows(message: tuple, event: tuple) -> Callable:
 
 
 _INDEXED = len(_META_FIELDS)
+_STATE = _META_FIELDS.index("state")
+UNROUTED = "unrouted"
+NOT_ROUTED = "no route names this channel: not routed"
+
+
+def _as_unrouted(row: tuple) -> tuple:
+    return row[:_STATE] + (UNROUTED,) + row[_STATE + 1 :]
+
+
 #: the record's PFI2 meta, in META_FIELDS order (one C-level call on the hot path)
 _meta_values = operator.attrgetter(*META_FIELDS)
 

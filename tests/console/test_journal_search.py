@@ -44,6 +44,7 @@ async def journal_with(journal, count: int, start: float) -> list[InboundRecord]
     ]
     for r in records:
         await journal.append_inbound(r)
+    await journal.indexed()
     return records
 
 

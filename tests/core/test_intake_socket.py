@@ -12,7 +12,17 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from engine.journal.reader import JournalReader
 from engine.mllp.framing import frame
-from tests.support import intake_events, client_for, exchange, inbound, sample_adt, sleep, start_engine, write_config
+from tests.support import (
+    indexed_reader,
+    intake_events,
+    client_for,
+    exchange,
+    inbound,
+    sample_adt,
+    sleep,
+    start_engine,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -37,18 +47,14 @@ async def engine(engine_dirs):
     await engine.stopService()
 
 
-def journal(engine) -> JournalReader:
-    return JournalReader(engine.journal.data_dir)
-
-
 @pytest_twisted.ensureDeferred
 async def test_accepted_message_is_journaled_before_aa(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, sample_adt("A-1").encode())
     assert (ack.code, ack.control_id) == ("AA", "A-1")
-    events = intake_events(journal(engine))
+    events = intake_events(await indexed_reader(engine))
     assert [(e.state, e.control_id, e.msg_type) for e in events] == [("received", "A-1", "ADT^A01")]
-    stored = journal(engine).load_message(events[0].message_uid)
+    stored = (await indexed_reader(engine)).load_message(events[0].message_uid)
     assert stored.raw == sample_adt("A-1").encode()
     client.close()
 
@@ -59,7 +65,7 @@ async def test_unsupported_version_is_ae_203_and_kept(engine):
     ack = await exchange(client, sample_adt("V-1", version="2.3").encode())
     assert ack.code == "AE" and ack.control_id == "V-1"
     assert "|MSH^1^12|203^" in ack.errors[0]
-    [event] = intake_events(journal(engine))
+    [event] = intake_events(await indexed_reader(engine))
     assert event.state == "rejected" and "2.3" in event.detail
     client.close()
 
@@ -79,9 +85,9 @@ async def test_garbage_frame_is_ae_and_quarantined(engine):
     client = await client_for(engine, "in")
     ack = await exchange(client, b"\x00\x01 this is not HL7 \xff")
     assert ack.code == "AE" and "|100^" in ack.errors[0]
-    [event] = intake_events(journal(engine))
+    [event] = intake_events(await indexed_reader(engine))
     assert event.state == "rejected"
-    assert journal(engine).load_message(event.message_uid).raw == b"\x00\x01 this is not HL7 \xff"
+    assert (await indexed_reader(engine)).load_message(event.message_uid).raw == b"\x00\x01 this is not HL7 \xff"
     client.close()
 
 
@@ -91,7 +97,7 @@ async def test_duplicate_gets_original_ack_and_is_recorded(engine):
     first = await exchange(client, sample_adt("D-1").encode())
     again = await exchange(client, sample_adt("D-1", name="OTHER^Name").encode())
     assert again.raw == first.raw
-    states = [e.state for e in intake_events(journal(engine))]
+    states = [e.state for e in intake_events(await indexed_reader(engine))]
     assert states == ["received", "duplicate"]
     # A rejected message does not make its control id a duplicate: the fixed resend is accepted.
     bad = await exchange(client, sample_adt("D-2", version="2.3").encode())
@@ -107,9 +113,11 @@ async def test_accents_survive_latin9_round_trip(engine):
     ack = await exchange(client, raw)
     assert ack.code == "AA"
     assert b"8859/15" in ack.raw  # the ACK is written in the sender's charset
-    [event] = intake_events(journal(engine))
-    assert journal(engine).load_message(event.message_uid).raw.decode("iso8859-15").count("CŒUR^Éloïse€ç") == 1
-    assert journal(engine).patient_label(event.message_uid) == "IPP001 CŒUR Éloïse€ç"
+    [event] = intake_events(await indexed_reader(engine))
+    assert (await indexed_reader(engine)).load_message(event.message_uid).raw.decode("iso8859-15").count(
+        "CŒUR^Éloïse€ç"
+    ) == 1
+    assert (await indexed_reader(engine)).patient_label(event.message_uid) == "IPP001 CŒUR Éloïse€ç"
     client.close()
 
 
@@ -129,8 +137,8 @@ async def test_oversized_message_gets_ae_then_close(engine):
     ack = await exchange(client, big.encode())
     assert ack.code == "AE" and ack.control_id == "BIG-1" and "exceeds" in ack.errors[0]
     await client.lost  # the engine closes the connection after the NACK
-    [event] = intake_events(journal(engine))
-    assert event.state == "rejected" and len(journal(engine).load_message(event.message_uid).raw) == 4096
+    [event] = intake_events(await indexed_reader(engine))
+    assert event.state == "rejected" and len((await indexed_reader(engine)).load_message(event.message_uid).raw) == 4096
 
 
 @pytest_twisted.ensureDeferred
@@ -139,7 +147,7 @@ async def test_noise_between_frames_is_kept_and_next_frame_served(engine):
     client.transport.write(b"NOISE-BYTES")
     ack = await exchange(client, sample_adt("N-1").encode())
     assert ack.code == "AA"
-    states = sorted(e.state for e in intake_events(journal(engine)))
+    states = sorted(e.state for e in intake_events(await indexed_reader(engine)))
     assert states == ["received", "rejected"]
     client.close()
 
@@ -162,7 +170,7 @@ async def test_connection_dropped_mid_frame_then_others_still_served(engine):
     await peer.lost
     client = await client_for(engine, "in")
     assert (await exchange(client, sample_adt("X-2").encode())).code == "AA"
-    assert [e.control_id for e in intake_events(journal(engine))] == ["X-2"]
+    assert [e.control_id for e in intake_events(await indexed_reader(engine))] == ["X-2"]
     client.close()
 
 
@@ -217,7 +225,9 @@ async def test_msh_without_field_separator_is_answered_and_the_pipeline_survives
     assert err3 == [b"101", b"100", b"102", b"102", b"100", b"100"]
     assert not peer.closed
     stored = {
-        journal(engine).load_message(e.message_uid).raw for e in intake_events(journal(engine)) if e.state == "rejected"
+        (await indexed_reader(engine)).load_message(e.message_uid).raw
+        for e in intake_events(await indexed_reader(engine))
+        if e.state == "rejected"
     }
     assert stored == set(broken)
     peer.transport.loseConnection()
@@ -239,8 +249,8 @@ async def test_an_internal_fault_is_ar_207_journaled_and_the_connection_survives
     ack = await exchange(client, sample_adt("BUG-1").encode())
     assert ack.code == "AR" and "|207^" in ack.errors[0] and "RuntimeError" in ack.errors[0]
     assert (await exchange(client, sample_adt("BUG-2").encode())).code == "AA"
-    [rejected] = [e for e in intake_events(journal(engine)) if e.state == "rejected"]
-    assert journal(engine).load_message(rejected.message_uid).raw == sample_adt("BUG-1").encode()
+    [rejected] = [e for e in intake_events(await indexed_reader(engine)) if e.state == "rejected"]
+    assert (await indexed_reader(engine)).load_message(rejected.message_uid).raw == sample_adt("BUG-1").encode()
     client.close()
 
 
@@ -303,7 +313,7 @@ async def test_a_doubled_start_block_is_tolerated(engine):
     peer.transport.write(b"\x0b" + frame(sample_adt("VT-1").encode()))
     [answer] = await peer.wait_for(1)
     assert b"MSA|AA|VT-1" in answer
-    assert [e.state for e in intake_events(journal(engine))] == ["received"]
+    assert [e.state for e in intake_events(await indexed_reader(engine))] == ["received"]
     peer.transport.loseConnection()
 
 

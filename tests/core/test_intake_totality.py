@@ -11,10 +11,18 @@ import pytest_twisted
 from structlog.testing import capture_logs
 from twisted.internet import defer, reactor
 
-from engine.journal.reader import JournalReader
 from engine.mllp.client import read_ack
 from engine.mllp.framing import frame
-from tests.support import client_for, exchange, inbound, intake_events, sample_adt, start_engine, write_config
+from tests.support import (
+    indexed_reader,
+    client_for,
+    exchange,
+    inbound,
+    intake_events,
+    sample_adt,
+    start_engine,
+    write_config,
+)
 
 MALFORMED_HEADERS = {
     "no field separator": b"MSH\rPID|1\r",
@@ -42,10 +50,6 @@ async def engine(engine_dirs):
     await engine.stopService()
 
 
-def journal(engine) -> JournalReader:
-    return JournalReader(engine.journal.data_dir)
-
-
 async def _pipelined(client, payloads: list[bytes], timeout: float = 10.0) -> list:
     """Write every frame in one TCP write, then collect the answers in order."""
     waiting = []
@@ -71,9 +75,9 @@ async def test_msh_without_field_separator_is_answered_journaled_and_the_connect
     assert "|MSH^1^1|" in acks[1].errors[0]
     # the connection is still open and serves a later message
     assert (await exchange(client, sample_adt("B-4").encode())).code == "AA"
-    events = intake_events(journal(engine))
+    events = intake_events(await indexed_reader(engine))
     assert [e.state for e in events] == ["received", "rejected", "received", "received"]
-    assert journal(engine).load_message(events[1].message_uid).raw == bad
+    assert (await indexed_reader(engine)).load_message(events[1].message_uid).raw == bad
     client.close()
 
 
@@ -85,9 +89,9 @@ async def test_malformed_msh_is_ae_with_an_err_and_kept_raw(engine, name):
     acks = await _pipelined(client, [raw, sample_adt("M-2").encode()])
     assert [a.code for a in acks] == ["AE", "AA"]
     assert acks[0].errors and acks[0].errors[0].startswith("ERR||MSH^1")
-    [rejected, _] = intake_events(journal(engine))
+    [rejected, _] = intake_events(await indexed_reader(engine))
     assert rejected.state == "rejected"
-    assert journal(engine).load_message(rejected.message_uid).raw == raw
+    assert (await indexed_reader(engine)).load_message(rejected.message_uid).raw == raw
     client.close()
 
 
@@ -113,9 +117,9 @@ async def test_an_unexpected_fault_is_ar_207_journaled_and_logged_once(engine, m
     faults = [e for e in logs if e["event"] == "intake.internal_error"]
     assert len(faults) == 1 and faults[0]["error_type"] == "RuntimeError" and "faulty_scan" in faults[0]["stack"]
     assert "MSH|^~" not in str(faults)  # the stack, not the message: no frame content in the log
-    events = intake_events(journal(engine))
+    events = intake_events(await indexed_reader(engine))
     assert [e.state for e in events] == ["received", "rejected", "received"]
-    assert journal(engine).load_message(events[1].message_uid).raw == boom
+    assert (await indexed_reader(engine)).load_message(events[1].message_uid).raw == boom
     assert (await exchange(client, sample_adt("F-4").encode())).code == "AA"
     client.close()
 
@@ -132,5 +136,5 @@ async def test_a_fault_after_the_journal_write_keeps_the_stored_answer(engine, m
     client = await client_for(engine, "in")
     acks = await _pipelined(client, [sample_adt("O-1").encode(), sample_adt("O-2").encode()])
     assert [(a.code, a.control_id) for a in acks] == [("AA", "O-1"), ("AA", "O-2")]
-    assert [e.state for e in intake_events(journal(engine))] == ["received", "received"]
+    assert [e.state for e in intake_events(await indexed_reader(engine))] == ["received", "received"]
     client.close()

@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from engine.journal.reader import JournalReader
 from tests.docrequest.corpus import GOOD, INS_MISMATCH, V20_MDM, V20_ORU, with_control_id
-from tests.support import intake_events, client_for, exchange, inbound, sample_adt, start_engine, write_config
+from tests.support import (
+    indexed_reader,
+    intake_events,
+    client_for,
+    exchange,
+    inbound,
+    sample_adt,
+    start_engine,
+    write_config,
+)
 
 
 @pytest_twisted.async_yield_fixture
@@ -24,12 +32,8 @@ async def engine(tmp_path):
     await engine.stopService()
 
 
-def journal(engine) -> JournalReader:
-    return JournalReader(engine.journal.data_dir)
-
-
-def events_by_control_id(engine) -> dict:
-    return {e.control_id: e for e in intake_events(journal(engine))}
+async def events_by_control_id(engine) -> dict:
+    return {e.control_id: e for e in intake_events(await indexed_reader(engine))}
 
 
 @pytest_twisted.ensureDeferred
@@ -44,9 +48,9 @@ async def test_ins_mismatch_gets_ae_207_with_err_and_is_journaled_rejected(engin
     assert fields[2:5] == ["PID^1^3", "207^Application internal error^HL70357", "E"]
     assert fields[5] == "INS_MISMATCH^INS in PID-3 differs from the CDA recordTarget^99PFI"
     assert "differs from the INS of the CDA recordTarget of OBX\\S\\1" in fields[8]  # ^ escaped
-    event = events_by_control_id(engine)["INS-1"]
+    event = (await events_by_control_id(engine))["INS-1"]
     assert event.state == "rejected" and "INS_MISMATCH at PID^1^3" in event.detail
-    assert journal(engine).load_message(event.message_uid).raw == raw
+    assert (await indexed_reader(engine)).load_message(event.message_uid).raw == raw
 
 
 @pytest.mark.parametrize("path", [V20_ORU, V20_MDM], ids=["oru-2.0", "mdm-2.0"])
@@ -60,8 +64,8 @@ async def test_superseded_profiles_get_ae_203_on_msh_21(engine, path):
     [err] = ack.errors
     assert err.split("|")[2:5] == ["MSH^1^21", "203^Unsupported version id^HL70357", "E"]
     assert "is superseded" in err
-    [event] = journal(engine).events_after(0)
-    assert event.state == "rejected" and journal(engine).load_message(event.message_uid).raw == raw
+    [event] = (await indexed_reader(engine)).events_after(0)
+    assert event.state == "rejected" and (await indexed_reader(engine)).load_message(event.message_uid).raw == raw
 
 
 @pytest_twisted.ensureDeferred
@@ -71,7 +75,7 @@ async def test_good_v21_examples_get_aa_and_are_received(engine):
         ack = await exchange(client, with_control_id(path.read_bytes(), name))
         assert (name, ack.code, ack.errors) == (name, "AA", ())
     client.close()
-    events = events_by_control_id(engine)
+    events = await events_by_control_id(engine)
     assert {cid: e.state for cid, e in events.items()} == {name: "received" for name in GOOD}
 
 
@@ -93,7 +97,7 @@ async def test_receipt_mode_answers_aa_to_the_same_defective_request(engine):
     ack = await exchange(client, with_control_id(INS_MISMATCH.read_bytes(), "RCPT-1"))
     client.close()
     assert (ack.code, ack.errors) == ("AA", ())
-    assert events_by_control_id(engine)["RCPT-1"].state == "received"
+    assert (await events_by_control_id(engine))["RCPT-1"].state == "received"
 
 
 @pytest_twisted.ensureDeferred
@@ -111,7 +115,7 @@ async def test_pipelined_messages_keep_their_order_in_acks_and_journal(engine):
     client.close()
     codes = [a.split(b"MSA|")[1].split(b"\r")[0].decode() for a in acks]
     assert codes == ["AA|P-1", "AA|P-2", "AE|P-3", "AA|P-4", "AA|P-5"]
-    events = intake_events(journal(engine))
+    events = intake_events(await indexed_reader(engine))
     assert [(e.control_id, e.state) for e in events] == [
         ("P-1", "received"),
         ("P-2", "received"),

@@ -63,6 +63,7 @@ async def test_a_stored_message_reads_back_with_its_received_event(backend):
     journal = await opened(backend)
     try:
         stored = await journal.append_inbound(record("C-1"))
+        await journal.indexed()  # the index may follow the ACK (SQLite): readers see it from here
         message = journal.load_message(stored.uid)
         assert (message.state, message.control_id, message.raw) == (RECEIVED, "C-1", stored.raw)
         events = journal.events_after(0)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import protocol, reactor
 
 from engine.hl7.scan import scan
 from engine.mllp.framing import Frame, MLLPDecoder
@@ -57,11 +56,4 @@ class SilentPeer(protocol.ServerFactory):
         return [scan(m).control_id for m in self.received]
 
 
-async def until(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        d = defer.Deferred()
-        reactor.callLater(0.01, d.callback, None)
-        await d
+from tests.support import until  # noqa: E402,F401 - where the routing tests import it from

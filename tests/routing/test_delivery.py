@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest_twisted
 
 from engine.journal.reader import JournalReader
+from engine.journal.sqlite import NOT_ROUTED
 from tests.routing.peers import RecordingPeer, until
-from tests.support import client_for, exchange, inbound, sample_adt, write_config
+from tests.support import client_for, exchange, inbound, sample_adt, sleep, write_config
 
 FAST_RETRY = {"initial": 0.05, "maximum": 0.2, "jitter": 0.0}
 
@@ -212,8 +213,13 @@ async def test_a_message_of_a_channel_no_route_names_is_unrouted_without_reading
     client = await client_for(engine, "b")
     try:
         assert (await exchange(client, sample_adt("B-1").encode())).code == "AA"
-        await until(lambda: ("B-1", "unrouted") in states(engine), what="unrouted")
+        # Indexed `unrouted` with the message itself: the dispatcher never sees it.
+        reader = JournalReader(engine.journal.data_dir)
+        [event] = reader.events_after(0)
+        assert (event.control_id, event.state, event.detail) == ("B-1", "received", NOT_ROUTED)
+        await sleep(0.2)  # a dispatcher that wrongly looked at it would have read it by now
         assert reads == [] and peer.control_ids() == []
+        assert reader.load_message(event.message_uid).state == "unrouted"  # (reads the payload)
     finally:
         client.close()
         await engine.stopService()
