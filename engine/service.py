@@ -182,6 +182,8 @@ class Engine(Sequence):
         Step("patients", stop=self.patients.close).setServiceParent(self)
         Step("journal", start=self.journal.open, stop=self.journal.stop).setServiceParent(self)
         Step("statistics-channels", start=self._register_channels).setServiceParent(self)
+        # Stopped after the dispatcher: its last line counts the sends finished while stopping.
+        Step("delivery-summary", stop=self.dispatcher.flush_summary).setServiceParent(self)
         self._dispatcher_services().setServiceParent(self)
         self._add_channel_services()
         Step("intake-summary", stop=self.intake.flush_summary).setServiceParent(self)
@@ -213,6 +215,7 @@ class Engine(Sequence):
     def _add_periodic_tasks(self) -> None:
         periodic("journal-size", 10.0, self._measure_journal, self.reactor).setServiceParent(self)
         periodic("intake-summary-every-10s", 10.0, self.intake.flush_summary, self.reactor).setServiceParent(self)
+        periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(self)
         periodic("certificates", CERTIFICATE_CHECK_EVERY, self._watch_certificates, self.reactor).setServiceParent(self)
         if self.config.engine.retention_days:
             periodic(

@@ -270,7 +270,8 @@ class MLLPSender:
         fields = dict(control_id=control_id_of(message)[:64], action=outcome.action, kind=outcome.kind)
         if outcome.kind not in ACK_CODES:
             fields["reason"] = outcome.reason
-        (self._log.info if outcome.action == "done" else self._log.warning)("mllp.out.sent", **fields)
+        # A success is counted in delivery.summary and journaled: its own line only at debug level.
+        (self._log.debug if outcome.action == "done" else self._log.warning)("mllp.out.sent", **fields)
 
 
 def client_tls_options(host: str, tls: TlsSettings):

@@ -4,6 +4,7 @@ deliveries, one at a time per destination, in FIFO order per key."""
 
 from __future__ import annotations
 
+import collections
 import random
 import time
 
@@ -48,6 +49,15 @@ class Dispatcher:
         self._cycle_waiters: list[defer.Deferred] = []  # stop() waits for the cycle in progress
         self.route_channels = routed_channels(routes)
         self.metrics = None  # EngineMetrics when the engine sets it: delivery outcomes counted
+        #: successful sends per destination since the last `flush_summary` (one line every 10 s
+        #: instead of one per message; other outcomes are logged at once)
+        self.delivered: collections.Counter[str] = collections.Counter()
+
+    def flush_summary(self) -> None:
+        """One line per destination with the sends that succeeded since the last call."""
+        for destination, done in sorted(self.delivered.items()):
+            log.info("delivery.summary", destination=destination, done=done)
+        self.delivered.clear()
 
     # -- lifecycle -------------------------------------------------------------------------
     # The engine's service tree calls these in order (engine/service.py); `start` and `stop` do
@@ -381,14 +391,17 @@ class DestinationWorker:
             else:
                 delay = backoff_delay(delivery.attempts + 1, self.retry, self.rng) if self.retry else 1.0
                 retry_at = d.clock.seconds() + delay
-        log.info(
-            "delivery.attempt",
-            message_id=delivery.message_uid,
-            destination=self.name,
-            delivery=delivery.id,
-            outcome=str(outcome.action),
-            reason=outcome.reason,
-        )
+        if outcome.action is Action.DONE:  # counted, said in delivery.summary (the journal has each)
+            d.delivered[self.name] += 1
+        else:
+            log.warning(
+                "delivery.attempt",
+                message_id=delivery.message_uid,
+                destination=self.name,
+                delivery=delivery.id,
+                outcome=str(outcome.action),
+                reason=outcome.reason,
+            )
         if d.metrics is not None:
             d.metrics.deliveries.labels(self.name, str(outcome.action)).inc()
         return outcome, retry_at

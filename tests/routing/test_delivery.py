@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest_twisted
+import structlog.testing
 
 from engine.journal.reader import JournalReader
 from engine.journal.sqlite import NOT_ROUTED
@@ -58,6 +59,15 @@ async def test_fan_out_gate_and_unrouted(tmp_path):
         assert ("HELD-1", "held") in journal and ("OK-1", "sent") in journal
         assert sum(1 for c, s in journal if c == "OK-1" and s == "sent") == 2
         assert "HELD-1" not in a.control_ids()
+        # Successes are counted, not logged one by one: one summary line per destination.
+        await until(lambda: engine.dispatcher.delivered == {"a": 1, "b": 1}, what="counted sends")
+        with structlog.testing.capture_logs() as lines:
+            engine.dispatcher.flush_summary()
+        assert [(x["event"], x["destination"], x["done"]) for x in lines] == [
+            ("delivery.summary", "a", 1),
+            ("delivery.summary", "b", 1),
+        ]
+        assert not engine.dispatcher.delivered
     finally:
         client.close()
         await engine.stopService()
