@@ -66,6 +66,9 @@ class PayloadStore:
         self._segment = 0
         self._size = 0
         self._dirty = False
+        # The file's size is known to be `_size` (just opened or checked); False after a failed
+        # write or rollback, so the next append checks it (one fstat) instead of every append.
+        self._end_known = False
         self._readers: dict[int, int] = {}
 
     def open(self) -> None:
@@ -84,6 +87,7 @@ class PayloadStore:
         self._fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._segment = segment
         self._size = os.fstat(self._fd).st_size
+        self._end_known = True
         _fsync_dir(self.directory)
 
     def append(self, meta: dict | tuple, raw: bytes) -> tuple[int, int, int]:
@@ -94,7 +98,8 @@ class PayloadStore:
         """Write records with one writev per segment (not yet durable: call sync()); returns
         (segment, offset, crc) per record. A batch costs one system call, not one per record.
         A meta is a tuple in META_FIELDS order (the writer's path) or a dict of those fields."""
-        self._check_end()
+        if not self._end_known:
+            self._check_end()
         positions: list[tuple[int, int, int]] = []
         chunks: list[bytes] = []
         end = self._size
@@ -118,6 +123,7 @@ class PayloadStore:
         for start in range(0, len(chunks), _IOV_MAX):
             group = chunks[start : start + _IOV_MAX]
             total = sum(map(len, group))
+            self._end_known = False  # until this write is whole
             written = os.writev(self._fd, group) if group else 0
             if written < total:  # a short write: finish it by hand
                 rest = memoryview(b"".join(group))[written:]
@@ -125,6 +131,7 @@ class PayloadStore:
                     rest = rest[os.write(self._fd, rest) :]
             self._size += total
             self._dirty = self._dirty or total > 0
+            self._end_known = True
 
     def rollback_to(self, segment: int, offset: int) -> None:
         """Leave the log exactly as it was before a failed batch (a full disk, an I/O error): the
@@ -133,6 +140,7 @@ class PayloadStore:
         mode, so any stray byte left would shift every later record away from its indexed offset.
         Raises OSError if the log could not be restored; the next append tries again first."""
         self._size = offset  # what the file must be, whatever happens below
+        self._end_known = False
         for newer in [s for s in self.segments() if s > segment]:
             self._forget_reader(newer)
             self._path(newer).unlink(missing_ok=True)  # only the failed batch wrote there
@@ -152,6 +160,7 @@ class PayloadStore:
             if actual != self._size:
                 raise OSError(f"segment {self._segment} is {actual} bytes, {self._size} expected")
             self._dirty = True
+        self._end_known = True
 
     def _forget_reader(self, segment: int) -> None:
         fd = self._readers.pop(segment, None)
