@@ -26,6 +26,7 @@ from engine.journal import events, schema, stats
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.dialect import SQLITE
 from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
+from engine.journal.keyfilter import KeyFilter, filter_of
 from engine.journal.payloads import META_FIELDS, PayloadStore
 
 log = structlog.get_logger(__name__)
@@ -82,6 +83,7 @@ class SQLiteJournal(GroupCommitWriter):
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
         self._tail = UnindexedTail()
+        self._keys = KeyFilter()  # built from the index by start()
         #: channels no route names (set by the engine): their accepted messages are indexed
         #: `unrouted` at once, so the dispatcher never reads, plans or updates them
         self.unrouted_channels: frozenset[str] = frozenset()
@@ -97,6 +99,7 @@ class SQLiteJournal(GroupCommitWriter):
         recovered = self.recover()
         if recovered:
             log.warning("journal.recovered", messages=recovered)
+        self._build_key_filter()
         self._reader = connect(self.db_path)
         self._start_writer()
 
@@ -189,10 +192,19 @@ class SQLiteJournal(GroupCommitWriter):
         else:
             log.error("journal.damaged_bytes_skipped", segment=segment, offset=offset, resume=resume)
 
+    def _build_key_filter(self) -> None:
+        """The duplicate keys of the index and the tail (keyfilter.py): at start, and when full."""
+        indexed = [key for (key,) in self._writer.execute("SELECT dup_key FROM messages WHERE dup_key IS NOT NULL")]
+        self._keys = filter_of(indexed + list(self._tail.keys))
+
     def _log_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> tuple[list, list]:
         """Mark duplicates and append a run of inbound records to the segment log (not synced);
         returns their messages rows and events rows, built from the records themselves."""
-        mark_duplicates(records, lambda keys: _earlier(conn, keys) + self._tail.earlier(keys))
+        if self._keys.full:
+            self._build_key_filter()
+        seen = self._keys
+        mark_duplicates(records, lambda keys: _earlier(conn, [k for k in keys if k in seen]) + self._tail.earlier(keys))
+        seen.add_all(r.dup_key for r in records if r.dup_key and r.state != DUPLICATE)
         metas = [_meta_values(r) for r in records]
         positions = store.append_many(list(zip(metas, [r.raw for r in records])))
         node, messages, event_rows = self.node, [], []
