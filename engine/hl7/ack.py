@@ -11,6 +11,7 @@ are answered with the standard ones) in an ASCII-compatible charset, so the send
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -85,9 +86,12 @@ def escape(text: str, enc: str, fs: str = "|") -> str:
 
 def _echo(value: str) -> str:
     """A sender's value sent back: bounded, without control characters (kept as HL7 text)."""
-    return _CONTROLS.sub("", value[:ECHO_LIMIT])
+    value = value[:ECHO_LIMIT]
+    # isprintable() (C, no regex) is true for the usual value and implies no control character.
+    return value if value.isprintable() else _CONTROLS.sub("", value)
 
 
+@functools.lru_cache(maxsize=64)
 def _ascii_compatible(codec: str) -> str:
     try:
         return codec if "|MSA".encode(codec) == b"|MSA" else "utf-8"

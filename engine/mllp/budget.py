@@ -24,6 +24,7 @@ class BufferBudget:
         self._held: dict[Reader, int] = {}  # insertion order = age of the oldest unfinished frame
         self._paused: set[Reader] = set()
         self.used = 0
+        self.reported: tuple[int, int] | None = None  # (used, paused) last set on the gauges
 
     @property
     def paused(self) -> int:

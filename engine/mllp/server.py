@@ -161,9 +161,15 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
             self._arm_deadline()
 
     def _report_buffers(self) -> None:
-        metrics = self.intake.metrics
-        metrics.buffered_bytes.set(self.limits.budget.used)
-        metrics.reads_paused.set(self.limits.budget.paused)
+        # Gauges change rarely (a message mid-frame, a paused reader): set only what moved, each
+        # set takes the metric's lock.
+        budget = self.limits.budget
+        now = (budget.used, budget.paused)
+        if now != budget.reported:  # one budget for the engine: what its gauges show
+            budget.reported = now
+            metrics = self.intake.metrics
+            metrics.buffered_bytes.set(now[0])
+            metrics.reads_paused.set(now[1])
 
     def _arm_deadline(self) -> None:
         self._cancel_deadline()

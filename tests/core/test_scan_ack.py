@@ -64,3 +64,19 @@ def test_nack_carries_err_with_table_0357_code_and_escaped_text():
 def test_ack_without_header_still_has_msa():
     ack = build_ack(None, "AR", "A3", "20261122", (AckError(100, "MSH^1", "no MSH"),)).decode()
     assert ack.startswith("MSH|^~\\&|PFI|") and "\rMSA|AR|\r" in ack
+
+
+@pytest.mark.parametrize(
+    "value, echoed",
+    [
+        ("CHU Saint-Étienne", "CHU Saint-Étienne"),  # printable: sent back as it is
+        ("GAM\x1c\x0b", "GAM"),  # frame bytes cannot leave in an ACK
+        ("A\x00B\x7fC\rD", "ABCD"),
+        ("X" * 300, "X" * 227),  # bounded
+        ("soft\u00adhyphen", "soft\u00adhyphen"),  # not printable for Python, yet no control char
+    ],
+)
+def test_echoed_values_lose_control_characters_only(value, echoed):
+    from engine.hl7.ack import _echo
+
+    assert _echo(value) == echoed
