@@ -41,6 +41,7 @@ DURABILITY = (
 #: other operation (routing, operator actions, purge), which therefore sees every one of them.
 INDEX_BATCH = 512
 INDEX_DELAY = 0.02
+INDEX_RETRY = 1.0  # after a failed index commit (a full disk): seconds before the next try
 
 _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sender, facility,
     receiver, receiver_facility, control_id, msg_type, version, profile, patient_ids, charset,
@@ -83,6 +84,7 @@ class SQLiteJournal(GroupCommitWriter):
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
         self._tail = UnindexedTail()
+        self._index_retry_at = 0.0  # monotonic time before which the idle writer does not retry
         self._keys = KeyFilter()  # built from the index by start()
         #: channels no route names (set by the engine): their accepted messages are indexed
         #: `unrouted` at once, so the dispatcher never reads, plans or updates them
@@ -315,7 +317,8 @@ class SQLiteJournal(GroupCommitWriter):
     def _idle_wait(self) -> float | None:
         if not self._tail:
             return None
-        return max(0.0, self._tail.since + INDEX_DELAY - time.monotonic())
+        due = max(self._tail.since + INDEX_DELAY, self._index_retry_at)
+        return max(0.0, due - time.monotonic())
 
     def _when_idle(self) -> None:
         self._index_tail_or_log()
@@ -324,6 +327,8 @@ class SQLiteJournal(GroupCommitWriter):
         try:
             self._index_tail()
         except Exception as exc:  # noqa: BLE001 - kept in the tail, tried again; the log holds them
+            # Not at once: an idle writer would retry (and log) in a loop while the disk is full.
+            self._index_retry_at = time.monotonic() + INDEX_RETRY
             log.exception("journal.index_failed", error=str(exc), records=len(self._tail))
 
     def _index_tail(self) -> None:

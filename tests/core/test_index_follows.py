@@ -16,7 +16,7 @@ from engine.journal.base import DUPLICATE, RECEIVED
 from engine.journal.reader import JournalReader
 from engine.journal.sqlite import SQLiteJournal
 from tests.core.test_journal_batch import _record
-from tests.support import until
+from tests.support import sleep, until
 
 KEY = "in\x1fA\x1fB\x1fC-{}"
 
@@ -118,3 +118,30 @@ async def test_the_tail_is_indexed_once_index_batch_records_wait(journal, monkey
     assert indexed_uids(journal.data_dir) == []
     await append(journal, 1, prefix="V")  # the writer indexes right after answering this one
     await until(lambda: len(indexed_uids(journal.data_dir)) == 4, what="the tail indexed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_index_commit_keeps_the_tail_and_is_retried_later(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_journal, "INDEX_DELAY", 0.0)
+    monkeypatch.setattr(sqlite_journal, "INDEX_RETRY", 0.3)
+    journal = SQLiteJournal(tmp_path / "journal", reactor)
+    real_insert, attempts = SQLiteJournal._insert_tail, []
+
+    def failing_once(self, conn):
+        attempts.append(len(self._tail))
+        if len(attempts) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_insert(self, conn)
+
+    monkeypatch.setattr(SQLiteJournal, "_insert_tail", failing_once)
+    journal.start()
+    try:
+        [stored] = await append(journal, 1)  # answered: the log has it; its index commit fails
+        assert stored.state == RECEIVED
+        await until(lambda: len(attempts) >= 1, what="the first index attempt")
+        await sleep(0.1)
+        assert attempts == [1] and indexed_uids(journal.data_dir) == []  # no retry loop meanwhile
+        await until(lambda: indexed_uids(journal.data_dir) == ["U-0"], what="the retry after INDEX_RETRY")
+        assert attempts == [1, 1]
+    finally:
+        journal.close_now()
