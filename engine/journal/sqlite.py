@@ -233,8 +233,9 @@ class SQLiteJournal(GroupCommitWriter):
             event_rows.append((r.uid, r.received_at, r.state, r.channel, detail, node))
         return messages, event_rows
 
-    def _index_inbound_run(self, conn, store, records: list[InboundRecord], messages: list, event_rows: list) -> list:
-        """Insert the index rows of a logged run; returns one result per record.
+    def _index_inbound_run(self, conn, store, records: list, messages: list, event_rows: list) -> list:
+        """Insert the index rows of a logged run; returns one result per item of `records` (the
+        records, or the tail's uids): the item itself, or a JournalError for a refused row.
 
         One multi-row INSERT per table: every SQLite call releases and takes back the GIL, and
         taking it back means waiting for the busy reactor thread, so few calls beat many."""
@@ -352,10 +353,10 @@ class SQLiteJournal(GroupCommitWriter):
         tail = self._tail
         if not tail:
             return
-        results = self._index_inbound_run(conn, self.payloads, tail.records, tail.messages, tail.events)
-        for record, result in zip(tail.records, results):
+        results = self._index_inbound_run(conn, self.payloads, tail.uids, tail.messages, tail.events)
+        for uid, result in zip(tail.uids, results):
             if isinstance(result, Exception):  # acknowledged, in the log: say it loudly
-                log.error("journal.index_failed", message_id=record.uid, error=str(result))
+                log.error("journal.index_failed", message_id=uid, error=str(result))
 
     def _tail_indexed(self) -> None:
         routable = self._tail.routable
@@ -441,7 +442,9 @@ class UnindexedTail:
         self.clear()
 
     def clear(self) -> None:
-        self.records: list[InboundRecord] = []
+        # Uids, not the records: a record holds its raw bytes (megabytes for a report with its
+        # PDF), which must be freed once answered, not kept for up to INDEX_BATCH records.
+        self.uids: list[str] = []
         self.messages: list[tuple] = []
         self.events: list[tuple] = []
         #: dup_key -> (dup_key, received_at, uid, ack_code, ack) of originals, as `_earlier` gives
@@ -450,12 +453,12 @@ class UnindexedTail:
         self.routable = False  # holds a record the dispatcher must route
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.uids)
 
     def add(self, records: list[InboundRecord], messages: list[tuple], event_rows: list[tuple]) -> None:
-        if not self.records:
+        if not self.uids:
             self.since = time.monotonic()
-        self.records += records
+        self.uids += [r.uid for r in records]
         self.routable = self.routable or any(m[_STATE] == RECEIVED for m in messages)
         self.messages += messages
         self.events += event_rows

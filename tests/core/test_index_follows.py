@@ -4,6 +4,7 @@ synced and answered then; its index rows come later, in batches. These tests hol
 
 from __future__ import annotations
 
+import gc
 import shutil
 import sqlite3
 
@@ -145,3 +146,14 @@ async def test_a_failing_index_commit_keeps_the_tail_and_is_retried_later(tmp_pa
         assert attempts == [1, 1]
     finally:
         journal.close_now()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tail_keeps_no_record_and_so_no_raw_bytes(journal):
+    # A report with its PDF can weigh megabytes: once answered, its bytes must not wait in memory
+    # for the index (the tail keeps the index rows and the uid, never the record).
+    record = _record("U-big", "C-big", KEY.format("big"))
+    await journal.append_inbound(record)
+    assert len(journal._tail) == 1
+    held_by_tail = [o for o in gc.get_referrers(record) if any(o is v for v in vars(journal._tail).values())]
+    assert held_by_tail == []
