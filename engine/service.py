@@ -166,13 +166,12 @@ class Engine(Sequence):
         self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
         self.dispatcher.metrics = self.metrics
-        # A shared journal tells this node about work other nodes queued (no-op on SQLite).
+        # The journal wakes the dispatcher when messages to route are committed (a shared journal
+        # also for other nodes' messages) and this node's workers when other nodes queued work.
         self.journal.on_received = self.dispatcher.kick
         self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
         self.journal.unrouted_channels = frozenset(config.channels) - self.dispatcher.route_channels
-        # A journal whose index follows the ACK wakes the dispatcher itself once records are indexed.
-        kick = None if self.journal.index_follows else self.dispatcher.kick
-        self.intake = Intake(self.journal, self.metrics, self.clock, on_accepted=kick)
+        self.intake = Intake(self.journal, self.metrics, self.clock)
         self.listeners: dict[str, ListenerService] = {}
         self.buffer_budget = BufferBudget(config.engine.max_buffered_bytes)
         self._build_tree(with_metrics)

@@ -82,13 +82,11 @@ class Journal(Protocol):
     node: str
     #: this node dispatches (always on SQLite; the elected leader of a shared journal)
     is_leader: bool
-    #: the index follows the ACK (SQLite): the journal calls `on_received` once new records are
-    #: indexed, so intake need not wake the dispatcher itself
-    index_follows: bool
     #: set by the engine: channels no route names. A local journal indexes their accepted
     #: messages `unrouted` at once (no dispatching); a shared one leaves them to its leader.
     unrouted_channels: frozenset[str]
-    #: set by the engine: called when another node received a message / queued work for a destination
+    #: set by the engine: called when messages to route were committed (by this node or another
+    #: node of a shared journal: intake never wakes the dispatcher) / another node queued work
     on_received: Callable[[], None]
     on_queued: Callable[[str], None]
 

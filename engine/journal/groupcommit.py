@@ -22,7 +22,7 @@ from twisted.internet import defer, threads
 from twisted.python import threadable
 
 from engine.journal import events
-from engine.journal.base import DUPLICATE, InboundRecord
+from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord
 
 log = structlog.get_logger("engine.journal")
 
@@ -40,8 +40,9 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._turn: list = []  # inbound records of the current reactor turn
-        # Set by the engine; a shared journal calls them when another node received a message or
-        # queued work (engine/journal/postgres.py), a local one never needs to.
+        # Set by the engine. `on_received` wakes the dispatcher: called once messages to route are
+        # committed (by this node: `_wake_dispatcher`; by another node of a shared journal: its
+        # notification); `on_queued` when another node queued work for a destination.
         self.on_received: Callable[[], None] = lambda: None
         self.on_queued: Callable[[str], None] = lambda destination: None
         #: called in the writer thread with the event rows of each committed transaction (the
@@ -197,6 +198,10 @@ class GroupCommitWriter:
             results += self._store_inbound_run(conn, store, run)
         return results
 
+    def _wake_dispatcher(self) -> None:
+        """After committing messages to route (writer thread): intake does not wake it itself."""
+        self.reactor.callFromThread(self.on_received)
+
     def _events_committed(self) -> None:
         rows, self._written[:] = list(self._written), []
         for listener in self.event_listeners:
@@ -218,6 +223,11 @@ def _resolve(deferreds: list, results: list) -> None:
             d.errback(result)
         else:
             d.callback(result)
+
+
+def any_to_route(operations: list, unrouted: frozenset = frozenset()) -> bool:
+    """Some of `operations` are accepted messages the dispatcher must route."""
+    return any(isinstance(r, InboundRecord) and r.state == RECEIVED and r.channel not in unrouted for r in operations)
 
 
 def mark_duplicates(records: list[InboundRecord], earlier: Callable[[list[str]], list[tuple]]) -> None:

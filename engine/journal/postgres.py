@@ -32,7 +32,7 @@ from engine.errors import JournalError
 from engine.journal import events, pgschema, stats
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.dialect import POSTGRES
-from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
+from engine.journal.groupcommit import GroupCommitWriter, any_to_route, mark_duplicates
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +107,6 @@ class PgPayloads:
 class PostgresJournal(GroupCommitWriter):
     durability = DURABILITY
     dialect = POSTGRES
-    index_follows = False  # messages rows are in the pre-ACK commit
     unrouted_channels: frozenset[str] = frozenset()  # the leader's routes decide (unused here)
 
     def __init__(self, url: str, reactor=None, node: str = "", lease: float = 15.0):
@@ -234,6 +233,9 @@ class PostgresJournal(GroupCommitWriter):
             _rollback(conn)
             log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             results = [JournalError(f"journal write failed: {exc}")] * len(batch)
+        else:
+            if any_to_route([op for op, _, _ in batch]):  # the leader routes every channel's messages
+                self._wake_dispatcher()
         self._answer(batch, results)
 
     def _run_one(self, conn, store, operation):

@@ -25,7 +25,7 @@ from engine.errors import JournalError
 from engine.journal import events, schema, stats
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.dialect import SQLITE
-from engine.journal.groupcommit import GroupCommitWriter, mark_duplicates
+from engine.journal.groupcommit import GroupCommitWriter, any_to_route, mark_duplicates
 from engine.journal.keyfilter import KeyFilter, filter_of
 from engine.journal.payloads import META_FIELDS, PayloadStore
 
@@ -68,7 +68,6 @@ class SQLiteJournal(GroupCommitWriter):
     durability = DURABILITY
     dialect = SQLITE
     is_leader = True  # one process owns the files: it is always the dispatcher
-    index_follows = True  # acknowledged records reach the index a little later (on_received then)
     lease = 300.0  # one process owns the file: a lease only matters after its own restart
 
     def __init__(self, data_dir: Path, reactor=None, node: str = "local"):
@@ -85,7 +84,7 @@ class SQLiteJournal(GroupCommitWriter):
         self._sync_mode = "FULL"
         self._tail = UnindexedTail()
         self._index_retry_at = 0.0  # monotonic time before which the idle writer does not retry
-        self._keys = KeyFilter()  # built from the index by start()
+        self._keys = KeyFilter(1)  # replaced by start(), built from the index
         #: channels no route names (set by the engine): their accepted messages are indexed
         #: `unrouted` at once, so the dispatcher never reads, plans or updates them
         self.unrouted_channels: frozenset[str] = frozenset()
@@ -206,7 +205,7 @@ class SQLiteJournal(GroupCommitWriter):
             self._build_key_filter()
         seen = self._keys
         mark_duplicates(records, lambda keys: _earlier(conn, [k for k in keys if k in seen]) + self._tail.earlier(keys))
-        seen.add_all(r.dup_key for r in records if r.dup_key and r.state != DUPLICATE)
+        seen.add_all(key for r in records if (key := _kept_key(r)))
         metas = [_meta_values(r) for r in records]
         positions = store.append_many(list(zip(metas, [r.raw for r in records])))
         node, messages, event_rows = self.node, [], []
@@ -222,7 +221,7 @@ class SQLiteJournal(GroupCommitWriter):
                     segment,
                     offset,
                     crc,
-                    r.dup_key if r.state != DUPLICATE else None,
+                    _kept_key(r),
                     r.duplicate_of,
                     r.ack_code,
                     r.ack,
@@ -257,7 +256,6 @@ class SQLiteJournal(GroupCommitWriter):
     def _store_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> list:
         """Inbound records within a batch of other operations: indexed in its transaction."""
         messages, event_rows = self._log_inbound_run(conn, store, records)
-        self._tail.routable = self._tail.routable or any(m[_STATE] == RECEIVED for m in messages)
         return self._index_inbound_run(conn, store, records, messages, event_rows)
 
     def _set_sync_mode(self, conn, logged: bool) -> None:
@@ -288,7 +286,7 @@ class SQLiteJournal(GroupCommitWriter):
             log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             self._answer(batch, [JournalError(f"journal write failed: {exc}")] * len(batch))
             return
-        self._tail.add(records, messages, event_rows)
+        self._tail.add(records, messages, event_rows, any_to_route(records, self.unrouted_channels))
         self._answer(batch, records)
         if len(self._tail) >= INDEX_BATCH:
             self._index_tail_or_log()
@@ -312,7 +310,7 @@ class SQLiteJournal(GroupCommitWriter):
             failure = JournalError(f"journal write failed: {exc}")
             results = [failure] * len(batch)
         else:
-            self._tail_indexed()
+            self._tail_indexed(any_to_route([op for op, _, _ in batch], self.unrouted_channels))
         self._answer(batch, results)
 
     def _idle_wait(self) -> float | None:
@@ -358,12 +356,14 @@ class SQLiteJournal(GroupCommitWriter):
             if isinstance(result, Exception):  # acknowledged, in the log: say it loudly
                 log.error("journal.index_failed", message_id=uid, error=str(result))
 
-    def _tail_indexed(self) -> None:
-        routable = self._tail.routable
+    def _tail_indexed(self, routable: bool = False) -> None:
+        """The tail (and `routable` records of the same transaction) are indexed: the dispatcher
+        routes what it can read."""
+        routable = routable or self._tail.routable
         self._tail.clear()
         self._events_committed()
-        if routable:  # the dispatcher routes what is indexed
-            self.reactor.callFromThread(self.on_received)
+        if routable:
+            self._wake_dispatcher()
 
     def _run_one(self, conn, store, operation):
         conn.execute("SAVEPOINT op")
@@ -455,16 +455,16 @@ class UnindexedTail:
     def __len__(self) -> int:
         return len(self.uids)
 
-    def add(self, records: list[InboundRecord], messages: list[tuple], event_rows: list[tuple]) -> None:
+    def add(self, records: list[InboundRecord], messages: list[tuple], event_rows: list[tuple], routable: bool) -> None:
         if not self.uids:
             self.since = time.monotonic()
         self.uids += [r.uid for r in records]
-        self.routable = self.routable or any(m[_STATE] == RECEIVED for m in messages)
+        self.routable = self.routable or routable
         self.messages += messages
         self.events += event_rows
         for r in records:
-            if r.dup_key and r.state != DUPLICATE:  # as the messages row keeps dup_key
-                self.keys.setdefault(r.dup_key, []).append((r.dup_key, r.received_at, r.uid, r.ack_code, r.ack))
+            if key := _kept_key(r):
+                self.keys.setdefault(key, []).append((key, r.received_at, r.uid, r.ack_code, r.ack))
 
     def earlier(self, keys: list[str]) -> list[tuple]:
         """The originals among the tail's records (they follow every indexed one)."""
@@ -559,6 +559,12 @@ _INDEXED = len(_META_FIELDS)
 _STATE = _META_FIELDS.index("state")
 UNROUTED = "unrouted"
 NOT_ROUTED = "no route names this channel: not routed"
+
+
+def _kept_key(r: InboundRecord) -> str | None:
+    """The dup_key the index keeps for a record: a duplicate's points to its original instead,
+    so only originals are found (the messages row, the tail and the key filter agree on it)."""
+    return r.dup_key if r.state != DUPLICATE else None
 
 
 def _as_unrouted(row: tuple) -> tuple:

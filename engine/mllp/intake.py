@@ -72,7 +72,6 @@ class Intake:
     journal: object
     metrics: object
     clock: object
-    on_accepted: object = None  # called after an accepted message is stored (wakes the dispatcher)
     _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
     _channels: dict = field(default_factory=dict)
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
@@ -135,8 +134,12 @@ class Intake:
         record.reason = verdict.reason
         record.ack_code = verdict.code
         self._answer(record, header, verdict, now, policy)
+        return self._journal(record, header, policy, now, started)
+
+    def _journal(self, record: InboundRecord, header, policy: IntakePolicy, now: float, started: float):
+        """Journal the answered record; fires with its ACK (or the AR if it could not be stored).
+        One callback pair per message: log, count and hand back the ACK."""
         d = self._append(record, policy)
-        # One callback pair per message: log, count and hand back the ACK.
         d.addCallbacks(
             self._stored,
             self._not_stored,
@@ -224,14 +227,7 @@ class Intake:
         )
         _index(record, header, policy, accepted=False)
         self._answer(record, header, Verdict(code, tuple(errors), reason), now, policy)
-        d = self._append(record, policy)
-        d.addCallbacks(
-            self._stored,
-            self._not_stored,
-            callbackArgs=(policy, started),
-            errbackArgs=(record, header, policy, now, started),
-        )
-        return d
+        return self._journal(record, header, policy, now, started)
 
     def _answer(self, record: InboundRecord, header, verdict: Verdict, now: float, policy: IntakePolicy) -> None:
         record.ack = self._ack(header, verdict, now, policy)
@@ -270,8 +266,6 @@ class Intake:
         self._tally.setdefault(record.channel, Counter())[record.state] += 1
         if record.state == REJECTED:
             self._log_rejection(record)
-        elif record.state != DUPLICATE and self.on_accepted is not None:
-            self.on_accepted()
         self._observe(record, policy, started)
 
     def _log_rejection(self, record: InboundRecord) -> None:
