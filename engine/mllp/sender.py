@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from engine.config.channels import MllpOutSettings, ReplyAction, TlsSettings
 from engine.mllp.client import AckInfo, control_id_of, read_ack
+from engine.mllp.directwrite import write_now
 from engine.mllp.framing import Frame, MLLPDecoder, Noise, frame
 from engine.tls import client_options
 
@@ -77,7 +78,9 @@ class _SenderProtocol(protocol.Protocol):
         """Write one frame; the Deferred fires with the next decoder event (Frame, Noise...)."""
         self._answer = defer.Deferred(lambda _: self._forget_answer())
         answer = self._answer
-        self.transport.write(frame(payload))
+        # At once when nothing is buffered (as intake's ACKs): no epoll registration and no
+        # extra reactor turn per message sent.
+        write_now(self.transport, frame(payload))
         return answer
 
     def _forget_answer(self) -> None:
