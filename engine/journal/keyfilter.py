@@ -17,6 +17,9 @@ from typing import Iterable
 BITS_PER_KEY = 10  # with HASHES = 5: ~1 % false positives at capacity
 HASHES = 5
 MIN_CAPACITY = 1 << 20  # 1.25 MB: a busy site's week of messages
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_ROUNDS = range(HASHES)
+_MASKS = tuple(1 << i for i in range(8))
 
 
 class KeyFilter:
@@ -26,16 +29,17 @@ class KeyFilter:
         self._array = bytearray(self._bits // 8 + 1)
         self.count = 0
 
-    def _positions(self, key: str) -> list[int]:
-        # Double hashing from one 64-bit hash (stable within the process, which is all we need).
-        h = hash(key) & 0xFFFFFFFFFFFFFFFF
-        first, step, bits = h & 0xFFFFFFFF, (h >> 32) | 1, self._bits
-        return [(first + i * step) % bits for i in range(HASHES)]
-
+    # Positions by double hashing from one 64-bit hash (stable within the process, which is all
+    # we need): first + i * step, i < HASHES. Written out rather than as a list of positions:
+    # checked on every inbound message, and a new key (nearly all) stops at its first clear bit.
     def add(self, key: str) -> None:
-        array = self._array
-        for p in self._positions(key):
-            array[p >> 3] |= 1 << (p & 7)
+        array, bits = self._array, self._bits
+        h = hash(key) & _MASK64
+        position, step = h & 0xFFFFFFFF, (h >> 32) | 1
+        for _ in _ROUNDS:
+            bit = position % bits
+            array[bit >> 3] |= _MASKS[bit & 7]
+            position += step
         self.count += 1
 
     def add_all(self, keys: Iterable[str]) -> None:
@@ -43,8 +47,15 @@ class KeyFilter:
             self.add(key)
 
     def __contains__(self, key: str) -> bool:
-        array = self._array
-        return all(array[p >> 3] & (1 << (p & 7)) for p in self._positions(key))
+        array, bits = self._array, self._bits
+        h = hash(key) & _MASK64
+        position, step = h & 0xFFFFFFFF, (h >> 32) | 1
+        for _ in _ROUNDS:
+            bit = position % bits
+            if not array[bit >> 3] & _MASKS[bit & 7]:
+                return False
+            position += step
+        return True
 
     @property
     def full(self) -> bool:
