@@ -10,6 +10,7 @@ as a `SendOutcome` with action "retry" and the caller's queue waits (engine/retr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,12 +140,13 @@ class MLLPSender:
 
     async def send(self, message: bytes) -> SendOutcome:
         """Deliver `message` (one HL7 message, CR separators) and report the outcome."""
+        control_id = control_id_of(message).strip()
         await self._lock.acquire()
         try:
-            outcome = await self._send_locked(message)
+            outcome = await self._send_locked(message, control_id)
         finally:
             self._lock.release()
-        self._log_outcome(message, outcome)
+        self._log_outcome(control_id, outcome)
         return outcome
 
     async def close(self) -> None:
@@ -156,8 +158,7 @@ class MLLPSender:
             proto.drop()
         await defer.DeferredList([p.lost for p in list(self._live)])
 
-    async def _send_locked(self, message: bytes) -> SendOutcome:
-        control_id = control_id_of(message).strip()
+    async def _send_locked(self, message: bytes, control_id: str) -> SendOutcome:
         if not message.startswith(b"MSH") or not control_id:
             # Without MSH-10 no ACK can be checked; retrying cannot fix the message.
             return SendOutcome("dead", "invalid message: no MSH segment or empty MSH-10", kind="invalid")
@@ -268,13 +269,23 @@ class MLLPSender:
             return tcp
         return wrapClientTLS(client_tls_options(s.host, s.tls), tcp)
 
-    def _log_outcome(self, message: bytes, outcome: SendOutcome) -> None:
+    def _log_outcome(self, control_id: str, outcome: SendOutcome) -> None:
+        # A success is counted in delivery.summary and journaled: its own line only at debug
+        # level, and nothing built for it otherwise (one per message sent).
+        done = outcome.action == "done"
+        if done and not _debug_enabled(self._log):
+            return
         # MSH-10 and codes only: ERR text in the reason may quote patient data.
-        fields = dict(control_id=control_id_of(message)[:64], action=outcome.action, kind=outcome.kind)
+        fields = dict(control_id=control_id[:64], action=outcome.action, kind=outcome.kind)
         if outcome.kind not in ACK_CODES:
             fields["reason"] = outcome.reason
-        # A success is counted in delivery.summary and journaled: its own line only at debug level.
-        (self._log.debug if outcome.action == "done" else self._log.warning)("mllp.out.sent", **fields)
+        (self._log.debug if done else self._log.warning)("mllp.out.sent", **fields)
+
+
+def _debug_enabled(logger) -> bool:
+    """structlog's filtering loggers say whether a level would be written; others: assume so."""
+    check = getattr(logger, "is_enabled_for", None)
+    return check is None or check(logging.DEBUG)
 
 
 def client_tls_options(host: str, tls: TlsSettings):
