@@ -12,6 +12,7 @@ from twisted.internet import defer, reactor  # noqa: E402
 
 from engine.config.load import load_config  # noqa: E402
 from engine.console.server import ConsoleServer  # noqa: E402
+from engine.commands.run import SWITCH_INTERVAL  # noqa: E402
 from engine.log import configure_logging  # noqa: E402
 from engine.service import Engine  # noqa: E402
 
@@ -19,7 +20,7 @@ from engine.service import Engine  # noqa: E402
 def main() -> None:
     config = load_config(Path(sys.argv[1]))
     configure_logging(config.engine.log_level, reactor=reactor)
-    sys.setswitchinterval(0.0002)  # as `pfi run`
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as `pfi run`
     engine = Engine(config, Path(sys.argv[2]), reactor)
     console = ConsoleServer(config, Path(sys.argv[2]), reactor)
 

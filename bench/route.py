@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import defer, reactor, task  # noqa: E402
 
 from bench.common import ROOT, Sink, adt_message, percentile, run_load, sleep, start_engine_process, stop_process  # noqa: E402
-from bench.intake import ENGINE_PORT  # noqa: E402
+from bench.intake import ENGINE_PORT, cpu_seconds  # noqa: E402
 from engine.journal.sqlite import DURABILITY  # noqa: E402
 
 SINK_PORTS = (24101, 24102, 24103)
@@ -59,6 +59,7 @@ async def scenario(workdir: Path, destinations: int, connections: int, seconds: 
     ports = [reactor.listenTCP(SINK_PORTS[i], s, interface="127.0.0.1") for i, s in enumerate(sinks)]
     proc = start_engine(workdir, write_config(workdir / f"s{destinations}", destinations))
     record: dict[str, tuple[float, float]] = {}
+    cpu_before = cpu_seconds(proc.pid)
     try:
         load = await run_load(ENGINE_PORT, adt_message(), connections, seconds, f"R{destinations}-", record)
         started = load["started"]
@@ -72,6 +73,7 @@ async def scenario(workdir: Path, destinations: int, connections: int, seconds: 
         elapsed = (
             max(max(s.arrived.values(), default=started) for s in sinks) - started if destinations else load["elapsed"]
         )
+        cpu = cpu_seconds(proc.pid) - cpu_before
     finally:
         stop_process(proc)
         for p in ports:
@@ -86,6 +88,7 @@ async def scenario(workdir: Path, destinations: int, connections: int, seconds: 
         "delivered": delivered,
         "p50": percentile(latencies, 50) * 1000 if latencies else float("nan"),
         "p99": percentile(latencies, 99) * 1000 if latencies else float("nan"),
+        "cpu": cpu / max(len(acked), 1) * 1e6,
     }
 
 
@@ -103,14 +106,21 @@ def main() -> None:
         three = await scenario(workdir, 3, args.connections, args.seconds)
         print(f"\nRouting benchmark - ADT ~1KB, {args.connections} connections, journal: {DURABILITY}")
         print(
-            f"{'scenario':<28} {'msg/s':>8} {'ACK->dest p50 ms':>17} {'p99 ms':>8} {'delivered':>10} {'vs intake':>9}"
+            f"{'scenario':<28} {'msg/s':>8} {'µs/msg':>7} {'ACK->dest p50 ms':>17} {'p99 ms':>8} "
+            f"{'delivered':>10} {'vs intake':>9}"
         )
-        print(f"{'intake only (no route)':<28} {intake['rate']:>8.0f} {'-':>17} {'-':>8} {'-':>10} {'100%':>9}")
+        print(
+            f"{'intake only (no route)':<28} {intake['rate']:>8.0f} {intake['cpu']:>7.0f} {'-':>17} {'-':>8} "
+            f"{'-':>10} {'100%':>9}"
+        )
         for name, r, n in (("1 route -> 1 destination", one, 1), ("1 route -> 3 destinations", three, 3)):
             print(
-                f"{name:<28} {r['rate']:>8.0f} {r['p50']:>17.1f} {r['p99']:>8.1f} "
+                f"{name:<28} {r['rate']:>8.0f} {r['cpu']:>7.0f} {r['p50']:>17.1f} {r['p99']:>8.1f} "
                 f"{r['delivered']:>5}/{r['acked'] * n:<5} {r['rate'] / intake['rate']:>8.0%}"
             )
+        print(
+            "µs/msg: the engine process's CPU (all threads, from /proc) per message received, until all were delivered."
+        )
 
     try:
         task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))
