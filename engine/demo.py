@@ -243,11 +243,13 @@ def _environment(pki, dmp_url: str) -> None:
     )
 
 
-async def _start_engine(workdir: Path):
+async def _start_engine(workdir: Path, cda_processes: int | None = None):
     from engine.config.load import load_config
     from engine.service import Engine
 
     config = load_config(ROOT)
+    if cda_processes is not None:  # bench/flow.py compares validation in workers and in threads
+        config.engine.cda_processes = cda_processes
     engine = Engine(config, workdir / "data", reactor, with_metrics=False)
     await engine.startService()
     return engine

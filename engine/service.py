@@ -360,15 +360,22 @@ class Engine(Sequence):
 
     def cda_checker(self, level: str):
         """The engine's CDA check of a level (`full`, `structure`), built once: its Schematrons are
-        compiled once per engine. Raises ConfigurationError when the kit is missing."""
+        compiled once per engine, in its validation workers (`cda_processes`) or in-process.
+        Raises ConfigurationError when the kit is missing."""
         from engine.cda.checker import CdaChecker
 
         checkers = self._cda_checkers
         if level not in checkers:
             stages = ("conformance", "dmp") if level == "full" else ()
-            checkers[level] = CdaChecker.from_settings(
-                self.config.engine.cda_kit, self.config.root, self.data_dir / "cache" / "schematron", stages
-            )
+            settings, cache = self.config.engine, self.data_dir / "cache" / "schematron"
+            if settings.cda_processes:
+                from engine.cda.pool import shared_pool
+
+                checkers[level] = shared_pool(
+                    settings.cda_kit, self.config.root, cache, stages, settings.cda_processes, settings.log_level
+                )
+            else:
+                checkers[level] = CdaChecker.from_settings(settings.cda_kit, self.config.root, cache, stages)
         return checkers[level]
 
     async def _start_children(self) -> None:

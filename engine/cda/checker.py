@@ -1,6 +1,7 @@
 """The CDA check the engine runs on documents in transit (`validate: cda` route steps and the
 document channels' check before the ACK): XSD + the Schematron profiles of the kit, compiled once
-per engine and reused, run in worker threads (never on the reactor thread).
+per engine and reused, run in worker processes (engine/cda/pool.py, `cda_processes`) or, with
+`cda_processes: 0`, in worker threads (never on the reactor thread).
 
 Where the kit is: `cda_kit:` in pfi.yaml, else $PFI_CDA_KIT, else the ANS TestContenuCDA 3.0 kit
 beside the project (../shared/corpus/cda/TestContenuCDA-3-0). A configuration that needs it while
@@ -68,7 +69,7 @@ class CdaChecker:
         problems = kit_problems(setting, config_root)
         if problems:
             raise ConfigurationError(problems)
-        return _shared(kit_directory(setting, config_root), Path(cache_dir), tuple(stages))
+        return shared_checker(kit_directory(setting, config_root), Path(cache_dir), tuple(stages))
 
     def warm_up(self) -> None:
         """Compile (or load from cache) every Schematron now: the first document must not pay it."""
@@ -94,7 +95,8 @@ _checkers: dict[tuple, CdaChecker] = {}
 _checkers_lock = threading.Lock()
 
 
-def _shared(directory: Path, cache_dir: Path, stages: tuple[str, ...]) -> CdaChecker:
+def shared_checker(directory: Path, cache_dir: Path, stages: tuple[str, ...]) -> CdaChecker:
+    """The in-process checker of a kit and stages, built once per process."""
     with _checkers_lock:
         key = (directory, stages)
         if key not in _checkers:

@@ -61,6 +61,13 @@ class EngineSettings(BaseModel):
         description="ANS TestContenuCDA 3.0 kit directory for `validate: cda` "
         "and document channels (default: $PFI_CDA_KIT, else ../shared/corpus/cda/TestContenuCDA-3-0)",
     )
+    cda_processes: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Worker processes that run CDA validation beside the engine, off its GIL, so "
+        "that validating reports never slows intake (0: in the engine's own threads)",
+    )
     log_level: str = "info"
     metrics: MetricsSettings = MetricsSettings()
     console: ConsoleSettings | None = None
