@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 
 from engine.cda.checker import CdaChecker, kit_directory, kit_problems
-from engine.errors import ConfigurationError
+from engine.errors import ConfigurationError, EngineError
 
 log = structlog.get_logger("engine.cda")
 
@@ -57,9 +57,10 @@ def _worker_pid() -> int:
     return os.getpid()
 
 
-class ValidatorUnavailable(RuntimeError):
+class ValidatorUnavailable(EngineError):
     """The validation workers stopped twice in a row on one document: it is not judged (a route
-    puts the message in dead letter with this reason, a document channel answers AR 207)."""
+    step fails with this reason: dead letter and its on_failure steps; a document channel
+    answers AR 207, send it again later)."""
 
 
 class CdaProcessPool:
@@ -70,6 +71,7 @@ class CdaProcessPool:
         self._args = (str(directory), str(cache_dir), tuple(stages), log_level)
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.work = _worker_problems  # what a worker runs per document (a test replaces it)
 
     def _pool(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -105,7 +107,7 @@ class CdaProcessPool:
         for attempt in (1, 2):
             executor = self._pool()
             try:
-                return executor.submit(_worker_problems, content).result()
+                return executor.submit(self.work, content).result()
             except BrokenProcessPool:
                 self._discard(executor)
                 log.error("cda.worker_lost", attempt=attempt, size=len(content))

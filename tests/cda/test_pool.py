@@ -1,6 +1,7 @@
 """CDA validation in worker processes (engine/cda/pool.py): the verdict of the in-process check,
-given by another process, surviving the death of its worker, refusing to start on a kit it
-cannot load, and used by an engine configured with `cda_processes`."""
+given by another process, surviving the death of its worker, a document that kills its workers
+left unjudged (a failed route step, not an engine crash), refusing to start on a kit it cannot
+load, and used by an engine configured with `cda_processes`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.cda.checker import CdaChecker
-from engine.cda.pool import CdaProcessPool, shared_pool
+from engine.cda.pool import CdaProcessPool, ValidatorUnavailable, _worker_problems, shared_pool
 from engine.errors import ConfigurationError
 
 STAGES = ("conformance", "dmp")
@@ -85,3 +86,39 @@ def test_an_engine_validates_in_its_workers(tmp_path, cda_kit):
     (tmp_path / "pfi.yaml").write_text(f"cda_kit: {cda_kit / 'TestContenuCDA-3-0'}\ncda_processes: 0\n")
     in_threads = Engine(load_config(tmp_path), tmp_path / "data2", reactor, with_metrics=False)
     assert isinstance(in_threads.cda_checker("full"), CdaChecker)
+
+
+def _crash(content: bytes) -> list[str]:
+    """Stands for a validator that kills its process on a document (runs in the worker)."""
+    os._exit(3)
+
+
+def test_a_document_that_kills_its_workers_is_not_judged(cda_kit, tmp_path):
+    pool = CdaProcessPool(cda_kit / "TestContenuCDA-3-0", tmp_path, (), processes=1)  # XSD only: quick
+    pool.work = _crash
+    try:
+        with pytest.raises(ValidatorUnavailable, match="stopped twice"):
+            pool.problems(b"<ClinicalDocument/>")
+        pool.work = _worker_problems  # the pool itself survived: the next document is judged
+        assert pool.problems(b"<ClinicalDocument")  # judged: not XML
+    finally:
+        pool.close()
+
+
+def test_a_route_step_turns_an_unjudged_document_into_an_invalid_plan():
+    from engine.config.routes import Route, label_steps
+    from engine.demo import fictional_report
+    from engine.journal.plans import Plan
+    from engine.routing.context import MessageContext
+    from engine.routing.plan import Environment, run_steps
+
+    def unavailable(content: bytes) -> list[str]:
+        raise ValidatorUnavailable("the CDA validation workers stopped twice on this document")
+
+    route = Route.model_validate({"name": "reports", "steps": [{"label": "check", "validate": "cda"}]})
+    label_steps(route)
+    ctx = MessageContext("U-1", "in", fictional_report("REP-1", 1), 0.0)
+    plan = Plan("U-1")
+    run_steps(route, route.steps, ctx, ctx.raw, Environment({}, Path("."), cda_validator=unavailable), plan)
+    assert plan.state == "invalid"
+    assert "stopped twice on this document" in plan.events[-1][1]
