@@ -186,7 +186,14 @@ class Dispatcher:
             from engine.docrequest.asinitial import as_initial
 
             payload = as_initial(ctx.raw)
-        await threads.deferToThread(run_steps, route, steps, ctx, payload, self.env, plan)
+        try:
+            await threads.deferToThread(run_steps, route, steps, ctx, payload, self.env, plan)
+        except Exception as exc:  # noqa: BLE001 - a defect must not take the batch's other follow-ups
+            # with it (they would never run: their deliveries are already recorded as finished).
+            log.error(
+                "routing.follow_up_failed", message_id=message.uid, route=route.name, error_type=type(exc).__name__
+            )
+            plan.events.append(("invalid", f"route {route.name} step {delivery.step} {kind} failed: {exc}"))
         if payload is not ctx.raw:
             for new in plan.deliveries:
                 new.action, new.replaced_id = "initial", ""

@@ -234,3 +234,61 @@ async def test_a_message_of_a_channel_no_route_names_is_unrouted_without_reading
         client.close()
         await engine.stopService()
         await peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follow_up_that_fails_unexpectedly_is_journaled_and_spares_the_others(tmp_path):
+    # Two reports of one patient recorded as sent together (the first one's AR holds the second
+    # back until its retry takes both): the first one's on_success planning raising something no
+    # step expects must neither go unjournaled nor cancel the second one's follow-up.
+    from engine.demo import fictional_report
+    from engine.hl7.scan import scan
+
+    def answer(raw, n):
+        first_try = scan(raw).control_id == "REP-1" and not answer.refused
+        answer.refused = answer.refused or first_try
+        return "AR" if first_try else "AA"
+
+    answer.refused = False
+    dest, after = RecordingPeer(answer), RecordingPeer()
+    pd, pa = await dest.listen(), await after.listen()
+    routes = [
+        {
+            "name": "reports",
+            "match": {"channel": "in"},
+            "steps": [
+                {
+                    "label": "first",
+                    "deliver": {"to": "dest"},
+                    "on_success": [{"label": "check", "validate": "cda"}, {"deliver": {"to": "after"}}],
+                }
+            ],
+        }
+    ]
+    engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd), "after": out(pa)}, routes)
+
+    def validator(content: bytes) -> list[str]:
+        validator.calls += 1
+        if validator.calls == 1:
+            raise RuntimeError("validator defect")
+        return []
+
+    validator.calls = 0
+    engine.dispatcher.env.cda_validator = validator
+    client = await client_for(engine, "in")
+    try:
+        for n in (1, 2):
+            assert (await exchange(client, fictional_report(f"REP-{n}", n))).code == "AA"
+        await until(lambda: dest.control_ids() == ["REP-1", "REP-2"], what="both sent")
+        await until(lambda: after.control_ids() == ["REP-2"], what="the second follow-up")
+        failed = [
+            (e.control_id, e.detail)
+            for e in JournalReader(engine.journal.data_dir).events_after(0, limit=1000)
+            if e.state == "invalid"
+        ]
+        assert failed == [("REP-1", "route reports step first on_success failed: validator defect")]
+    finally:
+        client.close()
+        await engine.stopService()
+        await dest.close()
+        await after.close()
