@@ -1,7 +1,7 @@
 """The engine's service tree, started in a fixed order, each part after the previous one is up:
 
     CDA checkers warmed up -> patient registry -> journal -> dispatcher (in-flight sends reset,
-    one service per destination worker, the planner) -> channel services (mail pollers) ->
+    follow-ups left due by a stop resumed, one service per destination worker, the planner) -> channel services (mail pollers) ->
     intake summary -> listeners -> metrics endpoint -> periodic tasks
 
 Stopping runs it backwards, each part after the next one is down: listeners stop accepting
@@ -201,11 +201,13 @@ class Engine(Sequence):
         await self.journal.submit(lambda conn, store: register_channels(conn, kinds))
 
     def _dispatcher_services(self) -> Sequence:
-        """Sends a previous run left `sending` go back to the queue before any worker claims,
-        then one service per destination worker, then the planner (stopped first)."""
+        """Sends a previous run left `sending` go back to the queue before any worker claims, the
+        follow-ups it left due run, then one service per destination worker, then the planner
+        (stopped first)."""
         tree = Sequence()
         tree.setName("dispatcher")
         Step("reset-in-flight", start=self.dispatcher.reset_in_flight).setServiceParent(tree)
+        Step("resume-follow-ups", start=self.dispatcher.resume_follow_ups).setServiceParent(tree)
         for name, worker in self.dispatcher.workers.items():
             Step(f"worker-{name}", start=worker.wake, stop=worker.stop).setServiceParent(tree)
         Step("planner", start=self.dispatcher.start_planning, stop=self.dispatcher.stop_planning).setServiceParent(tree)

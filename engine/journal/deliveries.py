@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 
 from engine.journal import events as journal_events
@@ -343,11 +344,28 @@ _STILL_MINE = " WHERE id=? AND state='sending' AND node=?"
 
 
 def finish(
-    conn, delivery: Delivery, outcome: str, detail: str, node: str, now: float, retry_at: float | None = None
+    conn,
+    delivery: Delivery,
+    outcome: str,
+    detail: str,
+    node: str,
+    now: float,
+    retry_at: float | None = None,
+    follow_ups: Container = (),
 ) -> str | None:
-    """Record an attempt. Returns 'on_success' / 'on_failure' when the step's follow-ups are due.
-    Only while the send is still this node's: a node that missed its lease (another node took the
-    send over) must not overwrite the new owner's state."""
+    """Record an attempt. Returns 'on_success' / 'on_failure' when the step's follow-ups are due;
+    those of `follow_ups` ((route, step, kind) that have steps) are marked due in this same
+    transaction (`mark_follow_ups`). Only while the send is still this node's: a node that missed
+    its lease (another node took the send over) must not overwrite the new owner's state."""
+    kind = _finish(conn, delivery, outcome, detail, node, now, retry_at)
+    if kind is not None:
+        mark_follow_ups(conn, [(delivery, kind)], follow_ups)
+    return kind
+
+
+def _finish(
+    conn, delivery: Delivery, outcome: str, detail: str, node: str, now: float, retry_at: float | None
+) -> str | None:
     attempts = delivery.attempts + 1
     if outcome == "retry":
         if _taken_over(
@@ -417,12 +435,24 @@ def _taken_over(cursor, conn, delivery: Delivery, node: str, now: float) -> bool
 
 
 def finish_all(
-    conn, results: list, outcome: str, node: str, now: float, retry_at: float | None = None
+    conn,
+    results: list,
+    outcome: str,
+    node: str,
+    now: float,
+    retry_at: float | None = None,
+    follow_ups: Container = (),
 ) -> list[str | None]:
     """`finish` for each (delivery, detail) of `results`, in order; successes (the common case) in
     a few statements for the whole list instead of three per delivery."""
     if outcome != "done":
-        return [finish(conn, d, outcome, detail, node, now, retry_at) for d, detail in results]
+        return [finish(conn, d, outcome, detail, node, now, retry_at, follow_ups) for d, detail in results]
+    kinds = _finish_done(conn, results, node, now)
+    mark_follow_ups(conn, [(d, k) for (d, _), k in zip(results, kinds) if k], follow_ups)
+    return kinds
+
+
+def _finish_done(conn, results: list, node: str, now: float) -> list[str | None]:
     if not results:
         return []
     ids = [d.id for d, _ in results]
@@ -462,6 +492,31 @@ def finish_all(
         for i, (d, _) in enumerate(results)
     }
     return [follow.get(i) for i in ids]
+
+
+def mark_follow_ups(conn, due: list[tuple[Delivery, str]], follow_ups: Container) -> None:
+    """Make due follow-ups durable with the finish that made them due; only those whose step has
+    steps to run (`follow_ups` holds their (route, step, kind)): the others cost nothing."""
+    marked = [(kind, d.id) for d, kind in due if (d.route, d.step, kind) in follow_ups]
+    if marked:
+        conn.executemany("UPDATE deliveries SET follow_up=? WHERE id=?", marked)
+
+
+def follow_up_done(conn, delivery_id: int) -> None:
+    """In the transaction that applies a follow-up's plan: it is no longer due."""
+    conn.execute("UPDATE deliveries SET follow_up=NULL WHERE id=? AND follow_up IS NOT NULL", (delivery_id,))
+
+
+def pending_follow_ups(conn, node: str) -> list[tuple[Delivery, str, str, str]]:
+    """Follow-ups this node made due and never applied (it stopped in between): (delivery, kind,
+    its state, its last error), oldest first."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS}, follow_up, state, last_error FROM deliveries"
+        " WHERE follow_up IS NOT NULL AND node=? ORDER BY id",
+        (node,),
+    ).fetchall()
+    width = len(_COLUMNS.split(","))
+    return [(Delivery(*row[:width]), *row[width:]) for row in rows]
 
 
 class _NoRows:

@@ -126,6 +126,19 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        7,
+        """
+    -- A delivery whose step's on_success / on_failure steps are due and not yet applied: set in
+    -- the transaction that finishes the delivery, cleared in the one that applies the follow-up,
+    -- so that a crash in between resumes it at the next start (engine/routing/dispatcher.py).
+    ALTER TABLE deliveries ADD COLUMN follow_up TEXT;
+    CREATE INDEX deliveries_follow_up ON deliveries(node) WHERE follow_up IS NOT NULL;
+    """,
+    )
+)
+
 LATEST = max(number for number, _ in MIGRATIONS)
 
 

@@ -48,6 +48,9 @@ class Dispatcher:
         self.follow_ups_in_flight = 0  # on_success/on_failure steps being planned (pfi test waits)
         self._cycle_waiters: list[defer.Deferred] = []  # stop() waits for the cycle in progress
         self.route_channels = routed_channels(routes)
+        #: (route, step, kind) of the deliver steps with on_success / on_failure steps: only their
+        #: follow-ups are made durable when due (and run)
+        self.follow_up_steps = follow_up_steps(routes)
         self.metrics = None  # EngineMetrics when the engine sets it: delivery outcomes counted
         #: successful sends per destination since the last `flush_summary` (one line every 10 s
         #: instead of one per message; other outcomes are logged at once)
@@ -80,8 +83,21 @@ class Dispatcher:
             self._cycle_waiters.append(finished)
             await finished
 
+    async def resume_follow_ups(self) -> None:
+        """Follow-ups this node made due but never applied (it stopped between the finish of a
+        delivery and its follow-up's plan: a crash, a power cut) run now, before any new work.
+        The outcome is rebuilt from the delivery row (a failure ZAM then says DELIVERY_FAILED
+        with the last error rather than the remote code, which was only in memory)."""
+        pending = await self.journal.submit(lambda conn, store: queue.pending_follow_ups(conn, self.node))
+        if pending:
+            log.warning("routing.follow_ups_resumed", count=len(pending))
+        for delivery, kind, state, last_error in pending:
+            action = Action.DONE if state == queue.DONE else Action.DEAD
+            await self.follow_up(delivery, kind, Outcome(action, last_error or "resumed after a restart"))
+
     async def start(self) -> None:
         await self.reset_in_flight()
+        await self.resume_follow_ups()
         for worker in self.workers.values():
             worker.wake()
         self.start_planning()
@@ -174,7 +190,8 @@ class Dispatcher:
         route = next((r for r in self.routes if r.name == delivery.route), None)
         step = route.find_step(delivery.step) if route else None
         steps = (step.on_success if kind == "on_success" else step.on_failure) if step else []
-        if not steps:
+        if not steps:  # only a resumed one whose route lost its steps since: no longer due
+            await self.journal.submit(lambda conn, store: queue.follow_up_done(conn, delivery.id))
             return
         message = await threads.deferToThread(self.journal.load_message, delivery.message_uid)
         ctx = MessageContext(message.uid, message.channel, message.raw, self.clock.seconds())
@@ -204,7 +221,7 @@ class Dispatcher:
         plan.deliveries += [z for z in zams if z is not None]
         busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
         touched = await self.journal.submit(
-            lambda conn, store: _apply_all(self.journal, conn, [plan], self.node, busy, now, names)
+            lambda conn, store: _apply_follow_up(self.journal, conn, plan, delivery.id, self.node, busy, now, names)
         )
         self.wake(touched)
 
@@ -225,6 +242,29 @@ def routed_channels(routes) -> frozenset | None:
             return None
         names.update([channel] if isinstance(channel, str) else channel)
     return frozenset(names)
+
+
+def follow_up_steps(routes) -> frozenset[tuple[str, str, str]]:
+    """(route, step label, kind) of every deliver step, at any depth, with follow-up steps."""
+    found: set[tuple[str, str, str]] = set()
+
+    def visit(route, steps) -> None:
+        for step in steps:
+            for kind, follow in (("on_success", step.on_success), ("on_failure", step.on_failure)):
+                if follow and step.deliver is not None:
+                    found.add((route.name, step.label, kind))
+                visit(route, follow)
+
+    for route in routes:
+        visit(route, route.steps)
+    return frozenset(found)
+
+
+def _apply_follow_up(journal, conn, plan: Plan, delivery_id: int, node: str, busy, now: float, names) -> list[str]:
+    """A follow-up's plan and the end of its due mark, in one transaction: applied once."""
+    touched = _apply_all(journal, conn, [plan], node, busy, now, names)
+    queue.follow_up_done(conn, delivery_id)
+    return touched
 
 
 def statistics_facts(contexts: list[MessageContext], env: Environment) -> list:
@@ -459,11 +499,13 @@ class DestinationWorker:
         texts = [(delivery, outcome.reason) for delivery, outcome in results]
         # No fsync for successes: after a crash an unrecorded success is sent again with the
         # same MSH-10 (at-least-once; the destination can detect it). Failures are fsync'ed.
+        wanted = d.follow_up_steps
         follows = await d.journal.submit(
-            lambda c, s: queue.finish_all(c, texts, str(action), d.node, now, retry_at), logged=action is Action.DONE
+            lambda c, s: queue.finish_all(c, texts, str(action), d.node, now, retry_at, wanted),
+            logged=action is Action.DONE,
         )
         for (delivery, outcome), follow in zip(results, follows):
-            if follow:
+            if follow and (delivery.route, delivery.step, follow) in wanted:
                 await d.follow_up(delivery, follow, outcome)
 
     async def _sleep_until_due(self) -> None:

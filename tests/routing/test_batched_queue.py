@@ -86,3 +86,19 @@ def test_plans_of_one_batch_apply_in_order_and_only_from_received(tmp_path):
         ("rplc", True),
         ("unrouted-msg", True),
     ]
+
+
+def test_due_follow_ups_are_marked_with_the_finish_only_where_the_step_has_some(tmp_path):
+    conn = _journal(tmp_path)
+    for uid, step in (("m1", "s"), ("m2", "quiet"), ("m3", "s")):
+        queue.enqueue(conn, uid, _new("d1", key=uid, step=step), "n", time.time())
+    claimed = {d.message_uid: d for d in queue.claim_batch(conn, "d1", time.time(), "n")}
+    with_steps = {("r", "s", "on_success"), ("r", "s", "on_failure")}
+    done = [(claimed["m1"], "AA"), (claimed["m2"], "AA")]
+    assert queue.finish_all(conn, done, "done", "n", time.time(), follow_ups=with_steps) == ["on_success"] * 2
+    queue.finish_all(conn, [(claimed["m3"], "AE")], "dead", "n", time.time(), follow_ups=with_steps)
+    pending = [(d.message_uid, kind, state) for d, kind, state, _ in queue.pending_follow_ups(conn, "n")]
+    assert pending == [("m1", "on_success", "done"), ("m3", "on_failure", "dead")]  # m2's step has none
+    assert queue.pending_follow_ups(conn, "another node") == []
+    queue.follow_up_done(conn, claimed["m1"].id)
+    assert [d.message_uid for d, *_ in queue.pending_follow_ups(conn, "n")] == ["m3"]

@@ -21,13 +21,13 @@ def states(engine) -> list[tuple[str, str]]:
     return [(e.control_id, e.state) for e in JournalReader(engine.journal.data_dir).events_after(0, limit=10000)]
 
 
-async def _engine(tmp_path, channels, routes, clock=None):
+async def _engine(tmp_path, channels, routes, clock=None, data_dir=None):
     from engine.config.load import load_config
     from engine.service import Engine
     from twisted.internet import reactor
 
     cfg = write_config(tmp_path / "cfg", channels, routes)
-    engine = Engine(load_config(cfg), tmp_path / "data", reactor, with_metrics=False, clock=clock)
+    engine = Engine(load_config(cfg), data_dir or tmp_path / "data", reactor, with_metrics=False, clock=clock)
     await engine.startService()
     return engine
 
@@ -292,3 +292,74 @@ async def test_a_follow_up_that_fails_unexpectedly_is_journaled_and_spares_the_o
         await engine.stopService()
         await dest.close()
         await after.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follow_up_due_when_the_engine_stops_runs_at_the_next_start(tmp_path):
+    # The files are copied while a report's on_success is being planned (its delivery recorded as
+    # sent, its follow-up not yet applied): what a crash at that moment leaves. An engine started
+    # on the copy runs the follow-up, once, without sending the report again.
+    import shutil
+    import sqlite3
+    import threading
+
+    from engine.demo import fictional_report
+    from twisted.internet import threads
+
+    routes = [
+        {
+            "name": "reports",
+            "match": {"channel": "in"},
+            "steps": [
+                {
+                    "label": "first",
+                    "deliver": {"to": "dest"},
+                    "on_success": [{"label": "check", "validate": "cda"}, {"deliver": {"to": "after"}}],
+                }
+            ],
+        }
+    ]
+    peers = [RecordingPeer() for _ in range(4)]
+    dest, after, dest2, after2 = peers
+    ports = [await p.listen() for p in peers]
+    engine = await _engine(tmp_path, {"in": inbound(), "dest": out(ports[0]), "after": out(ports[1])}, routes)
+    planning, release = threading.Event(), threading.Event()
+    judge = engine.dispatcher.env.cda_validator
+
+    def held_validator(content: bytes) -> list[str]:
+        planning.set()
+        release.wait(30)
+        return judge(content)
+
+    engine.dispatcher.env.cda_validator = held_validator
+    client = await client_for(engine, "in")
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+
+    def due() -> list:
+        with sqlite3.connect(data / "journal" / "journal.sqlite") as conn:
+            return conn.execute("SELECT follow_up FROM deliveries WHERE destination='dest'").fetchall()
+
+    try:
+        assert (await exchange(client, fictional_report("REP-1", 1))).code == "AA"
+        await threads.deferToThread(planning.wait, 30)
+        assert due() == [("on_success",)]  # recorded with the finish, before the follow-up ran
+        shutil.copytree(data, crashed)
+        release.set()
+        await until(lambda: after.control_ids() == ["REP-1"], what="the follow-up")
+        await until(lambda: due() == [(None,)], what="the mark cleared with the follow-up's plan")
+    finally:
+        release.set()
+        client.close()
+        await engine.stopService()
+    channels = {"in": inbound(), "dest": out(ports[2]), "after": out(ports[3])}
+    restarted = await _engine(tmp_path / "second", channels, routes, data_dir=crashed)
+    try:
+        await until(lambda: after2.control_ids() == ["REP-1"], what="the resumed follow-up")
+        await sleep(0.3)
+        assert dest2.control_ids() == [] and after2.control_ids() == ["REP-1"]
+        resumed = [e.detail for e in JournalReader(restarted.journal.data_dir).events_after(0) if e.state == "queued"]
+        assert len(resumed) == 2  # dest before the copy, after once
+    finally:
+        await restarted.stopService()
+        for p in peers:
+            await p.close()

@@ -19,7 +19,12 @@ async def test_engine_tree_order_and_reverse_stop(tmp_path):
     engine = await start_engine(config, tmp_path / "data")
     order = names(engine)
     assert order.index("patients") < order.index("journal") < order.index("dispatcher") < order.index("ris")
-    assert names(engine.getServiceNamed("dispatcher")) == ["reset-in-flight", "worker-drimbox", "planner"]
+    assert names(engine.getServiceNamed("dispatcher")) == [
+        "reset-in-flight",
+        "resume-follow-ups",
+        "worker-drimbox",
+        "planner",
+    ]
     assert all(child.running for child in engine)
     client = await client_for(engine, "ris")
     ack = await exchange(client, sample_adt("TREE-1").encode())
