@@ -26,7 +26,7 @@ from engine.journal import open_journal
 from engine.metrics import EngineMetrics
 from engine.mllp.budget import BufferBudget
 from engine.mllp.server import ListenerLimits, MLLPServerFactory
-from engine.routing.dispatcher import Dispatcher
+from engine.routing.dispatcher import FOLLOW_UP_SWEEP, Dispatcher
 from engine.routing.plan import Environment
 
 log = structlog.get_logger("engine.service")
@@ -217,6 +217,12 @@ class Engine(Sequence):
         periodic("journal-size", 10.0, self._measure_journal, self.reactor).setServiceParent(self)
         periodic("intake-summary-every-10s", 10.0, self.intake.flush_summary, self.reactor).setServiceParent(self)
         periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(self)
+        periodic(
+            "follow-ups-left-due",
+            FOLLOW_UP_SWEEP,
+            lambda: defer.ensureDeferred(self.dispatcher.resume_follow_ups()),
+            self.reactor,
+        ).setServiceParent(self)
         periodic("certificates", CERTIFICATE_CHECK_EVERY, self._watch_certificates, self.reactor).setServiceParent(self)
         if self.config.engine.retention_days:
             periodic(

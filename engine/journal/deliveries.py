@@ -502,9 +502,11 @@ def mark_follow_ups(conn, due: list[tuple[Delivery, str]], follow_ups: Container
         conn.executemany("UPDATE deliveries SET follow_up=? WHERE id=?", marked)
 
 
-def follow_up_done(conn, delivery_id: int) -> None:
-    """In the transaction that applies a follow-up's plan: it is no longer due."""
-    conn.execute("UPDATE deliveries SET follow_up=NULL WHERE id=? AND follow_up IS NOT NULL", (delivery_id,))
+def follow_up_done(conn, delivery_id: int) -> bool:
+    """In the transaction that applies a follow-up's plan: it is no longer due. False when it was
+    not due (any more): another run applied it, so this one must not."""
+    cursor = conn.execute("UPDATE deliveries SET follow_up=NULL WHERE id=? AND follow_up IS NOT NULL", (delivery_id,))
+    return cursor.rowcount == 1
 
 
 def pending_follow_ups(conn, node: str) -> list[tuple[Delivery, str, str, str]]:

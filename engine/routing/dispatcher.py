@@ -19,6 +19,7 @@ from engine.routing.plan import Environment, NewDelivery, Plan, plan_message, ru
 log = structlog.get_logger("engine.routing")
 
 POLL_SECONDS = 0.25
+FOLLOW_UP_SWEEP = 60.0  # seconds between looks for follow-ups left due (a failed apply)
 BATCH = 200
 RECHECK_SECONDS = 0.02
 
@@ -51,6 +52,7 @@ class Dispatcher:
         #: (route, step, kind) of the deliver steps with on_success / on_failure steps: only their
         #: follow-ups are made durable when due (and run)
         self.follow_up_steps = follow_up_steps(routes)
+        self._following: set[int] = set()  # deliveries whose follow-up runs now (the sweep skips them)
         self.metrics = None  # EngineMetrics when the engine sets it: delivery outcomes counted
         #: successful sends per destination since the last `flush_summary` (one line every 10 s
         #: instead of one per message; other outcomes are logged at once)
@@ -88,12 +90,34 @@ class Dispatcher:
         delivery and its follow-up's plan: a crash, a power cut) run now, before any new work.
         The outcome is rebuilt from the delivery row (a failure ZAM then says DELIVERY_FAILED
         with the last error rather than the remote code, which was only in memory)."""
-        pending = await self.journal.submit(lambda conn, store: queue.pending_follow_ups(conn, self.node))
+        pending = await self.journal.submit(lambda conn, store: queue.pending_follow_ups(conn, self.node), logged=True)
+        pending = [row for row in pending if row[0].id not in self._following]  # not the ones running
         if pending:
             log.warning("routing.follow_ups_resumed", count=len(pending))
         for delivery, kind, state, last_error in pending:
             action = Action.DONE if state == queue.DONE else Action.DEAD
-            await self.follow_up(delivery, kind, Outcome(action, last_error or "resumed after a restart"))
+            await self.run_follow_ups([(delivery, kind, Outcome(action, last_error or "resumed"))])
+
+    async def run_follow_ups(self, due: list[tuple[queue.Delivery, str, Outcome]]) -> None:
+        """Run follow-ups one after the other; one that fails (a journal write refused, a defect)
+        stays due in the journal and is tried again by the next `resume_follow_ups` (every
+        FOLLOW_UP_SWEEP seconds and at start), and never keeps the others from running."""
+        self._following.update(delivery.id for delivery, _, _ in due)
+        try:
+            for delivery, kind, outcome in due:
+                try:
+                    await self.follow_up(delivery, kind, outcome)
+                except Exception as exc:  # noqa: BLE001 - kept due: the sweep tries it again
+                    log.error(
+                        "routing.follow_up_deferred",
+                        message_id=delivery.message_uid,
+                        delivery=delivery.id,
+                        error_type=type(exc).__name__,
+                    )
+                finally:
+                    self._following.discard(delivery.id)
+        finally:
+            self._following.difference_update(delivery.id for delivery, _, _ in due)
 
     async def start(self) -> None:
         await self.reset_in_flight()
@@ -261,10 +285,11 @@ def follow_up_steps(routes) -> frozenset[tuple[str, str, str]]:
 
 
 def _apply_follow_up(journal, conn, plan: Plan, delivery_id: int, node: str, busy, now: float, names) -> list[str]:
-    """A follow-up's plan and the end of its due mark, in one transaction: applied once."""
-    touched = _apply_all(journal, conn, [plan], node, busy, now, names)
-    queue.follow_up_done(conn, delivery_id)
-    return touched
+    """A follow-up's plan with the end of its due mark, in one transaction, and only while it is
+    still due: applied once, whatever runs it twice."""
+    if not queue.follow_up_done(conn, delivery_id):
+        return []
+    return _apply_all(journal, conn, [plan], node, busy, now, names)
 
 
 def statistics_facts(contexts: list[MessageContext], env: Environment) -> list:
@@ -504,9 +529,13 @@ class DestinationWorker:
             lambda c, s: queue.finish_all(c, texts, str(action), d.node, now, retry_at, wanted),
             logged=action is Action.DONE,
         )
-        for (delivery, outcome), follow in zip(results, follows):
-            if follow and (delivery.route, delivery.step, follow) in wanted:
-                await d.follow_up(delivery, follow, outcome)
+        await d.run_follow_ups(
+            [
+                (delivery, follow, outcome)
+                for (delivery, outcome), follow in zip(results, follows)
+                if follow and (delivery.route, delivery.step, follow) in wanted
+            ]
+        )
 
     async def _sleep_until_due(self) -> None:
         due = await self.dispatcher.journal.submit(lambda c, s: queue.next_due(c, self.name), logged=True)

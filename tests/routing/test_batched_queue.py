@@ -102,3 +102,16 @@ def test_due_follow_ups_are_marked_with_the_finish_only_where_the_step_has_some(
     assert queue.pending_follow_ups(conn, "another node") == []
     queue.follow_up_done(conn, claimed["m1"].id)
     assert [d.message_uid for d, *_ in queue.pending_follow_ups(conn, "n")] == ["m3"]
+
+
+def test_a_follow_up_plan_is_applied_only_while_it_is_due(tmp_path):
+    from engine.routing.dispatcher import _apply_follow_up
+
+    conn = _journal(tmp_path)
+    queue.enqueue(conn, "m1", _new("d1"), "n", time.time())
+    (claimed,) = queue.claim_batch(conn, "d1", time.time(), "n")
+    queue.finish_all(conn, [(claimed, "AA")], "done", "n", time.time(), follow_ups={("r", "s", "on_success")})
+    plan = Plan("m1", state=None, deliveries=[_new("after")])
+    assert _apply_follow_up(None, conn, plan, claimed.id, "n", set(), time.time(), []) == ["after"]
+    assert _apply_follow_up(None, conn, plan, claimed.id, "n", set(), time.time(), []) == []  # run twice: once
+    assert [row[1] for row in _deliveries(conn)] == ["d1", "after"]

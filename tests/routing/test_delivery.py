@@ -363,3 +363,53 @@ async def test_a_follow_up_due_when_the_engine_stops_runs_at_the_next_start(tmp_
         await restarted.stopService()
         for p in peers:
             await p.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follow_up_whose_write_fails_stays_due_and_the_sweep_applies_it_once(tmp_path, monkeypatch):
+    # The first follow-up's journal write is refused (a full disk): the second one of the same
+    # batch still runs, the first stays due, and the next sweep applies it, once.
+    from engine.errors import JournalError
+    from engine.hl7.scan import scan
+    from engine.routing import dispatcher as dispatching
+
+    def answer(raw, n):
+        first_try = scan(raw).control_id == "P1-a" and not answer.refused
+        answer.refused = answer.refused or first_try
+        return "AR" if first_try else "AA"
+
+    answer.refused = False
+    dest, after = RecordingPeer(answer), RecordingPeer()
+    pd, pa = await dest.listen(), await after.listen()
+    routes = [
+        {
+            "name": "r",
+            "match": {"channel": "in"},
+            "steps": [{"label": "send", "deliver": {"to": "dest"}, "on_success": [{"deliver": {"to": "after"}}]}],
+        }
+    ]
+    real_apply, refused = dispatching._apply_follow_up, []
+
+    def apply_refused_once(journal, conn, plan, delivery_id, *rest):
+        if not refused:
+            refused.append(delivery_id)
+            raise JournalError("journal write failed: disk full")
+        return real_apply(journal, conn, plan, delivery_id, *rest)
+
+    monkeypatch.setattr(dispatching, "_apply_follow_up", apply_refused_once)
+    engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd), "after": out(pa)}, routes)
+    client = await client_for(engine, "in")
+    try:
+        for ctrl in ("P1-a", "P1-b"):
+            assert (await exchange(client, sample_adt(ctrl).replace("IPP001", "P1").encode())).code == "AA"
+        await until(lambda: after.control_ids() == ["P1-b"], what="the second follow-up")
+        await engine.dispatcher.resume_follow_ups()  # what the periodic sweep runs
+        await until(lambda: after.control_ids() == ["P1-b", "P1-a"], what="the deferred follow-up")
+        await engine.dispatcher.resume_follow_ups()  # nothing left due: nothing twice
+        await sleep(0.3)
+        assert after.control_ids() == ["P1-b", "P1-a"]
+    finally:
+        client.close()
+        await engine.stopService()
+        await dest.close()
+        await after.close()
