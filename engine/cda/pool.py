@@ -95,7 +95,7 @@ class CdaProcessPool:
         report); a kit the workers cannot load fails the start."""
         executor = self._pool()
         try:
-            pids = {f.result() for f in [executor.submit(_worker_pid) for _ in range(self.processes)]}
+            pids = self.worker_pids()
         except BrokenProcessPool as exc:
             self._discard(executor)
             raise ConfigurationError([f"CDA validation workers could not start: {exc}"]) from exc

@@ -114,8 +114,6 @@ class Dispatcher:
                         delivery=delivery.id,
                         error_type=type(exc).__name__,
                     )
-                finally:
-                    self._following.discard(delivery.id)
         finally:
             self._following.difference_update(delivery.id for delivery, _, _ in due)
 

@@ -17,6 +17,21 @@ def out(port: int, **extra) -> dict:
     return {"type": "mllp-out", "host": "127.0.0.1", "port": port, "ack_timeout": 2, "retry": FAST_RETRY, **extra}
 
 
+def refused_once(control_id: str):
+    """A peer's answer: AR to the first try of `control_id` (its retry then takes the messages of
+    its key queued behind it in the same batch), AA to everything else."""
+
+    def answer(raw, n):
+        from engine.hl7.scan import scan
+
+        first_try = scan(raw).control_id == control_id and not answer.refused
+        answer.refused = answer.refused or first_try
+        return "AR" if first_try else "AA"
+
+    answer.refused = False
+    return answer
+
+
 def states(engine) -> list[tuple[str, str]]:
     return [(e.control_id, e.state) for e in JournalReader(engine.journal.data_dir).events_after(0, limit=10000)]
 
@@ -242,15 +257,8 @@ async def test_a_follow_up_that_fails_unexpectedly_is_journaled_and_spares_the_o
     # back until its retry takes both): the first one's on_success planning raising something no
     # step expects must neither go unjournaled nor cancel the second one's follow-up.
     from engine.demo import fictional_report
-    from engine.hl7.scan import scan
 
-    def answer(raw, n):
-        first_try = scan(raw).control_id == "REP-1" and not answer.refused
-        answer.refused = answer.refused or first_try
-        return "AR" if first_try else "AA"
-
-    answer.refused = False
-    dest, after = RecordingPeer(answer), RecordingPeer()
+    dest, after = RecordingPeer(refused_once("REP-1")), RecordingPeer()
     pd, pa = await dest.listen(), await after.listen()
     routes = [
         {
@@ -370,16 +378,9 @@ async def test_a_follow_up_whose_write_fails_stays_due_and_the_sweep_applies_it_
     # The first follow-up's journal write is refused (a full disk): the second one of the same
     # batch still runs, the first stays due, and the next sweep applies it, once.
     from engine.errors import JournalError
-    from engine.hl7.scan import scan
     from engine.routing import dispatcher as dispatching
 
-    def answer(raw, n):
-        first_try = scan(raw).control_id == "P1-a" and not answer.refused
-        answer.refused = answer.refused or first_try
-        return "AR" if first_try else "AA"
-
-    answer.refused = False
-    dest, after = RecordingPeer(answer), RecordingPeer()
+    dest, after = RecordingPeer(refused_once("P1-a")), RecordingPeer()
     pd, pa = await dest.listen(), await after.listen()
     routes = [
         {
