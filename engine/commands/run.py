@@ -25,7 +25,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import structlog
-    from twisted.internet import reactor
+
+    reactor = _install_reactor()
 
     from engine.commands.common import load_with_overrides
     from engine.errors import ConfigurationError
@@ -70,3 +71,15 @@ def run(args) -> int:
         reactor.addSystemEventTrigger("before", "shutdown", child.stop)
     reactor.run()
     return 1 if failed else 0
+
+
+def _install_reactor():
+    """The engine's lean epoll reactor (engine/mllp/reactor.py), unless the process already has
+    one (a caller that imported Twisted's reactor first, e.g. in-process tests)."""
+    if "twisted.internet.reactor" not in sys.modules:
+        from engine.mllp.reactor import install
+
+        install()
+    from twisted.internet import reactor
+
+    return reactor

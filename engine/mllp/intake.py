@@ -263,7 +263,10 @@ class Intake:
         # No log line per accepted message on the hot path (the journal has one event each, `pfi
         # tail` shows them): counts per channel go out every few seconds (`flush_summary`), and a
         # rejection is logged at once, at most once a second per channel with the count suppressed.
-        self._tally.setdefault(record.channel, Counter())[record.state] += 1
+        tally = self._tally.get(record.channel)
+        if tally is None:  # not setdefault: no Counter built per message
+            tally = self._tally[record.channel] = Counter()
+        tally[record.state] += 1
         if record.state == REJECTED:
             self._log_rejection(record)
         self._observe(record, policy, started)

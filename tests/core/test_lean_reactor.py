@@ -1,0 +1,86 @@
+"""The reactor `pfi run` installs (engine/mllp/reactor.py): Twisted's epoll reactor without the
+legacy log context per event. Driven here by hand (`iterate`), on a real loopback socket, beside
+the test suite's own reactor."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from twisted.internet import protocol
+
+from engine.mllp.reactor import LeanEPollReactor
+
+
+class Echo(protocol.Protocol):
+    def dataReceived(self, data):
+        if data == b"boom":
+            raise RuntimeError("a defect in one connection's handler")
+        self.transport.write(data.upper())
+
+
+def _reactor_with_listener(factory):
+    reactor = LeanEPollReactor()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    return reactor, port.getHost().port
+
+
+def _turn_until(reactor, condition, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        reactor.iterate(0.01)
+    return condition()
+
+
+def _recv(client: socket.socket) -> bytes:
+    try:
+        return client.recv(100)
+    except BlockingIOError:
+        return b""
+
+
+def test_reads_and_writes_through_the_lean_dispatch():
+    reactor, port = _reactor_with_listener(protocol.ServerFactory.forProtocol(Echo))
+    client = socket.create_connection(("127.0.0.1", port))
+    client.setblocking(False)
+    client.sendall(b"abc")
+    received = []
+    assert _turn_until(reactor, lambda: received.append(_recv(client)) or b"ABC" in b"".join(received))
+    client.close()
+
+
+def test_a_handler_that_raises_loses_its_connection_and_the_loop_goes_on():
+    factory = protocol.ServerFactory.forProtocol(Echo)
+    reactor, port = _reactor_with_listener(factory)
+    broken = socket.create_connection(("127.0.0.1", port))
+    broken.sendall(b"boom")
+    broken.settimeout(0.01)
+
+    def closed_by_server():
+        reactor.iterate(0.01)
+        try:
+            return broken.recv(10) == b""
+        except TimeoutError:
+            return False
+
+    assert _turn_until(reactor, closed_by_server)
+    healthy = socket.create_connection(("127.0.0.1", port))
+    healthy.setblocking(False)
+    healthy.sendall(b"still here")
+    received = []
+    assert _turn_until(reactor, lambda: received.append(_recv(healthy)) or b"STILL HERE" in b"".join(received))
+    healthy.close()
+    broken.close()
+
+
+def test_pfi_run_installs_it(tmp_path):
+    """`pfi run` in a fresh process gets the lean reactor (the bench and production path)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from engine.commands.run import _install_reactor; "
+        "r = _install_reactor(); print(type(r).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "LeanEPollReactor"
