@@ -79,8 +79,7 @@ def test_pfi_run_installs_it(tmp_path):
     import sys
 
     code = (
-        "import sys; from engine.commands.run import _install_reactor; "
-        "r = _install_reactor(); print(type(r).__name__)"
+        "import sys; from engine.commands.run import _install_reactor; r = _install_reactor(); print(type(r).__name__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "LeanEPollReactor"
