@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from engine.connectors.base import Outcome, done
 from engine.journal import deliveries as queue
@@ -84,6 +84,7 @@ async def run_test(config, test: RouteTest, base: Path) -> Result:
     from engine.journal.reader import JournalReader
     from engine.mllp.client import connect, read_ack
     from engine.service import Engine
+    from twisted.internet import reactor  # here, not at import: `pfi run` installs its own first
 
     result = Result(test.name)
     config = _with_free_ports(config)
@@ -142,6 +143,8 @@ def _with_free_ports(config):
 
 async def _settle(engine, clock, recorders, rounds: int = 200) -> None:
     """Advance time past every delay until nothing moves any more."""
+    from twisted.internet import reactor
+
     stable, last = 0, -1
     for _ in range(rounds):
         clock.advance(86400)

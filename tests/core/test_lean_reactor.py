@@ -73,13 +73,15 @@ def test_a_handler_that_raises_loses_its_connection_and_the_loop_goes_on():
     broken.close()
 
 
-def test_pfi_run_installs_it(tmp_path):
-    """`pfi run` in a fresh process gets the lean reactor (the bench and production path)."""
+def test_pfi_run_installs_it():
+    """In a fresh process, after the `pfi` parser has imported every command module (none may
+    import Twisted's reactor at import time), `pfi run` gets the lean reactor."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from engine.commands.run import _install_reactor; r = _install_reactor(); print(type(r).__name__)"
+        "from engine.cli import build_parser; build_parser(); "
+        "from engine.commands.run import _install_reactor; print(type(_install_reactor()).__name__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "LeanEPollReactor"
