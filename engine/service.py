@@ -170,6 +170,7 @@ class Engine(Sequence):
         # also for other nodes' messages) and this node's workers when other nodes queued work.
         self.journal.on_received = self.dispatcher.kick
         self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
+        self.journal.on_follow_ups_adopted = self._resume_follow_ups
         self.journal.unrouted_channels = frozenset(config.channels) - self.dispatcher.route_channels
         self.intake = Intake(self.journal, self.metrics, self.clock)
         self.listeners: dict[str, ListenerService] = {}
@@ -220,7 +221,7 @@ class Engine(Sequence):
         periodic(
             "follow-ups-left-due",
             FOLLOW_UP_SWEEP,
-            lambda: defer.ensureDeferred(self.dispatcher.resume_follow_ups()),
+            self._resume_follow_ups,
             self.reactor,
         ).setServiceParent(self)
         periodic("certificates", CERTIFICATE_CHECK_EVERY, self._watch_certificates, self.reactor).setServiceParent(self)
@@ -228,6 +229,11 @@ class Engine(Sequence):
             periodic(
                 "retention", RETENTION_EVERY, lambda: defer.ensureDeferred(self._purge_expired()), self.reactor
             ).setServiceParent(self)
+
+    def _resume_follow_ups(self) -> defer.Deferred:
+        d = defer.ensureDeferred(self.dispatcher.resume_follow_ups())
+        d.addErrback(lambda f: log.error("routing.follow_ups_not_resumed", error=f.getErrorMessage()))
+        return d
 
     async def _warm_up_checkers(self) -> None:
         # Compile the Schematrons before the first document pays for it (seconds), off the reactor.

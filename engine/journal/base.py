@@ -89,6 +89,9 @@ class Journal(Protocol):
     #: node of a shared journal: intake never wakes the dispatcher) / another node queued work
     on_received: Callable[[], None]
     on_queued: Callable[[str], None]
+    #: set by the engine: this node took over follow-ups a silent node of a shared journal left
+    #: due (never called on a journal of one node)
+    on_follow_ups_adopted: Callable[[], None]
 
     def notify_queued(self, conn, destinations) -> None:
         """Inside a `submit` operation: wake the other nodes' workers of these destinations when

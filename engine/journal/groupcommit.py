@@ -45,6 +45,8 @@ class GroupCommitWriter:
         # notification); `on_queued` when another node queued work for a destination.
         self.on_received: Callable[[], None] = lambda: None
         self.on_queued: Callable[[str], None] = lambda destination: None
+        #: a shared journal: this node took over follow-ups a silent node left due (run them now)
+        self.on_follow_ups_adopted: Callable[[], None] = lambda: None
         #: called in the writer thread with the event rows of each committed transaction (the
         #: engine's metrics count them: one observer of every state change, nothing counted twice)
         self.event_listeners: list[Callable[[list], None]] = []

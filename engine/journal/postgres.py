@@ -341,6 +341,7 @@ class PostgresJournal(GroupCommitWriter):
             (now + self.lease, self.node),
         )
         self._reap_expired(conn, now)
+        self._adopt_follow_ups(conn, now)
         self._try_lead()
 
     def _reconnect_session(self) -> None:
@@ -386,6 +387,38 @@ class PostgresJournal(GroupCommitWriter):
             log.warning("delivery.leases_expired", count=len(rows), node=self.node)
             for destination in {r[2] for r in rows}:
                 self.reactor.callFromThread(self.on_queued, destination)
+
+    def _adopt_follow_ups(self, conn, now: float) -> None:
+        """Follow-ups (on_success/on_failure steps) left due by a node silent for longer than a
+        lease (crashed, or stopped for good) become this node's, which runs them: only the node
+        that made them due resumes them at its start, and it may never come back. Applied at
+        most once whoever runs them (the transaction applying one clears its mark)."""
+        with conn.raw.transaction():
+            rows = conn.execute(
+                "UPDATE deliveries d SET node=? FROM (SELECT id, node FROM deliveries WHERE follow_up IS NOT NULL"
+                " AND node IN (SELECT name FROM nodes WHERE heartbeat_at<? AND name<>?)"
+                " ORDER BY id FOR UPDATE SKIP LOCKED) o WHERE d.id=o.id"
+                " RETURNING d.id, d.message_uid, d.destination, d.follow_up, o.node",
+                (self.node, now - self.lease, self.node),
+            ).fetchall()
+            events.write(
+                conn,
+                [
+                    (
+                        uid,
+                        now,
+                        "follow-up-adopted",
+                        destination,
+                        f"delivery {delivery_id}: its {kind} steps, left due by node {node} (silent for over"
+                        f" {self.lease:g} s), run by this node",
+                        self.node,
+                    )
+                    for delivery_id, uid, destination, kind, node in rows
+                ],
+            )
+        if rows:
+            log.warning("routing.follow_ups_adopted", count=len(rows), node=self.node)
+            self.reactor.callFromThread(self.on_follow_ups_adopted)
 
     def purge_before(self, before: float) -> defer.Deferred:
         """Retention, run by the dispatch leader only (one purger for the cluster)."""

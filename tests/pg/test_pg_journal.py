@@ -28,13 +28,13 @@ def _dest(port: int) -> dict:
 ROUTES = [{"name": "adt", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest", "key": "PID-3.1"}}]}]
 
 
-async def _node(tmp_path, pg_url: str, name: str, dest_port: int, lease: float = 15.0, routes=ROUTES):
+async def _node(tmp_path, pg_url: str, name: str, dest_port: int, lease: float = 15.0, routes=ROUTES, more=None):
     from engine.config.load import load_config
     from engine.service import Engine
 
     cfg = write_config(
         tmp_path / name,
-        {"in": inbound(duplicate_window="1d"), "dest": _dest(dest_port)},
+        {"in": inbound(duplicate_window="1d"), "dest": _dest(dest_port), **(more or {})},
         routes,
         engine={"journal": pg_url, "node": name, "lease_seconds": lease},
     )
@@ -145,6 +145,47 @@ async def test_sends_of_a_node_that_stopped_renewing_its_lease_are_taken_over(tm
     finally:
         await engine.stopService()
         await peer.close()
+
+
+FOLLOWED_ROUTES = [
+    {
+        "name": "adt",
+        "match": {"channel": "in"},
+        "steps": [{"label": "first", "deliver": {"to": "dest"}, "on_success": [{"deliver": {"to": "after"}}]}],
+    }
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_follow_ups_left_due_by_a_node_that_never_returns_are_run_by_another(tmp_path, pg_url):
+    # Node "ghost" sent the message to dest, made its on_success steps due, and crashed before it
+    # ran them; it never comes back (its last heartbeat is older than a lease). Before, only ghost
+    # itself would have resumed them at its next start: the second destination never got it.
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        conn = PgConnection(raw)
+        _message(conn, "m-left", b"MSH|^~\\&|A|B|C|D|1||ADT^A01|LEFT|P|2.5\rPID|1||P9\r", state="routed")
+        first = NewDelivery(route="adt", step="first", destination="dest", fifo_key="P9", not_before=0, payload=None)
+        queue.enqueue(conn, "m-left", first, "ghost", time.time())
+        conn.execute("UPDATE deliveries SET state='done', node='ghost', follow_up='on_success'")
+        conn.execute(
+            "INSERT INTO nodes (name, host, pid, started_at, heartbeat_at) VALUES ('ghost', 'h', 1, ?, ?)",
+            (time.time() - 120, time.time() - 60),
+        )
+    dest, after = RecordingPeer(), RecordingPeer()
+    more = {"after": _dest(await after.listen())}
+    engine = await _node(tmp_path, pg_url, "n1", await dest.listen(), routes=FOLLOWED_ROUTES, more=more)
+    try:
+        await until(lambda: after.control_ids() == ["LEFT"], timeout=10, what="the follow-up run by n1")
+        adopted = [e for e in _events(pg_url) if e.state == "follow-up-adopted"]
+        assert len(adopted) == 1 and "left due by node ghost" in adopted[0].detail and adopted[0].node == "n1"
+        with psycopg.connect(pg_url, autocommit=True) as raw:
+            row = raw.execute("SELECT node, follow_up FROM deliveries WHERE destination='dest'").fetchone()
+        assert row == ("n1", None)  # adopted, then applied once: nothing left due
+        assert dest.control_ids() == []  # the send itself was done: not repeated
+    finally:
+        await engine.stopService()
+        await dest.close()
+        await after.close()
 
 
 def _message(conn, uid: str, raw: bytes, received_at: float = 0.0, state: str = "received") -> None:
