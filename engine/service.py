@@ -86,7 +86,24 @@ def _call(fn):
 
 
 def periodic(name: str, seconds: float, fn, clock) -> internet.TimerService:
-    timer = internet.TimerService(seconds, fn)
+    """Run `fn` every `seconds`. A run that fails is logged and the next one still comes: a
+    TimerService stops for good at the first failure (one busy database and retention, the
+    follow-up sweep or the certificate watch would silently never run again)."""
+
+    def failed(error: str, error_type: str) -> None:
+        log.error("engine.periodic_task_failed", task=name, error_type=error_type, error=error[:300])
+
+    def run():
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - logged; the timer goes on
+            failed(str(exc), type(exc).__name__)
+            return None
+        if isinstance(result, defer.Deferred):
+            result.addErrback(lambda f: failed(f.getErrorMessage(), f.type.__name__))
+        return result
+
+    timer = internet.TimerService(seconds, run)
     timer.clock = clock
     timer.setName(name)
     return timer

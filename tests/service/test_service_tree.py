@@ -56,3 +56,30 @@ async def test_sequence_waits_for_each_child_and_stops_in_reverse():
     await tree.startService()
     await tree.stopService()
     assert seen == ["start a", "start b", "start c", "stop c", "stop b", "stop a"]
+
+
+def test_a_periodic_task_that_fails_runs_again():
+    """TimerService stops for good at the first failure; the engine's periodic tasks (retention,
+    the follow-up sweep, the certificate watch) must outlive one: logged, and the next run comes."""
+    from twisted.internet import defer, task
+
+    from engine.service import periodic
+
+    clock, calls = task.Clock(), []
+
+    def flaky():
+        calls.append(clock.seconds())
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        if len(calls) == 2:
+            return defer.fail(RuntimeError("still locked"))
+        return None
+
+    timer = periodic("flaky", 10.0, flaky, clock)
+    timer.startService()
+    try:
+        for _ in range(3):
+            clock.advance(10.0)
+        assert calls == [0.0, 10.0, 20.0, 30.0]
+    finally:
+        timer.stopService()
