@@ -104,10 +104,11 @@ class Journal(Protocol):
 
     def stop(self): ...
 
-    def append_inbound(self, record: InboundRecord):
+    def append_inbound(self, record: InboundRecord, then=None):
         """Durably store `record` (fsync'ed) and fire with it; if the journal already holds the same
         dup_key within its window, the record is stored as a duplicate and `record.duplicate_of`
-        and `record.ack` are set to the original's."""
+        and `record.ack` are set to the original's. Given `then`, returns None and calls
+        `then(record)` or `then(exception)` on the reactor thread instead (no Deferred)."""
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = ""): ...
 

@@ -113,11 +113,14 @@ class GroupCommitWriter:
         self._queue.put((operation, d, logged))
         return d
 
-    def append_inbound(self, record: InboundRecord) -> defer.Deferred:
+    def append_inbound(self, record: InboundRecord, then: Callable[[object], None] | None = None):
+        """Store `record`; returns a Deferred firing with it, or, given `then`, calls `then(record)`
+        (or `then(exception)` if it could not be stored) on the reactor thread and returns None:
+        intake's hot path, without a Deferred and its callback chain per message."""
         # The record itself is queued (not a closure): the writer stores runs of inbound records
         # with one duplicate query and one multi-row insert per table instead of per-message ones.
-        d: defer.Deferred = defer.Deferred()
-        item = (record, d, True)
+        waiter = defer.Deferred() if then is None else then
+        item = (record, waiter, True)
         if self.reactor.running and threadable.isInIOThread():
             # Records of one reactor turn reach the writer together: it wakes once for them.
             if not self._turn:
@@ -125,7 +128,7 @@ class GroupCommitWriter:
             self._turn.append(item)
         else:
             self._queue.put(item)
-        return d
+        return waiter if then is None else None
 
     def _flush_turn(self) -> None:
         if self._turn:
@@ -219,12 +222,19 @@ class GroupCommitWriter:
         self.reactor.callFromThread(_resolve, [d for _, d, _ in batch], results)
 
 
-def _resolve(deferreds: list, results: list) -> None:
-    for d, result in zip(deferreds, results):
-        if isinstance(result, Exception):
-            d.errback(result)
+def _resolve(waiters: list, results: list) -> None:
+    """Hand each operation's result to its waiter: a Deferred, or a plain callable (`then` of
+    append_inbound) that gets the result or the exception. One waiter's defect spares the rest."""
+    for waiter, result in zip(waiters, results):
+        if type(waiter) is not defer.Deferred:
+            try:
+                waiter(result)
+            except Exception:  # noqa: BLE001
+                log.exception("journal.waiter_failed")
+        elif isinstance(result, Exception):
+            waiter.errback(result)
         else:
-            d.callback(result)
+            waiter.callback(result)
 
 
 def any_to_route(operations: list, unrouted: frozenset = frozenset()) -> bool:

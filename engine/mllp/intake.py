@@ -12,6 +12,7 @@ import time
 import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import structlog
 from twisted.internet import defer
@@ -79,11 +80,14 @@ class Intake:
     _tally: dict = field(default_factory=dict)  # channel -> Counter of states since the last summary
     _rejection_logs: dict = field(default_factory=dict)  # channel -> EveryFewSeconds
 
-    def _append(self, record: InboundRecord, policy: IntakePolicy) -> defer.Deferred:
-        """Journal `record`; a rejected frame beyond the channel's hourly quota keeps its head."""
+    def _append(self, record: InboundRecord, policy: IntakePolicy, then=None):
+        """Journal `record`; a rejected frame beyond the channel's hourly quota keeps its head.
+        A Deferred, or None with `then` (see the journal's append_inbound)."""
         if record.state == REJECTED:
             self._bound_rejected(record, policy)
-        return self.journal.append_inbound(record)
+        if then is None:
+            return self.journal.append_inbound(record)
+        return self.journal.append_inbound(record, then)
 
     def _bound_rejected(self, record: InboundRecord, policy: IntakePolicy) -> None:
         size = len(record.raw)
@@ -119,7 +123,44 @@ class Intake:
         d.addErrback(lambda failure: self._internal_fault(policy, raw, failure))
         return d
 
+    def receive_then(self, policy: IntakePolicy, raw: bytes, answer: Callable[[bytes], None]) -> None:
+        """`receive` for the listener's hot path: calls `answer(ack)` on the reactor thread once
+        the frame is journaled (or refused), without a Deferred per message on the plain path
+        (~4 us of callback chain each). Total, as `receive`: every frame is answered and kept."""
+        if policy.document_check is not None:
+            self.receive(policy, raw).addCallback(answer)
+            return
+        try:
+            record, header, now, started = self._read_plain(policy, raw)
+            self._append(
+                record,
+                policy,
+                lambda result: self._settled(result, record, header, policy, raw, now, started, answer),
+            )
+        except Exception:  # noqa: BLE001 — a frame must never take the connection down
+            self._internal_fault(policy, raw).addCallback(answer)
+
+    def _settled(self, result, record, header, policy, raw, now, started, answer) -> None:
+        """The journal's verdict on a record of `receive_then`: answer its ACK, the AR of a
+        journal that could not store it, or the AR 207 of an internal fault."""
+        try:
+            if isinstance(result, JournalError):
+                ack = self._not_stored_ack(record, header, policy, now, started, str(result))
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                ack = self._stored(record, policy, started)
+        except Exception:  # noqa: BLE001
+            self._internal_fault(policy, raw).addCallback(answer)
+            return
+        answer(ack)
+
     def _receive_plain(self, policy: IntakePolicy, raw: bytes) -> defer.Deferred:
+        record, header, now, started = self._read_plain(policy, raw)
+        return self._journal(record, header, policy, now, started)
+
+    def _read_plain(self, policy: IntakePolicy, raw: bytes) -> tuple:
+        """Scan, judge and answer a frame: (its record, with the ACK; header; now; started)."""
         started = time.perf_counter()
         now = self.clock.seconds()
         record = InboundRecord(uid=new_id(now), channel=policy.channel, received_at=now, raw=raw)
@@ -134,7 +175,7 @@ class Intake:
         record.reason = verdict.reason
         record.ack_code = verdict.code
         self._answer(record, header, verdict, now, policy)
-        return self._journal(record, header, policy, now, started)
+        return record, header, now, started
 
     def _journal(self, record: InboundRecord, header, policy: IntakePolicy, now: float, started: float):
         """Journal the answered record; fires with its ACK (or the AR if it could not be stored).
@@ -294,10 +335,13 @@ class Intake:
 
     def _not_stored(self, failure, record, header, policy, now, started) -> bytes:
         failure.trap(JournalError)
+        return self._not_stored_ack(record, header, policy, now, started, failure.getErrorMessage())
+
+    def _not_stored_ack(self, record, header, policy, now, started, error: str) -> bytes:
         # AR: refused for a circumstantial reason (disk full, journal down); the same message
         # sent again later will be accepted.
         reason = "journal unavailable, message not stored: send it again later"
-        log.error("message.not_stored", message_id=record.uid, channel=record.channel, error=failure.getErrorMessage())
+        log.error("message.not_stored", message_id=record.uid, channel=record.channel, error=error)
         record.state, record.ack_code, record.reason = "not-stored", "AR", reason
         ack = self._ack(header, Verdict("AR", (AckError(207, "", reason),)), now, policy)
         self._observe(record, policy, started)

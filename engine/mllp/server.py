@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from OpenSSL import SSL
@@ -142,7 +143,7 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
             if self._closing:
                 return
             if isinstance(event, Frame):
-                self._expect(self.intake.receive(self.policy, event.payload))
+                self._receive(event.payload)
             elif isinstance(event, Noise):
                 quarantine(self.intake, self.policy, event.data, "bytes outside any MLLP frame")
             elif isinstance(event, Oversized):
@@ -216,13 +217,22 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         if not self._pending:
             self.transport.loseConnection()
 
+    def _receive(self, payload: bytes) -> None:
+        """The hot path: a slot in the ACK order, filled when intake answers (no Deferred)."""
+        slot = [None]
+        self._pending.append(slot)
+        self.intake.receive_then(self.policy, payload, partial(self._ready, slot))
+
+    def _ready(self, slot: list, ack: bytes) -> None:
+        slot[0] = ack
+        self._flush()
+
     def _expect(self, d) -> None:
         slot = [None]
         self._pending.append(slot)
 
         def ready(ack: bytes):
-            slot[0] = ack
-            self._flush()
+            self._ready(slot, ack)
 
         def failed(failure):
             log.error("mllp.intake_failed", channel=self.policy.channel, error=failure.getErrorMessage())

@@ -62,3 +62,34 @@ async def test_a_failing_record_does_not_sink_its_batch(journal):
     events = JournalReader(journal.data_dir).events_after(0)
     assert [(e.message_uid, e.control_id) for e in events] == [("U-1", "C-1"), ("U-2", "C-3")]
     assert JournalReader(journal.data_dir).load_message("U-2").raw == _record("U-2", "C-3").raw
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_callable_waiter_gets_its_record_and_a_defective_one_spares_the_batch(journal):
+    """Intake's hot path waits with a callable instead of a Deferred (append_inbound's `then`):
+    called on the reactor thread with the stored record, duplicates marked as for a Deferred;
+    one waiter that raises leaves the others of its batch answered."""
+    import threading
+
+    from structlog.testing import capture_logs
+
+    got: list = []
+    done = defer.Deferred()
+
+    def broken(result):
+        raise RuntimeError("a defect in the waiter")
+
+    def keep(result):
+        got.append((result.uid, result.state, threading.current_thread() is threading.main_thread()))
+        if len(got) == 2:
+            done.callback(None)
+
+    with capture_logs() as logs:
+        assert journal.append_inbound(_record("U-1", "C-1", dup_key="k1"), broken) is None
+        journal.append_inbound(_record("U-2", "C-2", dup_key="k2"), keep)
+        journal.append_inbound(_record("U-3", "C-2", dup_key="k2"), keep)
+        await done
+    assert got == [("U-2", RECEIVED, True), ("U-3", DUPLICATE, True)]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["journal.waiter_failed"]
+    await journal.indexed()
+    assert [e.message_uid for e in JournalReader(journal.data_dir).events_after(0)] == ["U-1", "U-2", "U-3"]
