@@ -119,7 +119,7 @@ class GroupCommitWriter:
         intake's hot path, without a Deferred and its callback chain per message."""
         # The record itself is queued (not a closure): the writer stores runs of inbound records
         # with one duplicate query and one multi-row insert per table instead of per-message ones.
-        waiter = defer.Deferred() if then is None else then
+        waiter: defer.Deferred | Callable = defer.Deferred() if then is None else then
         item = (record, waiter, True)
         if self.reactor.running and threadable.isInIOThread():
             # Records of one reactor turn reach the writer together: it wakes once for them.
