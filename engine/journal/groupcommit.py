@@ -19,7 +19,6 @@ from typing import Callable
 
 import structlog
 from twisted.internet import defer, threads
-from twisted.python import threadable
 
 from engine.journal import events
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord
@@ -39,7 +38,6 @@ class GroupCommitWriter:
         self.node = node
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._turn: list = []  # inbound records of the current reactor turn
         # Set by the engine. `on_received` wakes the dispatcher: called once messages to route are
         # committed (by this node: `_wake_dispatcher`; by another node of a shared journal: its
         # notification); `on_queued` when another node queued work for a destination.
@@ -90,7 +88,6 @@ class GroupCommitWriter:
         """Finish what is queued, then close; fires when the writer thread has exited."""
         if self._thread is None:
             return defer.succeed(None)
-        self._flush_turn()
         self._queue.put(None)
         thread, self._thread = self._thread, None
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), thread.join)
@@ -98,7 +95,6 @@ class GroupCommitWriter:
     def close_now(self) -> None:
         """Synchronous stop, for command-line tools and tests that own no reactor."""
         if self._thread is not None:
-            self._flush_turn()
             self._queue.put(None)
             self._thread.join()
             self._thread = None
@@ -109,7 +105,6 @@ class GroupCommitWriter:
         once durable. `logged` operations may be lost in a crash without harm (the state they
         write is recomputed or the work redone), so they need no sync of their own."""
         d: defer.Deferred = defer.Deferred()
-        self._flush_turn()  # keep the order of the calls
         self._queue.put((operation, d, logged))
         return d
 
@@ -120,20 +115,11 @@ class GroupCommitWriter:
         # The record itself is queued (not a closure): the writer stores runs of inbound records
         # with one duplicate query and one multi-row insert per table instead of per-message ones.
         waiter: defer.Deferred | Callable = defer.Deferred() if then is None else then
-        item = (record, waiter, True)
-        if self.reactor.running and threadable.isInIOThread():
-            # Records of one reactor turn reach the writer together: it wakes once for them.
-            if not self._turn:
-                self.reactor.callLater(0, self._flush_turn)
-            self._turn.append(item)
-        else:
-            self._queue.put(item)
+        # Straight into the writer's queue (one C-level put): a writer busy syncing is not woken,
+        # and it takes whatever queued meanwhile as its next batch. Gathering a reactor turn's
+        # records first cost a callLater(0) and its heap work per turn, more than it saved.
+        self._queue.put((record, waiter, True))
         return waiter if then is None else None
-
-    def _flush_turn(self) -> None:
-        if self._turn:
-            turn, self._turn = self._turn, []
-            self._queue.put(turn)
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = "") -> defer.Deferred:
         row = (message_uid, time.time(), state, channel, detail, self.node)
@@ -147,7 +133,7 @@ class GroupCommitWriter:
         item = self._first_item()
         if item is None:
             return None
-        batch = item if isinstance(item, list) else [item]
+        batch = [item]
         deadline = time.perf_counter() + BATCH_WAIT if expected > 1 else 0.0
         while len(batch) < MAX_BATCH:
             try:
@@ -163,10 +149,7 @@ class GroupCommitWriter:
             if nxt is None:
                 self._queue.put(None)
                 break
-            if isinstance(nxt, list):
-                batch += nxt
-            else:
-                batch.append(nxt)
+            batch.append(nxt)
         return batch
 
     def _first_item(self):
