@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from twisted.internet import protocol
 
 from engine.mllp.reactor import LeanEPollReactor
@@ -19,10 +21,15 @@ class Echo(protocol.Protocol):
         self.transport.write(data.upper())
 
 
-def _reactor_with_listener(factory):
+@pytest.fixture
+def lean():
+    """A LeanEPollReactor (not installed) listening with the echo protocol on loopback."""
     reactor = LeanEPollReactor()
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    return reactor, port.getHost().port
+    port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(Echo), interface="127.0.0.1")
+    yield reactor, port.getHost().port
+    port.stopListening()
+    for selectable in reactor.removeAll():
+        selectable.loseConnection()
 
 
 def _turn_until(reactor, condition, seconds=5.0):
@@ -32,26 +39,31 @@ def _turn_until(reactor, condition, seconds=5.0):
     return condition()
 
 
-def _recv(client: socket.socket) -> bytes:
-    try:
-        return client.recv(100)
-    except BlockingIOError:
-        return b""
-
-
-def test_reads_and_writes_through_the_lean_dispatch():
-    reactor, port = _reactor_with_listener(protocol.ServerFactory.forProtocol(Echo))
+def _echoed(reactor, port: int, text: bytes) -> bool:
+    """A new client's `text` comes back upper-cased through the lean reactor's dispatch."""
     client = socket.create_connection(("127.0.0.1", port))
     client.setblocking(False)
-    client.sendall(b"abc")
+    client.sendall(text)
     received = []
-    assert _turn_until(reactor, lambda: received.append(_recv(client)) or b"ABC" in b"".join(received))
-    client.close()
+
+    def recv() -> bytes:
+        try:
+            return client.recv(100)
+        except BlockingIOError:
+            return b""
+
+    try:
+        return _turn_until(reactor, lambda: received.append(recv()) or text.upper() in b"".join(received))
+    finally:
+        client.close()
 
 
-def test_a_handler_that_raises_loses_its_connection_and_the_loop_goes_on():
-    factory = protocol.ServerFactory.forProtocol(Echo)
-    reactor, port = _reactor_with_listener(factory)
+def test_reads_and_writes_through_the_lean_dispatch(lean):
+    assert _echoed(*lean, b"abc")
+
+
+def test_a_handler_that_raises_loses_its_connection_and_the_loop_goes_on(lean):
+    reactor, port = lean
     broken = socket.create_connection(("127.0.0.1", port))
     broken.sendall(b"boom")
     broken.settimeout(0.01)
@@ -64,12 +76,7 @@ def test_a_handler_that_raises_loses_its_connection_and_the_loop_goes_on():
             return False
 
     assert _turn_until(reactor, closed_by_server)
-    healthy = socket.create_connection(("127.0.0.1", port))
-    healthy.setblocking(False)
-    healthy.sendall(b"still here")
-    received = []
-    assert _turn_until(reactor, lambda: received.append(_recv(healthy)) or b"STILL HERE" in b"".join(received))
-    healthy.close()
+    assert _echoed(reactor, port, b"still here")
     broken.close()
 
 
