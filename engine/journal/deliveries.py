@@ -352,14 +352,16 @@ def finish(
     now: float,
     retry_at: float | None = None,
     follow_ups: Container = (),
+    error: FailureError | None = None,
 ) -> str | None:
     """Record an attempt. Returns 'on_success' / 'on_failure' when the step's follow-ups are due;
     those of `follow_ups` ((route, step, kind) that have steps) are marked due in this same
-    transaction (`mark_follow_ups`). Only while the send is still this node's: a node that missed
-    its lease (another node took the send over) must not overwrite the new owner's state."""
+    transaction (`mark_follow_ups`, with the failure's `error`). Only while the send is still
+    this node's: a node that missed its lease (another node took the send over) must not
+    overwrite the new owner's state."""
     kind = _finish(conn, delivery, outcome, detail, node, now, retry_at)
     if kind is not None:
-        mark_follow_ups(conn, [(delivery, kind)], follow_ups)
+        mark_follow_ups(conn, [(delivery, kind)], follow_ups, error)
     return kind
 
 
@@ -443,12 +445,15 @@ def finish_all(
     retry_at: float | None = None,
     follow_ups: Container = (),
 ) -> list[str | None]:
-    """`finish` for each (delivery, detail) of `results`, in order; successes (the common case) in
-    a few statements for the whole list instead of three per delivery."""
+    """`finish` for each (delivery, detail) or (delivery, detail, failure error) of `results`, in
+    order; successes (the common case) in a few statements for the whole list instead of three
+    per delivery."""
     if outcome != "done":
-        return [finish(conn, d, outcome, detail, node, now, retry_at, follow_ups) for d, detail in results]
+        return [
+            finish(conn, d, outcome, detail, node, now, retry_at, follow_ups, *error) for d, detail, *error in results
+        ]
     kinds = _finish_done(conn, results, node, now)
-    mark_follow_ups(conn, [(d, k) for (d, _), k in zip(results, kinds) if k], follow_ups)
+    mark_follow_ups(conn, [(r[0], k) for r, k in zip(results, kinds) if k], follow_ups)
     return kinds
 
 
@@ -494,12 +499,38 @@ def _finish_done(conn, results: list, node: str, now: float) -> list[str | None]
     return [follow.get(i) for i in ids]
 
 
-def mark_follow_ups(conn, due: list[tuple[Delivery, str]], follow_ups: Container) -> None:
+#: (code, label, local) of a failure, as a failure ZAM reports it (connectors' Outcome.error())
+FailureError = tuple[str, str, bool]
+_MARK_SEP = "\x1f"
+
+
+def mark_follow_ups(
+    conn, due: list[tuple[Delivery, str]], follow_ups: Container, error: FailureError | None = None
+) -> None:
     """Make due follow-ups durable with the finish that made them due; only those whose step has
-    steps to run (`follow_ups` holds their (route, step, kind)): the others cost nothing."""
-    marked = [(kind, d.id) for d, kind in due if (d.route, d.step, kind) in follow_ups]
+    steps to run (`follow_ups` holds their (route, step, kind)): the others cost nothing. An
+    on_failure mark keeps `error`, so that a follow-up resumed after a crash reports the
+    destination's own code, not only its text."""
+    marked = [(_mark(kind, error), d.id) for d, kind in due if (d.route, d.step, kind) in follow_ups]
     if marked:
         conn.executemany("UPDATE deliveries SET follow_up=? WHERE id=?", marked)
+
+
+def _mark(kind: str, error: FailureError | None) -> str:
+    if kind != "on_failure" or error is None:
+        return kind
+    code, label, local = error
+    return _MARK_SEP.join([kind, code, "1" if local else "0", label[:500]])
+
+
+def follow_up_kind(mark: str) -> str:
+    """'on_success' or 'on_failure' of a deliveries.follow_up value."""
+    return mark.split(_MARK_SEP, 1)[0]
+
+
+def _marked_error(mark: str) -> FailureError | None:
+    parts = mark.split(_MARK_SEP, 3)
+    return (parts[1], parts[3], parts[2] == "1") if len(parts) == 4 else None
 
 
 def follow_up_done(conn, delivery_id: int) -> bool:
@@ -509,16 +540,21 @@ def follow_up_done(conn, delivery_id: int) -> bool:
     return cursor.rowcount == 1
 
 
-def pending_follow_ups(conn, node: str) -> list[tuple[Delivery, str, str, str]]:
+def pending_follow_ups(conn, node: str) -> list[tuple[Delivery, str, str, str, FailureError | None]]:
     """Follow-ups this node made due and never applied (it stopped in between): (delivery, kind,
-    its state, its last error), oldest first."""
+    its state, its last error, the failure's (code, label, local) when it was recorded), oldest
+    first."""
     rows = conn.execute(
         f"SELECT {_COLUMNS}, follow_up, state, last_error FROM deliveries"
         " WHERE follow_up IS NOT NULL AND node=? ORDER BY id",
         (node,),
     ).fetchall()
     width = len(_COLUMNS.split(","))
-    return [(Delivery(*row[:width]), *row[width:]) for row in rows]
+    return [
+        (Delivery(*row[:width]), follow_up_kind(mark), state, last_error, _marked_error(mark))
+        for row in rows
+        for mark, state, last_error in [row[width:]]
+    ]
 
 
 class _NoRows:

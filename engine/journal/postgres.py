@@ -30,6 +30,7 @@ from twisted.internet import defer, task, threads
 
 from engine.errors import JournalError
 from engine.journal import events, pgschema, stats
+from engine.journal.deliveries import follow_up_kind
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.dialect import POSTGRES
 from engine.journal.groupcommit import GroupCommitWriter, any_to_route, mark_duplicates
@@ -409,11 +410,11 @@ class PostgresJournal(GroupCommitWriter):
                         now,
                         "follow-up-adopted",
                         destination,
-                        f"delivery {delivery_id}: its {kind} steps, left due by node {node} (silent for over"
-                        f" {self.lease:g} s), run by this node",
+                        f"delivery {delivery_id}: its {follow_up_kind(mark)} steps, left due by node {node}"
+                        f" (silent for over {self.lease:g} s), run by this node",
                         self.node,
                     )
-                    for delivery_id, uid, destination, kind, node in rows
+                    for delivery_id, uid, destination, mark, node in rows
                 ],
             )
         if rows:

@@ -88,15 +88,14 @@ class Dispatcher:
     async def resume_follow_ups(self) -> None:
         """Follow-ups this node made due but never applied (it stopped between the finish of a
         delivery and its follow-up's plan: a crash, a power cut) run now, before any new work.
-        The outcome is rebuilt from the delivery row (a failure ZAM then says DELIVERY_FAILED
-        with the last error rather than the remote code, which was only in memory)."""
+        The outcome is rebuilt from the delivery row and its mark (a failure's code, label and
+        origin were recorded with it, so its ZAM says what it would have said at once)."""
         pending = await self.journal.submit(lambda conn, store: queue.pending_follow_ups(conn, self.node), logged=True)
         pending = [row for row in pending if row[0].id not in self._following]  # not the ones running
         if pending:
             log.warning("routing.follow_ups_resumed", count=len(pending))
-        for delivery, kind, state, last_error in pending:
-            action = Action.DONE if state == queue.DONE else Action.DEAD
-            await self.run_follow_ups([(delivery, kind, Outcome(action, last_error or "resumed"))])
+        for delivery, kind, state, last_error, error in pending:
+            await self.run_follow_ups([(delivery, kind, _resumed_outcome(state, last_error, error))])
 
     async def run_follow_ups(self, due: list[tuple[queue.Delivery, str, Outcome]]) -> None:
         """Run follow-ups one after the other; one that fails (a journal write refused, a defect)
@@ -264,6 +263,15 @@ def routed_channels(routes) -> frozenset | None:
             return None
         names.update([channel] if isinstance(channel, str) else channel)
     return frozenset(names)
+
+
+def _resumed_outcome(state: str, last_error: str, error) -> Outcome:
+    """The outcome a resumed follow-up sees: its failure as recorded with the mark, or (marks
+    written before failures were kept) the delivery's state and last error."""
+    if error is not None:
+        code, label, local = error
+        return Outcome(Action.DEAD, label, code, local)
+    return Outcome(Action.DONE if state == queue.DONE else Action.DEAD, last_error or "resumed")
 
 
 def follow_up_steps(routes) -> frozenset[tuple[str, str, str]]:
@@ -519,7 +527,12 @@ class DestinationWorker:
             return
         d = self.dispatcher
         now = d.clock.seconds()
-        texts = [(delivery, outcome.reason) for delivery, outcome in results]
+        # A failure keeps its (code, label, local) with its follow-up's mark: resumed after a
+        # crash, a failure ZAM still carries the destination's code.
+        texts = [
+            (delivery, outcome.reason) if action is Action.DONE else (delivery, outcome.reason, outcome.error())
+            for delivery, outcome in results
+        ]
         # No fsync for successes: after a crash an unrecorded success is sent again with the
         # same MSH-10 (at-least-once; the destination can detect it). Failures are fsync'ed.
         wanted = d.follow_up_steps

@@ -108,6 +108,41 @@ async def test_a_dmp_error_code_dead_letters_with_the_code_in_the_zam(tmp_path, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_failure_zam_resumed_after_a_crash_still_carries_the_dmp_code(
+    tmp_path, simulator, pki, ans_corpus, monkeypatch
+):
+    # The DMP refuses the report (DMPClosed); the first attempt to apply the failure ZAM's plan
+    # is refused (what a crash or a full disk leaves: the follow-up still due), then the
+    # follow-up is resumed from the journal. Its ZAM says what the DMP said, as the live one
+    # does; before, the code was only in memory and a resumed ZAM said DELIVERY_FAILED.
+    from engine.errors import JournalError
+    from engine.routing import dispatcher as dispatching
+
+    real_apply, refused = dispatching._apply_follow_up, []
+
+    def apply_refused_once(journal, conn, plan, delivery_id, *rest):
+        if not refused:
+            refused.append(delivery_id)
+            raise JournalError("journal write failed: disk full")
+        return real_apply(journal, conn, plan, delivery_id, *rest)
+
+    monkeypatch.setattr(dispatching, "_apply_follow_up", apply_refused_once)
+    simulator.force_error("DMPClosed", "DMP fermé")
+    flow = await start_flow(tmp_path, simulator, pki)
+    try:
+        assert await send(flow, adapt((ans_corpus / INITIAL).read_bytes(), "CLOSED-2")) == "AA"
+        await until(lambda: refused, what="the failure's follow-up, refused once")
+        assert flow.creator_out.received == []
+        await flow.engine.dispatcher.resume_follow_ups()  # what the sweep and a restart run
+        await until(lambda: len(flow.creator_out.received) == 1, what="the resumed failure ZAM")
+        zam = zam_fields(flow.creator_out.received[0])
+        assert (zam["status"], zam["original"]) == ("N", "CLOSED-2")
+        assert (zam["error"], zam["error_label"], zam["error_system"]) == ("DMPClosed", "DMP fermé", "DMPERRORCODE")
+    finally:
+        await flow.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_unqualified_identity_waits_then_goes_once_a_pam_update_qualifies_it(
     tmp_path, simulator, pki, ans_corpus
 ):

@@ -96,9 +96,13 @@ def test_due_follow_ups_are_marked_with_the_finish_only_where_the_step_has_some(
     with_steps = {("r", "s", "on_success"), ("r", "s", "on_failure")}
     done = [(claimed["m1"], "AA"), (claimed["m2"], "AA")]
     assert queue.finish_all(conn, done, "done", "n", time.time(), follow_ups=with_steps) == ["on_success"] * 2
-    queue.finish_all(conn, [(claimed["m3"], "AE")], "dead", "n", time.time(), follow_ups=with_steps)
-    pending = [(d.message_uid, kind, state) for d, kind, state, _ in queue.pending_follow_ups(conn, "n")]
-    assert pending == [("m1", "on_success", "done"), ("m3", "on_failure", "dead")]  # m2's step has none
+    refused = ("XDSRegistryError", "the registry refused the document", False)  # the DMP's code
+    queue.finish_all(
+        conn, [(claimed["m3"], "XDSRegistryError: ...", refused)], "dead", "n", time.time(), follow_ups=with_steps
+    )
+    pending = [(d.message_uid, kind, state, error) for d, kind, state, _, error in queue.pending_follow_ups(conn, "n")]
+    # m2's step has none; the failure's code, label and origin are kept with its mark
+    assert pending == [("m1", "on_success", "done", None), ("m3", "on_failure", "dead", refused)]
     assert queue.pending_follow_ups(conn, "another node") == []
     queue.follow_up_done(conn, claimed["m1"].id)
     assert [d.message_uid for d, *_ in queue.pending_follow_ups(conn, "n")] == ["m3"]
@@ -115,3 +119,32 @@ def test_a_follow_up_plan_is_applied_only_while_it_is_due(tmp_path):
     assert _apply_follow_up(None, conn, plan, claimed.id, "n", set(), time.time(), []) == ["after"]
     assert _apply_follow_up(None, conn, plan, claimed.id, "n", set(), time.time(), []) == []  # run twice: once
     assert [row[1] for row in _deliveries(conn)] == ["d1", "after"]
+
+
+def test_a_resumed_failure_reports_the_destinations_code(tmp_path):
+    """After a crash between a failed delivery's finish and its on_failure steps, the failure
+    ZAM still carries the destination's code (it used to say DELIVERY_FAILED with the text)."""
+    from engine.connectors.base import Action
+    from engine.routing.dispatcher import _resumed_outcome
+
+    conn = _journal(tmp_path)
+    queue.enqueue(conn, "m1", _new("d1"), "n", time.time())
+    (claimed,) = queue.claim_batch(conn, "d1", time.time(), "n")
+    error = ("XDSDocumentUniqueIdError", "the document's id is already used", False)
+    queue.finish(
+        conn,
+        claimed,
+        "dead",
+        "XDSDocumentUniqueIdError: ...",
+        "n",
+        time.time(),
+        None,
+        {("r", "s", "on_failure")},
+        error,
+    )
+    [(_, kind, state, last_error, kept)] = queue.pending_follow_ups(conn, "n")
+    resumed = _resumed_outcome(state, last_error, kept)
+    assert (kind, resumed.action, resumed.error()) == ("on_failure", Action.DEAD, error)
+    # A mark written before failures were kept: the delivery's state and last error, as before.
+    old = _resumed_outcome("dead", "AE from destination", None)
+    assert old.error() == ("DELIVERY_FAILED", "AE from destination", True)
