@@ -115,18 +115,9 @@ async def test_a_failure_zam_resumed_after_a_crash_still_carries_the_dmp_code(
     # is refused (what a crash or a full disk leaves: the follow-up still due), then the
     # follow-up is resumed from the journal. Its ZAM says what the DMP said, as the live one
     # does; before, the code was only in memory and a resumed ZAM said DELIVERY_FAILED.
-    from engine.errors import JournalError
-    from engine.routing import dispatcher as dispatching
+    from tests.routing.peers import refuse_first_follow_up_apply
 
-    real_apply, refused = dispatching._apply_follow_up, []
-
-    def apply_refused_once(journal, conn, plan, delivery_id, *rest):
-        if not refused:
-            refused.append(delivery_id)
-            raise JournalError("journal write failed: disk full")
-        return real_apply(journal, conn, plan, delivery_id, *rest)
-
-    monkeypatch.setattr(dispatching, "_apply_follow_up", apply_refused_once)
+    refused = refuse_first_follow_up_apply(monkeypatch)
     simulator.force_error("DMPClosed", "DMP fermé")
     flow = await start_flow(tmp_path, simulator, pki)
     try:

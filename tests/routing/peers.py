@@ -56,4 +56,22 @@ class SilentPeer(protocol.ServerFactory):
         return [scan(m).control_id for m in self.received]
 
 
+def refuse_first_follow_up_apply(monkeypatch) -> list:
+    """The first follow-up plan's journal write is refused (what a full disk does); the list
+    returned gets its delivery id. Later applies go through."""
+    from engine.errors import JournalError
+    from engine.routing import dispatcher as dispatching
+
+    real_apply, refused = dispatching._apply_follow_up, []
+
+    def apply_refused_once(journal, conn, plan, delivery_id, *rest):
+        if not refused:
+            refused.append(delivery_id)
+            raise JournalError("journal write failed: disk full")
+        return real_apply(journal, conn, plan, delivery_id, *rest)
+
+    monkeypatch.setattr(dispatching, "_apply_follow_up", apply_refused_once)
+    return refused
+
+
 from tests.support import until  # noqa: E402,F401 - where the routing tests import it from

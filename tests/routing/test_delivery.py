@@ -7,7 +7,7 @@ import structlog.testing
 
 from engine.journal.reader import JournalReader
 from engine.journal.sqlite import NOT_ROUTED
-from tests.routing.peers import RecordingPeer, until
+from tests.routing.peers import RecordingPeer, refuse_first_follow_up_apply, until
 from tests.support import client_for, exchange, inbound, sample_adt, sleep, write_config
 
 FAST_RETRY = {"initial": 0.05, "maximum": 0.2, "jitter": 0.0}
@@ -377,9 +377,6 @@ async def test_a_follow_up_due_when_the_engine_stops_runs_at_the_next_start(tmp_
 async def test_a_follow_up_whose_write_fails_stays_due_and_the_sweep_applies_it_once(tmp_path, monkeypatch):
     # The first follow-up's journal write is refused (a full disk): the second one of the same
     # batch still runs, the first stays due, and the next sweep applies it, once.
-    from engine.errors import JournalError
-    from engine.routing import dispatcher as dispatching
-
     dest, after = RecordingPeer(refused_once("P1-a")), RecordingPeer()
     pd, pa = await dest.listen(), await after.listen()
     routes = [
@@ -389,15 +386,7 @@ async def test_a_follow_up_whose_write_fails_stays_due_and_the_sweep_applies_it_
             "steps": [{"label": "send", "deliver": {"to": "dest"}, "on_success": [{"deliver": {"to": "after"}}]}],
         }
     ]
-    real_apply, refused = dispatching._apply_follow_up, []
-
-    def apply_refused_once(journal, conn, plan, delivery_id, *rest):
-        if not refused:
-            refused.append(delivery_id)
-            raise JournalError("journal write failed: disk full")
-        return real_apply(journal, conn, plan, delivery_id, *rest)
-
-    monkeypatch.setattr(dispatching, "_apply_follow_up", apply_refused_once)
+    refuse_first_follow_up_apply(monkeypatch)
     engine = await _engine(tmp_path, {"in": inbound(), "dest": out(pd), "after": out(pa)}, routes)
     client = await client_for(engine, "in")
     try:
