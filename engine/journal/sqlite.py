@@ -518,16 +518,17 @@ def _earlier(conn, keys: list[str]) -> list[tuple]:
 
 def _received(conn, store: PayloadStore, limit: int, channels: frozenset | None = None) -> list[tuple]:
     rows = conn.execute(
-        "SELECT uid, channel, received_at, segment, offset FROM messages WHERE state='received' ORDER BY id LIMIT ?",
+        "SELECT uid, channel, received_at, segment, offset, size FROM messages WHERE state='received'"
+        " ORDER BY id LIMIT ?",
         (limit,),
     ).fetchall()
     claimed: list[tuple] = []
-    for uid, channel, at, segment, offset in rows:
+    for uid, channel, at, segment, offset, size in rows:
         if channels is not None and channel not in channels:
-            claimed.append((uid, channel, at, None))  # unroutable: not worth two preads and a JSON parse
+            claimed.append((uid, channel, at, None))  # unroutable: not worth reading
             continue
         try:
-            claimed.append((uid, channel, at, store.read(segment, offset)[1]))
+            claimed.append((uid, channel, at, store.read_raw(segment, offset, size)))
         except (OSError, ValueError) as exc:
             _mark_damaged(conn, uid, channel, exc)
     return claimed

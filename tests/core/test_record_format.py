@@ -128,3 +128,32 @@ def test_a_meta_of_unknown_shape_is_a_damaged_record():
 def test_meta_bytes_marshal_cannot_read_are_a_damaged_record():
     with pytest.raises(payloads.CorruptRecord):
         payloads.decode_meta(MAGIC, b"\xff\x00garbage")
+
+
+def test_raw_bytes_read_in_one_go_are_checked_like_a_full_read(tmp_path, monkeypatch):
+    """read_raw (routing's read: raw bytes only) gives what read() gives; one pread when the meta
+    fits the allowance, a second one when it does not; a damaged record is refused alike."""
+    import os
+
+    store = PayloadStore(tmp_path)
+    store.open()
+    small = _record("R-1")
+    long_meta = _record("R-2", reason="x" * (payloads.META_ALLOWANCE * 3))  # meta beyond the allowance
+    (pos1, pos2) = store.append_many([(_meta_values(small), small.raw), (_meta_values(long_meta), long_meta.raw)])
+    store.sync()
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(payloads.os, "pread", lambda fd, n, at: reads.append(n) or real_pread(fd, n, at))
+    assert store.read_raw(pos1[0], pos1[1], len(small.raw)) == small.raw == store.read(pos1[0], pos1[1])[1]
+    assert len(reads) == 3  # read_raw: 1; read(): header, then body
+    reads.clear()
+    assert store.read_raw(pos2[0], pos2[1], len(long_meta.raw)) == long_meta.raw  # the last record: a short read
+    assert len(reads) == 2
+    with open(store._path(pos1[0]), "r+b") as f:  # the last raw byte of the first record flipped
+        f.seek(pos2[1] - 1)
+        byte = f.read(1)
+        f.seek(pos2[1] - 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(payloads.CorruptRecord):
+        store.read_raw(pos1[0], pos1[1], len(small.raw))
+    store.close()
