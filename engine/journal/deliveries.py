@@ -298,10 +298,14 @@ def claim_batch(
         if len(batch) >= limit:
             break
     lease_until = now + 300.0 if lease_until is None else lease_until
-    conn.executemany(
-        "UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id=?",
-        [(SENDING, node, lease_until, now, d.id) for d in batch],
-    )
+    # One statement for the batch, not one per row: each SQLite step hands the GIL over.
+    ids = [d.id for d in batch]
+    for start in range(0, len(ids), 400):  # SQLite's bound-parameter limit
+        chunk = ids[start : start + 400]
+        conn.execute(
+            f"UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id IN ({_marks(chunk)})",
+            (SENDING, node, lease_until, now, *chunk),
+        )
     return batch
 
 
