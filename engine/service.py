@@ -348,7 +348,7 @@ class Engine(Sequence):
         self.metrics.dispatch_leader.set(1 if self.journal.is_leader else 0)
         d = threads.deferToThread(self.journal.size_bytes)
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
-        depths = threads.deferToThread(self.journal.queue_depths)
+        depths = threads.deferToThread(self.journal.queue_depths, list(self.dispatcher.workers))
         depths.addCallbacks(self._set_queue_gauges, lambda f: log.warning("journal.depths_failed", error=str(f.value)))
         return defer.gatherResults([d, depths], consumeErrors=True)
 

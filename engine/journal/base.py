@@ -112,8 +112,9 @@ class Journal(Protocol):
 
     def record_event(self, message_uid: str, state: str, channel: str = "", detail: str = ""): ...
 
-    def queue_depths(self) -> list[tuple]:
-        """(destination, state, count, oldest created_at) of waiting or dead deliveries."""
+    def queue_depths(self, destinations=None) -> list[tuple]:
+        """(destination, state, count, oldest created_at) of waiting or dead deliveries (of
+        `destinations` only, when given: then only their open rows are read)."""
 
     def events_after(
         self, last_id: int, limit: int = 500, channel: str | None = None, msg_type: str | None = None

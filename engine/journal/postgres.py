@@ -478,11 +478,11 @@ class PostgresJournal(GroupCommitWriter):
         with self._pool.connection() as raw:
             return PgConnection(raw).execute(sql, args).fetchall()
 
-    def queue_depths(self) -> list[tuple]:
+    def queue_depths(self, destinations=None) -> list[tuple]:
         """Per destination and waiting state: count and oldest (for the queue gauges)."""
         from engine.journal.deliveries import queue_depths
 
-        return queue_depths(self._read)
+        return queue_depths(self._read, destinations)
 
     def events_after(self, last_id: int, limit: int = 500, channel=None, msg_type=None) -> list[JournalEvent]:
         from engine.journal.sqlite import events_after

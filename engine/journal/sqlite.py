@@ -422,11 +422,11 @@ class SQLiteJournal(GroupCommitWriter):
         with self._read_lock:
             return self._reader.execute(sql, args).fetchall()
 
-    def queue_depths(self) -> list[tuple]:
+    def queue_depths(self, destinations=None) -> list[tuple]:
         """Per destination and waiting state: count and oldest (for the queue gauges)."""
         from engine.journal.deliveries import queue_depths
 
-        return queue_depths(self._read)
+        return queue_depths(self._read, destinations)
 
     def events_after(self, last_id: int, limit: int = 500, channel=None, msg_type=None) -> list[JournalEvent]:
         return events_after(self._read, last_id, limit, channel, msg_type)

@@ -101,6 +101,8 @@ async def test_route_queue_claim_and_finish(backend):
         touched = await journal.submit(lambda c, s: queue.apply_plans(c, [plan], "n1", now))
         assert touched == ["dest"] and await journal.claim_received(10) == []
         assert [(d, state, n) for d, state, n, _ in journal.queue_depths()] == [("dest", "pending", 1)]
+        assert [(d, n) for d, _, n, _ in journal.queue_depths(["dest", "other"])] == [("dest", 1)]
+        assert journal.queue_depths(["other"]) == [] and journal.queue_depths([]) == []
         claimed = await journal.submit(
             lambda c, s: queue.claim_batch(c, "dest", now + 1, "n1", dialect=journal.dialect)
         )

@@ -104,3 +104,33 @@ def test_a_claim_does_not_read_the_finished_history_of_a_key(tmp_path):
     assert work[10][0] == work[5000][0] == 64
     # The same claim over 500 times the history: about the same work (it grew ~500 times).
     assert work[5000][1] < 2 * work[10][1], work
+
+
+def test_the_queue_gauges_read_only_open_rows_of_the_configured_destinations(tmp_path):
+    """Every 10 s the engine counts each destination's waiting and dead deliveries: given the
+    destinations, the work does not grow with the finished ones (it read them all before)."""
+    now = time.time()
+    work = {}
+    for history in (10, 5000):
+        conn = connect(tmp_path / f"g{history}.sqlite")
+        schema.upgrade(conn)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
+            " created_at, not_before, next_attempt, updated_at, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(f"old{i}", "r", "s", "d", f"K{i}", "", "initial", "done", now, 0, 0, now, "n") for i in range(history)],
+        )
+        for i in range(5):
+            _queue(conn, f"new{i}", "K", now - 1)
+        conn.execute("COMMIT")
+        steps = [0]
+        conn.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 100)
+
+        def read(sql, args=()):
+            return conn.execute(sql, args).fetchall()
+
+        rows = queue.queue_depths(read, ["d"])
+        conn.set_progress_handler(None, 0)
+        assert [(d, state, n) for d, state, n, _ in rows] == [("d", "pending", 5)]
+        work[history] = steps[0]
+    assert work[5000] < 2 * work[10] + 2, work
