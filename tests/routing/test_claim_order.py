@@ -63,9 +63,27 @@ def test_an_outcome_from_a_node_that_lost_the_send_is_not_recorded(tmp_path):
     assert queue.finish_all(conn, [(theirs, "AA")], "done", "other-node", now) == ["on_success"]
 
 
-def _claim_work(conn, now: float) -> tuple[int, int]:
-    """(deliveries claimed, SQLite virtual machine steps the claim took, counted by hundreds
-    through the progress handler: a measure of the rows visited that no machine load changes)."""
+def _with_finished(path, history: int, key_of, open_rows: int, open_key: str):
+    """A journal whose destination d has `history` finished deliveries (keys from `key_of(i)`)
+    and `open_rows` pending ones of `open_key`."""
+    now = time.time()
+    conn = connect(path)
+    schema.upgrade(conn)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
+        " created_at, not_before, next_attempt, updated_at, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [(f"old{i}", "r", "s", "d", key_of(i), "", "initial", "done", now, 0, 0, now, "n") for i in range(history)],
+    )
+    for i in range(open_rows):
+        _queue(conn, f"new{i}", open_key, now - 1)
+    conn.execute("COMMIT")
+    return conn
+
+
+def _vm_steps(conn, work):
+    """(what `work()` returns, the SQLite virtual-machine steps it took, by hundreds through the
+    progress handler): a measure of the rows visited that no machine load changes."""
     steps = [0]
 
     def count() -> int:
@@ -74,63 +92,34 @@ def _claim_work(conn, now: float) -> tuple[int, int]:
 
     conn.set_progress_handler(count, 100)
     try:
-        conn.execute("BEGIN")
-        claimed = queue.claim_batch(conn, "d", now, "n")
-        conn.execute("ROLLBACK")
+        return work(), steps[0]
     finally:
         conn.set_progress_handler(None, 0)
-    return len(claimed), steps[0]
 
 
 def test_a_claim_does_not_read_the_finished_history_of_a_key(tmp_path):
     """A creator's ZAMs all share one key (its application) and stay in the table until
     retention: the FIFO check must reach only the key's open rows. It once scanned every row the
     key ever had, per candidate: ~1 s per claim at 100,000 finished ZAMs, holding the writer."""
-    now = time.time()
     work = {}
     for history in (10, 5000):
-        conn = connect(tmp_path / f"h{history}.sqlite")
-        schema.upgrade(conn)
-        conn.execute("BEGIN")
-        conn.executemany(
-            "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
-            " created_at, not_before, next_attempt, updated_at, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(f"old{i}", "r", "s", "d", "RIS-Y", "", "initial", "done", now, 0, 0, now, "n") for i in range(history)],
-        )
-        for i in range(64):
-            _queue(conn, f"new{i}", "RIS-Y", now - 1)
-        conn.execute("COMMIT")
-        work[history] = _claim_work(conn, now)
-    assert work[10][0] == work[5000][0] == 64
-    # The same claim over 500 times the history: about the same work (it grew ~500 times).
-    assert work[5000][1] < 2 * work[10][1], work
+        conn = _with_finished(tmp_path / f"h{history}.sqlite", history, lambda i: "RIS-Y", 64, "RIS-Y")
+        claimed, work[history] = _vm_steps(conn, lambda: queue.claim_batch(conn, "d", time.time(), "n"))
+        assert len(claimed) == 64
+    # The same claim over 500 times the history: about the same work (it grew ~65 times).
+    assert work[5000] < 2 * work[10], work
 
 
 def test_the_queue_gauges_read_only_open_rows_of_the_configured_destinations(tmp_path):
     """Every 10 s the engine counts each destination's waiting and dead deliveries: given the
     destinations, the work does not grow with the finished ones (it read them all before)."""
-    now = time.time()
     work = {}
     for history in (10, 5000):
-        conn = connect(tmp_path / f"g{history}.sqlite")
-        schema.upgrade(conn)
-        conn.execute("BEGIN")
-        conn.executemany(
-            "INSERT INTO deliveries (message_uid, route, step, destination, fifo_key, doc_id, action, state,"
-            " created_at, not_before, next_attempt, updated_at, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(f"old{i}", "r", "s", "d", f"K{i}", "", "initial", "done", now, 0, 0, now, "n") for i in range(history)],
-        )
-        for i in range(5):
-            _queue(conn, f"new{i}", "K", now - 1)
-        conn.execute("COMMIT")
-        steps = [0]
-        conn.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 100)
+        conn = _with_finished(tmp_path / f"g{history}.sqlite", history, lambda i: f"K{i}", 5, "K")
 
         def read(sql, args=()):
             return conn.execute(sql, args).fetchall()
 
-        rows = queue.queue_depths(read, ["d"])
-        conn.set_progress_handler(None, 0)
+        rows, work[history] = _vm_steps(conn, lambda: queue.queue_depths(read, ["d"]))
         assert [(d, state, n) for d, state, n, _ in rows] == [("d", "pending", 5)]
-        work[history] = steps[0]
     assert work[5000] < 2 * work[10] + 2, work
