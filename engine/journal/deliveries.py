@@ -460,7 +460,8 @@ def finish_all(
     per delivery."""
     if outcome != "done":
         return [
-            finish(conn, d, outcome, detail, node, now, retry_at, follow_ups, *error) for d, detail, *error in results
+            finish(conn, r[0], outcome, r[1], node, now, retry_at, follow_ups, r[2] if len(r) > 2 else None)
+            for r in results
         ]
     kinds = _finish_done(conn, results, node, now)
     mark_follow_ups(conn, [(r[0], k) for r, k in zip(results, kinds) if k], follow_ups)
@@ -560,11 +561,11 @@ def pending_follow_ups(conn, node: str) -> list[tuple[Delivery, str, str, str, F
         (node,),
     ).fetchall()
     width = len(_COLUMNS.split(","))
-    return [
-        (Delivery(*row[:width]), follow_up_kind(mark), state, last_error, _marked_error(mark))
-        for row in rows
-        for mark, state, last_error in [row[width:]]
-    ]
+    pending = []
+    for row in rows:
+        mark, state, last_error = row[width:]
+        pending.append((Delivery(*row[:width]), follow_up_kind(mark), state, last_error, _marked_error(mark)))
+    return pending
 
 
 class _NoRows:

@@ -209,36 +209,31 @@ class PayloadStore:
         """The raw bytes of the record at `offset`, checked (CRC) without decoding its meta. With
         the record's raw `size` (the index has it), one read covers header, meta and raw bytes
         in the common case: each system call in the writer thread also hands the GIL over."""
+        _, meta_len, body = self._body_at(segment, offset, size)
+        return body[meta_len:]
+
+    def _read_at(self, segment: int, offset: int) -> tuple[dict, bytes, int]:
+        magic, meta_len, body = self._body_at(segment, offset)
+        return decode_meta(magic, body[:meta_len]), body[meta_len:], _HEADER.size + len(body)
+
+    def _body_at(self, segment: int, offset: int, size: int = 0) -> tuple[bytes, int, bytes]:
+        """(magic, meta length, meta + raw bytes) of the record at `offset`, its CRC checked: one
+        read of header, `size` raw bytes and META_ALLOWANCE, a second only for what did not fit."""
         fd = self._reader(segment)
         chunk = os.pread(fd, _HEADER.size + size + META_ALLOWANCE, offset)
-        magic, meta_len, raw_len, crc = self._checked_header(fd, segment, offset, chunk)
+        if len(chunk) < _HEADER.size:
+            raise CorruptRecord(f"truncated record header in segment {segment} at {offset}")
+        magic, meta_len, raw_len, crc = _HEADER.unpack_from(chunk)
         end = _HEADER.size + meta_len + raw_len
-        if len(chunk) < end:  # a meta longer than the allowance (or no size given)
+        if magic not in (MAGIC, MAGIC_JSON) or (meta_len + raw_len > 1 << 24 and offset + end > os.fstat(fd).st_size):
+            # Damaged lengths must not make us allocate gigabytes to find out.
+            raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
+        if len(chunk) < end:  # a meta longer than the allowance, or a record larger than `size`
             chunk += os.pread(fd, end - len(chunk), offset + len(chunk))
         body = chunk[_HEADER.size : end]
         if len(body) != meta_len + raw_len or zlib.crc32(body) != crc:
             raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
-        return body[meta_len:]
-
-    def _checked_header(self, fd: int, segment: int, offset: int, head: bytes) -> tuple:
-        """(magic, meta length, raw length, crc) of the record whose first bytes are `head`."""
-        if len(head) < _HEADER.size:
-            raise CorruptRecord(f"truncated record header in segment {segment} at {offset}")
-        magic, meta_len, raw_len, crc = _HEADER.unpack_from(head)
-        if magic not in (MAGIC, MAGIC_JSON) or (
-            meta_len + raw_len > 1 << 24 and offset + _HEADER.size + meta_len + raw_len > os.fstat(fd).st_size
-        ):
-            # Damaged lengths must not make us allocate gigabytes to find out.
-            raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
-        return magic, meta_len, raw_len, crc
-
-    def _read_at(self, segment: int, offset: int) -> tuple[dict, bytes, int]:
-        fd = self._reader(segment)
-        magic, meta_len, raw_len, crc = self._checked_header(fd, segment, offset, os.pread(fd, _HEADER.size, offset))
-        body = os.pread(fd, meta_len + raw_len, offset + _HEADER.size)
-        if len(body) != meta_len + raw_len or zlib.crc32(body) != crc:
-            raise CorruptRecord(f"damaged record in segment {segment} at {offset}")
-        return decode_meta(magic, body[:meta_len]), body[meta_len:], _HEADER.size + meta_len + raw_len
+        return magic, meta_len, body
 
     def scan_from(self, segment: int, offset: int) -> Iterator[tuple[int, int, dict | None, object]]:
         """Records from (segment, offset) to the end of the log, as (segment, offset, meta, raw).

@@ -85,8 +85,6 @@ class Intake:
         A Deferred, or None with `then` (see the journal's append_inbound)."""
         if record.state == REJECTED:
             self._bound_rejected(record, policy)
-        if then is None:
-            return self.journal.append_inbound(record)
         return self.journal.append_inbound(record, then)
 
     def _bound_rejected(self, record: InboundRecord, policy: IntakePolicy) -> None:

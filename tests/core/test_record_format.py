@@ -145,7 +145,7 @@ def test_raw_bytes_read_in_one_go_are_checked_like_a_full_read(tmp_path, monkeyp
     real_pread = os.pread
     monkeypatch.setattr(payloads.os, "pread", lambda fd, n, at: reads.append(n) or real_pread(fd, n, at))
     assert store.read_raw(pos1[0], pos1[1], len(small.raw)) == small.raw == store.read(pos1[0], pos1[1])[1]
-    assert len(reads) == 3  # read_raw: 1; read(): header, then body
+    assert len(reads) == 2  # one each: header, meta and raw bytes together
     reads.clear()
     assert store.read_raw(pos2[0], pos2[1], len(long_meta.raw)) == long_meta.raw  # the last record: a short read
     assert len(reads) == 2
