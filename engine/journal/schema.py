@@ -139,6 +139,24 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        8,
+        """
+    -- SQLite only (PostgreSQL keeps payloads in a table): the span of `messages` ids that index
+    -- each segment of the log, so that retention reads one segment's rows instead of the whole
+    -- table (there is no index on messages.segment: one more B-tree per inbound record). Kept by
+    -- every insertion of index rows, one statement per batch (sqlite.py `_note_segments`).
+    CREATE TABLE segment_ids (
+        segment INTEGER PRIMARY KEY,
+        first_id INTEGER NOT NULL,
+        last_id INTEGER NOT NULL
+    );
+    INSERT INTO segment_ids SELECT segment, min(id), max(id) FROM messages GROUP BY segment;
+    """,
+    )
+)
+
 LATEST = max(number for number, _ in MIGRATIONS)
 
 

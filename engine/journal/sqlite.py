@@ -142,6 +142,7 @@ class SQLiteJournal(GroupCommitWriter):
         conn, store = self._writer, self.payloads
         recovered = 0
         conn.execute("BEGIN IMMEDIATE")
+        after = _last_message_id(conn)
         for segment, offset, meta, raw in store.scan_from(*self._recovery_start(conn, store)):
             if meta is None:  # damaged bytes: `raw` is where to resume
                 self._damaged_bytes(store, segment, offset, raw)
@@ -162,6 +163,7 @@ class SQLiteJournal(GroupCommitWriter):
             conn.execute(_INSERT_MESSAGE, message)
             events.write(conn, [event])
             recovered += 1
+        _note_segments(conn, after)
         conn.execute("COMMIT")
         return recovered
 
@@ -238,6 +240,7 @@ class SQLiteJournal(GroupCommitWriter):
 
         One multi-row INSERT per table: every SQLite call releases and takes back the GIL, and
         taking it back means waiting for the busy reactor thread, so few calls beat many."""
+        after = _last_message_id(conn)
         conn.execute("SAVEPOINT run")
         try:
             for start in range(0, len(messages), ROWS_PER_INSERT):
@@ -247,9 +250,12 @@ class SQLiteJournal(GroupCommitWriter):
             # Rare (a uid collision): redo row by row so that only the bad record fails.
             conn.execute("ROLLBACK TO run")
             conn.execute("RELEASE run")
-            return [
+            results = [
                 self._run_one(conn, store, _insert_rows(m, e)) or r for r, m, e in zip(records, messages, event_rows)
             ]
+            _note_segments(conn, after)
+            return results
+        _note_segments(conn, after)
         conn.execute("RELEASE run")
         return records
 
@@ -410,7 +416,7 @@ class SQLiteJournal(GroupCommitWriter):
         while segment := await self.submit(lambda c, s: _purgeable_segment(c, s, before), logged=True):
             while count := await self.submit(lambda c, s: _delete_segment_rows(c, segment), logged=True):
                 total += count
-            await self.submit(lambda c, s: s.remove(segment), logged=True)
+            await self.submit(lambda c, s: _forget_segment(c, s, segment), logged=True)
             log.info("journal.segment_purged", segment=segment)
         return total
 
@@ -484,16 +490,25 @@ def _purgeable_segment(conn, store: PayloadStore, before: float) -> int | None:
     older = [s for s in store.segments() if s < store.position()[0]]
     if not older:
         return None
+    first, last = _segment_span(conn, older[0])
     unfinished = conn.execute(
-        "SELECT 1 FROM messages m WHERE m.segment=? AND (m.received_at>=? OR m.state='received' OR EXISTS"
-        " (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid AND d.state IN ('pending', 'sending', 'held'))) LIMIT 1",
-        (older[0], before),
+        "SELECT 1 FROM messages m WHERE m.id BETWEEN ? AND ? AND m.segment=? AND (m.received_at>=?"
+        " OR m.state='received' OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_uid=m.uid"
+        " AND d.state IN ('pending', 'sending', 'held'))) LIMIT 1",
+        (first, last, older[0], before),
     ).fetchall()
     return None if unfinished else older[0]
 
 
 def _delete_segment_rows(conn, segment: int) -> int:
-    uids = [r[0] for r in conn.execute("SELECT uid FROM messages WHERE segment=? LIMIT ?", (segment, PURGE_BATCH))]
+    first, last = _segment_span(conn, segment)
+    uids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT uid FROM messages WHERE id BETWEEN ? AND ? AND segment=? LIMIT ?",
+            (first, last, segment, PURGE_BATCH),
+        )
+    ]
     for i in range(0, len(uids), 500):  # SQLite's bound-parameter limit
         chunk = uids[i : i + 500]
         stats.forget_messages(conn, chunk)  # the counters stay; the facts go with the messages
@@ -501,6 +516,32 @@ def _delete_segment_rows(conn, segment: int) -> int:
         for table, column in (("events", "message_uid"), ("deliveries", "message_uid"), ("messages", "uid")):
             conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)
     return len(uids)
+
+
+def _forget_segment(conn, store: PayloadStore, segment: int) -> None:
+    conn.execute("DELETE FROM segment_ids WHERE segment=?", (segment,))
+    store.remove(segment)
+
+
+def _segment_span(conn, segment: int) -> tuple[int, int]:
+    """The ids of `segment`'s index rows lie within this span (empty when it has none left)."""
+    row = conn.execute("SELECT first_id, last_id FROM segment_ids WHERE segment=?", (segment,)).fetchone()
+    return row if row else (1, 0)
+
+
+def _last_message_id(conn) -> int:
+    return conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+
+
+def _note_segments(conn, after: int) -> None:
+    """Widen each segment's span by the index rows inserted since id `after` (one statement per
+    batch of rows: retention then reads a segment's rows by id, see schema migration 8)."""
+    conn.execute(
+        "INSERT INTO segment_ids SELECT segment, min(id), max(id) FROM messages WHERE id > ? GROUP BY segment"
+        " ON CONFLICT(segment) DO UPDATE SET first_id=min(first_id, excluded.first_id),"
+        " last_id=max(last_id, excluded.last_id)",
+        (after,),
+    )
 
 
 def _earlier(conn, keys: list[str]) -> list[tuple]:
