@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 PHONY_CONSOLE := chromium bench-console
-.PHONY: $(PHONY_CONSOLE) install run test conformance bench bench-reactor bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz bench-stats check demo clean pki sim-dmp
+.PHONY: $(PHONY_CONSOLE) install run test conformance bench bench-reactor bench-send bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz bench-stats check demo clean pki sim-dmp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-route: $(STAMP)
 # intake's reactor-thread Python per message, without sockets or disk: compares two versions
 bench-reactor: $(STAMP)
 	$(BIN)/python bench/reactor_path.py
+
+# the outbound send path's reactor-thread Python per delivery, without sockets or disk
+bench-send: $(STAMP)
+	$(BIN)/python bench/send_path.py
 
 # 1, 2 and 3 nodes on one PostgreSQL journal (postgresql://postgres@127.0.0.1:5432/, or PFI_BENCH_PG) beside SQLite.
 bench-cluster: $(STAMP)
