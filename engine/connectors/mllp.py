@@ -9,6 +9,7 @@ from engine.config.channels import MllpOutSettings
 from engine.connectors.base import Action, Outcome, lane_of, refused
 
 log = structlog.get_logger("engine.connectors.mllp")
+_ACTIONS = {action.value: action for action in Action}  # Action(value) is an Enum call per send
 
 
 class MllpDestination:
@@ -24,11 +25,9 @@ class MllpDestination:
         self.content_check = settings.content_check
 
     async def deliver(self, payload: bytes, delivery) -> Outcome:
-        from twisted.internet import threads
-
-        from engine.hl7.pid3 import place_ipp
-
         if self.content_check == "drimbox":
+            from twisted.internet import threads
+
             refusal = await threads.deferToThread(drimbox_refusal, payload, bool(self.ipp_repetition))
             if refusal:
                 # pfi check cannot know what a report will lack: say it here, without patient data
@@ -40,11 +39,13 @@ class MllpDestination:
                 )
                 return refusal
         if self.ipp_repetition:
+            from engine.hl7.pid3 import place_ipp
+
             payload = place_ipp(payload, self.ipp_repetition)
         sent = await self.senders[lane_of(delivery.fifo_key, self.lanes)].send(payload)
         # The sender's reason already says what happened ("AE from destination: ...", "timeout:
         # ..."): no code a creator could look up, so a failure ZAM says DELIVERY_FAILED with it.
-        return Outcome(Action(sent.action), sent.reason)
+        return Outcome(_ACTIONS[sent.action], sent.reason)
 
     async def close(self) -> None:
         for sender in self.senders:

@@ -23,18 +23,22 @@ class AckInfo:
 
 
 def read_ack(raw: bytes) -> AckInfo:
-    """Read MSA and ERR from an ACK; an answer without MSA is reported as code ''."""
-    segments = [s for s in _SEGMENTS.split(raw) if s]
+    """Read MSA and ERR from an ACK; an answer without MSA is reported as code ''. Only those
+    segments are decoded (one ACK read per message sent)."""
+    segments = raw.split(b"\r") if b"\n" not in raw else _SEGMENTS.split(raw)
     sep = raw[3:4] if raw.startswith(b"MSH") else b"|"
     code = control = ""
     errors = []
     for seg in segments:
-        fields = seg.decode("utf-8", errors="replace").split(sep.decode())
-        if fields[0] == "MSA":
-            code = fields[1] if len(fields) > 1 else ""
-            control = fields[2] if len(fields) > 2 else ""
-        elif fields[0] == "ERR":
+        name = seg[:3]
+        if (name != b"MSA" and name != b"ERR") or seg[3:4] not in (sep, b""):
+            continue
+        if name == b"ERR":
             errors.append(seg.decode("utf-8", errors="replace"))
+            continue
+        fields = seg.decode("utf-8", errors="replace").split(sep.decode("utf-8", errors="replace"))
+        code = fields[1] if len(fields) > 1 else ""
+        control = fields[2] if len(fields) > 2 else ""
     return AckInfo(code, control, tuple(errors), raw)
 
 

@@ -164,8 +164,10 @@ class MLLPSender:
             return SendOutcome("dead", "invalid message: no MSH segment or empty MSH-10", kind="invalid")
         if self._closed:
             return SendOutcome(self._action("refused"), "sender closed", kind="refused")
+        proto = self._proto
         try:
-            proto = await self._connection()
+            if proto is None or not proto.usable:
+                proto = await self._connection()
         except Exception as exc:  # every connect failure is worth a later retry
             return SendOutcome(self._action("refused"), _connect_failure(exc), kind="refused")
         if not self.settings.expect_ack:

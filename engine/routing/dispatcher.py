@@ -13,6 +13,7 @@ from twisted.internet import defer, threads
 
 from engine.connectors.base import Action, Outcome, lane_of
 from engine.journal import deliveries as queue
+from engine.retry import attempts_exhausted, backoff_delay
 from engine.routing.context import MessageContext
 from engine.routing.plan import Environment, NewDelivery, Plan, plan_message, run_steps
 
@@ -355,6 +356,7 @@ class DestinationWorker:
         self._stopped = False
         #: the destination is paused (queue.pause_state): nothing is claimed until `pfi resume`
         self.paused = False
+        self._counters: dict = {}  # outcome -> its child of the deliveries counter
 
     @property
     def busy(self) -> bool:
@@ -454,8 +456,6 @@ class DestinationWorker:
             )
 
     async def _send(self, delivery: queue.Delivery, payload: bytes) -> tuple[Outcome, float | None]:
-        from engine.retry import attempts_exhausted, backoff_delay
-
         d = self.dispatcher
         try:
             outcome = await self.connector.deliver(payload, delivery)
@@ -481,8 +481,16 @@ class DestinationWorker:
                 reason=outcome.reason,
             )
         if d.metrics is not None:
-            d.metrics.deliveries.labels(self.name, str(outcome.action)).inc()
+            self._counted(d.metrics, outcome.action).inc()
         return outcome, retry_at
+
+    def _counted(self, metrics, action: Action):
+        """The deliveries counter of an outcome, looked up once (a labels() call takes a lock and
+        builds a key: one per message sent otherwise)."""
+        counter = self._counters.get(action)
+        if counter is None:
+            counter = self._counters[action] = metrics.deliveries.labels(self.name, str(action))
+        return counter
 
     async def _hold_for_identity(self, delivery: queue.Delivery, payload: bytes, reason: str) -> None:
         """Hold the send until a PAM.fr update qualifies its patient. The update may have landed

@@ -6,6 +6,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
+from engine.mllp.client import read_ack
 from engine.mllp.framing import frame
 from engine.mllp.sender import MLLPSender, SendOutcome
 from tests.sender.peers import Peer, ack, answer_with, control_id, hold, message
@@ -271,3 +272,22 @@ async def test_close_during_a_send_returns_retry_and_later_sends_are_refused():
     await peer.stop()
     assert (interrupted.action, interrupted.kind) == ("retry", "lost")
     assert (after.action, after.reason) == ("retry", "sender closed")
+
+
+@pytest.mark.parametrize(
+    "raw, code, control, errors",
+    [
+        (b"MSH|^~\\&|R|F|P|X|2026||ACK|A1|P|2.5\rMSA|AA|C1\r", "AA", "C1", ()),
+        # LF separators, ERR segments kept whole, the last MSA wins
+        (b"MSH|^~\\&|R\nMSA|AE|C2\nERR|||207^x|E\nERR|||101|E\n", "AE", "C2", ("ERR|||207^x|E", "ERR|||101|E")),
+        # segment names are whole fields: MSAX and ERRR are other segments
+        (b"MSH|^~\\&|R\rMSAX|AA|no\rERRR|1\rMSA|AR|C3\r", "AR", "C3", ()),
+        # the field separator is the one MSH declares
+        (b"MSH#^~\\&#R\rMSA#CA#C4\rMSA|AA|no\r", "CA", "C4", ()),
+        (b"MSH|^~\\&|R\rPID|1\r", "", "", ()),
+        (b"MSA\r", "", "", ()),
+    ],
+)
+def test_reading_an_ack(raw, code, control, errors):
+    info = read_ack(raw)
+    assert (info.code, info.control_id, info.errors, info.raw) == (code, control, errors, raw)
