@@ -1,5 +1,6 @@
 """Routing benchmark: messages/s end to end and latency from the inbound ACK to the destination's
-ACK, for 1 route -> 1 MLLP destination and 1 route -> 3 destinations, beside intake alone.
+ACK, for 1 route -> 1 MLLP destination and 1 route -> 3 destinations, beside intake alone, and
+1 -> 1 with `routing_process: true` (routing and deliveries in a child process of the engine).
 
     .venv/bin/python bench/route.py [--seconds 3] [--connections 8]
 """
@@ -24,7 +25,7 @@ from engine.journal.sqlite import DURABILITY  # noqa: E402
 SINK_PORTS = (24101, 24102, 24103)
 
 
-def write_config(workdir: Path, destinations: int) -> Path:
+def write_config(workdir: Path, destinations: int, routing_process: bool = False) -> Path:
     cfg = workdir / "cfg"
     (cfg / "channels").mkdir(parents=True)
     (cfg / "channels" / "in.yaml").write_text(f"type: mllp-in\nport: {ENGINE_PORT}\n")
@@ -43,7 +44,8 @@ def write_config(workdir: Path, destinations: int) -> Path:
         else "routes: []\n"
     )
     (cfg / "routes.yaml").write_text(routes)
-    (cfg / "pfi.yaml").write_text("log_level: info\nmetrics:\n  enabled: false\n")
+    split = "routing_process: true\n" if routing_process else ""
+    (cfg / "pfi.yaml").write_text("log_level: info\nmetrics:\n  enabled: false\n" + split)
     return cfg
 
 
@@ -54,12 +56,32 @@ def start_engine(workdir: Path, cfg: Path):
     )
 
 
-async def scenario(workdir: Path, destinations: int, connections: int, seconds: float) -> dict:
+def engine_cpu(pid: int) -> float:
+    """CPU seconds of the engine process and of its children (the routing process)."""
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        children = []
+    total = cpu_seconds(pid)
+    for child in children:
+        try:
+            total += cpu_seconds(int(child))
+        except OSError:
+            pass
+    return total
+
+
+async def scenario(
+    workdir: Path, destinations: int, connections: int, seconds: float, routing_process: bool = False
+) -> dict:
     sinks = [Sink() for _ in range(destinations)]
     ports = [reactor.listenTCP(SINK_PORTS[i], s, interface="127.0.0.1") for i, s in enumerate(sinks)]
-    proc = start_engine(workdir, write_config(workdir / f"s{destinations}", destinations))
+    name = f"s{destinations}{'-split' if routing_process else ''}"
+    proc = start_engine(workdir, write_config(workdir / name, destinations, routing_process))
+    if routing_process:  # the routing process starts after the engine's own engine.started
+        await sleep(1.0)
     record: dict[str, tuple[float, float]] = {}
-    cpu_before = cpu_seconds(proc.pid)
+    cpu_before = engine_cpu(proc.pid)
     try:
         load = await run_load(ENGINE_PORT, adt_message(), connections, seconds, f"R{destinations}-", record)
         started = load["started"]
@@ -73,7 +95,7 @@ async def scenario(workdir: Path, destinations: int, connections: int, seconds: 
         elapsed = (
             max(max(s.arrived.values(), default=started) for s in sinks) - started if destinations else load["elapsed"]
         )
-        cpu = cpu_seconds(proc.pid) - cpu_before
+        cpu = engine_cpu(proc.pid) - cpu_before
     finally:
         stop_process(proc)
         for p in ports:
@@ -104,6 +126,7 @@ def main() -> None:
         intake = await scenario(workdir, 0, args.connections, args.seconds)
         one = await scenario(workdir, 1, args.connections, args.seconds)
         three = await scenario(workdir, 3, args.connections, args.seconds)
+        split = await scenario(workdir, 1, args.connections, args.seconds, routing_process=True)
         print(f"\nRouting benchmark - ADT ~1KB, {args.connections} connections, journal: {DURABILITY}")
         print(
             f"{'scenario':<28} {'msg/s':>8} {'µs/msg':>7} {'ACK->dest p50 ms':>17} {'p99 ms':>8} "
@@ -113,13 +136,18 @@ def main() -> None:
             f"{'intake only (no route)':<28} {intake['rate']:>8.0f} {intake['cpu']:>7.0f} {'-':>17} {'-':>8} "
             f"{'-':>10} {'100%':>9}"
         )
-        for name, r, n in (("1 route -> 1 destination", one, 1), ("1 route -> 3 destinations", three, 3)):
+        for name, r, n in (
+            ("1 route -> 1 destination", one, 1),
+            ("1 route -> 3 destinations", three, 3),
+            ("1 -> 1, routing process", split, 1),
+        ):
             print(
                 f"{name:<28} {r['rate']:>8.0f} {r['cpu']:>7.0f} {r['p50']:>17.1f} {r['p99']:>8.1f} "
                 f"{r['delivered']:>5}/{r['acked'] * n:<5} {r['rate'] / intake['rate']:>8.0%}"
             )
         print(
-            "µs/msg: the engine process's CPU (all threads, from /proc) per message received, until all were delivered."
+            "µs/msg: the engine's CPU (all threads of its processes, from /proc) per message received, until all"
+            " were delivered. routing process: `routing_process: true` (routing and deliveries in a child process)."
         )
 
     try:

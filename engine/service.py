@@ -11,6 +11,7 @@ closes, then the registry."""
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import structlog
@@ -30,6 +31,9 @@ from engine.routing.dispatcher import FOLLOW_UP_SWEEP, Dispatcher
 from engine.routing.plan import Environment
 
 log = structlog.get_logger("engine.service")
+#: what one engine process does (`pfi run --role`): everything, or, with `routing_process: true`,
+#: intake in the parent and routing in a child (engine/routing/process.py)
+ALL, INTAKE, ROUTING = "all", "intake", "routing"
 RETENTION_EVERY = 60.0  # seconds between retention runs (each bounded, in short transactions)
 CERTIFICATE_CHECK_EVERY = 6 * 3600.0  # seconds between looks at certificate expiry
 
@@ -169,23 +173,27 @@ class Engine(Sequence):
         with_metrics: bool = True,
         clock=None,
         connectors: dict | None = None,
+        role: str = ALL,
     ):
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.clock = clock or reactor
         self.data_dir = Path(data_dir)
+        self.role = self._checked_role(role, config)
         self.node = config.engine.node or socket.gethostname()
         self.metrics = EngineMetrics(node=self.node)
         self.metrics.channels = frozenset(config.channels)
-        self.journal = open_journal(config.engine, self.data_dir, reactor, self.node)
+        self.journal = open_journal(config.engine, self.data_dir, reactor, self.node, follower=role == ROUTING)
         self.journal.event_listeners.append(self.metrics.observe_events)
         self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
         self.dispatcher.metrics = self.metrics
         # The journal wakes the dispatcher when messages to route are committed (a shared journal
-        # also for other nodes' messages) and this node's workers when other nodes queued work.
-        self.journal.on_received = self.dispatcher.kick
+        # also for other nodes' messages) and this node's workers when other nodes queued work;
+        # with a routing process, the intake process wakes that process instead.
+        self.routing_child = self._routing_child() if role == INTAKE else None
+        self.journal.on_received = self.routing_child.wake if self.routing_child else self.dispatcher.kick
         self.journal.on_queued = lambda destination: self.dispatcher.wake([destination])
         self.journal.on_follow_ups_adopted = self._resume_follow_ups
         self.journal.unrouted_channels = frozenset(config.channels) - self.dispatcher.route_channels
@@ -194,14 +202,27 @@ class Engine(Sequence):
         self.buffer_budget = BufferBudget(config.engine.max_buffered_bytes)
         self._build_tree(with_metrics)
 
+    @staticmethod
+    def _checked_role(role: str, config: Config) -> str:
+        from engine.errors import ConfigurationError
+        from engine.journal.postgres import is_postgres_url
+
+        if role != ALL and is_postgres_url(config.engine.journal):
+            raise ConfigurationError(["routing_process: only with the SQLite journal (on PostgreSQL, add nodes)"])
+        return role
+
     def _build_tree(self, with_metrics: bool) -> None:
         Step("cda-warm-up", start=self._warm_up_checkers).setServiceParent(self)
         Step("patients", stop=self.patients.close).setServiceParent(self)
         Step("journal", start=self.journal.open, stop=self.journal.stop).setServiceParent(self)
+        if self.role == ROUTING:
+            self._build_routing_tree()
+            return
         Step("statistics-channels", start=self._register_channels).setServiceParent(self)
-        # Stopped after the dispatcher: its last line counts the sends finished while stopping.
-        Step("delivery-summary", stop=self.dispatcher.flush_summary).setServiceParent(self)
-        self._dispatcher_services().setServiceParent(self)
+        if self.routing_child is not None:  # stopped after the listeners, before the journal
+            self.routing_child.setServiceParent(self)
+        else:
+            self._add_routing()
         self._add_channel_services()
         Step("intake-summary", stop=self.intake.flush_summary).setServiceParent(self)
         for settings in self.config.channels_of_type("mllp-in"):
@@ -209,6 +230,36 @@ class Engine(Sequence):
         if with_metrics and self.config.engine.metrics.enabled:
             self._add_metrics_endpoint()
         self._add_periodic_tasks()
+
+    def _add_routing(self) -> None:
+        # Stopped after the dispatcher: its last line counts the sends finished while stopping.
+        Step("delivery-summary", stop=self.dispatcher.flush_summary).setServiceParent(self)
+        self._dispatcher_services().setServiceParent(self)
+
+    def _build_routing_tree(self) -> None:
+        """The routing process (engine/routing/process.py): the dispatcher and its workers on the
+        journal the intake process owns; counters forwarded to it, wake-ups read from it."""
+        from engine.routing.process import COUNTS_EVERY, CountsForwarder, listen_to_parent, take_routing_lock
+
+        lock: list[int] = []
+        forwarder = CountsForwarder(self.metrics)
+        Step("routing-lock", start=lambda: self._hold_lock(take_routing_lock, lock)).setServiceParent(self)
+        Step("counts", stop=forwarder.flush).setServiceParent(self)
+        self._add_routing()
+        Step("parent", start=lambda: listen_to_parent(self.reactor, self.dispatcher.kick)).setServiceParent(self)
+        periodic("counts-every-second", COUNTS_EVERY, forwarder.flush, self.reactor).setServiceParent(self)
+        periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(self)
+        self._add_follow_up_sweep()
+
+    async def _hold_lock(self, take, held: list) -> None:
+        held.append(await take(self.data_dir))
+
+    def _routing_child(self):
+        from engine.routing.process import RoutingChild
+
+        argv = [sys.executable, "-m", "engine.cli", "run", "--role", ROUTING, "--config", str(self.config.root)]
+        argv += ["--data", str(self.data_dir), "--node", self.node, "--journal", self.config.engine.journal]
+        return RoutingChild(self.reactor, argv, self.metrics)
 
     async def _register_channels(self) -> None:
         """The statistics count outcomes by destination type (dmp, mssante): the journal records
@@ -234,18 +285,19 @@ class Engine(Sequence):
     def _add_periodic_tasks(self) -> None:
         periodic("journal-size", 10.0, self._measure_journal, self.reactor).setServiceParent(self)
         periodic("intake-summary-every-10s", 10.0, self.intake.flush_summary, self.reactor).setServiceParent(self)
-        periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(self)
-        periodic(
-            "follow-ups-left-due",
-            FOLLOW_UP_SWEEP,
-            self._resume_follow_ups,
-            self.reactor,
-        ).setServiceParent(self)
+        if self.routing_child is None:
+            periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(
+                self
+            )
+            self._add_follow_up_sweep()
         periodic("certificates", CERTIFICATE_CHECK_EVERY, self._watch_certificates, self.reactor).setServiceParent(self)
         if self.config.engine.retention_days:
             periodic(
                 "retention", RETENTION_EVERY, lambda: defer.ensureDeferred(self._purge_expired()), self.reactor
             ).setServiceParent(self)
+
+    def _add_follow_up_sweep(self) -> None:
+        periodic("follow-ups-left-due", FOLLOW_UP_SWEEP, self._resume_follow_ups, self.reactor).setServiceParent(self)
 
     def _resume_follow_ups(self) -> defer.Deferred:
         d = defer.ensureDeferred(self.dispatcher.resume_follow_ups())
@@ -271,7 +323,10 @@ class Engine(Sequence):
             self.config.channels,
             self.config.root,
             patients=self.patients,
-            cda_validator=self.cda_checker("full") if routes_validate_cda(self.config.routes) else None,
+            # the intake process of a routing process never plans: no validation workers for it
+            cda_validator=self.cda_checker("full")
+            if routes_validate_cda(self.config.routes) and self.role != INTAKE
+            else None,
             now=self.clock.seconds,
         )
         self.build_context = BuildContext(
@@ -413,7 +468,7 @@ class Engine(Sequence):
         await super()._start_children()
         for name, listener in self.listeners.items():  # the console shows which channels listen
             self.metrics.listening.labels(name).set(1 if listener.port is not None else 0)
-        log.info("engine.started", node=self.node, durability=self.journal.durability)
+        log.info("engine.started", node=self.node, durability=self.journal.durability, role=self.role)
 
     async def _stop_children(self) -> None:
         await super()._stop_children()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def register(sub) -> None:
         action="store_true",
         help="also start the operator console (as a `console:` section in pfi.yaml does)",
     )
+    # the routing process `pfi run` starts itself with `routing_process: true` (not for operators)
+    p.add_argument("--role", choices=("all", "routing"), default="all", help=argparse.SUPPRESS)
     p.set_defaults(handler=run)
 
 
@@ -31,7 +34,7 @@ def run(args) -> int:
     from engine.commands.common import load_with_overrides
     from engine.errors import ConfigurationError
     from engine.log import configure_logging
-    from engine.service import Engine
+    from engine.service import ROUTING, Engine
 
     config = load_with_overrides(args)
     if config is None:
@@ -43,8 +46,9 @@ def run(args) -> int:
     # connections, interleaved): 0.2 ms 218 us CPU/msg, 5 ms 160 us (docs/journal.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
     data_dir = args.data or (args.config / config.engine.data_dir)
+    role = _role(args, config)
     try:
-        engine = Engine(config, data_dir, reactor)
+        engine = Engine(config, data_dir, reactor, with_metrics=role != ROUTING, role=role)
     except ConfigurationError as exc:  # e.g. a DMP certificate that cannot be used (docs/dmp.md)
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -63,7 +67,7 @@ def run(args) -> int:
     # Twisted turns SIGTERM/SIGINT into reactor.stop(); stop the tree before the reactor goes.
     reactor.addSystemEventTrigger("before", "shutdown", lambda: engine.stopService() if engine.running else None)
     console = config.engine.console
-    if args.console or (console is not None and console.enabled):
+    if role != ROUTING and (args.console or (console is not None and console.enabled)):
         from engine.commands.console_child import ConsoleChild
 
         child = ConsoleChild(reactor, args)
@@ -71,6 +75,14 @@ def run(args) -> int:
         reactor.addSystemEventTrigger("before", "shutdown", child.stop)
     reactor.run()
     return 1 if failed else 0
+
+
+def _role(args, config) -> str:
+    from engine.service import ALL, INTAKE, ROUTING
+
+    if getattr(args, "role", ALL) == ROUTING:
+        return ROUTING
+    return INTAKE if config.engine.routing_process else ALL
 
 
 def _install_reactor():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.config.channels import TlsSettings
 from engine.config.types import Size
@@ -68,6 +68,18 @@ class EngineSettings(BaseModel):
         description="Worker processes that run CDA validation beside the engine, off its GIL, so "
         "that validating reports never slows intake (0: in the engine's own threads)",
     )
+    routing_process: bool = Field(
+        default=False,
+        description="Route and deliver in a child process beside intake, with its own GIL, so "
+        "that a burst of sends never slows the ACKs (SQLite journal; PostgreSQL sites add nodes "
+        "instead). docs/journal.md, 'The routing process'",
+    )
     log_level: str = "info"
     metrics: MetricsSettings = MetricsSettings()
     console: ConsoleSettings | None = None
+
+    @model_validator(mode="after")
+    def _routing_process_needs_sqlite(self):
+        if self.routing_process and self.journal != "sqlite":
+            raise ValueError("routing_process: only with the SQLite journal (on PostgreSQL, add nodes)")
+        return self

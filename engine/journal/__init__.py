@@ -5,7 +5,7 @@ from engine.journal.base import InboundRecord, Journal, JournalEvent, StoredMess
 __all__ = ["InboundRecord", "Journal", "JournalEvent", "StoredMessage"]
 
 
-def open_journal(settings, data_dir, reactor, node: str):
+def open_journal(settings, data_dir, reactor, node: str, follower: bool = False):
     """The journal the configuration asks for: `sqlite` (embedded, under data_dir/journal) or a
     postgresql:// URL shared by several nodes."""
     from pathlib import Path
@@ -15,4 +15,4 @@ def open_journal(settings, data_dir, reactor, node: str):
 
     if is_postgres_url(settings.journal):
         return PostgresJournal(settings.journal, reactor, node=node, lease=settings.lease_seconds)
-    return SQLiteJournal(Path(data_dir) / "journal", reactor, node=node)
+    return SQLiteJournal(Path(data_dir) / "journal", reactor, node=node, follower=follower)

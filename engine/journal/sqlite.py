@@ -70,10 +70,14 @@ class SQLiteJournal(GroupCommitWriter):
     is_leader = True  # one process owns the files: it is always the dispatcher
     lease = 300.0  # one process owns the file: a lease only matters after its own restart
 
-    def __init__(self, data_dir: Path, reactor=None, node: str = "local"):
+    def __init__(self, data_dir: Path, reactor=None, node: str = "local", follower: bool = False):
         from twisted.internet import reactor as default_reactor
 
         super().__init__(reactor or default_reactor, node)
+        #: the routing process's journal (docs/journal.md, "A routing process"): it reads the log
+        #: and writes routing state, never appends to the log nor recovers it (the intake process
+        #: owns both)
+        self.follower = follower
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / "journal.sqlite"
         self.payloads = PayloadStore(self.data_dir / "payloads")
@@ -96,6 +100,10 @@ class SQLiteJournal(GroupCommitWriter):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._writer = connect(self.db_path)
         schema.upgrade(self._writer)
+        if self.follower:
+            self._reader = connect(self.db_path)
+            self._start_writer()
+            return
         self.payloads.open()
         recovered = self.recover()
         if recovered:
@@ -271,6 +279,9 @@ class SQLiteJournal(GroupCommitWriter):
             self._sync_mode = mode
 
     def _commit(self, batch: list) -> None:
+        if self.follower and any(isinstance(operation, InboundRecord) for operation, _, _ in batch):
+            self._answer(batch, [JournalError("the routing process never stores inbound messages")] * len(batch))
+            return
         if all(isinstance(operation, InboundRecord) for operation, _, _ in batch):
             self._commit_to_log(batch)
         else:

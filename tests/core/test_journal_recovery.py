@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
+import pytest_twisted
+
+from engine.errors import JournalError
 from engine.journal.base import InboundRecord
 from engine.journal.payloads import PayloadStore
 from engine.journal.reader import JournalReader
@@ -54,3 +58,31 @@ def test_records_synced_but_not_indexed_are_recovered_and_torn_tail_dropped(tmp_
     third.start()
     third.close_now()
     assert len(JournalReader(journal_dir).events_after(0)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_routing_process_journal_neither_recovers_nor_writes_the_log(tmp_path):
+    """A follower (the routing process's journal) shares the files of a running intake process:
+    it must leave the log's unindexed records and a tail being written alone, and refuse inbound."""
+    journal_dir = tmp_path / "journal"
+    owner = SQLiteJournal(journal_dir)
+    owner.start()
+    owner.close_now()
+    store = PayloadStore(journal_dir / "payloads")
+    store.open()
+    store.append(_meta(_record("C-1")), _record("C-1").raw)
+    store.sync()
+    store.close()
+    segment = journal_dir / "payloads" / "seg-00000001.dat"
+    with open(segment, "ab") as f:
+        f.write(b"PFI1\x00\x00\x01")  # as the owner's next write, half done
+    size = segment.stat().st_size
+
+    follower = SQLiteJournal(journal_dir, follower=True)
+    follower.start()
+    with pytest.raises(JournalError, match="routing process"):
+        await follower.append_inbound(_record("C-2"))
+    await follower.stop()
+
+    assert segment.stat().st_size == size and [p.name for p in segment.parent.iterdir()] == [segment.name]
+    assert JournalReader(journal_dir).events_after(0) == []  # C-1 is the owner's to recover

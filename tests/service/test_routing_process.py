@@ -1,0 +1,181 @@
+"""`routing_process: true`: intake in `pfi run`, routing and deliveries in its child process
+(engine/routing/process.py). Real processes, real sockets: every message reaches the destination,
+the child's counters show on the engine's /metrics, a killed child is replaced without losing a
+message, and stopping the engine (or killing it) leaves no routing process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, threads
+
+from engine.config.engine import EngineSettings
+from engine.metrics import EngineMetrics
+from engine.mllp.client import connect
+from engine.routing.process import CountsForwarder, add_counts
+from engine.sim.mllp import MllpPeer
+from engine.hl7.scan import scan
+from tests.support import EngineProcess, exchange, sample_adt, sleep, until, write_config
+
+ROUTING_STARTED = '"role": "routing", "event": "engine.started"'
+
+
+def _config(tmp_path, sink_port: int):
+    return write_config(
+        tmp_path / "cfg",
+        {
+            "in": {"type": "mllp-in", "host": "127.0.0.1", "port": 0},
+            "ris": {"type": "mllp-out", "host": "127.0.0.1", "port": sink_port, "parallel_keys": 2},
+        },
+        routes=[{"name": "to-ris", "match": {"channel": "in"}, "steps": [{"deliver": {"to": ["ris"]}}]}],
+        engine={"routing_process": True, "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0}},
+    )
+
+
+def _children(engine: EngineProcess) -> list[int]:
+    """The routing processes the engine said it started, in order."""
+    return [json.loads(line)["pid"] for line in engine.output().splitlines() if '"routing.process_started"' in line]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    return status != "Z"
+
+
+def _kill_if_alive(pid: int) -> None:
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _arrived(sink: MllpPeer) -> list[str]:
+    return [scan(raw).control_id for raw in sink.received]
+
+
+async def _send(engine: EngineProcess, ids: list[str]) -> None:
+    client = await connect(reactor, "127.0.0.1", engine.port_of("in"))
+    try:
+        for control_id in ids:
+            assert (await exchange(client, sample_adt(control_id).encode())).code == "AA"
+    finally:
+        client.close()
+
+
+def _deliveries_done(engine: EngineProcess) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{engine.port_of('metrics')}/metrics", timeout=5).read().decode()
+    done = re.findall(r'^pfi_deliveries_total\{[^}]*outcome="done"[^}]*\} (\S+)$', text, re.M)
+    return sum(float(v) for v in done)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_routing_process_delivers_and_its_counters_show_on_the_engine_metrics(tmp_path):
+    sink = MllpPeer("RIS")
+    engine = EngineProcess(_config(tmp_path, sink.listen(reactor)), tmp_path / "data")
+    try:
+        engine.start(wait_for=ROUTING_STARTED)
+        assert len(_children(engine)) == 1
+        ids = [f"RP-{i}" for i in range(40)]
+        await _send(engine, ids)
+        await until(lambda: set(ids) <= set(_arrived(sink)), 20, "every message at the RIS")
+        counted: list[float] = []
+
+        async def all_counted() -> bool:
+            counted.append(await threads.deferToThread(_deliveries_done, engine))
+            return counted[-1] >= len(ids)
+
+        deadline = time.monotonic() + 10
+        while not await all_counted() and time.monotonic() < deadline:
+            await sleep(0.2)
+        assert counted[-1] == len(ids)  # forwarded by the child, served by the parent
+        assert sorted(_arrived(sink)) == sorted(ids)  # each once: nothing was restarted
+    finally:
+        children = _children(engine)
+        engine.ensure_dead()
+        for pid in children:
+            _kill_if_alive(pid)
+        await sink.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_routing_process_is_replaced_and_no_message_is_lost(tmp_path):
+    sink = MllpPeer("RIS")
+    engine = EngineProcess(_config(tmp_path, sink.listen(reactor)), tmp_path / "data")
+    try:
+        engine.start(wait_for=ROUTING_STARTED)
+        first = _children(engine)[0]
+        ids = [f"K-{i}" for i in range(300)]
+        sending = defer.ensureDeferred(_send(engine, ids))
+        await until(lambda: len(sink.received) >= 20, 20, "the first deliveries")
+        os.kill(first, signal.SIGKILL)  # mid-stream: sends in flight, messages still to route
+        await sending  # intake never stopped answering
+        await until(lambda: len(_children(engine)) == 2, 10, "a new routing process")
+        await until(lambda: set(ids) <= set(_arrived(sink)), 30, "every message at the RIS")
+        assert '"routing.process_exited"' in engine.output()
+        # At least once: only what was in flight when it died may come twice (same MSH-10).
+        arrived = _arrived(sink)
+        assert len(arrived) - len(set(arrived)) <= 64
+    finally:
+        children = _children(engine)
+        engine.ensure_dead()
+        for pid in children:
+            _kill_if_alive(pid)
+        await sink.port.stopListening()
+
+
+@pytest.mark.parametrize("how", ["terminate", "kill"])
+@pytest_twisted.ensureDeferred
+async def test_no_routing_process_outlives_the_engine(tmp_path, how):
+    """SIGTERM: the engine stops its child before its journal. SIGKILL: the child reads the end of
+    its stdin and stops by itself."""
+    sink = MllpPeer("RIS")
+    engine = EngineProcess(_config(tmp_path, sink.listen(reactor)), tmp_path / "data")
+    children: list[int] = []
+    try:
+        engine.start(wait_for=ROUTING_STARTED)
+        children = _children(engine)
+        await _send(engine, ["S-1"])
+        await until(lambda: "S-1" in _arrived(sink), 20, "the message at the RIS")
+        if how == "terminate":
+            assert engine.terminate() == 0
+            assert not _alive(children[0])
+        else:
+            engine.kill()
+            await until(lambda: not _alive(children[0]), 20, "the orphaned routing process to stop")
+    finally:
+        engine.ensure_dead()
+        for pid in children:
+            _kill_if_alive(pid)
+        await sink.port.stopListening()
+
+
+def test_a_routing_process_needs_the_sqlite_journal():
+    with pytest.raises(ValueError, match="routing_process"):
+        EngineSettings(routing_process=True, journal="postgresql://pfi@127.0.0.1/pfi")
+    assert EngineSettings(routing_process=True).routing_process
+
+
+def test_counter_increments_travel_once_and_bad_lines_are_ignored(tmp_path):
+    child, parent = EngineMetrics(node="n"), EngineMetrics(node="n")
+    parent.deliveries.labels("ris", "done").inc(5)  # the parent's own count stays
+    forwarder = CountsForwarder(child)
+    child.deliveries.labels("ris", "done").inc(3)
+    child.journal_events.labels("routed", "in").inc(2)
+    for line in (json.dumps(forwarder.increments()).encode(), json.dumps(forwarder.increments()).encode()):
+        add_counts(parent, line)  # the second line is empty: nothing counted twice
+    child.deliveries.labels("ris", "retry").inc()
+    add_counts(parent, json.dumps(forwarder.increments()).encode())
+    for bad in (b"not json", b'[["pfi_deliveries", {"nope": 1}, 1]]', b'[["other", {}, 1]]', b"{}"):
+        add_counts(parent, bad)
+    assert parent.deliveries.labels("ris", "done")._value.get() == 8
+    assert parent.deliveries.labels("ris", "retry")._value.get() == 1
+    assert parent.journal_events.labels("routed", "in")._value.get() == 2
