@@ -189,6 +189,7 @@ class Engine(Sequence):
         self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
         self.dispatcher.metrics = self.metrics
+        self.dispatcher.sends = role != INTAKE
         # The journal wakes the dispatcher when messages to route are committed (a shared journal
         # also for other nodes' messages) and this node's workers when other nodes queued work;
         # with a routing process, the intake process wakes that process instead.
@@ -246,7 +247,7 @@ class Engine(Sequence):
         Step("routing-lock", start=lambda: self._hold_lock(take_routing_lock, lock)).setServiceParent(self)
         Step("counts", stop=forwarder.flush).setServiceParent(self)
         self._add_routing()
-        Step("parent", start=lambda: listen_to_parent(self.reactor, self.dispatcher.kick)).setServiceParent(self)
+        Step("parent", start=lambda: listen_to_parent(self.reactor, self.dispatcher)).setServiceParent(self)
         periodic("counts-every-second", COUNTS_EVERY, forwarder.flush, self.reactor).setServiceParent(self)
         periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(self)
         self._add_follow_up_sweep()
@@ -362,7 +363,10 @@ class Engine(Sequence):
             payload=payload,
         )
         await self.journal.submit(lambda conn, store: queue.enqueue(conn, delivery.message_uid, new, self.node, now))
-        self.dispatcher.wake([channel])
+        if self.routing_child is not None:  # the mailbox poller's ZAMs: sent by the routing process
+            self.routing_child.queued()
+        else:
+            self.dispatcher.wake([channel])
 
     def _add_listener(self, settings: MllpInSettings) -> None:
         from engine.tls import server_endpoint

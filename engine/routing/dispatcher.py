@@ -58,6 +58,10 @@ class Dispatcher:
         #: successful sends per destination since the last `flush_summary` (one line every 10 s
         #: instead of one per message; other outcomes are logged at once)
         self.delivered: collections.Counter[str] = collections.Counter()
+        #: False in the intake process of a routing process (engine/routing/process.py): its
+        #: workers exist for their connectors (gauges, certificate watch, mailbox pollers) and
+        #: never send, whatever wakes them
+        self.sends = True
 
     def flush_summary(self) -> None:
         """One line per destination with the sends that succeeded since the last call."""
@@ -364,7 +368,7 @@ class DestinationWorker:
         return self._running
 
     def wake(self) -> None:
-        if self._stopped or self._running:
+        if self._stopped or self._running or not self.dispatcher.sends:
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -6,8 +6,10 @@ The intake process (the parent) owns the segment log: it appends, syncs, indexes
 purges it. The routing process opens the same journal as a follower (it reads the log, writes
 routing state in SQLite, never appends). Between them, two pipes:
 
-* the child's stdin: one byte per "routable messages were indexed" (the dispatcher also polls
-  every 0.25 s for what operators change). End of file: the parent is gone, the child stops.
+* the child's stdin: one byte per wake-up, `r` for "routable messages were indexed" (the
+  dispatcher looks), `q` for "deliveries were queued here" (a ZAM from the mailbox poller: every
+  worker looks). Both also poll (0.25 s, 1 s) for what operators change. End of file: the parent
+  is gone, the child stops.
 * the child's fd 3: every second, a JSON line of the increments of its counters (deliveries by
   outcome, journal events of routing), added to the parent's: one /metrics for the engine.
 
@@ -37,6 +39,7 @@ COUNTS_EVERY = 1.0  # seconds between two lines of counter increments
 COUNTS_FD = 3
 #: the counters the routing process moves, forwarded to the intake process's /metrics
 FORWARDED = {"pfi_deliveries": "deliveries", "pfi_journal_events": "journal_events"}
+ROUTABLE, QUEUED = b"r", b"q"  # the wake-ups the child reads on its stdin
 
 
 # -- the intake process's side --------------------------------------------------------------
@@ -90,9 +93,16 @@ class RoutingChild(service.Service):
 
     def wake(self, *_) -> None:
         """Routable messages were indexed: the child's dispatcher looks now."""
+        self._tell(ROUTABLE)
+
+    def queued(self) -> None:
+        """This process queued deliveries (a mailbox poller's ZAM): the child's workers look."""
+        self._tell(QUEUED)
+
+    def _tell(self, what: bytes) -> None:
         child = self.child
         if child is not None and child.transport is not None and not child.ended.called:
-            child.transport.writeToChild(0, b"w")
+            child.transport.writeToChild(0, what)
 
     def ended(self, child: _Child, code) -> None:
         if child is not self.child or self.stopping:
@@ -161,17 +171,20 @@ class CountsForwarder:
 
 
 class _WakeReader(protocol.Protocol):
-    def __init__(self, kick, parent_gone):
-        self.kick, self.parent_gone = kick, parent_gone
+    def __init__(self, dispatcher, parent_gone):
+        self.dispatcher, self.parent_gone = dispatcher, parent_gone
 
     def dataReceived(self, data: bytes) -> None:
-        self.kick()
+        if ROUTABLE in data:
+            self.dispatcher.kick()
+        if QUEUED in data:
+            self.dispatcher.wake(list(self.dispatcher.workers))
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.parent_gone()
 
 
-def listen_to_parent(reactor, kick) -> None:
+def listen_to_parent(reactor, dispatcher) -> None:
     """Wake-ups from the parent on stdin; its end (the parent died) stops this process."""
 
     def parent_gone() -> None:
@@ -179,7 +192,7 @@ def listen_to_parent(reactor, kick) -> None:
             log.warning("routing.parent_gone")
             reactor.stop()
 
-    stdio.StandardIO(_WakeReader(kick, parent_gone), reactor=reactor)
+    stdio.StandardIO(_WakeReader(dispatcher, parent_gone), reactor=reactor)
 
 
 async def take_routing_lock(data_dir: Path) -> int:

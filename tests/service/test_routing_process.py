@@ -179,3 +179,34 @@ def test_counter_increments_travel_once_and_bad_lines_are_ignored(tmp_path):
     assert parent.deliveries.labels("ris", "done")._value.get() == 8
     assert parent.deliveries.labels("ris", "retry")._value.get() == 1
     assert parent.journal_events.labels("routed", "in")._value.get() == 2
+
+
+def test_the_intake_process_never_sends_whatever_wakes_its_workers(tmp_path):
+    """Its workers exist for their connectors (gauges, certificates, mailbox pollers): a wake-up
+    (a ZAM queued by a mailbox poller) is the routing process's to act on."""
+    from engine.config.load import load_config
+    from engine.service import INTAKE, Engine
+
+    config = load_config(_config(tmp_path, 1))
+    engine = Engine(config, tmp_path / "data", reactor, with_metrics=False, role=INTAKE)
+    engine.dispatcher.wake(["ris"])
+    assert not engine.dispatcher.workers["ris"].busy
+    assert engine.routing_child is not None and engine.journal.on_received == engine.routing_child.wake
+
+
+def test_the_routing_process_reads_which_wake_up_it_got(tmp_path):
+    """`r`: routable messages (the dispatcher looks); `q`: deliveries queued by the intake
+    process (every worker looks at its queue)."""
+    from engine.config.load import load_config
+    from engine.routing.process import _WakeReader
+    from engine.service import ROUTING, Engine
+
+    engine = Engine(load_config(_config(tmp_path, 1)), tmp_path / "data", reactor, with_metrics=False, role=ROUTING)
+    kicked: list[bool] = []
+    engine.dispatcher.kick = lambda *_: kicked.append(True)  # type: ignore[method-assign]
+    reader = _WakeReader(engine.dispatcher, lambda: None)
+    reader.dataReceived(b"r")
+    assert kicked and not engine.dispatcher.workers["ris"].busy
+    reader.dataReceived(b"rq")
+    assert engine.dispatcher.workers["ris"].busy  # draining its queue (the journal is not open here)
+    engine.dispatcher.workers["ris"]._stopped = True
