@@ -60,15 +60,20 @@ class TurnBufferedStream:
         return self._reactor.running and threading.get_ident() == self._reactor_thread
 
 
-def configure_logging(level: str = "info", stream=None, json: bool = True, reactor=None) -> None:
+def configure_logging(
+    level: str = "info", stream=None, json: bool = True, reactor=None, process: str | None = None
+) -> None:
     """Log at `level` and above to `stream` (stderr); pass the running reactor (from its thread)
-    to write the lines of each reactor turn together."""
+    to write the lines of each reactor turn together. `process` names the process on every line
+    (the routing process shares the engine's log stream)."""
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     out = stream or sys.stderr
     if reactor is not None:
         out = TurnBufferedStream(out, reactor)
+    named = [_naming(process)] if process else []
     structlog.configure(
         processors=[
+            *named,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -78,6 +83,14 @@ def configure_logging(level: str = "info", stream=None, json: bool = True, react
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+
+
+def _naming(process: str):
+    def add_process(logger, method, event: dict) -> dict:
+        event["process"] = process
+        return event
+
+    return add_process
 
 
 class EveryFewSeconds:

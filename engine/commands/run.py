@@ -39,14 +39,14 @@ def run(args) -> int:
     config = load_with_overrides(args)
     if config is None:
         return 2
-    configure_logging(config.engine.log_level, reactor=reactor)
+    role = _role(args, config)
+    configure_logging(config.engine.log_level, reactor=reactor, process=role if role == ROUTING else None)
     # Python's own 5 ms, set explicitly: every thread gives the GIL up on its system calls
     # (epoll, send, writev, fdatasync), so a forced switch is rare; a short interval only makes
     # threads waiting for the GIL wake and ask more often. Measured (bench/intake.py, ADT, 8
     # connections, interleaved): 0.2 ms 218 us CPU/msg, 5 ms 160 us (docs/journal.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
     data_dir = args.data or (args.config / config.engine.data_dir)
-    role = _role(args, config)
     try:
         engine = Engine(config, data_dir, reactor, with_metrics=role != ROUTING, role=role)
     except ConfigurationError as exc:  # e.g. a DMP certificate that cannot be used (docs/dmp.md)

@@ -84,6 +84,9 @@ async def test_the_routing_process_delivers_and_its_counters_show_on_the_engine_
     try:
         engine.start(wait_for=ROUTING_STARTED)
         assert len(_children(engine)) == 1
+        started = [json.loads(line) for line in engine.output().splitlines() if '"engine.started"' in line]
+        # one log stream, each line saying which process wrote it
+        assert sorted((e["role"], e.get("process")) for e in started) == [("intake", None), ("routing", "routing")]
         ids = [f"RP-{i}" for i in range(40)]
         await _send(engine, ids)
         await until(lambda: set(ids) <= set(_arrived(sink)), 20, "every message at the RIS")
