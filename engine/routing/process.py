@@ -34,6 +34,8 @@ from twisted.internet import defer, protocol, stdio, threads
 
 log = structlog.get_logger("engine.routing.process")
 RESTART_AFTER = 1.0  # seconds before a routing process that died is started again
+RESTART_AFTER_MAX = 30.0  # ... doubled while it keeps dying young (a broken install), up to this
+LIVED_LONG = 10.0  # seconds after which a death is a crash again, not a failure to start
 STOP_GRACE = 60.0  # seconds a stopping child has to finish its sends before it is killed
 COUNTS_EVERY = 1.0  # seconds between two lines of counter increments
 COUNTS_FD = 3
@@ -71,6 +73,8 @@ class RoutingChild(service.Service):
         self.child: _Child | None = None
         self.stopping = False
         self.starts = 0
+        self.restart_after = RESTART_AFTER
+        self._started_at = 0.0
 
     def startService(self):
         super().startService()
@@ -82,6 +86,7 @@ class RoutingChild(service.Service):
             return
         self.child = _Child(self)
         self.starts += 1
+        self._started_at = self.reactor.seconds()
         self.reactor.spawnProcess(
             self.child,
             sys.executable,
@@ -107,8 +112,10 @@ class RoutingChild(service.Service):
     def ended(self, child: _Child, code) -> None:
         if child is not self.child or self.stopping:
             return
-        log.error("routing.process_exited", code=code, restart_in=RESTART_AFTER)
-        self.reactor.callLater(RESTART_AFTER, self._spawn)
+        lived = self.reactor.seconds() - self._started_at
+        self.restart_after = RESTART_AFTER if lived >= LIVED_LONG else min(2 * self.restart_after, RESTART_AFTER_MAX)
+        log.error("routing.process_exited", code=code, lived_seconds=round(lived, 1), restart_in=self.restart_after)
+        self.reactor.callLater(self.restart_after, self._spawn)
 
     def stopService(self):
         super().stopService()

@@ -213,3 +213,30 @@ def test_the_routing_process_reads_which_wake_up_it_got(tmp_path):
     reader.dataReceived(b"rq")
     assert engine.dispatcher.workers["ris"].busy  # draining its queue (the journal is not open here)
     engine.dispatcher.workers["ris"]._stopped = True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_routing_process_that_cannot_start_is_retried_less_and_less_often(monkeypatch):
+    """A broken install must not respawn a process every second for ever: the delay doubles
+    while each one dies young, and stopping the engine ends the retries."""
+    import sys
+
+    from engine.routing import process
+
+    monkeypatch.setattr(process, "RESTART_AFTER", 0.05)
+    delays: list[float] = []
+
+    class Recorded(process.RoutingChild):
+        def _spawn(self) -> None:
+            delays.append(self.restart_after)
+            super()._spawn()
+
+    child = Recorded(reactor, [sys.executable, "-c", "raise SystemExit(3)"], EngineMetrics(node="n"))
+    child.startService()
+    await until(lambda: child.starts >= 5, 10, "four restarts")
+    await defer.maybeDeferred(child.stopService)
+    # the first start, then each restart waited twice as long as the one before
+    assert delays[:5] == [0.05, 0.1, 0.2, 0.4, 0.8]
+    starts = child.starts
+    await sleep(1.0)
+    assert child.starts == starts  # stopped: no more restarts
