@@ -27,21 +27,29 @@ def _record(control: str) -> InboundRecord:
     )
 
 
-def test_records_synced_but_not_indexed_are_recovered_and_torn_tail_dropped(tmp_path):
-    journal_dir = tmp_path / "journal"
+def _logged_not_indexed(journal_dir, controls) -> tuple[int, int]:
+    """A journal whose log holds synced records of `controls` that its index lacks, then a torn
+    write; returns (segment, its size before the torn write)."""
     first = SQLiteJournal(journal_dir)
     first.start()
     first.close_now()
-    # Simulate a crash after the log fdatasync (ACK sent) but before the index commit.
     store = PayloadStore(journal_dir / "payloads")
     store.open()
-    for control in ("C-1", "C-2"):
+    for control in controls:
         store.append(_meta(_record(control)), _record(control).raw)
     store.sync()
     segment, size = store.position()
     store.close()
     with open(journal_dir / "payloads" / f"seg-{segment:08d}.dat", "ab") as f:
-        f.write(b"PFI1\x00\x00\x01")  # a torn write that was never synced nor acknowledged
+        f.write(b"PFI1\x00\x00\x01")
+    return segment, size
+
+
+def test_records_synced_but_not_indexed_are_recovered_and_torn_tail_dropped(tmp_path):
+    journal_dir = tmp_path / "journal"
+    # A crash after the log fdatasync (ACK sent) but before the index commit, with a torn write
+    # after them that was never synced nor acknowledged.
+    segment, size = _logged_not_indexed(journal_dir, ("C-1", "C-2"))
 
     second = SQLiteJournal(journal_dir)
     second.start()
@@ -65,17 +73,8 @@ async def test_the_routing_process_journal_neither_recovers_nor_writes_the_log(t
     """A follower (the routing process's journal) shares the files of a running intake process:
     it must leave the log's unindexed records and a tail being written alone, and refuse inbound."""
     journal_dir = tmp_path / "journal"
-    owner = SQLiteJournal(journal_dir)
-    owner.start()
-    owner.close_now()
-    store = PayloadStore(journal_dir / "payloads")
-    store.open()
-    store.append(_meta(_record("C-1")), _record("C-1").raw)
-    store.sync()
-    store.close()
-    segment = journal_dir / "payloads" / "seg-00000001.dat"
-    with open(segment, "ab") as f:
-        f.write(b"PFI1\x00\x00\x01")  # as the owner's next write, half done
+    number, _ = _logged_not_indexed(journal_dir, ("C-1",))  # and the owner's next write, half done
+    segment = journal_dir / "payloads" / f"seg-{number:08d}.dat"
     size = segment.stat().st_size
 
     follower = SQLiteJournal(journal_dir, follower=True)

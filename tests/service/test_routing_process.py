@@ -5,6 +5,7 @@ message, and stopping the engine (or killing it) leaves no routing process behin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,9 @@ import urllib.request
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.error import ProcessTerminated
+from twisted.python.failure import Failure
 
 from engine.config.engine import EngineSettings
 from engine.metrics import EngineMetrics
@@ -77,12 +80,26 @@ def _deliveries_done(engine: EngineProcess) -> float:
     return sum(float(v) for v in done)
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_routing_process_delivers_and_its_counters_show_on_the_engine_metrics(tmp_path):
+@contextlib.asynccontextmanager
+async def _engine_with_routing_process(tmp_path):
+    """`pfi run` with `routing_process: true` and a RIS answering AA; every process it started is
+    gone afterwards, whatever happened (by PID)."""
     sink = MllpPeer("RIS")
     engine = EngineProcess(_config(tmp_path, sink.listen(reactor)), tmp_path / "data")
     try:
         engine.start(wait_for=ROUTING_STARTED)
+        yield engine, sink
+    finally:
+        children = _children(engine)
+        engine.ensure_dead()
+        for pid in children:
+            _kill_if_alive(pid)
+        await sink.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_routing_process_delivers_and_its_counters_show_on_the_engine_metrics(tmp_path):
+    async with _engine_with_routing_process(tmp_path) as (engine, sink):
         assert len(_children(engine)) == 1
         started = [json.loads(line) for line in engine.output().splitlines() if '"engine.started"' in line]
         # one log stream, each line saying which process wrote it
@@ -101,20 +118,11 @@ async def test_the_routing_process_delivers_and_its_counters_show_on_the_engine_
             await sleep(0.2)
         assert counted[-1] == len(ids)  # forwarded by the child, served by the parent
         assert sorted(_arrived(sink)) == sorted(ids)  # each once: nothing was restarted
-    finally:
-        children = _children(engine)
-        engine.ensure_dead()
-        for pid in children:
-            _kill_if_alive(pid)
-        await sink.port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_killed_routing_process_is_replaced_and_no_message_is_lost(tmp_path):
-    sink = MllpPeer("RIS")
-    engine = EngineProcess(_config(tmp_path, sink.listen(reactor)), tmp_path / "data")
-    try:
-        engine.start(wait_for=ROUTING_STARTED)
+    async with _engine_with_routing_process(tmp_path) as (engine, sink):
         first = _children(engine)[0]
         ids = [f"K-{i}" for i in range(300)]
         sending = defer.ensureDeferred(_send(engine, ids))
@@ -127,12 +135,6 @@ async def test_a_killed_routing_process_is_replaced_and_no_message_is_lost(tmp_p
         # At least once: only what was in flight when it died may come twice (same MSH-10).
         arrived = _arrived(sink)
         assert len(arrived) - len(set(arrived)) <= 64
-    finally:
-        children = _children(engine)
-        engine.ensure_dead()
-        for pid in children:
-            _kill_if_alive(pid)
-        await sink.port.stopListening()
 
 
 @pytest.mark.parametrize("how", ["terminate", "kill"])
@@ -140,25 +142,16 @@ async def test_a_killed_routing_process_is_replaced_and_no_message_is_lost(tmp_p
 async def test_no_routing_process_outlives_the_engine(tmp_path, how):
     """SIGTERM: the engine stops its child before its journal. SIGKILL: the child reads the end of
     its stdin and stops by itself."""
-    sink = MllpPeer("RIS")
-    engine = EngineProcess(_config(tmp_path, sink.listen(reactor)), tmp_path / "data")
-    children: list[int] = []
-    try:
-        engine.start(wait_for=ROUTING_STARTED)
-        children = _children(engine)
+    async with _engine_with_routing_process(tmp_path) as (engine, sink):
+        child = _children(engine)[0]
         await _send(engine, ["S-1"])
         await until(lambda: "S-1" in _arrived(sink), 20, "the message at the RIS")
         if how == "terminate":
             assert engine.terminate() == 0
-            assert not _alive(children[0])
+            assert not _alive(child)
         else:
             engine.kill()
-            await until(lambda: not _alive(children[0]), 20, "the orphaned routing process to stop")
-    finally:
-        engine.ensure_dead()
-        for pid in children:
-            _kill_if_alive(pid)
-        await sink.port.stopListening()
+            await until(lambda: not _alive(child), 20, "the orphaned routing process to stop")
 
 
 def test_a_routing_process_needs_the_sqlite_journal():
@@ -215,28 +208,42 @@ def test_the_routing_process_reads_which_wake_up_it_got(tmp_path):
     engine.dispatcher.workers["ris"]._stopped = True
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_routing_process_that_cannot_start_is_retried_less_and_less_often(monkeypatch):
-    """A broken install must not respawn a process every second for ever: the delay doubles
-    while each one dies young, and stopping the engine ends the retries."""
-    import sys
+class _SpawningClock(task.Clock):
+    """A clock that also records spawnProcess calls: the restart policy alone. The real spawn and
+    restart are the killed-child test's (a `pfi run` reactor reaps its children on SIGCHLD; the
+    test reactor does not, see tests/core/test_operator_output.py)."""
 
+    def __init__(self):
+        super().__init__()
+        self.spawned: list[float] = []
+
+    def spawnProcess(self, child, executable, argv, env=None, childFDs=None):
+        self.spawned.append(self.seconds())
+        child.makeConnection(_NoTransport(len(self.spawned)))
+
+
+class _NoTransport:
+    def __init__(self, pid: int):
+        self.pid = pid
+
+
+def test_a_routing_process_that_keeps_dying_young_is_restarted_less_and_less_often():
+    """A broken install must not respawn a process every second for ever: the delay doubles
+    while each one dies within LIVED_LONG of its start, a crash after a long life waits the
+    first delay again, and stopping the engine ends the restarts."""
     from engine.routing import process
 
-    monkeypatch.setattr(process, "RESTART_AFTER", 0.05)
-    delays: list[float] = []
-
-    class Recorded(process.RoutingChild):
-        def _spawn(self) -> None:
-            delays.append(self.restart_after)
-            super()._spawn()
-
-    child = Recorded(reactor, [sys.executable, "-c", "raise SystemExit(3)"], EngineMetrics(node="n"))
+    clock = _SpawningClock()
+    child = process.RoutingChild(clock, ["pfi"], EngineMetrics(node="n"))
     child.startService()
-    await until(lambda: child.starts >= 5, 10, "four restarts")
-    await defer.maybeDeferred(child.stopService)
-    # the first start, then each restart waited twice as long as the one before
-    assert delays[:5] == [0.05, 0.1, 0.2, 0.4, 0.8]
-    starts = child.starts
-    await sleep(1.0)
-    assert child.starts == starts  # stopped: no more restarts
+    for _ in range(7):  # each child exits at once
+        child.child.processEnded(Failure(ProcessTerminated(exitCode=3)))
+        clock.advance(child.restart_after)
+    gaps = [b - a for a, b in zip(clock.spawned, clock.spawned[1:])]
+    assert gaps == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    clock.advance(process.LIVED_LONG)  # this one lived long: a crash, not a failure to start
+    child.child.processEnded(Failure(ProcessTerminated(signal=9)))
+    assert child.restart_after == process.RESTART_AFTER
+    child.stopService()  # its child has ended: nothing to signal
+    clock.advance(process.RESTART_AFTER)
+    assert len(clock.spawned) == 8  # the restart due when it stopped never came
