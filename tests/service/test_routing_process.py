@@ -147,8 +147,10 @@ async def test_no_routing_process_outlives_the_engine(tmp_path, how):
         await _send(engine, ["S-1"])
         await until(lambda: "S-1" in _arrived(sink), 20, "the message at the RIS")
         if how == "terminate":
+            os.kill(child, signal.SIGINT)  # as a terminal's Ctrl-C to the group, before its parent's TERM
             assert engine.terminate() == 0
             assert not _alive(child)
+            assert "Traceback" not in engine.output()
         else:
             engine.kill()
             await until(lambda: not _alive(child), 20, "the orphaned routing process to stop")
