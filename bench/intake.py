@@ -3,12 +3,16 @@ beside two references: a bare MLLP server (frames and answers, the ceiling) and 
 server (MSH scan, SQLite WAL synchronous=FULL group commit, ACK after the commit: the least a
 durable Python server does, bench/durable_server.py).
 
-    .venv/bin/python bench/intake.py [--seconds 3] [--connections 1,8,64]
+    .venv/bin/python bench/intake.py [--seconds 3] [--connections 1,8,64] [--rounds 3]
 
 Each server runs in its own process; the load generator is a closed loop (one message in flight
 per connection, the next sent when its ACK arrives) in this process. CPU µs/msg is the server
 process's user+system time over the run (from /proc, all its threads; `main` is the reactor
 thread alone) divided by the messages ACKed: steadier than msg/s on a shared machine.
+
+The minimal durable server and the engine are measured alternately, `--rounds` times each per
+(message, connections), and the table gives the medians: the speed of a shared machine drifts
+by up to 1.5x within minutes, so a ratio of two runs made a minute apart says little.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,23 +81,48 @@ def stop(proc: subprocess.Popen) -> None:
     stop_process(proc)
 
 
+MESSAGES = (("ADT ~1KB", adt_message), ("ORU ~40KB", oru_message))
+
+
+async def measure_once(port: int, pid: int, template: bytes, connections: int, seconds: float, tag: str) -> dict:
+    cpu0, threads0 = cpu_seconds(pid), thread_cpu(pid)
+    result = await run_load(port, template, connections, seconds, f"{tag}{connections}")
+    count = max(1, result["count"])
+    threads1 = thread_cpu(pid)
+    result["cpu_us"] = (cpu_seconds(pid) - cpu0) / count * 1e6
+    result["main_us"] = (threads1.get(pid, 0.0) - threads0.get(pid, 0.0)) / count * 1e6
+    result["other_us"] = busiest_other_thread(threads0, threads1, pid) / count * 1e6
+    return result
+
+
 async def measure(port: int, pid: int, connections: list[int], seconds: float, tag: str) -> dict:
-    results = {}
-    for name, template in (("ADT ~1KB", adt_message()), ("ORU ~40KB", oru_message())):
+    return {
+        (name, n): await measure_once(port, pid, make(), n, seconds, tag)
+        for name, make in MESSAGES
+        for n in connections
+    }
+
+
+async def measure_alternately(servers: dict, connections: list[int], seconds: float, rounds: int) -> dict:
+    """{server: {(message, conns): medians}}: each server in turn, `rounds` times per case."""
+    runs: dict = {name: {} for name in servers}
+    for message, make in MESSAGES:
+        template = make()
         for n in connections:
-            cpu0, threads0 = cpu_seconds(pid), thread_cpu(pid)
-            result = await run_load(port, template, n, seconds, f"{tag}{n}")
-            count = max(1, result["count"])
-            threads1 = thread_cpu(pid)
-            result["cpu_us"] = (cpu_seconds(pid) - cpu0) / count * 1e6
-            result["main_us"] = (threads1.get(pid, 0.0) - threads0.get(pid, 0.0)) / count * 1e6
-            result["other_us"] = busiest_other_thread(threads0, threads1, pid) / count * 1e6
-            results[(name, n)] = result
-    return results
+            for _ in range(rounds):
+                for name, (port, pid) in servers.items():
+                    result = await measure_once(port, pid, template, n, seconds, name[0].upper())
+                    runs[name].setdefault((message, n), []).append(result)
+    return {name: {case: medians(results) for case, results in cases.items()} for name, cases in runs.items()}
 
 
-def print_table(bare: dict, durable: dict, engine: dict, log_level: str) -> None:
+def medians(results: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in results) for key in results[0] if key != "started"}
+
+
+def print_table(bare: dict, durable: dict, engine: dict, log_level: str, rounds: int = 1) -> None:
     print(f"\nIntake benchmark - journal: {DURABILITY}; engine log level: {log_level}; routes configured: 0")
+    print(f"durable and engine: medians of {rounds} alternate runs each per row")
     print(
         f"{'message':<10} {'conns':>5} | {'bare':>7} | {'durable':>7} {'µs/msg':>6} | {'engine':>7} "
         f"{'µs/msg':>6} {'main':>5} {'writer':>6} {'p50 ms':>6} {'p99 ms':>6} {'errs':>4} | {'/durable':>8} {'/bare':>5}"
@@ -115,6 +145,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", default="1,8,64")
     parser.add_argument("--log-level", default="info", help="engine log level (production: info)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternate runs of durable and engine per case")
     args = parser.parse_args()
     connections = [int(n) for n in args.connections.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="pfi-bench-", dir=ROOT / "var" if (ROOT / "var").exists() else None))
@@ -126,16 +157,14 @@ def main() -> None:
         finally:
             stop(bare_proc)
         durable_proc = start_reference("durable_server.py", str(DURABLE_PORT), str(workdir / "durable.db"))
-        try:
-            durable = await measure(DURABLE_PORT, durable_proc.pid, connections, args.seconds, "D")
-        finally:
-            stop(durable_proc)
         engine_proc = start_engine(workdir, args.log_level)
         try:
-            engine = await measure(ENGINE_PORT, engine_proc.pid, connections, args.seconds, "E")
+            servers = {"durable": (DURABLE_PORT, durable_proc.pid), "engine": (ENGINE_PORT, engine_proc.pid)}
+            results = await measure_alternately(servers, connections, args.seconds, args.rounds)
         finally:
+            stop(durable_proc)
             stop(engine_proc)
-        print_table(bare, durable, engine, args.log_level)
+        print_table(bare, results["durable"], results["engine"], args.log_level, args.rounds)
 
     try:
         task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
