@@ -136,6 +136,12 @@ class EngineMetrics:
             registry=r,
         )
         self.channels: frozenset[str] = frozenset()  # set by the engine: the configured channel names
+        self.routing_process_up = Gauge(
+            "pfi_routing_process_up", "1 while the routing process runs (routing_process: true)", registry=r
+        )
+        self.routing_process_restarts = Counter(
+            "pfi_routing_process_restarts", "Routing processes started again after one died", registry=r
+        )
         self.quarantined = Counter(
             "pfi_quarantined", "Noise or oversized input kept aside", ["channel", "reason"], registry=r
         )

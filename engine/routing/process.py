@@ -87,6 +87,9 @@ class RoutingChild(service.Service):
         self.child = _Child(self)
         self.starts += 1
         self._started_at = self.reactor.seconds()
+        if self.starts > 1:
+            self.metrics.routing_process_restarts.inc()
+        self.metrics.routing_process_up.set(1)
         self.reactor.spawnProcess(
             self.child,
             sys.executable,
@@ -110,7 +113,10 @@ class RoutingChild(service.Service):
             child.transport.writeToChild(0, what)
 
     def ended(self, child: _Child, code) -> None:
-        if child is not self.child or self.stopping:
+        if child is not self.child:
+            return
+        self.metrics.routing_process_up.set(0)
+        if self.stopping:
             return
         lived = self.reactor.seconds() - self._started_at
         self.restart_after = RESTART_AFTER if lived >= LIVED_LONG else min(2 * self.restart_after, RESTART_AFTER_MAX)

@@ -74,10 +74,14 @@ async def _send(engine: EngineProcess, ids: list[str]) -> None:
         client.close()
 
 
-def _deliveries_done(engine: EngineProcess) -> float:
+def _metric(engine: EngineProcess, pattern: str) -> float:
+    """The sum of the samples of the engine's /metrics whose line matches `pattern` (up to the value)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{engine.port_of('metrics')}/metrics", timeout=5).read().decode()
-    done = re.findall(r'^pfi_deliveries_total\{[^}]*outcome="done"[^}]*\} (\S+)$', text, re.M)
-    return sum(float(v) for v in done)
+    return sum(float(v) for v in re.findall(rf"^{pattern} (\S+)$", text, re.M))
+
+
+def _deliveries_done(engine: EngineProcess) -> float:
+    return _metric(engine, r'pfi_deliveries_total\{[^}]*outcome="done"[^}]*\}')
 
 
 @contextlib.asynccontextmanager
@@ -132,6 +136,9 @@ async def test_a_killed_routing_process_is_replaced_and_no_message_is_lost(tmp_p
         await until(lambda: len(_children(engine)) == 2, 10, "a new routing process")
         await until(lambda: set(ids) <= set(_arrived(sink)), 30, "every message at the RIS")
         assert '"routing.process_exited"' in engine.output()
+        restarts = await threads.deferToThread(_metric, engine, r"pfi_routing_process_restarts_total\{[^}]*\}")
+        up = await threads.deferToThread(_metric, engine, r"pfi_routing_process_up\{[^}]*\}")
+        assert (restarts, up) == (1.0, 1.0)  # what an operator's alert reads
         # At least once: only what was in flight when it died may come twice (same MSH-10).
         arrived = _arrived(sink)
         assert len(arrived) - len(set(arrived)) <= 64
@@ -235,8 +242,8 @@ def test_a_routing_process_that_keeps_dying_young_is_restarted_less_and_less_oft
     first delay again, and stopping the engine ends the restarts."""
     from engine.routing import process
 
-    clock = _SpawningClock()
-    child = process.RoutingChild(clock, ["pfi"], EngineMetrics(node="n"))
+    clock, metrics = _SpawningClock(), EngineMetrics(node="n")
+    child = process.RoutingChild(clock, ["pfi"], metrics)
     child.startService()
     for _ in range(7):  # each child exits at once
         child.child.processEnded(Failure(ProcessTerminated(exitCode=3)))
@@ -249,3 +256,5 @@ def test_a_routing_process_that_keeps_dying_young_is_restarted_less_and_less_oft
     child.stopService()  # its child has ended: nothing to signal
     clock.advance(process.RESTART_AFTER)
     assert len(clock.spawned) == 8  # the restart due when it stopped never came
+    assert metrics.routing_process_restarts._value.get() == 7
+    assert metrics.routing_process_up._value.get() == 0
