@@ -6,7 +6,11 @@
 
 Stopping runs it backwards, each part after the next one is down: listeners stop accepting
 first, the planning cycle and the sends in flight finish and are recorded, then the journal
-closes, then the registry."""
+closes, then the registry.
+
+With `routing_process: true` the dispatcher part runs in a child process instead (role
+`routing`: CDA checkers, registry, journal as a follower, the dispatcher's part), and this
+process (role `intake`) has the child's service in its place (engine/routing/process.py)."""
 
 from __future__ import annotations
 
@@ -242,18 +246,14 @@ class Engine(Sequence):
         journal the intake process owns; counters forwarded to it, wake-ups read from it."""
         from engine.routing.process import COUNTS_EVERY, CountsForwarder, listen_to_parent, take_routing_lock
 
-        lock: list[int] = []
         forwarder = CountsForwarder(self.metrics)
-        Step("routing-lock", start=lambda: self._hold_lock(take_routing_lock, lock)).setServiceParent(self)
+        # held until this process exits (the descriptor stays open)
+        Step("routing-lock", start=lambda: take_routing_lock(self.data_dir)).setServiceParent(self)
         Step("counts", stop=forwarder.flush).setServiceParent(self)
         self._add_routing()
         Step("parent", start=lambda: listen_to_parent(self.reactor, self.dispatcher)).setServiceParent(self)
         periodic("counts-every-second", COUNTS_EVERY, forwarder.flush, self.reactor).setServiceParent(self)
-        periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(self)
-        self._add_follow_up_sweep()
-
-    async def _hold_lock(self, take, held: list) -> None:
-        held.append(await take(self.data_dir))
+        self._add_routing_periodic_tasks()
 
     def _routing_child(self):
         from engine.routing.process import RoutingChild
@@ -287,17 +287,15 @@ class Engine(Sequence):
         periodic("journal-size", 10.0, self._measure_journal, self.reactor).setServiceParent(self)
         periodic("intake-summary-every-10s", 10.0, self.intake.flush_summary, self.reactor).setServiceParent(self)
         if self.routing_child is None:
-            periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(
-                self
-            )
-            self._add_follow_up_sweep()
+            self._add_routing_periodic_tasks()
         periodic("certificates", CERTIFICATE_CHECK_EVERY, self._watch_certificates, self.reactor).setServiceParent(self)
         if self.config.engine.retention_days:
             periodic(
                 "retention", RETENTION_EVERY, lambda: defer.ensureDeferred(self._purge_expired()), self.reactor
             ).setServiceParent(self)
 
-    def _add_follow_up_sweep(self) -> None:
+    def _add_routing_periodic_tasks(self) -> None:
+        periodic("delivery-summary-every-10s", 10.0, self.dispatcher.flush_summary, self.reactor).setServiceParent(self)
         periodic("follow-ups-left-due", FOLLOW_UP_SWEEP, self._resume_follow_ups, self.reactor).setServiceParent(self)
 
     def _resume_follow_ups(self) -> defer.Deferred:

@@ -258,3 +258,17 @@ def test_a_routing_process_that_keeps_dying_young_is_restarted_less_and_less_oft
     assert len(clock.spawned) == 8  # the restart due when it stopped never came
     assert metrics.routing_process_restarts._value.get() == 7
     assert metrics.routing_process_up._value.get() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_routing_process_waits_for_the_lock_of_the_one_finishing(tmp_path):
+    """An orphan (its intake process was killed) may still be sending when the restarted engine
+    starts a new routing process: the new one waits, so the two never share the queues."""
+    from engine.routing.process import take_routing_lock
+
+    first = await take_routing_lock(tmp_path)
+    second = defer.ensureDeferred(take_routing_lock(tmp_path))
+    await sleep(0.3)
+    assert not second.called
+    os.close(first)  # the orphan exits
+    os.close(await second)
