@@ -163,10 +163,28 @@ class EngineProcess:
         os.kill(self.proc.pid, signal.SIGTERM)
         return self.proc.wait(20)
 
+    def routing_processes(self) -> list[int]:
+        """The PIDs of the routing processes it said it started (`routing_process: true`), in order."""
+        return [json.loads(line)["pid"] for line in self.output().splitlines() if '"routing.process_started"' in line]
+
     def ensure_dead(self) -> None:
-        """SIGKILL the process if it still runs (test cleanup, whatever happened before)."""
+        """SIGKILL the process, and the routing processes it started, if they still run (test
+        cleanup, whatever happened before; by PID)."""
+        children = self.routing_processes() if self.proc is not None else []
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+        for pid in children:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def process_alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its parent)."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 INTAKE_STATES = ("received", "rejected", "duplicate")

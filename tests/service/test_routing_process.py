@@ -25,7 +25,7 @@ from engine.mllp.client import connect
 from engine.routing.process import CountsForwarder, add_counts
 from engine.sim.mllp import MllpPeer
 from engine.hl7.scan import scan
-from tests.support import EngineProcess, exchange, sample_adt, sleep, until, write_config
+from tests.support import EngineProcess, exchange, process_alive, sample_adt, sleep, until, write_config
 
 ROUTING_STARTED = '"role": "routing", "event": "engine.started"'
 
@@ -40,25 +40,6 @@ def _config(tmp_path, sink_port: int):
         routes=[{"name": "to-ris", "match": {"channel": "in"}, "steps": [{"deliver": {"to": ["ris"]}}]}],
         engine={"routing_process": True, "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0}},
     )
-
-
-def _children(engine: EngineProcess) -> list[int]:
-    """The routing processes the engine said it started, in order."""
-    return [json.loads(line)["pid"] for line in engine.output().splitlines() if '"routing.process_started"' in line]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    return status != "Z"
-
-
-def _kill_if_alive(pid: int) -> None:
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _arrived(sink: MllpPeer) -> list[str]:
@@ -94,17 +75,14 @@ async def _engine_with_routing_process(tmp_path):
         engine.start(wait_for=ROUTING_STARTED)
         yield engine, sink
     finally:
-        children = _children(engine)
         engine.ensure_dead()
-        for pid in children:
-            _kill_if_alive(pid)
         await sink.port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_routing_process_delivers_and_its_counters_show_on_the_engine_metrics(tmp_path):
     async with _engine_with_routing_process(tmp_path) as (engine, sink):
-        assert len(_children(engine)) == 1
+        assert len(engine.routing_processes()) == 1
         started = [json.loads(line) for line in engine.output().splitlines() if '"engine.started"' in line]
         # one log stream, each line saying which process wrote it
         assert sorted((e["role"], e.get("process")) for e in started) == [("intake", None), ("routing", "routing")]
@@ -127,13 +105,13 @@ async def test_the_routing_process_delivers_and_its_counters_show_on_the_engine_
 @pytest_twisted.ensureDeferred
 async def test_a_killed_routing_process_is_replaced_and_no_message_is_lost(tmp_path):
     async with _engine_with_routing_process(tmp_path) as (engine, sink):
-        first = _children(engine)[0]
+        first = engine.routing_processes()[0]
         ids = [f"K-{i}" for i in range(300)]
         sending = defer.ensureDeferred(_send(engine, ids))
         await until(lambda: len(sink.received) >= 20, 20, "the first deliveries")
         os.kill(first, signal.SIGKILL)  # mid-stream: sends in flight, messages still to route
         await sending  # intake never stopped answering
-        await until(lambda: len(_children(engine)) == 2, 10, "a new routing process")
+        await until(lambda: len(engine.routing_processes()) == 2, 10, "a new routing process")
         await until(lambda: set(ids) <= set(_arrived(sink)), 30, "every message at the RIS")
         assert '"routing.process_exited"' in engine.output()
         restarts = await threads.deferToThread(_metric, engine, r"pfi_routing_process_restarts_total\{[^}]*\}")
@@ -150,17 +128,17 @@ async def test_no_routing_process_outlives_the_engine(tmp_path, how):
     """SIGTERM: the engine stops its child before its journal. SIGKILL: the child reads the end of
     its stdin and stops by itself."""
     async with _engine_with_routing_process(tmp_path) as (engine, sink):
-        child = _children(engine)[0]
+        child = engine.routing_processes()[0]
         await _send(engine, ["S-1"])
         await until(lambda: "S-1" in _arrived(sink), 20, "the message at the RIS")
         if how == "terminate":
             os.kill(child, signal.SIGINT)  # as a terminal's Ctrl-C to the group, before its parent's TERM
-            assert engine.terminate() == 0
-            assert not _alive(child)
+            assert await threads.deferToThread(engine.terminate) == 0
+            assert not process_alive(child)
             assert "Traceback" not in engine.output()
         else:
             engine.kill()
-            await until(lambda: not _alive(child), 20, "the orphaned routing process to stop")
+            await until(lambda: not process_alive(child), 20, "the orphaned routing process to stop")
 
 
 def test_a_routing_process_needs_the_sqlite_journal():
