@@ -86,19 +86,19 @@ def show_queues(args) -> int:
     now = time.time()
     read = conn.read
     print(f"{'destination':<24} {'pending':>7} {'oldest':>9} {'next try':>9} {'sending':>7} {'dead':>5} {'held':>5}")
-    for dest, pending, oldest, next_try, sending, dead, held in queue_summary(read):
+    for dest, pending, oldest, next_try, sending, dead, held in queue_summary(read, conn.dialect):
         age = f"{now - oldest:.0f}s" if oldest else "-"
         nxt = f"{max(next_try - now, 0):.0f}s" if next_try else "-"
         print(f"{dest:<24} {pending or 0:>7} {age:>9} {nxt:>9} {sending or 0:>7} {dead or 0:>5} {held or 0:>5}")
-    _show_held(read)
+    _show_held(read, conn.dialect)
     _show_paused(conn)
     return 0
 
 
-def _show_held(read) -> None:
+def _show_held(read, dialect) -> None:
     from engine.journal.deliveries import held_deliveries, last_event
 
-    for delivery_id, dest, uid, reason in held_deliveries(read):
+    for delivery_id, dest, uid, reason in held_deliveries(read, dialect):
         who = last_event(read, uid, "held") or reason or ""
         print(f"HELD delivery {delivery_id} to {dest} (message {uid}): {who}  (pfi release {delivery_id})")
 

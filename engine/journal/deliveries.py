@@ -572,12 +572,33 @@ class _NoRows:
     rowcount = 0
 
 
-def reset_in_flight(conn, node: str) -> int:
+def reset_in_flight(conn, node: str, dialect: Dialect) -> int:
     """After a restart, sends that were in flight are attempted again (at-least-once)."""
-    return conn.execute(
-        "UPDATE deliveries SET state=? WHERE state=? AND (node=? OR lease_until<?)",
+    names, where = _each_destination(dialect)
+    done = conn.execute(
+        f"{names}UPDATE deliveries SET state=? WHERE {where}state=? AND (node=? OR lease_until<?)",
         (PENDING, SENDING, node, time.time()),
-    ).rowcount
+    )
+    # Python's sqlite3 gives no rowcount to a statement that starts with WITH
+    return conn.execute("SELECT changes()").fetchone()[0] if names else done.rowcount
+
+
+#: Every destination of `deliveries`, one index seek each (a loose scan of SQLite's (destination,
+#: state, id) index): a query of one state then seeks each (destination, state) instead of
+#: reading the whole index, every finished delivery included.
+_DESTINATION_NAMES = (
+    "WITH RECURSIVE names(name) AS (SELECT (SELECT min(destination) FROM deliveries)"
+    " UNION ALL SELECT (SELECT min(destination) FROM deliveries WHERE destination > name)"
+    " FROM names WHERE name IS NOT NULL) "
+)
+
+
+def _each_destination(dialect: Dialect) -> tuple[str, str]:
+    """(WITH clause, WHERE condition) naming every destination, where the journal needs them to
+    read open rows without reading finished ones (SQLite); nothing where it does not."""
+    if dialect.open_rows_indexed:
+        return "", ""
+    return _DESTINATION_NAMES, "destination IN (SELECT name FROM names) AND "
 
 
 def cancel(conn, ident: str, reason: str, node: str, now: float, operator: str = "") -> int:
@@ -662,15 +683,29 @@ def queue_depths(read, destinations=None) -> list[tuple]:
     )
 
 
-def queue_summary(read) -> list[tuple]:
+def queue_summary(read, dialect: Dialect) -> list[tuple]:
     """(destination, pending, oldest created_at, next attempt, sending, dead, held) per destination."""
+    if dialect.open_rows_indexed:
+        return read(
+            "SELECT destination, sum(CASE WHEN state='pending' THEN 1 ELSE 0 END),"
+            " min(CASE WHEN state='pending' THEN created_at END), min(CASE WHEN state='pending' THEN next_attempt END),"
+            " sum(CASE WHEN state='sending' THEN 1 ELSE 0 END), sum(CASE WHEN state='dead' THEN 1 ELSE 0 END),"
+            " sum(CASE WHEN state='held' THEN 1 ELSE 0 END)"
+            " FROM deliveries GROUP BY destination ORDER BY destination"
+        )
     return read(
-        "SELECT destination, sum(CASE WHEN state='pending' THEN 1 ELSE 0 END),"
-        " min(CASE WHEN state='pending' THEN created_at END), min(CASE WHEN state='pending' THEN next_attempt END),"
-        " sum(CASE WHEN state='sending' THEN 1 ELSE 0 END), sum(CASE WHEN state='dead' THEN 1 ELSE 0 END),"
-        " sum(CASE WHEN state='held' THEN 1 ELSE 0 END)"
-        " FROM deliveries GROUP BY destination ORDER BY destination"
+        f"{_DESTINATION_NAMES}SELECT name, {_count('pending')}, {_of_pending('min(created_at)')},"
+        f" {_of_pending('min(next_attempt)')}, {_count('sending')}, {_count('dead')}, {_count('held')}"
+        " FROM names WHERE name IS NOT NULL ORDER BY name"
     )
+
+
+def _count(state: str) -> str:
+    return f"(SELECT count(*) FROM deliveries WHERE destination=name AND state='{state}')"
+
+
+def _of_pending(aggregate: str) -> str:
+    return f"(SELECT {aggregate} FROM deliveries WHERE destination=name AND state='pending')"
 
 
 def last_event(read, uid: str, state: str) -> str | None:
@@ -679,9 +714,12 @@ def last_event(read, uid: str, state: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-def held_deliveries(read) -> list[tuple]:
+def held_deliveries(read, dialect: Dialect) -> list[tuple]:
     """(delivery id, destination, message uid, reason with the operator) of every held delivery."""
-    return read("SELECT id, destination, message_uid, last_error FROM deliveries WHERE state='held' ORDER BY id")
+    names, where = _each_destination(dialect)
+    return read(
+        f"{names}SELECT id, destination, message_uid, last_error FROM deliveries WHERE {where}state='held' ORDER BY id"
+    )
 
 
 # -- paused destinations ---------------------------------------------------------------------

@@ -15,7 +15,11 @@ class Dialect:
     lock_rows: str
     #: several engine nodes share this journal (leases, leadership and notifications matter)
     shared: bool
+    #: open deliveries have indexes of their own (PostgreSQL's partial indexes): a query by state
+    #: alone is bounded by them; SQLite's index leads with the destination, so its queries name
+    #: each destination (engine/journal/deliveries.py, `_each_destination`)
+    open_rows_indexed: bool
 
 
-SQLITE = Dialect("sqlite", lock_rows="", shared=False)
-POSTGRES = Dialect("postgresql", lock_rows=" FOR UPDATE SKIP LOCKED", shared=True)
+SQLITE = Dialect("sqlite", lock_rows="", shared=False, open_rows_indexed=False)
+POSTGRES = Dialect("postgresql", lock_rows=" FOR UPDATE SKIP LOCKED", shared=True, open_rows_indexed=True)

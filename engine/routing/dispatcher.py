@@ -74,7 +74,7 @@ class Dispatcher:
     # all of it for a dispatcher used alone (tests, benchmarks).
     async def reset_in_flight(self) -> None:
         """Sends this node left `sending` (a crash) go back to the queue before any claim."""
-        await self.journal.submit(lambda conn, store: queue.reset_in_flight(conn, self.node))
+        await self.journal.submit(lambda conn, store: queue.reset_in_flight(conn, self.node, self.journal.dialect))
 
     def start_planning(self) -> None:
         self._running = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from engine.journal import schema
+from engine.journal.dialect import SQLITE
 from engine.journal.sqlite import connect
 from engine.journal import deliveries as queue
 from engine.routing.plan import NewDelivery
@@ -123,3 +124,32 @@ def test_the_queue_gauges_read_only_open_rows_of_the_configured_destinations(tmp
         rows, work[history] = _vm_steps(conn, lambda: queue.queue_depths(read, ["d"]))
         assert [(d, state, n) for d, state, n, _ in rows] == [("d", "pending", 5)]
     assert work[5000] < 2 * work[10] + 2, work
+
+
+def _operator_views(conn) -> tuple:
+    """What `pfi queue` and `pfi held` show, and what a restart resets, on SQLite."""
+
+    def read(sql, args=()):
+        return conn.execute(sql, args).fetchall()
+
+    conn.execute("BEGIN")
+    reset = queue.reset_in_flight(conn, "n", SQLITE)
+    conn.execute("ROLLBACK")
+    summary = [
+        (d, pending, sending, dead, held) for d, pending, _, _, sending, dead, held in queue.queue_summary(read, SQLITE)
+    ]
+    return reset, summary, [(d, uid) for _, d, uid, _ in queue.held_deliveries(read, SQLITE)]
+
+
+def test_restart_and_queue_views_read_open_rows_not_the_history(tmp_path):
+    """Once at start (in-flight sends back to the queue) and at every `pfi queue`: their work
+    does not grow with the finished deliveries of the journal (each read them all before)."""
+    work, views = {}, {}
+    for history in (10, 5000):
+        conn = _with_finished(tmp_path / f"v{history}.sqlite", history, lambda i: f"K{i}", 6, "K")
+        _queue(conn, "other", "L", time.time())  # a second destination, with one held and one sending
+        conn.execute("UPDATE deliveries SET destination='e', state='held' WHERE message_uid='other'")
+        conn.execute("UPDATE deliveries SET state='sending', node='n' WHERE message_uid IN ('new0', 'new1')")
+        views[history], work[history] = _vm_steps(conn, lambda: _operator_views(conn))
+    assert views[10] == views[5000] == (2, [("d", 4, 2, 0, 0), ("e", 0, 0, 0, 1)], [("e", "other")])
+    assert work[5000] < 2 * work[10] + 5, work
