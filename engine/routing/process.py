@@ -61,7 +61,7 @@ class _Child(protocol.ProcessProtocol):
 
     def processEnded(self, reason) -> None:
         self.ended.callback(None)
-        self.owner.ended(self, getattr(reason.value, "exitCode", None))
+        self.owner.ended(self, getattr(reason.value, "exitCode", None), getattr(reason.value, "signal", None))
 
 
 class RoutingChild(service.Service):
@@ -112,7 +112,7 @@ class RoutingChild(service.Service):
         if child is not None and child.transport is not None and not child.ended.called:
             child.transport.writeToChild(0, what)
 
-    def ended(self, child: _Child, code) -> None:
+    def ended(self, child: _Child, code, signal=None) -> None:
         if child is not self.child:
             return
         self.metrics.routing_process_up.set(0)
@@ -120,7 +120,13 @@ class RoutingChild(service.Service):
             return
         lived = self.reactor.seconds() - self._started_at
         self.restart_after = RESTART_AFTER if lived >= LIVED_LONG else min(2 * self.restart_after, RESTART_AFTER_MAX)
-        log.error("routing.process_exited", code=code, lived_seconds=round(lived, 1), restart_in=self.restart_after)
+        log.error(
+            "routing.process_exited",
+            code=code,
+            signal=signal,
+            lived_seconds=round(lived, 1),
+            restart_in=self.restart_after,
+        )
         self.reactor.callLater(self.restart_after, self._spawn)
 
     def stopService(self):

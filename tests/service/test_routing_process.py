@@ -113,7 +113,8 @@ async def test_a_killed_routing_process_is_replaced_and_no_message_is_lost(tmp_p
         await sending  # intake never stopped answering
         await until(lambda: len(engine.routing_processes()) == 2, 10, "a new routing process")
         await until(lambda: set(ids) <= set(_arrived(sink)), 30, "every message at the RIS")
-        assert '"routing.process_exited"' in engine.output()
+        exited = [json.loads(line) for line in engine.output().splitlines() if '"routing.process_exited"' in line]
+        assert [e["signal"] for e in exited] == [signal.SIGKILL]  # what the operator reads
         restarts = await threads.deferToThread(_metric, engine, r"pfi_routing_process_restarts_total\{[^}]*\}")
         up = await threads.deferToThread(_metric, engine, r"pfi_routing_process_up\{[^}]*\}")
         assert (restarts, up) == (1.0, 1.0)  # what an operator's alert reads
