@@ -31,7 +31,7 @@ from engine.journal import open_journal
 from engine.metrics import EngineMetrics
 from engine.mllp.budget import BufferBudget
 from engine.mllp.server import ListenerLimits, MLLPServerFactory
-from engine.routing.dispatcher import FOLLOW_UP_SWEEP, Dispatcher
+from engine.routing.dispatcher import CLAIM_BATCH_ROUTING_PROCESS, FOLLOW_UP_SWEEP, Dispatcher
 from engine.routing.plan import Environment
 
 log = structlog.get_logger("engine.service")
@@ -194,6 +194,8 @@ class Engine(Sequence):
         self.dispatcher = self._build_dispatcher(connectors)
         self.dispatcher.metrics = self.metrics
         self.dispatcher.sends = role != INTAKE
+        if role == ROUTING:
+            self.dispatcher.claim_limit = CLAIM_BATCH_ROUTING_PROCESS
         # The journal wakes the dispatcher when messages to route are committed (a shared journal
         # also for other nodes' messages) and this node's workers when other nodes queued work;
         # with a routing process, the intake process wakes that process instead.

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from engine.config.engine import EngineSettings
 from engine.metrics import EngineMetrics
 from engine.mllp.client import connect
+from engine.routing.dispatcher import CLAIM_BATCH_ROUTING_PROCESS
 from engine.routing.process import CountsForwarder, add_counts
 from engine.sim.mllp import MllpPeer
 from engine.hl7.scan import scan
@@ -186,6 +187,7 @@ def test_the_routing_process_reads_which_wake_up_it_got(tmp_path):
     from engine.service import ROUTING, Engine
 
     engine = Engine(load_config(_config(tmp_path, 1)), tmp_path / "data", reactor, with_metrics=False, role=ROUTING)
+    assert engine.dispatcher.claim_limit == CLAIM_BATCH_ROUTING_PROCESS  # its writer answers no intake
     kicked: list[bool] = []
     engine.dispatcher.kick = lambda *_: kicked.append(True)  # type: ignore[method-assign]
     reader = _WakeReader(engine.dispatcher, lambda: None)
