@@ -42,6 +42,12 @@ DURABILITY = (
 INDEX_BATCH = 512
 INDEX_DELAY = 0.02
 INDEX_RETRY = 1.0  # after a failed index commit (a full disk): seconds before the next try
+#: Another process (the routing process, the console, a `pfi` command) holds the write lock: the
+#: index commit is tried again this much later instead of waiting, so the log path (the ACKs)
+#: never waits behind another process's transaction; past TAIL_LIMIT records it waits.
+INDEX_BUSY_RETRY = 0.002
+TAIL_LIMIT = 4 * INDEX_BATCH
+BUSY_TIMEOUT_MS = 30000
 
 _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sender, facility,
     receiver, receiver_facility, control_id, msg_type, version, profile, patient_ids, charset,
@@ -52,7 +58,7 @@ _INSERT_MESSAGE = """INSERT INTO messages (uid, received_at, channel, state, sen
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # Sorts and temporary indexes in memory: SQLite otherwise creates and deletes temp files
     # (~45 a second under load, each a few system calls on the writer's path).
     conn.execute("PRAGMA temp_store=MEMORY")
@@ -294,7 +300,7 @@ class SQLiteJournal(GroupCommitWriter):
         position = store.position()
         records = [record for record, _, _ in batch]
         try:
-            if len(self._tail) >= INDEX_BATCH:  # an index commit failed: catch up before more
+            if len(self._tail) >= TAIL_LIMIT:  # index commits failed or found the lock taken: catch up
                 self._index_tail()
             messages, event_rows = self._log_inbound_run(self._writer, store, records)
             store.sync()
@@ -340,21 +346,26 @@ class SQLiteJournal(GroupCommitWriter):
         self._index_tail_or_log()
 
     def _index_tail_or_log(self) -> None:
+        if time.monotonic() < self._index_retry_at:
+            return
         try:
-            self._index_tail()
+            self._index_tail(wait=False)
         except Exception as exc:  # noqa: BLE001 - kept in the tail, tried again; the log holds them
             # Not at once: an idle writer would retry (and log) in a loop while the disk is full.
             self._index_retry_at = time.monotonic() + INDEX_RETRY
             log.exception("journal.index_failed", error=str(exc), records=len(self._tail))
 
-    def _index_tail(self) -> None:
+    def _index_tail(self, wait: bool = True) -> None:
         """Index the acknowledged records of the tail in one transaction (no fsync: after a
-        crash, `recover` rebuilds it from the log)."""
+        crash, `recover` rebuilds it from the log). Without `wait`, a write lock another process
+        holds puts the attempt off by INDEX_BUSY_RETRY instead of waiting for it."""
         if not self._tail:
             return
         conn = self._writer
         self._set_sync_mode(conn, True)
-        conn.execute("BEGIN IMMEDIATE")
+        if not self._began(conn, wait):
+            self._index_retry_at = time.monotonic() + INDEX_BUSY_RETRY
+            return
         try:
             self._insert_tail(conn)
             conn.execute("COMMIT")
@@ -363,6 +374,23 @@ class SQLiteJournal(GroupCommitWriter):
             self._abort(conn, self.payloads, None)
             raise
         self._tail_indexed()
+
+    @staticmethod
+    def _began(conn, wait: bool) -> bool:
+        """BEGIN IMMEDIATE; without `wait`, False at once when another connection holds the lock."""
+        if wait:
+            conn.execute("BEGIN IMMEDIATE")
+            return True
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                return False
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return True
 
     def _insert_tail(self, conn) -> None:
         tail = self._tail
