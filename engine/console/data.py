@@ -26,6 +26,7 @@ class Dashboard:
     nodes: list = field(default_factory=list)
     journal: str = ""
     ready: bool = True
+    routing_process: bool = False  # routing and deliveries run in a child process of the engine
 
 
 class ConsoleData:
@@ -36,7 +37,7 @@ class ConsoleData:
     def dashboard(self, now: float) -> Dashboard:
         from engine.journal.deliveries import paused_destinations
 
-        board = Dashboard(journal=self.access.dialect)
+        board = Dashboard(journal=self.access.dialect, routing_process=self.config.engine.routing_process)
         if not self.access.ready():
             board.ready = False
             return board

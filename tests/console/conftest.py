@@ -83,17 +83,23 @@ def running(tmp_path_factory):
             },
         },
         routes=[{"name": "to-out", "match": {"channel": "ris"}, "steps": [{"deliver": {"to": "out"}}]}],
-        engine={"console": {"port": 0}},
+        # the routing process too: the console's replays reach it through the journal
+        engine={
+            "console": {"port": 0},
+            "routing_process": True,
+            "metrics": {"enabled": True, "host": "127.0.0.1", "port": refused_port()},
+        },
     )
     for name, (role, password) in PASSWORDS.items():
         assert add_user(config, data, name, role, password).returncode == 0
     engine = EngineProcess(config, data, args=("--console",))
-    engine.start()
+    engine.start(wait_for='"role": "routing", "event": "engine.started"')
     try:
         yield engine, f"http://127.0.0.1:{console_port(engine)}", config, data
     finally:
         engine.proc.terminate()
         engine.proc.wait(timeout=20)
+        engine.ensure_dead()
 
 
 class BrowserThread:

@@ -107,6 +107,7 @@ def test_operator_finds_a_message_by_ipp_reads_its_timeline_and_replays_it(chrom
         context, page = sign_in(browser, base, "olivia")
         assert page.locator("h2", has_text="Destinations").count() == 1
         assert page.locator("td", has_text="out").count() >= 1
+        assert "routing process: running, restarted 0 times" in page.locator("#routing-process").inner_text()
         shot(page, "dashboard")
 
         page.click("text=Messages")
