@@ -80,7 +80,7 @@ class SQLiteJournal(GroupCommitWriter):
         from twisted.internet import reactor as default_reactor
 
         super().__init__(reactor or default_reactor, node)
-        #: the routing process's journal (docs/journal.md, "A routing process"): it reads the log
+        #: the routing process's journal (docs/journal.md, "The routing process"): it reads the log
         #: and writes routing state, never appends to the log nor recovers it (the intake process
         #: owns both)
         self.follower = follower
