@@ -193,7 +193,6 @@ class Engine(Sequence):
         self._cda_checkers: dict = {}
         self.dispatcher = self._build_dispatcher(connectors)
         self.dispatcher.metrics = self.metrics
-        self.dispatcher.sends = role != INTAKE
         if role == ROUTING:
             self.dispatcher.claim_limit = CLAIM_BATCH_ROUTING_PROCESS
         # The journal wakes the dispatcher when messages to route are committed (a shared journal
@@ -212,10 +211,9 @@ class Engine(Sequence):
     @staticmethod
     def _checked_role(role: str, config: Config) -> str:
         from engine.errors import ConfigurationError
-        from engine.journal.postgres import is_postgres_url
 
-        if role != ALL and is_postgres_url(config.engine.journal):
-            raise ConfigurationError(["routing_process: only with the SQLite journal (on PostgreSQL, add nodes)"])
+        if role != ALL and (problem := config.engine.routing_process_problem()):
+            raise ConfigurationError([problem])
         return role
 
     def _build_tree(self, with_metrics: bool) -> None:
@@ -335,8 +333,13 @@ class Engine(Sequence):
         )
         if connectors is None:
             connectors = build_connectors(self.build_context)
+        #: every destination's connector (queue gauges, certificate watch, mailbox pollers), also
+        #: in the intake process of a routing process, whose dispatcher has no worker: it sends
+        #: nothing whatever wakes it (its child does)
+        self.connectors = connectors
+        senders = {} if self.role == INTAKE else connectors
         return Dispatcher(
-            self.journal, self.config.routes, env, self.clock, connectors, retry_settings(self.config), self.node
+            self.journal, self.config.routes, env, self.clock, senders, retry_settings(self.config), self.node
         )
 
     def _add_channel_services(self) -> None:
@@ -407,7 +410,7 @@ class Engine(Sequence):
         self.metrics.dispatch_leader.set(1 if self.journal.is_leader else 0)
         d = threads.deferToThread(self.journal.size_bytes)
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
-        depths = threads.deferToThread(self.journal.queue_depths, list(self.dispatcher.workers))
+        depths = threads.deferToThread(self.journal.queue_depths, list(self.connectors))
         depths.addCallbacks(self._set_queue_gauges, lambda f: log.warning("journal.depths_failed", error=str(f.value)))
         return defer.gatherResults([d, depths], consumeErrors=True)
 
@@ -416,7 +419,7 @@ class Engine(Sequence):
         names and states, closed sets)."""
         now = self.clock.seconds()
         seen = {(dest, state): count for dest, state, count, _ in rows}
-        for dest in self.dispatcher.workers:
+        for dest in self.connectors:
             for state in ("pending", "sending", "held", "dead"):
                 self.metrics.queue_messages.labels(dest, state).set(seen.get((dest, state), 0))
             oldest = next((at for d, state, _, at in rows if d == dest and state == "pending"), None)
@@ -429,8 +432,8 @@ class Engine(Sequence):
         from engine.dmp.expiry import watch
 
         now = dt.datetime.fromtimestamp(self.reactor.seconds(), dt.timezone.utc)
-        for name, worker in self.dispatcher.workers.items():
-            expiry = getattr(worker.connector, "certificate_expiry", None)
+        for name, connector in self.connectors.items():
+            expiry = getattr(connector, "certificate_expiry", None)
             if expiry:
                 watch(name, expiry, now, self.metrics.certificate_days_left)
 

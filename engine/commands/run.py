@@ -70,11 +70,11 @@ def run(args) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", lambda: engine.stopService() if engine.running else None)
     console = config.engine.console
     if role != ROUTING and (args.console or (console is not None and console.enabled)):
-        from engine.commands.console_child import ConsoleChild
+        from engine.commands.console_child import console_child
 
-        child = ConsoleChild(reactor, args)
-        reactor.callWhenRunning(child.start)
-        reactor.addSystemEventTrigger("before", "shutdown", child.stop)
+        child = console_child(reactor, args)
+        reactor.callWhenRunning(child.startService)
+        reactor.addSystemEventTrigger("before", "shutdown", child.stopService)
     reactor.run()
     return 1 if failed else 0
 
@@ -98,7 +98,7 @@ def _stop_once_on_signals(reactor) -> None:
 def _role(args, config) -> str:
     from engine.service import ALL, INTAKE, ROUTING
 
-    if getattr(args, "role", ALL) == ROUTING:
+    if args.role == ROUTING:
         return ROUTING
     return INTAKE if config.engine.routing_process else ALL
 

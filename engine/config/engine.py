@@ -80,6 +80,13 @@ class EngineSettings(BaseModel):
 
     @model_validator(mode="after")
     def _routing_process_needs_sqlite(self):
-        if self.routing_process and self.journal != "sqlite":
-            raise ValueError("routing_process: only with the SQLite journal (on PostgreSQL, add nodes)")
+        if problem := self.routing_process_problem():
+            raise ValueError(problem)
         return self
+
+    def routing_process_problem(self) -> str | None:
+        """Why `routing_process` cannot be used with this journal (checked again by the engine:
+        `pfi run --journal` changes the journal after the settings were read)."""
+        if self.routing_process and self.journal != "sqlite":
+            return "routing_process: only with the SQLite journal (on PostgreSQL, add nodes)"
+        return None

@@ -59,10 +59,6 @@ class Dispatcher:
         #: successful sends per destination since the last `flush_summary` (one line every 10 s
         #: instead of one per message; other outcomes are logged at once)
         self.delivered: collections.Counter[str] = collections.Counter()
-        #: False in the intake process of a routing process (engine/routing/process.py): its
-        #: workers exist for their connectors (gauges, certificate watch, mailbox pollers) and
-        #: never send, whatever wakes them
-        self.sends = True
         #: deliveries a worker claims at once: more in the routing process, whose journal writer
         #: answers no intake (256 there: +7 % delivered, -5 % CPU per message, interleaved runs;
         #: no gain in one process, where a longer claim delays intake's group commits)
@@ -373,7 +369,7 @@ class DestinationWorker:
         return self._running
 
     def wake(self) -> None:
-        if self._stopped or self._running or not self.dispatcher.sends:
+        if self._stopped or self._running:
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

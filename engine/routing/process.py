@@ -14,8 +14,9 @@ routing state in SQLite, never appends). Between them, two pipes:
   outcome, journal events of routing), added to the parent's: one /metrics for the engine.
 
 The parent starts it once its journal is open and recovered, restarts it when it dies (the sends
-it left in flight go back to the queue when the next one starts: at least once, the same MSH-10),
-and stops it (SIGTERM: it finishes and records the sends in flight) before closing the journal.
+it left in flight go back to the queue when the next one starts: at least once, the same MSH-10;
+engine/childprocess.py), and stops it (SIGTERM: it finishes and records the sends in flight)
+before closing the journal.
 An exclusive lock on `routing.lock` in the data directory keeps one routing process per journal,
 even while a parent that was killed leaves its child finishing.
 """
@@ -25,18 +26,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import sys
 from pathlib import Path
 
 import structlog
-from twisted.application import service
-from twisted.internet import defer, protocol, stdio, threads
+from twisted.internet import protocol, stdio, threads
+
+from engine.childprocess import SupervisedChild
 
 log = structlog.get_logger("engine.routing.process")
-RESTART_AFTER = 1.0  # seconds before a routing process that died is started again
-RESTART_AFTER_MAX = 30.0  # ... doubled while it keeps dying young (a broken install), up to this
-LIVED_LONG = 10.0  # seconds after which a death is a crash again, not a failure to start
-STOP_GRACE = 60.0  # seconds a stopping child has to finish its sends before it is killed
 COUNTS_EVERY = 1.0  # seconds between two lines of counter increments
 COUNTS_FD = 3
 #: the counters the routing process moves, forwarded to the intake process's /metrics
@@ -45,105 +42,39 @@ ROUTABLE, QUEUED = b"r", b"q"  # the wake-ups the child reads on its stdin
 
 
 # -- the intake process's side --------------------------------------------------------------
-class _Child(protocol.ProcessProtocol):
-    def __init__(self, owner: RoutingChild):
-        self.owner = owner
-        self.ended = defer.Deferred()
+class RoutingChild(SupervisedChild):
+    """The routing process, as a part of the intake process's service tree (supervised as every
+    child of `pfi run`: engine/childprocess.py)."""
+
+    def __init__(self, reactor, argv: list[str], metrics):
+        super().__init__("routing", reactor, argv, read_fds=(COUNTS_FD,))
+        self.metrics = metrics
         self._partial = b""
 
-    def childDataReceived(self, fd: int, data: bytes) -> None:
+    def wake(self, *_) -> None:
+        """Routable messages were indexed: the child's dispatcher looks now."""
+        self.tell(ROUTABLE)
+
+    def queued(self) -> None:
+        """This process queued deliveries (a mailbox poller's ZAM): the child's workers look."""
+        self.tell(QUEUED)
+
+    def received(self, fd: int, data: bytes) -> None:
         if fd != COUNTS_FD:
             return
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
-            add_counts(self.owner.metrics, line)
+            add_counts(self.metrics, line)
 
-    def processEnded(self, reason) -> None:
-        self.ended.callback(None)
-        self.owner.ended(self, getattr(reason.value, "exitCode", None), getattr(reason.value, "signal", None))
-
-
-class RoutingChild(service.Service):
-    """The routing process, as a part of the intake process's service tree."""
-
-    def __init__(self, reactor, argv: list[str], metrics):
-        self.setName("routing-process")
-        self.reactor, self.argv, self.metrics = reactor, argv, metrics
-        self.child: _Child | None = None
-        self.stopping = False
-        self.starts = 0
-        self.restart_after = RESTART_AFTER
-        self._started_at = 0.0
-
-    def startService(self):
-        super().startService()
-        self.stopping = False
-        self._spawn()
-
-    def _spawn(self) -> None:
-        if self.stopping:
-            return
-        self.child = _Child(self)
-        self.starts += 1
-        self._started_at = self.reactor.seconds()
+    def started(self) -> None:
+        self._partial = b""
         if self.starts > 1:
             self.metrics.routing_process_restarts.inc()
         self.metrics.routing_process_up.set(1)
-        self.reactor.spawnProcess(
-            self.child,
-            sys.executable,
-            self.argv,
-            env=os.environ.copy(),
-            childFDs={0: "w", 1: 1, 2: 2, COUNTS_FD: "r"},  # one log stream for the operator
-        )
-        log.info("routing.process_started", pid=self.child.transport.pid, starts=self.starts)
 
-    def wake(self, *_) -> None:
-        """Routable messages were indexed: the child's dispatcher looks now."""
-        self._tell(ROUTABLE)
-
-    def queued(self) -> None:
-        """This process queued deliveries (a mailbox poller's ZAM): the child's workers look."""
-        self._tell(QUEUED)
-
-    def _tell(self, what: bytes) -> None:
-        child = self.child
-        if child is not None and child.transport is not None and not child.ended.called:
-            child.transport.writeToChild(0, what)
-
-    def ended(self, child: _Child, code, signal=None) -> None:
-        if child is not self.child:
-            return
+    def exited(self) -> None:
         self.metrics.routing_process_up.set(0)
-        if self.stopping:
-            return
-        lived = self.reactor.seconds() - self._started_at
-        self.restart_after = RESTART_AFTER if lived >= LIVED_LONG else min(2 * self.restart_after, RESTART_AFTER_MAX)
-        log.error(
-            "routing.process_exited",
-            code=code,
-            signal=signal,
-            lived_seconds=round(lived, 1),
-            restart_in=self.restart_after,
-        )
-        self.reactor.callLater(self.restart_after, self._spawn)
-
-    def stopService(self):
-        super().stopService()
-        self.stopping = True
-        child = self.child
-        if child is None or child.ended.called:
-            return None
-        child.transport.signalProcess("TERM")
-        kill = self.reactor.callLater(STOP_GRACE, _kill, child)
-        child.ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
-        return child.ended
-
-
-def _kill(child: _Child) -> None:
-    log.error("routing.process_killed", after_seconds=STOP_GRACE)
-    child.transport.signalProcess("KILL")
 
 
 def add_counts(metrics, line: bytes) -> None:

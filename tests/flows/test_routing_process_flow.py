@@ -7,7 +7,6 @@ opposition turning the next report into a ZAM failure to the RIS. The same flows
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import pytest_twisted
@@ -56,7 +55,7 @@ async def _send(port_var: str, raw: bytes) -> str:
 
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
-async def test_the_report_flows_run_in_the_routing_process(tmp_path, monkeypatch):
+async def test_the_report_flows_run_in_the_routing_process(tmp_path):
     saved = dict(os.environ)
     pki = ensure_test_pki(tmp_path / "pki")
     sim = DmpSimulator(reactor, port=0, pki_dir=pki.directory, data_dir=tmp_path / "dmp-sim")
@@ -95,22 +94,12 @@ async def test_the_report_flows_run_in_the_routing_process(tmp_path, monkeypatch
         await until(lambda: any(b"REP-3" in raw and b"ZAM^Z01" in raw for raw in ris.received), 30, "the ZAM failure")
         assert len(sim.store.all()) == 1  # the opposed patient's report never reached the DMP
         assert '"process": "routing"' in engine.output() and "Traceback" not in engine.output()
-        # in a thread: the simulators and peers of this process keep answering while it stops
-        started = time.monotonic()
+        # In a thread: the simulators and peers of this process keep answering while it stops
+        # (terminate waits 20 s at most, then fails).
         assert await threads.deferToThread(engine.terminate) == 0
-        assert time.monotonic() - started < 20
     finally:
         if engine is not None:
-            engine.ensure_dead()
-            for line in engine.output().splitlines():
-                if '"routing.process_started"' in line:
-                    import json
-
-                    pid = json.loads(line)["pid"]
-                    try:
-                        os.kill(pid, 9)
-                    except ProcessLookupError:
-                        pass
+            engine.ensure_dead()  # and its routing processes, by PID
         for port in listening:
             await port.stopListening()
         await sim.stop()

@@ -166,16 +166,17 @@ def test_counter_increments_travel_once_and_bad_lines_are_ignored(tmp_path):
     assert parent.journal_events.labels("routed", "in")._value.get() == 2
 
 
-def test_the_intake_process_never_sends_whatever_wakes_its_workers(tmp_path):
-    """Its workers exist for their connectors (gauges, certificates, mailbox pollers): a wake-up
-    (a ZAM queued by a mailbox poller) is the routing process's to act on."""
+def test_the_intake_process_never_sends_whatever_wakes_its_dispatcher(tmp_path):
+    """Its connectors serve the queue gauges, the certificate watch and the mailbox pollers; its
+    dispatcher has no worker, so a wake-up (a ZAM queued by a mailbox poller) sends nothing here:
+    the routing process is told instead."""
     from engine.config.load import load_config
     from engine.service import INTAKE, Engine
 
     config = load_config(_config(tmp_path, 1))
     engine = Engine(config, tmp_path / "data", reactor, with_metrics=False, role=INTAKE)
     engine.dispatcher.wake(["ris"])
-    assert not engine.dispatcher.workers["ris"].busy
+    assert engine.dispatcher.workers == {} and "ris" in engine.connectors
     assert engine.routing_child is not None and engine.journal.on_received == engine.routing_child.wake
 
 
@@ -221,21 +222,22 @@ def test_a_routing_process_that_keeps_dying_young_is_restarted_less_and_less_oft
     """A broken install must not respawn a process every second for ever: the delay doubles
     while each one dies within LIVED_LONG of its start, a crash after a long life waits the
     first delay again, and stopping the engine ends the restarts."""
-    from engine.routing import process
+    from engine.childprocess import LIVED_LONG, RESTART_AFTER
+    from engine.routing.process import RoutingChild
 
     clock, metrics = _SpawningClock(), EngineMetrics(node="n")
-    child = process.RoutingChild(clock, ["pfi"], metrics)
+    child = RoutingChild(clock, ["pfi"], metrics)
     child.startService()
     for _ in range(7):  # each child exits at once
         child.child.processEnded(Failure(ProcessTerminated(exitCode=3)))
         clock.advance(child.restart_after)
     gaps = [b - a for a, b in zip(clock.spawned, clock.spawned[1:])]
     assert gaps == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
-    clock.advance(process.LIVED_LONG)  # this one lived long: a crash, not a failure to start
+    clock.advance(LIVED_LONG)  # this one lived long: a crash, not a failure to start
     child.child.processEnded(Failure(ProcessTerminated(signal=9)))
-    assert child.restart_after == process.RESTART_AFTER
+    assert child.restart_after == RESTART_AFTER
     child.stopService()  # its child has ended: nothing to signal
-    clock.advance(process.RESTART_AFTER)
+    clock.advance(RESTART_AFTER)
     assert len(clock.spawned) == 8  # the restart due when it stopped never came
     assert metrics.routing_process_restarts._value.get() == 7
     assert metrics.routing_process_up._value.get() == 0
