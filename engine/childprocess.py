@@ -8,6 +8,7 @@ stdin (`tell`); further descriptors it writes to reach `received`. A child that 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import structlog
@@ -111,3 +112,20 @@ class SupervisedChild(service.Service):
 
     def exited(self) -> None:
         """The current child has ended."""
+
+
+def stop_once_on_signals(reactor) -> None:
+    """Stop at SIGTERM/SIGINT as Twisted does, and ignore the next ones (call once the reactor
+    runs): a terminal's Ctrl-C reaches every process of the group and systemd signals every
+    process of the unit, so a child hears it besides its parent's SIGTERM, and Twisted logged a
+    ReactorNotRunning traceback at the second one. For `pfi run` and each child it starts."""
+    from twisted.internet import error
+
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except error.ReactorNotRunning:
+            pass
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: reactor.callFromThread(stop))

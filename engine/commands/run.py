@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ def run(args) -> int:
 
     reactor = _install_reactor()
 
+    from engine.childprocess import stop_once_on_signals
     from engine.commands.common import load_with_overrides
     from engine.errors import ConfigurationError
     from engine.log import configure_logging
@@ -65,7 +65,7 @@ def run(args) -> int:
         )
 
     reactor.callWhenRunning(start)
-    reactor.callWhenRunning(_stop_once_on_signals, reactor)
+    reactor.callWhenRunning(stop_once_on_signals, reactor)
     # Twisted turns SIGTERM/SIGINT into reactor.stop(); stop the tree before the reactor goes.
     reactor.addSystemEventTrigger("before", "shutdown", lambda: engine.stopService() if engine.running else None)
     console = config.engine.console
@@ -77,22 +77,6 @@ def run(args) -> int:
         reactor.addSystemEventTrigger("before", "shutdown", child.stopService)
     reactor.run()
     return 1 if failed else 0
-
-
-def _stop_once_on_signals(reactor) -> None:
-    """Stop at SIGTERM/SIGINT as Twisted does, and ignore the next ones: a terminal's Ctrl-C
-    reaches every process of the group and systemd signals every process of the unit, so the
-    routing process hears it besides its parent's SIGTERM (Twisted then logged a traceback)."""
-    from twisted.internet import error
-
-    def stop() -> None:
-        try:
-            reactor.stop()
-        except error.ReactorNotRunning:
-            pass
-
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: reactor.callFromThread(stop))
 
 
 def _role(args, config) -> str:

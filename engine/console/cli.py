@@ -31,6 +31,7 @@ def register(sub) -> None:
 def serve(args) -> int:
     from twisted.internet import defer, reactor
 
+    from engine.childprocess import stop_once_on_signals
     from engine.commands.common import data_dir_for, load_with_overrides
     from engine.config.engine import ConsoleSettings
     from engine.console.server import ConsoleServer, plaintext_refused
@@ -59,6 +60,7 @@ def serve(args) -> int:
         )
 
     reactor.callWhenRunning(start)
+    reactor.callWhenRunning(stop_once_on_signals, reactor)  # a child of `pfi run`: see there
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(server.stop()))
     reactor.run()
     return 1 if failed else 0

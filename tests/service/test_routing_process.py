@@ -31,7 +31,8 @@ from tests.support import EngineProcess, exchange, process_alive, sample_adt, sl
 ROUTING_STARTED = '"role": "routing", "event": "engine.started"'
 
 
-def _config(tmp_path, sink_port: int):
+def _config(tmp_path, sink_port: int, console: bool = False):
+    settings = {"routing_process": True, "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0}}
     return write_config(
         tmp_path / "cfg",
         {
@@ -39,7 +40,7 @@ def _config(tmp_path, sink_port: int):
             "ris": {"type": "mllp-out", "host": "127.0.0.1", "port": sink_port, "parallel_keys": 2},
         },
         routes=[{"name": "to-ris", "match": {"channel": "in"}, "steps": [{"deliver": {"to": ["ris"]}}]}],
-        engine={"routing_process": True, "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0}},
+        engine={**settings, "console": {"port": 0}} if console else settings,
     )
 
 
@@ -67,11 +68,11 @@ def _deliveries_done(engine: EngineProcess) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _engine_with_routing_process(tmp_path):
-    """`pfi run` with `routing_process: true` and a RIS answering AA; every process it started is
-    gone afterwards, whatever happened (by PID)."""
+async def _engine_with_routing_process(tmp_path, console: bool = False):
+    """`pfi run` with `routing_process: true` (and its console) and a RIS answering AA; every
+    process it started is gone afterwards, whatever happened (by PID)."""
     sink = MllpPeer("RIS")
-    engine = EngineProcess(_config(tmp_path, sink.listen(reactor)), tmp_path / "data")
+    engine = EngineProcess(_config(tmp_path, sink.listen(reactor), console), tmp_path / "data")
     try:
         engine.start(wait_for=ROUTING_STARTED)
         yield engine, sink
@@ -127,16 +128,22 @@ async def test_a_killed_routing_process_is_replaced_and_no_message_is_lost(tmp_p
 @pytest.mark.parametrize("how", ["terminate", "kill"])
 @pytest_twisted.ensureDeferred
 async def test_no_routing_process_outlives_the_engine(tmp_path, how):
-    """SIGTERM: the engine stops its child before its journal. SIGKILL: the child reads the end of
-    its stdin and stops by itself."""
-    async with _engine_with_routing_process(tmp_path) as (engine, sink):
+    """SIGTERM: the engine stops its children (routing, console) before its journal, each once
+    though a terminal's Ctrl-C reached it first. SIGKILL: the routing process reads the end of its
+    stdin and stops by itself."""
+    async with _engine_with_routing_process(tmp_path, console=how == "terminate") as (engine, sink):
         child = engine.routing_processes()[0]
         await _send(engine, ["S-1"])
         await until(lambda: "S-1" in _arrived(sink), 20, "the message at the RIS")
         if how == "terminate":
-            os.kill(child, signal.SIGINT)  # as a terminal's Ctrl-C to the group, before its parent's TERM
+            await until(lambda: '"console.started"' in engine.output(), 20, "the console")
+            [console] = [
+                json.loads(line)["pid"] for line in engine.output().splitlines() if "console.process_started" in line
+            ]
+            for pid in (child, console):
+                os.kill(pid, signal.SIGINT)  # as a terminal's Ctrl-C to the group, before their parent's TERM
             assert await threads.deferToThread(engine.terminate) == 0
-            assert not process_alive(child)
+            assert not process_alive(child) and not process_alive(console)
             assert "Traceback" not in engine.output()
         else:
             engine.kill()
