@@ -10,6 +10,12 @@ MAGIC `PFI2`: meta is the `marshal` of a tuple of the index fields in META_FIELD
 bytes), ~10x cheaper to encode than JSON on the writer thread. MAGIC `PFI1` (logs written before):
 meta is the JSON object of the same fields (the ack as a latin-1 string); both are read, only
 `PFI2` is written. Readers get the same dict from both.
+
+The bytes just past the log's end are kept written with zeros and synced, by a thread of their
+own (docs/journal.md, "The pre-zeroed log"): records are written over them, so the fdatasync
+before the ACK flushes data blocks only, where one that grows the file also commits the file
+system's own journal (its size and extents). The end of the log is where its records end; zeros
+after them are its clean end (recovery cuts them silently), anything else a torn tail.
 """
 
 from __future__ import annotations
@@ -18,9 +24,14 @@ import json
 import marshal
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+import structlog
+
+log = structlog.get_logger("engine.journal")
 
 SEGMENT_BYTES = 256 * 1024 * 1024
 MAGIC = b"PFI2"  # compact (marshal) meta; written
@@ -53,6 +64,12 @@ _MARSHAL_VERSION = 4  # fixed, so that a newer Python writes what an older one r
 _HEADER = struct.Struct(">4sIII")
 META_ALLOWANCE = 1024  # bytes read past a record's raw size for its meta (an ADT's is ~300)
 _IOV_MAX = 1020  # below the usual IOV_MAX of 1024
+#: How far past the log's end the zeros reach (never past the segment's size). Measured on this
+#: machine's virtual disk, one write + fdatasync: 120 µs (44 µs CPU) over synced zeros, 225 µs
+#: (90 µs CPU) growing the file. A refill starts once half of it is used.
+ZERO_AHEAD = 4 << 20
+_ZEROS = bytes(1 << 20)  # zeros are written and synced this much at a time
+ZERO_RETRY = 1.0  # seconds before zeroing again after a failure (a full disk, an I/O error)
 
 
 class CorruptRecord(OSError):
@@ -67,9 +84,15 @@ class PayloadStore:
         self._segment = 0
         self._size = 0
         self._dirty = False
-        # The file's size is known to be `_size` (just opened or checked); False after a failed
-        # write or rollback, so the next append checks it (one fstat) instead of every append.
+        # The file's end is known (just opened or checked): `_size` bytes of records, then zeros
+        # up to `_allocated`. False after a failed write or rollback, so the next append checks it
+        # (one fstat) instead of every append.
         self._end_known = False
+        self._allocated = 0
+        # Held by the zero-fill thread while it writes past `_allocated`, and by the writer when
+        # it writes there itself, changes segment or cuts the file: never both at the same bytes.
+        self._fill_lock = threading.Lock()
+        self._filler: _ZeroFiller | None = None
         self._readers: dict[int, int] = {}
 
     def open(self) -> None:
@@ -83,13 +106,25 @@ class PayloadStore:
         return self.directory / f"seg-{segment:08d}.dat"
 
     def _open_segment(self, segment: int) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        self._segment = segment
-        self._size = os.fstat(self._fd).st_size
-        self._end_known = True
+        with self._fill_lock:
+            if self._fd >= 0:
+                self._cut_zeros()
+                os.close(self._fd)
+            # Not O_APPEND: records are written at `_size`, over the zeros that follow it.
+            self._fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT, 0o640)
+            self._segment = segment
+            self._size = self._allocated = os.fstat(self._fd).st_size
+            self._end_known = True
         _fsync_dir(self.directory)
+
+    def _cut_zeros(self) -> None:
+        """The segment ends with its last record (at a segment change and on close)."""
+        if self._end_known and self._allocated > self._size:
+            try:
+                os.ftruncate(self._fd, self._size)
+                self._allocated = self._size
+            except OSError:  # zeros left after the records are the log's clean end all the same
+                pass
 
     def append(self, meta: dict | tuple, raw: bytes) -> tuple[int, int, int]:
         """Write one record (not yet durable: call sync()); returns (segment, offset, crc)."""
@@ -125,23 +160,51 @@ class PayloadStore:
             group = chunks[start : start + _IOV_MAX]
             total = sum(map(len, group))
             self._end_known = False  # until this write is whole
-            written = os.writev(self._fd, group) if group else 0
-            if written < total:  # a short write: finish it by hand
-                rest = memoryview(b"".join(group))[written:]
-                while rest:
-                    rest = rest[os.write(self._fd, rest) :]
-            self._size += total
+            if self._size + total <= self._allocated:
+                self._write_at(group, total)  # over zeros: the fill thread only writes past them
+            else:
+                with self._fill_lock:  # past the zeros: the fill thread must not write there now
+                    self._write_at(group, total)
+                    self._allocated = max(self._allocated, self._size)
             self._dirty = self._dirty or total > 0
             self._end_known = True
+        if self._allocated - self._size < ZERO_AHEAD // 2 and self._allocated < self.segment_bytes:
+            self._want_zeros()
+
+    def _write_at(self, group: list[bytes], total: int) -> None:
+        """One pwritev at the log's end; a short write is finished by hand."""
+        written = os.pwritev(self._fd, group, self._size) if group else 0
+        if written < total:
+            rest, position = memoryview(b"".join(group))[written:], self._size + written
+            while rest:
+                count = os.pwrite(self._fd, rest, position)
+                rest, position = rest[count:], position + count
+        self._size += total
+
+    def _want_zeros(self) -> None:
+        if self._filler is None:  # started by the first append: readers and tools never need it
+            self._filler = _ZeroFiller(self._fill_zeros)
+        self._filler.want()
+
+    def _fill_zeros(self) -> None:
+        """In the fill thread: zeros up to ZERO_AHEAD past the log's end, each MiB synced."""
+        while True:
+            with self._fill_lock:
+                target = min(self._size + ZERO_AHEAD, self.segment_bytes)
+                if self._fd < 0 or not self._end_known or self._allocated >= target:
+                    return
+                written = os.pwrite(self._fd, _ZEROS[: target - self._allocated], self._allocated)
+                os.fdatasync(self._fd)
+                self._allocated += written
 
     def rollback_to(self, segment: int, offset: int) -> None:
         """Leave the log exactly as it was before a failed batch (a full disk, an I/O error): the
         segments the batch opened are removed, the batch's segment is truncated back to `offset`
-        and its size checked. The size the store keeps must be the file's: the file is in append
-        mode, so any stray byte left would shift every later record away from its indexed offset.
-        Raises OSError if the log could not be restored; the next append tries again first."""
+        (its zeros with it) and its size checked: no stray byte of the failed batch may be left
+        past the end, where recovery would take it for a record. Raises OSError if the log could
+        not be restored; the next append tries again first."""
         self._size = offset  # what the file must be, whatever happens below
-        self._end_known = False
+        self._end_known = False  # the zeros go too: the fill thread waits for `_check_end`
         for newer in [s for s in self.segments() if s > segment]:
             self._forget_reader(newer)
             self._path(newer).unlink(missing_ok=True)  # only the failed batch wrote there
@@ -152,16 +215,18 @@ class PayloadStore:
 
     def _check_end(self) -> None:
         """The file ends where the store thinks it does, or is made to (stray bytes of a failed
-        write are cut); raises OSError when that is impossible, so nothing is appended at an
-        offset the index would not know."""
-        actual = os.fstat(self._fd).st_size
-        if actual != self._size:
-            os.ftruncate(self._fd, self._size)
+        write are cut, and the zeros after them); raises OSError when that is impossible, so
+        nothing is appended at an offset the index would not know."""
+        with self._fill_lock:
             actual = os.fstat(self._fd).st_size
             if actual != self._size:
-                raise OSError(f"segment {self._segment} is {actual} bytes, {self._size} expected")
-            self._dirty = True
-        self._end_known = True
+                os.ftruncate(self._fd, self._size)
+                actual = os.fstat(self._fd).st_size
+                if actual != self._size:
+                    raise OSError(f"segment {self._segment} is {actual} bytes, {self._size} expected")
+                self._dirty = True
+            self._allocated = self._size
+            self._end_known = True
 
     def _forget_reader(self, segment: int) -> None:
         fd = self._readers.pop(segment, None)
@@ -240,7 +305,8 @@ class PayloadStore:
 
         Damaged bytes give (segment, offset, None, resume): `resume` is the offset of the next
         valid record of that segment, or None when nothing valid follows (a torn tail, which the
-        caller may cut). Good records after damaged bytes are never given up."""
+        caller may cut; or the zeros ahead of the log's end, `zeros_from` says). Good records
+        after damaged bytes are never given up."""
         for number in [s for s in self.segments() if s >= segment]:
             position = offset if number == segment else 0
             size = os.path.getsize(self._path(number))
@@ -281,9 +347,19 @@ class PayloadStore:
         return self._read_at(segment, offset)[2]
 
     def truncate(self, segment: int, offset: int) -> None:
-        os.truncate(self._path(segment), offset)
-        if segment == self._segment:
-            self._size = offset
+        with self._fill_lock:
+            os.truncate(self._path(segment), offset)
+            if segment == self._segment:
+                self._size = self._allocated = offset
+
+    def zeros_from(self, segment: int, offset: int) -> bool:
+        """Only zeros from `offset` to the end of `segment`: the log's clean end, not a torn tail."""
+        fd, position = self._reader(segment), offset
+        while chunk := os.pread(fd, len(_ZEROS), position):
+            if chunk.count(0) != len(chunk):
+                return False
+            position += len(chunk)
+        return True
 
     def remove(self, segment: int) -> None:
         """Delete a whole segment (retention); never the one being written."""
@@ -294,6 +370,11 @@ class PayloadStore:
         _fsync_dir(self.directory)
 
     def close(self) -> None:
+        if self._filler is not None:
+            self._filler.stop()
+            self._filler = None
+        if self._fd >= 0:
+            self._cut_zeros()
         for fd in [self._fd, *self._readers.values()]:
             if fd >= 0:
                 os.close(fd)
@@ -326,6 +407,43 @@ def decode_meta(magic: bytes, data: bytes) -> dict:
     meta = dict(zip(META_FIELDS, values))
     meta["ack"] = (meta["ack"] or b"").decode("latin-1")
     return meta
+
+
+class _ZeroFiller:
+    """The thread that writes the zeros ahead of the log when the writer asks (`want`)."""
+
+    def __init__(self, fill: Callable[[], None]):
+        self._fill = fill
+        self._wanted = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="journal-zero-fill", daemon=True)
+        self._thread.start()
+
+    def want(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wanted.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        failing = False
+        while self._wanted.wait() and not self._stopped.is_set():
+            self._wanted.clear()
+            try:
+                self._fill()
+            except OSError as exc:
+                # Records are then written past the zeros, as without them, and fail there when
+                # they must (an AR for the batch). Said once per run of failures.
+                if not failing:
+                    log.warning("journal.zero_fill_failed", error=str(exc))
+                failing = True
+                if self._stopped.wait(ZERO_RETRY):
+                    return
+                self._wanted.set()
+            else:
+                failing = False
 
 
 def _fsync_dir(directory: Path) -> None:

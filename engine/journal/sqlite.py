@@ -204,8 +204,10 @@ class SQLiteJournal(GroupCommitWriter):
         """Recovery met unreadable bytes: a torn tail (nothing valid after) was never synced, so
         never acknowledged, and is cut; damage with good records after it is kept and reported."""
         if resume is None:
+            clean = store.zeros_from(segment, offset)  # the zeros written ahead of the log
             store.truncate(segment, offset)
-            log.warning("journal.torn_tail_truncated", segment=segment, offset=offset)
+            if not clean:
+                log.warning("journal.torn_tail_truncated", segment=segment, offset=offset)
         else:
             log.error("journal.damaged_bytes_skipped", segment=segment, offset=offset, resume=resume)
 

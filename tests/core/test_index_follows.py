@@ -56,7 +56,7 @@ async def test_an_acknowledged_record_is_in_the_log_before_the_index(journal):
     stored = await append(journal, 3)
     assert [r.state for r in stored] == [RECEIVED] * 3
     assert indexed_uids(journal.data_dir) == []  # answered, not indexed yet
-    logged = [meta["uid"] for _, _, meta, _ in journal.payloads.scan_from(1, 0)]
+    logged = [meta["uid"] for _, _, meta, _ in journal.payloads.scan_from(1, 0) if meta]  # then the zeros
     assert logged == ["U-0", "U-1", "U-2"]
     await journal.indexed()
     assert indexed_uids(journal.data_dir) == ["U-0", "U-1", "U-2"]
