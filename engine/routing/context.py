@@ -5,7 +5,10 @@ from __future__ import annotations
 from functools import cached_property
 
 from engine.docrequest.consistency import entity_id
+from engine.hl7.path import compile_path
 from engine.hl7.scan import Header, scan
+
+_HEAD_SEGMENTS = ("MSH", "PID")
 
 
 class MessageContext:
@@ -35,8 +38,20 @@ class MessageContext:
         except RequestError:
             return None
 
+    @cached_property
+    def head(self):
+        """MSH and the first PID, read as the full parse reads them (Message.parse_head)."""
+        from engine.hl7.message import Message
+
+        return Message.parse_head(self.raw)
+
     def get(self, path: str) -> str:
-        return self.message.get(path) or ""
+        compiled = compile_path(path)
+        # A path into MSH or the first PID (a FIFO key: PID-3.1) needs no full parse, unless
+        # one was made already.
+        if compiled.segment in _HEAD_SEGMENTS and not compiled.selectors and "message" not in self.__dict__:
+            return compiled.get(self.head) or ""
+        return compiled.get(self.message) or ""
 
     def get_all(self, path: str) -> list[str]:
         return self.message.get_all(path)
