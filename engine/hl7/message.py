@@ -198,10 +198,10 @@ class Message:
         if "\x0b" in text or "\x1c" in text:
             return cls.parse(raw)
         msh_end = _line_end(text, 0)
-        lines = [text[:msh_end]]
-        pid = _first_line(text, "PID" + enc.field)
         if not _next_starts_segment(text, msh_end, enc.field):
             return cls.parse(raw)
+        lines = [text[:msh_end]]
+        pid = _first_line(text, "PID" + enc.field)
         if pid >= 0:
             pid_end = _line_end(text, pid)
             if not _next_starts_segment(text, pid_end, enc.field):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from engine.docrequest.consistency import entity_id
+from engine.hl7.message import Message
 from engine.hl7.path import compile_path
 from engine.hl7.scan import Header, scan
 
@@ -20,9 +21,7 @@ class MessageContext:
         return scan(self.raw)
 
     @cached_property
-    def message(self):
-        from engine.hl7.message import Message
-
+    def message(self) -> Message:
         return Message.parse(self.raw)
 
     @cached_property
@@ -39,10 +38,8 @@ class MessageContext:
             return None
 
     @cached_property
-    def head(self):
+    def head(self) -> Message:
         """MSH and the first PID, read as the full parse reads them (Message.parse_head)."""
-        from engine.hl7.message import Message
-
         return Message.parse_head(self.raw)
 
     def get(self, path: str) -> str:
