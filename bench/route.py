@@ -2,13 +2,19 @@
 ACK, for 1 route -> 1 MLLP destination and 1 route -> 3 destinations, beside intake alone, and
 1 -> 1 with `routing_process: true` (routing and deliveries in a child process of the engine).
 
-    .venv/bin/python bench/route.py [--seconds 3] [--connections 8]
+    .venv/bin/python bench/route.py [--seconds 3] [--connections 8] [--rounds 3]
+
+Each round runs the four scenarios one after the other; the table gives the medians over the
+rounds, and "vs intake" is the median of each round's ratio to the intake run of the same round:
+the speed of a shared machine drifts by up to 1.5x within minutes, so only runs made a few seconds
+apart are compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +33,7 @@ SINK_PORTS = (24101, 24102, 24103)
 
 def write_config(workdir: Path, destinations: int, routing_process: bool = False) -> Path:
     cfg = workdir / "cfg"
-    (cfg / "channels").mkdir(parents=True)
+    (cfg / "channels").mkdir(parents=True, exist_ok=True)  # the same scenario's config again each round
     (cfg / "channels" / "in.yaml").write_text(f"type: mllp-in\nport: {ENGINE_PORT}\n")
     names = []
     for i in range(destinations):
@@ -114,41 +120,60 @@ async def scenario(
     }
 
 
+SCENARIOS = (
+    ("intake only (no route)", 0, False),
+    ("1 route -> 1 destination", 1, False),
+    ("1 route -> 3 destinations", 3, False),
+    ("1 -> 1, routing process", 1, True),
+)
+
+
+async def one_round(workdir: Path, connections: int, seconds: float) -> list[dict]:
+    """Each scenario once, in SCENARIOS order, with its ratio to this round's intake run."""
+    results = [await scenario(workdir, n, connections, seconds, split) for _, n, split in SCENARIOS]
+    for result in results:
+        result["vs_intake"] = result["rate"] / results[0]["rate"]
+    return results
+
+
+def print_table(rounds: list[list[dict]], connections: int) -> None:
+    print(f"\nRouting benchmark - ADT ~1KB, {connections} connections, journal: {DURABILITY}")
+    print(f"medians of {len(rounds)} rounds; vs intake: median of each round's ratio to its own intake run")
+    print(
+        f"{'scenario':<28} {'msg/s':>8} {'µs/msg':>7} {'ACK->dest p50 ms':>17} {'p99 ms':>8} "
+        f"{'delivered':>11} {'vs intake':>9} {'(each round)':>16}"
+    )
+    for i, (name, destinations, _) in enumerate(SCENARIOS):
+        runs = [r[i] for r in rounds]
+        med = {key: statistics.median(run[key] for run in runs) for key in ("rate", "cpu", "p50", "p99", "vs_intake")}
+        delivered = f"{sum(r['delivered'] for r in runs)}/{sum(r['acked'] * destinations for r in runs)}"
+        each = " ".join(f"{r['vs_intake']:.0%}" for r in runs)
+        if not destinations:
+            delivered, p50, p99 = "-", "-", "-"
+        else:
+            p50, p99 = f"{med['p50']:.1f}", f"{med['p99']:.1f}"
+        print(
+            f"{name:<28} {med['rate']:>8.0f} {med['cpu']:>7.0f} {p50:>17} {p99:>8} "
+            f"{delivered:>11} {med['vs_intake']:>9.0%} {each:>16}"
+        )
+    print(
+        "µs/msg: the engine's CPU (all threads of its processes, from /proc) per message received, until all"
+        " were delivered. routing process: `routing_process: true` (routing and deliveries in a child process)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each scenario, interleaved")
     args = parser.parse_args()
     (ROOT / "var").mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="pfi-route-bench-", dir=ROOT / "var"))
 
     async def run(_reactor):
-        intake = await scenario(workdir, 0, args.connections, args.seconds)
-        one = await scenario(workdir, 1, args.connections, args.seconds)
-        three = await scenario(workdir, 3, args.connections, args.seconds)
-        split = await scenario(workdir, 1, args.connections, args.seconds, routing_process=True)
-        print(f"\nRouting benchmark - ADT ~1KB, {args.connections} connections, journal: {DURABILITY}")
-        print(
-            f"{'scenario':<28} {'msg/s':>8} {'µs/msg':>7} {'ACK->dest p50 ms':>17} {'p99 ms':>8} "
-            f"{'delivered':>10} {'vs intake':>9}"
-        )
-        print(
-            f"{'intake only (no route)':<28} {intake['rate']:>8.0f} {intake['cpu']:>7.0f} {'-':>17} {'-':>8} "
-            f"{'-':>10} {'100%':>9}"
-        )
-        for name, r, n in (
-            ("1 route -> 1 destination", one, 1),
-            ("1 route -> 3 destinations", three, 3),
-            ("1 -> 1, routing process", split, 1),
-        ):
-            print(
-                f"{name:<28} {r['rate']:>8.0f} {r['cpu']:>7.0f} {r['p50']:>17.1f} {r['p99']:>8.1f} "
-                f"{r['delivered']:>5}/{r['acked'] * n:<5} {r['rate'] / intake['rate']:>8.0%}"
-            )
-        print(
-            "µs/msg: the engine's CPU (all threads of its processes, from /proc) per message received, until all"
-            " were delivered. routing process: `routing_process: true` (routing and deliveries in a child process)."
-        )
+        rounds = [await one_round(workdir, args.connections, args.seconds) for _ in range(args.rounds)]
+        print_table(rounds, args.connections)
 
     try:
         task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))
