@@ -362,6 +362,10 @@ class DestinationWorker:
         #: the destination is paused (queue.pause_state): nothing is claimed until `pfi resume`
         self.paused = False
         self._counters: dict = {}  # outcome -> its child of the deliveries counter
+        self._parts: set[defer.Deferred] = set()  # lane parts handed over and not finished
+        self._unsent = 0  # deliveries claimed and handed to the lanes, not yet through
+        self._has_moved = False
+        self._move: defer.Deferred | None = None  # what the drain waits on (_moved fires it)
 
     @property
     def busy(self) -> bool:
@@ -369,7 +373,10 @@ class DestinationWorker:
         return self._running
 
     def wake(self) -> None:
-        if self._stopped or self._running:
+        if self._stopped:
+            return
+        if self._running:  # draining: take the new work as soon as there is room for it
+            self._moved()
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -378,6 +385,7 @@ class DestinationWorker:
     async def stop(self) -> None:
         """Finish the send in flight and record it (a clean stop re-sends nothing)."""
         self._stopped = True
+        self._moved()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         draining = getattr(self, "_draining", None)
@@ -388,33 +396,82 @@ class DestinationWorker:
             await close()
 
     async def _drain(self) -> None:
+        """Claim and send until the queue is empty. Claims run while the lanes send: each lane
+        takes its share of a batch as soon as it is through with its earlier shares, so no lane
+        waits for a claim nor for a slower lane; at most about two batches are claimed unsent."""
         self._running = True
-        journal, clock, node = self.dispatcher.journal, self.dispatcher.clock, self.dispatcher.node
+        lanes: dict[int, defer.Deferred] = {}  # lane -> its last part handed over
+        limit = self.dispatcher.claim_limit
         try:
             while not self._stopped and not await self._check_paused():
-                lease_until = time.time() + journal.lease  # wall clock: other nodes read it
-                claimed = await journal.submit(
-                    lambda c, s: _claim_with_payloads(
-                        c,
-                        s,
-                        self.name,
-                        clock.seconds(),
-                        node,
-                        lease_until,
-                        journal.dialect,
-                        self.dispatcher.claim_limit,
-                    ),
-                    logged=True,
-                )
-                if not claimed:
+                self._has_moved = False
+                claimed = await self._claim(limit) if self._unsent < limit else []
+                if claimed:
+                    self._hand_to_lanes(claimed, lanes)
+                elif not self._parts:
                     break
-                await self._attempt_batch(claimed)
+                elif not self._has_moved:  # a part finished or work arrived while claiming: look again
+                    await self._next_move()
         except Exception as exc:
             log.exception("delivery.worker_failed", destination=self.name, error=str(exc))
         finally:
+            await defer.DeferredList(list(self._parts))  # the sends in flight finish and are recorded
             self._running = False
         if not self._stopped:
             await self._sleep_until_due()
+
+    async def _claim(self, limit: int) -> list:
+        journal, clock, node = self.dispatcher.journal, self.dispatcher.clock, self.dispatcher.node
+        lease_until = time.time() + journal.lease  # wall clock: other nodes read it
+        return await journal.submit(
+            lambda c, s: _claim_with_payloads(
+                c, s, self.name, clock.seconds(), node, lease_until, journal.dialect, limit
+            ),
+            logged=True,
+        )
+
+    def _hand_to_lanes(self, claimed: list, lanes: dict) -> None:
+        """Split the batch into the connector's lanes (a key always maps to the same lane, so FIFO
+        per key holds, across batches too: a claim never takes a key with a send in flight) and
+        queue each part behind its lane's previous part."""
+        count = max(int(getattr(self.connector, "lanes", 1)), 1)
+        parts: dict[int, list] = {}
+        for item in claimed:
+            parts.setdefault(lane_of(item[0].fifo_key, count) if count > 1 else 0, []).append(item)
+        for lane, part in parts.items():
+            lanes[lane] = d = defer.Deferred.fromCoroutine(self._lane_part(lanes.get(lane), part))
+            if not d.called:
+                self._parts.add(d)
+                d.addBoth(self._part_done, d)
+
+    async def _lane_part(self, previous: defer.Deferred | None, part: list) -> None:
+        """Attempt `part` once the lane's previous part is through. Never fails: a fault is logged
+        and the lane's next parts still get their turn."""
+        self._unsent += len(part)
+        try:
+            if previous is not None:
+                await previous
+            await self._attempt_lane(part)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("delivery.worker_failed", destination=self.name, error=str(exc))
+        finally:
+            self._unsent -= len(part)
+
+    def _part_done(self, result, part: defer.Deferred) -> None:
+        self._parts.discard(part)
+        self._moved()
+        return result
+
+    def _moved(self) -> None:
+        """A part finished, new work was queued or the worker stops: the drain looks again."""
+        self._has_moved = True
+        waiter, self._move = self._move, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def _next_move(self) -> defer.Deferred:
+        self._move = defer.Deferred()
+        return self._move
 
     async def _check_paused(self) -> bool:
         """Only connectors that can pause their destination (a refused certificate) pay for the
@@ -423,18 +480,6 @@ class DestinationWorker:
             state = await self.dispatcher.journal.submit(lambda c, s: queue.pause_state(c, self.name))
             self.paused = state is not None
         return self.paused
-
-    async def _attempt_batch(self, claimed: list) -> None:
-        """Split the batch into the connector's lanes (a key always maps to the same lane, so
-        FIFO per key holds) and send the lanes concurrently."""
-        lanes = max(int(getattr(self.connector, "lanes", 1)), 1)
-        if lanes == 1:
-            await self._attempt_lane(claimed)
-            return
-        parts: list[list] = [[] for _ in range(lanes)]
-        for item in claimed:
-            parts[lane_of(item[0].fifo_key, lanes)].append(item)
-        await defer.DeferredList([defer.Deferred.fromCoroutine(self._attempt_lane(p)) for p in parts if p])
 
     async def _attempt_lane(self, claimed: list) -> None:
         """Send in order; successes are recorded together, failures at once. After a retry of one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest_twisted
+from twisted.internet import defer
 import structlog.testing
 
 from engine.journal.reader import JournalReader
@@ -403,3 +404,105 @@ async def test_a_follow_up_whose_write_fails_stays_due_and_the_sweep_applies_it_
         await engine.stopService()
         await dest.close()
         await after.close()
+
+
+class OneAckHeld(RecordingPeer):
+    """Answers at once, except the first message of `held_id`: its ACK waits for `release()`."""
+
+    def __init__(self, held_id: str):
+        super().__init__()
+        self.held_id, self.waiting = held_id, None
+
+    def on_message(self, transport, raw: bytes) -> None:
+        from engine.hl7.scan import scan
+
+        if self.waiting is None and scan(raw).control_id == self.held_id:
+            self.received.append(raw)
+            self.waiting = (transport, raw)
+            return
+        super().on_message(transport, raw)
+
+    def release(self) -> None:
+        from engine.mllp.framing import frame
+        from engine.sim.mllp import ack_for
+
+        transport, raw = self.waiting
+        transport.write(frame(ack_for(raw, "AA", self.name)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lane_waiting_for_its_ack_leaves_the_other_lanes_sending(tmp_path):
+    """Claims go on while a send is in flight: with batches of two, the keys of the other lane
+    are sent while one lane's ACK is held, and the held key's next message waits for it."""
+    dest = OneAckHeld("SLOW-0")
+    pd = await dest.listen()
+    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest", "key": "PID-3.1"}}]}]
+    channels = {"in": inbound(), "dest": out(pd, parallel_keys=2, ack_timeout=20)}
+    engine = await _engine(tmp_path, channels, routes)
+    engine.dispatcher.claim_limit = 2
+    client = await client_for(engine, "in")
+    try:
+        # lane_of: SLOW and K1 go to lane 1, K4..K7 to lane 0 (crc32 % 2)
+        await exchange(client, sample_adt("SLOW-0").replace("IPP001", "SLOW").encode())
+        await until(lambda: dest.waiting is not None, what="the held send")
+        await exchange(client, sample_adt("SLOW-1").replace("IPP001", "SLOW").encode())
+        others = [(f"F-{i}", f"K{4 + i % 4}") for i in range(8)]
+        for control_id, key in others:
+            await exchange(client, sample_adt(control_id).replace("IPP001", key).encode())
+        await until(lambda: set(dest.control_ids()) >= {c for c, _ in others}, what="the other lane's sends")
+        assert "SLOW-1" not in dest.control_ids()  # FIFO per key: behind the send in flight
+        dest.release()
+        await until(lambda: "SLOW-1" in dest.control_ids(), what="the held key's next message")
+        got = dest.control_ids()
+        assert got.count("SLOW-0") == 1 and got.index("SLOW-0") < got.index("SLOW-1")
+        assert sorted(got) == sorted(["SLOW-0", "SLOW-1", *(c for c, _ in others)])  # each once
+    finally:
+        client.close()
+        await engine.stopService()
+        await dest.close()
+
+
+def _sending(data_dir) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{data_dir / 'journal' / 'journal.sqlite'}?mode=ro", uri=True) as db:
+        return db.execute("SELECT count(*) FROM deliveries WHERE state='sending'").fetchone()[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clean_stop_gives_back_the_deliveries_claimed_behind_a_send_in_flight(tmp_path):
+    """One connection: the next batch, claimed while the first send waits for its ACK, queues
+    behind it. Stopping then finishes and records the send in flight, gives the others back
+    unsent, and the next start sends each of them once."""
+    dest = OneAckHeld("SLOW-0")
+    pd = await dest.listen()
+    routes = [{"name": "r", "match": {"channel": "in"}, "steps": [{"deliver": {"to": "dest", "key": "PID-3.1"}}]}]
+    channels = {"in": inbound(), "dest": out(pd, ack_timeout=20)}
+    engine = await _engine(tmp_path, channels, routes)
+    client = await client_for(engine, "in")
+    others = [f"F-{i}" for i in range(4)]
+    try:
+        await exchange(client, sample_adt("SLOW-0").replace("IPP001", "SLOW").encode())
+        await until(lambda: dest.waiting is not None, what="the held send")
+        for control_id in others:
+            await exchange(client, sample_adt(control_id).replace("IPP001", control_id).encode())
+        await until(lambda: _sending(tmp_path / "data") == 1 + len(others), what="claimed behind it")
+    finally:
+        client.close()
+    stopping = defer.ensureDeferred(engine.stopService())
+    await sleep(0.2)
+    assert not stopping.called  # the send in flight is waited for
+    dest.release()
+    await stopping
+    assert dest.control_ids() == ["SLOW-0"]
+    sent = [c for c, s in states(engine) if s == "sent"]
+    assert sent == ["SLOW-0"] and _sending(tmp_path / "data") == 0
+
+    again = await _engine(tmp_path / "again", channels, routes, data_dir=tmp_path / "data")
+    try:
+        await until(lambda: sorted(dest.control_ids()) == sorted(["SLOW-0", *others]), what="the rest, once")
+        await sleep(0.2)
+        assert sorted(dest.control_ids()) == sorted(["SLOW-0", *others])
+    finally:
+        await again.stopService()
+        await dest.close()
