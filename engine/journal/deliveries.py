@@ -264,7 +264,7 @@ def claim_batch(
 ) -> list[Delivery]:
     """Up to `limit` due deliveries in send order. A delivery enters the batch only if every older
     pending or sending delivery of its key is already in the batch: rows skipped by the candidate
-    query (not yet due, in flight, or locked by another node's claim) hold their key back."""
+    query (not yet due, in flight, held, or locked by another node's claim) hold their key back."""
     # Rows queued behind a send in flight or a retry backing off are not even candidates: a long
     # queue of one blocked key must not fill the window and starve the other keys.
     rows = [
@@ -280,11 +280,31 @@ def claim_batch(
             " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination=d.destination AND o.fifo_key=d.fifo_key"
             " AND o.state=? AND o.next_attempt>? AND o.id<d.id)"
             f" ORDER BY id LIMIT ?{dialect.lock_rows}",
-            (destination, PENDING, now, SENDING, HELD, PENDING, now, limit * 4),
+            # A window wider than the batch only where rows may be left out for a key held back.
+            (destination, PENDING, now, SENDING, HELD, PENDING, now, limit * 4 if dialect.lock_rows else limit),
         ).fetchall()
     ]
     if not rows:
         return []
+    batch = _oldest_of_their_keys(conn, destination, rows, limit) if dialect.lock_rows else rows
+    lease_until = now + 300.0 if lease_until is None else lease_until
+    # One statement for the batch, not one per row: each SQLite step hands the GIL over.
+    ids = [d.id for d in batch]
+    for start in range(0, len(ids), 400):  # SQLite's bound-parameter limit
+        chunk = ids[start : start + 400]
+        conn.execute(
+            f"UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id IN ({_marks(chunk)})",
+            (SENDING, node, lease_until, now, *chunk),
+        )
+    return batch
+
+
+def _oldest_of_their_keys(conn, destination: str, rows: list[Delivery], limit: int) -> list[Delivery]:
+    """The candidates whose every older open delivery of their key is taken before them. Only a
+    journal whose claims skip rows (another node's claim holds them) needs this look: on SQLite
+    the candidate query sees every row, and its two NOT EXISTS already leave out any row with an
+    older one of its key in flight, held or not yet due; the older due ones are candidates
+    before it, in id order."""
     open_ids = _open_ids_by_key(conn, destination, {d.fifo_key for d in rows}, rows[-1].id)
     batch: list[Delivery] = []
     taken: dict[str, int] = {}
@@ -297,15 +317,6 @@ def claim_batch(
         batch.append(delivery)
         if len(batch) >= limit:
             break
-    lease_until = now + 300.0 if lease_until is None else lease_until
-    # One statement for the batch, not one per row: each SQLite step hands the GIL over.
-    ids = [d.id for d in batch]
-    for start in range(0, len(ids), 400):  # SQLite's bound-parameter limit
-        chunk = ids[start : start + 400]
-        conn.execute(
-            f"UPDATE deliveries SET state=?, node=?, lease_until=?, updated_at=? WHERE id IN ({_marks(chunk)})",
-            (SENDING, node, lease_until, now, *chunk),
-        )
     return batch
 
 
