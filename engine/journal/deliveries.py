@@ -464,22 +464,23 @@ def finish_all(
     node: str,
     now: float,
     retry_at: float | None = None,
-    follow_ups: Container = (),
+    follow_ups: Container | None = None,
 ) -> list[str | None]:
     """`finish` for each (delivery, detail) or (delivery, detail, failure error) of `results`, in
     order; successes (the common case) in a few statements for the whole list instead of three
-    per delivery."""
+    per delivery. Given `follow_ups` (the (route, step, kind) with steps to run), a success is
+    looked at for its follow-ups only if its step has some; without it, every one is."""
     if outcome != "done":
         return [
-            finish(conn, r[0], outcome, r[1], node, now, retry_at, follow_ups, r[2] if len(r) > 2 else None)
+            finish(conn, r[0], outcome, r[1], node, now, retry_at, follow_ups or (), r[2] if len(r) > 2 else None)
             for r in results
         ]
-    kinds = _finish_done(conn, results, node, now)
-    mark_follow_ups(conn, [(r[0], k) for r, k in zip(results, kinds) if k], follow_ups)
+    kinds = _finish_done(conn, results, node, now, follow_ups)
+    mark_follow_ups(conn, [(r[0], k) for r, k in zip(results, kinds) if k], follow_ups or ())
     return kinds
 
 
-def _finish_done(conn, results: list, node: str, now: float) -> list[str | None]:
+def _finish_done(conn, results: list, node: str, now: float, follow_ups: Container | None) -> list[str | None]:
     if not results:
         return []
     ids = [d.id for d, _ in results]
@@ -501,6 +502,10 @@ def _finish_done(conn, results: list, node: str, now: float) -> list[str | None]
     journal_events.write(
         conn, [(d.message_uid, now, "sent", d.destination, f"delivery {d.id}: {detail}", node) for d, detail in results]
     )
+    if follow_ups is not None:  # a step with nothing to run after it needs no look at its siblings
+        results = [(d, detail) for d, detail in results if (d.route, d.step, "on_success") in follow_ups]
+        if not results:
+            return [None] * len(ids)
     uids = sorted({d.message_uid for d, _ in results})
     still_open = {
         tuple(row)
