@@ -24,7 +24,12 @@ def always(code: str) -> Answer:
 
 def ack_for(raw: bytes, code: str, sender: str = "PEER") -> bytes:
     """The ACK a destination sends for `raw` (MSA-2 = its MSH-10)."""
-    control_id = escape(scan(raw).control_id[:199])
+    return ack_for_control_id(scan(raw).control_id, code, sender)
+
+
+def ack_for_control_id(control_id: str, code: str, sender: str = "PEER") -> bytes:
+    """The ACK of the message whose MSH-10 is `control_id` (for a peer that scanned it already)."""
+    control_id = escape(control_id[:199])
     return (
         f"MSH|^~\\&|{sender}|X|PFI|Y|{time.strftime('%Y%m%d%H%M%S')}||ACK|A{control_id}|P|2.5\r"
         f"MSA|{code}|{control_id}\r"
