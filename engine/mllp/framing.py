@@ -13,6 +13,22 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 
 
+_FS = b"\x1c"
+
+
+def _find_end_block(buf, start: int) -> int:
+    """Where the first end block (FS CR) at or after `start` begins, or -1. A search for the FS
+    byte alone (memchr), then a look at the byte after it: CPython's search for the two bytes
+    together scans ~70x slower (33 µs in a 40 KB report, 0.5 µs this way)."""
+    while True:
+        fs = buf.find(_FS, start)
+        if fs < 0 or fs + 1 >= len(buf):  # none yet, or its CR still to come
+            return -1
+        if buf[fs + 1] == 0x0D:
+            return fs
+        start = fs + 1
+
+
 def frame(payload: bytes) -> bytes:
     """Wrap one HL7 message for the wire."""
     return START_BLOCK + payload + END_BLOCK
@@ -65,11 +81,33 @@ class MLLPDecoder:
         return bytes(self._buf[: self.head_size]) if self._in_frame else b""
 
     def feed(self, data: bytes) -> list:
+        if not self._buf and not self._in_frame and not self._discarding:
+            whole = self._one_whole_frame(data)
+            if whole is not None:
+                return [whole]
         events: list = []
         self._buf += data
         while self._step(events):
             pass
         return events
+
+    def _one_whole_frame(self, data: bytes) -> Frame | None:
+        """The frame `data` is, when it is exactly one whole frame (one start block, one end
+        block at its end, within the size limit): what a closed-loop peer sends per read, read
+        without the buffer's copies. None for anything else, which the general path reads."""
+        last = len(data) - 2
+        if (
+            type(data) is not bytes
+            or last < 1
+            or data[0] != 0x0B
+            or data[1] == 0x0B
+            or last - 1 > self.max_size
+            or data.find(_FS, 1) != last
+            or data[last + 1] != 0x0D
+        ):
+            return None
+        self.frames_started += 1
+        return Frame(data[1:last])
 
     def _step(self, events: list) -> bool:
         if self._discarding:
@@ -101,7 +139,7 @@ class MLLPDecoder:
 
     def _find_end(self, events: list) -> bool:
         # Resume the search where the last one stopped: linear even when fed one byte at a time.
-        end = self._buf.find(END_BLOCK, max(0, self._scanned - 1))
+        end = _find_end_block(self._buf, max(0, self._scanned - 1))
         if end < 0:
             self._scanned = len(self._buf)
             if len(self._buf) > self.max_size:
@@ -120,7 +158,7 @@ class MLLPDecoder:
         return True
 
     def _skip_oversized_rest(self) -> bool:
-        end = self._buf.find(END_BLOCK)
+        end = _find_end_block(self._buf, 0)
         if end < 0:
             # Keep a possible half end block (FS at the very end of this chunk).
             keep = 1 if self._buf.endswith(b"\x1c") else 0

@@ -92,3 +92,60 @@ def test_a_doubled_start_block_opens_one_frame():
     from engine.hl7.scan import scan
 
     assert scan(split.payload).control_id == "9"
+
+
+class GeneralPathOnly(MLLPDecoder):
+    def _one_whole_frame(self, data):
+        return None
+
+
+def test_whole_frames_read_one_per_chunk_give_what_the_general_path_gives():
+    # A read holding exactly one frame takes a shorter path (no buffer copies). On random streams
+    # of frames, noise, doubled start blocks, empty and oversized frames, cut where the pieces
+    # end (that path) and at random, it gives the events of the general path cut the same way.
+    import random
+
+    rng = random.Random(15)
+    pieces = [
+        frame(MSG),
+        frame(b""),
+        frame(MSG.replace(b"\r", b"\n")),
+        b"\x0b" + frame(MSG),
+        b"NOISE" + frame(MSG),
+        frame(b"x" * 300),
+        frame(b"y" * 199),
+        b"\x0bMSH|no end",
+        frame(MSG) + frame(MSG),
+        frame(MSG)[:-1],
+        b"\r\n",
+        frame(b"A\x1c\rB"),
+        frame(b"A\x1cB\x1c"),  # FS bytes that end nothing
+        b"\x0bMSH|split end\x1c",
+        b"\r",
+    ]
+    for _ in range(300):
+        chosen = [rng.choice(pieces) for _ in range(rng.randint(1, 8))]
+        stream = b"".join(chosen)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(3, len(stream) - 1)))
+        for chunks in (chosen, [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]):
+            fast, general = MLLPDecoder(max_size=200), GeneralPathOnly(max_size=200)
+            got = [event for chunk in chunks for event in fast.feed(chunk)]
+            assert got == [event for chunk in chunks for event in general.feed(chunk)], chunks
+            assert (fast.frames_started, fast.pending, fast.mid_frame) == (
+                general.frames_started,
+                general.pending,
+                general.mid_frame,
+            )
+
+
+def test_an_fs_byte_inside_a_frame_does_not_end_it():
+    payload = MSG + b"NTE|1||a\x1cb\r"
+    assert MLLPDecoder().feed(frame(payload)) == [Frame(payload)]
+    assert feed_bytewise(MLLPDecoder(), frame(payload)) == [Frame(payload)]
+
+
+def test_a_whole_frame_in_one_read_is_read_without_the_buffer():
+    decoder = MLLPDecoder()
+    assert decoder.feed(frame(MSG)) == [Frame(MSG)]
+    assert decoder.pending == 0 and not decoder.mid_frame and decoder.frames_started == 1
+    assert decoder.feed(frame(MSG)[:10]) == [] and decoder.mid_frame  # a part: the general path
