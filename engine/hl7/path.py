@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from engine.hl7.message import Message, Segment
+from engine.hl7.message import Message, Segment, split_text
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class HL7Path:
 def _split(text: str, sep: str | None, index: int) -> str:
     if not sep:
         return text if index == 1 else ""
-    parts = text.split(sep)
+    parts = split_text(text, sep)
     return parts[index - 1] if index <= len(parts) else ""
 
 
