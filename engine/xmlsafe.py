@@ -34,8 +34,7 @@ def parse_untrusted(data: bytes, max_bytes: int = MAX_XML_BYTES) -> etree._Eleme
     """Parse `data` safely; raise ValidationError with a readable reason if it is hostile or bad."""
     if len(data) > max_bytes:
         raise ValidationError(f"XML document too large: {len(data)} bytes > {max_bytes}")
-    head = data[:4096].upper()
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in data.upper():
+    if b"<!DOCTYPE" in data[:4096].upper() or _declares_entity(data):
         raise ValidationError("XML document declares a DTD or entities, which are refused")
     try:
         tree = etree.ElementTree(etree.fromstring(data, _parser()))
@@ -61,9 +60,22 @@ def _refuse_dtd(tree: etree._ElementTree) -> None:
         )
 
 
+def _declares_entity(data: bytes) -> bool:
+    """`<!ENTITY` anywhere, in any case. A one-byte search for each `!` (few in a CDA: comments,
+    CDATA), not an upper-cased copy of the whole document searched for eight bytes (~0.3 ms for
+    a 220 KB report)."""
+    find, at = data.find, data.find(b"!")
+    while at >= 0:
+        if at > 0 and data[at - 1 : at + 7].upper() == b"<!ENTITY":
+            return True
+        at = find(b"!", at + 1)
+    return False
+
+
+#: true when an element sits deeper than MAX_DEPTH (the root is at depth 1): evaluated in C
+_TOO_DEEP = etree.XPath("boolean(/" + "/".join(["*"] * (MAX_DEPTH + 1)) + ")")
+
+
 def _check_depth(root) -> None:
-    depth = 0
-    for event, _ in etree.iterwalk(root, events=("start", "end")):
-        depth += 1 if event == "start" else -1
-        if depth > MAX_DEPTH:
-            raise ValidationError(f"XML document nested deeper than {MAX_DEPTH} levels")
+    if _TOO_DEEP(root):
+        raise ValidationError(f"XML document nested deeper than {MAX_DEPTH} levels")
