@@ -34,7 +34,7 @@ from engine.docrequest.model import (
     Volet,
 )
 from engine.docrequest.payload import Base64Error, decode_base64
-from engine.hl7.message import Message, Segment
+from engine.hl7.message import Message, Segment, split_text
 
 SUPERSEDED_PROFILES = {"2.0^CISIS_CDA_HL7_V2", "1.2^CISIS_CDA_HL7_V1", "1.0^CISIS_CDA_HL7_LPS"}
 TRIGGERS = {
@@ -484,7 +484,7 @@ class _Reader:
 
     def ed_data(self, obx: Segment) -> str:
         """OBX-5.5 of an ED value, still escaped (base64 never contains delimiters)."""
-        parts = obx.repetitions(5)[0].split(self.msg.encoding.component)
+        parts = split_text(obx.repetitions(5)[0], self.msg.encoding.component)
         return parts[4] if len(parts) >= 5 else ""
 
     def mail_body(self, obx: Segment) -> str:

@@ -38,3 +38,12 @@ def test_a_40_kb_report_reads_the_same_through_either_road():
     assert parsed.get("OBX-5") is not None
     assert parsed.get("OBX-5.5") == obx5.split("^")[4]
     assert [s.name for s in parsed.segments()] == [line[:3].decode() for line in raw.split(b"\r") if line]
+
+
+def test_crlf_and_lf_become_cr_as_two_replaces_would_make_them():
+    from engine.hl7.message import _lf_to_cr
+
+    rng = random.Random(15)
+    for _ in range(3000):
+        text = "".join(rng.choice("ab\r\n") for _ in range(rng.choice([0, 1, 5, 50, 3000])))
+        assert _lf_to_cr(text) == text.replace("\r\n", "\r").replace("\n", "\r"), repr(text[:40])
