@@ -15,6 +15,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from engine.hl7.scan import scan
+from engine.mllp.directwrite import write_now
 from engine.sim.mllp import MllpPeer, ack_for_control_id
 from engine.mllp.framing import Frame, MLLPDecoder, frame
 
@@ -138,7 +139,7 @@ class Sink(MllpPeer):
         # per message: the harness shares the machine's cores with the engine it measures.
         control_id = scan(raw).control_id
         self.arrived.setdefault(control_id, time.perf_counter())
-        transport.write(frame(ack_for_control_id(control_id, "AA", self.name)))
+        write_now(transport, frame(ack_for_control_id(control_id, "AA", self.name)))
 
 
 async def sleep(seconds: float) -> None:

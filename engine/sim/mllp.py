@@ -12,6 +12,7 @@ from twisted.internet import protocol
 
 from engine.hl7.encode import escape
 from engine.hl7.scan import scan
+from engine.mllp.directwrite import write_now
 from engine.mllp.framing import Frame, MLLPDecoder, frame
 
 #: (raw message, how many were received before it) -> MSA-1 code, or None to never answer
@@ -93,7 +94,7 @@ class MllpPeer(protocol.ServerFactory):
             return
         ack = frame(self.ack(raw, code))
         if self.held is None:
-            transport.write(ack)
+            write_now(transport, ack)  # a simulator shares the machine with the engine it serves
         else:
             self.held.append((transport, ack))
 
