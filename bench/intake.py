@@ -85,11 +85,12 @@ MESSAGES = (("ADT ~1KB", adt_message), ("ORU ~40KB", oru_message))
 
 
 async def measure_once(port: int, pid: int, template: bytes, connections: int, seconds: float, tag: str) -> dict:
-    cpu0, threads0 = cpu_seconds(pid), thread_cpu(pid)
+    cpu0, threads0, load0 = cpu_seconds(pid), thread_cpu(pid), os.times()
     result = await run_load(port, template, connections, seconds, f"{tag}{connections}")
     count = max(1, result["count"])
-    threads1 = thread_cpu(pid)
+    threads1, load1 = thread_cpu(pid), os.times()
     result["cpu_us"] = (cpu_seconds(pid) - cpu0) / count * 1e6
+    result["load_us"] = (load1.user + load1.system - load0.user - load0.system) / count * 1e6
     result["main_us"] = (threads1.get(pid, 0.0) - threads0.get(pid, 0.0)) / count * 1e6
     result["other_us"] = busiest_other_thread(threads0, threads1, pid) / count * 1e6
     return result
@@ -126,17 +127,19 @@ def print_table(bare: dict, durable: dict, engine: dict, log_level: str, rounds:
     print(
         f"{'message':<10} {'conns':>5} | {'bare':>7} | {'durable':>7} {'µs/msg':>6} | {'engine':>7} "
         f"{'µs/msg':>6} {'main':>5} {'writer':>6} {'p50 ms':>6} {'p99 ms':>6} {'errs':>4} | {'/durable':>8} {'/bare':>5}"
+        f" | {'load':>5}"
     )
     for key in engine:
         b, d, e = bare[key], durable[key], engine[key]
         print(
             f"{key[0]:<10} {key[1]:>5} | {b['rate']:>7.0f} | {d['rate']:>7.0f} {d['cpu_us']:>6.0f} | "
             f"{e['rate']:>7.0f} {e['cpu_us']:>6.0f} {e['main_us']:>5.0f} {e['other_us']:>6.0f} {e['p50']:>6.2f} {e['p99']:>6.2f} "
-            f"{e['errors']:>4} | {e['rate'] / d['rate']:>8.0%} {e['rate'] / b['rate']:>5.0%}"
+            f"{e['errors']:>4} | {e['rate'] / d['rate']:>8.0%} {e['rate'] / b['rate']:>5.0%} | {e['load_us']:>5.0f}"
         )
     print(
         "msg/s: ACKed messages per second (closed loop); µs/msg: server CPU (all threads) per message; "
-        "main: the engine's reactor thread alone; writer: its busiest other thread (the journal writer)."
+        "main: the engine's reactor thread alone; writer: its busiest other thread (the journal writer); "
+        "load: the load generator's own CPU per message in the engine's runs (this process, on the same two cores)."
     )
 
 
