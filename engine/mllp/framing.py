@@ -13,7 +13,7 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 
 
-_FS = b"\x1c"
+_FS = END_BLOCK[:1]
 
 
 def _find_end_block(buf, start: int) -> int:
@@ -92,8 +92,8 @@ class MLLPDecoder:
         return events
 
     def _one_whole_frame(self, data: bytes) -> Frame | None:
-        """The frame `data` is, when it is exactly one whole frame (one start block, one end
-        block at its end, within the size limit): what a closed-loop peer sends per read, read
+        """The frame `data` is, when it is exactly one whole frame (one start block, its first
+        end block at its end, within the size limit): what a closed-loop peer sends per read, read
         without the buffer's copies. None for anything else, which the general path reads."""
         last = len(data) - 2
         if (
@@ -102,8 +102,7 @@ class MLLPDecoder:
             or data[0] != 0x0B
             or data[1] == 0x0B
             or last - 1 > self.max_size
-            or data.find(_FS, 1) != last
-            or data[last + 1] != 0x0D
+            or _find_end_block(data, 1) != last
         ):
             return None
         self.frames_started += 1
@@ -161,7 +160,7 @@ class MLLPDecoder:
         end = _find_end_block(self._buf, 0)
         if end < 0:
             # Keep a possible half end block (FS at the very end of this chunk).
-            keep = 1 if self._buf.endswith(b"\x1c") else 0
+            keep = 1 if self._buf.endswith(_FS) else 0
             del self._buf[: len(self._buf) - keep]
             return False
         del self._buf[: end + 2]
