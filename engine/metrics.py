@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import collections
+from bisect import bisect_left
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 #: journal event states counted by name; any other state is counted as "other" (closed label set)
 EVENT_STATES = frozenset(
@@ -37,6 +41,71 @@ EVENT_STATES = frozenset(
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
+class IntakeCounts:
+    """One channel's intake counters as plain numbers, changed by the reactor thread alone and
+    read by `IntakeCollector` when the registry is scraped. A prometheus_client Counter takes a
+    lock at every increment and its Histogram walks the buckets in Python: ~2.3 µs per answered
+    message (received, acked, latency), ~7 % of intake's reactor-thread Python."""
+
+    __slots__ = ("received", "acked", "duplicates", "latency_counts", "latency_sum")
+
+    def __init__(self) -> None:
+        self.received = self.acked = self.duplicates = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; last: +Inf
+        self.latency_sum = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        # bisect_left: the first bound >= seconds, as Prometheus buckets are "less or equal"
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+
+class IntakeCollector(Collector):
+    """pfi_messages_received / _acked / _duplicate and pfi_ack_latency_seconds, per channel, from
+    the `IntakeCounts` the intake keeps. Scrapes run in another thread: each read is of one
+    number, or one copy of the bucket list, so the buckets of a sample always add up to its
+    count (the sum may miss the latest observation)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, IntakeCounts] = {}
+
+    def counts(self, channel: str) -> IntakeCounts:
+        counts = self._channels.get(channel)
+        if counts is None:
+            counts = self._channels[channel] = IntakeCounts()
+        return counts
+
+    def describe(self):
+        return self._families()
+
+    def collect(self):
+        received, acked, duplicates, latency = families = self._families()
+        for channel, counts in list(self._channels.items()):
+            received.add_metric([channel], counts.received)
+            acked.add_metric([channel], counts.acked)
+            duplicates.add_metric([channel], counts.duplicates)
+            latency.add_metric([channel], _cumulative(list(counts.latency_counts)), counts.latency_sum)
+        return families
+
+    @staticmethod
+    def _families() -> list:
+        return [
+            CounterMetricFamily("pfi_messages_received", "Frames received", labels=["channel"]),
+            CounterMetricFamily("pfi_messages_acked", "Messages acknowledged AA", labels=["channel"]),
+            CounterMetricFamily("pfi_messages_duplicate", "Duplicates answered again", labels=["channel"]),
+            HistogramMetricFamily("pfi_ack_latency_seconds", "Frame complete to ACK written", labels=["channel"]),
+        ]
+
+
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+    total, buckets = 0, list[tuple[str, float]]()
+    for bound, count in zip(bounds, counts):
+        total += count
+        buckets.append((bound, total))
+    return buckets
+
+
 class NodeRegistry(CollectorRegistry):
     """A registry that puts `node="<name>"` on every sample: several nodes sharing one journal are
     told apart on the same dashboards without relabelling rules."""
@@ -55,18 +124,11 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, node: str = ""):
         self.registry = registry or (NodeRegistry(node) if node else CollectorRegistry())
         r = self.registry
-        self.received = Counter("pfi_messages_received", "Frames received", ["channel"], registry=r)
-        self.acked = Counter("pfi_messages_acked", "Messages acknowledged AA", ["channel"], registry=r)
+        #: received, acked, duplicates and ACK latency per channel (plain counts: IntakeCounts)
+        self.intake = IntakeCollector()
+        r.register(self.intake)
         self.nacked = Counter(
             "pfi_messages_nacked", "Messages answered AE/AR", ["channel", "code", "reason"], registry=r
-        )
-        self.duplicates = Counter("pfi_messages_duplicate", "Duplicates answered again", ["channel"], registry=r)
-        self.ack_latency = Histogram(
-            "pfi_ack_latency_seconds",
-            "Frame complete to ACK written",
-            ["channel"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         self.listening = Gauge("pfi_listening", "1 while the channel's listener is bound", ["channel"], registry=r)
         self.connections = Gauge("pfi_open_connections", "Open inbound connections", ["channel"], registry=r)

@@ -58,23 +58,13 @@ class Verdict:
     reason: str = ""
 
 
-class _ChannelMetrics:
-    """The metric children of one channel, looked up once instead of per message."""
-
-    def __init__(self, metrics, channel: str):
-        self.received = metrics.received.labels(channel)
-        self.acked = metrics.acked.labels(channel)
-        self.duplicates = metrics.duplicates.labels(channel)
-        self.ack_latency = metrics.ack_latency.labels(channel)
-
-
 @dataclass
 class Intake:
     journal: object
     metrics: object
     clock: object
     _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
-    _channels: dict = field(default_factory=dict)
+    _counts: dict = field(default_factory=dict)  # channel -> its IntakeCounts (engine.metrics)
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
     _rejected: dict = field(default_factory=dict)  # channel -> RejectedBytes of the last hour
     _tally: dict = field(default_factory=dict)  # channel -> Counter of states since the last summary
@@ -346,17 +336,17 @@ class Intake:
         return ack
 
     def _observe(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
-        m = self._channels.get(policy.channel)
-        if m is None:
-            m = self._channels[policy.channel] = _ChannelMetrics(self.metrics, policy.channel)
-        m.received.inc()
+        counts = self._counts.get(policy.channel)
+        if counts is None:
+            counts = self._counts[policy.channel] = self.metrics.intake.counts(policy.channel)
+        counts.received += 1
         if record.state == DUPLICATE:
-            m.duplicates.inc()
+            counts.duplicates += 1
         if record.ack_code == "AA":
-            m.acked.inc()
+            counts.acked += 1
         else:
             self.metrics.nacked.labels(policy.channel, record.ack_code, _reason_label(record)).inc()
-        m.ack_latency.observe(time.perf_counter() - started)
+        counts.observe_latency(time.perf_counter() - started)
 
 
 TRUNCATED_MARK = "[truncated:"  # starts the reason of a rejected frame kept in part (pfi replay refuses it)
