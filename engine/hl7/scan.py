@@ -37,9 +37,21 @@ class Header:
     codec: str = "utf-8"
     profile: str = ""
     patient_ids: str = ""
-    patient_name: str = ""
-    identity_status: str = ""
+    #: the first PID, undecoded: intake needs PID-3 only, its name and status are read on demand
+    pid_segment: bytes = b""
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def patient_name(self) -> str:
+        return self._pid_field(5)
+
+    @property
+    def identity_status(self) -> str:
+        return self._pid_field(32)
+
+    def _pid_field(self, n: int) -> str:
+        fields = self.pid_segment.split(self.field_sep.encode("latin-1"), n + 1)
+        return fields[n].decode(self.codec, "replace") if len(fields) > n else ""
 
     @property
     def version(self) -> str:
@@ -102,7 +114,9 @@ def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
     _read_msh(header, fields, fallback_codec)
     pid = _find_segment(raw, b"PID", sep)
     if pid is not None:
-        _read_pid(header, pid.split(sep))
+        header.pid_segment = pid
+        fields = pid.split(sep, 4)  # PID-3 is fields[3], whole
+        header.patient_ids = fields[3].decode(header.codec, "replace") if len(fields) > 3 else ""
     return header
 
 
@@ -161,12 +175,3 @@ def _read_msh(header: Header, fields: list[bytes], fallback_codec: str) -> None:
     header.message_code, header.trigger, header.structure = parts[0], parts[1], parts[2]
     header.processing_id = _first_component(processing_id, comp)
     header.profile = profile.split(header.encoding_chars[1])[0]
-
-
-def _read_pid(header: Header, fields: list[bytes]) -> None:
-    def text(n: int) -> str:
-        return fields[n].decode(header.codec, errors="replace") if len(fields) > n else ""
-
-    header.patient_ids = text(3)
-    header.patient_name = text(5)
-    header.identity_status = text(32)

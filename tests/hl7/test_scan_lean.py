@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from engine.hl7.charset import codec_for
@@ -41,3 +43,25 @@ def test_a_segment_ends_at_cr_or_lf(end):
     header = scan(ADT.replace(b"\r", end))
     assert header.charset == "8859/1"
     assert header.patient_ids == "123^^^CHU^PI"
+
+
+def _eager_pid_fields(raw: bytes, codec: str) -> tuple[str, str, str]:
+    """The rule scan used to apply at once: the first PID split whole, PID-3, -5 and -32 decoded."""
+    pid = next((line for line in raw.replace(b"\n", b"\r").split(b"\r") if line.startswith(b"PID|")), None)
+    if pid is None:
+        return "", "", ""
+    fields = pid.split(b"|")
+    return tuple(fields[n].decode(codec, "replace") if len(fields) > n else "" for n in (3, 5, 32))  # type: ignore[return-value]
+
+
+def test_pid_fields_read_on_demand_are_those_read_at_once():
+    """PID-5 and PID-32 are decoded when asked (intake needs PID-3 only): PIDs of every length,
+    empty fields, non-ASCII names and bytes that do not decode give what the eager scan gave."""
+    rng = random.Random(32)
+    values = [b"", b"X", b"DOE^JOHN", "MARTIN^Léa".encode(), b"\xff\xfe", b"VALI", b"123^^^CHU^PI~456^^^X^NH"]
+    for _ in range(500):
+        pid = b"|".join([b"PID"] + [rng.choice(values) for _ in range(rng.randrange(0, 40))])
+        raw = ADT.split(b"\r")[0] + b"\r" + pid + rng.choice([b"\r", b"\n", b""])
+        header = scan(raw)
+        expected = _eager_pid_fields(raw, header.codec)
+        assert (header.patient_ids, header.patient_name, header.identity_status) == expected
