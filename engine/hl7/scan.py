@@ -6,10 +6,16 @@ intake path (engine.hl7.message).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from engine.errors import ParseError
 from engine.hl7.charset import codec_for
+
+try:  # built by `make install` (setup.py); without a C compiler every message is read in Python
+    from engine.hl7._scanc import msh_pid as _native_msh_pid
+except ImportError:  # pragma: no cover - tests/hl7/test_scan_native.py requires it
+    _native_msh_pid = None
 
 # A real-world defect: MSH-2 written with U+02DC (small tilde) instead of "~" (UTF-8 bytes).
 _SMALL_TILDE = b"\xcb\x9c"
@@ -96,6 +102,60 @@ class HeaderError(ParseError):
 
 def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
     """Read MSH (and PID) from `raw`; raise HeaderError when there is no usable MSH."""
+    if _native_msh_pid is not None:
+        values = _native_msh_pid(raw)
+        if values is not None:
+            header = _native_header(values, fallback_codec)
+            if header is not None:
+                return header
+    return scan_python(raw, fallback_codec)
+
+
+def _native_header(values: tuple, fallback_codec: str) -> Header | None:
+    """The Header of engine/hl7/_scanc.c's values (its common case: standard delimiters, ASCII
+    MSH); None when the message's codec does not read ASCII bytes as ASCII."""
+    sending_app, sending_facility, receiving_app, receiving_facility = values[:4]
+    timestamp, message_code, trigger, structure, control_id, processing_id, version_field = values[4:11]
+    country, charset, profile, pid, pid_3 = values[11:]
+    codec = codec_for(charset, fallback_codec)
+    if not _reads_ascii_as_ascii(codec):
+        return None
+    return Header(
+        "|",
+        "^~\\&",
+        sending_app,
+        sending_facility,
+        receiving_app,
+        receiving_facility,
+        timestamp,
+        message_code,
+        trigger,
+        structure,
+        control_id,
+        processing_id,
+        version_field,
+        country,
+        charset,
+        codec,
+        profile,
+        pid_3.decode(codec, "replace"),
+        pid,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _reads_ascii_as_ascii(codec: str) -> bool:
+    try:
+        return _ASCII.decode(codec, "replace") == _ASCII.decode("latin-1")
+    except LookupError:
+        return False
+
+
+_ASCII = bytes(range(128))
+
+
+def scan_python(raw: bytes, fallback_codec: str = "utf-8") -> Header:
+    """`scan` in Python alone: every message the native scanner leaves (and its reference)."""
     # A VT left by a doubled start block split across reads is no part of the message either.
     start = len(raw) - len(raw.lstrip(b"\r\n\t \x00\x0b\xef\xbb\xbf"))
     if raw[start : start + 3] != b"MSH" or len(raw) < start + 8:
