@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from engine.hl7 import encode
 from engine.hl7.scan import Header
 
+try:  # built by `make install` (setup.py); without a C compiler every ACK is written in Python
+    from engine.hl7._fast import ack as _native_ack
+except ImportError:  # pragma: no cover - tests/hl7/test_ack_native.py requires it
+    _native_ack = None
+
 #: longest echoed value: HL7 2.6 gives 227 for HD (MSH-3..6) and 199 for MSH-10; more is hostile
 ECHO_LIMIT = 227
 #: longest ERR-8 text (reasons may quote sender values)
@@ -109,6 +114,53 @@ def build_ack(
     codec: str = "utf-8",
 ) -> bytes:
     """Build the ACK for `header` (None when the input had no usable MSH)."""
+    if header is not None and not errors and _native_ack is not None:
+        ack = _native_ack_of(header, code, ack_control_id, timestamp, local_app)
+        if ack is not None:
+            return ack
+    return build_ack_python(header, code, ack_control_id, timestamp, errors, local_app, codec)
+
+
+def _native_ack_of(h: Header, code: str, ack_control_id: str, timestamp: str, local_app: str) -> bytes | None:
+    """engine/hl7/_fast.c's ACK: standard delimiters, a charset writing ASCII as ASCII, every value
+    printable ASCII within ECHO_LIMIT (None otherwise, from here or from it)."""
+    if h.field_sep != "|" or h.encoding_chars != "^~\\&" or not _writes_ascii_as_ascii(h.codec):
+        return None
+    return _native_ack(
+        code,
+        local_app,
+        timestamp,
+        ack_control_id,
+        h.receiving_app,
+        h.receiving_facility,
+        h.sending_app,
+        h.sending_facility,
+        h.message_code,
+        h.trigger,
+        h.processing_id,
+        h.version_field,
+        h.country,
+        h.charset,
+        h.control_id,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _writes_ascii_as_ascii(codec: str) -> bool:
+    charset = _ascii_compatible(codec)
+    return "".join(map(chr, range(128))).encode(charset, "replace") == bytes(range(128))
+
+
+def build_ack_python(
+    header: Header | None,
+    code: str,
+    ack_control_id: str,
+    timestamp: str,
+    errors: tuple[AckError, ...] = (),
+    local_app: str = "PFI",
+    codec: str = "utf-8",
+) -> bytes:
+    """`build_ack` in Python alone: ACKs with ERR, unusual headers (and the reference)."""
     h = header or Header(version_field="2.5", processing_id="P")
     fs, enc = h.field_sep, h.encoding_chars
     trigger = h.trigger if h.trigger and h.message_code != "ACK" else ""

@@ -1,5 +1,5 @@
-/* The common case of engine.hl7.scan in C: an MSH that starts the message, written with the
- * standard delimiters ("MSH|^~\&") in ASCII, and the first PID.
+/* Intake's common case in C: reading MSH and PID (engine.hl7.scan) and writing the ACK
+ * (engine.hl7.ack) of a message written with the standard delimiters ("MSH|^~\&") in ASCII.
  *
  * msh_pid(raw) returns the values scan() would read, or None for anything else (leading bytes,
  * other delimiters, a non-ASCII byte or no segment end within MSH_LIMIT bytes of MSH, an
@@ -7,9 +7,13 @@
  * errors and the warnings. The result is checked against the Python reading on the ANS corpus
  * and on random mutations of it (tests/hl7/test_scan_native.py).
  *
- * Why C: intake scans every message on the reactor thread. The Python reading costs ~6 us alone
- * but three to four times that inside the engine under load (cold caches, a GIL shared with the
- * journal writer); this one reads MSH and PID in one pass with no intermediate objects.
+ * ack(...) returns build_ack's bytes for an ACK without ERR when every value is printable ASCII
+ * within ECHO_LIMIT, None otherwise (build_ack then writes it in Python, which strips control
+ * characters and cuts long values): tests/hl7/test_ack_native.py.
+ *
+ * Why C: intake does both for every message on the reactor thread. In Python they cost ~9 us
+ * alone but three to four times that inside the engine under load (cold caches, a GIL shared
+ * with the journal writer); here each is one pass with no intermediate objects.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* first: its pyconfig.h sets _GNU_SOURCE, which memmem needs */
@@ -143,11 +147,101 @@ static PyObject *msh_pid(PyObject *module, PyObject *raw) {
     return result;
 }
 
+#define ECHO_LIMIT 227 /* engine.hl7.ack.ECHO_LIMIT */
+#define ACK_VALUES 15
+#define ACK_BUFFER (ACK_VALUES * (ECHO_LIMIT + 8) + 64)
+
+/* A str of printable ASCII within ECHO_LIMIT: its bytes, else NULL. */
+static const char *printable(PyObject *value, Py_ssize_t *size) {
+    if (!PyUnicode_CheckExact(value) || !PyUnicode_IS_ASCII(value))
+        return NULL;
+    const char *chars = (const char *)PyUnicode_1BYTE_DATA(value);
+    *size = PyUnicode_GET_LENGTH(value);
+    if (*size > ECHO_LIMIT)
+        return NULL;
+    for (Py_ssize_t i = 0; i < *size; i++)
+        if (chars[i] < 0x20 || chars[i] > 0x7E)
+            return NULL;
+    return chars;
+}
+
+typedef struct {
+    char data[ACK_BUFFER];
+    Py_ssize_t size;
+} buffer;
+
+static void put(buffer *b, const char *chars, Py_ssize_t size) {
+    memcpy(b->data + b->size, chars, (size_t)size);
+    b->size += size;
+}
+
+/* `value`, or `otherwise` when it is empty (build_ack's `or local_app`, `or "P"`, `or "2.5"`). */
+static void put_or(buffer *b, span value, span otherwise) {
+    span chosen = value.size > 0 ? value : otherwise;
+    put(b, chosen.start, chosen.size);
+}
+
+enum { CODE, LOCAL_APP, TIMESTAMP, ACK_CONTROL_ID, RECEIVING_APP, RECEIVING_FACILITY, SENDING_APP,
+       SENDING_FACILITY, MESSAGE_CODE, TRIGGER, PROCESSING_ID, VERSION, COUNTRY, CHARSET, CONTROL_ID };
+
+/* ack(code, local_app, timestamp, ack_control_id, receiving_app, receiving_facility, sending_app,
+ *     sending_facility, message_code, trigger, processing_id, version_field, country, charset,
+ *     control_id) -> bytes | None: build_ack without errors, the header's values as it reads them. */
+static PyObject *ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != ACK_VALUES) {
+        PyErr_SetString(PyExc_TypeError, "ack() takes 15 str arguments");
+        return NULL;
+    }
+    span v[ACK_VALUES];
+    for (int i = 0; i < ACK_VALUES; i++) {
+        v[i].start = printable(args[i], &v[i].size);
+        if (v[i].start == NULL)
+            Py_RETURN_NONE;
+    }
+    /* MSH-9: ACK^<trigger>^ACK, or ACK alone (no trigger, or acknowledging an ACK) */
+    int with_trigger = v[TRIGGER].size > 0 && !(v[MESSAGE_CODE].size == 3 && memcmp(v[MESSAGE_CODE].start, "ACK", 3) == 0);
+    if (with_trigger && v[TRIGGER].size + 8 > ECHO_LIMIT)
+        Py_RETURN_NONE; /* build_ack would cut it */
+    buffer b = {.size = 0};
+    put(&b, "MSH|^~\\&|", 9);
+    put_or(&b, v[RECEIVING_APP], v[LOCAL_APP]);
+    const int msh_4_to_6[] = {RECEIVING_FACILITY, SENDING_APP, SENDING_FACILITY, TIMESTAMP};
+    for (int i = 0; i < 4; i++) {
+        put(&b, "|", 1);
+        put(&b, v[msh_4_to_6[i]].start, v[msh_4_to_6[i]].size);
+    }
+    put(&b, "||ACK", 5);
+    if (with_trigger) {
+        put(&b, "^", 1);
+        put(&b, v[TRIGGER].start, v[TRIGGER].size);
+        put(&b, "^ACK", 4);
+    }
+    put(&b, "|", 1);
+    put(&b, v[ACK_CONTROL_ID].start, v[ACK_CONTROL_ID].size);
+    put(&b, "|", 1);
+    put_or(&b, v[PROCESSING_ID], (span){"P", 1});
+    put(&b, "|", 1);
+    put_or(&b, v[VERSION], (span){"2.5", 3});
+    put(&b, "|||||", 5);
+    put(&b, v[COUNTRY].start, v[COUNTRY].size);
+    put(&b, "|", 1);
+    put(&b, v[CHARSET].start, v[CHARSET].size);
+    while (b.size > 0 && b.data[b.size - 1] == '|') /* build_ack's rstrip(fs) */
+        b.size--;
+    put(&b, "\rMSA|", 5);
+    put(&b, v[CODE].start, v[CODE].size);
+    put(&b, "|", 1);
+    put(&b, v[CONTROL_ID].start, v[CONTROL_ID].size);
+    put(&b, "\r", 1);
+    return PyBytes_FromStringAndSize(b.data, b.size);
+}
+
 static PyMethodDef methods[] = {
     {"msh_pid", msh_pid, METH_O, "MSH and PID values of a message in the common case, or None."},
+    {"ack", (PyCFunction)(void (*)(void))ack, METH_FASTCALL, "An ACK without ERR in the common case, or None."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_scanc", .m_size = -1, .m_methods = methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_fast", .m_size = -1, .m_methods = methods};
 
-PyMODINIT_FUNC PyInit__scanc(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
