@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 PHONY_CONSOLE := chromium bench-console
 .PHONY: $(PHONY_CONSOLE) install run test conformance bench bench-reactor bench-send bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz bench-stats check demo clean pki sim-dmp
 
-# setup.py builds intake's native scanner and ACK writer (engine/hl7/_fast.c) in place: editing it reinstalls.
-$(STAMP): setup.cfg pyproject.toml setup.py engine/hl7/_fast.c
+# setup.py builds intake's native hot path (engine/_hotpath.c) in place: editing it reinstalls.
+$(STAMP): setup.cfg pyproject.toml setup.py engine/_hotpath.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

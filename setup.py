@@ -1,10 +1,10 @@
-"""Intake's optional native MSH/PID scanner and ACK writer (engine/hl7/_fast.c); the rest: setup.cfg.
+"""Intake's optional native hot path (engine/_hotpath.c); the rest of the package: setup.cfg.
 
-`optional=True`: without a C compiler the install goes on and engine.hl7.scan / engine.hl7.ack read
-and answer every message in Python (same results, slower). tests/hl7/test_*_native.py fail if it
-is missing.
+It reads MSH/PID, writes the ACK and keeps the duplicate-key filter in the common case. With
+`optional=True`, without a C compiler the install goes on and the engine does all of it in Python
+(same results, slower); tests/hl7/test_*_native.py and tests/journal/test_keyfilter.py then fail.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("engine.hl7._fast", ["engine/hl7/_fast.c"], optional=True)])
+setup(ext_modules=[Extension("engine._hotpath", ["engine/_hotpath.c"], optional=True)])

@@ -19,7 +19,7 @@ from engine.hl7 import encode
 from engine.hl7.scan import Header
 
 try:  # built by `make install` (setup.py); without a C compiler every ACK is written in Python
-    from engine.hl7._fast import ack as _native_ack
+    from engine._hotpath import ack as _native_ack
 except ImportError:  # pragma: no cover - tests/hl7/test_ack_native.py requires it
     _native_ack = None
 
@@ -122,7 +122,7 @@ def build_ack(
 
 
 def _native_ack_of(h: Header, code: str, ack_control_id: str, timestamp: str, local_app: str) -> bytes | None:
-    """engine/hl7/_fast.c's ACK: standard delimiters, a charset writing ASCII as ASCII, every value
+    """engine/_hotpath.c's ACK: standard delimiters, a charset writing ASCII as ASCII, every value
     printable ASCII within ECHO_LIMIT (None otherwise, from here or from it)."""
     if h.field_sep != "|" or h.encoding_chars != "^~\\&" or not _writes_ascii_as_ascii(h.codec):
         return None

@@ -13,7 +13,7 @@ from engine.errors import ParseError
 from engine.hl7.charset import codec_for
 
 try:  # built by `make install` (setup.py); without a C compiler every message is read in Python
-    from engine.hl7._fast import msh_pid as _native_msh_pid
+    from engine._hotpath import msh_pid as _native_msh_pid
 except ImportError:  # pragma: no cover - tests/hl7/test_scan_native.py requires it
     _native_msh_pid = None
 
@@ -112,7 +112,7 @@ def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
 
 
 def _native_header(values: tuple, fallback_codec: str) -> Header | None:
-    """The Header of engine/hl7/_fast.c's values (its common case: standard delimiters, ASCII
+    """The Header of engine/_hotpath.c's values (its common case: standard delimiters, ASCII
     MSH); None when the message's codec does not read ASCII bytes as ASCII."""
     sending_app, sending_facility, receiving_app, receiving_facility = values[:4]
     timestamp, message_code, trigger, structure, control_id, processing_id, version_field = values[4:11]

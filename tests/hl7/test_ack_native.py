@@ -1,4 +1,4 @@
-"""The native ACK writer (engine/hl7/_fast.c `ack`) writes what build_ack writes in Python.
+"""The native ACK writer (engine/_hotpath.c `ack`) writes what build_ack writes in Python.
 
 build_ack takes the native ACK for an ACK without ERR whose values are printable ASCII, and the
 Python one for everything else: on headers read from the ANS corpus and the samples, with their
@@ -44,7 +44,7 @@ def corpus_headers() -> list:
 
 
 def test_the_native_ack_writer_is_built():
-    assert ack_module._native_ack is not None, "engine/hl7/_fast.c is not built: `make install` builds it"
+    assert ack_module._native_ack is not None, "engine/_hotpath.c is not built: `make install` builds it"
 
 
 def test_acks_of_corpus_headers_are_the_same():

@@ -1,4 +1,4 @@
-"""The native MSH/PID scanner (engine/hl7/_fast.c) reads what the Python scan reads.
+"""The native MSH/PID scanner (engine/_hotpath.c) reads what the Python scan reads.
 
 `scan` takes the native reading for the common case and the Python one (`scan_python`) for every
 other message: on the ANS corpus, the project's samples and random mutations of them, both give
@@ -60,7 +60,7 @@ def mutate(raw: bytes, rng: random.Random) -> bytes:
 
 def test_the_native_scanner_is_built():
     assert scan_module._native_msh_pid is not None, (
-        "engine/hl7/_fast.c is not built: `make install` builds it (it needs a C compiler)"
+        "engine/_hotpath.c is not built: `make install` builds it (it needs a C compiler)"
     )
 
 

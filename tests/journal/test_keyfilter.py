@@ -69,3 +69,30 @@ def test_a_filter_of_keys_holds_them_all(capacity, monkeypatch):
     monkeypatch.setattr(keyfilter, "MIN_CAPACITY", capacity)
     built = keyfilter.filter_of([f"k{i}" for i in range(500)])
     assert built.capacity >= 1000 and all(f"k{i}" in built for i in range(500))
+
+
+def test_the_native_filter_sets_and_tests_the_python_bits():
+    """engine/_hotpath.c's bloom_add / bloom_contains are the filter's methods when built: the
+    same bits as the Python functions for any key and size, the same answers."""
+    import random
+
+    assert keyfilter._set_bits is not keyfilter.set_bits_python, "engine/_hotpath.c is not built: `make install`"
+    rng = random.Random(11)
+    for bits in (1, 7, 64, 1000, 12_345, 10 * keyfilter.MIN_CAPACITY):
+        native, python = bytearray(bits // 8 + 1), bytearray(bits // 8 + 1)
+        keys = [f"in\x1f{rng.random()}\x1f{'é' * rng.randrange(3)}{i}" for i in range(2_000)]
+        for key in keys[:1_000]:
+            keyfilter._set_bits(native, bits, key)
+            keyfilter.set_bits_python(python, bits, key)
+        assert native == python
+        for key in keys:
+            assert keyfilter._bits_set(native, bits, key) == keyfilter.bits_set_python(python, bits, key)
+
+
+def test_the_native_filter_refuses_an_array_smaller_than_its_bits():
+    with pytest.raises(ValueError):
+        keyfilter._set_bits(bytearray(1), 9, "key")
+    with pytest.raises(ValueError):
+        keyfilter._bits_set(bytearray(1), 0, "key")
+    with pytest.raises(BufferError):
+        keyfilter._set_bits(b"read-only", 8, "key")

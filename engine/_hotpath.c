@@ -1,5 +1,7 @@
-/* Intake's common case in C: reading MSH and PID (engine.hl7.scan) and writing the ACK
- * (engine.hl7.ack) of a message written with the standard delimiters ("MSH|^~\&") in ASCII.
+/* Intake's hot path in C, each function the common case of a Python one that stays the reference
+ * (and the whole path when this module is not built): reading MSH and PID (engine.hl7.scan) and
+ * writing the ACK (engine.hl7.ack) of a message with the standard delimiters ("MSH|^~\&") in
+ * ASCII, and the journal writer's duplicate-key filter (engine.journal.keyfilter).
  *
  * msh_pid(raw) returns the values scan() would read, or None for anything else (leading bytes,
  * other delimiters, a non-ASCII byte or no segment end within MSH_LIMIT bytes of MSH, an
@@ -11,12 +13,16 @@
  * within ECHO_LIMIT, None otherwise (build_ack then writes it in Python, which strips control
  * characters and cuts long values): tests/hl7/test_ack_native.py.
  *
- * Why C: intake does both for every message on the reactor thread. In Python they cost ~9 us
+ * bloom_add / bloom_contains set and test the bits KeyFilter's Python methods set and test
+ * (tests/journal/test_keyfilter.py compares the two bit arrays).
+ *
+ * Why C: intake does these for every message, on the reactor thread and the journal writer's. In Python they cost ~9 us
  * alone but three to four times that inside the engine under load (cold caches, a GIL shared
  * with the journal writer); here each is one pass with no intermediate objects.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* first: its pyconfig.h sets _GNU_SOURCE, which memmem needs */
+#include <stdint.h>
 #include <string.h>
 
 #define MSH_LIMIT 4096 /* longer MSH segments take the Python path */
@@ -236,12 +242,67 @@ static PyObject *ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     return PyBytes_FromStringAndSize(b.data, b.size);
 }
 
+#define BLOOM_HASHES 5 /* engine.journal.keyfilter.HASHES */
+
+/* The bits of `key` in a filter of `bits` bits held by `array`: keyfilter's double hashing of
+ * hash(key) (first + i * step, i < BLOOM_HASHES); -1 with an exception on a wrong argument. */
+static int bloom_bits(PyObject *const *args, Py_ssize_t nargs, Py_buffer *array, uint64_t *positions) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "expects (array, bits, key)");
+        return -1;
+    }
+    uint64_t bits = PyLong_AsUnsignedLongLong(args[1]);
+    if (bits == (uint64_t)-1 && PyErr_Occurred())
+        return -1;
+    Py_hash_t hash = PyObject_Hash(args[2]);
+    if (hash == -1 && PyErr_Occurred())
+        return -1;
+    if (PyObject_GetBuffer(args[0], array, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (bits == 0 || (uint64_t)array->len * 8 < bits) {
+        PyBuffer_Release(array);
+        PyErr_SetString(PyExc_ValueError, "the array holds fewer bits than said");
+        return -1;
+    }
+    uint64_t h = (uint64_t)hash, position = h & 0xFFFFFFFFu, step = (h >> 32) | 1;
+    for (int i = 0; i < BLOOM_HASHES; i++, position += step)
+        positions[i] = position % bits;
+    return 0;
+}
+
+static PyObject *bloom_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer array;
+    uint64_t positions[BLOOM_HASHES];
+    if (bloom_bits(args, nargs, &array, positions) < 0)
+        return NULL;
+    unsigned char *bytes = array.buf;
+    for (int i = 0; i < BLOOM_HASHES; i++)
+        bytes[positions[i] >> 3] |= (unsigned char)(1u << (positions[i] & 7));
+    PyBuffer_Release(&array);
+    Py_RETURN_NONE;
+}
+
+static PyObject *bloom_contains(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer array;
+    uint64_t positions[BLOOM_HASHES];
+    if (bloom_bits(args, nargs, &array, positions) < 0)
+        return NULL;
+    const unsigned char *bytes = array.buf;
+    int found = 1;
+    for (int i = 0; i < BLOOM_HASHES && found; i++)
+        found = (bytes[positions[i] >> 3] >> (positions[i] & 7)) & 1;
+    PyBuffer_Release(&array);
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef methods[] = {
     {"msh_pid", msh_pid, METH_O, "MSH and PID values of a message in the common case, or None."},
     {"ack", (PyCFunction)(void (*)(void))ack, METH_FASTCALL, "An ACK without ERR in the common case, or None."},
+    {"bloom_add", (PyCFunction)(void (*)(void))bloom_add, METH_FASTCALL, "Set a key's bits (KeyFilter.add)."},
+    {"bloom_contains", (PyCFunction)(void (*)(void))bloom_contains, METH_FASTCALL, "Are a key's bits set?"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_fast", .m_size = -1, .m_methods = methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_hotpath", .m_size = -1, .m_methods = methods};
 
-PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__hotpath(void) { return PyModule_Create(&module); }
