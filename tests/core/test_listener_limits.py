@@ -150,6 +150,24 @@ async def test_a_trickling_frame_hits_its_deadline_and_its_head_is_journaled(tmp
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("opening", [b"\x0b", b"ACKED\x0b"])
+async def test_a_start_block_alone_hits_the_deadline(tmp_path, opening):
+    """A frame opened and then nothing (no byte held yet): its deadline is armed all the same, also
+    when the start block follows a whole frame in the same read."""
+    engine = await engine_with(tmp_path, frame_timeout=0.3, idle_timeout=30)
+    try:
+        peer = await raw_peer(engine)
+        whole = frame(sample_adt("S-OK").encode()) if opening.startswith(b"ACKED") else b""
+        peer.transport.write(whole + b"\x0b")
+        await peer.lost
+        if whole:
+            assert b"MSA|AA|S-OK" in peer.received
+        assert sample(engine, "pfi_connections_closed_total", channel="in", reason="frame_timeout") == 1.0
+    finally:
+        await engine.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_complete_frames_never_hit_the_deadline(tmp_path):
     engine = await engine_with(tmp_path, frame_timeout=0.3)
     try:
