@@ -152,13 +152,7 @@ def _writes_ascii_as_ascii(codec: str) -> bool:
 
 
 def build_ack_python(
-    header: Header | None,
-    code: str,
-    ack_control_id: str,
-    timestamp: str,
-    errors: tuple[AckError, ...] = (),
-    local_app: str = "PFI",
-    codec: str = "utf-8",
+    header: Header | None, code: str, ack_control_id: str, timestamp: str, errors: tuple, local_app: str, codec: str
 ) -> bytes:
     """`build_ack` in Python alone: ACKs with ERR, unusual headers (and the reference)."""
     h = header or Header(version_field="2.5", processing_id="P")

@@ -74,7 +74,7 @@ def test_acks_of_awkward_values_are_the_same():
         code, local_app, control, stamp = rng.choice(["AA", "AE", "AR"]), "PFI", "1733", "20261205"
         if rng.random() < 0.2:  # the engine's own values, awkward too
             local_app, control, stamp = rng.choice(["", "PFIé", "P\x01"]), rng.choice(["", "C\r1"]), "2026\x1c"
-        expected = build_ack_python(h, code, control, stamp, (), local_app)
+        expected = build_ack_python(h, code, control, stamp, (), local_app, "utf-8")
         assert build_ack(h, code, control, stamp, (), local_app) == expected, h
         native += ack_module._native_ack_of(h, code, control, stamp, local_app) is not None
     assert native > 5_000
