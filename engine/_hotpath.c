@@ -174,9 +174,14 @@ static const char *printable(PyObject *value, Py_ssize_t *size) {
 typedef struct {
     char data[ACK_BUFFER];
     Py_ssize_t size;
+    int overflow; /* never with values within ECHO_LIMIT; checked all the same */
 } buffer;
 
 static void put(buffer *b, const char *chars, Py_ssize_t size) {
+    if (b->overflow || b->size + size > ACK_BUFFER) {
+        b->overflow = 1;
+        return;
+    }
     memcpy(b->data + b->size, chars, (size_t)size);
     b->size += size;
 }
@@ -208,7 +213,9 @@ static PyObject *ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     int with_trigger = v[TRIGGER].size > 0 && !(v[MESSAGE_CODE].size == 3 && memcmp(v[MESSAGE_CODE].start, "ACK", 3) == 0);
     if (with_trigger && v[TRIGGER].size + 8 > ECHO_LIMIT)
         Py_RETURN_NONE; /* build_ack would cut it */
-    buffer b = {.size = 0};
+    buffer b; /* no initializer: it would zero the whole array */
+    b.size = 0;
+    b.overflow = 0;
     put(&b, "MSH|^~\\&|", 9);
     put_or(&b, v[RECEIVING_APP], v[LOCAL_APP]);
     const int msh_4_to_6[] = {RECEIVING_FACILITY, SENDING_APP, SENDING_FACILITY, TIMESTAMP};
@@ -239,6 +246,8 @@ static PyObject *ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     put(&b, "|", 1);
     put(&b, v[CONTROL_ID].start, v[CONTROL_ID].size);
     put(&b, "\r", 1);
+    if (b.overflow)
+        Py_RETURN_NONE;
     return PyBytes_FromStringAndSize(b.data, b.size);
 }
 

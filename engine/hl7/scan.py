@@ -175,8 +175,8 @@ def scan_python(raw: bytes, fallback_codec: str = "utf-8") -> Header:
     pid = _find_segment(raw, b"PID", sep)
     if pid is not None:
         header.pid_segment = pid
-        fields = pid.split(sep, 4)  # PID-3 is fields[3], whole
-        header.patient_ids = fields[3].decode(header.codec, "replace") if len(fields) > 3 else ""
+        pid_fields = pid.split(sep, 4)  # PID-3 is pid_fields[3], whole
+        header.patient_ids = pid_fields[3].decode(header.codec, "replace") if len(pid_fields) > 3 else ""
     return header
 
 
