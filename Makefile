@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 PHONY_CONSOLE := chromium bench-console
-.PHONY: $(PHONY_CONSOLE) install run test conformance bench bench-reactor bench-send bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz bench-stats check demo clean pki sim-dmp
+.PHONY: $(PHONY_CONSOLE) install run test conformance bench bench-reactor bench-send bench-writer bench-route bench-cluster bench-flow bench-mss bench-dmp bench-docwire bench-fuzz bench-stats check demo clean pki sim-dmp
 
 # setup.py builds intake's native hot path (engine/_hotpath.c) in place: editing it reinstalls.
 $(STAMP): setup.cfg pyproject.toml setup.py engine/_hotpath.c
@@ -63,6 +63,10 @@ bench-reactor: $(STAMP)
 # the outbound send path's reactor-thread Python per delivery, without sockets or disk
 bench-send: $(STAMP)
 	$(BIN)/python bench/send_path.py
+
+# the journal writer's CPU per intake record (log, fdatasync, index), in one thread, no network
+bench-writer: $(STAMP)
+	$(BIN)/python bench/writer_path.py
 
 # 1, 2 and 3 nodes on one PostgreSQL journal (postgresql://postgres@127.0.0.1:5432/, or PFI_BENCH_PG) beside SQLite.
 bench-cluster: $(STAMP)
