@@ -16,9 +16,10 @@
  * bloom_add / bloom_contains set and test the bits KeyFilter's Python methods set and test
  * (tests/journal/test_keyfilter.py compares the two bit arrays).
  *
- * Why C: intake does these for every message, on the reactor thread and the journal writer's. In Python they cost ~9 us
- * alone but three to four times that inside the engine under load (cold caches, a GIL shared
- * with the journal writer); here each is one pass with no intermediate objects.
+ * Why C: intake does these for every message, on the reactor thread and the journal writer's.
+ * In Python they cost ~9 us alone but three to four times that inside the engine under load
+ * (cold caches, a GIL shared by the two threads); here each is one pass with no intermediate
+ * objects.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* first: its pyconfig.h sets _GNU_SOURCE, which memmem needs */
@@ -210,7 +211,8 @@ static PyObject *ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
             Py_RETURN_NONE;
     }
     /* MSH-9: ACK^<trigger>^ACK, or ACK alone (no trigger, or acknowledging an ACK) */
-    int with_trigger = v[TRIGGER].size > 0 && !(v[MESSAGE_CODE].size == 3 && memcmp(v[MESSAGE_CODE].start, "ACK", 3) == 0);
+    int acknowledges_ack = v[MESSAGE_CODE].size == 3 && memcmp(v[MESSAGE_CODE].start, "ACK", 3) == 0;
+    int with_trigger = v[TRIGGER].size > 0 && !acknowledges_ack;
     if (with_trigger && v[TRIGGER].size + 8 > ECHO_LIMIT)
         Py_RETURN_NONE; /* build_ack would cut it */
     buffer b; /* no initializer: it would zero the whole array */

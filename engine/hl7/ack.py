@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from engine.hl7 import encode
+from engine.hl7.charset import ascii_transparent
 from engine.hl7.scan import Header
 
 try:  # built by `make install` (setup.py); without a C compiler every ACK is written in Python
@@ -124,7 +125,7 @@ def build_ack(
 def _native_ack_of(h: Header, code: str, ack_control_id: str, timestamp: str, local_app: str) -> bytes | None:
     """engine/_hotpath.c's ACK: standard delimiters, a charset writing ASCII as ASCII, every value
     printable ASCII within ECHO_LIMIT (None otherwise, from here or from it)."""
-    if h.field_sep != "|" or h.encoding_chars != "^~\\&" or not _writes_ascii_as_ascii(h.codec):
+    if h.field_sep != "|" or h.encoding_chars != "^~\\&" or not ascii_transparent(_ascii_compatible(h.codec)):
         return None
     return _native_ack(
         code,
@@ -143,12 +144,6 @@ def _native_ack_of(h: Header, code: str, ack_control_id: str, timestamp: str, lo
         h.charset,
         h.control_id,
     )
-
-
-@functools.lru_cache(maxsize=32)
-def _writes_ascii_as_ascii(codec: str) -> bool:
-    charset = _ascii_compatible(codec)
-    return "".join(map(chr, range(128))).encode(charset, "replace") == bytes(range(128))
 
 
 def build_ack_python(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 
 MSH18_CODECS = {
     "UNICODE UTF-8": "utf-8",
@@ -29,3 +30,17 @@ def msh18_for(codec: str) -> str:
     return {"utf-8": "UNICODE UTF-8", "iso8859-1": "8859/1", "iso8859-15": "8859/15"}.get(
         codecs.lookup(codec).name, "UNICODE UTF-8"
     )
+
+
+_ASCII = bytes(range(128))
+
+
+@functools.lru_cache(maxsize=32)
+def ascii_transparent(codec: str) -> bool:
+    """`codec` reads every ASCII byte as that character and writes it back as that byte: a text
+    of ASCII is the same in it as in latin-1 (intake's native scan and ACK rely on it)."""
+    try:
+        text = _ASCII.decode(codec, "replace")
+        return text == _ASCII.decode("latin-1") and text.encode(codec, "replace") == _ASCII
+    except LookupError:
+        return False

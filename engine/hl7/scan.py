@@ -6,11 +6,10 @@ intake path (engine.hl7.message).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from engine.errors import ParseError
-from engine.hl7.charset import codec_for
+from engine.hl7.charset import ascii_transparent, codec_for
 
 try:  # built by `make install` (setup.py); without a C compiler every message is read in Python
     from engine._hotpath import msh_pid as _native_msh_pid
@@ -113,12 +112,12 @@ def scan(raw: bytes, fallback_codec: str = "utf-8") -> Header:
 
 def _native_header(values: tuple, fallback_codec: str) -> Header | None:
     """The Header of engine/_hotpath.c's values (its common case: standard delimiters, ASCII
-    MSH); None when the message's codec does not read ASCII bytes as ASCII."""
+    MSH); None when the message's codec does not read ASCII bytes as ASCII (charset.py)."""
     sending_app, sending_facility, receiving_app, receiving_facility = values[:4]
     timestamp, message_code, trigger, structure, control_id, processing_id, version_field = values[4:11]
     country, charset, profile, pid, pid_3 = values[11:]
     codec = codec_for(charset, fallback_codec)
-    if not _reads_ascii_as_ascii(codec):
+    if not ascii_transparent(codec):
         return None
     return Header(
         "|",
@@ -141,17 +140,6 @@ def _native_header(values: tuple, fallback_codec: str) -> Header | None:
         pid_3.decode(codec, "replace"),
         pid,
     )
-
-
-@functools.lru_cache(maxsize=32)
-def _reads_ascii_as_ascii(codec: str) -> bool:
-    try:
-        return _ASCII.decode(codec, "replace") == _ASCII.decode("latin-1")
-    except LookupError:
-        return False
-
-
-_ASCII = bytes(range(128))
 
 
 def scan_python(raw: bytes, fallback_codec: str = "utf-8") -> Header:

@@ -43,6 +43,10 @@ class BufferBudget:
         elif held < before:
             self._resume_some()
 
+    def holds(self, reader: Reader) -> bool:
+        """`reader` has unfinished bytes counted here."""
+        return reader in self._held
+
     def release(self, reader: Reader) -> None:
         """The connection is gone: its bytes are freed."""
         self.used -= self._held.pop(reader, 0)

@@ -64,7 +64,6 @@ class Intake:
     metrics: object
     clock: object
     _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
-    _counts: dict = field(default_factory=dict)  # channel -> its IntakeCounts (engine.metrics)
     _stamp: tuple = (None, "")  # (second, its HL7 timestamp): one strftime per second
     _rejected: dict = field(default_factory=dict)  # channel -> RejectedBytes of the last hour
     _tally: dict = field(default_factory=dict)  # channel -> Counter of states since the last summary
@@ -336,9 +335,7 @@ class Intake:
         return ack
 
     def _observe(self, record: InboundRecord, policy: IntakePolicy, started: float) -> None:
-        counts = self._counts.get(policy.channel)
-        if counts is None:
-            counts = self._counts[policy.channel] = self.metrics.intake.counts(policy.channel)
+        counts = self.metrics.intake.counts(policy.channel)
         counts.received += 1
         if record.state == DUPLICATE:
             counts.duplicates += 1

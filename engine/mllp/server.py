@@ -80,7 +80,6 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         self._handshake_done = False
         self._deadline = None  # IDelayedCall of the unfinished frame
         self._deadline_frame = 0  # decoder.frames_started when the deadline was set
-        self._held = 0  # bytes of unfinished frames last reported to the engine budget
 
     # -- connection ------------------------------------------------------------------------
     def connectionMade(self):
@@ -155,19 +154,15 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
     # -- limits ----------------------------------------------------------------------------
     def _account(self) -> None:
         """Report our unfinished bytes to the engine budget; arm or clear the frame deadline."""
-        mid_frame = self.decoder.mid_frame
-        if not mid_frame and not self._held and self._deadline is None:
+        mid_frame, budget = self.decoder.mid_frame, self.limits.budget
+        if not mid_frame and self._deadline is None and not budget.holds(self):
             return  # the usual read (whole frames): nothing held before or now, nothing to change
-        self._report_held(self.decoder.pending if mid_frame else 0)
+        budget.update(self, self.decoder.pending if mid_frame else 0)
+        self._report_buffers()
         if not self.decoder.mid_frame or self._closing:
             self._cancel_deadline()
         elif self._deadline is None or self._deadline_frame != self.decoder.frames_started:
             self._arm_deadline()
-
-    def _report_held(self, held: int) -> None:
-        self._held = held
-        self.limits.budget.update(self, held)
-        self._report_buffers()
 
     def _report_buffers(self) -> None:
         # Gauges change rarely (a message mid-frame, a paused reader): set only what moved, each
@@ -202,7 +197,8 @@ class MLLPServerProtocol(protocol.Protocol, TimeoutMixin):
         if head:
             quarantine(self.intake, self.policy, head, reason)
         self.decoder = MLLPDecoder(self.decoder.max_size)  # frees the buffer now
-        self._report_held(0)
+        self.limits.budget.update(self, 0)
+        self._report_buffers()
         self._close_after_acks()
 
     def pause_reading(self) -> None:
