@@ -10,7 +10,6 @@ from engine.hl7.path import compile_path
 from engine.hl7.scan import Header, scan
 
 _HEAD_SEGMENTS = ("MSH", "PID")
-_MESSAGE_CODE, _PROFILE = compile_path("MSH-9.1"), compile_path("MSH-21")
 
 
 class MessageContext:
@@ -31,9 +30,7 @@ class MessageContext:
         from engine.docrequest import parse_document_request
         from engine.docrequest.errors import RequestError
 
-        # MSH-9.1 and MSH-21 from the head the FIFO key is read from: no MSH scan for an ADT.
-        code, profile = _MESSAGE_CODE.get(self.head) or "", _PROFILE.get(self.head) or ""
-        if code not in ("ORU", "MDM") or "CISIS_CDA" not in profile:
+        if self.header.message_code not in ("ORU", "MDM") or "CISIS_CDA" not in self.header.profile:
             return None
         try:
             return parse_document_request(self.message)

@@ -11,31 +11,22 @@ def _first(value: str, sep: str) -> str:
 
 
 def matches(match: Match, ctx: MessageContext) -> bool:
-    if match.channel is not None and ctx.channel not in as_list(match.channel):
-        return False
-    if _names_header(match):  # the MSH scan only for a match that reads it
-        h = ctx.header
-        comp = h.encoding_chars[0]
-        checks = (
-            (match.sender, _first(h.sending_app, comp)),
-            (match.facility, _first(h.sending_facility, comp)),
-            (match.receiver, _first(h.receiving_app, comp)),
-            (match.receiver_facility, _first(h.receiving_facility, comp)),
-            (match.version, h.version),
-        )
-        for wanted, actual in checks:
-            if wanted is not None and actual not in as_list(wanted):
-                return False
-        if match.type is not None and not any(_type_ok(t, h) for t in as_list(match.type)):
-            return False
-    return all(field_matches(ctx, path, wanted) for path, wanted in match.fields.items())
-
-
-def _names_header(match: Match) -> bool:
-    return any(
-        value is not None
-        for value in (match.sender, match.facility, match.receiver, match.receiver_facility, match.version, match.type)
+    h = ctx.header
+    comp = h.encoding_chars[0]
+    checks = (
+        (match.channel, ctx.channel),
+        (match.sender, _first(h.sending_app, comp)),
+        (match.facility, _first(h.sending_facility, comp)),
+        (match.receiver, _first(h.receiving_app, comp)),
+        (match.receiver_facility, _first(h.receiving_facility, comp)),
+        (match.version, h.version),
     )
+    for wanted, actual in checks:
+        if wanted is not None and actual not in as_list(wanted):
+            return False
+    if match.type is not None and not any(_type_ok(t, h) for t in as_list(match.type)):
+        return False
+    return all(field_matches(ctx, path, wanted) for path, wanted in match.fields.items())
 
 
 def _type_ok(wanted: str, h) -> bool:

@@ -73,30 +73,11 @@ def test_bytes_the_declared_charset_cannot_decode_are_refused_alike():
         Message.parse_head(raw)
 
 
-@pytest.mark.parametrize("path", corpus(), ids=lambda p: p.name)
-def test_routing_tells_a_document_request_from_the_head_as_the_scan_would(path):
-    # MessageContext.document_request reads MSH-9.1 and MSH-21 from the head, not from scan().
-    from engine.hl7.scan import scan
-    from engine.routing import context
-
-    raw = path.read_bytes()
-    try:
-        header = scan(raw)
-    except ParseError:
-        return
-    head = Message.parse_head(raw)
-    assert (context._MESSAGE_CODE.get(head) or "", context._PROFILE.get(head) or "") == (
-        header.message_code,
-        header.profile,
-    )
-
-
-def test_a_match_on_the_channel_alone_does_not_scan_the_header(monkeypatch):
+def test_a_match_on_the_channel_and_an_adt_without_document():
     from engine.config.routes import Match
     from engine.routing.match import matches
 
     raw = f"{MSH}\r{PID}\r".encode()
-    monkeypatch.setattr(MessageContext, "header", property(lambda self: pytest.fail("scanned")))
     assert matches(Match(channel="c"), MessageContext("u", "c", raw, 0.0))
     assert not matches(Match(channel="other"), MessageContext("u", "c", raw, 0.0))
     assert MessageContext("u", "c", raw, 0.0).document_ids == ("", "", "")  # an ADT: no document
