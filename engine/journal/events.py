@@ -33,14 +33,21 @@ ROWS_PER_INSERT = 256
 OBSERVERS: list[Observer] = [count_event_outcomes]
 
 
-#: the writer thread's list of the rows written in its current transaction (see `collect_into`)
+#: a writing thread's list of the rows written in its current transaction (see `collect_into`)
 _collected = threading.local()
 
 
 def collect_into(rows: list | None) -> None:
     """From now on, in this thread, every row written is also appended to `rows`: the journal's
-    writer hands them to its listeners (metrics) once the transaction has committed."""
+    writer (and its indexer) hands them to its listeners (metrics) once the transaction has
+    committed."""
     _collected.rows = rows
+
+
+def collected() -> list:
+    """This thread's list of rows written in its current transaction (empty when not collecting)."""
+    rows = getattr(_collected, "rows", None)
+    return rows if rows is not None else []
 
 
 def write(conn, rows: Iterable[EventRow]) -> None:

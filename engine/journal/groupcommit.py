@@ -48,7 +48,7 @@ class GroupCommitWriter:
         #: called in the writer thread with the event rows of each committed transaction (the
         #: engine's metrics count them: one observer of every state change, nothing counted twice)
         self.event_listeners: list[Callable[[list], None]] = []
-        self._written: list = []  # event rows of the transaction in progress
+        self._written: list = []  # the writer thread's event rows of the transaction in progress
 
     # -- to implement ----------------------------------------------------------------------
     def _commit(self, batch: list) -> None:
@@ -191,7 +191,10 @@ class GroupCommitWriter:
         self.reactor.callFromThread(self.on_received)
 
     def _events_committed(self) -> None:
-        rows, self._written[:] = list(self._written), []
+        """The transaction of this thread (the writer, or the SQLite journal's indexer) committed:
+        hand its event rows to the listeners."""
+        written = events.collected()
+        rows, written[:] = list(written), []
         for listener in self.event_listeners:
             try:
                 listener(rows)
@@ -199,7 +202,7 @@ class GroupCommitWriter:
                 log.exception("journal.event_listener_failed")
 
     def _events_rolled_back(self, mark: int = 0) -> None:
-        del self._written[mark:]
+        del events.collected()[mark:]
 
     def _answer(self, batch: list, results: list) -> None:
         self.reactor.callFromThread(_resolve, [d for _, d, _ in batch], results)

@@ -241,7 +241,7 @@ class PostgresJournal(GroupCommitWriter):
 
     def _run_one(self, conn, store, operation):
         conn.raw.execute("SAVEPOINT op")
-        mark = len(self._written)
+        mark = len(events.collected())
         try:
             result = operation(conn, store)
         except (psycopg.Error, ValueError) as exc:

@@ -11,6 +11,7 @@ synchronous=FULL. Reads use their own connections.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import sqlite3
@@ -28,6 +29,7 @@ from engine.journal.dialect import SQLITE
 from engine.journal.groupcommit import GroupCommitWriter, any_to_route, mark_duplicates
 from engine.journal.keyfilter import KeyFilter, filter_of
 from engine.journal.payloads import META_FIELDS, PayloadStore
+from engine.journal.tail import Chunk, TailIndexer, UnindexedTail
 
 log = structlog.get_logger(__name__)
 
@@ -36,16 +38,16 @@ DURABILITY = (
     "segment log fdatasync before ACK (group commit), SQLite WAL index following the log "
     "(synchronous=NORMAL, rebuilt from the log after a crash); other state changes synchronous=FULL"
 )
-#: The index follows the log (docs/journal.md): acknowledged records are indexed together once
-#: INDEX_BATCH of them wait, when the writer has been idle INDEX_DELAY seconds, or before any
-#: other operation (routing, operator actions, purge), which therefore sees every one of them.
+#: The index follows the log (docs/journal.md): the indexer thread (engine/journal/tail.py) indexes
+#: acknowledged records together once INDEX_BATCH of them wait or INDEX_DELAY seconds after the
+#: oldest came; the writer indexes them itself before any other operation (routing, operator
+#: actions, purge), which therefore sees every one of them.
 INDEX_BATCH = 512
 INDEX_DELAY = 0.02
 INDEX_RETRY = 1.0  # after a failed index commit (a full disk): seconds before the next try
-#: Another process (the routing process, the console, a `pfi` command) holds the write lock: the
-#: index commit is tried again this much later instead of waiting, so the log path (the ACKs)
-#: never waits behind another process's transaction; past TAIL_LIMIT records it waits.
-INDEX_BUSY_RETRY = 0.002
+#: The indexer waits for a write lock another process holds (the routing process, the console, a
+#: `pfi` command) while the writer goes on answering from the log; past TAIL_LIMIT records the
+#: writer indexes (and so waits) itself, which bounds the tail's memory.
 TAIL_LIMIT = 4 * INDEX_BATCH
 BUSY_TIMEOUT_MS = 30000
 
@@ -93,7 +95,7 @@ class SQLiteJournal(GroupCommitWriter):
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
         self._tail = UnindexedTail()
-        self._index_retry_at = 0.0  # monotonic time before which the idle writer does not retry
+        self._indexer: TailIndexer | None = None  # started by start() (never in the follower)
         self._keys = KeyFilter(1)  # replaced by start(), built from the index
         #: channels no route names (set by the engine): their accepted messages are indexed
         #: `unrouted` at once, so the dispatcher never reads, plans or updates them
@@ -116,15 +118,21 @@ class SQLiteJournal(GroupCommitWriter):
             log.warning("journal.recovered", messages=recovered)
         self._build_key_filter()
         self._reader = connect(self.db_path)
+        index_conn = connect(self.db_path)
+        index_conn.execute("PRAGMA synchronous=NORMAL")  # the log is the truth (recover)
+        self._indexer = TailIndexer(self._tail, index_conn, self._index_chunk, _index_settings)
+        self._indexer.start()
         self._start_writer()
 
     def _close_resources(self) -> None:
+        if self._indexer is not None:
+            self._indexer.stop()
         try:
             self._index_tail()
         except Exception:  # noqa: BLE001 - the records are in the log: the next start indexes them
             log.exception("journal.index_failed", records=len(self._tail))
         self.payloads.close()
-        for conn in (self._writer, self._reader):
+        for conn in (self._writer, self._reader, self._indexer.conn if self._indexer else None):
             if conn is not None:
                 conn.close()
 
@@ -212,18 +220,26 @@ class SQLiteJournal(GroupCommitWriter):
             log.error("journal.damaged_bytes_skipped", segment=segment, offset=offset, resume=resume)
 
     def _build_key_filter(self) -> None:
-        """The duplicate keys of the index and the tail (keyfilter.py): at start, and when full."""
-        indexed = [key for (key,) in self._writer.execute("SELECT dup_key FROM messages WHERE dup_key IS NOT NULL")]
-        self._keys = filter_of(indexed + list(self._tail.keys))
+        """The duplicate keys of the index and the tail (keyfilter.py): at start, and when full
+        (no index transaction meanwhile: none of its keys may fall between the two reads)."""
+        with self._indexer.lock if self._indexer else contextlib.nullcontext():
+            indexed = [k for (k,) in self._writer.execute("SELECT dup_key FROM messages WHERE dup_key IS NOT NULL")]
+            self._keys = filter_of(indexed + self._tail.all_keys())
+
+    def _originals(self, conn, keys: list[str]) -> list[tuple]:
+        """(dup_key, received_at, uid, ack_code, ack) of the journaled records with one of `keys`.
+        The tail first: a record leaves it only once indexed, so none is missed between the two."""
+        unindexed = self._tail.earlier(keys)
+        seen = self._keys
+        return _earlier(conn, [k for k in keys if k in seen]) + unindexed
 
     def _log_inbound_run(self, conn, store: PayloadStore, records: list[InboundRecord]) -> tuple[list, list]:
         """Mark duplicates and append a run of inbound records to the segment log (not synced);
         returns their messages rows and events rows, built from the records themselves."""
         if self._keys.full:
             self._build_key_filter()
-        seen = self._keys
-        mark_duplicates(records, lambda keys: _earlier(conn, [k for k in keys if k in seen]) + self._tail.earlier(keys))
-        seen.add_all(key for r in records if (key := _kept_key(r)))
+        mark_duplicates(records, lambda keys: self._originals(conn, keys))
+        self._keys.add_all(key for r in records if (key := _kept_key(r)))
         metas = [_meta_values(r) for r in records]
         positions = store.append_many(list(zip(metas, [r.raw for r in records])))
         node, messages, event_rows = self.node, [], []
@@ -311,20 +327,29 @@ class SQLiteJournal(GroupCommitWriter):
             log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
             self._answer(batch, [JournalError(f"journal write failed: {exc}")] * len(batch))
             return
-        self._tail.add(records, messages, event_rows, any_to_route(records, self.unrouted_channels))
+        kept_keys = [_kept_key(r) for r in records]
+        self._tail.add(records, kept_keys, messages, event_rows, any_to_route(records, self.unrouted_channels))
         self._answer(batch, records)
-        if len(self._tail) >= INDEX_BATCH:
-            self._index_tail_or_log()
 
     def _commit_with_index(self, batch: list) -> None:
         """A batch holding other operations: the tail is indexed first, in the same transaction,
         so that the operations see every acknowledged record."""
+        with self._indexer.lock if self._indexer else contextlib.nullcontext():
+            chunk = self._tail.take()
+            results = self._commit_batch_and_tail(batch, chunk)
+            if not isinstance(results, JournalError):
+                self._tail.drop(chunk.count)
+        if isinstance(results, JournalError):
+            results = [results] * len(batch)
+        self._answer(batch, results)
+
+    def _commit_batch_and_tail(self, batch: list, chunk: Chunk) -> list | JournalError:
         conn, store = self._writer, self.payloads
         position = store.position()
         try:
             self._set_sync_mode(conn, all(logged for _, _, logged in batch))
             conn.execute("BEGIN IMMEDIATE")
-            self._insert_tail(conn)
+            self._insert_tail(conn, chunk)
             results = self._run_batch(conn, store, batch)
             store.sync()  # the log first: the index of a synced batch can be rebuilt from it
             conn.execute("COMMIT")
@@ -332,89 +357,53 @@ class SQLiteJournal(GroupCommitWriter):
             self._events_rolled_back()
             self._abort(conn, store, position)
             log.exception("journal.commit_failed", error=str(exc), batch=len(batch))
-            failure = JournalError(f"journal write failed: {exc}")
-            results = [failure] * len(batch)
-        else:
-            self._tail_indexed(any_to_route([op for op, _, _ in batch], self.unrouted_channels))
-        self._answer(batch, results)
+            return JournalError(f"journal write failed: {exc}")
+        self._tail_indexed(chunk.routable or any_to_route([op for op, _, _ in batch], self.unrouted_channels))
+        return results
 
-    def _idle_wait(self) -> float | None:
-        if not self._tail:
-            return None
-        due = max(self._tail.since + INDEX_DELAY, self._index_retry_at)
-        return max(0.0, due - time.monotonic())
+    def _index_tail(self) -> None:
+        """Index the whole tail now, in the writer thread (past TAIL_LIMIT, at a stop); raises
+        when that fails."""
+        if self._indexer is not None:
+            self._indexer.index_now(self._writer)
+        elif self._tail:  # the follower never has one; a journal not started has no indexer
+            chunk = self._tail.take()
+            self._index_chunk(self._writer, chunk)
+            self._tail.drop(chunk.count)
 
-    def _when_idle(self) -> None:
-        self._index_tail_or_log()
-
-    def _index_tail_or_log(self) -> None:
-        if time.monotonic() < self._index_retry_at:
-            return
+    def _index_chunk(self, conn, chunk: Chunk) -> None:
+        """Index the tail's `chunk` in one transaction of `conn` (the indexer's, or the writer's),
+        without fsync: after a crash, `recover` rebuilds it from the log."""
+        if conn is self._writer:
+            self._set_sync_mode(conn, True)
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            self._index_tail(wait=False)
-        except Exception as exc:  # noqa: BLE001 - kept in the tail, tried again; the log holds them
-            # Not at once: an idle writer would retry (and log) in a loop while the disk is full.
-            self._index_retry_at = time.monotonic() + INDEX_RETRY
-            log.exception("journal.index_failed", error=str(exc), records=len(self._tail))
-
-    def _index_tail(self, wait: bool = True) -> None:
-        """Index the acknowledged records of the tail in one transaction (no fsync: after a
-        crash, `recover` rebuilds it from the log). Without `wait`, a write lock another process
-        holds puts the attempt off by INDEX_BUSY_RETRY instead of waiting for it."""
-        if not self._tail:
-            return
-        conn = self._writer
-        self._set_sync_mode(conn, True)
-        if not self._began(conn, wait):
-            self._index_retry_at = time.monotonic() + INDEX_BUSY_RETRY
-            return
-        try:
-            self._insert_tail(conn)
+            self._insert_tail(conn, chunk)
             conn.execute("COMMIT")
         except Exception:
             self._events_rolled_back()
             self._abort(conn, self.payloads, None)
             raise
-        self._tail_indexed()
+        self._tail_indexed(chunk.routable)
 
-    @staticmethod
-    def _began(conn, wait: bool) -> bool:
-        """BEGIN IMMEDIATE; without `wait`, False at once when another connection holds the lock."""
-        if wait:
-            conn.execute("BEGIN IMMEDIATE")
-            return True
-        conn.execute("PRAGMA busy_timeout=0")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-                return False
-            raise
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return True
-
-    def _insert_tail(self, conn) -> None:
-        tail = self._tail
-        if not tail:
+    def _insert_tail(self, conn, chunk: Chunk) -> None:
+        if not chunk.count:
             return
-        results = self._index_inbound_run(conn, self.payloads, tail.uids, tail.messages, tail.events)
-        for uid, result in zip(tail.uids, results):
+        results = self._index_inbound_run(conn, self.payloads, chunk.uids, chunk.messages, chunk.events)
+        for uid, result in zip(chunk.uids, results):
             if isinstance(result, Exception):  # acknowledged, in the log: say it loudly
                 log.error("journal.index_failed", message_id=uid, error=str(result))
 
-    def _tail_indexed(self, routable: bool = False) -> None:
-        """The tail (and `routable` records of the same transaction) are indexed: the dispatcher
-        routes what it can read."""
-        routable = routable or self._tail.routable
-        self._tail.clear()
+    def _tail_indexed(self, routable: bool) -> None:
+        """Index rows committed (in this thread): the listeners count their events, and the
+        dispatcher routes what it can now read."""
         self._events_committed()
         if routable:
             self._wake_dispatcher()
 
     def _run_one(self, conn, store, operation):
         conn.execute("SAVEPOINT op")
-        mark = len(self._written)
+        mark = len(events.collected())
         try:
             result = operation(conn, store)
         except (sqlite3.IntegrityError, ValueError) as exc:
@@ -480,44 +469,6 @@ class SQLiteJournal(GroupCommitWriter):
 
     def load_message(self, uid: str) -> StoredMessage | None:
         return load_message(self._read, self.payloads, uid)
-
-
-class UnindexedTail:
-    """Records synced to the log and acknowledged, not yet in the SQLite index, in log order."""
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        # Uids, not the records: a record holds its raw bytes (megabytes for a report with its
-        # PDF), which must be freed once answered, not kept for up to INDEX_BATCH records.
-        self.uids: list[str] = []
-        self.messages: list[tuple] = []
-        self.events: list[tuple] = []
-        #: dup_key -> (dup_key, received_at, uid, ack_code, ack) of originals, as `_earlier` gives
-        self.keys: dict[str, list[tuple]] = {}
-        self.since = 0.0  # monotonic time of the oldest record
-        self.routable = False  # holds a record the dispatcher must route
-
-    def __len__(self) -> int:
-        return len(self.uids)
-
-    def add(self, records: list[InboundRecord], messages: list[tuple], event_rows: list[tuple], routable: bool) -> None:
-        if not self.uids:
-            self.since = time.monotonic()
-        self.uids += [r.uid for r in records]
-        self.routable = self.routable or routable
-        self.messages += messages
-        self.events += event_rows
-        for r in records:
-            if key := _kept_key(r):
-                self.keys.setdefault(key, []).append((key, r.received_at, r.uid, r.ack_code, r.ack))
-
-    def earlier(self, keys: list[str]) -> list[tuple]:
-        """The originals among the tail's records (they follow every indexed one)."""
-        if not self.keys:
-            return []
-        return [original for key in keys for original in self.keys.get(key, ())]
 
 
 #: the messages row's indexed columns: the first fields of the segment log's meta tuple
@@ -642,6 +593,11 @@ _INDEXED = len(_META_FIELDS)
 _STATE = _META_FIELDS.index("state")
 UNROUTED = "unrouted"
 NOT_ROUTED = "no route names this channel: not routed"
+
+
+def _index_settings() -> tuple[int, float, float]:
+    """(INDEX_BATCH, INDEX_DELAY, INDEX_RETRY), read when used (tests change them)."""
+    return INDEX_BATCH, INDEX_DELAY, INDEX_RETRY
 
 
 def _kept_key(r: InboundRecord) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
+import time
 
 import pytest
 import pytest_twisted
@@ -127,8 +128,11 @@ async def test_full_disk_answers_ar_and_keeps_serving(tmp_path):
     assert set(accepted) <= stored
 
 
-async def _connect_retry(port):
-    for _ in range(200):
+async def _connect_retry(port, timeout: float = 15.0):
+    # A bound in seconds, not in tries: the engine's start (imports, journal, listeners) takes
+    # about a second here, more on a loaded machine; 200 tries of 5 ms were too close to it.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             return await connect(reactor, "127.0.0.1", port)
         except Exception:

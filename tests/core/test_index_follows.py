@@ -128,11 +128,11 @@ async def test_a_failing_index_commit_keeps_the_tail_and_is_retried_later(tmp_pa
     journal = SQLiteJournal(tmp_path / "journal", reactor)
     real_insert, attempts = SQLiteJournal._insert_tail, []
 
-    def failing_once(self, conn):
-        attempts.append(len(self._tail))
+    def failing_once(self, conn, chunk):
+        attempts.append(chunk.count)
         if len(attempts) == 1:
             raise sqlite3.OperationalError("database or disk is full")
-        real_insert(self, conn)
+        real_insert(self, conn, chunk)
 
     monkeypatch.setattr(SQLiteJournal, "_insert_tail", failing_once)
     journal.start()
