@@ -328,7 +328,8 @@ class SQLiteJournal(GroupCommitWriter):
             self._answer(batch, [JournalError(f"journal write failed: {exc}")] * len(batch))
             return
         kept_keys = [_kept_key(r) for r in records]
-        self._tail.add(records, kept_keys, messages, event_rows, any_to_route(records, self.unrouted_channels))
+        routable = any_to_route(records, self.unrouted_channels)
+        self._tail.add(records, kept_keys, messages, event_rows, routable, INDEX_BATCH)
         self._answer(batch, records)
 
     def _commit_with_index(self, batch: list) -> None:

@@ -58,10 +58,14 @@ class UnindexedTail:
     def __len__(self) -> int:
         return len(self.uids)
 
-    def add(self, records: list, kept_keys: list, messages: list, event_rows: list, routable: bool) -> None:
-        """Append a logged run (`kept_keys`: each record's key the index keeps, or None)."""
+    def add(
+        self, records: list, kept_keys: list, messages: list, event_rows: list, routable: bool, batch_size: int
+    ) -> None:
+        """Append a logged run (`kept_keys`: each record's key the index keeps, or None);
+        `batch_size`: the indexer's INDEX_BATCH."""
         with self.changed:
-            if not self.uids:
+            was = len(self.uids)
+            if not was:
                 self.since = time.monotonic()
             self.uids += [r.uid for r in records]
             self.messages += messages
@@ -72,7 +76,11 @@ class UnindexedTail:
                     self.keys.setdefault(key, []).append((key, r.received_at, r.uid, r.ack_code, r.ack))
             if routable:
                 self._routable_end = len(self.uids)
-            self.changed.notify()
+            # Woken only when its wait changes: the first record (it sleeps until one comes) or
+            # a full batch; otherwise it is already waiting until the oldest is due. A wake per
+            # writer batch cost a thread switch and a GIL hand-off each.
+            if not was or was < batch_size <= len(self.uids):
+                self.changed.notify()
 
     def earlier(self, keys: list[str]) -> list[tuple]:
         """The originals among the tail's records (they follow every indexed one)."""
