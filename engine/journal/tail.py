@@ -24,8 +24,6 @@ from engine.journal import events
 
 log = structlog.get_logger("engine.journal")
 
-LAG_LIMIT = 0.25  # seconds: the longest a record waits for its index rows, but a full batch
-
 
 @dataclass
 class Chunk:
@@ -55,7 +53,6 @@ class UnindexedTail:
         #: dup_key -> (dup_key, received_at, uid, ack_code, ack) of originals, as the index gives
         self.keys: dict[str, list[tuple]] = {}
         self.since = 0.0  # monotonic time of the oldest record
-        self.last = 0.0  # monotonic time of the newest record
         self._routable_end = 0  # the records before this position hold one to route
 
     def __len__(self) -> int:
@@ -68,9 +65,8 @@ class UnindexedTail:
         `batch_size`: the indexer's INDEX_BATCH."""
         with self.changed:
             was = len(self.uids)
-            self.last = time.monotonic()
             if not was:
-                self.since = self.last
+                self.since = time.monotonic()
             self.uids += [r.uid for r in records]
             self.messages += messages
             self.events += event_rows
@@ -170,11 +166,7 @@ class TailIndexer:
         if not count:
             return 3600.0  # woken by the next `add`
         batch, delay, _ = self._settings()
-        # `delay` after the newest record (fewer, larger commits under load), at most LAG_LIMIT
-        # (or `delay` if longer) after the oldest: readers and routing see a record soon even
-        # under a steady trickle
-        lag = max(delay, LAG_LIMIT)
-        due = min(self.tail.last + delay, self.tail.since + lag) if count < batch else 0.0
+        due = self.tail.since + delay if count < batch else 0.0
         return max(due, self._retry_at) - time.monotonic()
 
     def index_now(self, conn, from_thread: bool = False) -> None:

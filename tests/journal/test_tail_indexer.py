@@ -13,7 +13,6 @@ from structlog.testing import capture_logs
 from twisted.internet import reactor, threads
 
 from engine.journal import sqlite as sqlite_journal
-from engine.journal import tail
 from engine.journal.base import DUPLICATE, RECEIVED
 from engine.journal.reader import JournalReader
 from engine.journal.sqlite import SQLiteJournal
@@ -168,23 +167,3 @@ async def test_the_indexer_counts_its_events_for_the_listeners(journal, held):
     held.release()
     await until(lambda: len(seen) == 2, what="the listeners called after the index commit")
     assert seen == [("U-0", RECEIVED), ("U-1", RECEIVED)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_steady_trickle_is_indexed_within_the_lag_limit(tmp_path, monkeypatch):
-    # INDEX_DELAY counts from the newest record (larger commits under load); a record arriving
-    # every 20 ms would then never be indexed until INDEX_BATCH: LAG_LIMIT bounds the wait.
-    monkeypatch.setattr(sqlite_journal, "INDEX_DELAY", 0.05)
-    monkeypatch.setattr(tail, "LAG_LIMIT", 0.3)
-    journal = SQLiteJournal(tmp_path / "journal", reactor)
-    journal.start()
-    try:
-        indexed_during_trickle = []
-        for i in range(50):  # one second of records, never 50 ms apart
-            await journal.append_inbound(_record(f"T-{i}", f"C-{i}", KEY.format(f"T{i}")))
-            await sleep(0.02)
-            indexed_during_trickle.append(len(indexed_uids(journal.data_dir)))
-        assert indexed_during_trickle[-1] > 0
-        assert indexed_during_trickle[0] == 0  # not one commit per record either
-    finally:
-        journal.close_now()
