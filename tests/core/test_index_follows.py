@@ -51,6 +51,11 @@ async def append(journal, count: int, prefix: str = "U") -> list:
     ]
 
 
+async def resend_is_answered_as_duplicate(journal, resend, original) -> None:
+    again = await journal.append_inbound(resend)
+    assert (again.state, again.duplicate_of, again.ack) == (DUPLICATE, original.uid, original.ack)
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_acknowledged_record_is_in_the_log_before_the_index(journal):
     stored = await append(journal, 3)
@@ -65,8 +70,7 @@ async def test_an_acknowledged_record_is_in_the_log_before_the_index(journal):
 @pytest_twisted.ensureDeferred
 async def test_a_duplicate_of_an_unindexed_record_gets_the_original_ack(journal):
     [original] = await append(journal, 1)
-    again = await journal.append_inbound(_record("U-again", "C-0", KEY.format("U0")))
-    assert (again.state, again.duplicate_of, again.ack) == (DUPLICATE, original.uid, original.ack)
+    await resend_is_answered_as_duplicate(journal, _record("U-again", "C-0", KEY.format("U0")), original)
     await journal.indexed()
     events = JournalReader(journal.data_dir).events_after(0)
     assert [(e.message_uid, e.state) for e in events] == [("U-0", "received"), ("U-again", "duplicate")]
@@ -97,8 +101,7 @@ async def test_a_crash_between_the_log_sync_and_the_index_loses_nothing_and_doub
         assert [e.message_uid for e in events if e.state == RECEIVED] == indexed_uids(crashed)
         assert all("recovered from the segment log" in e.detail for e in events if e.message_uid.startswith("T"))
         # Duplicates of the recovered records are still recognised, with the original ACK.
-        again = await restarted.append_inbound(_record("T-again", "C-3", KEY.format("T3")))
-        assert (again.state, again.duplicate_of, again.ack) == (DUPLICATE, stored[3].uid, stored[3].ack)
+        await resend_is_answered_as_duplicate(restarted, _record("T-again", "C-3", KEY.format("T3")), stored[3])
     finally:
         restarted.close_now()
 

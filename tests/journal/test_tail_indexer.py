@@ -16,7 +16,7 @@ from engine.journal import sqlite as sqlite_journal
 from engine.journal.base import DUPLICATE, RECEIVED
 from engine.journal.reader import JournalReader
 from engine.journal.sqlite import SQLiteJournal
-from tests.core.test_index_follows import KEY, append, indexed_uids
+from tests.core.test_index_follows import KEY, append, indexed_uids, resend_is_answered_as_duplicate
 from tests.core.test_journal_batch import _record
 from tests.support import sleep, until
 
@@ -80,8 +80,7 @@ async def test_the_writer_answers_while_an_index_transaction_is_in_progress(jour
 @pytest_twisted.ensureDeferred
 async def test_a_duplicate_of_a_record_being_indexed_gets_the_original_ack(journal, held):
     [original, _] = await held_with(journal, held, 2)
-    again = await journal.append_inbound(_record("U-again", "C-0", KEY.format("U0")))
-    assert (again.state, again.duplicate_of, again.ack) == (DUPLICATE, original.uid, original.ack)
+    await resend_is_answered_as_duplicate(journal, _record("U-again", "C-0", KEY.format("U0")), original)
 
 
 @pytest_twisted.ensureDeferred
@@ -152,8 +151,7 @@ async def test_a_crash_during_an_index_transaction_loses_nothing_and_doubles_not
         assert indexed_uids(crashed) == ["U-0", "U-1", "U-2"]
         events = JournalReader(crashed).events_after(0)
         assert [(e.message_uid, e.state) for e in events] == [(u, RECEIVED) for u in ("U-0", "U-1", "U-2")]
-        again = await restarted.append_inbound(_record("U-again", "C-1", KEY.format("U1")))
-        assert (again.state, again.duplicate_of, again.ack) == (DUPLICATE, stored[1].uid, stored[1].ack)
+        await resend_is_answered_as_duplicate(restarted, _record("U-again", "C-1", KEY.format("U1")), stored[1])
     finally:
         restarted.close_now()
 
