@@ -11,7 +11,6 @@ synchronous=FULL. Reads use their own connections.
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import os
 import sqlite3
@@ -95,7 +94,8 @@ class SQLiteJournal(GroupCommitWriter):
         self._read_lock = threading.Lock()
         self._sync_mode = "FULL"
         self._tail = UnindexedTail()
-        self._indexer: TailIndexer | None = None  # started by start() (never in the follower)
+        #: its thread is started by start(), never in the follower; its lock serves either way
+        self._indexer = TailIndexer(self._tail, self._index_chunk, _index_settings)
         self._keys = KeyFilter(1)  # replaced by start(), built from the index
         #: channels no route names (set by the engine): their accepted messages are indexed
         #: `unrouted` at once, so the dispatcher never reads, plans or updates them
@@ -120,19 +120,17 @@ class SQLiteJournal(GroupCommitWriter):
         self._reader = connect(self.db_path)
         index_conn = connect(self.db_path)
         index_conn.execute("PRAGMA synchronous=NORMAL")  # the log is the truth (recover)
-        self._indexer = TailIndexer(self._tail, index_conn, self._index_chunk, _index_settings)
-        self._indexer.start()
+        self._indexer.start(index_conn)
         self._start_writer()
 
     def _close_resources(self) -> None:
-        if self._indexer is not None:
-            self._indexer.stop()
+        self._indexer.stop()
         try:
             self._index_tail()
         except Exception:  # noqa: BLE001 - the records are in the log: the next start indexes them
             log.exception("journal.index_failed", records=len(self._tail))
         self.payloads.close()
-        for conn in (self._writer, self._reader, self._indexer.conn if self._indexer else None):
+        for conn in (self._writer, self._reader, self._indexer.conn):
             if conn is not None:
                 conn.close()
 
@@ -222,7 +220,7 @@ class SQLiteJournal(GroupCommitWriter):
     def _build_key_filter(self) -> None:
         """The duplicate keys of the index and the tail (keyfilter.py): at start, and when full
         (no index transaction meanwhile: none of its keys may fall between the two reads)."""
-        with self._indexer.lock if self._indexer else contextlib.nullcontext():
+        with self._indexer.lock:
             indexed = [k for (k,) in self._writer.execute("SELECT dup_key FROM messages WHERE dup_key IS NOT NULL")]
             self._keys = filter_of(indexed + self._tail.all_keys())
 
@@ -318,7 +316,7 @@ class SQLiteJournal(GroupCommitWriter):
         position = store.position()
         records = [record for record, _, _ in batch]
         try:
-            if len(self._tail) >= TAIL_LIMIT:  # index commits failed or found the lock taken: catch up
+            if len(self._tail) >= TAIL_LIMIT:  # the indexer fell behind, failed or waits for a lock
                 self._index_tail()
             messages, event_rows = self._log_inbound_run(self._writer, store, records)
             store.sync()
@@ -335,7 +333,7 @@ class SQLiteJournal(GroupCommitWriter):
     def _commit_with_index(self, batch: list) -> None:
         """A batch holding other operations: the tail is indexed first, in the same transaction,
         so that the operations see every acknowledged record."""
-        with self._indexer.lock if self._indexer else contextlib.nullcontext():
+        with self._indexer.lock:
             chunk = self._tail.take()
             results = self._commit_batch_and_tail(batch, chunk)
             if not isinstance(results, JournalError):
@@ -365,12 +363,7 @@ class SQLiteJournal(GroupCommitWriter):
     def _index_tail(self) -> None:
         """Index the whole tail now, in the writer thread (past TAIL_LIMIT, at a stop); raises
         when that fails."""
-        if self._indexer is not None:
-            self._indexer.index_now(self._writer)
-        elif self._tail:  # the follower never has one; a journal not started has no indexer
-            chunk = self._tail.take()
-            self._index_chunk(self._writer, chunk)
-            self._tail.drop(chunk.count)
+        self._indexer.index_now(self._writer)
 
     def _index_chunk(self, conn, chunk: Chunk) -> None:
         """Index the tail's `chunk` in one transaction of `conn` (the indexer's, or the writer's),

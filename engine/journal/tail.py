@@ -118,11 +118,9 @@ class TailIndexer:
     """The thread that indexes the tail: once `batch` records wait, or `delay` seconds after the
     oldest came; after a failure, not before `retry` seconds (not in a loop: a full disk)."""
 
-    def __init__(
-        self, tail: UnindexedTail, conn, index: Callable[[object, Chunk], None], settings: Callable[[], tuple]
-    ):
+    def __init__(self, tail: UnindexedTail, index: Callable[[object, Chunk], None], settings: Callable[[], tuple]):
         self.tail = tail
-        self.conn = conn  # the indexer's own connection (closed by the journal)
+        self.conn = None  # the thread's own connection, given to `start` (closed by the journal)
         self._index = index  # (conn, chunk): inserts and commits the chunk's rows, or raises
         self._settings = settings  # () -> (batch, delay, retry), read each time (tests change them)
         #: held for the whole of an index transaction, by this thread or by the writer
@@ -131,7 +129,8 @@ class TailIndexer:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, conn) -> None:
+        self.conn = conn
         self._thread = threading.Thread(target=self._run, name="journal-indexer", daemon=True)
         self._thread.start()
 
