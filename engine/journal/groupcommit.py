@@ -22,6 +22,7 @@ from twisted.internet import defer, threads
 
 from engine.journal import events
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord
+from engine.osthread import NamedThread
 
 log = structlog.get_logger("engine.journal")
 
@@ -81,7 +82,7 @@ class GroupCommitWriter:
         await threads.deferToThread(self.start)
 
     def _start_writer(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._thread = NamedThread(target=self._run, name="journal-writer", daemon=True)
         self._thread.start()
 
     def stop(self) -> defer.Deferred:

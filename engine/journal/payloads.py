@@ -31,6 +31,8 @@ from typing import Callable, Iterator
 
 import structlog
 
+from engine.osthread import NamedThread
+
 log = structlog.get_logger("engine.journal")
 
 SEGMENT_BYTES = 256 * 1024 * 1024
@@ -416,7 +418,7 @@ class _ZeroFiller:
         self._fill = fill
         self._wanted = threading.Event()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="journal-zero-fill", daemon=True)
+        self._thread = NamedThread(target=self._run, name="journal-zero-fill", daemon=True)
         self._thread.start()
 
     def want(self) -> None:

@@ -34,6 +34,7 @@ from engine.journal.deliveries import follow_up_kind
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.dialect import POSTGRES
 from engine.journal.groupcommit import GroupCommitWriter, any_to_route, mark_duplicates
+from engine.osthread import NamedThread
 
 log = structlog.get_logger(__name__)
 
@@ -456,7 +457,7 @@ class PostgresJournal(GroupCommitWriter):
         listen.execute(f"LISTEN {_NOTIFY_RECEIVED}")
         listen.execute(f"LISTEN {_NOTIFY_QUEUED}")
         self._listening = True
-        self._listener = threading.Thread(target=self._listen, args=(listen,), name="journal-listen", daemon=True)
+        self._listener = NamedThread(target=self._listen, args=(listen,), name="journal-listen", daemon=True)
         self._listener.start()
 
     def _listen(self, listen) -> None:

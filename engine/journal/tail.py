@@ -21,6 +21,7 @@ from typing import Callable
 import structlog
 
 from engine.journal import events
+from engine.osthread import NamedThread
 
 log = structlog.get_logger("engine.journal")
 
@@ -131,7 +132,7 @@ class TailIndexer:
 
     def start(self, conn) -> None:
         self.conn = conn
-        self._thread = threading.Thread(target=self._run, name="journal-indexer", daemon=True)
+        self._thread = NamedThread(target=self._run, name="journal-indexer", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
