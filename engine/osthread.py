@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from typing import Callable
 
 _PR_SET_NAME = 15  # linux/prctl.h
 _KERNEL_NAME_BYTES = 15  # TASK_COMM_LEN (16) less the terminating NUL
 
+_prctl: Callable[..., int] | None
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # pragma: no cover - not Linux
