@@ -125,16 +125,19 @@ class Journal(Protocol):
     # Routing and operations (both implementations; see docs/journal.md and docs/cluster.md).
     lease: float  # seconds a claimed send stays this node's without renewal
 
-    def submit(self, operation, logged: bool = False):
+    def submit(self, operation, logged: bool = False, indexed_only: bool = False):
         """Run `operation(conn, store)` in the next group commit (portable `?` SQL on `conn`;
-        `store.message_raw(conn, uid)` reads a payload); fires with its result once durable."""
+        `store.message_raw(conn, uid)` reads a payload); fires with its result once durable.
+        `indexed_only`: the operation needs only what is already indexed (routing state:
+        deliveries, messages claimed from the index), not every message acknowledged so far."""
 
     def indexed(self):
         """Fires once every record acknowledged so far is visible to readers of the index."""
 
     def claim_received(self, limit: int, channels: frozenset | None = None):
-        """Fires with the oldest (uid, channel, received_at, raw) still to route; empty on a node
-        that is not the dispatcher of a shared journal. With `channels`, messages of other channels
+        """Fires with the oldest indexed (uid, channel, received_at, raw) still to route (after
+        `indexed()`, every acknowledged one); empty on a node that is not the dispatcher of a
+        shared journal. With `channels`, messages of other channels
         come with raw None (no route can match them: their payload is not read)."""
 
     def purge_before(self, before: float):

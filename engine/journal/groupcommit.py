@@ -31,6 +31,21 @@ MAX_BATCH = 1024
 BATCH_WAIT = 0.0002
 
 
+class IndexedOnly:
+    """An operation that needs only what the index already holds: routing state (deliveries, and
+    messages the dispatcher claimed from the index), never a message acknowledged so far but not
+    indexed yet. The SQLite journal commits it without first indexing its tail (docs/journal.md,
+    "Routing operations and the tail"); elsewhere it runs as any operation."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: Callable):
+        self.operation = operation
+
+    def __call__(self, conn, store):
+        return self.operation(conn, store)
+
+
 class GroupCommitWriter:
     """Owns the writer thread, the queue of pending writes and the answers to their callers."""
 
@@ -101,12 +116,13 @@ class GroupCommitWriter:
             self._thread = None
 
     # -- writes ----------------------------------------------------------------------------
-    def submit(self, operation: Callable, logged: bool = False) -> defer.Deferred:
+    def submit(self, operation: Callable, logged: bool = False, indexed_only: bool = False) -> defer.Deferred:
         """Run `operation(conn, store)` in the writer thread, inside the next group commit; fires
         once durable. `logged` operations may be lost in a crash without harm (the state they
-        write is recomputed or the work redone), so they need no sync of their own."""
+        write is recomputed or the work redone), so they need no sync of their own.
+        `indexed_only` operations need only what the index already holds (`IndexedOnly`)."""
         d: defer.Deferred = defer.Deferred()
-        self._queue.put((operation, d, logged))
+        self._queue.put((IndexedOnly(operation) if indexed_only else operation, d, logged))
         return d
 
     def append_inbound(self, record: InboundRecord, then: Callable[[object], None] | None = None):

@@ -25,7 +25,7 @@ from engine.errors import JournalError
 from engine.journal import events, schema, stats
 from engine.journal.base import DUPLICATE, RECEIVED, InboundRecord, JournalEvent, StoredMessage
 from engine.journal.dialect import SQLITE
-from engine.journal.groupcommit import GroupCommitWriter, any_to_route, mark_duplicates
+from engine.journal.groupcommit import GroupCommitWriter, IndexedOnly, any_to_route, mark_duplicates
 from engine.journal.keyfilter import KeyFilter, filter_of
 from engine.journal.payloads import META_FIELDS, PayloadStore
 from engine.journal.tail import Chunk, TailIndexer, UnindexedTail
@@ -306,6 +306,8 @@ class SQLiteJournal(GroupCommitWriter):
             return
         if all(isinstance(operation, InboundRecord) for operation, _, _ in batch):
             self._commit_to_log(batch)
+        elif all(isinstance(operation, (InboundRecord, IndexedOnly)) for operation, _, _ in batch):
+            self._commit_beside_tail(batch)
         else:
             self._commit_with_index(batch)
 
@@ -330,13 +332,26 @@ class SQLiteJournal(GroupCommitWriter):
         self._tail.add(records, kept_keys, messages, event_rows, routable, INDEX_BATCH)
         self._answer(batch, records)
 
-    def _commit_with_index(self, batch: list) -> None:
+    def _commit_beside_tail(self, batch: list) -> None:
+        """Inbound records and `IndexedOnly` operations (routing's): the records go to the log
+        and the tail as in `_commit_to_log`, the operations commit without indexing the tail, which
+        the indexer goes on indexing in its own batches. Indexing it here cut it into one small
+        chunk per routing operation, on the thread that answers the ACKs."""
+        records = [item for item in batch if isinstance(item[0], InboundRecord)]
+        if records:
+            self._commit_to_log(records)
+        self._commit_with_index([item for item in batch if not isinstance(item[0], InboundRecord)], with_tail=False)
+
+    def _commit_with_index(self, batch: list, with_tail: bool = True) -> None:
         """A batch holding other operations: the tail is indexed first, in the same transaction,
-        so that the operations see every acknowledged record."""
+        so that the operations see every acknowledged record (unless not `with_tail`). Under the
+        indexer's lock either way: one write transaction at a time in this process, without
+        SQLite's busy-wait polling."""
         with self._indexer.lock:
-            chunk = self._tail.take()
+            chunk = self._tail.take() if with_tail else Chunk(0, [], [], [], False)
             results = self._commit_batch_and_tail(batch, chunk)
-            if not isinstance(results, JournalError):
+            # Not a drop of nothing: it would restart the tail's INDEX_DELAY.
+            if not isinstance(results, JournalError) and chunk.count:
                 self._tail.drop(chunk.count)
         if isinstance(results, JournalError):
             results = [results] * len(batch)
@@ -427,9 +442,11 @@ class SQLiteJournal(GroupCommitWriter):
         return self.submit(lambda conn, store: None, logged=True)
 
     def claim_received(self, limit: int, channels: frozenset | None = None):
-        """The oldest messages still to route, with their raw bytes (one dispatcher per file); a
-        message of a channel outside `channels` comes with raw None (no route can match it)."""
-        return self.submit(lambda conn, store: _received(conn, store, limit, channels), logged=True)
+        """The oldest indexed messages still to route, with their raw bytes (one dispatcher per
+        file); a message of a channel outside `channels` comes with raw None (no route can match
+        it). Messages still in the tail come once indexed: the indexer's commit wakes the
+        dispatcher."""
+        return self.submit(lambda conn, store: _received(conn, store, limit, channels), logged=True, indexed_only=True)
 
     async def purge_before(self, before: float) -> int:
         """Retention: drop whole segments, oldest first, while every message in them was received

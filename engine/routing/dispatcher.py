@@ -156,7 +156,9 @@ class Dispatcher:
                 # the message, which stays `received` until its plan is written (at-least-once).
                 busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
                 touched = await self.journal.submit(
-                    lambda conn, store: _apply_all(self.journal, conn, plans, self.node, busy, now, names), logged=True
+                    lambda conn, store: _apply_all(self.journal, conn, plans, self.node, busy, now, names),
+                    logged=True,
+                    indexed_only=True,
                 )
                 self.wake(touched)
         except Exception as exc:  # a journal failure: keep the engine up and try again later
@@ -428,6 +430,7 @@ class DestinationWorker:
                 c, s, self.name, clock.seconds(), node, lease_until, journal.dialect, limit
             ),
             logged=True,
+            indexed_only=True,
         )
 
     def _hand_to_lanes(self, claimed: list, lanes: dict) -> None:
@@ -509,7 +512,7 @@ class DestinationWorker:
         if skipped:
             now = self.dispatcher.clock.seconds()
             await self.dispatcher.journal.submit(
-                lambda c, s: queue.release(c, skipped, now, self.dispatcher.node), logged=True
+                lambda c, s: queue.release(c, skipped, now, self.dispatcher.node), logged=True, indexed_only=True
             )
 
     async def _send(self, delivery: queue.Delivery, payload: bytes) -> tuple[Outcome, float | None]:
@@ -604,6 +607,7 @@ class DestinationWorker:
         follows = await d.journal.submit(
             lambda c, s: queue.finish_all(c, texts, str(action), d.node, now, retry_at, wanted),
             logged=action is Action.DONE,
+            indexed_only=True,
         )
         await d.run_follow_ups(
             [
@@ -614,7 +618,9 @@ class DestinationWorker:
         )
 
     async def _sleep_until_due(self) -> None:
-        due = await self.dispatcher.journal.submit(lambda c, s: queue.next_due(c, self.name), logged=True)
+        due = await self.dispatcher.journal.submit(
+            lambda c, s: queue.next_due(c, self.name), logged=True, indexed_only=True
+        )
         clock = self.dispatcher.clock
         # Also poll: operators (pfi cancel/replay) and other nodes change the queue from outside.
         # Due yet not claimed: another node's claim holds it; look again soon, not at once (new

@@ -43,9 +43,9 @@ async def test_every_acked_message_survives_sigkill(tmp_path):
         acked: list[str] = []
         clients = [await connect(reactor, "127.0.0.1", port) for _ in range(4)]
 
-        async def pump(client, n):
+        async def pump(client, n, k):
             for i in range(n):
-                control = f"K{n}-{id(client) % 1000}-{i}"
+                control = f"K{n}-{k}-{i}"  # unique per client (not id(client) % 1000: two collided)
                 try:
                     ack = read_ack(await client.send(sample_adt(control).encode()))
                 except Exception:
@@ -53,7 +53,7 @@ async def test_every_acked_message_survives_sigkill(tmp_path):
                 if ack.code == "AA":
                     acked.append(control)
 
-        senders = [defer.Deferred.fromCoroutine(pump(c, 400)) for c in clients]
+        senders = [defer.Deferred.fromCoroutine(pump(c, 400, k)) for k, c in enumerate(clients)]
         while len(acked) < 300:
             await _tick()
         proc.kill()  # right after an ACK, with more messages in flight

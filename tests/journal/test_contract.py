@@ -92,6 +92,7 @@ async def test_route_queue_claim_and_finish(backend):
     journal = await opened(backend)
     try:
         stored = await journal.append_inbound(record("Q-1"))
+        await journal.indexed()  # routing claims what is indexed (SQLite: once the indexer took it)
         [(uid, channel, _, raw)] = await journal.claim_received(10)
         assert (uid, channel, raw) == (stored.uid, "in", stored.raw)
         now = time.time()
