@@ -220,7 +220,7 @@ class Dispatcher:
         step = route.find_step(delivery.step) if route else None
         steps = (step.on_success if kind == "on_success" else step.on_failure) if step else []
         if not steps:  # only a resumed one whose route lost its steps since: no longer due
-            await self.journal.submit(lambda conn, store: queue.follow_up_done(conn, delivery.id))
+            await self.journal.submit(lambda conn, store: queue.follow_up_done(conn, delivery.id), indexed_only=True)
             return
         message = await threads.deferToThread(self.journal.load_message, delivery.message_uid)
         ctx = MessageContext(message.uid, message.channel, message.raw, self.clock.seconds())
@@ -250,7 +250,8 @@ class Dispatcher:
         plan.deliveries += [z for z in zams if z is not None]
         busy, now, names = self._busy_destinations(), self.clock.seconds(), list(self.workers)
         touched = await self.journal.submit(
-            lambda conn, store: _apply_follow_up(self.journal, conn, plan, delivery.id, self.node, busy, now, names)
+            lambda conn, store: _apply_follow_up(self.journal, conn, plan, delivery.id, self.node, busy, now, names),
+            indexed_only=True,
         )
         self.wake(touched)
 
@@ -480,7 +481,9 @@ class DestinationWorker:
         """Only connectors that can pause their destination (a refused certificate) pay for the
         look-up; the pause lives in the journal, so every node and `pfi resume` see it."""
         if getattr(self.connector, "pausable", False):
-            state = await self.dispatcher.journal.submit(lambda c, s: queue.pause_state(c, self.name))
+            state = await self.dispatcher.journal.submit(
+                lambda c, s: queue.pause_state(c, self.name), indexed_only=True
+            )
             self.paused = state is not None
         return self.paused
 
