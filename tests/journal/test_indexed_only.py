@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 import pytest_twisted
@@ -23,13 +24,21 @@ def count_indexed(conn, store) -> int:
     return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
 
 
-@pytest.fixture
-def journal(tmp_path, monkeypatch):
-    monkeypatch.setattr(sqlite_journal, "INDEX_DELAY", 3600.0)  # the indexer leaves the tail alone
+@contextmanager
+def started_journal(tmp_path, monkeypatch, index_delay: float):
+    monkeypatch.setattr(sqlite_journal, "INDEX_DELAY", index_delay)
     journal = SQLiteJournal(tmp_path / "journal", reactor)
     journal.start()
-    yield journal
-    journal.close_now()
+    try:
+        yield journal
+    finally:
+        journal.close_now()
+
+
+@pytest.fixture
+def journal(tmp_path, monkeypatch):
+    with started_journal(tmp_path, monkeypatch, 3600.0) as journal:  # the indexer leaves the tail alone
+        yield journal
 
 
 @pytest_twisted.ensureDeferred
@@ -66,30 +75,20 @@ async def test_records_and_indexed_only_operations_in_one_batch(journal, monkeyp
 @pytest_twisted.ensureDeferred
 async def test_indexed_only_operations_do_not_hold_the_tail_back(tmp_path, monkeypatch):
     # Each routing operation must not restart the wait of the records in the tail.
-    monkeypatch.setattr(sqlite_journal, "INDEX_DELAY", 0.3)
-    journal = SQLiteJournal(tmp_path / "journal", reactor)
-    journal.start()
-    try:
+    with started_journal(tmp_path, monkeypatch, 0.3) as journal:
         await append(journal, 1)
         deadline = time.monotonic() + 3.0
         while not indexed_uids(journal.data_dir) and time.monotonic() < deadline:
             await journal.submit(count_indexed, indexed_only=True)
             await sleep(0.02)
         assert indexed_uids(journal.data_dir) == ["U-0"]
-    finally:
-        journal.close_now()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_still_in_the_tail_is_claimed_once_indexed(tmp_path, monkeypatch):
-    monkeypatch.setattr(sqlite_journal, "INDEX_DELAY", 0.2)
-    journal = SQLiteJournal(tmp_path / "journal", reactor)
-    journal.start()
-    try:
+    with started_journal(tmp_path, monkeypatch, 0.2) as journal:
         [record] = await append(journal, 1)
         assert await journal.claim_received(10) == []  # not indexed yet: not claimed
         await until(lambda: indexed_uids(journal.data_dir) == [record.uid], what="the indexer")
         [(uid, _, _, raw)] = await journal.claim_received(10)
         assert (uid, raw) == (record.uid, record.raw)
-    finally:
-        journal.close_now()
