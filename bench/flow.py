@@ -1,4 +1,5 @@
-"""Teleradiology report flow benchmark: platform -> engine -> RIS + DMP simulator + DRIMbox.
+"""Teleradiology report flow benchmark: platform -> engine -> RIS + DMP simulator + DRIMbox (and
+the MSSanté operator simulator, for the reports whose request names MSSanté recipients).
 
     .venv/bin/python bench/flow.py [--seconds 5] [--connections 4]
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import defer, reactor, task  # noqa: E402
 
 from bench.common import percentile  # noqa: E402
-from engine.demo import PORTS, _environment, _start_engine, fictional_report  # noqa: E402
+from engine.demo import PORTS, _environment, _start_engine, _start_mss_simulator, fictional_report  # noqa: E402
 from engine.journal.sqlite import DURABILITY  # noqa: E402
 from engine.sim.mllp import MllpPeer  # noqa: E402
 from engine.mllp.client import connect, read_ack  # noqa: E402
@@ -40,6 +41,7 @@ async def run(seconds: float, connections: int, cda_processes: int) -> None:
     sim.start()
     _environment(pki, sim.base_url)
     os.environ["PFI_DMP_DELAY"] = "0s"
+    mail_operator, mail_ports = _start_mss_simulator(work)  # the shipped mssante channel's operator
     peers = {n: MllpPeer(n) for n in ("RIS", "TLR-A", "DRIMBOX")}
     ports = [
         reactor.listenTCP(PORTS[v], peers[n], interface="127.0.0.1")
@@ -74,7 +76,7 @@ async def run(seconds: float, connections: int, cda_processes: int) -> None:
     end = max(arrived.values(), default=time.time())
     latencies = [arrived[c] - t for c, t in acked.items() if c in arrived]
     await engine.stopService()
-    for p in ports:
+    for p in ports + mail_ports:
         await p.stopListening()
     await sim.stop()
     print(
@@ -84,7 +86,8 @@ async def run(seconds: float, connections: int, cda_processes: int) -> None:
     )
     print(
         f"reports ACKed: {len(acked)}  reached RIS: {len(set(acked) & set(peers['RIS'].control_ids()))}  "
-        f"published+DRIMbox: {len(latencies)}  ZAMs to platform: {len(peers['TLR-A'].received)}"
+        f"published+DRIMbox: {len(latencies)}  ZAMs to platform: {len(peers['TLR-A'].received)}  "
+        f"MSSanté mails: {len(mail_operator.received)}"
     )
     print(f"reports/s end to end: {len(latencies) / max(end - start, 1e-6):.1f}")
     print(
