@@ -155,6 +155,15 @@ class EngineMetrics:
             registry=r,
         )
         self.journal_bytes = Gauge("pfi_journal_bytes", "Size of the journal on disk", registry=r)
+        self.journal_unindexed = Gauge(
+            "pfi_journal_unindexed_messages",
+            "Messages acknowledged (in the synced log) but not yet in the SQLite index that pfi tail, "
+            "the console and routing read (0 on PostgreSQL)",
+            registry=r,
+        )
+        self.journal_index_lag = Gauge(
+            "pfi_journal_index_lag_seconds", "Age of the oldest message not yet indexed (0 when none)", registry=r
+        )
         self.dispatch_leader = Gauge(
             "pfi_dispatch_leader",
             "1 when this node routes the shared journal's messages (always 1 on SQLite)",

@@ -408,6 +408,9 @@ class Engine(Sequence):
 
     def _measure_journal(self):
         self.metrics.dispatch_leader.set(1 if self.journal.is_leader else 0)
+        waiting, lag = self.journal.unindexed()
+        self.metrics.journal_unindexed.set(waiting)
+        self.metrics.journal_index_lag.set(lag)
         d = threads.deferToThread(self.journal.size_bytes)
         d.addCallbacks(self.metrics.journal_bytes.set, lambda f: log.warning("journal.size_failed", error=str(f.value)))
         depths = threads.deferToThread(self.journal.queue_depths, list(self.connectors))

@@ -144,3 +144,8 @@ class Journal(Protocol):
         """Retention: fires with the number of finished messages older than `before` removed."""
 
     def size_bytes(self) -> int: ...
+
+    def unindexed(self) -> tuple[int, float]:
+        """(messages acknowledged but not yet in the index that readers and routing query,
+        seconds since the oldest of them was received); (0, 0.0) where the index is written
+        before the ACK (PostgreSQL)."""

@@ -464,6 +464,9 @@ class SQLiteJournal(GroupCommitWriter):
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file())
 
+    def unindexed(self) -> tuple[int, float]:
+        return self._tail.backlog()
+
     # -- reads -----------------------------------------------------------------------------
     def _read(self, sql: str, args=()) -> list:
         with self._read_lock:

@@ -25,6 +25,8 @@ from engine.osthread import NamedThread
 
 log = structlog.get_logger("engine.journal")
 
+_RECEIVED_AT = 1  # in a messages row: (uid, received_at, ...), payloads.META_FIELDS order
+
 
 @dataclass
 class Chunk:
@@ -82,6 +84,13 @@ class UnindexedTail:
             # writer batch cost a thread switch and a GIL hand-off each.
             if not was or was < batch_size <= len(self.uids):
                 self.changed.notify()
+
+    def backlog(self) -> tuple[int, float]:
+        """(records waiting, seconds since the oldest was received: wall clock, as its row says)."""
+        with self.changed:
+            if not self.messages:
+                return 0, 0.0
+            return len(self.messages), max(0.0, time.time() - self.messages[0][_RECEIVED_AT])
 
     def earlier(self, keys: list[str]) -> list[tuple]:
         """The originals among the tail's records (they follow every indexed one)."""

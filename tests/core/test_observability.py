@@ -89,3 +89,28 @@ async def test_delivery_outcomes_and_queue_depths_are_metrics(tmp_path):
     finally:
         await engine.stopService()
         await peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_waiting_for_the_index_are_a_metric(tmp_path, monkeypatch):
+    """Acknowledged messages the SQLite index does not hold yet (pfi tail and the console do not
+    show them yet): how many, and the oldest one's age."""
+    from engine.journal import sqlite as sqlite_journal
+    from engine.mllp.client import read_ack
+
+    monkeypatch.setattr(sqlite_journal, "INDEX_DELAY", 3600.0)  # the indexer waits for a batch
+    engine = await start_engine(write_config(tmp_path / "cfg", {"in": inbound()}), tmp_path / "data")
+    try:
+        sample = lambda name: engine.metrics.registry.get_sample_value(name, {"node": engine.node})  # noqa: E731
+        client = await client_for(engine, "in")
+        for ctrl in ("W-1", "W-2"):  # not `exchange`: it waits for the index
+            assert read_ack(await client.send(sample_adt(ctrl).encode())).code == "AA"
+        client.close()
+        await engine._measure_journal()
+        assert sample("pfi_journal_unindexed_messages") == 2.0
+        assert 0.0 <= sample("pfi_journal_index_lag_seconds") < 60.0
+        await engine.journal.indexed()
+        await engine._measure_journal()
+        assert (sample("pfi_journal_unindexed_messages"), sample("pfi_journal_index_lag_seconds")) == (0.0, 0.0)
+    finally:
+        await engine.stopService()
