@@ -96,7 +96,9 @@ class Dispatcher:
         delivery and its follow-up's plan: a crash, a power cut) run now, before any new work.
         The outcome is rebuilt from the delivery row and its mark (a failure's code, label and
         origin were recorded with it, so its ZAM says what it would have said at once)."""
-        pending = await self.journal.submit(lambda conn, store: queue.pending_follow_ups(conn, self.node), logged=True)
+        pending = await self.journal.submit(
+            lambda conn, store: queue.pending_follow_ups(conn, self.node), logged=True, indexed_only=True
+        )
         pending = [row for row in pending if row[0].id not in self._following]  # not the ones running
         if pending:
             log.warning("routing.follow_ups_resumed", count=len(pending))
