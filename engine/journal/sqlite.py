@@ -350,8 +350,7 @@ class SQLiteJournal(GroupCommitWriter):
         with self._indexer.lock:
             chunk = self._tail.take() if with_tail else Chunk(0, [], [], [], False)
             results = self._commit_batch_and_tail(batch, chunk)
-            # Not a drop of nothing: it would restart the tail's INDEX_DELAY.
-            if not isinstance(results, JournalError) and chunk.count:
+            if not isinstance(results, JournalError):
                 self._tail.drop(chunk.count)
         if isinstance(results, JournalError):
             results = [results] * len(batch)

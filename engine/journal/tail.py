@@ -21,11 +21,12 @@ from typing import Callable
 import structlog
 
 from engine.journal import events
+from engine.journal.payloads import META_FIELDS
 from engine.osthread import NamedThread
 
 log = structlog.get_logger("engine.journal")
 
-_RECEIVED_AT = 1  # in a messages row: (uid, received_at, ...), payloads.META_FIELDS order
+_RECEIVED_AT = META_FIELDS.index("received_at")  # a messages row starts with the meta, in that order
 
 
 @dataclass
@@ -109,7 +110,10 @@ class UnindexedTail:
             return Chunk(len(self.uids), self.uids[:], self.messages[:], self.events[:], self._routable_end > 0)
 
     def drop(self, count: int) -> None:
-        """The first `count` records are indexed: forget them."""
+        """The first `count` records are indexed: forget them. Nothing indexed changes nothing (the
+        rest's INDEX_DELAY is not restarted: routing's operations commit beside the tail)."""
+        if not count:
+            return
         with self.changed:
             for key in self._kept_keys[:count]:
                 if key:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from twisted.internet import reactor
 
@@ -61,6 +62,10 @@ def test_a_started_journal_shows_its_writer_and_indexer(tmp_path):
     journal = SQLiteJournal(tmp_path / "journal", reactor)
     journal.start()
     try:
+        # Each thread names itself as it begins to run, a moment after start() returned.
+        deadline = time.monotonic() + 5.0
+        while not {"journal-writer", "journal-indexer"} <= kernel_names() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert {"journal-writer", "journal-indexer"} <= kernel_names()
     finally:
         journal.close_now()
