@@ -137,8 +137,8 @@ class Journal(Protocol):
     def claim_received(self, limit: int, channels: frozenset | None = None):
         """Fires with the oldest indexed (uid, channel, received_at, raw) still to route (after
         `indexed()`, every acknowledged one); empty on a node that is not the dispatcher of a
-        shared journal. With `channels`, messages of other channels
-        come with raw None (no route can match them: their payload is not read)."""
+        shared journal. With `channels`, messages of other channels come with raw None (no route
+        can match them: their payload is not read)."""
 
     def purge_before(self, before: float):
         """Retention: fires with the number of finished messages older than `before` removed."""

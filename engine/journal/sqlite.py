@@ -348,7 +348,7 @@ class SQLiteJournal(GroupCommitWriter):
         indexer's lock either way: one write transaction at a time in this process, without
         SQLite's busy-wait polling."""
         with self._indexer.lock:
-            chunk = self._tail.take() if with_tail else Chunk(0, [], [], [], False)
+            chunk = self._tail.take() if with_tail else Chunk.empty()
             results = self._commit_batch_and_tail(batch, chunk)
             if not isinstance(results, JournalError):
                 self._tail.drop(chunk.count)

@@ -39,6 +39,11 @@ class Chunk:
     events: list
     routable: bool  # holds a record the dispatcher must route
 
+    @classmethod
+    def empty(cls) -> "Chunk":
+        """Nothing to index (an operation that commits beside the tail)."""
+        return cls(0, [], [], [], False)
+
 
 class UnindexedTail:
     """Records synced to the log and acknowledged, not yet in the SQLite index, in log order.
